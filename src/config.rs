@@ -1,0 +1,185 @@
+//! Typed settings: built-in defaults → optional TOML file → `C2P_` environment variables.
+//!
+//! Loading goes through a lenient raw layer ([`raw`]) so that validation ([`validate`]) can name
+//! every missing or bad setting in one message instead of stopping at the first.
+
+mod raw;
+mod validate;
+
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use raw::RawSettings;
+pub use raw::env_pairs;
+
+/// The prefix of the environment variables that override settings; `__` separates nesting levels.
+pub const ENV_PREFIX: &str = "C2P_";
+
+/// Where the service sends its Mastercard calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The in-repo Mastercard simulator, on loopback. Never Mastercard.
+    Sandbox,
+    /// Mastercard's real APIs (sandbox, MTF or production base URLs), with real keys.
+    Mastercard,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Sandbox => "sandbox",
+            Mode::Mastercard => "mastercard",
+        })
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated settings of the service.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `mode`.
+    pub mode: Mode,
+    /// `grpc.*`.
+    pub grpc: GrpcSettings,
+    /// `redis.*`.
+    pub redis: RedisSettings,
+    /// `store.*`.
+    pub store: StoreSettings,
+    /// `health.*`.
+    pub health: HealthSettings,
+    /// `shutdown.*`.
+    pub shutdown: ShutdownSettings,
+    /// `log.*`.
+    pub log: LogSettings,
+    /// `mastercard.*`: present (and complete) in `mastercard` mode only.
+    pub mastercard: Option<MastercardSettings>,
+}
+
+/// `grpc.*`: the gRPC listener.
+#[derive(Debug, Clone)]
+pub struct GrpcSettings {
+    /// `grpc.listen`: the address the gRPC server binds (port 0 picks a free port).
+    pub listen: SocketAddr,
+}
+
+/// `redis.*`: the shared store. No URL means the embedded in-memory store.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis.url`: `redis://` or `rediss://`; `None` selects the in-memory store.
+    pub url: Option<String>,
+    /// `redis.key_prefix`: prepended to every key, so that several deployments can share a Redis.
+    pub key_prefix: String,
+    /// `redis.connect_timeout`: the bound on establishing a connection.
+    pub connect_timeout: Duration,
+    /// `redis.response_timeout`: the bound on one command's answer.
+    pub response_timeout: Duration,
+}
+
+/// `store.*`: retention of the records.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// `store.enrollment_ttl`: how long an enrollment record (the token-status cache) is kept.
+    pub enrollment_ttl: Duration,
+}
+
+/// `health.*`: the store probe behind the gRPC health service.
+#[derive(Debug, Clone)]
+pub struct HealthSettings {
+    /// `health.check_interval`: how often the store is probed.
+    pub check_interval: Duration,
+    /// `health.check_timeout`: how long one probe may take before the store counts as unreachable.
+    pub check_timeout: Duration,
+}
+
+/// `shutdown.*`: draining on SIGTERM / SIGINT.
+#[derive(Debug, Clone)]
+pub struct ShutdownSettings {
+    /// `shutdown.grace_period`: how long in-flight calls and streams get before the process exits.
+    pub grace_period: Duration,
+}
+
+/// `log.*`: logging.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// `log.filter`: a `tracing` env-filter directive, e.g. `info` or `c2p_enroll=debug,info`.
+    pub filter: String,
+    /// `log.format`: `text`, `json`, or `auto` (text in sandbox mode, JSON in mastercard mode).
+    pub format: LogFormat,
+}
+
+/// `mastercard.*`: the two upstream APIs.
+#[derive(Debug, Clone)]
+pub struct MastercardSettings {
+    /// `mastercard.processing.*`: Mastercard Processing Digital.
+    pub processing: ApiSettings,
+    /// `mastercard.enroll.*`: the Click to Pay Enroll API.
+    pub enroll: ApiSettings,
+}
+
+/// The settings of one Mastercard API. Secrets are paths to files, never values.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// `base_url`: the API's base URL (https, or http on a loopback host for the simulator).
+    pub base_url: url::Url,
+    /// `consumer_key`: the OAuth 1.0a consumer key from Mastercard Developers.
+    pub consumer_key: String,
+    /// `signing_key_file`: the signing key, PKCS#12 (`.p12`/`.pfx`) or PEM.
+    pub signing_key_file: PathBuf,
+    /// `signing_key_password_file`: a file holding the signing key's password.
+    pub signing_key_password_file: Option<PathBuf>,
+}
+
+/// Every problem found while loading the settings.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", render_problems(.problems))]
+pub struct ConfigError {
+    /// One entry per bad or missing setting.
+    pub problems: Vec<Problem>,
+}
+
+/// One bad or missing setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The dotted setting name, e.g. `grpc.listen`.
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+fn render_problems(problems: &[Problem]) -> String {
+    let mut out = format!("invalid settings ({} problems):", problems.len());
+    for p in problems {
+        out.push_str(&format!(
+            "\n  - {} ({}): {}",
+            p.key,
+            env_name(&p.key),
+            p.message
+        ));
+    }
+    out
+}
+
+/// The environment variable that sets a dotted setting name: `grpc.listen` → `C2P_GRPC__LISTEN`.
+pub fn env_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "__").to_uppercase())
+}
+
+impl Settings {
+    /// Loads defaults, then the TOML file if given, then the `C2P_` variables among `env`, and
+    /// validates the result. `env` is passed in (rather than read here) so tests need not touch
+    /// the process environment.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let raw = RawSettings::load(file, env)?;
+        validate::validate(raw)
+    }
+}

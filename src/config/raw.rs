@@ -1,0 +1,208 @@
+//! The raw settings layer: every leaf is an optional scalar kept as text, so that loading never
+//! stops at the first bad value and validation can report them all.
+
+use super::{ConfigError, ENV_PREFIX, Problem};
+use figment::{
+    Figment,
+    providers::{Format, Serialized, Toml},
+    value::{Dict, Tag, Value},
+};
+use serde::{Deserialize, Deserializer};
+use std::{collections::BTreeMap, path::Path};
+
+/// A scalar setting as written (TOML value or environment text), kept as a string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Scalar(pub String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_owned()))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Keys present in the sources that no setting has: reported as unknown (typos, old names).
+pub(super) type Unknown = BTreeMap<String, Value>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawSettings {
+    pub mode: Option<Scalar>,
+    pub grpc: RawGrpc,
+    pub redis: RawRedis,
+    pub store: RawStore,
+    pub health: RawHealth,
+    pub shutdown: RawShutdown,
+    pub log: RawLog,
+    pub mastercard: RawMastercard,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawGrpc {
+    pub listen: Option<Scalar>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawRedis {
+    pub url: Option<Scalar>,
+    pub key_prefix: Option<Scalar>,
+    pub connect_timeout: Option<Scalar>,
+    pub response_timeout: Option<Scalar>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawStore {
+    pub enrollment_ttl: Option<Scalar>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawHealth {
+    pub check_interval: Option<Scalar>,
+    pub check_timeout: Option<Scalar>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawShutdown {
+    pub grace_period: Option<Scalar>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawLog {
+    pub filter: Option<Scalar>,
+    pub format: Option<Scalar>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawMastercard {
+    pub processing: RawApi,
+    pub enroll: RawApi,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawApi {
+    pub base_url: Option<Scalar>,
+    pub consumer_key: Option<Scalar>,
+    pub signing_key_file: Option<Scalar>,
+    pub signing_key_password_file: Option<Scalar>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+impl RawSettings {
+    pub(super) fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<RawSettings, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError {
+                    problems: vec![Problem {
+                        key: "--config".into(),
+                        message: format!("{} is not a readable file", path.display()),
+                    }],
+                });
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Serialized::globals(env_dict(env)));
+        figment.extract().map_err(|e| ConfigError {
+            problems: e
+                .into_iter()
+                .map(|e| Problem {
+                    key: if e.path.is_empty() {
+                        "--config".into()
+                    } else {
+                        e.path.join(".")
+                    },
+                    message: e.kind.to_string(),
+                })
+                .collect(),
+        })
+    }
+}
+
+/// The process environment's `C2P_` variables, for [`super::Settings::load`].
+pub fn env_pairs() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect()
+}
+
+/// Nests `C2P_A__B=v` as `{a: {b: "v"}}`; variables without the prefix are skipped.
+fn env_dict(env: impl IntoIterator<Item = (String, String)>) -> Dict {
+    let mut root = Dict::new();
+    for (key, value) in env {
+        let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+        insert(&mut root, &path, value);
+    }
+    root
+}
+
+fn insert(dict: &mut Dict, path: &[String], value: String) {
+    match path {
+        [] => {}
+        [leaf] => {
+            dict.insert(leaf.clone(), Value::from(value));
+        }
+        [head, rest @ ..] => {
+            let entry = dict
+                .entry(head.clone())
+                .or_insert_with(|| Value::Dict(Tag::Default, Dict::new()));
+            if !matches!(entry, Value::Dict(..)) {
+                *entry = Value::Dict(Tag::Default, Dict::new());
+            }
+            if let Value::Dict(_, inner) = entry {
+                insert(inner, rest, value);
+            }
+        }
+    }
+}

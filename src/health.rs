@@ -1,0 +1,116 @@
+//! The gRPC health status, driven by a probe of the store and by draining.
+//!
+//! Both the overall service (`""`) and `c2p.enrollment.v1.EnrollmentService` report SERVING only
+//! while the store answers; once draining starts they report NOT_SERVING for good.
+
+use crate::proto::SERVICE_NAME;
+use crate::store::EnrollmentStore;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
+
+/// The names the health service answers for.
+const NAMES: [&str; 2] = ["", SERVICE_NAME];
+
+/// Serialises health changes so a late probe result can never undo draining.
+pub struct HealthGate {
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    reporter: HealthReporter,
+    draining: bool,
+    store_ok: Option<bool>,
+}
+
+impl HealthGate {
+    /// A gate reporting NOT_SERVING until the first successful probe, and the gRPC service that
+    /// serves its statuses.
+    pub async fn new() -> (Arc<Self>, HealthServer<HealthService>) {
+        let reporter = HealthReporter::new();
+        let service = HealthServer::new(HealthService::from_health_reporter(reporter.clone()));
+        for name in NAMES {
+            reporter
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        let gate = Arc::new(Self {
+            inner: Mutex::new(Inner {
+                reporter,
+                draining: false,
+                store_ok: None,
+            }),
+        });
+        (gate, service)
+    }
+
+    /// Records a probe result; flips the status when it changed, unless draining.
+    pub async fn store_reachable(&self, ok: bool, store_kind: &str) {
+        let mut inner = self.inner.lock().await;
+        if inner.draining || inner.store_ok == Some(ok) {
+            return;
+        }
+        inner.store_ok = Some(ok);
+        let status = if ok {
+            tracing::info!(store = store_kind, "store reachable: health SERVING");
+            ServingStatus::Serving
+        } else {
+            tracing::warn!(store = store_kind, "store unreachable: health NOT_SERVING");
+            ServingStatus::NotServing
+        };
+        for name in NAMES {
+            inner.reporter.set_service_status(name, status).await;
+        }
+    }
+
+    /// Turns NOT_SERVING for good, then ends every open `Health/Watch` stream after it has
+    /// delivered NOT_SERVING (dropping a status's sender ends its watchers' streams).
+    pub async fn drain(&self) {
+        let mut inner = self.inner.lock().await;
+        inner.draining = true;
+        for name in NAMES {
+            inner
+                .reporter
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        for name in NAMES {
+            inner.reporter.clear_service_status(name).await;
+        }
+    }
+}
+
+/// Probes the store every `interval` until `stop` is cancelled; a probe slower than `timeout`
+/// counts as a failure.
+pub async fn monitor_store(
+    gate: Arc<HealthGate>,
+    store: Arc<dyn EnrollmentStore>,
+    interval: Duration,
+    timeout: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let ok = match tokio::time::timeout(timeout, store.ping()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "store probe failed");
+                false
+            }
+            Err(_) => {
+                tracing::debug!("store probe timed out");
+                false
+            }
+        };
+        gate.store_reachable(ok, store.kind()).await;
+    }
+}

@@ -1,0 +1,10 @@
+//! c2p-enroll: enables a PAN-less issuer's cards for Mastercard Click to Pay over gRPC.
+
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod health;
+pub mod proto;
+pub mod server;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,15 @@
+//! Code generated from `proto/` by `build.rs`, and the descriptor set served by reflection.
+
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+/// `c2p.enrollment.v1`: the service contract.
+pub mod v1 {
+    tonic::include_proto!("c2p.enrollment.v1");
+}
+
+/// The encoded `FileDescriptorSet` of the contract (for gRPC server reflection).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/c2p_descriptor.bin"));
+
+/// The fully qualified gRPC name of the service, as health checks and reflection name it.
+pub const SERVICE_NAME: &str = "c2p.enrollment.v1.EnrollmentService";
