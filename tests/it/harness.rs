@@ -1,0 +1,302 @@
+//! Starts the real parts on loopback: a `redis-server` per test on a free port, the service
+//! in-process on port 0 (or as its binary, for signal and exit-code tests), and gRPC clients.
+
+use c2p_enroll::config::Settings;
+use c2p_enroll::server::{self, RunningServer};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+/// A `redis-server` owned by one test: its own port, no persistence, killed on drop.
+pub struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a fresh server on a free port and waits until it answers PING.
+    pub fn start() -> RedisServer {
+        require_binary("redis-server", "redis-server");
+        for _ in 0..5 {
+            let mut server = RedisServer {
+                port: free_port(),
+                dir: tempfile::tempdir().expect("temp dir"),
+                child: None,
+            };
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
+    }
+
+    /// `redis://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server (as a crash would) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        assert!(
+            self.spawn(),
+            "redis-server did not restart on port {}",
+            self.port
+        );
+    }
+
+    /// A plain connection, for looking at what the service wrote.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+            .expect("connect to the test redis")
+    }
+
+    fn spawn(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return false; // exited: most likely the port was taken meanwhile
+            }
+            let ping = redis::Client::open(self.url())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if ping.is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.stop();
+        false
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Fails with the Debian package to install when a binary the tests need is missing.
+pub fn require_binary(binary: &str, debian_package: &str) {
+    if let Err(e) = Command::new(binary).arg("--version").output() {
+        panic!(
+            "`{binary}` is needed by the integration tests but cannot be run ({e}); \
+             install the Debian package `{debian_package}` (apt-get install -y {debian_package}), \
+             or run scripts/test, which installs it"
+        );
+    }
+}
+
+/// Settings for a test service: loopback port 0, fast health probes, plus `extra` `C2P_*` pairs.
+pub fn settings(extra: &[(&str, &str)]) -> Settings {
+    let mut env: Vec<(String, String)> = vec![
+        ("C2P_GRPC__LISTEN".into(), "127.0.0.1:0".into()),
+        ("C2P_HEALTH__CHECK_INTERVAL".into(), "100ms".into()),
+        ("C2P_HEALTH__CHECK_TIMEOUT".into(), "300ms".into()),
+        ("C2P_REDIS__CONNECT_TIMEOUT".into(), "300ms".into()),
+        ("C2P_REDIS__RESPONSE_TIMEOUT".into(), "300ms".into()),
+        ("C2P_SHUTDOWN__GRACE_PERIOD".into(), "3s".into()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Settings::load(None, env).expect("test settings are valid")
+}
+
+/// The service running in this test process.
+pub struct TestService {
+    pub running: RunningServer,
+    pub channel: Channel,
+}
+
+impl TestService {
+    /// Starts the service with `settings` and connects a channel to it.
+    pub async fn start(settings: &Settings) -> TestService {
+        let running = server::start(settings).await.expect("service starts");
+        let channel = connect(running.local_addr()).await;
+        TestService { running, channel }
+    }
+
+    pub fn health(&self) -> HealthClient<Channel> {
+        HealthClient::new(self.channel.clone())
+    }
+}
+
+/// A lazily connecting channel to `addr`.
+pub async fn connect(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("valid uri")
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .expect("connect to the service")
+}
+
+/// The health status of `service` ("" for the whole server).
+pub async fn health_status(client: &mut HealthClient<Channel>, service: &str) -> ServingStatus {
+    let response = client
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .expect("health check answers");
+    response.into_inner().status()
+}
+
+/// Polls until `service` reports `want`; panics after `within`.
+pub async fn wait_for_health(
+    client: &mut HealthClient<Channel>,
+    service: &str,
+    want: ServingStatus,
+    within: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let status = health_status(client, service).await;
+        if status == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "health of {service:?} is still {status:?}, not {want:?}, after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `c2p-enroll` binary as a child process, with a clean environment plus `env`.
+pub struct ServiceProcess {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServiceProcess {
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> ServiceProcess {
+        let mut child = Command::new(binary())
+            .args(args)
+            .env_clear()
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn c2p-enroll");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().expect("stderr piped");
+        let sink = stderr.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        ServiceProcess {
+            child,
+            stderr,
+            reader: Some(reader),
+        }
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for the "gRPC listening" log line and returns the address it names.
+    pub async fn listening_addr(&mut self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let log = self.stderr();
+            if let Some(addr) = log
+                .lines()
+                .filter(|l| l.contains("gRPC listening"))
+                .find_map(|l| l.split("addr=").nth(1))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|a| a.parse().ok())
+            {
+                return addr;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("c2p-enroll exited with {status} before listening:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("c2p-enroll did not log its address:\n{}", self.stderr());
+    }
+
+    /// Sends a signal by name (TERM, INT) with the `kill` utility.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit, at most `within`.
+    pub async fn wait(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Read stderr to its end so that callers see the last lines.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "c2p-enroll still running after {within:?}:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_c2p-enroll"))
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the real service, a real `redis-server` and real gRPC, all on loopback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod harness;
+
+mod health;
+mod reflection;
+mod settings;
+mod shutdown;
+mod store;

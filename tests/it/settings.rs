@@ -1,0 +1,88 @@
+//! Settings validation through the real binary: every bad setting named, a non-zero exit, and
+//! the file → environment layering.
+
+use crate::harness::{ServiceProcess, connect, health_status};
+use std::time::Duration;
+use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
+
+#[tokio::test]
+async fn bad_settings_are_all_named_and_the_process_exits_2() {
+    let mut process = ServiceProcess::spawn(
+        &["serve"],
+        &[
+            ("C2P_GRPC__LISTEN", "localhost-ish"),
+            ("C2P_REDIS__URL", "ftp://nowhere"),
+            ("C2P_SHUTDOWN__GRACE_PERIOD", "a while"),
+            ("C2P_LOG__FORMAT", "xml"),
+            ("C2P_MODE", "production"),
+        ],
+    );
+    let status = process.wait(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(2));
+    let stderr = process.stderr();
+    for key in [
+        "grpc.listen (C2P_GRPC__LISTEN)",
+        "redis.url (C2P_REDIS__URL)",
+        "shutdown.grace_period (C2P_SHUTDOWN__GRACE_PERIOD)",
+        "log.format (C2P_LOG__FORMAT)",
+        "mode (C2P_MODE)",
+    ] {
+        assert!(stderr.contains(key), "{key} not named in:\n{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn mastercard_mode_refuses_to_start_without_its_keys() {
+    let mut process = ServiceProcess::spawn(&[], &[("C2P_MODE", "mastercard")]);
+    let status = process.wait(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(2));
+    let stderr = process.stderr();
+    for api in ["processing", "enroll"] {
+        for setting in ["base_url", "consumer_key", "signing_key_file"] {
+            let key = format!("mastercard.{api}.{setting}");
+            assert!(stderr.contains(&key), "{key} not named in:\n{stderr}");
+        }
+    }
+    assert!(!stderr.contains("gRPC listening"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_missing_config_file_is_named() {
+    let mut process = ServiceProcess::spawn(&["--config", "/nonexistent/c2p.toml"], &[]);
+    assert_eq!(process.wait(Duration::from_secs(10)).await.code(), Some(2));
+    assert!(
+        process.stderr().contains("/nonexistent/c2p.toml"),
+        "{}",
+        process.stderr()
+    );
+}
+
+#[tokio::test]
+async fn environment_overrides_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c2p.toml");
+    // The file alone would fail (mastercard mode, no keys); the environment switches it back.
+    std::fs::write(
+        &file,
+        "mode = \"mastercard\"\n[grpc]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"text\"\n",
+    )
+    .unwrap();
+    let mut process = ServiceProcess::spawn(
+        &["--config", file.to_str().unwrap()],
+        &[("C2P_MODE", "sandbox")],
+    );
+    let addr = process.listening_addr().await;
+    let mut health = HealthClient::new(connect(addr).await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while health_status(&mut health, "").await != ServingStatus::Serving {
+        assert!(tokio::time::Instant::now() < deadline, "never SERVING");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    process.signal("INT");
+    assert!(process.wait(Duration::from_secs(15)).await.success());
+    assert!(
+        process.stderr().contains("SANDBOX MODE"),
+        "{}",
+        process.stderr()
+    );
+}
