@@ -4,6 +4,7 @@ pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod health;
+pub mod mastercard;
 pub mod proto;
 pub mod server;
 pub mod store;
