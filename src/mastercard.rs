@@ -1,5 +1,6 @@
 //! The Mastercard adapter layer: request signing, payload encryption, key material, and the
 //! clients of Processing Digital and the Click to Pay Enroll API.
 
+pub mod jwe;
 pub mod keys;
 pub mod oauth1;
