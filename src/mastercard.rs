@@ -1,6 +1,11 @@
 //! The Mastercard adapter layer: request signing, payload encryption, key material, and the
 //! clients of Processing Digital and the Click to Pay Enroll API.
 
+pub mod breaker;
+pub mod enroll;
+pub mod error;
+pub mod http;
 pub mod jwe;
 pub mod keys;
 pub mod oauth1;
+pub mod processing;

@@ -1,0 +1,354 @@
+//! `UpstreamError`: every way a Mastercard call can fail, kept apart because each maps to its own
+//! gRPC code and retry decision. It carries Mastercard's reason code, source and correlation ids,
+//! never a request or response body.
+
+use super::jwe::JweError;
+use serde::Deserialize;
+use std::fmt;
+use std::time::Duration;
+
+/// Which Mastercard API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Api {
+    /// Mastercard Processing Digital.
+    Processing,
+    /// The Click to Pay Enroll API.
+    Enroll,
+}
+
+impl Api {
+    /// `processing` or `enroll` (settings section, metric label).
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::Processing => "processing",
+            Api::Enroll => "enroll",
+        }
+    }
+}
+
+impl fmt::Display for Api {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Mastercard's correlation ids from the response headers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Correlation {
+    /// `X-MC-Correlation-ID`.
+    pub mc_correlation_id: Option<String>,
+    /// `correlation-id`.
+    pub correlation_id: Option<String>,
+}
+
+impl Correlation {
+    /// Reads the correlation headers.
+    pub fn from_headers(headers: &reqwest::header::HeaderMap) -> Self {
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.chars().take(128).collect())
+        };
+        Self {
+            mc_correlation_id: get("x-mc-correlation-id"),
+            correlation_id: get("correlation-id"),
+        }
+    }
+
+    /// The most specific id present.
+    pub fn best(&self) -> Option<&str> {
+        self.mc_correlation_id
+            .as_deref()
+            .or(self.correlation_id.as_deref())
+    }
+}
+
+/// Mastercard's structured reason for a refusal, from either error body shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamReason {
+    /// Processing `ReasonCode` (e.g. `CARD_CONTRACT_DOES_NOT_EXIST`), Enroll `status` (e.g.
+    /// `INVALID_STATE`).
+    pub code: Option<String>,
+    /// Enroll `details[].reason` (e.g. `INVALID_VALUE`).
+    pub detail: Option<String>,
+    /// Processing `Source` (e.g. `Gateway`), Enroll `details[].source` (a field name).
+    pub source: Option<String>,
+    /// Processing `Recoverable`.
+    pub recoverable: Option<bool>,
+}
+
+/// What went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// No request left this process: DNS, connect or TLS failed. Always safe to retry.
+    ConnectFailed,
+    /// The connection failed after the request was (possibly) sent: Mastercard may have acted.
+    SendFailed,
+    /// No complete answer within the attempt's timeout (the request may have been acted on).
+    Timeout,
+    /// A 4xx answer, with Mastercard's reason. 429 carries `retry_after`.
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// Mastercard's reason, when the body parsed.
+        reason: UpstreamReason,
+        /// `Retry-After`, when present.
+        retry_after: Option<Duration>,
+    },
+    /// A 5xx answer.
+    ServerError {
+        /// HTTP status.
+        status: u16,
+        /// Mastercard's reason, when the body parsed.
+        reason: UpstreamReason,
+    },
+    /// A 2xx answer whose body is not what the API promises.
+    Decode(String),
+    /// The encrypted response could not be decrypted.
+    Decrypt(JweError),
+    /// The API's circuit breaker is open; no request was sent.
+    CircuitOpen,
+    /// The request could not be built (e.g. signing failed); nothing was sent.
+    Request(String),
+}
+
+/// A failed Mastercard call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamError {
+    /// The API.
+    pub api: Api,
+    /// The operation, e.g. `searchCard`.
+    pub operation: &'static str,
+    /// What went wrong on the last attempt.
+    pub kind: UpstreamErrorKind,
+    /// Mastercard's correlation ids of the last answer, when there was one.
+    pub correlation: Correlation,
+    /// How many attempts were made (0 when the breaker refused the first).
+    pub attempts: u32,
+    /// True when retries stopped because the deadline or budget left no time for another.
+    pub budget_exhausted: bool,
+}
+
+impl UpstreamError {
+    /// Whether another attempt (later, e.g. by the caller) may succeed.
+    pub fn is_transient(&self) -> bool {
+        match &self.kind {
+            UpstreamErrorKind::ConnectFailed
+            | UpstreamErrorKind::SendFailed
+            | UpstreamErrorKind::Timeout
+            | UpstreamErrorKind::CircuitOpen
+            | UpstreamErrorKind::ServerError { .. } => true,
+            UpstreamErrorKind::Rejected { status, .. } => *status == 429,
+            UpstreamErrorKind::Decode(_)
+            | UpstreamErrorKind::Decrypt(_)
+            | UpstreamErrorKind::Request(_) => false,
+        }
+    }
+
+    /// Mastercard's reason code, when it gave one.
+    pub fn reason_code(&self) -> Option<&str> {
+        match &self.kind {
+            UpstreamErrorKind::Rejected { reason, .. }
+            | UpstreamErrorKind::ServerError { reason, .. } => reason.code.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: ", self.api, self.operation)?;
+        match &self.kind {
+            UpstreamErrorKind::ConnectFailed => write!(f, "could not connect")?,
+            UpstreamErrorKind::SendFailed => {
+                write!(f, "connection failed after the request was sent")?
+            }
+            UpstreamErrorKind::Timeout => write!(f, "timed out")?,
+            UpstreamErrorKind::Rejected { status, reason, .. } => {
+                write!(f, "rejected with HTTP {status}")?;
+                write_reason(f, reason)?;
+            }
+            UpstreamErrorKind::ServerError { status, reason } => {
+                write!(f, "server error HTTP {status}")?;
+                write_reason(f, reason)?;
+            }
+            UpstreamErrorKind::Decode(what) => write!(f, "undecodable answer ({what})")?,
+            UpstreamErrorKind::Decrypt(e) => write!(f, "{e}")?,
+            UpstreamErrorKind::CircuitOpen => write!(f, "circuit breaker open")?,
+            UpstreamErrorKind::Request(what) => write!(f, "request not sent ({what})")?,
+        }
+        write!(f, " after {} attempt(s)", self.attempts)?;
+        if let Some(id) = self.correlation.best() {
+            write!(f, ", correlation id {id}")?;
+        }
+        Ok(())
+    }
+}
+
+fn write_reason(f: &mut fmt::Formatter<'_>, r: &UpstreamReason) -> fmt::Result {
+    if let Some(code) = &r.code {
+        write!(f, " {code}")?;
+    }
+    if let Some(detail) = &r.detail {
+        write!(f, "/{detail}")?;
+    }
+    if let Some(source) = &r.source {
+        write!(f, " (source {source})")?;
+    }
+    Ok(())
+}
+
+impl std::error::Error for UpstreamError {}
+
+// The error bodies, parsed tolerantly. Only codes and sources are kept: descriptions and
+// messages may echo request values, so they are dropped here.
+
+#[derive(Deserialize)]
+struct ProcessingWrapper {
+    #[serde(rename = "Errors")]
+    errors: ProcessingErrors,
+}
+
+#[derive(Deserialize)]
+struct ProcessingErrors {
+    #[serde(rename = "Error")]
+    error: OneOrMany<ProcessingError>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    Many(Vec<T>),
+    One(T),
+}
+
+#[derive(Deserialize)]
+struct ProcessingError {
+    #[serde(rename = "Source")]
+    source: Option<String>,
+    #[serde(rename = "ReasonCode")]
+    reason_code: Option<String>,
+    #[serde(rename = "Recoverable")]
+    recoverable: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct EnrollErrorBody {
+    status: Option<String>,
+    reason: Option<String>,
+    #[serde(alias = "errordetail", alias = "errorDetails")]
+    details: Option<Vec<EnrollErrorDetail>>,
+}
+
+#[derive(Deserialize)]
+struct EnrollErrorDetail {
+    reason: Option<String>,
+    source: Option<String>,
+}
+
+/// Mastercard's reason from an error body of either shape; empty when it is neither.
+pub fn parse_error_body(body: &[u8]) -> UpstreamReason {
+    if let Ok(w) = serde_json::from_slice::<ProcessingWrapper>(body) {
+        let first = match w.errors.error {
+            OneOrMany::Many(v) => v.into_iter().next(),
+            OneOrMany::One(e) => Some(e),
+        };
+        if let Some(e) = first {
+            return UpstreamReason {
+                code: e.reason_code,
+                detail: None,
+                source: e.source,
+                recoverable: e.recoverable,
+            };
+        }
+    }
+    if let Ok(e) = serde_json::from_slice::<EnrollErrorBody>(body) {
+        let first = e.details.and_then(|d| d.into_iter().next());
+        // Shape one: status = INVALID_ARGUMENT with details[].reason; shape two may also (or
+        // only) carry a top-level reason.
+        let (code, top_reason) = match (e.status, e.reason) {
+            (Some(status), reason) => (Some(status), reason),
+            (None, reason) => (reason, None),
+        };
+        let (detail, source) = match first {
+            Some(d) => (d.reason.or(top_reason), d.source),
+            None => (top_reason, None),
+        };
+        return UpstreamReason {
+            code,
+            detail,
+            source,
+            recoverable: None,
+        };
+    }
+    UpstreamReason::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processing_error_body_including_gateway_errors() {
+        let body = br#"{"Errors":{"Error":[{"Source":"MASTERCARD PROCESSING","ReasonCode":"CARD_CONTRACT_DOES_NOT_EXIST","Description":"Card contract 99 does not exist","Recoverable":false,"Details":null}]}}"#;
+        let r = parse_error_body(body);
+        assert_eq!(r.code.as_deref(), Some("CARD_CONTRACT_DOES_NOT_EXIST"));
+        assert_eq!(r.source.as_deref(), Some("MASTERCARD PROCESSING"));
+        assert_eq!(r.recoverable, Some(false));
+
+        let gateway = br#"{"Errors":{"Error":{"Source":"Gateway","ReasonCode":"AUTHENTICATION_FAILED","Description":"OAuth signature invalid","Recoverable":false,"Details":null}}}"#;
+        let r = parse_error_body(gateway);
+        assert_eq!(r.code.as_deref(), Some("AUTHENTICATION_FAILED"));
+        assert_eq!(r.source.as_deref(), Some("Gateway"));
+    }
+
+    #[test]
+    fn enroll_error_bodies_of_both_shapes() {
+        let one = br#"{"code":400,"status":"INVALID_ARGUMENT","message":"srcClientId bad","details":[{"reason":"CANNOT_BE_NULL","source":"correlation-id","message":"x","sourceType":"BODY"}]}"#;
+        let r = parse_error_body(one);
+        assert_eq!(r.code.as_deref(), Some("INVALID_ARGUMENT"));
+        assert_eq!(r.detail.as_deref(), Some("CANNOT_BE_NULL"));
+        assert_eq!(r.source.as_deref(), Some("correlation-id"));
+
+        let two = br#"{"status":"INVALID_STATE","reason":"INVALID_VALUE","message":"serviceId unknown","errordetail":[{"reason":"INVALID_VALUE","sourceType":"BODY","message":"m","source":"serviceId"}]}"#;
+        let r = parse_error_body(two);
+        assert_eq!(r.code.as_deref(), Some("INVALID_STATE"));
+        assert_eq!(r.detail.as_deref(), Some("INVALID_VALUE"));
+        assert_eq!(r.source.as_deref(), Some("serviceId"));
+    }
+
+    #[test]
+    fn unknown_bodies_give_an_empty_reason() {
+        assert_eq!(
+            parse_error_body(b"<html>bad gateway</html>"),
+            UpstreamReason::default()
+        );
+        assert_eq!(parse_error_body(b""), UpstreamReason::default());
+    }
+
+    #[test]
+    fn display_carries_codes_and_correlation_but_no_description() {
+        let e = UpstreamError {
+            api: Api::Processing,
+            operation: "searchCard",
+            kind: UpstreamErrorKind::Rejected {
+                status: 404,
+                reason: parse_error_body(br#"{"Errors":{"Error":[{"Source":"S","ReasonCode":"CARD_CONTRACT_DOES_NOT_EXIST","Description":"secret-ish text","Recoverable":false}]}}"#),
+                retry_after: None,
+            },
+            correlation: Correlation {
+                mc_correlation_id: Some("abc-1".into()),
+                correlation_id: None,
+            },
+            attempts: 1,
+            budget_exhausted: false,
+        };
+        let s = e.to_string();
+        assert!(
+            s.contains("CARD_CONTRACT_DOES_NOT_EXIST") && s.contains("abc-1"),
+            "{s}"
+        );
+        assert!(!s.contains("secret-ish"), "{s}");
+    }
+}

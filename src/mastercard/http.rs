@@ -1,0 +1,587 @@
+//! One pooled HTTP client per Mastercard API: signing, optional payload encryption, per-attempt
+//! timeout, an overall budget bounded by the caller's deadline, retries only where safe, and the
+//! API's circuit breaker.
+
+use super::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+use super::error::{Api, Correlation, UpstreamError, UpstreamErrorKind, parse_error_body};
+use super::jwe::{JweDecryptor, JweEncryptor, open_envelope, seal_envelope};
+use super::keys::{Certificate, SigningKey};
+use super::oauth1::{
+    Clock, Credentials, NonceSource, RandomNonce, SignatureMethod, SystemClock,
+    authorization_header,
+};
+use backon::BackoffBuilder as _;
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::Instrument as _;
+
+/// Mastercard Processing requires exactly this content type.
+pub const CONTENT_TYPE: &str = "application/json;charset=utf-8";
+
+/// Timeouts, budget and retries of one API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpPolicy {
+    /// Bound on one attempt (connect, send, complete answer).
+    pub attempt_timeout: Duration,
+    /// Bound on establishing a connection.
+    pub connect_timeout: Duration,
+    /// Bound on a whole call with its retries (further bounded by the caller's deadline).
+    pub budget: Duration,
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// First backoff delay (before jitter).
+    pub initial_backoff: Duration,
+    /// Largest backoff delay.
+    pub max_backoff: Duration,
+}
+
+impl Default for HttpPolicy {
+    fn default() -> Self {
+        Self {
+            attempt_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(3),
+            budget: Duration::from_secs(30),
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Payload encryption of one API: requests sealed as `{"encryptedValue": JWE}`, responses opened.
+#[derive(Debug)]
+pub struct PayloadEncryption {
+    /// Encrypts request bodies for Mastercard.
+    pub encryptor: JweEncryptor,
+    /// Decrypts response bodies (several keys during rotation).
+    pub decryptor: JweDecryptor,
+}
+
+/// Everything one API client is made of.
+pub struct ApiClientConfig {
+    /// Which API.
+    pub api: Api,
+    /// Base URL; call paths are appended to it.
+    pub base_url: url::Url,
+    /// OAuth consumer key.
+    pub consumer_key: String,
+    /// OAuth signing key.
+    pub signing_key: SigningKey,
+    /// RSA-SHA256 or RSA-PSS.
+    pub signature_method: SignatureMethod,
+    /// Timeouts and retries.
+    pub policy: HttpPolicy,
+    /// Breaker settings.
+    pub breaker: BreakerConfig,
+    /// Payload encryption, when switched on.
+    pub encryption: Option<PayloadEncryption>,
+    /// An extra trusted CA (tests, private gateways).
+    pub extra_ca: Option<Certificate>,
+}
+
+/// Whether a call may be repeated after it may have reached Mastercard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idempotency {
+    /// Changes nothing upstream (GETs, `/cards/searches`): retried on timeouts, resets and 502-504.
+    Safe,
+    /// Changes state (`POST /cards`): retried only when it surely did not arrive (connect
+    /// failure, 429).
+    Unsafe,
+}
+
+/// One call.
+pub struct CallSpec {
+    /// Operation name for errors and spans, e.g. `searchCard`.
+    pub operation: &'static str,
+    /// HTTP method.
+    pub method: reqwest::Method,
+    /// Path (and query) below the base URL, starting with `/`.
+    pub path: String,
+    /// The JSON body, serialised once by the caller; these bytes are signed and sent.
+    pub body: Option<Bytes>,
+    /// Extra headers.
+    pub headers: Vec<(&'static str, String)>,
+    /// Retry safety.
+    pub idempotency: Idempotency,
+}
+
+/// A 2xx answer.
+#[derive(Debug)]
+pub struct UpstreamResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// The body, decrypted when payload encryption is on.
+    pub body: Bytes,
+    /// Mastercard's correlation ids.
+    pub correlation: Correlation,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// The client of one Mastercard API.
+pub struct ApiClient {
+    api: Api,
+    base_url: url::Url,
+    consumer_key: String,
+    signing_key: SigningKey,
+    signature_method: SignatureMethod,
+    policy: HttpPolicy,
+    breaker: Arc<CircuitBreaker>,
+    encryption: Option<PayloadEncryption>,
+    http: reqwest::Client,
+    clock: Arc<dyn Clock>,
+    nonces: Arc<dyn NonceSource>,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("api", &self.api)
+            .field("base_url", &self.base_url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of one attempt, before the retry decision.
+struct AttemptFailure {
+    kind: UpstreamErrorKind,
+    correlation: Correlation,
+}
+
+impl ApiClient {
+    /// Builds the pooled client.
+    pub fn new(config: ApiClientConfig) -> Result<Self, String> {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(config.policy.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("c2p-enroll/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &config.extra_ca {
+            let pem = ca.to_pem().map_err(|e| e.to_string())?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| e.to_string())?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().map_err(|e| e.to_string())?;
+        Ok(Self {
+            api: config.api,
+            base_url: config.base_url,
+            consumer_key: config.consumer_key,
+            signing_key: config.signing_key,
+            signature_method: config.signature_method,
+            policy: config.policy,
+            breaker: CircuitBreaker::new(config.breaker),
+            encryption: config.encryption,
+            http,
+            clock: Arc::new(SystemClock),
+            nonces: Arc::new(RandomNonce),
+        })
+    }
+
+    /// Replaces the clock and nonce source (golden tests).
+    pub fn with_clock_and_nonces(
+        mut self,
+        clock: Arc<dyn Clock>,
+        nonces: Arc<dyn NonceSource>,
+    ) -> Self {
+        self.clock = clock;
+        self.nonces = nonces;
+        self
+    }
+
+    /// The API.
+    pub fn api(&self) -> Api {
+        self.api
+    }
+
+    /// The consumer key (the Enroll API derives `x-openapi-clientid` from it).
+    pub fn consumer_key(&self) -> &str {
+        &self.consumer_key
+    }
+
+    /// The breaker's state now.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// An error of this API for `operation`.
+    pub fn error(
+        &self,
+        operation: &'static str,
+        kind: UpstreamErrorKind,
+        correlation: Correlation,
+        attempts: u32,
+    ) -> UpstreamError {
+        UpstreamError {
+            api: self.api,
+            operation,
+            kind,
+            correlation,
+            attempts,
+            budget_exhausted: false,
+        }
+    }
+
+    /// Runs `spec` with retries; `deadline` is the caller's (gRPC) deadline, if any.
+    pub async fn call(
+        &self,
+        spec: CallSpec,
+        deadline: Option<Instant>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let budget_end = Instant::now() + self.policy.budget;
+        let deadline = deadline.map_or(budget_end, |d| d.min(budget_end));
+        let url = self.url(&spec)?;
+        // Serialise (and seal) once: these bytes are hashed, signed and sent on every attempt.
+        let body: Bytes = match (&spec.body, &self.encryption) {
+            (Some(plain), Some(enc)) => seal_envelope(&enc.encryptor, plain)
+                .map(Bytes::from)
+                .map_err(|e| {
+                    self.error(
+                        spec.operation,
+                        UpstreamErrorKind::Request(e.to_string()),
+                        Correlation::default(),
+                        0,
+                    )
+                })?,
+            (Some(plain), None) => plain.clone(),
+            (None, _) => Bytes::new(),
+        };
+        let mut backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(self.policy.initial_backoff)
+            .with_max_delay(self.policy.max_backoff)
+            .with_jitter()
+            .without_max_times()
+            .build();
+
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let Some(permit) = self.breaker.try_acquire() else {
+                return Err(self.error(
+                    spec.operation,
+                    UpstreamErrorKind::CircuitOpen,
+                    Correlation::default(),
+                    attempt - 1,
+                ));
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                drop(permit);
+                let mut e = self.error(
+                    spec.operation,
+                    UpstreamErrorKind::Timeout,
+                    Correlation::default(),
+                    attempt - 1,
+                );
+                e.budget_exhausted = true;
+                return Err(e);
+            }
+            let attempt_timeout = self.policy.attempt_timeout.min(deadline - now);
+            let span = tracing::info_span!(
+                "mastercard.http",
+                otel.kind = "client",
+                http.request.method = %spec.method,
+                url.path = %url.path(),
+                server.address = url.host_str().unwrap_or_default(),
+                mastercard.api = self.api.name(),
+                mastercard.operation = spec.operation,
+                mastercard.attempt = attempt,
+                mastercard.breaker_state = self.breaker.state().name(),
+                http.response.status_code = tracing::field::Empty,
+                mastercard.correlation_id = tracing::field::Empty,
+                error.type = tracing::field::Empty,
+            );
+            let outcome = self
+                .attempt(&spec, &url, &body, attempt_timeout)
+                .instrument(span.clone())
+                .await;
+            let failure = match outcome {
+                Ok(response) => {
+                    permit.record(false);
+                    span.record("http.response.status_code", response.status);
+                    if let Some(id) = response.correlation.best() {
+                        span.record("mastercard.correlation_id", id);
+                    }
+                    return self.open_response(spec.operation, response, attempt);
+                }
+                Err(f) => f,
+            };
+            permit.record(counts_against_api(&failure.kind));
+            span.record("error.type", error_type(&failure.kind));
+            if let Some(id) = failure.correlation.best() {
+                span.record("mastercard.correlation_id", id);
+            }
+            if let UpstreamErrorKind::Rejected { status, .. }
+            | UpstreamErrorKind::ServerError { status, .. } = &failure.kind
+            {
+                span.record("http.response.status_code", *status);
+            }
+
+            let mut error = self.error(spec.operation, failure.kind, failure.correlation, attempt);
+            if !retryable(&error.kind, spec.idempotency) || attempt >= self.policy.max_attempts {
+                return Err(error);
+            }
+            let delay = match &error.kind {
+                UpstreamErrorKind::Rejected {
+                    retry_after: Some(after),
+                    ..
+                } => *after,
+                _ => backoff.next().unwrap_or(self.policy.max_backoff),
+            };
+            if Instant::now() + delay >= deadline {
+                error.budget_exhausted = true;
+                return Err(error);
+            }
+            tracing::debug!(api = %self.api, operation = spec.operation, attempt, ?delay, "retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn url(&self, spec: &CallSpec) -> Result<url::Url, UpstreamError> {
+        let joined = format!(
+            "{}{}",
+            self.base_url.as_str().trim_end_matches('/'),
+            spec.path
+        );
+        url::Url::parse(&joined).map_err(|e| {
+            self.error(
+                spec.operation,
+                UpstreamErrorKind::Request(format!("bad URL: {e}")),
+                Correlation::default(),
+                0,
+            )
+        })
+    }
+
+    async fn attempt(
+        &self,
+        spec: &CallSpec,
+        url: &url::Url,
+        body: &Bytes,
+        timeout: Duration,
+    ) -> Result<UpstreamResponse, AttemptFailure> {
+        let no_correlation = |kind| AttemptFailure {
+            kind,
+            correlation: Correlation::default(),
+        };
+        let credentials = Credentials {
+            consumer_key: &self.consumer_key,
+            key: &self.signing_key,
+            method: self.signature_method,
+        };
+        let authorization = authorization_header(
+            spec.method.as_str(),
+            url,
+            body,
+            &credentials,
+            self.clock.as_ref(),
+            self.nonces.as_ref(),
+        )
+        .map_err(|e| no_correlation(UpstreamErrorKind::Request(e.to_string())))?;
+        let mut request = self
+            .http
+            .request(spec.method.clone(), url.clone())
+            .header(reqwest::header::AUTHORIZATION, authorization)
+            .header(reqwest::header::ACCEPT, "application/json");
+        if spec.body.is_some() {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+                .body(body.clone());
+        }
+        for (name, value) in &spec.headers {
+            request = request.header(*name, value);
+        }
+
+        let exchange = async {
+            let response = request
+                .send()
+                .await
+                .map_err(|e| no_correlation(classify(&e)))?;
+            let status = response.status().as_u16();
+            let correlation = Correlation::from_headers(response.headers());
+            let retry_after = retry_after(response.headers());
+            let bytes = response.bytes().await.map_err(|_| AttemptFailure {
+                kind: UpstreamErrorKind::SendFailed,
+                correlation: correlation.clone(),
+            })?;
+            Ok((status, correlation, retry_after, bytes))
+        };
+        let (status, correlation, retry_after, bytes) = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| no_correlation(UpstreamErrorKind::Timeout))??;
+        match status {
+            200..=299 => Ok(UpstreamResponse {
+                status,
+                body: bytes,
+                correlation,
+                attempts: 0,
+            }),
+            400..=499 => Err(AttemptFailure {
+                kind: UpstreamErrorKind::Rejected {
+                    status,
+                    reason: parse_error_body(&bytes),
+                    retry_after: if status == 429 { retry_after } else { None },
+                },
+                correlation,
+            }),
+            _ => Err(AttemptFailure {
+                kind: UpstreamErrorKind::ServerError {
+                    status,
+                    reason: parse_error_body(&bytes),
+                },
+                correlation,
+            }),
+        }
+    }
+
+    fn open_response(
+        &self,
+        operation: &'static str,
+        mut response: UpstreamResponse,
+        attempts: u32,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        response.attempts = attempts;
+        if let Some(enc) = self.encryption.as_ref().filter(|_| !response.body.is_empty()) {
+            let plain = open_envelope(&enc.decryptor, &response.body).map_err(|e| {
+                self.error(
+                    operation,
+                    UpstreamErrorKind::Decrypt(e),
+                    response.correlation.clone(),
+                    attempts,
+                )
+            })?;
+            response.body = Bytes::from(plain);
+        }
+        Ok(response)
+    }
+}
+
+/// Connect failures happened before anything was sent; anything else after sending began.
+fn classify(e: &reqwest::Error) -> UpstreamErrorKind {
+    if e.is_connect() {
+        UpstreamErrorKind::ConnectFailed
+    } else if e.is_timeout() {
+        UpstreamErrorKind::Timeout
+    } else if e.is_builder() {
+        UpstreamErrorKind::Request("invalid request".into())
+    } else {
+        UpstreamErrorKind::SendFailed
+    }
+}
+
+/// Whether another attempt is safe and may help.
+fn retryable(kind: &UpstreamErrorKind, idempotency: Idempotency) -> bool {
+    match kind {
+        // Nothing reached Mastercard; a 429 was refused before any processing.
+        UpstreamErrorKind::ConnectFailed => true,
+        UpstreamErrorKind::Rejected { status: 429, .. } => true,
+        UpstreamErrorKind::SendFailed | UpstreamErrorKind::Timeout => {
+            idempotency == Idempotency::Safe
+        }
+        UpstreamErrorKind::ServerError { status, .. } => {
+            idempotency == Idempotency::Safe && matches!(status, 502..=504)
+        }
+        UpstreamErrorKind::Rejected { .. }
+        | UpstreamErrorKind::Decode(_)
+        | UpstreamErrorKind::Decrypt(_)
+        | UpstreamErrorKind::CircuitOpen
+        | UpstreamErrorKind::Request(_) => false,
+    }
+}
+
+/// Whether the outcome counts as a failure of the API for its breaker: trouble reaching it or
+/// an overloaded or broken server, not a business refusal.
+fn counts_against_api(kind: &UpstreamErrorKind) -> bool {
+    matches!(
+        kind,
+        UpstreamErrorKind::ConnectFailed
+            | UpstreamErrorKind::SendFailed
+            | UpstreamErrorKind::Timeout
+            | UpstreamErrorKind::ServerError { .. }
+            | UpstreamErrorKind::Rejected { status: 429, .. }
+    )
+}
+
+fn error_type(kind: &UpstreamErrorKind) -> &'static str {
+    match kind {
+        UpstreamErrorKind::ConnectFailed => "connect_failed",
+        UpstreamErrorKind::SendFailed => "send_failed",
+        UpstreamErrorKind::Timeout => "timeout",
+        UpstreamErrorKind::Rejected { .. } => "rejected",
+        UpstreamErrorKind::ServerError { .. } => "server_error",
+        UpstreamErrorKind::Decode(_) => "decode",
+        UpstreamErrorKind::Decrypt(_) => "decrypt",
+        UpstreamErrorKind::CircuitOpen => "circuit_open",
+        UpstreamErrorKind::Request(_) => "request",
+    }
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_rules() {
+        use Idempotency::{Safe, Unsafe};
+        let rejected = |status| UpstreamErrorKind::Rejected {
+            status,
+            reason: Default::default(),
+            retry_after: None,
+        };
+        let server = |status| UpstreamErrorKind::ServerError {
+            status,
+            reason: Default::default(),
+        };
+        for idem in [Safe, Unsafe] {
+            assert!(retryable(&UpstreamErrorKind::ConnectFailed, idem));
+            assert!(retryable(&rejected(429), idem));
+            assert!(!retryable(&rejected(400), idem));
+            assert!(!retryable(&rejected(401), idem));
+            assert!(!retryable(&server(500), idem));
+            assert!(!retryable(&UpstreamErrorKind::Decode("x".into()), idem));
+        }
+        for status in [502, 503, 504] {
+            assert!(retryable(&server(status), Safe));
+            assert!(
+                !retryable(&server(status), Unsafe),
+                "a POST /cards that may have arrived"
+            );
+        }
+        assert!(retryable(&UpstreamErrorKind::Timeout, Safe));
+        assert!(!retryable(&UpstreamErrorKind::Timeout, Unsafe));
+        assert!(retryable(&UpstreamErrorKind::SendFailed, Safe));
+        assert!(!retryable(&UpstreamErrorKind::SendFailed, Unsafe));
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(reqwest::header::RETRY_AFTER, "2".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        let later = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(30));
+        h.insert(reqwest::header::RETRY_AFTER, later.parse().unwrap());
+        let d = retry_after(&h).unwrap();
+        assert!(
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
+    }
+}

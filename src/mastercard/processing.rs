@@ -1,0 +1,169 @@
+//! The Processing Digital client: `POST /cards/searches`, `GET /cards/{id}/tokens`,
+//! `GET /clients/{id}/tokens`.
+
+pub mod types;
+
+use super::error::{Api, UpstreamError, UpstreamErrorKind};
+use super::http::{ApiClient, CallSpec, Idempotency, UpstreamResponse};
+use super::keys::Certificate;
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+use types::{CardSearchRequest, CardSearchResponse, SynchronousRequest, TokenInfo, TokenList};
+
+/// The header carrying the Enroll client encryption certificate.
+pub const ENROLL_KEY_HEADER: &str = "Enroll-Client-Encryption-Key";
+
+/// The Processing Digital API.
+#[derive(Debug)]
+pub struct ProcessingClient {
+    http: ApiClient,
+}
+
+impl ProcessingClient {
+    /// Over a client built for [`Api::Processing`].
+    pub fn new(http: ApiClient) -> Self {
+        debug_assert_eq!(http.api(), Api::Processing);
+        Self { http }
+    }
+
+    /// The underlying HTTP client (breaker state).
+    pub fn http(&self) -> &ApiClient {
+        &self.http
+    }
+
+    /// `POST /cards/searches` with `enrollType=SYNCHRONOUS`: the card object encrypted with
+    /// `enroll_certificate` (sent as base64 DER on one line in `Enroll-Client-Encryption-Key`).
+    pub async fn search_card(
+        &self,
+        card_contract_id: i64,
+        synchronous_request: SynchronousRequest,
+        enroll_certificate: &Certificate,
+        deadline: Option<Instant>,
+    ) -> Result<CardSearchResponse, UpstreamError> {
+        const OP: &str = "searchCard";
+        let der = enroll_certificate.to_der().map_err(|e| {
+            self.http.error(
+                OP,
+                UpstreamErrorKind::Request(e.to_string()),
+                Default::default(),
+                0,
+            )
+        })?;
+        let body = CardSearchRequest {
+            enroll_type: "SYNCHRONOUS",
+            synchronous_request,
+            card_contract_id,
+        };
+        let body = serde_json::to_vec(&body).map_err(|e| {
+            self.http.error(
+                OP,
+                UpstreamErrorKind::Request(e.to_string()),
+                Default::default(),
+                0,
+            )
+        })?;
+        let response = self
+            .http
+            .call(
+                CallSpec {
+                    operation: OP,
+                    method: reqwest::Method::POST,
+                    path: "/cards/searches".into(),
+                    body: Some(Bytes::from(body)),
+                    headers: vec![(
+                        ENROLL_KEY_HEADER,
+                        base64::engine::general_purpose::STANDARD.encode(der),
+                    )],
+                    // A search changes nothing upstream, so retrying it is safe.
+                    idempotency: Idempotency::Safe,
+                },
+                deadline,
+            )
+            .await?;
+        self.decode(OP, response)
+    }
+
+    /// `GET /cards/{cardContractId}/tokens`.
+    pub async fn card_tokens(
+        &self,
+        card_contract_id: i64,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<TokenInfo>, UpstreamError> {
+        self.tokens(
+            "getTokensByCard",
+            format!("/cards/{card_contract_id}/tokens"),
+            deadline,
+        )
+        .await
+    }
+
+    /// `GET /clients/{clientId}/tokens`, optionally filtered by `status`.
+    pub async fn client_tokens(
+        &self,
+        client_id: i64,
+        status: Option<&str>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<TokenInfo>, UpstreamError> {
+        let mut path = format!("/clients/{client_id}/tokens");
+        if let Some(status) = status {
+            path.push_str("?status=");
+            path.push_str(&super::oauth1::pct(status));
+        }
+        self.tokens("getTokensByClient", path, deadline).await
+    }
+
+    async fn tokens(
+        &self,
+        op: &'static str,
+        path: String,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<TokenInfo>, UpstreamError> {
+        let response = self
+            .http
+            .call(
+                CallSpec {
+                    operation: op,
+                    method: reqwest::Method::GET,
+                    path,
+                    body: None,
+                    headers: Vec::new(),
+                    idempotency: Idempotency::Safe,
+                },
+                deadline,
+            )
+            .await?;
+        let list: TokenList = self.decode(op, response)?;
+        Ok(list.tokens)
+    }
+
+    fn decode<T: DeserializeOwned>(
+        &self,
+        op: &'static str,
+        response: UpstreamResponse,
+    ) -> Result<T, UpstreamError> {
+        decode_json(&self.http, op, response)
+    }
+}
+
+/// Parses a 2xx body; the error names the JSON problem (category and position), not the body.
+pub(crate) fn decode_json<T: DeserializeOwned>(
+    http: &ApiClient,
+    op: &'static str,
+    response: UpstreamResponse,
+) -> Result<T, UpstreamError> {
+    serde_json::from_slice(&response.body).map_err(|e| {
+        http.error(
+            op,
+            UpstreamErrorKind::Decode(format!(
+                "{:?} error at line {} column {}",
+                e.classify(),
+                e.line(),
+                e.column()
+            )),
+            response.correlation.clone(),
+            response.attempts,
+        )
+    })
+}
