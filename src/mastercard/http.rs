@@ -442,7 +442,11 @@ impl ApiClient {
         attempts: u32,
     ) -> Result<UpstreamResponse, UpstreamError> {
         response.attempts = attempts;
-        if let Some(enc) = self.encryption.as_ref().filter(|_| !response.body.is_empty()) {
+        if let Some(enc) = self
+            .encryption
+            .as_ref()
+            .filter(|_| !response.body.is_empty())
+        {
             let plain = open_envelope(&enc.decryptor, &response.body).map_err(|e| {
                 self.error(
                     operation,

@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod harness;
+mod http_stub;
 
+mod adapter;
 mod health;
 mod reflection;
 mod settings;
