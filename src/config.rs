@@ -5,7 +5,11 @@
 
 mod raw;
 mod validate;
+mod validate_api;
 
+use crate::mastercard::breaker::BreakerConfig;
+use crate::mastercard::http::HttpPolicy;
+use crate::mastercard::oauth1::SignatureMethod;
 use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use raw::RawSettings;
@@ -58,8 +62,8 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     /// `log.*`.
     pub log: LogSettings,
-    /// `mastercard.*`: present (and complete) in `mastercard` mode only.
-    pub mastercard: Option<MastercardSettings>,
+    /// `mastercard.*`: credentials complete in `mastercard` mode; tuning in both modes.
+    pub mastercard: MastercardSettings,
 }
 
 /// `grpc.*`: the gRPC listener.
@@ -123,9 +127,30 @@ pub struct MastercardSettings {
     pub enroll: ApiSettings,
 }
 
-/// The settings of one Mastercard API. Secrets are paths to files, never values.
+/// The settings of one Mastercard API.
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
+    /// Where and as whom to call: required in mastercard mode, `None` in sandbox mode (the
+    /// simulator provides them).
+    pub credentials: Option<ApiCredentials>,
+    /// `signature_method`: `rsa-sha256` (default) or `rsa-pss`.
+    pub signature_method: SignatureMethod,
+    /// `attempt_timeout`, `connect_timeout`, `budget`, `max_attempts`, `initial_backoff`,
+    /// `max_backoff`.
+    pub policy: HttpPolicy,
+    /// `breaker.*`.
+    pub breaker: BreakerConfig,
+    /// `payload_encryption.enabled`: seal requests / open responses as `{"encryptedValue":…}`.
+    pub payload_encryption_enabled: bool,
+    /// `payload_encryption.*` files (mastercard mode, when enabled).
+    pub payload_encryption: Option<PayloadEncryptionFiles>,
+    /// `extra_ca_file`: an extra trusted CA certificate (PEM or DER).
+    pub extra_ca_file: Option<PathBuf>,
+}
+
+/// Base URL and OAuth credentials of one API. Secrets are paths to files, never values.
+#[derive(Debug, Clone)]
+pub struct ApiCredentials {
     /// `base_url`: the API's base URL (https, or http on a loopback host for the simulator).
     pub base_url: url::Url,
     /// `consumer_key`: the OAuth 1.0a consumer key from Mastercard Developers.
@@ -134,6 +159,27 @@ pub struct ApiSettings {
     pub signing_key_file: PathBuf,
     /// `signing_key_password_file`: a file holding the signing key's password.
     pub signing_key_password_file: Option<PathBuf>,
+}
+
+/// `payload_encryption.*`: the files of Mastercard payload encryption.
+#[derive(Debug, Clone)]
+pub struct PayloadEncryptionFiles {
+    /// `encryption_certificate_file`: Mastercard's certificate that requests are encrypted for.
+    pub encryption_certificate_file: PathBuf,
+    /// `decryption_key_file` (+ `decryption_key_password_file`): the key responses are
+    /// encrypted for.
+    pub decryption_key: KeyFile,
+    /// `previous_decryption_key_file` (+ password): the key being rotated out, still accepted.
+    pub previous_decryption_key: Option<KeyFile>,
+}
+
+/// A private key file and its optional password file.
+#[derive(Debug, Clone)]
+pub struct KeyFile {
+    /// The key (PKCS#12 or PEM).
+    pub file: PathBuf,
+    /// Its password.
+    pub password_file: Option<PathBuf>,
 }
 
 /// Every problem found while loading the settings.

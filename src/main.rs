@@ -1,10 +1,12 @@
 //! `c2p-enroll`: the command line. Settings → logging → serve until SIGTERM/SIGINT → drain.
 
 use c2p_enroll::config::{self, Mode, Settings};
+use c2p_enroll::mastercard::setup::Upstream;
 use c2p_enroll::{server, telemetry};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -51,18 +53,33 @@ fn main() -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> ExitCode {
-    match settings.mode {
-        Mode::Sandbox => tracing::warn!(
-            "SANDBOX MODE: this is not Mastercard; no Mastercard API is called and nothing is enrolled for real"
-        ),
-        Mode::Mastercard => tracing::info!("mastercard mode"),
-    }
+    let upstream = match settings.mode {
+        Mode::Sandbox => {
+            tracing::warn!(
+                "SANDBOX MODE: this is not Mastercard; no Mastercard API is called and nothing is enrolled for real"
+            );
+            None
+        }
+        Mode::Mastercard => {
+            // Keys are read once, here; a bad one stops the service before it listens.
+            match Upstream::from_settings(&settings.mastercard) {
+                Ok(upstream) => {
+                    tracing::info!("mastercard mode: keys loaded");
+                    Some(Arc::new(upstream))
+                }
+                Err(e) => {
+                    eprintln!("c2p-enroll: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
     if settings.redis.url.is_none() {
         tracing::warn!(
             "redis.url is empty: using the in-memory store (state is lost on exit and not shared between replicas)"
         );
     }
-    let running = match server::start(&settings).await {
+    let running = match server::start(&settings, upstream).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");

@@ -9,3 +9,4 @@ pub mod jwe;
 pub mod keys;
 pub mod oauth1;
 pub mod processing;
+pub mod setup;

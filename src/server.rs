@@ -3,6 +3,7 @@
 use crate::config::Settings;
 use crate::grpc::EnrollmentApi;
 use crate::health::{self, HealthGate};
+use crate::mastercard::setup::Upstream;
 use crate::proto::{FILE_DESCRIPTOR_SET, v1::enrollment_service_server::EnrollmentServiceServer};
 use crate::store::{self, EnrollmentStore, StoreError};
 use std::net::SocketAddr;
@@ -108,16 +109,11 @@ impl Drop for RunningServer {
 }
 
 /// Binds `grpc.listen` and serves the enrollment, health and reflection services.
-pub async fn start(settings: &Settings) -> Result<RunningServer, StartError> {
-    let store = store::from_settings(settings)?;
-    start_with_store(settings, store).await
-}
-
-/// As [`start`], with a store built by the caller.
-pub async fn start_with_store(
+pub async fn start(
     settings: &Settings,
-    store: Arc<dyn EnrollmentStore>,
+    upstream: Option<Arc<Upstream>>,
 ) -> Result<RunningServer, StartError> {
+    let store = store::from_settings(settings)?;
     let addr = settings.grpc.listen;
     let listener = TcpListener::bind(addr)
         .await
@@ -145,7 +141,7 @@ pub async fn start_with_store(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let api = EnrollmentApi::new(store.clone(), drain.clone());
+    let api = EnrollmentApi::new(store.clone(), upstream, drain.clone());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let router = tonic::transport::Server::builder()

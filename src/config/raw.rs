@@ -129,6 +129,41 @@ pub(super) struct RawApi {
     pub consumer_key: Option<Scalar>,
     pub signing_key_file: Option<Scalar>,
     pub signing_key_password_file: Option<Scalar>,
+    pub signature_method: Option<Scalar>,
+    pub attempt_timeout: Option<Scalar>,
+    pub connect_timeout: Option<Scalar>,
+    pub budget: Option<Scalar>,
+    pub max_attempts: Option<Scalar>,
+    pub initial_backoff: Option<Scalar>,
+    pub max_backoff: Option<Scalar>,
+    pub extra_ca_file: Option<Scalar>,
+    pub breaker: RawBreaker,
+    pub payload_encryption: RawPayloadEncryption,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawBreaker {
+    pub failure_rate_threshold: Option<Scalar>,
+    pub window_size: Option<Scalar>,
+    pub minimum_calls: Option<Scalar>,
+    pub open_duration: Option<Scalar>,
+    pub half_open_calls: Option<Scalar>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawPayloadEncryption {
+    pub enabled: Option<Scalar>,
+    pub encryption_certificate_file: Option<Scalar>,
+    pub decryption_key_file: Option<Scalar>,
+    pub decryption_key_password_file: Option<Scalar>,
+    pub previous_decryption_key_file: Option<Scalar>,
+    pub previous_decryption_key_password_file: Option<Scalar>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

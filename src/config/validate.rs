@@ -1,11 +1,12 @@
 //! Raw settings → typed [`Settings`], collecting every problem rather than stopping at the first.
 
 use super::{
-    ApiSettings, ConfigError, GrpcSettings, HealthSettings, LogFormat, LogSettings,
-    MastercardSettings, Mode, Problem, RedisSettings, Settings, ShutdownSettings, StoreSettings,
-    raw::{RawApi, RawSettings, Scalar, Unknown},
+    ConfigError, GrpcSettings, HealthSettings, LogFormat, LogSettings, MastercardSettings, Mode,
+    Problem, RedisSettings, Settings, ShutdownSettings, StoreSettings,
+    raw::{RawSettings, Scalar, Unknown},
+    validate_api::validate_api,
 };
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 /// The built-in defaults, in one place so the README table can be checked against them.
 pub(super) mod defaults {
@@ -23,19 +24,19 @@ pub(super) mod defaults {
 }
 
 #[derive(Default)]
-struct Checker {
-    problems: Vec<Problem>,
+pub(super) struct Checker {
+    pub(super) problems: Vec<Problem>,
 }
 
 impl Checker {
-    fn problem(&mut self, key: &str, message: impl Into<String>) {
+    pub(super) fn problem(&mut self, key: &str, message: impl Into<String>) {
         self.problems.push(Problem {
             key: key.to_owned(),
             message: message.into(),
         });
     }
 
-    fn unknown(&mut self, section: &str, unknown: &Unknown) {
+    pub(super) fn unknown(&mut self, section: &str, unknown: &Unknown) {
         for name in unknown.keys() {
             let key = if section.is_empty() {
                 name.clone()
@@ -47,21 +48,26 @@ impl Checker {
     }
 
     /// The value, or the default when unset; empty text counts as unset.
-    fn text(value: &Option<Scalar>, default: &str) -> String {
+    pub(super) fn text(value: &Option<Scalar>, default: &str) -> String {
         match value {
             Some(Scalar(s)) if !s.trim().is_empty() => s.trim().to_owned(),
             _ => default.to_owned(),
         }
     }
 
-    fn optional(value: &Option<Scalar>) -> Option<String> {
+    pub(super) fn optional(value: &Option<Scalar>) -> Option<String> {
         match value {
             Some(Scalar(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
             _ => None,
         }
     }
 
-    fn duration(&mut self, key: &str, value: &Option<Scalar>, default: &str) -> Duration {
+    pub(super) fn duration(
+        &mut self,
+        key: &str,
+        value: &Option<Scalar>,
+        default: &str,
+    ) -> Duration {
         let text = Self::text(value, default);
         match humantime::parse_duration(&text) {
             Ok(d) if !d.is_zero() => d,
@@ -79,6 +85,70 @@ impl Checker {
                 Duration::from_secs(1)
             }
         }
+    }
+}
+
+impl Checker {
+    /// A number within `range`, or the default.
+    pub(super) fn number<T>(
+        &mut self,
+        key: &str,
+        value: &Option<Scalar>,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> T
+    where
+        T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+    {
+        let Some(text) = Self::optional(value) else {
+            return default;
+        };
+        match text.parse::<T>() {
+            Ok(n) if range.contains(&n) => n,
+            _ => {
+                self.problem(
+                    key,
+                    format!(
+                        "{text:?} is not a number from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    /// `true`/`false` (also `1`/`0`, `yes`/`no`), or the default.
+    pub(super) fn boolean(&mut self, key: &str, value: &Option<Scalar>, default: bool) -> bool {
+        match Self::optional(value)
+            .map(|t| t.to_ascii_lowercase())
+            .as_deref()
+        {
+            None => default,
+            Some("true" | "1" | "yes" | "on") => true,
+            Some("false" | "0" | "no" | "off") => false,
+            Some(other) => {
+                self.problem(
+                    key,
+                    format!("{other:?} is not a boolean; use true or false"),
+                );
+                default
+            }
+        }
+    }
+
+    /// A path that must be a readable file, when set.
+    pub(super) fn readable_file(
+        &mut self,
+        key: &str,
+        value: &Option<Scalar>,
+    ) -> Option<std::path::PathBuf> {
+        let path = std::path::PathBuf::from(Self::optional(value)?);
+        if let Err(e) = std::fs::File::open(&path) {
+            self.problem(key, format!("cannot read {}: {e}", path.display()));
+        }
+        Some(path)
     }
 }
 
@@ -143,20 +213,16 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
     };
     let log = validate_log(&mut c, &raw, mode);
 
-    // The upstream settings matter only in mastercard mode: sandbox mode points the clients at the
-    // simulator, so settings left in a file for the other mode are not an error there.
-    let mastercard = match mode {
-        Mode::Mastercard => {
-            c.unknown("mastercard.processing", &raw.mastercard.processing.unknown);
-            c.unknown("mastercard.enroll", &raw.mastercard.enroll.unknown);
-            let processing =
-                validate_api(&mut c, "mastercard.processing", &raw.mastercard.processing);
-            let enroll = validate_api(&mut c, "mastercard.enroll", &raw.mastercard.enroll);
-            processing
-                .zip(enroll)
-                .map(|(processing, enroll)| MastercardSettings { processing, enroll })
-        }
-        Mode::Sandbox => None,
+    // Credentials and key files are required only in mastercard mode: sandbox mode points the
+    // clients at the simulator, so such settings left in a file for the other mode are ignored.
+    let mastercard = MastercardSettings {
+        processing: validate_api(
+            &mut c,
+            "mastercard.processing",
+            &raw.mastercard.processing,
+            mode,
+        ),
+        enroll: validate_api(&mut c, "mastercard.enroll", &raw.mastercard.enroll, mode),
     };
 
     if !c.problems.is_empty() {
@@ -234,87 +300,6 @@ fn validate_log(c: &mut Checker, raw: &RawSettings, mode: Mode) -> LogSettings {
     LogSettings { filter, format }
 }
 
-fn validate_api(c: &mut Checker, section: &str, raw: &RawApi) -> Option<ApiSettings> {
-    let before = c.problems.len();
-    let key = |name: &str| format!("{section}.{name}");
-
-    let base_url = match Checker::optional(&raw.base_url) {
-        None => {
-            c.problem(&key("base_url"), "required in mastercard mode");
-            None
-        }
-        Some(text) => match url::Url::parse(&text) {
-            Ok(u) if u.scheme() == "https" => Some(u),
-            // Plain http only towards this machine: the standalone simulator.
-            Ok(u) if u.scheme() == "http" && is_loopback(&u) => Some(u),
-            Ok(_) => {
-                c.problem(
-                    &key("base_url"),
-                    format!("{text:?} must be an https URL (http only on a loopback host)"),
-                );
-                None
-            }
-            Err(e) => {
-                c.problem(&key("base_url"), format!("{text:?} is not a URL ({e})"));
-                None
-            }
-        },
-    };
-
-    let consumer_key = Checker::optional(&raw.consumer_key);
-    if consumer_key.is_none() {
-        c.problem(&key("consumer_key"), "required in mastercard mode");
-    }
-
-    let signing_key_file = Checker::optional(&raw.signing_key_file).map(PathBuf::from);
-    match &signing_key_file {
-        None => c.problem(&key("signing_key_file"), "required in mastercard mode"),
-        Some(path) => check_readable(c, &key("signing_key_file"), path),
-    }
-
-    let signing_key_password_file =
-        Checker::optional(&raw.signing_key_password_file).map(PathBuf::from);
-    match &signing_key_password_file {
-        Some(path) => check_readable(c, &key("signing_key_password_file"), path),
-        None if signing_key_file.as_deref().is_some_and(is_pkcs12) => c.problem(
-            &key("signing_key_password_file"),
-            "required when the signing key is a PKCS#12 file",
-        ),
-        None => {}
-    }
-
-    if c.problems.len() > before {
-        return None;
-    }
-    Some(ApiSettings {
-        base_url: base_url?,
-        consumer_key: consumer_key?,
-        signing_key_file: signing_key_file?,
-        signing_key_password_file,
-    })
-}
-
-fn is_loopback(u: &url::Url) -> bool {
-    match u.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d == "localhost",
-        None => false,
-    }
-}
-
-fn is_pkcs12(path: &std::path::Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("p12") || e.eq_ignore_ascii_case("pfx"))
-}
-
-fn check_readable(c: &mut Checker, key: &str, path: &std::path::Path) {
-    if let Err(e) = std::fs::File::open(path) {
-        c.problem(key, format!("cannot read {}: {e}", path.display()));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::Settings;
@@ -340,7 +325,7 @@ mod tests {
         assert_eq!(s.redis.key_prefix, "c2p:");
         assert_eq!(s.shutdown.grace_period, Duration::from_secs(10));
         assert_eq!(s.log.format, LogFormat::Text);
-        assert!(s.mastercard.is_none());
+        assert!(s.mastercard.processing.credentials.is_none());
     }
 
     #[test]
@@ -421,9 +406,98 @@ mod tests {
         }
         let s = Settings::load(None, pairs).unwrap();
         assert_eq!(s.log.format, LogFormat::Json);
-        let mc = s.mastercard.unwrap();
-        assert_eq!(mc.enroll.consumer_key, "ck!abc");
-        assert_eq!(mc.processing.signing_key_password_file, None);
+        let enroll = s.mastercard.enroll.credentials.unwrap();
+        assert_eq!(enroll.consumer_key, "ck!abc");
+        assert_eq!(
+            s.mastercard
+                .processing
+                .credentials
+                .unwrap()
+                .signing_key_password_file,
+            None
+        );
+    }
+
+    #[test]
+    fn api_tuning_is_validated_in_both_modes() {
+        let err = Settings::load(
+            None,
+            env(&[
+                ("C2P_MASTERCARD__PROCESSING__MAX_ATTEMPTS", "0"),
+                (
+                    "C2P_MASTERCARD__ENROLL__BREAKER__FAILURE_RATE_THRESHOLD",
+                    "150",
+                ),
+                ("C2P_MASTERCARD__ENROLL__SIGNATURE_METHOD", "hmac-sha1"),
+                (
+                    "C2P_MASTERCARD__ENROLL__PAYLOAD_ENCRYPTION__ENABLED",
+                    "maybe",
+                ),
+                ("C2P_MASTERCARD__ENROLL__BREAKER__OPEN_FOR", "1s"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            keys(&err),
+            vec![
+                "mastercard.processing.max_attempts",
+                "mastercard.enroll.breaker.open_for",
+                "mastercard.enroll.signature_method",
+                "mastercard.enroll.breaker.failure_rate_threshold",
+                "mastercard.enroll.payload_encryption.enabled",
+            ]
+        );
+        let s = Settings::load(
+            None,
+            env(&[
+                ("C2P_MASTERCARD__ENROLL__SIGNATURE_METHOD", "RSA-PSS"),
+                ("C2P_MASTERCARD__PROCESSING__BREAKER__MINIMUM_CALLS", "20"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.mastercard.enroll.signature_method,
+            crate::mastercard::oauth1::SignatureMethod::RsaPss
+        );
+        assert_eq!(s.mastercard.processing.breaker.minimum_calls, 20);
+        assert_eq!(s.mastercard.processing.breaker.window_size, 100);
+        assert_eq!(s.mastercard.processing.policy.max_attempts, 3);
+    }
+
+    #[test]
+    fn payload_encryption_needs_its_files_in_mastercard_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("signing.pem");
+        std::fs::write(&key, "placeholder").unwrap();
+        let mut pairs = vec![("C2P_MODE".to_string(), "mastercard".to_string())];
+        for api in ["PROCESSING", "ENROLL"] {
+            pairs.push((
+                format!("C2P_MASTERCARD__{api}__BASE_URL"),
+                "https://x.example/".into(),
+            ));
+            pairs.push((format!("C2P_MASTERCARD__{api}__CONSUMER_KEY"), "ck".into()));
+            pairs.push((
+                format!("C2P_MASTERCARD__{api}__SIGNING_KEY_FILE"),
+                key.display().to_string(),
+            ));
+        }
+        pairs.push((
+            "C2P_MASTERCARD__PROCESSING__PAYLOAD_ENCRYPTION__ENABLED".into(),
+            "true".into(),
+        ));
+        pairs.push((
+            "C2P_MASTERCARD__PROCESSING__PAYLOAD_ENCRYPTION__DECRYPTION_KEY_FILE".into(),
+            "/nonexistent/mc.p12".into(),
+        ));
+        let err = Settings::load(None, pairs).unwrap_err();
+        assert_eq!(
+            keys(&err),
+            vec![
+                "mastercard.processing.payload_encryption.encryption_certificate_file",
+                "mastercard.processing.payload_encryption.decryption_key_file",
+                "mastercard.processing.payload_encryption.decryption_key_password_file",
+            ]
+        );
     }
 
     #[test]

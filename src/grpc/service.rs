@@ -2,6 +2,7 @@
 //!
 //! The RPCs answer UNIMPLEMENTED until the enrollment flows land (issue 5); the README says so.
 
+use crate::mastercard::setup::Upstream;
 use crate::proto::v1::{
     EnrollCardRequest, EnrollCardResponse, GetEnrollmentStatusRequest, GetEnrollmentStatusResponse,
     NotificationIngestRequest, NotificationIngestResponse, WatchEnrollmentRequest,
@@ -22,14 +23,25 @@ pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send
 pub struct EnrollmentApi {
     #[allow(dead_code)] // read by the enrollment flows (issue 5)
     store: Arc<dyn EnrollmentStore>,
+    #[allow(dead_code)] // called by the enrollment flows (issue 5)
+    upstream: Option<Arc<Upstream>>,
     #[allow(dead_code)] // ends the long-lived streams on drain (issue 5)
     drain: CancellationToken,
 }
 
 impl EnrollmentApi {
-    /// The service over `store`; `drain` is cancelled when the server starts draining.
-    pub fn new(store: Arc<dyn EnrollmentStore>, drain: CancellationToken) -> Self {
-        Self { store, drain }
+    /// The service over `store` and the Mastercard clients; `drain` is cancelled when the
+    /// server starts draining.
+    pub fn new(
+        store: Arc<dyn EnrollmentStore>,
+        upstream: Option<Arc<Upstream>>,
+        drain: CancellationToken,
+    ) -> Self {
+        Self {
+            store,
+            upstream,
+            drain,
+        }
     }
 }
 

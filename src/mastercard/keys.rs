@@ -47,6 +47,13 @@ pub struct KeyError {
     pub problem: KeyProblem,
 }
 
+/// Whether a key file is PKCS#12, by its extension (`.p12`, `.pfx`).
+pub fn is_pkcs12(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("p12") || e.eq_ignore_ascii_case("pfx"))
+}
+
 /// Loads OpenSSL 3's legacy provider once (RC2-40 and 3DES live there), keeping the default
 /// provider as fallback. The handle must stay alive for the provider to stay loaded.
 fn ensure_legacy_provider() {
@@ -84,11 +91,7 @@ impl SigningKey {
         };
         let password = password_file.map(read_password).transpose()?;
         let bytes = std::fs::read(path).map_err(|e| err(KeyProblem::Unreadable(e.to_string())))?;
-        let is_p12 = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| e.eq_ignore_ascii_case("p12") || e.eq_ignore_ascii_case("pfx"));
-        if is_p12 {
+        if is_pkcs12(path) {
             let password = password.ok_or_else(|| err(KeyProblem::PasswordMissing))?;
             Self::from_pkcs12(&bytes, &password).map_err(err)
         } else {

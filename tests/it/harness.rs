@@ -145,7 +145,7 @@ pub struct TestService {
 impl TestService {
     /// Starts the service with `settings` and connects a channel to it.
     pub async fn start(settings: &Settings) -> TestService {
-        let running = server::start(settings).await.expect("service starts");
+        let running = server::start(settings, None).await.expect("service starts");
         let channel = connect(running.local_addr()).await;
         TestService { running, channel }
     }
@@ -245,9 +245,7 @@ impl ServiceProcess {
             if let Some(addr) = log
                 .lines()
                 .filter(|l| l.contains("gRPC listening"))
-                .find_map(|l| l.split("addr=").nth(1))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|a| a.parse().ok())
+                .find_map(listening_addr_of)
             {
                 return addr;
             }
@@ -295,6 +293,19 @@ impl Drop for ServiceProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `addr` of a "gRPC listening" log line, text (`addr=...`) or JSON (`"addr":"..."`).
+fn listening_addr_of(line: &str) -> Option<SocketAddr> {
+    if let Ok(json) = serde_json::from_str::<serde_json::Value>(line) {
+        return json["addr"].as_str()?.parse().ok();
+    }
+    line.split("addr=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn binary() -> PathBuf {

@@ -86,3 +86,54 @@ async fn environment_overrides_the_config_file() {
         process.stderr()
     );
 }
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/keys/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn mastercard_env(password_file: &str) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("C2P_MODE".to_string(), "mastercard".to_string()),
+        ("C2P_GRPC__LISTEN".into(), "127.0.0.1:0".into()),
+    ];
+    for api in ["PROCESSING", "ENROLL"] {
+        let p = |k: &str| format!("C2P_MASTERCARD__{api}__{k}");
+        env.push((p("BASE_URL"), "http://127.0.0.1:9/api".into()));
+        env.push((p("CONSUMER_KEY"), "ck!1".into()));
+        env.push((p("SIGNING_KEY_FILE"), fixture("signing-legacy.p12")));
+        env.push((p("SIGNING_KEY_PASSWORD_FILE"), password_file.to_string()));
+    }
+    env
+}
+
+#[tokio::test]
+async fn mastercard_mode_loads_legacy_p12_keys_at_startup() {
+    let env = mastercard_env(&fixture("signing.password"));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut process = ServiceProcess::spawn(&[], &env);
+    process.listening_addr().await;
+    assert!(
+        process.stderr().contains("keys loaded"),
+        "{}",
+        process.stderr()
+    );
+    process.signal("TERM");
+    assert!(process.wait(Duration::from_secs(15)).await.success());
+}
+
+#[tokio::test]
+async fn a_wrong_key_password_names_the_file_and_stops_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong.password");
+    std::fs::write(&wrong, "nope\n").unwrap();
+    let env = mastercard_env(wrong.to_str().unwrap());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut process = ServiceProcess::spawn(&[], &env);
+    assert_eq!(process.wait(Duration::from_secs(10)).await.code(), Some(2));
+    let stderr = process.stderr();
+    assert!(
+        stderr.contains("signing-legacy.p12: wrong password"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("gRPC listening"), "{stderr}");
+}
