@@ -19,11 +19,18 @@ const BODY: &[u8] = br#"{"enrollType":"SYNCHRONOUS","synchronousRequest":{"cardh
 
 fn signing(c: &mut Criterion) {
     let key = key();
-    let uri = url::Url::parse("https://api.mastercard.com/global-processing/digital/cards/searches")
-        .expect("url");
+    let uri =
+        url::Url::parse("https://api.mastercard.com/global-processing/digital/cards/searches")
+            .expect("url");
     for (name, method) in [
-        ("oauth1_authorization_header_rsa_sha256", SignatureMethod::RsaSha256),
-        ("oauth1_authorization_header_rsa_pss", SignatureMethod::RsaPss),
+        (
+            "oauth1_authorization_header_rsa_sha256",
+            SignatureMethod::RsaSha256,
+        ),
+        (
+            "oauth1_authorization_header_rsa_pss",
+            SignatureMethod::RsaPss,
+        ),
     ] {
         let creds = Credentials {
             consumer_key: "consumer-key!0123456789",
@@ -32,8 +39,15 @@ fn signing(c: &mut Criterion) {
         };
         c.bench_function(name, |b| {
             b.iter(|| {
-                authorization_header("POST", &uri, black_box(BODY), &creds, &SystemClock, &RandomNonce)
-                    .expect("sign")
+                authorization_header(
+                    "POST",
+                    &uri,
+                    black_box(BODY),
+                    &creds,
+                    &SystemClock,
+                    &RandomNonce,
+                )
+                .expect("sign")
             })
         });
     }

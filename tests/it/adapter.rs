@@ -54,6 +54,17 @@ fn client_with(
     breaker: BreakerConfig,
     encryption: Option<PayloadEncryption>,
 ) -> ApiClient {
+    client_full(api, base, policy, breaker, encryption, None)
+}
+
+fn client_full(
+    api: Api,
+    base: url::Url,
+    policy: HttpPolicy,
+    breaker: BreakerConfig,
+    encryption: Option<PayloadEncryption>,
+    extra_ca: Option<Certificate>,
+) -> ApiClient {
     ApiClient::new(ApiClientConfig {
         api,
         base_url: base,
@@ -63,7 +74,7 @@ fn client_with(
         policy,
         breaker,
         encryption,
-        extra_ca: None,
+        extra_ca,
     })
     .unwrap()
 }
@@ -566,4 +577,31 @@ async fn payload_encryption_seals_requests_and_opens_responses() {
     )]);
     let err = search(&client).await.unwrap_err();
     assert!(matches!(err.kind, UpstreamErrorKind::Decrypt(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn tls_with_the_configured_extra_ca() {
+    let stub = HttpStub::start_tls(vec![Reply::json(200, CARD_DATA)]).await;
+    let ca = Certificate::load(&fixtures().join("test-ca.cert.pem")).unwrap();
+    let trusted = ProcessingClient::new(client_full(
+        Api::Processing,
+        stub.https_url("/p"),
+        fast_policy(),
+        BreakerConfig::default(),
+        None,
+        Some(ca),
+    ));
+    search(&trusted).await.unwrap();
+    assert_eq!(stub.requests().len(), 1);
+
+    // Without the CA the server is not trusted: the handshake fails before any request is sent.
+    let untrusted = ProcessingClient::new(client(
+        Api::Processing,
+        stub.https_url("/p"),
+        fast_policy(),
+        BreakerConfig::default(),
+    ));
+    let err = search(&untrusted).await.unwrap_err();
+    assert_eq!(err.kind, UpstreamErrorKind::ConnectFailed, "{err}");
+    assert_eq!(stub.requests().len(), 1);
 }

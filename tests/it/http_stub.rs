@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// What the server does with one request.
@@ -70,6 +70,37 @@ pub struct HttpStub {
 impl HttpStub {
     /// Serves `replies` in order; the last one repeats once the others are used.
     pub async fn start(replies: Vec<Reply>) -> HttpStub {
+        Self::start_inner(replies, None).await
+    }
+
+    /// As [`HttpStub::start`], over TLS with the test CA's `127.0.0.1` certificate.
+    pub async fn start_tls(replies: Vec<Reply>) -> HttpStub {
+        use tokio_rustls::rustls::{
+            self,
+            pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+        };
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys");
+        let certs = CertificateDer::pem_file_iter(format!("{dir}/localhost.cert.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(format!("{dir}/localhost.key.pem")).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        Self::start_inner(
+            replies,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+        .await
+    }
+
+    async fn start_inner(replies: Vec<Reply>, tls: Option<tokio_rustls::TlsAcceptor>) -> HttpStub {
         assert!(!replies.is_empty());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -81,9 +112,18 @@ impl HttpStub {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (s, l) = (s.clone(), l.clone());
+                let (s, l, tls) = (s.clone(), l.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let _ = serve(stream, s, l).await;
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(tls_stream) = acceptor.accept(stream).await {
+                                let _ = serve(tls_stream, s, l, |_| Ok(())).await;
+                            }
+                        }
+                        None => {
+                            let _ = serve(stream, s, l, reset).await;
+                        }
+                    }
                 });
             }
         });
@@ -98,6 +138,11 @@ impl HttpStub {
     /// `http://127.0.0.1:<port><path>`.
     pub fn url(&self, path: &str) -> url::Url {
         url::Url::parse(&format!("http://{}{path}", self.addr)).unwrap()
+    }
+
+    /// `https://127.0.0.1:<port><path>`.
+    pub fn https_url(&self, path: &str) -> url::Url {
+        url::Url::parse(&format!("https://{}{path}", self.addr)).unwrap()
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -116,10 +161,19 @@ impl Drop for HttpStub {
     }
 }
 
-async fn serve(
-    mut stream: TcpStream,
+/// Resets a plain TCP connection: SO_LINGER 0 turns the close into an RST.
+fn reset(stream: TcpStream) -> std::io::Result<()> {
+    let std = stream.into_std()?;
+    socket2::SockRef::from(&std).set_linger(Some(Duration::ZERO))?;
+    drop(std);
+    Ok(())
+}
+
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     script: Arc<Mutex<VecDeque<Reply>>>,
     log: Arc<Mutex<Vec<Recorded>>>,
+    reset: impl FnOnce(S) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -190,12 +244,7 @@ async fn serve(
             stream.shutdown().await?;
         }
         Reply::Hang => tokio::time::sleep(Duration::from_secs(3600)).await,
-        Reply::ResetAfterRead => {
-            // SO_LINGER 0 turns the close into a reset.
-            let std = stream.into_std()?;
-            socket2::SockRef::from(&std).set_linger(Some(Duration::ZERO))?;
-            drop(std);
-        }
+        Reply::ResetAfterRead => reset(stream)?,
     }
     Ok(())
 }
