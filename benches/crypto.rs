@@ -1,6 +1,9 @@
 //! The hot crypto of one enrollment: an OAuth 1.0a RSA-SHA256 signature (two per enrollment),
 //! a JWE encrypt and a JWE decrypt (payload encryption, the simulator's card object).
 
+// A benchmark fails loudly on broken fixtures; it is test code.
+#![allow(clippy::expect_used)]
+
 use c2p_enroll::mastercard::jwe::{JweDecryptor, JweEncryptor};
 use c2p_enroll::mastercard::keys::SigningKey;
 use c2p_enroll::mastercard::oauth1::{
