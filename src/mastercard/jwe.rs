@@ -46,6 +46,7 @@ pub enum JweError {
 pub struct JweEncryptor {
     encrypter: RsaesJweEncrypter,
     kid: String,
+    enc: &'static str,
 }
 
 impl std::fmt::Debug for JweEncryptor {
@@ -66,7 +67,17 @@ impl JweEncryptor {
         let encrypter = RSA_OAEP_256
             .encrypter_from_der(public_key.to_der()?)
             .map_err(|_| JweError::EncryptFailed)?;
-        Ok(Self { encrypter, kid })
+        Ok(Self {
+            encrypter,
+            kid,
+            enc: "A256GCM",
+        })
+    }
+
+    /// Uses A128GCM instead of A256GCM (as SRC card encryption does).
+    pub fn a128gcm(mut self) -> Self {
+        self.enc = "A128GCM";
+        self
     }
 
     /// The `kid` written in the header.
@@ -74,12 +85,12 @@ impl JweEncryptor {
         &self.kid
     }
 
-    /// Compact JWE of `plaintext` (a JSON document): RSA-OAEP-256, A256GCM.
+    /// Compact JWE of `plaintext` (a JSON document): RSA-OAEP-256, A256GCM by default.
     pub fn encrypt(&self, plaintext: &[u8]) -> Result<String, JweError> {
         let mut header = JweHeader::new();
         header.set_key_id(self.kid.clone());
         header.set_content_type("application/json");
-        header.set_content_encryption("A256GCM");
+        header.set_content_encryption(self.enc);
         josekit::jwe::serialize_compact(plaintext, &header, &self.encrypter)
             .map_err(|_| JweError::EncryptFailed)
     }

@@ -269,6 +269,36 @@ impl Certificate {
             .map_err(|e| KeyProblem::Malformed(openssl_reason(&e)))
     }
 
+    /// A self-signed certificate for `key` (the simulator's generated certificates).
+    pub fn self_signed(key: &SigningKey, common_name: &str, days: u32) -> Result<Self, KeyProblem> {
+        use openssl::asn1::Asn1Time;
+        use openssl::x509::{X509Builder, X509NameBuilder};
+        let malformed = |e: openssl::error::ErrorStack| KeyProblem::Malformed(openssl_reason(&e));
+        let mut name = X509NameBuilder::new().map_err(malformed)?;
+        name.append_entry_by_text("CN", common_name)
+            .map_err(malformed)?;
+        let name = name.build();
+        let mut builder = X509Builder::new().map_err(malformed)?;
+        builder.set_version(2).map_err(malformed)?;
+        let serial = openssl::bn::BigNum::from_u32(rand::random::<u32>() >> 1)
+            .and_then(|n| n.to_asn1_integer())
+            .map_err(malformed)?;
+        builder.set_serial_number(&serial).map_err(malformed)?;
+        builder.set_subject_name(&name).map_err(malformed)?;
+        builder.set_issuer_name(&name).map_err(malformed)?;
+        builder.set_pubkey(key.pkey()).map_err(malformed)?;
+        let not_before = Asn1Time::days_from_now(0).map_err(malformed)?;
+        let not_after = Asn1Time::days_from_now(days).map_err(malformed)?;
+        builder.set_not_before(&not_before).map_err(malformed)?;
+        builder.set_not_after(&not_after).map_err(malformed)?;
+        builder
+            .sign(key.pkey(), openssl::hash::MessageDigest::sha256())
+            .map_err(malformed)?;
+        Ok(Self {
+            x509: builder.build(),
+        })
+    }
+
     /// The DER encoding.
     pub fn to_der(&self) -> Result<Vec<u8>, KeyProblem> {
         self.x509

@@ -1,0 +1,157 @@
+//! Gateway checks like Mastercard's, on the verifying side of the adapter's own OAuth code:
+//! content type, a registered consumer key, body hash against the bytes received, signature,
+//! timestamp window, nonce replay. Refusals get Mastercard-shaped bodies.
+
+use super::requests::GatewayOutcome;
+use crate::mastercard::keys::PublicKey;
+use crate::mastercard::oauth1::{self, VerifyError};
+use axum::http::{HeaderMap, StatusCode, header};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The registered consumers and the replay cache.
+pub struct Gateway {
+    consumers: HashMap<String, PublicKey>,
+    window: Duration,
+    nonces: Mutex<HashMap<(String, String), u64>>,
+}
+
+impl Gateway {
+    /// A gateway accepting `consumers`, with timestamps at most `window` away from now.
+    pub fn new(consumers: HashMap<String, PublicKey>, window: Duration) -> Self {
+        Self {
+            consumers,
+            window,
+            nonces: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Runs every check; `Err` names the first that failed.
+    pub fn check(
+        &self,
+        method: &str,
+        url: &url::Url,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(), GatewayOutcome> {
+        if !body.is_empty() {
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            let normalized = content_type.map(|c| c.replace(' ', "").to_ascii_lowercase());
+            if normalized.as_deref() != Some("application/json;charset=utf-8") {
+                return Err(GatewayOutcome::BadContentType);
+            }
+        }
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(GatewayOutcome::MissingAuthorization)?;
+        let consumer_key = oauth1::consumer_key_of(authorization)
+            .map_err(|_| GatewayOutcome::MissingAuthorization)?;
+        let public_key = self
+            .consumers
+            .get(&consumer_key)
+            .ok_or(GatewayOutcome::UnknownConsumerKey)?;
+        let signed =
+            oauth1::verify(method, url, body, authorization, public_key).map_err(|e| match e {
+                VerifyError::BodyHashMismatch => GatewayOutcome::BodyHashMismatch,
+                VerifyError::BadSignature | VerifyError::UnsupportedMethod => {
+                    GatewayOutcome::BadSignature
+                }
+                VerifyError::Malformed(_) | VerifyError::Missing(_) => {
+                    GatewayOutcome::MissingAuthorization
+                }
+            })?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if now.abs_diff(signed.timestamp) > self.window.as_secs() {
+            return Err(GatewayOutcome::TimestampOutOfWindow);
+        }
+        // Nonces are remembered only for signed requests, and only as long as the window.
+        let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        let window = self.window.as_secs();
+        nonces.retain(|_, ts| now.abs_diff(*ts) <= window);
+        if nonces
+            .insert((signed.consumer_key, signed.nonce), signed.timestamp)
+            .is_some()
+        {
+            return Err(GatewayOutcome::NonceReplayed);
+        }
+        Ok(())
+    }
+}
+
+/// The Mastercard-shaped refusal of a failed check.
+pub fn refusal(outcome: GatewayOutcome) -> (StatusCode, serde_json::Value) {
+    let (status, code, description) = match outcome {
+        GatewayOutcome::BadContentType => (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "Content-Type must be application/json;charset=utf-8",
+        ),
+        GatewayOutcome::MissingAuthorization => (
+            StatusCode::UNAUTHORIZED,
+            "MISSING_AUTHORIZATION",
+            "OAuth Authorization header missing or malformed",
+        ),
+        GatewayOutcome::UnknownConsumerKey => (
+            StatusCode::UNAUTHORIZED,
+            "INVALID_CLIENT_ID",
+            "Unknown consumer key",
+        ),
+        GatewayOutcome::BodyHashMismatch => (
+            StatusCode::UNAUTHORIZED,
+            "INVALID_BODY_HASH",
+            "oauth_body_hash does not match the body",
+        ),
+        GatewayOutcome::BadSignature => (
+            StatusCode::UNAUTHORIZED,
+            "INVALID_SIGNATURE",
+            "OAuth signature does not verify",
+        ),
+        GatewayOutcome::TimestampOutOfWindow => (
+            StatusCode::UNAUTHORIZED,
+            "INVALID_TIMESTAMP",
+            "oauth_timestamp outside the allowed window",
+        ),
+        GatewayOutcome::NonceReplayed => (
+            StatusCode::UNAUTHORIZED,
+            "NONCE_ALREADY_USED",
+            "oauth_nonce was used before",
+        ),
+        GatewayOutcome::BadEnvelope => (
+            StatusCode::BAD_REQUEST,
+            "DECRYPTION_ERROR",
+            "The encrypted payload could not be decrypted",
+        ),
+        GatewayOutcome::Passed | GatewayOutcome::Skipped => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "SYSTEM_ERROR",
+            "unexpected",
+        ),
+    };
+    (
+        status,
+        mastercard_error("Gateway", code, description, false),
+    )
+}
+
+/// `{"Errors":{"Error":[{...}]}}`.
+pub fn mastercard_error(
+    source: &str,
+    reason_code: &str,
+    description: &str,
+    recoverable: bool,
+) -> serde_json::Value {
+    serde_json::json!({"Errors": {"Error": [{
+        "Source": source,
+        "ReasonCode": reason_code,
+        "Description": description,
+        "Recoverable": recoverable,
+        "Details": null
+    }]}})
+}
