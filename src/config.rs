@@ -64,6 +64,9 @@ pub struct Settings {
     pub log: LogSettings,
     /// `mastercard.*`: credentials complete in `mastercard` mode; tuning in both modes.
     pub mastercard: MastercardSettings,
+    /// `programs.<name>.*`: the Click to Pay programs (mastercard mode; sandbox mode uses the
+    /// simulator's). `default` is the one used when a request names none.
+    pub programs: std::collections::BTreeMap<String, ProgramSettings>,
 }
 
 /// `grpc.*`: the gRPC listener.
@@ -125,6 +128,32 @@ pub struct MastercardSettings {
     pub processing: ApiSettings,
     /// `mastercard.enroll.*`: the Click to Pay Enroll API.
     pub enroll: ApiSettings,
+}
+
+/// The name of the program used when a request names none.
+pub const DEFAULT_PROGRAM: &str = "default";
+
+/// Mastercard's Click to Pay privacy notice (en-US), the default `privacy_uri`.
+pub const DEFAULT_PRIVACY_URI: &str =
+    "https://www.mastercard.com/global/click-to-pay/en-us/privacy-notice.html";
+/// Mastercard's Click to Pay terms of use (en-US), the default `terms_uri`.
+pub const DEFAULT_TERMS_URI: &str =
+    "https://www.mastercard.com/global/click-to-pay/en-us/terms-of-use.html";
+
+/// `programs.<name>.*`: one Click to Pay program from onboarding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramSettings {
+    /// `src_client_id`: the program's `srcClientId` (UUID).
+    pub src_client_id: String,
+    /// `service_id`: the program's `serviceId`.
+    pub service_id: String,
+    /// `enroll_encryption_certificate_file`: the Enroll client encryption certificate (PEM or
+    /// DER), sent to Processing in `Enroll-Client-Encryption-Key`.
+    pub enroll_encryption_certificate_file: PathBuf,
+    /// `privacy_uri`: `complianceSettings.privacy.latestVersionUri`.
+    pub privacy_uri: url::Url,
+    /// `terms_uri`: `complianceSettings.tnc.latestVersionUri`.
+    pub terms_uri: url::Url,
 }
 
 /// The settings of one Mastercard API.

@@ -62,7 +62,7 @@ async fn serve(settings: Settings) -> ExitCode {
         }
         Mode::Mastercard => {
             // Keys are read once, here; a bad one stops the service before it listens.
-            match Upstream::from_settings(&settings.mastercard) {
+            match Upstream::from_settings(&settings.mastercard, &settings.programs) {
                 Ok(upstream) => {
                     tracing::info!("mastercard mode: keys loaded");
                     Some(Arc::new(upstream))

@@ -302,3 +302,69 @@ fn not_found(_method: Method) -> Response {
         gateway::mastercard_error("Gateway", "RESOURCE_NOT_FOUND", "No such resource", false);
     (axum::http::StatusCode::NOT_FOUND, axum::Json(body)).into_response()
 }
+
+impl Sandbox {
+    /// Both API clients pointed at this simulator with its keys, tuned by `settings` (payload
+    /// encryption of Processing when `mastercard.processing.payload_encryption.enabled`).
+    pub fn upstream(
+        &self,
+        settings: &crate::config::MastercardSettings,
+    ) -> Result<crate::mastercard::setup::Upstream, crate::mastercard::setup::SetupError> {
+        use crate::mastercard::error::Api;
+        use crate::mastercard::http::PayloadEncryption;
+        use crate::mastercard::setup::{Endpoint, SetupError, Upstream, build_client};
+        let keys = &self.state.keys;
+        let setup = |e: String| SetupError::Missing(e);
+        let encryption = if settings.processing.payload_encryption_enabled {
+            let mastercard_public = keys
+                .mastercard_payload_certificate
+                .public_key()
+                .map_err(|e| setup(e.to_string()))?;
+            let mut decryptor = JweDecryptor::new();
+            decryptor
+                .add(&keys.client_payload_key)
+                .map_err(|e| setup(e.to_string()))?;
+            Some(PayloadEncryption {
+                encryptor: JweEncryptor::new(&mastercard_public)
+                    .map_err(|e| setup(e.to_string()))?,
+                decryptor,
+            })
+        } else {
+            None
+        };
+        let processing = build_client(
+            Api::Processing,
+            &settings.processing,
+            Endpoint {
+                base_url: self.processing_base_url(),
+                consumer_key: keys.processing_consumer_key.clone(),
+                signing_key: keys.processing_signing_key.clone(),
+            },
+            encryption,
+            None,
+        )?;
+        let enroll = build_client(
+            Api::Enroll,
+            &settings.enroll,
+            Endpoint {
+                base_url: self.enroll_base_url(),
+                consumer_key: keys.enroll_consumer_key.clone(),
+                signing_key: keys.enroll_signing_key.clone(),
+            },
+            None,
+            None,
+        )?;
+        let program = crate::mastercard::setup::Program {
+            src_client_id: keys.program.src_client_id.clone(),
+            service_id: keys.program.service_id.clone(),
+            enroll_certificate: keys.enroll_encryption_certificate.clone(),
+            privacy_uri: crate::config::DEFAULT_PRIVACY_URI.into(),
+            terms_uri: crate::config::DEFAULT_TERMS_URI.into(),
+        };
+        Ok(Upstream {
+            processing: crate::mastercard::processing::ProcessingClient::new(processing),
+            enroll: crate::mastercard::enroll::EnrollClient::new(enroll),
+            programs: [(crate::config::DEFAULT_PROGRAM.to_owned(), program)].into(),
+        })
+    }
+}

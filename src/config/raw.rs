@@ -56,6 +56,19 @@ pub(super) struct RawSettings {
     pub shutdown: RawShutdown,
     pub log: RawLog,
     pub mastercard: RawMastercard,
+    pub programs: BTreeMap<String, RawProgram>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawProgram {
+    pub src_client_id: Option<Scalar>,
+    pub service_id: Option<Scalar>,
+    pub enroll_encryption_certificate_file: Option<Scalar>,
+    pub privacy_uri: Option<Scalar>,
+    pub terms_uri: Option<Scalar>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

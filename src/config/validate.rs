@@ -225,6 +225,8 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
         enroll: validate_api(&mut c, "mastercard.enroll", &raw.mastercard.enroll, mode),
     };
 
+    let programs = super::validate_api::validate_programs(&mut c, &raw.programs, mode);
+
     if !c.problems.is_empty() {
         return Err(ConfigError {
             problems: c.problems,
@@ -239,6 +241,7 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
         shutdown,
         log,
         mastercard,
+        programs,
     })
 }
 
@@ -404,8 +407,25 @@ mod tests {
                 key.display().to_string(),
             ));
         }
+        let cert = dir.path().join("enroll.cert.pem");
+        std::fs::write(&cert, "placeholder").unwrap();
+        pairs.push((
+            "C2P_PROGRAMS__DEFAULT__SRC_CLIENT_ID".into(),
+            "7f2b8a4e-5c1d-4e8f-9a3b-1c2d3e4f5a6b".into(),
+        ));
+        pairs.push((
+            "C2P_PROGRAMS__DEFAULT__SERVICE_ID".into(),
+            "SRC_SERVICE".into(),
+        ));
+        pairs.push((
+            "C2P_PROGRAMS__DEFAULT__ENROLL_ENCRYPTION_CERTIFICATE_FILE".into(),
+            cert.display().to_string(),
+        ));
         let s = Settings::load(None, pairs).unwrap();
         assert_eq!(s.log.format, LogFormat::Json);
+        let program = &s.programs["default"];
+        assert_eq!(program.service_id, "SRC_SERVICE");
+        assert_eq!(program.terms_uri.as_str(), super::super::DEFAULT_TERMS_URI);
         let enroll = s.mastercard.enroll.credentials.unwrap();
         assert_eq!(enroll.consumer_key, "ck!abc");
         assert_eq!(
@@ -489,6 +509,19 @@ mod tests {
             "C2P_MASTERCARD__PROCESSING__PAYLOAD_ENCRYPTION__DECRYPTION_KEY_FILE".into(),
             "/nonexistent/mc.p12".into(),
         ));
+        pairs.push((
+            "C2P_PROGRAMS__DEFAULT__SRC_CLIENT_ID".into(),
+            "not-a-uuid".into(),
+        ));
+        pairs.push(("C2P_PROGRAMS__DEFAULT__SERVICE_ID".into(), "S".into()));
+        pairs.push((
+            "C2P_PROGRAMS__DEFAULT__ENROLL_ENCRYPTION_CERTIFICATE_FILE".into(),
+            key.display().to_string(),
+        ));
+        pairs.push((
+            "C2P_PROGRAMS__DEFAULT__PRIVACY_URI".into(),
+            "http://plain.example/".into(),
+        ));
         let err = Settings::load(None, pairs).unwrap_err();
         assert_eq!(
             keys(&err),
@@ -496,6 +529,8 @@ mod tests {
                 "mastercard.processing.payload_encryption.encryption_certificate_file",
                 "mastercard.processing.payload_encryption.decryption_key_file",
                 "mastercard.processing.payload_encryption.decryption_key_password_file",
+                "programs.default.src_client_id",
+                "programs.default.privacy_uri",
             ]
         );
     }

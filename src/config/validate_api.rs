@@ -1,13 +1,17 @@
 //! `mastercard.processing.*` and `mastercard.enroll.*`: credentials, key files, timeouts,
 //! retries, breaker and payload encryption of one API.
 
-use super::raw::{RawApi, Scalar};
+use super::raw::{RawApi, RawProgram, Scalar};
 use super::validate::Checker;
-use super::{ApiCredentials, ApiSettings, KeyFile, Mode, PayloadEncryptionFiles};
+use super::{
+    ApiCredentials, ApiSettings, DEFAULT_PRIVACY_URI, DEFAULT_PROGRAM, DEFAULT_TERMS_URI, KeyFile,
+    Mode, PayloadEncryptionFiles, ProgramSettings,
+};
 use crate::mastercard::breaker::BreakerConfig;
 use crate::mastercard::http::HttpPolicy;
 use crate::mastercard::keys::is_pkcs12;
 use crate::mastercard::oauth1::SignatureMethod;
+use std::collections::BTreeMap;
 
 /// Defaults of every API's tuning, one place for the README table.
 pub(super) mod defaults {
@@ -260,4 +264,87 @@ fn is_loopback(u: &url::Url) -> bool {
         Some(url::Host::Domain(d)) => d == "localhost",
         None => false,
     }
+}
+
+/// `programs.<name>.*`; mastercard mode needs at least `programs.default`. In sandbox mode the
+/// simulator registers its own default program and these settings are ignored.
+pub(super) fn validate_programs(
+    c: &mut Checker,
+    raw: &BTreeMap<String, RawProgram>,
+    mode: Mode,
+) -> BTreeMap<String, ProgramSettings> {
+    let mut programs = BTreeMap::new();
+    if mode == Mode::Sandbox {
+        return programs;
+    }
+    if !raw.contains_key(DEFAULT_PROGRAM) {
+        c.problem(
+            "programs.default.src_client_id",
+            "required in mastercard mode (the program used when a request names none)",
+        );
+    }
+    for (name, p) in raw {
+        let key = |field: &str| format!("programs.{name}.{field}");
+        c.unknown(&format!("programs.{name}"), &p.unknown);
+        let before = c.problems.len();
+        let src_client_id = Checker::optional(&p.src_client_id);
+        match &src_client_id {
+            None => c.problem(&key("src_client_id"), "required"),
+            Some(id) if uuid::Uuid::parse_str(id).is_err() => {
+                c.problem(&key("src_client_id"), format!("{id:?} is not a UUID"))
+            }
+            Some(_) => {}
+        }
+        let service_id = Checker::optional(&p.service_id);
+        if service_id.is_none() {
+            c.problem(&key("service_id"), "required");
+        }
+        let certificate = c.readable_file(
+            &key("enroll_encryption_certificate_file"),
+            &p.enroll_encryption_certificate_file,
+        );
+        if certificate.is_none() {
+            c.problem(&key("enroll_encryption_certificate_file"), "required");
+        }
+        let mut uri = |field: &str, value: &Option<Scalar>, default: &str| {
+            let text = Checker::text(value, default);
+            match url::Url::parse(&text) {
+                Ok(u) if u.scheme() == "https" => Some(u),
+                _ => {
+                    c.problem(&key(field), format!("{text:?} is not an https URL"));
+                    None
+                }
+            }
+        };
+        let privacy_uri = uri("privacy_uri", &p.privacy_uri, DEFAULT_PRIVACY_URI);
+        let terms_uri = uri("terms_uri", &p.terms_uri, DEFAULT_TERMS_URI);
+        if c.problems.len() > before {
+            continue;
+        }
+        if let (
+            Some(src_client_id),
+            Some(service_id),
+            Some(certificate),
+            Some(privacy_uri),
+            Some(terms_uri),
+        ) = (
+            src_client_id,
+            service_id,
+            certificate,
+            privacy_uri,
+            terms_uri,
+        ) {
+            programs.insert(
+                name.clone(),
+                ProgramSettings {
+                    src_client_id,
+                    service_id,
+                    enroll_encryption_certificate_file: certificate,
+                    privacy_uri,
+                    terms_uri,
+                },
+            );
+        }
+    }
+    programs
 }

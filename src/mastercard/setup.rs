@@ -7,7 +7,8 @@ use super::http::{ApiClient, ApiClientConfig, PayloadEncryption};
 use super::jwe::{JweDecryptor, JweEncryptor};
 use super::keys::{Certificate, KeyError, KeyProblem, SigningKey};
 use super::processing::ProcessingClient;
-use crate::config::{ApiSettings, KeyFile, MastercardSettings};
+use crate::config::{ApiSettings, DEFAULT_PROGRAM, KeyFile, MastercardSettings, ProgramSettings};
+use std::collections::BTreeMap;
 
 /// Certificates expiring within this window are warned about at startup.
 const EXPIRY_WARNING: time::Duration = time::Duration::days(30);
@@ -31,13 +32,30 @@ pub enum SetupError {
     },
 }
 
-/// The clients of both Mastercard APIs.
+/// The clients of both Mastercard APIs and the Click to Pay programs they serve.
 #[derive(Debug)]
 pub struct Upstream {
     /// Processing Digital.
     pub processing: ProcessingClient,
     /// The Enroll API.
     pub enroll: EnrollClient,
+    /// The programs by name; `default` is always present.
+    pub programs: BTreeMap<String, Program>,
+}
+
+/// A Click to Pay program, its certificate read.
+#[derive(Debug, Clone)]
+pub struct Program {
+    /// `srcClientId`.
+    pub src_client_id: String,
+    /// `serviceId`.
+    pub service_id: String,
+    /// Sent as base64 DER in `Enroll-Client-Encryption-Key`.
+    pub enroll_certificate: Certificate,
+    /// `complianceSettings.privacy.latestVersionUri`.
+    pub privacy_uri: String,
+    /// `complianceSettings.tnc.latestVersionUri`.
+    pub terms_uri: String,
 }
 
 /// What a client needs besides its settings: where and as whom.
@@ -52,10 +70,32 @@ pub struct Endpoint {
 
 impl Upstream {
     /// Both clients from mastercard-mode settings (credentials present).
-    pub fn from_settings(settings: &MastercardSettings) -> Result<Self, SetupError> {
+    pub fn from_settings(
+        settings: &MastercardSettings,
+        program_settings: &BTreeMap<String, ProgramSettings>,
+    ) -> Result<Self, SetupError> {
         let mut errors = Vec::new();
         let processing = load_api(Api::Processing, &settings.processing, &mut errors);
         let enroll = load_api(Api::Enroll, &settings.enroll, &mut errors);
+        let mut programs = BTreeMap::new();
+        for (name, p) in program_settings {
+            if let Some(certificate) = load_certificate(
+                &p.enroll_encryption_certificate_file,
+                "Enroll client encryption certificate",
+                &mut errors,
+            ) {
+                programs.insert(
+                    name.clone(),
+                    Program {
+                        src_client_id: p.src_client_id.clone(),
+                        service_id: p.service_id.clone(),
+                        enroll_certificate: certificate,
+                        privacy_uri: p.privacy_uri.to_string(),
+                        terms_uri: p.terms_uri.to_string(),
+                    },
+                );
+            }
+        }
         if !errors.is_empty() {
             return Err(SetupError::Keys(errors));
         }
@@ -64,9 +104,15 @@ impl Upstream {
                 "mastercard credentials are not configured".into(),
             ));
         };
+        if !programs.contains_key(DEFAULT_PROGRAM) {
+            return Err(SetupError::Missing(
+                "programs.default is not configured".into(),
+            ));
+        }
         Ok(Self {
             processing: ProcessingClient::new(processing?),
             enroll: EnrollClient::new(enroll?),
+            programs,
         })
     }
 }

@@ -10,4 +10,5 @@ mod health;
 mod reflection;
 mod settings;
 mod shutdown;
+mod simulator;
 mod store;

@@ -103,6 +103,18 @@ fn mastercard_env(password_file: &str) -> Vec<(String, String)> {
         env.push((p("SIGNING_KEY_FILE"), fixture("signing-legacy.p12")));
         env.push((p("SIGNING_KEY_PASSWORD_FILE"), password_file.to_string()));
     }
+    env.push((
+        "C2P_PROGRAMS__DEFAULT__SRC_CLIENT_ID".into(),
+        "7f2b8a4e-5c1d-4e8f-9a3b-1c2d3e4f5a6b".into(),
+    ));
+    env.push((
+        "C2P_PROGRAMS__DEFAULT__SERVICE_ID".into(),
+        "SRC_SERVICE".into(),
+    ));
+    env.push((
+        "C2P_PROGRAMS__DEFAULT__ENROLL_ENCRYPTION_CERTIFICATE_FILE".into(),
+        fixture("signing.cert.pem"),
+    ));
     env
 }
 
