@@ -6,6 +6,7 @@ pub mod grpc;
 pub mod health;
 pub mod mastercard;
 pub mod proto;
+pub mod run;
 pub mod sandbox;
 pub mod server;
 pub mod store;

@@ -1,12 +1,12 @@
-//! `c2p-enroll`: the command line. Settings → logging → serve until SIGTERM/SIGINT → drain.
+//! `c2p-enroll`: the command line. Settings → logging → the subcommand.
 
-use c2p_enroll::config::{self, Mode, Settings};
-use c2p_enroll::mastercard::setup::Upstream;
-use c2p_enroll::{server, telemetry};
+use c2p_enroll::config::{self, Settings};
+use c2p_enroll::run::{self, SandboxArgs};
+use c2p_enroll::telemetry;
 use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +25,28 @@ struct Cli {
 enum Command {
     /// Serve the gRPC API (the default).
     Serve,
+    /// Run the Mastercard simulator alone (not Mastercard), its keys in a directory.
+    Sandbox {
+        /// Key directory: its keys are used, or fresh ones are written there, with a
+        /// `service.env` for a service in mastercard mode.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:8089")]
+        listen: SocketAddr,
+        /// A CMS file (default: the sample with cards 70001-70004).
+        #[arg(long, value_name = "FILE")]
+        cms: Option<PathBuf>,
+        /// A faults file (TOML: `[routes.searches] latency = "200ms"`, `[notifications] ...`).
+        #[arg(long, value_name = "FILE")]
+        faults: Option<PathBuf>,
+        /// Where TAR/TCN notifications go: the service's gRPC URL, e.g. http://127.0.0.1:50051.
+        #[arg(long, value_name = "URL")]
+        notify: Option<String>,
+        /// Encrypt Processing payloads (`{"encryptedValue": JWE}`).
+        #[arg(long)]
+        payload_encryption: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,71 +70,21 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => runtime.block_on(serve(settings)),
-    }
-}
-
-async fn serve(settings: Settings) -> ExitCode {
-    let upstream = match settings.mode {
-        Mode::Sandbox => {
-            tracing::warn!(
-                "SANDBOX MODE: this is not Mastercard; no Mastercard API is called and nothing is enrolled for real"
-            );
-            None
-        }
-        Mode::Mastercard => {
-            // Keys are read once, here; a bad one stops the service before it listens.
-            match Upstream::from_settings(&settings.mastercard, &settings.programs) {
-                Ok(upstream) => {
-                    tracing::info!("mastercard mode: keys loaded");
-                    Some(Arc::new(upstream))
-                }
-                Err(e) => {
-                    eprintln!("c2p-enroll: {e}");
-                    return ExitCode::from(2);
-                }
-            }
-        }
-    };
-    if settings.redis.url.is_none() {
-        tracing::warn!(
-            "redis.url is empty: using the in-memory store (state is lost on exit and not shared between replicas)"
-        );
-    }
-    let running = match server::start(&settings, upstream).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start");
-            return ExitCode::FAILURE;
-        }
-    };
-    let signal = shutdown_signal().await;
-    tracing::info!(signal, grace_period = ?settings.shutdown.grace_period, "draining");
-    let outcome = running.shutdown().await;
-    tracing::info!(?outcome, "stopped");
-    ExitCode::SUCCESS
-}
-
-/// Waits for SIGTERM (Kubernetes) or SIGINT (Ctrl-C) and names the one received.
-async fn shutdown_signal() -> &'static str {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = tokio::signal::ctrl_c() => "SIGINT",
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the service");
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "SIGINT"
+        Command::Serve => runtime.block_on(run::serve(settings)),
+        Command::Sandbox {
+            dir,
+            listen,
+            cms,
+            faults,
+            notify,
+            payload_encryption,
+        } => runtime.block_on(run::sandbox(SandboxArgs {
+            dir,
+            listen,
+            cms,
+            faults,
+            notify,
+            payload_encryption,
+        })),
     }
 }

@@ -237,6 +237,22 @@ impl ServiceProcess {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Waits until a stderr line contains `needle`, and returns that line.
+    pub async fn wait_for_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let log = self.stderr();
+            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+                return line.to_owned();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("c2p-enroll exited with {status} before logging {needle:?}:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("c2p-enroll did not log {needle:?}:\n{}", self.stderr());
+    }
+
     /// Waits for the "gRPC listening" log line and returns the address it names.
     pub async fn listening_addr(&mut self) -> SocketAddr {
         let deadline = Instant::now() + Duration::from_secs(20);

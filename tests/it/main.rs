@@ -11,4 +11,5 @@ mod reflection;
 mod settings;
 mod shutdown;
 mod simulator;
+mod standalone;
 mod store;

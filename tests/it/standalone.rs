@@ -1,0 +1,116 @@
+//! `c2p-enroll sandbox` alone, and a service in mastercard mode configured with its key
+//! directory (`service.env`), talking to each other over real HTTP.
+
+use crate::harness::ServiceProcess;
+use c2p_enroll::config::Settings;
+use c2p_enroll::mastercard::enroll::types::{
+    ComplianceResource, ComplianceSettings, Consumer, ConsumerIdentity, EnrollCardRequest,
+};
+use c2p_enroll::mastercard::processing::types::SynchronousRequest;
+use c2p_enroll::mastercard::setup::Upstream;
+use std::time::Duration;
+
+fn read_env(path: &std::path::Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_mastercard_mode_service_talks_to_the_standalone_simulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap().to_owned();
+    let mut simulator = ServiceProcess::spawn(
+        &["sandbox", "--dir", &dir_arg, "--listen", "127.0.0.1:0"],
+        &[],
+    );
+    simulator.wait_for_line("SIMULATOR running alone").await;
+    let env = read_env(&dir.path().join("service.env"));
+
+    // The service's own startup code, on exactly those settings.
+    let settings = Settings::load(None, env.clone()).unwrap();
+    let upstream = Upstream::from_settings(&settings.mastercard, &settings.programs).unwrap();
+    let program = &upstream.programs["default"];
+    let found = upstream
+        .processing
+        .search_card(
+            70001,
+            SynchronousRequest::default(),
+            &program.enroll_certificate,
+            None,
+        )
+        .await
+        .unwrap();
+    let enrolled = upstream
+        .enroll
+        .enroll_card(
+            &EnrollCardRequest {
+                src_client_id: program.src_client_id.clone(),
+                service_id: program.service_id.clone(),
+                src_correlation_id: uuid::Uuid::new_v4().to_string(),
+                encrypted_card: found.card_data,
+                card_source: "ISSUER",
+                consumer: Consumer {
+                    consumer_identity: ConsumerIdentity {
+                        identity_type: "EMAIL_ADDRESS".into(),
+                        identity_value: "jane@example.com".into(),
+                    },
+                    mobile_number: None,
+                    country_code: "US".into(),
+                    language_code: "en".into(),
+                    first_name: None,
+                    last_name: None,
+                },
+                compliance_settings: ComplianceSettings {
+                    privacy: ComplianceResource {
+                        latest_version_uri: program.privacy_uri.clone(),
+                    },
+                    tnc: ComplianceResource {
+                        latest_version_uri: program.terms_uri.clone(),
+                    },
+                },
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        enrolled.masked_card.unwrap().pan_last_four.as_deref(),
+        Some("9726")
+    );
+
+    // The service binary starts in mastercard mode on the same file (keys loaded at startup).
+    let mut service_env: Vec<(&str, &str)> =
+        env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    service_env.push(("C2P_GRPC__LISTEN", "127.0.0.1:0"));
+    let mut service = ServiceProcess::spawn(&[], &service_env);
+    service.listening_addr().await;
+    assert!(
+        service.stderr().contains("keys loaded"),
+        "{}",
+        service.stderr()
+    );
+    service.signal("TERM");
+    assert!(service.wait(Duration::from_secs(15)).await.success());
+
+    // A second simulator on the same directory reuses the keys it wrote.
+    simulator.signal("TERM");
+    assert!(simulator.wait(Duration::from_secs(15)).await.success());
+    let mut again = ServiceProcess::spawn(
+        &["sandbox", "--dir", &dir_arg, "--listen", "127.0.0.1:0"],
+        &[],
+    );
+    again.wait_for_line("SIMULATOR running alone").await;
+    let env_again = read_env(&dir.path().join("service.env"));
+    let key = |env: &[(String, String)]| {
+        env.iter()
+            .find(|(k, _)| k == "C2P_MASTERCARD__ENROLL__CONSUMER_KEY")
+            .unwrap()
+            .1
+            .clone()
+    };
+    assert_eq!(key(&env), key(&env_again));
+}
