@@ -56,6 +56,8 @@ pub struct Settings {
     pub redis: RedisSettings,
     /// `store.*`.
     pub store: StoreSettings,
+    /// `enroll.*`.
+    pub enroll: EnrollSettings,
     /// `health.*`.
     pub health: HealthSettings,
     /// `shutdown.*`.
@@ -87,6 +89,8 @@ pub struct RedisSettings {
     pub connect_timeout: Duration,
     /// `redis.response_timeout`: the bound on one command's answer.
     pub response_timeout: Duration,
+    /// `redis.cluster`: `redis.url` names the seed nodes (comma-separated) of a Redis Cluster.
+    pub cluster: bool,
 }
 
 /// `store.*`: retention of the records.
@@ -94,6 +98,23 @@ pub struct RedisSettings {
 pub struct StoreSettings {
     /// `store.enrollment_ttl`: how long an enrollment record (the token-status cache) is kept.
     pub enrollment_ttl: Duration,
+    /// `store.not_enrolled_ttl`: how long a NOT_ENROLLED answer rebuilt from Mastercard is cached.
+    pub not_enrolled_ttl: Duration,
+    /// `store.notification_dedup_ttl`: how long a notification id is remembered (>= 72 h).
+    pub notification_dedup_ttl: Duration,
+    /// `store.idempotency_ttl`: how long an idempotency record is kept (>= 24 h).
+    pub idempotency_ttl: Duration,
+}
+
+/// `enroll.*`: the enrollment flow.
+#[derive(Debug, Clone)]
+pub struct EnrollSettings {
+    /// `enroll.lease`: how long a call holds its idempotency key without renewing it; after a
+    /// crash, a retry resumes once it ran out.
+    pub lease: Duration,
+    /// `enroll.caller_header`: the request metadata naming the caller (idempotency keys are
+    /// scoped per caller); absent = `default`.
+    pub caller_header: String,
 }
 
 /// `health.*`: the store probe behind the gRPC health service.

@@ -1,8 +1,16 @@
-//! Domain types: the enrollment record and its parts. No I/O, no transport types.
+//! Domain types: the enrollment record, notifications and how they merge. No I/O, no transport
+//! types.
 
 mod enrollment;
+mod idempotency;
+mod notification;
 
 pub use enrollment::{
     CardContractId, EnrollmentRecord, EnrollmentState, Failure, MaskedCard, Token, TokenStatus,
-    TokenizationDecision,
+    TokenizationDecision, Version, merge_tokens, now_ms,
+};
+pub use idempotency::{Begin, IdempotencyRecord, Phase, StoredOutcome};
+pub use notification::{
+    CLICK_TO_PAY_TOKEN_REQUESTOR_ID, CLICK_TO_PAY_WALLET_NAME, Merge, TokenEvent, TokenEventKind,
+    merge,
 };

@@ -1,5 +1,8 @@
-//! The gRPC layer: the `EnrollmentService` implementation (proto ⇄ domain, error mapping).
+//! The gRPC layer: the `EnrollmentService` implementation (proto ⇄ domain, the one error map).
 
+pub mod convert;
+mod deadline;
 mod service;
+pub mod status;
 
 pub use service::EnrollmentApi;

@@ -1,5 +1,6 @@
 //! c2p-enroll: enables a PAN-less issuer's cards for Mastercard Click to Pay over gRPC.
 
+pub mod app;
 pub mod config;
 pub mod domain;
 pub mod grpc;

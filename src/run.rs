@@ -43,7 +43,7 @@ pub async fn serve(settings: Settings) -> ExitCode {
             }
         }
     };
-    let running = match server::start(&settings, Some(upstream)).await {
+    let running = match server::start(&settings, upstream).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");

@@ -1,5 +1,6 @@
 //! The serving process: gRPC listener, health, reflection, store probe and graceful drain.
 
+use crate::app::{App, AppSettings};
 use crate::config::Settings;
 use crate::grpc::EnrollmentApi;
 use crate::health::{self, HealthGate};
@@ -111,7 +112,7 @@ impl Drop for RunningServer {
 /// Binds `grpc.listen` and serves the enrollment, health and reflection services.
 pub async fn start(
     settings: &Settings,
-    upstream: Option<Arc<Upstream>>,
+    upstream: Arc<Upstream>,
 ) -> Result<RunningServer, StartError> {
     let store = store::from_settings(settings)?;
     let addr = settings.grpc.listen;
@@ -141,7 +142,12 @@ pub async fn start(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let api = EnrollmentApi::new(store.clone(), upstream, drain.clone());
+    let app = Arc::new(App::new(
+        store.clone(),
+        upstream,
+        AppSettings::from_settings(settings),
+    ));
+    let api = EnrollmentApi::new(app, settings.enroll.caller_header.clone(), drain.clone());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let router = tonic::transport::Server::builder()

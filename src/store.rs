@@ -1,17 +1,21 @@
-//! The `EnrollmentStore` port and its adapters: Redis (shared by all replicas) and in-memory (the
-//! embedded default for `cargo run` and unit tests), with the same semantics.
+//! The `EnrollmentStore` port and its adapters: Redis (standalone or Cluster, shared by all
+//! replicas) and in-memory (the embedded default), with the same semantics.
 
+mod feed;
 mod keys;
 mod memory;
 mod redis;
+mod scripts;
 
 pub use keys::KeySpace;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 
 use crate::config::Settings;
-use crate::domain::{CardContractId, EnrollmentRecord};
+use crate::domain::{Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, TokenEvent};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Why a store operation failed. Messages never carry record contents.
 #[derive(Debug, thiserror::Error)]
@@ -20,23 +24,74 @@ pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),
     /// A stored value could not be decoded.
-    #[error("stored record for card {card} is unreadable: {reason}")]
-    Corrupt {
-        /// The card whose record is unreadable.
-        card: CardContractId,
-        /// The decoder's complaint (no record contents).
-        reason: String,
-    },
+    #[error("stored record is unreadable: {0}")]
+    Corrupt(String),
 }
 
-/// Where enrollment records live.
+/// What applying a notification did.
+// Short-lived return value, one per notification.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotificationResult {
+    /// Merged; the record is now this.
+    Applied(EnrollmentRecord),
+    /// This notification id was seen before (within the dedup retention).
+    Duplicate,
+    /// Older than what the record holds: nothing changed.
+    Stale,
+}
+
+/// How `put_enrollment` treats an existing record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Write the enrollment fields, keeping (merging) the existing token.
+    Merge,
+    /// Write only when no record exists (cache fill); otherwise return the existing one.
+    IfAbsent,
+}
+
+/// Changes of one card's record, as they are written (on any replica).
+pub type ChangeStream = Pin<Box<dyn tokio_stream::Stream<Item = EnrollmentRecord> + Send>>;
+
+/// Where enrollment records, idempotency records and dedup markers live.
 #[async_trait::async_trait]
 pub trait EnrollmentStore: Send + Sync + 'static {
     /// The record of `card`, if one is stored and not expired.
     async fn get(&self, card: CardContractId) -> Result<Option<EnrollmentRecord>, StoreError>;
 
-    /// Stores `record` (replacing any previous one) for the configured enrollment TTL.
-    async fn put(&self, record: &EnrollmentRecord) -> Result<(), StoreError>;
+    /// Writes `record` atomically with the existing one (see [`PutMode`]), keeps it for `ttl`,
+    /// publishes the change, and returns what is stored now.
+    async fn put_enrollment(
+        &self,
+        record: &EnrollmentRecord,
+        mode: PutMode,
+        ttl: Duration,
+    ) -> Result<EnrollmentRecord, StoreError>;
+
+    /// Atomically: dedup by notification id, merge by event time, write, publish.
+    async fn apply_notification(
+        &self,
+        event: &TokenEvent,
+    ) -> Result<NotificationResult, StoreError>;
+
+    /// Starts (or resumes, or replays) the call with this idempotency `scope` (caller and key).
+    async fn idempotency_begin(
+        &self,
+        scope: &str,
+        proposal: &IdempotencyRecord,
+        now_ms: i64,
+    ) -> Result<Begin, StoreError>;
+
+    /// Replaces the idempotency record, only if `record.owner` still holds it. `false` when
+    /// another owner took over.
+    async fn idempotency_update(
+        &self,
+        scope: &str,
+        record: &IdempotencyRecord,
+    ) -> Result<bool, StoreError>;
+
+    /// Every later change of `card`'s record, wherever it is written.
+    async fn watch(&self, card: CardContractId) -> Result<ChangeStream, StoreError>;
 
     /// Succeeds when the store is reachable; drives the gRPC health status.
     async fn ping(&self) -> Result<(), StoreError>;
@@ -45,20 +100,35 @@ pub trait EnrollmentStore: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 }
 
+/// Retention settings every adapter applies.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Enrollment records written by notifications (and the default of `put_enrollment`).
+    pub enrollment: Duration,
+    /// Notification dedup markers (at least 72 h: senders retry for days).
+    pub notification_dedup: Duration,
+    /// Idempotency records (at least 24 h).
+    pub idempotency: Duration,
+}
+
 /// The store the settings ask for: Redis when `redis.url` is set, otherwise in-memory.
 ///
 /// The Redis connection is established lazily and re-established by itself, so the service
 /// starts (NOT_SERVING) even while Redis is down.
 pub fn from_settings(settings: &Settings) -> Result<Arc<dyn EnrollmentStore>, StoreError> {
-    let ttl = settings.store.enrollment_ttl;
+    let retention = Retention {
+        enrollment: settings.store.enrollment_ttl,
+        notification_dedup: settings.store.notification_dedup_ttl,
+        idempotency: settings.store.idempotency_ttl,
+    };
     let keys = KeySpace::new(&settings.redis.key_prefix);
     match &settings.redis.url {
         Some(url) => Ok(Arc::new(RedisStore::connect_lazy(
             url,
             &settings.redis,
             keys,
-            ttl,
+            retention,
         )?)),
-        None => Ok(Arc::new(MemoryStore::new(ttl))),
+        None => Ok(Arc::new(MemoryStore::new(retention))),
     }
 }

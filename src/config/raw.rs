@@ -52,6 +52,7 @@ pub(super) struct RawSettings {
     pub grpc: RawGrpc,
     pub redis: RawRedis,
     pub store: RawStore,
+    pub enroll: RawEnroll,
     pub health: RawHealth,
     pub shutdown: RawShutdown,
     pub log: RawLog,
@@ -88,6 +89,7 @@ pub(super) struct RawRedis {
     pub key_prefix: Option<Scalar>,
     pub connect_timeout: Option<Scalar>,
     pub response_timeout: Option<Scalar>,
+    pub cluster: Option<Scalar>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -96,6 +98,18 @@ pub(super) struct RawRedis {
 #[serde(default)]
 pub(super) struct RawStore {
     pub enrollment_ttl: Option<Scalar>,
+    pub not_enrolled_ttl: Option<Scalar>,
+    pub notification_dedup_ttl: Option<Scalar>,
+    pub idempotency_ttl: Option<Scalar>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawEnroll {
+    pub lease: Option<Scalar>,
+    pub caller_header: Option<Scalar>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

@@ -1,8 +1,8 @@
 //! Raw settings → typed [`Settings`], collecting every problem rather than stopping at the first.
 
 use super::{
-    ConfigError, GrpcSettings, HealthSettings, LogFormat, LogSettings, MastercardSettings, Mode,
-    Problem, RedisSettings, Settings, ShutdownSettings, StoreSettings,
+    ConfigError, EnrollSettings, GrpcSettings, HealthSettings, LogFormat, LogSettings,
+    MastercardSettings, Mode, Problem, RedisSettings, Settings, ShutdownSettings, StoreSettings,
     raw::{RawSettings, Scalar, Unknown},
     validate_api::validate_api,
 };
@@ -16,6 +16,11 @@ pub(super) mod defaults {
     pub const REDIS_CONNECT_TIMEOUT: &str = "2s";
     pub const REDIS_RESPONSE_TIMEOUT: &str = "1s";
     pub const STORE_ENROLLMENT_TTL: &str = "30d";
+    pub const STORE_NOT_ENROLLED_TTL: &str = "60s";
+    pub const STORE_NOTIFICATION_DEDUP_TTL: &str = "72h";
+    pub const STORE_IDEMPOTENCY_TTL: &str = "24h";
+    pub const ENROLL_LEASE: &str = "15s";
+    pub const ENROLL_CALLER_HEADER: &str = "x-c2p-caller";
     pub const HEALTH_CHECK_INTERVAL: &str = "1s";
     pub const HEALTH_CHECK_TIMEOUT: &str = "1s";
     pub const SHUTDOWN_GRACE_PERIOD: &str = "10s";
@@ -158,6 +163,7 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
     c.unknown("grpc", &raw.grpc.unknown);
     c.unknown("redis", &raw.redis.unknown);
     c.unknown("store", &raw.store.unknown);
+    c.unknown("enroll", &raw.enroll.unknown);
     c.unknown("health", &raw.health.unknown);
     c.unknown("shutdown", &raw.shutdown.unknown);
     c.unknown("log", &raw.log.unknown);
@@ -191,7 +197,34 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
             &raw.store.enrollment_ttl,
             defaults::STORE_ENROLLMENT_TTL,
         ),
+        not_enrolled_ttl: c.duration(
+            "store.not_enrolled_ttl",
+            &raw.store.not_enrolled_ttl,
+            defaults::STORE_NOT_ENROLLED_TTL,
+        ),
+        notification_dedup_ttl: c.duration(
+            "store.notification_dedup_ttl",
+            &raw.store.notification_dedup_ttl,
+            defaults::STORE_NOTIFICATION_DEDUP_TTL,
+        ),
+        idempotency_ttl: c.duration(
+            "store.idempotency_ttl",
+            &raw.store.idempotency_ttl,
+            defaults::STORE_IDEMPOTENCY_TTL,
+        ),
     };
+    let enroll = EnrollSettings {
+        lease: c.duration("enroll.lease", &raw.enroll.lease, defaults::ENROLL_LEASE),
+        caller_header: Checker::text(&raw.enroll.caller_header, defaults::ENROLL_CALLER_HEADER)
+            .to_ascii_lowercase(),
+    };
+    if tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(
+        enroll.caller_header.as_bytes(),
+    )
+    .is_err()
+    {
+        c.problem("enroll.caller_header", "is not a valid gRPC metadata name");
+    }
     let health = HealthSettings {
         check_interval: c.duration(
             "health.check_interval",
@@ -237,6 +270,7 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
         grpc: GrpcSettings { listen },
         redis,
         store,
+        enroll,
         health,
         shutdown,
         log,
@@ -247,15 +281,25 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
 
 fn validate_redis(c: &mut Checker, raw: &RawSettings) -> RedisSettings {
     let url = Checker::optional(&raw.redis.url);
+    let cluster = c.boolean("redis.cluster", &raw.redis.cluster, false);
     if let Some(text) = &url {
-        match url::Url::parse(text) {
-            Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host_str().is_some() => {}
-            // The URL may hold a password: name the problem, never echo the value.
-            Ok(_) => c.problem(
+        let nodes: Vec<&str> = text.split(',').map(str::trim).collect();
+        if nodes.len() > 1 && !cluster {
+            c.problem(
                 "redis.url",
-                "must be a redis:// or rediss:// URL with a host (empty selects the in-memory store)",
-            ),
-            Err(e) => c.problem("redis.url", format!("is not a URL ({e})")),
+                "lists several nodes; set redis.cluster = true for a Redis Cluster",
+            );
+        }
+        for node in nodes {
+            match url::Url::parse(node) {
+                Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host_str().is_some() => {}
+                // The URL may hold a password: name the problem, never echo the value.
+                Ok(_) => c.problem(
+                    "redis.url",
+                    "must be a redis:// or rediss:// URL with a host (empty selects the in-memory store)",
+                ),
+                Err(e) => c.problem("redis.url", format!("is not a URL ({e})")),
+            }
         }
     }
     let key_prefix = Checker::text(&raw.redis.key_prefix, defaults::REDIS_KEY_PREFIX);
@@ -276,6 +320,7 @@ fn validate_redis(c: &mut Checker, raw: &RawSettings) -> RedisSettings {
             &raw.redis.response_timeout,
             defaults::REDIS_RESPONSE_TIMEOUT,
         ),
+        cluster,
     }
 }
 

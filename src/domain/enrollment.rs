@@ -1,10 +1,10 @@
 //! The enrollment record of one card: what the store keeps and the RPCs return.
 //!
 //! It never holds more card data than Click to Pay's masked card (last four digits, expiry).
+//! Times are Unix milliseconds so that the Redis scripts can compare them.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use time::OffsetDateTime;
 
 /// A card's technical id in the Mastercard Processing CMS (`cardContractId`); always > 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -84,6 +84,16 @@ pub enum TokenizationDecision {
     RequireAdditionalAuthentication,
 }
 
+/// Which write a register holds: the event time, and the notification id as tie-breaker, so that
+/// merging is the same whatever the order of arrival (last writer wins by `(at_ms, by)`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Version {
+    /// Event time, Unix milliseconds.
+    pub at_ms: i64,
+    /// The notification id (or `upstream:<...>` for a read of the token list).
+    pub by: String,
+}
+
 /// The card as Click to Pay shows it: last four digits and expiry, nothing more.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MaskedCard {
@@ -101,20 +111,32 @@ pub struct MaskedCard {
     pub digital_card_status: Option<String>,
 }
 
-/// The card's Click to Pay token.
+/// The card's Click to Pay token: two registers (status, decision), each last-writer-wins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Token {
     /// MDES `tokenUniqueReference`.
     pub token_unique_reference: String,
-    /// Last known status.
-    pub status: Option<TokenStatus>,
-    /// The TAR decision, when a TAR was seen.
-    pub decision: Option<TokenizationDecision>,
     /// The token requestor id.
     pub token_requestor_id: String,
-    /// Event time of the last change applied to the token.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub updated_at: Option<OffsetDateTime>,
+    /// Last known status.
+    pub status: Option<TokenStatus>,
+    /// The write that set `status`.
+    pub status_version: Option<Version>,
+    /// The TAR decision, when a TAR was seen.
+    pub decision: Option<TokenizationDecision>,
+    /// The write that set `decision`.
+    pub decision_version: Option<Version>,
+}
+
+impl Token {
+    /// The event time of the latest change, Unix milliseconds.
+    pub fn updated_at_ms(&self) -> Option<i64> {
+        [&self.status_version, &self.decision_version]
+            .into_iter()
+            .flatten()
+            .map(|v| v.at_ms)
+            .max()
+    }
 }
 
 /// Why an enrollment failed.
@@ -149,12 +171,10 @@ pub struct EnrollmentRecord {
     pub token: Option<Token>,
     /// Why it failed, when `state` is `Failed`.
     pub failure: Option<Failure>,
-    /// First written.
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    /// Last changed.
-    #[serde(with = "time::serde::rfc3339")]
-    pub updated_at: OffsetDateTime,
+    /// First written, Unix milliseconds.
+    pub created_at_ms: i64,
+    /// Last changed, Unix milliseconds.
+    pub updated_at_ms: i64,
 }
 
 impl EnrollmentRecord {
@@ -163,7 +183,7 @@ impl EnrollmentRecord {
         card_contract_id: CardContractId,
         program: String,
         state: EnrollmentState,
-        now: OffsetDateTime,
+        now_ms: i64,
     ) -> Self {
         Self {
             card_contract_id,
@@ -175,10 +195,53 @@ impl EnrollmentRecord {
             masked_card: None,
             token: None,
             failure: None,
-            created_at: now,
-            updated_at: now,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
         }
     }
+
+    /// This record's enrollment fields (state, ids, masked card, failure) with `existing`'s token:
+    /// what the enrollment flow writes, keeping whatever notifications merged meanwhile.
+    pub fn with_token_of(mut self, existing: Option<&EnrollmentRecord>) -> Self {
+        if let Some(existing) = existing {
+            self.created_at_ms = existing.created_at_ms.min(self.created_at_ms);
+            if let Some(token) = &existing.token {
+                self.token = Some(match self.token.take() {
+                    Some(mine) => merge_tokens(token.clone(), &mine),
+                    None => token.clone(),
+                });
+            }
+        }
+        self
+    }
+}
+
+/// Merges two views of the card's token register by register (last writer wins). A different
+/// token reference replaces the token when its newest write is newer.
+pub fn merge_tokens(base: Token, other: &Token) -> Token {
+    if base.token_unique_reference != other.token_unique_reference {
+        return if other.updated_at_ms() > base.updated_at_ms() {
+            other.clone()
+        } else {
+            base
+        };
+    }
+    let mut merged = base;
+    if other.status_version > merged.status_version {
+        merged.status = other.status;
+        merged.status_version = other.status_version.clone();
+    }
+    if other.decision_version > merged.decision_version {
+        merged.decision = other.decision;
+        merged.decision_version = other.decision_version.clone();
+    }
+    merged
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    let now = time::OffsetDateTime::now_utc();
+    i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -196,22 +259,54 @@ mod tests {
         assert!(serde_json::from_str::<CardContractId>("0").is_err());
     }
 
+    fn token(
+        status: Option<(TokenStatus, i64, &str)>,
+        decision: Option<(TokenizationDecision, i64, &str)>,
+    ) -> Token {
+        Token {
+            token_unique_reference: "DM1".into(),
+            token_requestor_id: "50123197928".into(),
+            status: status.map(|s| s.0),
+            status_version: status.map(|s| Version {
+                at_ms: s.1,
+                by: s.2.into(),
+            }),
+            decision: decision.map(|d| d.0),
+            decision_version: decision.map(|d| Version {
+                at_ms: d.1,
+                by: d.2.into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn token_merge_is_last_writer_wins_per_register_in_any_order() {
+        let a = token(Some((TokenStatus::Active, 10, "n2")), None);
+        let b = token(
+            Some((TokenStatus::Suspended, 20, "n3")),
+            Some((TokenizationDecision::Approved, 5, "n1")),
+        );
+        let ab = merge_tokens(a.clone(), &b);
+        let ba = merge_tokens(b.clone(), &a);
+        assert_eq!(ab, ba);
+        assert_eq!(ab.status, Some(TokenStatus::Suspended));
+        assert_eq!(ab.decision, Some(TokenizationDecision::Approved));
+        assert_eq!(merge_tokens(ab.clone(), &ab), ab);
+        assert_eq!(ab.updated_at_ms(), Some(20));
+    }
+
     #[test]
     fn records_round_trip_through_json() {
-        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
         let mut r = EnrollmentRecord::new(
             CardContractId::new(70001).unwrap(),
             String::new(),
             EnrollmentState::Enrolled,
-            now,
+            1_800_000_000_123,
         );
-        r.token = Some(Token {
-            token_unique_reference: "DM4MMC0000000001".into(),
-            status: Some(TokenStatus::Active),
-            decision: Some(TokenizationDecision::Approved),
-            token_requestor_id: "50123197928".into(),
-            updated_at: Some(now),
-        });
+        r.token = Some(token(
+            Some((TokenStatus::Active, 1_800_000_000_456, "n1")),
+            None,
+        ));
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.contains("\"state\":\"ENROLLED\""), "{json}");
         assert_eq!(serde_json::from_str::<EnrollmentRecord>(&json).unwrap(), r);

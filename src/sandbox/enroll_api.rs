@@ -248,7 +248,9 @@ pub async fn enroll(state: Arc<State>, req: Incoming) -> Response {
             });
         }
     }
-    state.respond(Route::EnrollCards, answer, false)
+    state
+        .respond_or_drop(Route::EnrollCards, answer, false)
+        .await
 }
 
 async fn send(state: &State, mut notifications: Vec<Notification>, faults: &NotificationFaults) {

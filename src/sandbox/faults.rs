@@ -45,6 +45,9 @@ pub struct RouteFault {
     /// Reset the connection after reading the request.
     #[serde(default)]
     pub reset: bool,
+    /// Process the request fully, then never answer (the answer is lost on the way back).
+    #[serde(default)]
+    pub drop_response: bool,
     /// Answer 429 with this `Retry-After` (whole seconds).
     #[serde(default, with = "humantime_serde_opt")]
     pub throttle: Option<Duration>,

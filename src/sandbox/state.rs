@@ -92,11 +92,15 @@ impl State {
         req: &Incoming,
         envelope: bool,
     ) -> Result<Bytes, Response> {
-        let fault = self
-            .faults
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take(route);
+        let fault = {
+            let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+            // A lost answer is applied after processing (`respond_or_drop`), not here.
+            if faults.routes.get(&route).is_some_and(|f| f.drop_response) {
+                None
+            } else {
+                faults.take(route)
+            }
+        };
         if let Some(fault) = fault {
             if let Some(latency) = fault.latency {
                 tokio::time::sleep(latency).await;
@@ -175,6 +179,30 @@ impl State {
                 });
         }
         Ok(req.body.clone())
+    }
+
+    /// Whether the route's answer is to be lost (fault `drop_response`), counting `times` down.
+    pub fn drops_response(&self, route: Route) -> bool {
+        let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        if faults.routes.get(&route).is_some_and(|f| f.drop_response) {
+            return faults.take(route).is_some();
+        }
+        false
+    }
+
+    /// As [`State::respond`], unless the answer is to be lost: then the request is logged and
+    /// the connection left hanging.
+    pub async fn respond_or_drop(&self, route: Route, answer: Answer, envelope: bool) -> Response {
+        if self.drops_response(route) {
+            self.record(
+                route,
+                GatewayOutcome::Passed,
+                0,
+                answer.src_correlation_id.clone(),
+            );
+            std::future::pending::<()>().await;
+        }
+        self.respond(route, answer, envelope)
     }
 
     /// Logs the answer and turns it into a response, sealed in the envelope when on.

@@ -1,5 +1,5 @@
 //! Redis key layout. Every key of a card carries the hash tag `{card:<id>}`, so that all of a
-//! card's keys live in one Redis Cluster slot and one script or transaction can update them.
+//! card's keys live in one Redis Cluster slot and one script can update them together.
 
 use crate::domain::CardContractId;
 
@@ -22,9 +22,41 @@ impl KeySpace {
         format!("{}{}:enrollment", self.prefix, Self::card_tag(card))
     }
 
+    /// `<prefix>{card:<id>}:notification:<id>`: a notification's dedup marker.
+    pub fn notification(&self, card: CardContractId, notification_id: &str) -> String {
+        format!(
+            "{}{}:notification:{notification_id}",
+            self.prefix,
+            Self::card_tag(card)
+        )
+    }
+
+    /// `<prefix>changes:{card:<id>}`: the pub/sub channel of a card's changes.
+    pub fn changes(&self, card: CardContractId) -> String {
+        format!("{}changes:{}", self.prefix, Self::card_tag(card))
+    }
+
+    /// `<prefix>idempotency:{<sha256 of scope>}`: an idempotency record. The scope (caller and
+    /// key) is hashed: it is caller input and may hold braces.
+    pub fn idempotency(&self, scope: &str) -> String {
+        format!(
+            "{}idempotency:{{{}}}",
+            self.prefix,
+            hex::encode(openssl::sha::sha256(scope.as_bytes()))
+        )
+    }
+
     /// `{card:<id>}`: the hash tag shared by all keys of a card.
     pub fn card_tag(card: CardContractId) -> String {
         format!("{{card:{card}}}")
+    }
+
+    /// The card of a change channel name.
+    pub fn card_of_channel(&self, channel: &str) -> Option<CardContractId> {
+        let rest = channel
+            .strip_prefix(&self.prefix)?
+            .strip_prefix("changes:{card:")?;
+        CardContractId::new(rest.strip_suffix('}')?.parse().ok()?)
     }
 }
 
@@ -33,9 +65,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn enrollment_key_has_prefix_and_card_hash_tag() {
+    fn keys_have_prefix_and_card_hash_tag() {
         let k = KeySpace::new("c2p:");
         let card = CardContractId::new(70001).unwrap();
         assert_eq!(k.enrollment(card), "c2p:{card:70001}:enrollment");
+        assert_eq!(
+            k.notification(card, "n-1"),
+            "c2p:{card:70001}:notification:n-1"
+        );
+        assert_eq!(k.changes(card), "c2p:changes:{card:70001}");
+        assert_eq!(k.card_of_channel(&k.changes(card)), Some(card));
+        assert!(
+            k.idempotency("caller\u{0}key{}")
+                .starts_with("c2p:idempotency:{")
+        );
     }
 }

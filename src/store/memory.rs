@@ -1,57 +1,191 @@
-//! The in-memory store: the embedded default. Same semantics as Redis, TTL included; state is lost
-//! when the process exits and is not shared between replicas.
+//! The in-memory store: the embedded default. Same semantics as Redis (merging, dedup, leases,
+//! TTLs, change events); state is lost when the process exits and is not shared between replicas.
 
-use super::{EnrollmentStore, StoreError};
-use crate::domain::{CardContractId, EnrollmentRecord};
+use super::{ChangeStream, EnrollmentStore, NotificationResult, PutMode, Retention, StoreError};
+use crate::domain::{
+    Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, Merge, TokenEvent, merge,
+};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use tokio::sync::broadcast;
 use tokio::time::Instant;
+use tokio_stream::StreamExt as _;
 
-/// Records in a map, each with its expiry instant.
-#[derive(Debug)]
+#[derive(Default)]
+struct Maps {
+    records: HashMap<CardContractId, (EnrollmentRecord, Instant)>,
+    dedup: HashMap<(CardContractId, String), Instant>,
+    idempotency: HashMap<String, (IdempotencyRecord, Instant)>,
+}
+
+/// Everything in maps behind one lock (each operation is one critical section: atomic).
 pub struct MemoryStore {
-    ttl: Duration,
-    records: Mutex<HashMap<CardContractId, (EnrollmentRecord, Instant)>>,
+    retention: Retention,
+    maps: Mutex<Maps>,
+    changes: broadcast::Sender<EnrollmentRecord>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
 }
 
 impl MemoryStore {
-    /// An empty store whose records expire `ttl` after their last write.
-    pub fn new(ttl: Duration) -> Self {
+    /// An empty store.
+    pub fn new(retention: Retention) -> Self {
         Self {
-            ttl,
-            records: Mutex::new(HashMap::new()),
+            retention,
+            maps: Mutex::new(Maps::default()),
+            changes: broadcast::channel(1024).0,
         }
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<CardContractId, (EnrollmentRecord, Instant)>> {
-        // A panic while holding the lock cannot leave a half-written entry (inserts are single
-        // calls), so a poisoned map is still consistent.
-        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Maps> {
+        // Every critical section leaves the maps consistent (single inserts), so a poisoned
+        // lock is still usable.
+        self.maps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn live_record(maps: &mut Maps, card: CardContractId) -> Option<EnrollmentRecord> {
+        match maps.records.get(&card) {
+            Some((r, expires)) if *expires > Instant::now() => Some(r.clone()),
+            Some(_) => {
+                maps.records.remove(&card);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn publish(&self, record: &EnrollmentRecord) {
+        // No receivers is fine: nobody watches.
+        let _ = self.changes.send(record.clone());
     }
 }
 
 #[async_trait::async_trait]
 impl EnrollmentStore for MemoryStore {
     async fn get(&self, card: CardContractId) -> Result<Option<EnrollmentRecord>, StoreError> {
-        let mut records = self.lock();
-        match records.get(&card) {
-            Some((record, expires)) if *expires > Instant::now() => Ok(Some(record.clone())),
-            Some(_) => {
-                records.remove(&card);
-                Ok(None)
+        Ok(Self::live_record(&mut self.lock(), card))
+    }
+
+    async fn put_enrollment(
+        &self,
+        record: &EnrollmentRecord,
+        mode: PutMode,
+        ttl: std::time::Duration,
+    ) -> Result<EnrollmentRecord, StoreError> {
+        let stored = {
+            let mut maps = self.lock();
+            let existing = Self::live_record(&mut maps, record.card_contract_id);
+            if let (PutMode::IfAbsent, Some(existing)) = (mode, &existing) {
+                return Ok(existing.clone());
             }
-            None => Ok(None),
+            let stored = record.clone().with_token_of(existing.as_ref());
+            maps.records.insert(
+                record.card_contract_id,
+                (stored.clone(), Instant::now() + ttl),
+            );
+            stored
+        };
+        self.publish(&stored);
+        Ok(stored)
+    }
+
+    async fn apply_notification(
+        &self,
+        event: &TokenEvent,
+    ) -> Result<NotificationResult, StoreError> {
+        let applied = {
+            let mut maps = self.lock();
+            let now = Instant::now();
+            let dedup_key = (event.card_contract_id, event.notification_id.clone());
+            if maps
+                .dedup
+                .get(&dedup_key)
+                .is_some_and(|expires| *expires > now)
+            {
+                return Ok(NotificationResult::Duplicate);
+            }
+            let existing = Self::live_record(&mut maps, event.card_contract_id);
+            maps.dedup
+                .insert(dedup_key, now + self.retention.notification_dedup);
+            match merge(existing.as_ref(), event) {
+                Merge::Stale => return Ok(NotificationResult::Stale),
+                Merge::Applied(record) => {
+                    maps.records.insert(
+                        record.card_contract_id,
+                        (record.clone(), now + self.retention.enrollment),
+                    );
+                    record
+                }
+            }
+        };
+        self.publish(&applied);
+        Ok(NotificationResult::Applied(applied))
+    }
+
+    async fn idempotency_begin(
+        &self,
+        scope: &str,
+        proposal: &IdempotencyRecord,
+        now_ms: i64,
+    ) -> Result<Begin, StoreError> {
+        let mut maps = self.lock();
+        let now = Instant::now();
+        let current = maps
+            .idempotency
+            .get(scope)
+            .filter(|(_, expires)| *expires > now)
+            .map(|(r, _)| r.clone());
+        let begin = match current {
+            None => Begin::New(proposal.clone()),
+            Some(r) if r.fingerprint != proposal.fingerprint => return Ok(Begin::Reused),
+            Some(r) if r.outcome.is_some() => return Ok(Begin::Replay(r)),
+            Some(r) if r.lease_until_ms > now_ms => {
+                return Ok(Begin::InFlight(r.lease_until_ms - now_ms));
+            }
+            Some(mut r) => {
+                r.owner = proposal.owner.clone();
+                r.lease_until_ms = proposal.lease_until_ms;
+                Begin::Resume(r)
+            }
+        };
+        let (Begin::New(r) | Begin::Resume(r)) = &begin else {
+            return Ok(begin);
+        };
+        maps.idempotency.insert(
+            scope.to_owned(),
+            (r.clone(), now + self.retention.idempotency),
+        );
+        Ok(begin)
+    }
+
+    async fn idempotency_update(
+        &self,
+        scope: &str,
+        record: &IdempotencyRecord,
+    ) -> Result<bool, StoreError> {
+        let mut maps = self.lock();
+        match maps.idempotency.get(scope) {
+            Some((current, _)) if current.owner != record.owner => Ok(false),
+            _ => {
+                maps.idempotency.insert(
+                    scope.to_owned(),
+                    (record.clone(), Instant::now() + self.retention.idempotency),
+                );
+                Ok(true)
+            }
         }
     }
 
-    async fn put(&self, record: &EnrollmentRecord) -> Result<(), StoreError> {
-        let expires = Instant::now() + self.ttl;
-        self.lock()
-            .insert(record.card_contract_id, (record.clone(), expires));
-        Ok(())
+    async fn watch(&self, card: CardContractId) -> Result<ChangeStream, StoreError> {
+        let changes = tokio_stream::wrappers::BroadcastStream::new(self.changes.subscribe());
+        Ok(Box::pin(changes.filter_map(move |r| match r {
+            Ok(record) if record.card_contract_id == card => Some(record),
+            _ => None,
+        })))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -1,18 +1,72 @@
-//! The Redis store, through a `ConnectionManager` that reconnects by itself.
+//! The Redis store, standalone (a `ConnectionManager` that reconnects by itself) or Cluster
+//! (`redis.cluster`), every update one atomic script on one card's slot.
 
-use super::{EnrollmentStore, KeySpace, StoreError};
+use super::feed::Feed;
+use super::scripts;
+use super::{
+    ChangeStream, EnrollmentStore, KeySpace, NotificationResult, PutMode, Retention, StoreError,
+};
 use crate::config::RedisSettings;
-use crate::domain::{CardContractId, EnrollmentRecord};
-use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use crate::domain::{Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, TokenEvent};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
 use std::time::Duration;
+use tokio::sync::OnceCell;
 
-/// Enrollment records as JSON strings under [`KeySpace::enrollment`], with a TTL.
+/// A connection to a standalone server or to a cluster.
 #[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+// One per store, built once.
+#[allow(clippy::large_enum_variant)]
+enum Target {
+    Single(ConnectionManager),
+    // The cluster connection is made on first use (the cluster may be down at startup).
+    Cluster(redis::cluster::ClusterClient, OnceCell<ClusterConnection>),
+}
+
+/// Records as JSON strings, scripts for every update, pub/sub for changes.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    target: Target,
     keys: KeySpace,
-    ttl: Duration,
+    retention: Retention,
+    feed: Feed,
+    apply_notification: Script,
+    put_enrollment: Script,
+    idempotency_begin: Script,
+    idempotency_update: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -20,7 +74,6 @@ impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("keys", &self.keys)
-            .field("ttl", &self.ttl)
             .finish_non_exhaustive()
     }
 }
@@ -30,62 +83,202 @@ fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+fn corrupt(e: serde_json::Error) -> StoreError {
+    // serde_json's message gives the category and position, never the value.
+    StoreError::Corrupt(format!("{:?} error at column {}", e.classify(), e.column()))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl RedisStore {
     /// A store whose first connection is made on first use, and remade after every loss.
+    /// With `settings.cluster`, `url` is a comma-separated list of seed nodes.
     pub fn connect_lazy(
         url: &str,
         settings: &RedisSettings,
         keys: KeySpace,
-        ttl: Duration,
+        retention: Retention,
     ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Unavailable(format!("bad redis.url ({:?})", e.kind())))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.connect_timeout))
-            .set_response_timeout(Some(settings.response_timeout))
-            // Fail fast and let the next command reconnect: callers have deadlines and the
-            // health probe runs every second.
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
-        Ok(Self { conn, keys, ttl })
+        let bad_url = |e: redis::RedisError| {
+            StoreError::Unavailable(format!("bad redis.url ({:?})", e.kind()))
+        };
+        let nodes: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let first = nodes.first().copied().unwrap_or(url);
+        let target = if settings.cluster {
+            let client =
+                redis::cluster::ClusterClient::builder(nodes.iter().map(|n| n.to_string()))
+                    .connection_timeout(settings.connect_timeout)
+                    .response_timeout(settings.response_timeout)
+                    .retries(1)
+                    .build()
+                    .map_err(bad_url)?;
+            Target::Cluster(client, OnceCell::new())
+        } else {
+            let client = redis::Client::open(first).map_err(bad_url)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(settings.connect_timeout))
+                .set_response_timeout(Some(settings.response_timeout))
+                // Fail fast and let the next command reconnect: callers have deadlines and the
+                // health probe runs every second.
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(500));
+            Target::Single(
+                ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?,
+            )
+        };
+        // Classic PUBLISH reaches subscribers on every node of a cluster, so one node serves
+        // the feed in both set-ups.
+        let feed = Feed::start(redis::Client::open(first).map_err(bad_url)?);
+        Ok(Self {
+            target,
+            keys,
+            retention,
+            feed,
+            apply_notification: Script::new(&scripts::apply_notification()),
+            put_enrollment: Script::new(&scripts::put_enrollment()),
+            idempotency_begin: Script::new(scripts::IDEMPOTENCY_BEGIN),
+            idempotency_update: Script::new(scripts::IDEMPOTENCY_UPDATE),
+        })
+    }
+
+    async fn connection(&self) -> Result<Connection, StoreError> {
+        match &self.target {
+            Target::Single(c) => Ok(Connection::Single(c.clone())),
+            Target::Cluster(client, cell) => cell
+                .get_or_try_init(|| client.get_async_connection())
+                .await
+                .map(|c| Connection::Cluster(c.clone()))
+                .map_err(unavailable),
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl EnrollmentStore for RedisStore {
     async fn get(&self, card: CardContractId) -> Result<Option<EnrollmentRecord>, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection().await?;
         let raw: Option<String> = conn
             .get(self.keys.enrollment(card))
             .await
             .map_err(unavailable)?;
-        raw.map(|json| {
-            serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
-                card,
-                // serde_json's message gives line/column and the kind, not the value.
-                reason: format!("{:?} error at column {}", e.classify(), e.column()),
-            })
-        })
-        .transpose()
+        raw.map(|json| serde_json::from_str(&json).map_err(corrupt))
+            .transpose()
     }
 
-    async fn put(&self, record: &EnrollmentRecord) -> Result<(), StoreError> {
-        let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt {
-            card: record.card_contract_id,
-            reason: format!("{:?}", e.classify()),
-        })?;
-        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
-        let mut conn = self.conn.clone();
-        let () = conn
-            .pset_ex(self.keys.enrollment(record.card_contract_id), json, ttl_ms)
+    async fn put_enrollment(
+        &self,
+        record: &EnrollmentRecord,
+        mode: PutMode,
+        ttl: Duration,
+    ) -> Result<EnrollmentRecord, StoreError> {
+        let json = serde_json::to_string(record).map_err(corrupt)?;
+        let mut conn = self.connection().await?;
+        let stored: String = self
+            .put_enrollment
+            .key(self.keys.enrollment(record.card_contract_id))
+            .arg(json)
+            .arg(millis(ttl))
+            .arg(self.keys.changes(record.card_contract_id))
+            .arg(match mode {
+                PutMode::Merge => "merge",
+                PutMode::IfAbsent => "if_absent",
+            })
+            .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        Ok(())
+        serde_json::from_str(&stored).map_err(corrupt)
+    }
+
+    async fn apply_notification(
+        &self,
+        event: &TokenEvent,
+    ) -> Result<NotificationResult, StoreError> {
+        let token = serde_json::to_string(&event.as_token()).map_err(corrupt)?;
+        let card = event.card_contract_id;
+        let mut conn = self.connection().await?;
+        let reply: Vec<String> = self
+            .apply_notification
+            .key(self.keys.enrollment(card))
+            .key(self.keys.notification(card, &event.notification_id))
+            .arg(token)
+            .arg(event.event_at_ms)
+            .arg(card.get())
+            .arg(millis(self.retention.enrollment))
+            .arg(millis(self.retention.notification_dedup))
+            .arg(self.keys.changes(card))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        match reply.as_slice() {
+            [kind] if kind == "duplicate" => Ok(NotificationResult::Duplicate),
+            [kind] if kind == "stale" => Ok(NotificationResult::Stale),
+            [kind, json] if kind == "applied" => Ok(NotificationResult::Applied(
+                serde_json::from_str(json).map_err(corrupt)?,
+            )),
+            _ => Err(StoreError::Corrupt("unexpected script reply".into())),
+        }
+    }
+
+    async fn idempotency_begin(
+        &self,
+        scope: &str,
+        proposal: &IdempotencyRecord,
+        now_ms: i64,
+    ) -> Result<Begin, StoreError> {
+        let json = serde_json::to_string(proposal).map_err(corrupt)?;
+        let mut conn = self.connection().await?;
+        let reply: Vec<String> = self
+            .idempotency_begin
+            .key(self.keys.idempotency(scope))
+            .arg(json)
+            .arg(&proposal.fingerprint)
+            .arg(now_ms)
+            .arg(millis(self.retention.idempotency))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let record = |json: &str| serde_json::from_str::<IdempotencyRecord>(json).map_err(corrupt);
+        match reply.as_slice() {
+            [kind, json] if kind == "new" => Ok(Begin::New(record(json)?)),
+            [kind, json] if kind == "resume" => Ok(Begin::Resume(record(json)?)),
+            [kind, json] if kind == "replay" => Ok(Begin::Replay(record(json)?)),
+            [kind, ms] if kind == "in_flight" => Ok(Begin::InFlight(ms.parse().unwrap_or(1000))),
+            [kind] if kind == "reused" => Ok(Begin::Reused),
+            _ => Err(StoreError::Corrupt("unexpected script reply".into())),
+        }
+    }
+
+    async fn idempotency_update(
+        &self,
+        scope: &str,
+        record: &IdempotencyRecord,
+    ) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(record).map_err(corrupt)?;
+        let mut conn = self.connection().await?;
+        let written: i64 = self
+            .idempotency_update
+            .key(self.keys.idempotency(scope))
+            .arg(&record.owner)
+            .arg(json)
+            .arg(millis(self.retention.idempotency))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(written == 1)
+    }
+
+    async fn watch(&self, card: CardContractId) -> Result<ChangeStream, StoreError> {
+        self.feed.watch(self.keys.changes(card)).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection().await?;
         let _: String = redis::cmd("PING")
             .query_async(&mut conn)
             .await

@@ -2,11 +2,15 @@
 //! in-process on port 0 (or as its binary, for signal and exit-code tests), and gRPC clients.
 
 use c2p_enroll::config::Settings;
+use c2p_enroll::proto::v1::enrollment_service_client::EnrollmentServiceClient;
+use c2p_enroll::sandbox::keys::SandboxKeys;
+use c2p_enroll::sandbox::{Sandbox, SandboxConfig};
 use c2p_enroll::server::{self, RunningServer};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -26,6 +30,7 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -37,6 +42,7 @@ impl RedisServer {
                 port: free_port(),
                 dir: tempfile::tempdir().expect("temp dir"),
                 child: None,
+                extra: Vec::new(),
             };
             if server.spawn() {
                 return server;
@@ -81,6 +87,7 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -111,6 +118,96 @@ impl Drop for RedisServer {
     }
 }
 
+/// Three `redis-server --cluster-enabled yes` masters joined with `redis-cli --cluster create`.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+/// A port `p` in 20000-29999 with `p` and its cluster bus port `p + 10000` both free.
+fn free_cluster_port() -> u16 {
+    loop {
+        let p = 20_000 + (rand_u16() % 10_000);
+        let both = TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok();
+        if both {
+            return p;
+        }
+    }
+}
+
+fn rand_u16() -> u16 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    (nanos ^ std::process::id().rotate_left(7)) as u16
+}
+
+impl RedisCluster {
+    /// Starts the nodes, creates the cluster and waits until it reports `cluster_state:ok`.
+    pub fn start() -> RedisCluster {
+        require_binary("redis-server", "redis-server");
+        require_binary("redis-cli", "redis-tools");
+        let mut nodes = Vec::new();
+        while nodes.len() < 3 {
+            let mut node = RedisServer {
+                port: free_cluster_port(),
+                dir: tempfile::tempdir().expect("temp dir"),
+                child: None,
+                extra: vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-node-timeout".into(),
+                    "2000".into(),
+                ],
+            };
+            if node.spawn() {
+                nodes.push(node);
+            }
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let output = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            loop {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut node.connection())
+                    .unwrap_or_default();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "cluster not ok: {info}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// The seed node URLs, comma-separated (the `redis.url` of a cluster).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 /// Fails with the Debian package to install when a binary the tests need is missing.
 pub fn require_binary(binary: &str, debian_package: &str) {
     if let Err(e) = Command::new(binary).arg("--version").output() {
@@ -136,18 +233,61 @@ pub fn settings(extra: &[(&str, &str)]) -> Settings {
     Settings::load(None, env).expect("test settings are valid")
 }
 
-/// The service running in this test process.
+/// Generating RSA keys is slow in debug builds: one set of simulator keys per test binary.
+pub fn shared_keys() -> SandboxKeys {
+    static KEYS: OnceLock<SandboxKeys> = OnceLock::new();
+    KEYS.get_or_init(|| SandboxKeys::generate().expect("generate simulator keys"))
+        .clone()
+}
+
+/// A simulator on a free loopback port, with the shared keys and the sample CMS.
+pub async fn start_sandbox() -> Arc<Sandbox> {
+    let config = SandboxConfig::new("127.0.0.1:0".parse().expect("addr"), shared_keys())
+        .expect("sandbox config");
+    Arc::new(Sandbox::start(config).await.expect("simulator starts"))
+}
+
+/// The service running in this test process, talking to a simulator.
 pub struct TestService {
     pub running: RunningServer,
     pub channel: Channel,
+    pub sandbox: Arc<Sandbox>,
 }
 
 impl TestService {
-    /// Starts the service with `settings` and connects a channel to it.
+    /// Starts the service with `settings` and its own simulator, whose notifications go to it.
     pub async fn start(settings: &Settings) -> TestService {
-        let running = server::start(settings, None).await.expect("service starts");
+        let sandbox = start_sandbox().await;
+        let service = Self::start_with(settings, sandbox.clone()).await;
+        service.notify_me();
+        service
+    }
+
+    /// Starts the service against a given simulator (several instances can share one).
+    pub async fn start_with(settings: &Settings, sandbox: Arc<Sandbox>) -> TestService {
+        let upstream = sandbox
+            .upstream(&settings.mastercard)
+            .expect("clients for the simulator");
+        let running = server::start(settings, Arc::new(upstream))
+            .await
+            .expect("service starts");
         let channel = connect(running.local_addr()).await;
-        TestService { running, channel }
+        TestService {
+            running,
+            channel,
+            sandbox,
+        }
+    }
+
+    /// Points the simulator's notifications at this instance.
+    pub fn notify_me(&self) {
+        self.sandbox
+            .set_notification_target(&format!("http://{}", self.running.local_addr()))
+            .expect("notification target");
+    }
+
+    pub fn client(&self) -> EnrollmentServiceClient<Channel> {
+        EnrollmentServiceClient::new(self.channel.clone())
     }
 
     pub fn health(&self) -> HealthClient<Channel> {

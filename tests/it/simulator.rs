@@ -2,7 +2,7 @@
 //! gateway refusing any changed signed byte, every fault mode, and notifications delivered to a
 //! gRPC receiver started by the test.
 
-use crate::harness::settings;
+use crate::harness::{settings, shared_keys};
 use c2p_enroll::mastercard::enroll::types::{
     ComplianceResource, ComplianceSettings, Consumer, ConsumerIdentity, EnrollCardRequest,
 };
@@ -21,19 +21,11 @@ use c2p_enroll::proto::v1::{
 use c2p_enroll::sandbox::faults::{
     ErrorFault, NotificationFaults, NotificationTiming, Route, RouteFault,
 };
-use c2p_enroll::sandbox::keys::SandboxKeys;
 use c2p_enroll::sandbox::requests::GatewayOutcome;
 use c2p_enroll::sandbox::{Sandbox, SandboxConfig};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_stream::StreamExt as _;
-
-/// Generating RSA keys is slow in debug builds: one set for the whole test binary.
-fn shared_keys() -> SandboxKeys {
-    static KEYS: OnceLock<SandboxKeys> = OnceLock::new();
-    KEYS.get_or_init(|| SandboxKeys::generate().unwrap())
-        .clone()
-}
 
 async fn start_sandbox(payload_encryption: bool) -> Sandbox {
     let mut config = SandboxConfig::new("127.0.0.1:0".parse().unwrap(), shared_keys()).unwrap();

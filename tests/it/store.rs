@@ -1,22 +1,31 @@
-//! One suite for the `EnrollmentStore` port, run against the in-memory adapter and against Redis.
+//! One suite for the `EnrollmentStore` port, run against the in-memory adapter, a standalone
+//! Redis and a 3-master Redis Cluster: records, merging, notification dedup and ordering,
+//! idempotency leases, change events, TTLs and the key layout.
 
-use crate::harness::{RedisServer, settings};
+use crate::harness::{RedisCluster, RedisServer, settings};
 use c2p_enroll::domain::{
-    CardContractId, EnrollmentRecord, EnrollmentState, MaskedCard, Token, TokenStatus,
+    Begin, CardContractId, EnrollmentRecord, EnrollmentState, IdempotencyRecord, MaskedCard, Phase,
+    StoredOutcome, TokenEvent, TokenEventKind, TokenStatus, TokenizationDecision,
 };
-use c2p_enroll::store::{self, EnrollmentStore};
+use c2p_enroll::store::{self, EnrollmentStore, NotificationResult, PutMode};
 use redis::Commands;
 use std::sync::Arc;
 use std::time::Duration;
-use time::OffsetDateTime;
+use tokio_stream::StreamExt as _;
+
+const TTL: Duration = Duration::from_secs(3600);
 
 fn card(id: i64) -> CardContractId {
     CardContractId::new(id).unwrap()
 }
 
-fn record(id: i64, state: EnrollmentState) -> EnrollmentRecord {
-    let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
-    let mut r = EnrollmentRecord::new(card(id), "default".into(), state, now);
+fn enrolled(id: i64) -> EnrollmentRecord {
+    let mut r = EnrollmentRecord::new(
+        card(id),
+        "default".into(),
+        EnrollmentState::Enrolled,
+        1_800_000_000_000,
+    );
     r.src_digital_card_id = Some("d1b4f0a2-0000-4000-8000-000000000001".into());
     r.masked_card = Some(MaskedCard {
         pan_last_four: "9726".into(),
@@ -26,14 +35,30 @@ fn record(id: i64, state: EnrollmentState) -> EnrollmentRecord {
         payment_card_type: Some("CREDIT".into()),
         digital_card_status: Some("ACTIVE".into()),
     });
-    r.token = Some(Token {
-        token_unique_reference: "DM4MMC0000000001".into(),
-        status: Some(TokenStatus::Active),
-        decision: None,
-        token_requestor_id: "50123197928".into(),
-        updated_at: Some(now),
-    });
     r
+}
+
+fn event(id: &str, at_ms: i64, card_id: i64, kind: TokenEventKind) -> TokenEvent {
+    TokenEvent {
+        notification_id: id.into(),
+        event_at_ms: at_ms,
+        card_contract_id: card(card_id),
+        token_unique_reference: "DM4MMC0000000001".into(),
+        token_requestor_id: "50123197928".into(),
+        wallet_name: "MDES for Merchants".into(),
+        kind,
+    }
+}
+
+fn proposal(owner: &str, fingerprint: &str, lease_until_ms: i64) -> IdempotencyRecord {
+    IdempotencyRecord {
+        fingerprint: fingerprint.into(),
+        phase: Phase::Started,
+        src_correlation_id: "0b9a3c2e-1f4d-4a6b-8c7d-9e0f1a2b3c4d".into(),
+        owner: owner.into(),
+        lease_until_ms,
+        outcome: None,
+    }
 }
 
 /// What every adapter must do.
@@ -41,57 +66,288 @@ async fn suite(store: Arc<dyn EnrollmentStore>) {
     store.ping().await.unwrap();
     assert_eq!(store.get(card(70001)).await.unwrap(), None);
 
-    let first = record(70001, EnrollmentState::InProgress);
-    store.put(&first).await.unwrap();
-    assert_eq!(store.get(card(70001)).await.unwrap(), Some(first));
-
-    let second = record(70001, EnrollmentState::Enrolled);
-    store.put(&second).await.unwrap();
-    assert_eq!(store.get(card(70001)).await.unwrap(), Some(second.clone()));
-
-    // Cards are independent.
-    assert_eq!(store.get(card(70002)).await.unwrap(), None);
-    let other = record(70002, EnrollmentState::Failed);
-    store.put(&other).await.unwrap();
-    assert_eq!(store.get(card(70001)).await.unwrap(), Some(second));
-    assert_eq!(store.get(card(70002)).await.unwrap(), Some(other));
-}
-
-/// Records vanish after `store.enrollment_ttl`.
-async fn expiry(store: Arc<dyn EnrollmentStore>) {
-    store
-        .put(&record(70003, EnrollmentState::Enrolled))
+    // Records: written, read back, cards independent.
+    let first = store
+        .put_enrollment(&enrolled(70001), PutMode::Merge, TTL)
         .await
         .unwrap();
-    assert!(store.get(card(70003)).await.unwrap().is_some());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(store.get(card(70003)).await.unwrap(), None);
+    assert_eq!(store.get(card(70001)).await.unwrap(), Some(first.clone()));
+    assert_eq!(store.get(card(70002)).await.unwrap(), None);
+    // IfAbsent keeps what is there.
+    let mut other = enrolled(70001);
+    other.state = EnrollmentState::NotEnrolled;
+    assert_eq!(
+        store
+            .put_enrollment(&other, PutMode::IfAbsent, TTL)
+            .await
+            .unwrap(),
+        first
+    );
+
+    // Notifications: applied, duplicate, stale; a later enrollment write keeps the token.
+    let tar = event(
+        "n-tar",
+        1_800_000_001_000,
+        70001,
+        TokenEventKind::Authorization(TokenizationDecision::Approved),
+    );
+    let tcn = event("n-tcn", 1_800_000_002_000, 70001, TokenEventKind::Complete);
+    let NotificationResult::Applied(r) = store.apply_notification(&tcn).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(r.token.as_ref().unwrap().status, Some(TokenStatus::Active));
+    assert_eq!(
+        store.apply_notification(&tcn).await.unwrap(),
+        NotificationResult::Duplicate
+    );
+    assert!(matches!(
+        store.apply_notification(&tar).await.unwrap(),
+        NotificationResult::Applied(_)
+    ));
+    let older = event(
+        "n-old",
+        1_800_000_000_500,
+        70001,
+        TokenEventKind::StatusChanged(TokenStatus::Suspended),
+    );
+    assert_eq!(
+        store.apply_notification(&older).await.unwrap(),
+        NotificationResult::Stale
+    );
+    let rewritten = store
+        .put_enrollment(&enrolled(70001), PutMode::Merge, TTL)
+        .await
+        .unwrap();
+    let token = rewritten.token.unwrap();
+    assert_eq!(
+        (token.status, token.decision),
+        (
+            Some(TokenStatus::Active),
+            Some(TokenizationDecision::Approved)
+        )
+    );
+
+    // A notification before any record creates one, IN_PROGRESS, that the enrollment merges into.
+    let early = event(
+        "n-early",
+        1_800_000_003_000,
+        70002,
+        TokenEventKind::Complete,
+    );
+    let NotificationResult::Applied(r) = store.apply_notification(&early).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(r.state, EnrollmentState::InProgress);
+    let merged = store
+        .put_enrollment(&enrolled(70002), PutMode::Merge, TTL)
+        .await
+        .unwrap();
+    assert_eq!(merged.state, EnrollmentState::Enrolled);
+    assert_eq!(merged.token.unwrap().status, Some(TokenStatus::Active));
+
+    // Idempotency: new, in flight, reused, resumed after the lease, fenced, replayed.
+    let now = 1_800_000_000_000;
+    let scope = "caller-a\u{0}key-1";
+    assert!(matches!(
+        store
+            .idempotency_begin(scope, &proposal("A", "fp1", now + 10_000), now)
+            .await
+            .unwrap(),
+        Begin::New(_)
+    ));
+    assert_eq!(
+        store
+            .idempotency_begin(scope, &proposal("B", "fp1", now + 10_000), now + 1_000)
+            .await
+            .unwrap(),
+        Begin::InFlight(9_000)
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(scope, &proposal("B", "fp2", now + 10_000), now)
+            .await
+            .unwrap(),
+        Begin::Reused
+    );
+    let mut a = proposal("A", "fp1", now + 10_000);
+    a.phase = Phase::EnrollSent;
+    assert!(store.idempotency_update(scope, &a).await.unwrap());
+    let Begin::Resume(resumed) = store
+        .idempotency_begin(scope, &proposal("B", "fp1", now + 30_000), now + 20_000)
+        .await
+        .unwrap()
+    else {
+        panic!("the lease ran out: B resumes")
+    };
+    assert_eq!(
+        (resumed.phase, resumed.owner.as_str()),
+        (Phase::EnrollSent, "B")
+    );
+    assert_eq!(resumed.src_correlation_id, a.src_correlation_id);
+    assert!(
+        !store.idempotency_update(scope, &a).await.unwrap(),
+        "A was fenced off"
+    );
+    let mut done = resumed.clone();
+    done.phase = Phase::Done;
+    done.outcome = Some(StoredOutcome::Success {
+        enrollment: enrolled(70001),
+    });
+    assert!(store.idempotency_update(scope, &done).await.unwrap());
+    assert_eq!(
+        store
+            .idempotency_begin(scope, &proposal("C", "fp1", now), now + 40_000)
+            .await
+            .unwrap(),
+        Begin::Replay(done)
+    );
+    // Scopes are independent (same key, other caller).
+    assert!(matches!(
+        store
+            .idempotency_begin("caller-b\u{0}key-1", &proposal("D", "fp9", now), now)
+            .await
+            .unwrap(),
+        Begin::New(_)
+    ));
+
+    // Change events: every write of the card, nothing of other cards.
+    let mut changes = store.watch(card(70003)).await.unwrap();
+    store
+        .put_enrollment(&enrolled(70004), PutMode::Merge, TTL)
+        .await
+        .unwrap();
+    let written = store
+        .put_enrollment(&enrolled(70003), PutMode::Merge, TTL)
+        .await
+        .unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(5), changes.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen, written);
+    let NotificationResult::Applied(applied) = store
+        .apply_notification(&event(
+            "n-70003",
+            1_800_000_005_000,
+            70003,
+            TokenEventKind::Complete,
+        ))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let seen = tokio::time::timeout(Duration::from_secs(5), changes.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen, applied);
+}
+
+/// Records vanish after their TTL.
+async fn expiry(store: Arc<dyn EnrollmentStore>) {
+    store
+        .put_enrollment(&enrolled(70009), PutMode::Merge, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(store.get(card(70009)).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(store.get(card(70009)).await.unwrap(), None);
+}
+
+/// Every order of these notifications, each delivered twice, ends in the same record.
+async fn permutations_converge(store: Arc<dyn EnrollmentStore>, card_base: i64) {
+    let kinds = [
+        TokenEventKind::Authorization(TokenizationDecision::Approved),
+        TokenEventKind::Complete,
+        TokenEventKind::StatusChanged(TokenStatus::Suspended),
+        TokenEventKind::StatusChanged(TokenStatus::Active),
+    ];
+    let mut finals = Vec::new();
+    for (n, order) in permutations(4).into_iter().enumerate() {
+        let card_id = card_base + n as i64;
+        let events: Vec<TokenEvent> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                event(
+                    &format!("n{i}"),
+                    1_800_000_000_000 + i as i64 * 1000,
+                    card_id,
+                    *k,
+                )
+            })
+            .collect();
+        for i in order.iter().chain(order.iter().rev()) {
+            store.apply_notification(&events[*i]).await.unwrap();
+        }
+        let mut record = store.get(card(card_id)).await.unwrap().unwrap();
+        record.card_contract_id = card(card_base);
+        finals.push(record);
+    }
+    assert_eq!(finals.len(), 24);
+    let token = finals[0].token.clone().unwrap();
+    assert_eq!(
+        (token.status, token.decision),
+        (
+            Some(TokenStatus::Active),
+            Some(TokenizationDecision::Approved)
+        )
+    );
+    for f in &finals {
+        assert_eq!(f, &finals[0]);
+    }
+}
+
+fn permutations(n: usize) -> Vec<Vec<usize>> {
+    if n == 0 {
+        return vec![vec![]];
+    }
+    let mut out = Vec::new();
+    for p in permutations(n - 1) {
+        for i in 0..=p.len() {
+            let mut q = p.clone();
+            q.insert(i, n - 1);
+            out.push(q);
+        }
+    }
+    out
 }
 
 #[tokio::test]
 async fn memory_store_passes_the_suite() {
-    let s = settings(&[("C2P_STORE__ENROLLMENT_TTL", "1s")]);
-    let store = store::from_settings(&s).unwrap();
+    let store = store::from_settings(&settings(&[])).unwrap();
     assert_eq!(store.kind(), "memory");
     suite(store.clone()).await;
-    expiry(store).await;
+    expiry(store.clone()).await;
+    permutations_converge(store, 80_000).await;
 }
 
 #[tokio::test]
 async fn redis_store_passes_the_suite() {
     let redis = RedisServer::start();
-    let s = settings(&[
-        ("C2P_REDIS__URL", &redis.url()),
-        ("C2P_STORE__ENROLLMENT_TTL", "1s"),
-    ]);
-    let store = store::from_settings(&s).unwrap();
+    let store = store::from_settings(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
     assert_eq!(store.kind(), "redis");
     suite(store.clone()).await;
-    expiry(store).await;
+    expiry(store.clone()).await;
+    permutations_converge(store, 80_000).await;
 }
 
 #[tokio::test]
-async fn redis_keys_carry_the_prefix_and_the_card_hash_tag() {
+async fn redis_cluster_store_passes_the_suite() {
+    let cluster = RedisCluster::start();
+    let store = store::from_settings(&settings(&[
+        ("C2P_REDIS__URL", &cluster.urls()),
+        ("C2P_REDIS__CLUSTER", "true"),
+    ]))
+    .unwrap();
+    suite(store.clone()).await;
+    expiry(store.clone()).await;
+    permutations_converge(store, 80_000).await;
+}
+
+#[tokio::test]
+async fn redis_keys_carry_the_prefix_and_the_card_hash_tag_and_no_card_number() {
     let redis = RedisServer::start();
     let s = settings(&[
         ("C2P_REDIS__URL", &redis.url()),
@@ -99,16 +355,36 @@ async fn redis_keys_carry_the_prefix_and_the_card_hash_tag() {
     ]);
     let store = store::from_settings(&s).unwrap();
     store
-        .put(&record(70001, EnrollmentState::Enrolled))
+        .put_enrollment(&enrolled(70001), PutMode::Merge, TTL)
+        .await
+        .unwrap();
+    store
+        .apply_notification(&event(
+            "n-1",
+            1_800_000_001_000,
+            70001,
+            TokenEventKind::Complete,
+        ))
         .await
         .unwrap();
 
     let mut conn = redis.connection();
-    let keys: Vec<String> = conn.keys("*").unwrap();
-    assert_eq!(keys, vec!["bank7:{card:70001}:enrollment".to_string()]);
+    let mut keys: Vec<String> = conn.keys("*").unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![
+            "bank7:{card:70001}:enrollment".to_string(),
+            "bank7:{card:70001}:notification:n-1".to_string()
+        ]
+    );
     let ttl: i64 = conn.pttl("bank7:{card:70001}:enrollment").unwrap();
     assert!(ttl > 0, "the record has no TTL ({ttl})");
-    // The stored value holds the masked card only: no 16-digit PAN.
+    let dedup_ttl: i64 = conn.pttl("bank7:{card:70001}:notification:n-1").unwrap();
+    assert!(
+        dedup_ttl > 71 * 3600 * 1000,
+        "dedup markers are kept at least 72 h ({dedup_ttl} ms)"
+    );
     let value: String = conn.get("bank7:{card:70001}:enrollment").unwrap();
     assert!(value.contains("\"pan_last_four\":\"9726\""), "{value}");
     assert!(!value.contains("5186001700009726"));
@@ -117,11 +393,20 @@ async fn redis_keys_carry_the_prefix_and_the_card_hash_tag() {
 #[tokio::test]
 async fn redis_store_reports_unavailable_then_recovers() {
     let mut redis = RedisServer::start();
-    let s = settings(&[("C2P_REDIS__URL", &redis.url())]);
-    let store = store::from_settings(&s).unwrap();
+    let store = store::from_settings(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
     store.ping().await.unwrap();
     redis.stop();
     let err = store.get(card(70001)).await.unwrap_err();
+    assert!(matches!(err, store::StoreError::Unavailable(_)), "{err:?}");
+    let err = store
+        .apply_notification(&event(
+            "n-down",
+            1_800_000_001_000,
+            70001,
+            TokenEventKind::Complete,
+        ))
+        .await
+        .unwrap_err();
     assert!(matches!(err, store::StoreError::Unavailable(_)), "{err:?}");
     redis.restart();
     // The connection manager reconnects by itself within a few attempts.

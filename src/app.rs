@@ -1,0 +1,76 @@
+//! The use cases: enroll a card, read its status, take in notifications, watch a card. The app
+//! knows nothing of tonic or reqwest: it speaks domain types, the store port and the Mastercard
+//! clients.
+
+mod enroll;
+mod error;
+mod notifications;
+mod status;
+mod watch;
+
+pub use enroll::{ConsumerInput, EnrollCommand};
+pub use error::{AppError, ErrorParts, FieldViolation, Step};
+pub use notifications::IngestOutcome;
+pub use status::Source;
+
+use crate::config::Settings;
+use crate::mastercard::setup::Upstream;
+use crate::store::EnrollmentStore;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings the use cases need.
+#[derive(Debug, Clone)]
+pub struct AppSettings {
+    /// Enrollment records' retention.
+    pub enrollment_ttl: Duration,
+    /// Retention of a NOT_ENROLLED answer rebuilt from Mastercard.
+    pub not_enrolled_ttl: Duration,
+    /// Idempotency lease.
+    pub lease: Duration,
+}
+
+impl AppSettings {
+    /// From the service settings.
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self {
+            enrollment_ttl: settings.store.enrollment_ttl,
+            not_enrolled_ttl: settings.store.not_enrolled_ttl,
+            lease: settings.enroll.lease,
+        }
+    }
+}
+
+/// The application: the store and the Mastercard clients.
+pub struct App {
+    store: Arc<dyn EnrollmentStore>,
+    upstream: Arc<Upstream>,
+    settings: AppSettings,
+    instance: String,
+}
+
+impl App {
+    /// The use cases over `store` and `upstream`.
+    pub fn new(
+        store: Arc<dyn EnrollmentStore>,
+        upstream: Arc<Upstream>,
+        settings: AppSettings,
+    ) -> Self {
+        Self {
+            store,
+            upstream,
+            settings,
+            instance: uuid::Uuid::new_v4().to_string(),
+        }
+    }
+
+    /// Whether `name` is a configured program (empty = the default).
+    pub fn has_program(&self, name: &str) -> bool {
+        name.is_empty() || self.upstream.programs.contains_key(name)
+    }
+}
+
+/// Whether the caller's deadline has passed (or will before anything useful can be done).
+fn past(deadline: Option<tokio::time::Instant>) -> bool {
+    deadline.is_some_and(|d| tokio::time::Instant::now() + Duration::from_millis(20) >= d)
+}

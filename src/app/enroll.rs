@@ -1,0 +1,428 @@
+//! `EnrollCard`: idempotency (per caller and key, with a lease and resumable phases), then
+//! `/cards/searches`, `POST /cards` and the enrollment record.
+
+use super::{App, AppError, Step, past};
+use crate::config::DEFAULT_PROGRAM;
+use crate::domain::{
+    Begin, CardContractId, EnrollmentRecord, EnrollmentState, Failure, IdempotencyRecord,
+    MaskedCard, Phase, StoredOutcome, now_ms,
+};
+use crate::mastercard::enroll::types::{
+    ComplianceResource, ComplianceSettings, Consumer, ConsumerIdentity, EnrollCardRequest,
+    EnrollCardResponse, MobileNumber,
+};
+use crate::mastercard::error::{UpstreamError, UpstreamErrorKind};
+use crate::mastercard::processing::types::{BillingAddress, SynchronousRequest};
+use crate::mastercard::setup::Program;
+use crate::store::PutMode;
+use serde::Serialize;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The consumer, validated.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsumerInput {
+    /// E-mail address.
+    pub email: Option<String>,
+    /// (country calling code, subscriber number).
+    pub mobile: Option<(String, String)>,
+    /// First name.
+    pub first_name: Option<String>,
+    /// Last name.
+    pub last_name: Option<String>,
+    /// ISO 3166-1 alpha-2.
+    pub country_code: String,
+    /// `en` or `en_US`.
+    pub language_code: String,
+}
+
+/// A validated `EnrollCard` request.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnrollCommand {
+    /// Who calls (idempotency keys are scoped per caller).
+    #[serde(skip)]
+    pub caller: String,
+    /// The key.
+    #[serde(skip)]
+    pub idempotency_key: String,
+    /// The card.
+    pub card_contract_id: CardContractId,
+    /// Program name; empty = default.
+    pub program: String,
+    /// The consumer.
+    pub consumer: ConsumerInput,
+    /// Cardholder name.
+    pub cardholder_full_name: Option<String>,
+    /// Billing address.
+    pub billing_address: Option<BillingAddress>,
+    /// Caller-chosen `srcCorrelationId`.
+    pub src_correlation_id: Option<String>,
+}
+
+impl EnrollCommand {
+    fn scope(&self) -> String {
+        format!("{}\u{0}{}", self.caller, self.idempotency_key)
+    }
+
+    /// SHA-256 of the request's canonical JSON (everything but caller and key).
+    fn fingerprint(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(openssl::sha::sha256(&json))
+    }
+}
+
+/// One running call: the idempotency record it owns, shared with its lease heartbeat. Every
+/// save happens under the lock, so a heartbeat can never write back an older phase.
+struct Attempt<'a> {
+    app: &'a App,
+    scope: String,
+    record: std::sync::Arc<tokio::sync::Mutex<IdempotencyRecord>>,
+}
+
+impl Attempt<'_> {
+    async fn phase(&self) -> Phase {
+        self.record.lock().await.phase
+    }
+
+    async fn advance(&self, phase: Phase) -> Result<(), AppError> {
+        let mut record = self.record.lock().await;
+        record.phase = phase;
+        record.lease_until_ms = now_ms() + lease_ms(self.app);
+        save(self.app, &self.scope, &record).await
+    }
+
+    /// Stores the final answer.
+    async fn finish(&self, outcome: StoredOutcome) -> Result<(), AppError> {
+        let mut record = self.record.lock().await;
+        record.phase = Phase::Done;
+        record.outcome = Some(outcome);
+        record.lease_until_ms = 0;
+        save(self.app, &self.scope, &record).await
+    }
+
+    /// Gives the key back without an answer: the next call with it resumes from the phase reached.
+    async fn release(&self) {
+        let mut record = self.record.lock().await;
+        record.lease_until_ms = 0;
+        if let Err(e) = save(self.app, &self.scope, &record).await {
+            tracing::warn!(error = ?e, "could not release the idempotency lease; it expires by itself");
+        }
+    }
+}
+
+async fn save(app: &App, scope: &str, record: &IdempotencyRecord) -> Result<(), AppError> {
+    if app.store.idempotency_update(scope, record).await? {
+        Ok(())
+    } else {
+        // Another call took the key over (our lease ran out): stop rather than race it.
+        Err(AppError::RequestInFlight {
+            retry_after: Duration::from_secs(1),
+        })
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn lease_ms(app: &App) -> i64 {
+    i64::try_from(app.settings.lease.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl App {
+    /// Runs `EnrollCard`.
+    pub async fn enroll(
+        &self,
+        cmd: EnrollCommand,
+        deadline: Option<Instant>,
+    ) -> Result<EnrollmentRecord, AppError> {
+        let now = now_ms();
+        let proposal = IdempotencyRecord {
+            fingerprint: cmd.fingerprint(),
+            phase: Phase::Started,
+            src_correlation_id: cmd
+                .src_correlation_id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            owner: format!("{}/{}", self.instance, uuid::Uuid::new_v4()),
+            lease_until_ms: now + lease_ms(self),
+            outcome: None,
+        };
+        let scope = cmd.scope();
+        let (record, resumed) = match self.store.idempotency_begin(&scope, &proposal, now).await? {
+            Begin::Reused => return Err(AppError::IdempotencyKeyReused),
+            Begin::InFlight(ms) => {
+                return Err(AppError::RequestInFlight {
+                    retry_after: Duration::from_millis(
+                        u64::try_from(ms.clamp(50, 5_000)).unwrap_or(1_000),
+                    ),
+                });
+            }
+            Begin::Replay(r) => {
+                return match r.outcome {
+                    Some(StoredOutcome::Success { enrollment }) => Ok(enrollment),
+                    Some(failure) => Err(AppError::Replayed(failure)),
+                    None => Err(AppError::Internal("replayed record without outcome".into())),
+                };
+            }
+            Begin::New(r) => (r, false),
+            Begin::Resume(r) => (r, true),
+        };
+        if resumed {
+            tracing::info!(phase = ?record.phase, "resuming an interrupted enrollment");
+        }
+        let correlation = record.src_correlation_id.clone();
+        let attempt = Attempt {
+            app: self,
+            scope,
+            record: std::sync::Arc::new(tokio::sync::Mutex::new(record)),
+        };
+        // Aborted on drop too: a cancelled call must stop renewing its lease.
+        let heartbeat = AbortOnDrop(self.heartbeat(attempt.scope.clone(), attempt.record.clone()));
+        let result = self.run(&attempt, &cmd, correlation, deadline).await;
+        drop(heartbeat);
+        match result {
+            Ok(record) => {
+                attempt
+                    .finish(StoredOutcome::Success {
+                        enrollment: record.clone(),
+                    })
+                    .await?;
+                Ok(record)
+            }
+            Err(e) if e.is_transient() => {
+                attempt.release().await;
+                Err(e)
+            }
+            Err(e) => {
+                attempt.finish(e.to_stored()).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Renews the lease while the call runs (a crashed process stops renewing it).
+    fn heartbeat(
+        &self,
+        scope: String,
+        record: std::sync::Arc<tokio::sync::Mutex<IdempotencyRecord>>,
+    ) -> tokio::task::JoinHandle<()> {
+        let store = self.store.clone();
+        let lease = self.settings.lease;
+        let lease_ms = lease_ms(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                let mut current = record.lock().await;
+                current.lease_until_ms = now_ms() + lease_ms;
+                if !matches!(store.idempotency_update(&scope, &current).await, Ok(true)) {
+                    return;
+                }
+            }
+        })
+    }
+
+    async fn run(
+        &self,
+        attempt: &Attempt<'_>,
+        cmd: &EnrollCommand,
+        correlation: String,
+        deadline: Option<Instant>,
+    ) -> Result<EnrollmentRecord, AppError> {
+        let program_name = if cmd.program.is_empty() {
+            DEFAULT_PROGRAM
+        } else {
+            cmd.program.as_str()
+        };
+        let program = self
+            .upstream
+            .programs
+            .get(program_name)
+            .ok_or_else(|| AppError::Internal(format!("program {program_name} vanished")))?;
+        let existing = self.store.get(cmd.card_contract_id).await?;
+        if let Some(existing) = existing.filter(|r| r.state == EnrollmentState::Enrolled) {
+            // Our own earlier attempt got this far before the process stopped: its answer.
+            if existing.src_correlation_id.as_deref() == Some(correlation.as_str()) {
+                return Ok(existing);
+            }
+            return Err(AppError::CardAlreadyEnrolled(Box::new(existing)));
+        }
+
+        // The card object is never stored, so a resumed call searches again (it changes nothing).
+        let found = self
+            .upstream
+            .processing
+            .search_card(
+                cmd.card_contract_id.get(),
+                SynchronousRequest {
+                    cardholder_full_name: cmd.cardholder_full_name.clone(),
+                    billing_address: cmd.billing_address.clone(),
+                },
+                &program.enroll_certificate,
+                deadline,
+            )
+            .await
+            .map_err(|e| map_upstream(Step::Search, e, deadline))?;
+        if attempt.phase().await < Phase::Searched {
+            attempt.advance(Phase::Searched).await?;
+        }
+
+        let now = now_ms();
+        let mut in_progress = EnrollmentRecord::new(
+            cmd.card_contract_id,
+            cmd.program.clone(),
+            EnrollmentState::InProgress,
+            now,
+        );
+        in_progress.src_correlation_id = Some(correlation.clone());
+        self.store
+            .put_enrollment(&in_progress, PutMode::Merge, self.settings.enrollment_ttl)
+            .await?;
+
+        // Recorded before sending: from here on a retry re-sends with the same srcCorrelationId.
+        attempt.advance(Phase::EnrollSent).await?;
+        let request = enroll_request(program, cmd, correlation.clone(), found.card_data);
+        match self.upstream.enroll.enroll_card(&request, deadline).await {
+            Ok(response) => {
+                let record = enrolled_record(in_progress, response);
+                Ok(self
+                    .store
+                    .put_enrollment(&record, PutMode::Merge, self.settings.enrollment_ttl)
+                    .await?)
+            }
+            Err(e) => {
+                let error = map_upstream(Step::Enroll, e, deadline);
+                if !error.is_transient() {
+                    let mut failed = in_progress;
+                    failed.state = EnrollmentState::Failed;
+                    let parts = error.parts();
+                    failed.failure = Some(Failure {
+                        reason: parts.reason,
+                        message: parts.message,
+                        retryable: false,
+                    });
+                    failed.updated_at_ms = now_ms();
+                    self.store
+                        .put_enrollment(&failed, PutMode::Merge, self.settings.enrollment_ttl)
+                        .await?;
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+fn enroll_request(
+    program: &Program,
+    cmd: &EnrollCommand,
+    correlation: String,
+    card: crate::mastercard::processing::types::EncryptedCard,
+) -> EnrollCardRequest {
+    let c = &cmd.consumer;
+    let (identity_type, identity_value) = match (&c.email, &c.mobile) {
+        (Some(email), _) => ("EMAIL_ADDRESS", email.clone()),
+        (None, Some((cc, number))) => ("MOBILE_PHONE_NUMBER", format!("{cc}{number}")),
+        (None, None) => ("EMAIL_ADDRESS", String::new()),
+    };
+    EnrollCardRequest {
+        src_client_id: program.src_client_id.clone(),
+        service_id: program.service_id.clone(),
+        src_correlation_id: correlation,
+        encrypted_card: card,
+        card_source: "ISSUER",
+        consumer: Consumer {
+            consumer_identity: ConsumerIdentity {
+                identity_type: identity_type.into(),
+                identity_value,
+            },
+            mobile_number: c.mobile.as_ref().map(|(cc, n)| MobileNumber {
+                country_code: cc.clone(),
+                phone_number: n.clone(),
+            }),
+            country_code: c.country_code.clone(),
+            language_code: c.language_code.clone(),
+            first_name: c.first_name.clone(),
+            last_name: c.last_name.clone(),
+        },
+        compliance_settings: ComplianceSettings {
+            privacy: ComplianceResource {
+                latest_version_uri: program.privacy_uri.clone(),
+            },
+            tnc: ComplianceResource {
+                latest_version_uri: program.terms_uri.clone(),
+            },
+        },
+    }
+}
+
+fn enrolled_record(mut record: EnrollmentRecord, response: EnrollCardResponse) -> EnrollmentRecord {
+    record.state = EnrollmentState::Enrolled;
+    record.failure = None;
+    record.updated_at_ms = now_ms();
+    if let Some(card) = response.masked_card {
+        record.src_digital_card_id = card.src_digital_card_id.clone();
+        // Never more than the last four digits and the expiry.
+        record.masked_card = Some(MaskedCard {
+            pan_last_four: card
+                .pan_last_four
+                .unwrap_or_default()
+                .chars()
+                .rev()
+                .take(4)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect(),
+            pan_expiration_month: card.pan_expiration_month.unwrap_or_default(),
+            pan_expiration_year: card.pan_expiration_year.unwrap_or_default(),
+            payment_card_descriptor: card.payment_card_descriptor,
+            payment_card_type: card.payment_card_type,
+            digital_card_status: card.digital_card_data.and_then(|d| d.status),
+        });
+    }
+    record.src_consumer_id = response.masked_consumer.and_then(|c| c.src_consumer_id);
+    record
+}
+
+/// The one mapping of upstream failures of the flows to application errors.
+pub(super) fn map_upstream(step: Step, e: UpstreamError, deadline: Option<Instant>) -> AppError {
+    if e.is_transient() && past(deadline) {
+        return AppError::DeadlineExceeded(step);
+    }
+    match &e.kind {
+        UpstreamErrorKind::Rejected {
+            status: 404,
+            reason,
+            ..
+        } if reason.code.as_deref() == Some("CARD_CONTRACT_DOES_NOT_EXIST") => {
+            AppError::CardContractNotFound(e)
+        }
+        UpstreamErrorKind::Rejected {
+            status: 400,
+            reason,
+            ..
+        } if step == Step::Enroll
+            && reason.code.as_deref() == Some("INVALID_STATE")
+            && reason.source.as_deref() == Some("encryptedCard") =>
+        {
+            let why = reason
+                .detail
+                .clone()
+                .unwrap_or_else(|| "TOKENIZATION_DECLINED".into());
+            AppError::CardNotEligible {
+                reason: why,
+                upstream: e,
+            }
+        }
+        UpstreamErrorKind::Decode(_) | UpstreamErrorKind::Decrypt(_) => {
+            AppError::UpstreamInvalid(step, e)
+        }
+        UpstreamErrorKind::Request(_) => AppError::Internal(e.to_string()),
+        _ if e.is_transient() => AppError::UpstreamUnavailable(step, e),
+        _ => AppError::UpstreamRejected(step, e),
+    }
+}

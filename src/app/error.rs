@@ -1,0 +1,278 @@
+//! `AppError`: every way a use case fails, and its stable parts (gRPC code, reason, metadata,
+//! retry advice) so that a failure can be stored and replayed byte for byte.
+
+use crate::domain::{EnrollmentRecord, StoredOutcome};
+use crate::mastercard::error::UpstreamError;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// One invalid request field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The field path, e.g. `consumer.email`.
+    pub field: String,
+    /// What is wrong.
+    pub description: String,
+}
+
+/// The step of the flow that failed, for `ErrorInfo` metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// `POST /cards/searches`.
+    Search,
+    /// `POST /cards`.
+    Enroll,
+    /// The token lists.
+    Tokens,
+}
+
+impl Step {
+    /// `search`, `enroll` or `tokens`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Search => "search",
+            Step::Enroll => "enroll",
+            Step::Tokens => "tokens",
+        }
+    }
+}
+
+/// Why a use case failed.
+// Returned once per call on the error path; boxing every variant would only add noise.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum AppError {
+    /// Invalid request fields, all of them.
+    InvalidArgument(Vec<FieldViolation>),
+    /// The idempotency key was used for a different request.
+    IdempotencyKeyReused,
+    /// A call with this idempotency key is running.
+    RequestInFlight {
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// The card is enrolled already.
+    CardAlreadyEnrolled(Box<EnrollmentRecord>),
+    /// Mastercard Processing knows no such card contract.
+    CardContractNotFound(UpstreamError),
+    /// Tokenization was declined; `reason` is Mastercard's (CARD_BLOCKED, ...).
+    CardNotEligible {
+        /// Mastercard's reason.
+        reason: String,
+        /// The upstream error.
+        upstream: UpstreamError,
+    },
+    /// Mastercard refused the request for another reason (a configuration problem, mostly).
+    UpstreamRejected(Step, UpstreamError),
+    /// Mastercard could not be reached or is overloaded; a retry may succeed.
+    UpstreamUnavailable(Step, UpstreamError),
+    /// Mastercard answered something the service cannot read.
+    UpstreamInvalid(Step, UpstreamError),
+    /// The caller's deadline passed.
+    DeadlineExceeded(Step),
+    /// The store is unreachable.
+    StoreUnavailable(String),
+    /// A stored failure, replayed as it was.
+    Replayed(StoredOutcome),
+    /// A bug.
+    Internal(String),
+}
+
+/// The gRPC-facing parts of an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorParts {
+    /// `tonic::Code` as i32.
+    pub code: i32,
+    /// Stable `ErrorInfo.reason`.
+    pub reason: String,
+    /// Human-readable message (no card data).
+    pub message: String,
+    /// `ErrorInfo.metadata`.
+    pub metadata: BTreeMap<String, String>,
+    /// `RetryInfo.retry_delay`, when a retry may succeed.
+    pub retry_after: Option<Duration>,
+    /// `BadRequest.field_violations`.
+    pub violations: Vec<FieldViolation>,
+    /// The enrollment carried in the details.
+    pub enrollment: Option<EnrollmentRecord>,
+}
+
+fn upstream_metadata(step: Option<Step>, e: &UpstreamError) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    if let Some(step) = step {
+        m.insert("step".into(), step.name().into());
+    }
+    m.insert("api".into(), e.api.name().into());
+    if let Some(code) = e.reason_code() {
+        m.insert("upstream_reason".into(), code.into());
+    }
+    if let Some(id) = e.correlation.best() {
+        m.insert("mastercard_correlation_id".into(), id.into());
+    }
+    m
+}
+
+impl AppError {
+    /// The stable parts; one exhaustive match decides every code and reason.
+    pub fn parts(&self) -> ErrorParts {
+        use tonic::Code;
+        let plain = |code: Code, reason: &str, message: String| ErrorParts {
+            code: code as i32,
+            reason: reason.into(),
+            message,
+            metadata: BTreeMap::new(),
+            retry_after: None,
+            violations: Vec::new(),
+            enrollment: None,
+        };
+        match self {
+            AppError::InvalidArgument(violations) => ErrorParts {
+                violations: violations.clone(),
+                ..plain(
+                    Code::InvalidArgument,
+                    "INVALID_REQUEST",
+                    format!("{} invalid field(s)", violations.len()),
+                )
+            },
+            AppError::IdempotencyKeyReused => plain(
+                Code::FailedPrecondition,
+                "IDEMPOTENCY_KEY_REUSED",
+                "the idempotency key was used for a different request".into(),
+            ),
+            AppError::RequestInFlight { retry_after } => ErrorParts {
+                retry_after: Some(*retry_after),
+                ..plain(
+                    Code::Aborted,
+                    "REQUEST_IN_PROGRESS",
+                    "a call with this idempotency key is in progress".into(),
+                )
+            },
+            AppError::CardAlreadyEnrolled(record) => ErrorParts {
+                enrollment: Some((**record).clone()),
+                ..plain(
+                    Code::AlreadyExists,
+                    "CARD_ALREADY_ENROLLED",
+                    "the card is already enrolled in Click to Pay".into(),
+                )
+            },
+            AppError::CardContractNotFound(e) => ErrorParts {
+                metadata: upstream_metadata(Some(Step::Search), e),
+                ..plain(
+                    Code::NotFound,
+                    "CARD_CONTRACT_NOT_FOUND",
+                    "Mastercard Processing has no such card contract".into(),
+                )
+            },
+            AppError::CardNotEligible { reason, upstream } => {
+                let mut metadata = upstream_metadata(Some(Step::Enroll), upstream);
+                metadata.insert("decline_reason".into(), reason.clone());
+                ErrorParts {
+                    metadata,
+                    ..plain(
+                        Code::FailedPrecondition,
+                        "CARD_NOT_ELIGIBLE",
+                        format!("tokenization declined: {reason}"),
+                    )
+                }
+            }
+            AppError::UpstreamRejected(step, e) => ErrorParts {
+                metadata: upstream_metadata(Some(*step), e),
+                ..plain(
+                    Code::FailedPrecondition,
+                    "UPSTREAM_REJECTED",
+                    format!("Mastercard refused the request: {e}"),
+                )
+            },
+            AppError::UpstreamUnavailable(step, e) => ErrorParts {
+                metadata: upstream_metadata(Some(*step), e),
+                retry_after: Some(match &e.kind {
+                    crate::mastercard::error::UpstreamErrorKind::Rejected {
+                        retry_after: Some(d),
+                        ..
+                    } => *d,
+                    _ => Duration::from_secs(1),
+                }),
+                ..plain(
+                    Code::Unavailable,
+                    "UPSTREAM_UNAVAILABLE",
+                    format!("Mastercard is not available: {e}"),
+                )
+            },
+            AppError::UpstreamInvalid(step, e) => ErrorParts {
+                metadata: upstream_metadata(Some(*step), e),
+                ..plain(
+                    Code::Internal,
+                    "UPSTREAM_INVALID_RESPONSE",
+                    format!("Mastercard's answer could not be read: {e}"),
+                )
+            },
+            AppError::DeadlineExceeded(step) => {
+                let mut p = plain(
+                    Code::DeadlineExceeded,
+                    "DEADLINE_EXCEEDED",
+                    "the caller's deadline passed".into(),
+                );
+                p.metadata.insert("step".into(), step.name().into());
+                p
+            }
+            AppError::StoreUnavailable(why) => ErrorParts {
+                retry_after: Some(Duration::from_secs(1)),
+                ..plain(
+                    Code::Unavailable,
+                    "STORE_UNAVAILABLE",
+                    format!("the enrollment store is unavailable: {why}"),
+                )
+            },
+            AppError::Replayed(StoredOutcome::Failure {
+                code,
+                reason,
+                message,
+                metadata,
+                enrollment,
+            }) => ErrorParts {
+                code: *code,
+                reason: reason.clone(),
+                message: message.clone(),
+                metadata: metadata.clone(),
+                retry_after: None,
+                violations: Vec::new(),
+                enrollment: enrollment.clone(),
+            },
+            AppError::Replayed(StoredOutcome::Success { .. }) => plain(
+                Code::Internal,
+                "INTERNAL",
+                "replay of a success as an error".into(),
+            ),
+            AppError::Internal(why) => plain(Code::Internal, "INTERNAL", why.clone()),
+        }
+    }
+
+    /// Whether the same idempotency key may resume later (not stored as the final answer).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            AppError::UpstreamUnavailable(..)
+                | AppError::DeadlineExceeded(_)
+                | AppError::StoreUnavailable(_)
+                | AppError::RequestInFlight { .. }
+        )
+    }
+
+    /// The stored form of a terminal failure.
+    pub fn to_stored(&self) -> StoredOutcome {
+        let p = self.parts();
+        StoredOutcome::Failure {
+            code: p.code,
+            reason: p.reason,
+            message: p.message,
+            metadata: p.metadata,
+            enrollment: p.enrollment,
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for AppError {
+    fn from(e: crate::store::StoreError) -> Self {
+        AppError::StoreUnavailable(e.to_string())
+    }
+}

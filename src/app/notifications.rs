@@ -1,0 +1,40 @@
+//! `NotificationIngest`: one notification applied atomically (dedup, merge by event time, write,
+//! publish), then its outcome.
+
+use super::App;
+use crate::domain::TokenEvent;
+use crate::store::NotificationResult;
+
+/// What was done with a notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// Durably merged.
+    Applied,
+    /// Seen before.
+    Duplicate,
+    /// Older than what is stored.
+    Stale,
+    /// Not a Click to Pay token.
+    Ignored,
+    /// Not applied: the store failed; the gateway should resend.
+    Failed(String),
+}
+
+impl App {
+    /// Applies one validated notification; the outcome is only returned after the write.
+    #[tracing::instrument(name = "notification", skip_all, fields(card = event.card_contract_id.get()))]
+    pub async fn ingest(&self, event: &TokenEvent) -> IngestOutcome {
+        if !event.is_click_to_pay() {
+            return IngestOutcome::Ignored;
+        }
+        match self.store.apply_notification(event).await {
+            Ok(NotificationResult::Applied(_)) => IngestOutcome::Applied,
+            Ok(NotificationResult::Duplicate) => IngestOutcome::Duplicate,
+            Ok(NotificationResult::Stale) => IngestOutcome::Stale,
+            Err(e) => {
+                tracing::warn!(error = %e, "notification not applied");
+                IngestOutcome::Failed(format!("not applied, resend: {e}"))
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! `GetEnrollmentStatus`: the store first; on a miss (or `refresh`), Processing Digital's token
+//! list for the card, the Click to Pay token picked out, the record rebuilt and cached.
+
+use super::enroll::map_upstream;
+use super::{App, AppError, Step};
+use crate::domain::{
+    CardContractId, EnrollmentRecord, EnrollmentState, Token, Version, merge_tokens, now_ms,
+};
+use crate::store::PutMode;
+use tokio::time::Instant;
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The store.
+    Store,
+    /// Rebuilt from Mastercard.
+    Upstream,
+}
+
+impl App {
+    /// Runs `GetEnrollmentStatus`.
+    pub async fn status(
+        &self,
+        card: CardContractId,
+        refresh: bool,
+        deadline: Option<Instant>,
+    ) -> Result<(EnrollmentRecord, Source), AppError> {
+        let cached = self.store.get(card).await?;
+        if let (false, Some(record)) = (refresh, &cached) {
+            return Ok((record.clone(), Source::Store));
+        }
+        let tokens = self
+            .upstream
+            .processing
+            .card_tokens(card.get(), deadline)
+            .await
+            .map_err(|e| map_upstream(Step::Tokens, e, deadline))?;
+        // The newest Click to Pay token, if the card has any.
+        let token = tokens
+            .iter()
+            .filter(|t| t.is_click_to_pay())
+            .max_by(|a, b| a.token_creation_date.cmp(&b.token_creation_date));
+        let now = now_ms();
+        let Some(token) = token else {
+            if let Some(record) = cached {
+                return Ok((record, Source::Upstream));
+            }
+            let record =
+                EnrollmentRecord::new(card, String::new(), EnrollmentState::NotEnrolled, now);
+            let stored = self
+                .store
+                .put_enrollment(&record, PutMode::IfAbsent, self.settings.not_enrolled_ttl)
+                .await?;
+            return Ok((stored, Source::Upstream));
+        };
+        let observed = Token {
+            token_unique_reference: token.token_unique_reference.clone().unwrap_or_default(),
+            token_requestor_id: token.token_requestor_id.clone().unwrap_or_default(),
+            status: token.status(),
+            status_version: token.status().map(|_| Version {
+                at_ms: now,
+                by: "upstream:token-list".into(),
+            }),
+            decision: None,
+            decision_version: None,
+        };
+        let mut record = cached.unwrap_or_else(|| {
+            EnrollmentRecord::new(card, String::new(), EnrollmentState::Enrolled, now)
+        });
+        // A Click to Pay token exists: the card is enrolled, whatever the store said.
+        record.state = EnrollmentState::Enrolled;
+        record.failure = None;
+        record.token = Some(match record.token.take() {
+            Some(known) => merge_tokens(known, &observed),
+            None => observed,
+        });
+        record.updated_at_ms = now;
+        let stored = self
+            .store
+            .put_enrollment(&record, PutMode::Merge, self.settings.enrollment_ttl)
+            .await?;
+        Ok((stored, Source::Upstream))
+    }
+}

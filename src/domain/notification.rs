@@ -1,0 +1,117 @@
+//! Tokenization notifications (TAR, TCN, status changes) and how one merges into a record:
+//! commutative and idempotent, so that any order of arrival gives the same record. The Redis
+//! store runs the same rules in a Lua script (`store/scripts.rs`); one test suite checks both.
+
+use super::CardContractId;
+use super::enrollment::{
+    EnrollmentRecord, EnrollmentState, Token, TokenStatus, TokenizationDecision, Version,
+};
+
+/// The token requestor id of Click to Pay.
+pub const CLICK_TO_PAY_TOKEN_REQUESTOR_ID: &str = "50123197928";
+/// The wallet name of Click to Pay.
+pub const CLICK_TO_PAY_WALLET_NAME: &str = "MDES for Merchants";
+
+/// What a notification says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenEventKind {
+    /// A TAR and its decision.
+    Authorization(TokenizationDecision),
+    /// A TCN: the token was created (and is active).
+    Complete,
+    /// A lifecycle change.
+    StatusChanged(TokenStatus),
+}
+
+/// A validated notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenEvent {
+    /// The dedup key.
+    pub notification_id: String,
+    /// When it happened upstream, Unix milliseconds.
+    pub event_at_ms: i64,
+    /// The card.
+    pub card_contract_id: CardContractId,
+    /// MDES token unique reference.
+    pub token_unique_reference: String,
+    /// Token requestor.
+    pub token_requestor_id: String,
+    /// Wallet.
+    pub wallet_name: String,
+    /// What happened.
+    pub kind: TokenEventKind,
+}
+
+impl TokenEvent {
+    /// Whether the token is Click to Pay's (others are ignored).
+    pub fn is_click_to_pay(&self) -> bool {
+        self.token_requestor_id == CLICK_TO_PAY_TOKEN_REQUESTOR_ID
+            && self.wallet_name == CLICK_TO_PAY_WALLET_NAME
+    }
+
+    /// The token as this event alone describes it.
+    pub fn as_token(&self) -> Token {
+        let version = Some(Version {
+            at_ms: self.event_at_ms,
+            by: self.notification_id.clone(),
+        });
+        let (status, status_version, decision, decision_version) = match self.kind {
+            TokenEventKind::Authorization(d) => (None, None, Some(d), version),
+            TokenEventKind::Complete => (Some(TokenStatus::Active), version, None, None),
+            TokenEventKind::StatusChanged(s) => (Some(s), version, None, None),
+        };
+        Token {
+            token_unique_reference: self.token_unique_reference.clone(),
+            token_requestor_id: self.token_requestor_id.clone(),
+            status,
+            status_version,
+            decision,
+            decision_version,
+        }
+    }
+}
+
+/// The result of merging one (not duplicate) notification.
+// Short-lived return value: the record is moved straight into the store.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Merge {
+    /// The record changed to this.
+    Applied(EnrollmentRecord),
+    /// Older than what the record holds for the token: nothing changed.
+    Stale,
+}
+
+/// Merges `event` into `existing` (a record is created, IN_PROGRESS, when the notification
+/// arrives before the enrollment flow wrote one).
+pub fn merge(existing: Option<&EnrollmentRecord>, event: &TokenEvent) -> Merge {
+    let incoming = event.as_token();
+    let mut record = match existing {
+        Some(r) => r.clone(),
+        None => {
+            let mut r = EnrollmentRecord::new(
+                event.card_contract_id,
+                String::new(),
+                EnrollmentState::InProgress,
+                event.event_at_ms,
+            );
+            r.token = Some(incoming);
+            return Merge::Applied(r);
+        }
+    };
+    let merged = match &record.token {
+        None => incoming,
+        Some(current) => {
+            let merged = super::enrollment::merge_tokens(current.clone(), &incoming);
+            if &merged == current {
+                return Merge::Stale;
+            }
+            merged
+        }
+    };
+    record.token = Some(merged);
+    // Derived from event times only, so that the order of arrival does not show.
+    record.updated_at_ms = record.updated_at_ms.max(event.event_at_ms);
+    record.created_at_ms = record.created_at_ms.min(event.event_at_ms);
+    Merge::Applied(record)
+}

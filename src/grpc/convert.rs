@@ -1,0 +1,370 @@
+//! proto ⇄ domain: request validation (every bad field named at once) and the `Enrollment`
+//! message.
+
+use crate::app::{ConsumerInput, EnrollCommand, FieldViolation, Source};
+use crate::domain::{
+    CardContractId, EnrollmentRecord, EnrollmentState, TokenEvent, TokenEventKind, TokenStatus,
+    TokenizationDecision,
+};
+use crate::mastercard::processing::types::BillingAddress;
+use crate::proto::v1 as pb;
+
+const MAX_TEXT: usize = 255;
+
+#[derive(Default)]
+struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    fn add(&mut self, field: &str, description: impl Into<String>) {
+        self.0.push(FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        });
+    }
+
+    fn max_len(&mut self, field: &str, value: &str, max: usize) {
+        if value.chars().count() > max {
+            self.add(field, format!("must be at most {max} characters"));
+        }
+    }
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    let t = s.trim();
+    (!t.is_empty()).then(|| t.to_owned())
+}
+
+fn is_country(s: &str) -> bool {
+    s.len() == 2 && s.chars().all(|c| c.is_ascii_uppercase())
+}
+
+fn is_language(s: &str) -> bool {
+    let b = s.as_bytes();
+    match b.len() {
+        2 => b.iter().all(u8::is_ascii_lowercase),
+        5 => {
+            b[..2].iter().all(u8::is_ascii_lowercase)
+                && b[2] == b'_'
+                && b[3..].iter().all(u8::is_ascii_uppercase)
+        }
+        _ => false,
+    }
+}
+
+fn digits(s: &str, min: usize, max: usize) -> bool {
+    (min..=max).contains(&s.len()) && s.chars().all(|c| c.is_ascii_digit())
+}
+
+fn is_email(s: &str) -> bool {
+    match s.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !s.contains(char::is_whitespace)
+        }
+        None => false,
+    }
+}
+
+/// Validates an `EnrollCardRequest`; `has_program` says which program names are configured.
+pub fn enroll_command(
+    req: pb::EnrollCardRequest,
+    caller: String,
+    has_program: impl Fn(&str) -> bool,
+) -> Result<EnrollCommand, Vec<FieldViolation>> {
+    let mut v = Violations::default();
+    let key_len = req.idempotency_key.chars().count();
+    if key_len == 0 || key_len > MAX_TEXT {
+        v.add("idempotency_key", "required, 1 to 255 characters");
+    }
+    let card = CardContractId::new(req.card_contract_id);
+    if card.is_none() {
+        v.add("card_contract_id", "required, greater than 0");
+    }
+    if !has_program(&req.program) {
+        v.add(
+            "program",
+            format!("{:?} is not a configured program", req.program),
+        );
+    }
+    let consumer = match req.consumer {
+        None => {
+            v.add("consumer", "required");
+            None
+        }
+        Some(c) => Some(consumer(&mut v, c)),
+    };
+    v.max_len("cardholder_full_name", &req.cardholder_full_name, MAX_TEXT);
+    let billing_address = req.billing_address.map(|a| address(&mut v, a));
+    let src_correlation_id = non_empty(&req.src_correlation_id);
+    if src_correlation_id
+        .as_deref()
+        .is_some_and(|id| uuid::Uuid::parse_str(id).is_err())
+    {
+        v.add("src_correlation_id", "must be a UUID");
+    }
+    match (v.0.is_empty(), card, consumer) {
+        (true, Some(card_contract_id), Some(consumer)) => Ok(EnrollCommand {
+            caller,
+            idempotency_key: req.idempotency_key,
+            card_contract_id,
+            program: req.program,
+            consumer,
+            cardholder_full_name: non_empty(&req.cardholder_full_name),
+            billing_address,
+            src_correlation_id,
+        }),
+        _ => Err(v.0),
+    }
+}
+
+fn consumer(v: &mut Violations, c: pb::Consumer) -> ConsumerInput {
+    let email = non_empty(&c.email);
+    if let Some(e) = &email
+        && (!is_email(e) || e.len() > MAX_TEXT)
+    {
+        v.add(
+            "consumer.email",
+            "must be an e-mail address of at most 255 characters",
+        );
+    }
+    let mobile = c.mobile_number.map(|m| {
+        if !digits(&m.country_code, 1, 4) || m.country_code.starts_with('0') {
+            v.add(
+                "consumer.mobile_number.country_code",
+                "must be 1 to 4 digits without a leading zero",
+            );
+        }
+        if !digits(&m.phone_number, 4, 14) {
+            v.add(
+                "consumer.mobile_number.phone_number",
+                "must be 4 to 14 digits",
+            );
+        }
+        (m.country_code, m.phone_number)
+    });
+    if email.is_none() && mobile.is_none() {
+        v.add(
+            "consumer.email",
+            "consumer.email or consumer.mobile_number is required",
+        );
+    }
+    v.max_len("consumer.first_name", &c.first_name, MAX_TEXT);
+    v.max_len("consumer.last_name", &c.last_name, MAX_TEXT);
+    if !is_country(&c.country_code) {
+        v.add(
+            "consumer.country_code",
+            "required, ISO 3166-1 alpha-2 in upper case (e.g. US)",
+        );
+    }
+    if !is_language(&c.language_code) {
+        v.add(
+            "consumer.language_code",
+            "required, e.g. \"en\" or \"en_US\"",
+        );
+    }
+    ConsumerInput {
+        email,
+        mobile,
+        first_name: non_empty(&c.first_name),
+        last_name: non_empty(&c.last_name),
+        country_code: c.country_code,
+        language_code: c.language_code,
+    }
+}
+
+fn address(v: &mut Violations, a: pb::Address) -> BillingAddress {
+    for (field, value) in [
+        ("billing_address.line1", &a.line1),
+        ("billing_address.line2", &a.line2),
+        ("billing_address.line3", &a.line3),
+        ("billing_address.city", &a.city),
+        ("billing_address.state", &a.state),
+    ] {
+        v.max_len(field, value, MAX_TEXT);
+    }
+    v.max_len("billing_address.zip", &a.zip, 16);
+    if !is_country(&a.country_code) {
+        v.add(
+            "billing_address.country_code",
+            "required with an address, ISO 3166-1 alpha-2 in upper case",
+        );
+    }
+    BillingAddress {
+        line1: non_empty(&a.line1),
+        line2: non_empty(&a.line2),
+        line3: non_empty(&a.line3),
+        city: non_empty(&a.city),
+        state: non_empty(&a.state),
+        zip: non_empty(&a.zip),
+        country_code: non_empty(&a.country_code),
+    }
+}
+
+/// A validated card id, or the violation.
+pub fn card_id(id: i64) -> Result<CardContractId, Vec<FieldViolation>> {
+    CardContractId::new(id).ok_or_else(|| {
+        vec![FieldViolation {
+            field: "card_contract_id".into(),
+            description: "required, greater than 0".into(),
+        }]
+    })
+}
+
+/// A notification, validated; `Err` is the REJECTED message.
+pub fn token_event(n: &pb::NotificationIngestRequest) -> Result<TokenEvent, String> {
+    let mut problems = Vec::new();
+    if n.notification_id.trim().is_empty() || n.notification_id.chars().count() > MAX_TEXT {
+        problems.push("notification_id is required (1 to 255 characters)".to_owned());
+    }
+    let event_at_ms = match &n.event_time {
+        Some(t) if t.seconds > 0 => t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000),
+        _ => {
+            problems.push("event_time is required".to_owned());
+            0
+        }
+    };
+    use pb::notification_ingest_request::Event;
+    let (card, tur, trid, wallet, kind) = match &n.event {
+        None => {
+            problems.push("event is required".to_owned());
+            return Err(problems.join("; "));
+        }
+        Some(Event::TokenizationAuthorization(e)) => {
+            let kind = match e.decision() {
+                pb::TokenizationDecision::Approved => Some(TokenizationDecision::Approved),
+                pb::TokenizationDecision::Declined => Some(TokenizationDecision::Declined),
+                pb::TokenizationDecision::RequireAdditionalAuthentication => {
+                    Some(TokenizationDecision::RequireAdditionalAuthentication)
+                }
+                pb::TokenizationDecision::Unspecified => None,
+            };
+            if kind.is_none() {
+                problems.push("tokenization_authorization.decision is required".to_owned());
+            }
+            (
+                e.card_contract_id,
+                &e.token_unique_reference,
+                &e.token_requestor_id,
+                &e.wallet_name,
+                kind.map(TokenEventKind::Authorization),
+            )
+        }
+        Some(Event::TokenizationComplete(e)) => (
+            e.card_contract_id,
+            &e.token_unique_reference,
+            &e.token_requestor_id,
+            &e.wallet_name,
+            Some(TokenEventKind::Complete),
+        ),
+        Some(Event::TokenStatusChanged(e)) => {
+            let status = match e.status() {
+                pb::TokenStatus::Pending => Some(TokenStatus::Pending),
+                pb::TokenStatus::Active => Some(TokenStatus::Active),
+                pb::TokenStatus::Suspended => Some(TokenStatus::Suspended),
+                pb::TokenStatus::Deactivated => Some(TokenStatus::Deactivated),
+                pb::TokenStatus::Inactive => Some(TokenStatus::Inactive),
+                pb::TokenStatus::Unspecified => None,
+            };
+            if status.is_none() {
+                problems.push("token_status_changed.status is required".to_owned());
+            }
+            (
+                e.card_contract_id,
+                &e.token_unique_reference,
+                &e.token_requestor_id,
+                &e.wallet_name,
+                status.map(TokenEventKind::StatusChanged),
+            )
+        }
+    };
+    let card = CardContractId::new(card);
+    if card.is_none() {
+        problems.push("card_contract_id must be greater than 0".to_owned());
+    }
+    if tur.trim().is_empty() || tur.len() > 64 {
+        problems.push("token_unique_reference is required (at most 64 characters)".to_owned());
+    }
+    if trid.trim().is_empty() || wallet.trim().is_empty() {
+        problems.push("token_requestor_id and wallet_name are required".to_owned());
+    }
+    match (problems.is_empty(), card, kind) {
+        (true, Some(card_contract_id), Some(kind)) => Ok(TokenEvent {
+            notification_id: n.notification_id.clone(),
+            event_at_ms,
+            card_contract_id,
+            token_unique_reference: tur.clone(),
+            token_requestor_id: trid.clone(),
+            wallet_name: wallet.clone(),
+            kind,
+        }),
+        _ => Err(problems.join("; ")),
+    }
+}
+
+fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// The `Enrollment` message of a record.
+pub fn enrollment(r: &EnrollmentRecord, source: Source) -> pb::Enrollment {
+    let state = match r.state {
+        EnrollmentState::NotEnrolled => pb::EnrollmentState::NotEnrolled,
+        EnrollmentState::InProgress => pb::EnrollmentState::InProgress,
+        EnrollmentState::Enrolled => pb::EnrollmentState::Enrolled,
+        EnrollmentState::Failed => pb::EnrollmentState::Failed,
+    };
+    pb::Enrollment {
+        card_contract_id: r.card_contract_id.get(),
+        program: r.program.clone(),
+        state: state as i32,
+        src_digital_card_id: r.src_digital_card_id.clone().unwrap_or_default(),
+        src_consumer_id: r.src_consumer_id.clone().unwrap_or_default(),
+        src_correlation_id: r.src_correlation_id.clone().unwrap_or_default(),
+        masked_card: r.masked_card.as_ref().map(|m| pb::MaskedCard {
+            pan_last_four: m.pan_last_four.clone(),
+            pan_expiration_month: m.pan_expiration_month.clone(),
+            pan_expiration_year: m.pan_expiration_year.clone(),
+            payment_card_descriptor: m.payment_card_descriptor.clone().unwrap_or_default(),
+            payment_card_type: m.payment_card_type.clone().unwrap_or_default(),
+            digital_card_status: m.digital_card_status.clone().unwrap_or_default(),
+        }),
+        token: r.token.as_ref().map(|t| pb::Token {
+            token_unique_reference: t.token_unique_reference.clone(),
+            status: t.status.map_or(pb::TokenStatus::Unspecified, |s| match s {
+                TokenStatus::Pending => pb::TokenStatus::Pending,
+                TokenStatus::Active => pb::TokenStatus::Active,
+                TokenStatus::Suspended => pb::TokenStatus::Suspended,
+                TokenStatus::Deactivated => pb::TokenStatus::Deactivated,
+                TokenStatus::Inactive => pb::TokenStatus::Inactive,
+            }) as i32,
+            decision: t
+                .decision
+                .map_or(pb::TokenizationDecision::Unspecified, |d| match d {
+                    TokenizationDecision::Approved => pb::TokenizationDecision::Approved,
+                    TokenizationDecision::Declined => pb::TokenizationDecision::Declined,
+                    TokenizationDecision::RequireAdditionalAuthentication => {
+                        pb::TokenizationDecision::RequireAdditionalAuthentication
+                    }
+                }) as i32,
+            token_requestor_id: t.token_requestor_id.clone(),
+            updated_at: t.updated_at_ms().map(timestamp),
+        }),
+        failure: r.failure.as_ref().map(|f| pb::Failure {
+            reason: f.reason.clone(),
+            message: f.message.clone(),
+            retryable: f.retryable,
+        }),
+        created_at: Some(timestamp(r.created_at_ms)),
+        updated_at: Some(timestamp(r.updated_at_ms)),
+        source: match source {
+            Source::Store => pb::EnrollmentSource::Store,
+            Source::Upstream => pb::EnrollmentSource::Upstream,
+        } as i32,
+    }
+}

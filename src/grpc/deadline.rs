@@ -1,0 +1,48 @@
+//! The caller's deadline from the `grpc-timeout` header, which bounds all upstream work.
+
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Time kept back to answer before the caller gives up.
+const MARGIN: Duration = Duration::from_millis(50);
+
+/// The deadline of a request, if the caller set one.
+pub fn of<T>(request: &tonic::Request<T>) -> Option<Instant> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (amount, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = amount.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    };
+    Some(Instant::now() + timeout.saturating_sub(MARGIN))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_unit_and_ignores_garbage() {
+        for (value, expected) in [("2S", 2000), ("1500m", 1500), ("1M", 60_000)] {
+            let mut r = tonic::Request::new(());
+            r.metadata_mut()
+                .insert("grpc-timeout", value.parse().unwrap());
+            let left = of(&r).unwrap() - Instant::now();
+            assert!(
+                left <= Duration::from_millis(expected)
+                    && left > Duration::from_millis(expected - 200),
+                "{value}: {left:?}"
+            );
+        }
+        let mut r = tonic::Request::new(());
+        r.metadata_mut()
+            .insert("grpc-timeout", "soon".parse().unwrap());
+        assert!(of(&r).is_none());
+    }
+}
