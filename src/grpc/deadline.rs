@@ -4,7 +4,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Time kept back to answer before the caller gives up.
-const MARGIN: Duration = Duration::from_millis(50);
+const MARGIN: Duration = Duration::from_millis(100);
 
 /// The deadline of a request, if the caller set one.
 pub fn of<T>(request: &tonic::Request<T>) -> Option<Instant> {

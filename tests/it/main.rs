@@ -6,6 +6,8 @@ mod harness;
 mod http_stub;
 
 mod adapter;
+mod crash;
+mod flows;
 mod health;
 mod reflection;
 mod settings;

@@ -1,0 +1,138 @@
+//! Crash and resume, with real processes: service A is killed (SIGKILL) after its POST /cards
+//! reached the simulator but before the answer came back; service B, same key, resumes with the
+//! same `srcCorrelationId`, and the simulator enrolls the card only once.
+
+use crate::flows::request;
+use crate::harness::{RedisServer, ServiceProcess, connect};
+use c2p_enroll::config::Settings;
+use c2p_enroll::mastercard::setup::Upstream;
+use c2p_enroll::proto::v1::{EnrollmentState, enrollment_service_client::EnrollmentServiceClient};
+use std::time::Duration;
+use tonic::Code;
+
+fn read_env(path: &std::path::Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// The idempotency record's JSON, once one exists with the given phase.
+async fn idempotency_record_in_phase(redis: &RedisServer, phase: &str) -> serde_json::Value {
+    let mut conn = redis.connection();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("c2p:idempotency:*")
+            .query(&mut conn)
+            .unwrap();
+        for key in keys {
+            let value: String = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+            let json: serde_json::Value = serde_json::from_str(&value).unwrap();
+            if json["phase"] == phase {
+                return json;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no idempotency record reached {phase}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_killed_call_resumes_with_the_same_correlation_id_and_no_second_enrollment() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let faults = dir.path().join("faults.toml");
+    // The first POST /cards is processed, but its answer never comes back.
+    std::fs::write(
+        &faults,
+        "[routes.enroll_cards]\ndrop_response = true\ntimes = 1\n",
+    )
+    .unwrap();
+    let keys = dir.path().join("keys");
+    let mut simulator = ServiceProcess::spawn(
+        &[
+            "sandbox",
+            "--dir",
+            keys.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--faults",
+            faults.to_str().unwrap(),
+        ],
+        &[],
+    );
+    simulator.wait_for_line("SIMULATOR running alone").await;
+    let mut env = read_env(&keys.join("service.env"));
+    let upstream = {
+        let settings = Settings::load(None, env.clone()).unwrap();
+        Upstream::from_settings(&settings.mastercard, &settings.programs).unwrap()
+    };
+    env.extend(
+        [
+            ("C2P_REDIS__URL", redis.url()),
+            ("C2P_GRPC__LISTEN", "127.0.0.1:0".to_owned()),
+            ("C2P_ENROLL__LEASE", "1s".to_owned()),
+            ("C2P_MASTERCARD__ENROLL__ATTEMPT_TIMEOUT", "60s".to_owned()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+
+    let mut a = ServiceProcess::spawn(&[], &env);
+    let mut client_a = EnrollmentServiceClient::new(connect(a.listening_addr().await).await);
+    let call_a = tokio::spawn(async move { client_a.enroll_card(request("k-crash", 70001)).await });
+    let sent = idempotency_record_in_phase(&redis, "enroll_sent").await;
+    let correlation = sent["src_correlation_id"].as_str().unwrap().to_owned();
+    // Wait until the simulator has enrolled the card (its token exists), then kill A.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while upstream
+        .processing
+        .card_tokens(70001, None)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the simulator never processed A's POST /cards"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.signal("KILL");
+    a.wait(Duration::from_secs(10)).await;
+    call_a.abort();
+
+    let mut b = ServiceProcess::spawn(&[], &env);
+    let mut client_b = EnrollmentServiceClient::new(connect(b.listening_addr().await).await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let enrollment = loop {
+        match client_b.enroll_card(request("k-crash", 70001)).await {
+            Ok(r) => break r.into_inner().enrollment.unwrap(),
+            // A's lease has not run out yet.
+            Err(e) if e.code() == Code::Aborted && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{e:?}\n{}", b.stderr()),
+        }
+    };
+    assert_eq!(enrollment.state(), EnrollmentState::Enrolled);
+    assert_eq!(
+        enrollment.src_correlation_id, correlation,
+        "resumed with A's srcCorrelationId"
+    );
+    assert!(
+        b.stderr().contains("resuming an interrupted enrollment"),
+        "{}",
+        b.stderr()
+    );
+    let tokens = upstream.processing.card_tokens(70001, None).await.unwrap();
+    assert_eq!(tokens.len(), 1, "the simulator enrolled the card once");
+    b.signal("TERM");
+    assert!(b.wait(Duration::from_secs(15)).await.success());
+}

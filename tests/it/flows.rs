@@ -1,0 +1,645 @@
+//! The enrollment flows end to end over real gRPC: the service (one or two instances), the
+//! simulator over HTTP, and a real Redis (standalone or a 3-master cluster) or the memory store.
+
+use crate::harness::{RedisCluster, RedisServer, TestService, settings, start_sandbox};
+use c2p_enroll::proto::v1::{
+    Consumer, EnrollCardRequest, Enrollment, EnrollmentSource, EnrollmentState,
+    GetEnrollmentStatusRequest, NotificationIngestRequest, NotificationOutcome, TokenStatus,
+    TokenizationAuthorization, TokenizationDecision, WatchEnrollmentRequest,
+    enrollment_service_client::EnrollmentServiceClient, notification_ingest_request::Event,
+};
+use c2p_enroll::sandbox::faults::{
+    ErrorFault, NotificationFaults, NotificationTiming, Route, RouteFault,
+};
+use prost::Message as _;
+use std::time::Duration;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt as _;
+
+type Client = EnrollmentServiceClient<Channel>;
+
+pub fn request(key: &str, card: i64) -> EnrollCardRequest {
+    EnrollCardRequest {
+        idempotency_key: key.into(),
+        card_contract_id: card,
+        program: String::new(),
+        consumer: Some(Consumer {
+            email: "jane.doe@example.com".into(),
+            mobile_number: None,
+            first_name: "Jane".into(),
+            last_name: "Doe".into(),
+            country_code: "US".into(),
+            language_code: "en_US".into(),
+        }),
+        cardholder_full_name: "Jane Doe".into(),
+        billing_address: None,
+        src_correlation_id: String::new(),
+    }
+}
+
+fn reason(status: &tonic::Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+fn metadata(status: &tonic::Status, key: &str) -> Option<String> {
+    status
+        .get_error_details()
+        .error_info()
+        .and_then(|i| i.metadata.get(key).cloned())
+}
+
+/// The `Enrollment` carried in an error's details.
+fn enrollment_detail(status: &tonic::Status) -> Option<Enrollment> {
+    let details = tonic_types::pb::Status::decode(status.details()).ok()?;
+    details
+        .details
+        .iter()
+        .find(|a| a.type_url.ends_with("c2p.enrollment.v1.Enrollment"))
+        .and_then(|a| Enrollment::decode(a.value.as_slice()).ok())
+}
+
+async fn status_of(
+    client: &mut Client,
+    card: i64,
+    refresh: bool,
+) -> Result<Enrollment, tonic::Status> {
+    client
+        .get_enrollment_status(GetEnrollmentStatusRequest {
+            card_contract_id: card,
+            refresh,
+        })
+        .await
+        .map(|r| r.into_inner().enrollment.unwrap())
+}
+
+/// Polls the status until `check` holds.
+async fn eventually(
+    client: &mut Client,
+    card: i64,
+    what: &str,
+    check: impl Fn(&Enrollment) -> bool,
+) -> Enrollment {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(e) = status_of(client, card, false).await {
+            if check(&e) {
+                return e;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never {what}: {e:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn active(e: &Enrollment) -> bool {
+    e.state() == EnrollmentState::Enrolled
+        && e.token.as_ref().is_some_and(|t| {
+            t.status() == TokenStatus::Active && t.decision() == TokenizationDecision::Approved
+        })
+}
+
+async fn happy_paths(extra: &[(&str, &str)]) {
+    for (mode, faults) in [
+        ("before the 200", NotificationFaults::default()),
+        (
+            "after the 200",
+            NotificationFaults {
+                timing: NotificationTiming::AfterResponse,
+                ..Default::default()
+            },
+        ),
+        (
+            "duplicated and reordered",
+            NotificationFaults {
+                duplicate: true,
+                reorder: true,
+                ..Default::default()
+            },
+        ),
+    ] {
+        // A fresh key space per mode: the same card is enrolled each time.
+        let prefix = format!("{}:", mode.replace(' ', "-"));
+        let mut env = extra.to_vec();
+        env.push(("C2P_REDIS__KEY_PREFIX", prefix.as_str()));
+        let service = TestService::start(&settings(&env)).await;
+        service.sandbox.set_notification_faults(faults.clone());
+        let mut client = service.client();
+        let enrolled = client
+            .enroll_card(request("k-happy", 70001))
+            .await
+            .unwrap()
+            .into_inner()
+            .enrollment
+            .unwrap();
+        assert_eq!(enrolled.state(), EnrollmentState::Enrolled, "{mode}");
+        let card = enrolled.masked_card.clone().unwrap();
+        assert_eq!(
+            (
+                card.pan_last_four.as_str(),
+                card.pan_expiration_month.as_str(),
+                card.pan_expiration_year.as_str()
+            ),
+            ("9726", "12", "2030")
+        );
+        assert!(!enrolled.src_digital_card_id.is_empty() && !enrolled.src_consumer_id.is_empty());
+        assert!(uuid::Uuid::parse_str(&enrolled.src_correlation_id).is_ok());
+        if faults.timing == NotificationTiming::BeforeResponse {
+            // TAR and TCN were applied while POST /cards ran: the answer already shows the token.
+            assert!(active(&enrolled), "{mode}: {enrolled:?}");
+        }
+        let stored = eventually(&mut client, 70001, "ENROLLED with an active token", active).await;
+        assert_eq!(stored.source(), EnrollmentSource::Store);
+        assert_eq!(service.sandbox.count(Route::EnrollCards), 1, "{mode}");
+    }
+}
+
+#[tokio::test]
+async fn happy_path_on_the_memory_store() {
+    happy_paths(&[]).await;
+}
+
+#[tokio::test]
+async fn happy_path_on_redis() {
+    let redis = RedisServer::start();
+    happy_paths(&[("C2P_REDIS__URL", &redis.url())]).await;
+}
+
+#[tokio::test]
+async fn happy_path_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    happy_paths(&[
+        ("C2P_REDIS__URL", &cluster.urls()),
+        ("C2P_REDIS__CLUSTER", "true"),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn ineligible_and_unknown_cards_end_in_their_codes_with_nothing_half_written() {
+    let redis = RedisServer::start();
+    let service = TestService::start(&settings(&[("C2P_REDIS__URL", &redis.url())])).await;
+    let mut client = service.client();
+    for (card, why) in [
+        (70002, "CARD_BLOCKED"),
+        (70003, "CARD_EXPIRED"),
+        (70004, "CARD_PRODUCT_NOT_ELIGIBLE"),
+    ] {
+        let err = client
+            .enroll_card(request(&format!("k-{card}"), card))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{card}: {err:?}");
+        assert_eq!(reason(&err), "CARD_NOT_ELIGIBLE");
+        assert_eq!(metadata(&err, "decline_reason").as_deref(), Some(why));
+        let record = status_of(&mut client, card, false).await.unwrap();
+        assert_eq!(record.state(), EnrollmentState::Failed, "{card}");
+        assert_eq!(record.failure.unwrap().reason, "CARD_NOT_ELIGIBLE");
+    }
+    let err = client
+        .enroll_card(request("k-unknown", 79999))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::NotFound, "CARD_CONTRACT_NOT_FOUND")
+    );
+    let err = status_of(&mut client, 79999, false).await.unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::NotFound, "CARD_CONTRACT_NOT_FOUND")
+    );
+
+    // No record was left IN_PROGRESS, and none exists for the unknown card.
+    let mut conn = redis.connection();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("c2p:{card:*}:enrollment")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    for key in keys {
+        let value: String = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+        assert!(value.contains("\"state\":\"FAILED\""), "{key}: {value}");
+    }
+}
+
+#[tokio::test]
+async fn every_invalid_field_is_named_at_once() {
+    let service = TestService::start(&settings(&[])).await;
+    let mut bad = request("", -1);
+    bad.program = "nope".into();
+    bad.src_correlation_id = "not-a-uuid".into();
+    bad.consumer = Some(Consumer {
+        email: "not-an-email".into(),
+        mobile_number: Some(c2p_enroll::proto::v1::PhoneNumber {
+            country_code: "0044".into(),
+            phone_number: "12".into(),
+        }),
+        country_code: "usa".into(),
+        language_code: "english".into(),
+        ..Default::default()
+    });
+    bad.billing_address = Some(c2p_enroll::proto::v1::Address {
+        zip: "x".repeat(20),
+        ..Default::default()
+    });
+    let err = service.client().enroll_card(bad).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let fields: Vec<String> = err
+        .get_details_bad_request()
+        .unwrap()
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    for field in [
+        "idempotency_key",
+        "card_contract_id",
+        "program",
+        "consumer.email",
+        "consumer.mobile_number.country_code",
+        "consumer.mobile_number.phone_number",
+        "consumer.country_code",
+        "consumer.language_code",
+        "billing_address.zip",
+        "billing_address.country_code",
+        "src_correlation_id",
+    ] {
+        assert!(
+            fields.iter().any(|f| f == field),
+            "{field} not named in {fields:?}"
+        );
+    }
+    assert_eq!(
+        service.sandbox.count(Route::Searches),
+        0,
+        "nothing was sent upstream"
+    );
+}
+
+#[tokio::test]
+async fn idempotency_replays_refuses_reuse_and_reports_an_enrolled_card() {
+    let redis = RedisServer::start();
+    let service = TestService::start(&settings(&[("C2P_REDIS__URL", &redis.url())])).await;
+    let mut client = service.client();
+    let first = client
+        .enroll_card(request("k-1", 70001))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = client
+        .enroll_card(request("k-1", 70001))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first, again, "the stored answer is replayed");
+    assert_eq!(service.sandbox.count(Route::EnrollCards), 1);
+
+    let mut different = request("k-1", 70001);
+    different.cardholder_full_name = "Someone Else".into();
+    let err = client.enroll_card(different).await.unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::FailedPrecondition, "IDEMPOTENCY_KEY_REUSED")
+    );
+
+    let err = client.enroll_card(request("k-2", 70001)).await.unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::AlreadyExists, "CARD_ALREADY_ENROLLED")
+    );
+    let current = enrollment_detail(&err).expect("the current enrollment in the details");
+    assert_eq!(
+        (current.state(), current.src_digital_card_id.as_str()),
+        (
+            EnrollmentState::Enrolled,
+            first.enrollment.unwrap().src_digital_card_id.as_str()
+        )
+    );
+
+    // A failure is replayed too, without a second upstream call.
+    let e1 = client.enroll_card(request("k-3", 70002)).await.unwrap_err();
+    let e2 = client.enroll_card(request("k-3", 70002)).await.unwrap_err();
+    assert_eq!(
+        (e1.code(), e1.message(), reason(&e1)),
+        (e2.code(), e2.message(), reason(&e2))
+    );
+    assert_eq!(service.sandbox.count(Route::EnrollCards), 2);
+    // After a FAILED enrollment a new key may try again (and fail again here: the card is blocked).
+    let e3 = client.enroll_card(request("k-4", 70002)).await.unwrap_err();
+    assert_eq!(reason(&e3), "CARD_NOT_ELIGIBLE");
+    assert_eq!(service.sandbox.count(Route::EnrollCards), 3);
+}
+
+#[tokio::test]
+async fn fifty_concurrent_calls_with_one_key_over_two_instances_send_one_post_cards() {
+    let redis = RedisServer::start();
+    let s = settings(&[("C2P_REDIS__URL", &redis.url())]);
+    let sandbox = start_sandbox().await;
+    // Slow the enrollment down so that the calls overlap.
+    sandbox.set_fault(
+        Route::EnrollCards,
+        RouteFault {
+            latency: Some(Duration::from_millis(300)),
+            ..Default::default()
+        },
+    );
+    let a = TestService::start_with(&s, sandbox.clone()).await;
+    let b = TestService::start_with(&s, sandbox.clone()).await;
+    a.notify_me();
+    let mut calls = Vec::new();
+    for i in 0..50 {
+        let mut client = if i % 2 == 0 { a.client() } else { b.client() };
+        calls.push(tokio::spawn(async move {
+            let mut aborted = 0;
+            loop {
+                match client.enroll_card(request("k-same", 70001)).await {
+                    Ok(r) => return (r.into_inner(), aborted),
+                    Err(e) if e.code() == Code::Aborted => {
+                        aborted += 1;
+                        let wait = e
+                            .get_details_retry_info()
+                            .and_then(|r| r.retry_delay)
+                            .unwrap_or(Duration::from_millis(100));
+                        tokio::time::sleep(wait.min(Duration::from_millis(200))).await;
+                    }
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+        }));
+    }
+    let mut answers = Vec::new();
+    let mut aborted = 0;
+    for call in calls {
+        let (answer, a) = call.await.unwrap();
+        answers.push(answer);
+        aborted += a;
+    }
+    assert!(aborted > 0, "the calls did overlap");
+    assert!(
+        answers.iter().all(|a| a == &answers[0]),
+        "identical answers"
+    );
+    assert_eq!(
+        sandbox.count(Route::EnrollCards),
+        1,
+        "exactly one POST /cards"
+    );
+}
+
+#[tokio::test]
+async fn a_watcher_on_one_instance_sees_changes_applied_through_another_and_leaves_no_subscription()
+{
+    let redis = RedisServer::start();
+    let s = settings(&[("C2P_REDIS__URL", &redis.url())]);
+    let sandbox = start_sandbox().await;
+    let a = TestService::start_with(&s, sandbox.clone()).await;
+    let b = TestService::start_with(&s, sandbox.clone()).await;
+    b.notify_me();
+    let mut watch = a
+        .client()
+        .watch_enrollment(WatchEnrollmentRequest {
+            card_contract_id: 70001,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap().enrollment.unwrap();
+    assert_eq!(first.state(), EnrollmentState::NotEnrolled);
+
+    b.client()
+        .enroll_card(request("k-watch", 70001))
+        .await
+        .unwrap();
+    let mut states = Vec::new();
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(m) = watch.message().await.unwrap() {
+            let e = m.enrollment.unwrap();
+            states.push(e.state());
+            if active(&e) {
+                return e;
+            }
+        }
+        panic!("stream ended");
+    })
+    .await
+    .expect("the watcher on A saw B's enrollment");
+    assert!(states.contains(&EnrollmentState::InProgress), "{states:?}");
+    assert_eq!(seen.masked_card.unwrap().pan_last_four, "9726");
+
+    drop(watch);
+    let mut conn = redis.connection();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, subscribers): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("c2p:changes:{card:70001}")
+            .query(&mut conn)
+            .unwrap();
+        if subscribers == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{subscribers} subscription(s) left behind"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn status_is_rebuilt_from_the_token_list_on_a_miss_and_cached() {
+    for redis in [None, Some(RedisServer::start())] {
+        let sandbox = start_sandbox().await;
+        // Enrolled through one instance with its own (memory) store ...
+        let first = TestService::start_with(&settings(&[]), sandbox.clone()).await;
+        first
+            .client()
+            .enroll_card(request("k-cache", 70001))
+            .await
+            .unwrap();
+        // ... read through another whose store has never seen the card.
+        let url = redis.as_ref().map(RedisServer::url);
+        let s = match &url {
+            Some(u) => settings(&[("C2P_REDIS__URL", u.as_str())]),
+            None => settings(&[]),
+        };
+        let other = TestService::start_with(&s, sandbox.clone()).await;
+        let mut client = other.client();
+        let rebuilt = status_of(&mut client, 70001, false).await.unwrap();
+        assert_eq!(rebuilt.source(), EnrollmentSource::Upstream);
+        assert_eq!(rebuilt.state(), EnrollmentState::Enrolled);
+        assert_eq!(rebuilt.token.clone().unwrap().status(), TokenStatus::Active);
+        let cached = status_of(&mut client, 70001, false).await.unwrap();
+        assert_eq!(cached.source(), EnrollmentSource::Store);
+        let tokens_before = sandbox.count(Route::CardTokens);
+        // The token is suspended upstream; refresh skips the cache and sees it.
+        assert!(
+            sandbox.set_token_status(&rebuilt.token.unwrap().token_unique_reference, "Suspended")
+        );
+        let refreshed = status_of(&mut client, 70001, true).await.unwrap();
+        assert_eq!(
+            (refreshed.source(), refreshed.token.unwrap().status()),
+            (EnrollmentSource::Upstream, TokenStatus::Suspended)
+        );
+        assert_eq!(sandbox.count(Route::CardTokens), tokens_before + 1);
+        // No Click to Pay token: NOT_ENROLLED, cached briefly.
+        let none = status_of(&mut client, 70002, false).await.unwrap();
+        assert_eq!(
+            (none.state(), none.source()),
+            (EnrollmentState::NotEnrolled, EnrollmentSource::Upstream)
+        );
+        let none = status_of(&mut client, 70002, false).await.unwrap();
+        assert_eq!(none.source(), EnrollmentSource::Store);
+    }
+}
+
+fn tar(id: &str, card: i64, at_s: i64, trid: &str) -> NotificationIngestRequest {
+    NotificationIngestRequest {
+        notification_id: id.into(),
+        event_time: Some(prost_types::Timestamp {
+            seconds: at_s,
+            nanos: 0,
+        }),
+        event: Some(Event::TokenizationAuthorization(
+            TokenizationAuthorization {
+                card_contract_id: card,
+                token_unique_reference: "DM4MMC0000000042".into(),
+                token_requestor_id: trid.into(),
+                wallet_name: "MDES for Merchants".into(),
+                decision: TokenizationDecision::Approved as i32,
+            },
+        )),
+    }
+}
+
+#[tokio::test]
+async fn notification_ingest_acknowledges_each_message_with_its_outcome() {
+    let mut redis = RedisServer::start();
+    let service = TestService::start(&settings(&[("C2P_REDIS__URL", &redis.url())])).await;
+    let mut malformed = tar("n-bad", 0, 1_800_000_000, "50123197928");
+    malformed.event_time = None;
+    let messages = vec![
+        tar("n-1", 70010, 1_800_000_010, "50123197928"),
+        tar("n-1", 70010, 1_800_000_010, "50123197928"),
+        tar("n-2", 70010, 1_800_000_005, "50123197928"),
+        tar("n-3", 70010, 1_800_000_020, "99999999999"),
+        malformed,
+        tar("n-4", 70010, 1_800_000_030, "50123197928"),
+    ];
+    let mut responses = service
+        .client()
+        .notification_ingest(tokio_stream::iter(messages))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut outcomes = std::collections::BTreeMap::new();
+    let mut order = Vec::new();
+    while let Some(r) = responses.message().await.unwrap() {
+        order.push(r.notification_id.clone());
+        outcomes
+            .entry(r.notification_id.clone())
+            .or_insert_with(Vec::new)
+            .push(r.outcome());
+    }
+    assert_eq!(
+        order.len(),
+        6,
+        "one answer per message, the stream went on after the malformed one"
+    );
+    let mut n1 = outcomes["n-1"].clone();
+    n1.sort_by_key(|o| *o as i32);
+    assert_eq!(
+        n1,
+        [NotificationOutcome::Applied, NotificationOutcome::Duplicate]
+    );
+    assert_eq!(outcomes["n-2"], [NotificationOutcome::Stale]);
+    assert_eq!(outcomes["n-3"], [NotificationOutcome::Ignored]);
+    assert_eq!(outcomes["n-bad"], [NotificationOutcome::Rejected]);
+    assert_eq!(outcomes["n-4"], [NotificationOutcome::Applied]);
+
+    // The store is down: an outcome the gateway retries, never a false APPLIED.
+    redis.stop();
+    let mut responses = service
+        .client()
+        .notification_ingest(tokio_stream::iter([tar(
+            "n-5",
+            70010,
+            1_800_000_040,
+            "50123197928",
+        )]))
+        .await
+        .unwrap()
+        .into_inner();
+    let r = responses.message().await.unwrap().unwrap();
+    assert_eq!(r.outcome(), NotificationOutcome::Failed, "{r:?}");
+}
+
+#[tokio::test]
+async fn upstream_trouble_is_unavailable_with_retry_info_and_the_same_key_resumes() {
+    let service = TestService::start(&settings(&[
+        ("C2P_MASTERCARD__PROCESSING__MAX_ATTEMPTS", "2"),
+        ("C2P_MASTERCARD__PROCESSING__INITIAL_BACKOFF", "10ms"),
+    ]))
+    .await;
+    let mut client = service.client();
+    service.sandbox.set_fault(
+        Route::Searches,
+        RouteFault {
+            error: Some(ErrorFault {
+                status: 503,
+                reason_code: "SERVICE_UNAVAILABLE".into(),
+            }),
+            ..Default::default()
+        },
+    );
+    let err = client
+        .enroll_card(request("k-retry", 70001))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::Unavailable, "UPSTREAM_UNAVAILABLE")
+    );
+    assert!(err.get_details_retry_info().is_some());
+    assert_eq!(metadata(&err, "step").as_deref(), Some("search"));
+    service
+        .sandbox
+        .set_fault(Route::Searches, RouteFault::default());
+    let ok = client
+        .enroll_card(request("k-retry", 70001))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.enrollment.unwrap().state(), EnrollmentState::Enrolled);
+}
+
+#[tokio::test]
+async fn the_callers_deadline_bounds_upstream_work() {
+    let service = TestService::start(&settings(&[])).await;
+    service.sandbox.set_fault(
+        Route::Searches,
+        RouteFault {
+            hang: true,
+            ..Default::default()
+        },
+    );
+    let mut req = tonic::Request::new(request("k-deadline", 70001));
+    req.set_timeout(Duration::from_secs(1));
+    let err = service.client().enroll_card(req).await.unwrap_err();
+    // The service itself stopped the upstream work and answered (a client-side timeout would
+    // carry no ErrorInfo).
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::DeadlineExceeded, "DEADLINE_EXCEEDED"),
+        "{err:?}"
+    );
+    assert_eq!(metadata(&err, "step").as_deref(), Some("search"));
+}
