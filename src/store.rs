@@ -90,6 +90,18 @@ pub trait EnrollmentStore: Send + Sync + 'static {
         record: &IdempotencyRecord,
     ) -> Result<bool, StoreError>;
 
+    /// Takes (or renews) the card's enrollment lock for `owner` for `ttl`: `false` when another
+    /// owner holds it. One enrollment of a card runs at a time, whatever the idempotency key.
+    async fn lock_card(
+        &self,
+        card: CardContractId,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Releases the card's lock if `owner` holds it.
+    async fn unlock_card(&self, card: CardContractId, owner: &str) -> Result<(), StoreError>;
+
     /// Every later change of `card`'s record, wherever it is written.
     async fn watch(&self, card: CardContractId) -> Result<ChangeStream, StoreError>;
 

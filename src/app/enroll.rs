@@ -176,15 +176,33 @@ impl App {
             tracing::info!(phase = ?record.phase, "resuming an interrupted enrollment");
         }
         let correlation = record.src_correlation_id.clone();
+        let owner = record.owner.clone();
+        let card = cmd.card_contract_id;
         let attempt = Attempt {
             app: self,
             scope,
             record: std::sync::Arc::new(tokio::sync::Mutex::new(record)),
         };
+        // One enrollment of a card at a time, whatever its key: two keys must not send two
+        // POST /cards with different srcCorrelationIds.
+        if !self
+            .store
+            .lock_card(card, &owner, self.settings.lease)
+            .await?
+        {
+            attempt.release().await;
+            return Err(AppError::CardBusy {
+                retry_after: Duration::from_secs(1),
+            });
+        }
         // Aborted on drop too: a cancelled call must stop renewing its lease.
-        let heartbeat = AbortOnDrop(self.heartbeat(attempt.scope.clone(), attempt.record.clone()));
+        let heartbeat =
+            AbortOnDrop(self.heartbeat(attempt.scope.clone(), attempt.record.clone(), card));
         let result = self.run(&attempt, &cmd, correlation, deadline).await;
         drop(heartbeat);
+        if let Err(e) = self.store.unlock_card(card, &owner).await {
+            tracing::warn!(error = %e, "could not release the card lock; it expires by itself");
+        }
         match result {
             Ok(record) => {
                 attempt
@@ -210,6 +228,7 @@ impl App {
         &self,
         scope: String,
         record: std::sync::Arc<tokio::sync::Mutex<IdempotencyRecord>>,
+        card: CardContractId,
     ) -> tokio::task::JoinHandle<()> {
         let store = self.store.clone();
         let lease = self.settings.lease;
@@ -220,6 +239,9 @@ impl App {
                 let mut current = record.lock().await;
                 current.lease_until_ms = now_ms() + lease_ms;
                 if !matches!(store.idempotency_update(&scope, &current).await, Ok(true)) {
+                    return;
+                }
+                if !matches!(store.lock_card(card, &current.owner, lease).await, Ok(true)) {
                     return;
                 }
             }

@@ -51,6 +51,11 @@ pub enum AppError {
         /// When to try again.
         retry_after: Duration,
     },
+    /// Another enrollment of this card (under another key) is running.
+    CardBusy {
+        /// When to try again.
+        retry_after: Duration,
+    },
     /// The card is enrolled already.
     CardAlreadyEnrolled(Box<EnrollmentRecord>),
     /// Mastercard Processing knows no such card contract.
@@ -145,6 +150,14 @@ impl AppError {
                     Code::Aborted,
                     "REQUEST_IN_PROGRESS",
                     "a call with this idempotency key is in progress".into(),
+                )
+            },
+            AppError::CardBusy { retry_after } => ErrorParts {
+                retry_after: Some(*retry_after),
+                ..plain(
+                    Code::Aborted,
+                    "ENROLLMENT_IN_PROGRESS",
+                    "another enrollment of this card is in progress".into(),
                 )
             },
             AppError::CardAlreadyEnrolled(record) => ErrorParts {
@@ -255,6 +268,7 @@ impl AppError {
                 | AppError::DeadlineExceeded(_)
                 | AppError::StoreUnavailable(_)
                 | AppError::RequestInFlight { .. }
+                | AppError::CardBusy { .. }
         )
     }
 

@@ -31,6 +31,11 @@ impl KeySpace {
         )
     }
 
+    /// `<prefix>{card:<id>}:lock`: the card's enrollment lock.
+    pub fn lock(&self, card: CardContractId) -> String {
+        format!("{}{}:lock", self.prefix, Self::card_tag(card))
+    }
+
     /// `<prefix>changes:{card:<id>}`: the pub/sub channel of a card's changes.
     pub fn changes(&self, card: CardContractId) -> String {
         format!("{}changes:{}", self.prefix, Self::card_tag(card))

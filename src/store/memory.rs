@@ -16,6 +16,7 @@ struct Maps {
     records: HashMap<CardContractId, (EnrollmentRecord, Instant)>,
     dedup: HashMap<(CardContractId, String), Instant>,
     idempotency: HashMap<String, (IdempotencyRecord, Instant)>,
+    locks: HashMap<CardContractId, (String, Instant)>,
 }
 
 /// Everything in maps behind one lock (each operation is one critical section: atomic).
@@ -178,6 +179,35 @@ impl EnrollmentStore for MemoryStore {
                 Ok(true)
             }
         }
+    }
+
+    async fn lock_card(
+        &self,
+        card: CardContractId,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let mut maps = self.lock();
+        let now = Instant::now();
+        match maps.locks.get(&card) {
+            Some((holder, expires)) if *expires > now && holder != owner => Ok(false),
+            _ => {
+                maps.locks.insert(card, (owner.to_owned(), now + ttl));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn unlock_card(&self, card: CardContractId, owner: &str) -> Result<(), StoreError> {
+        let mut maps = self.lock();
+        if maps
+            .locks
+            .get(&card)
+            .is_some_and(|(holder, _)| holder == owner)
+        {
+            maps.locks.remove(&card);
+        }
+        Ok(())
     }
 
     async fn watch(&self, card: CardContractId) -> Result<ChangeStream, StoreError> {

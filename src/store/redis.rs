@@ -67,6 +67,8 @@ pub struct RedisStore {
     put_enrollment: Script,
     idempotency_begin: Script,
     idempotency_update: Script,
+    lock_card: Script,
+    unlock_card: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -144,6 +146,8 @@ impl RedisStore {
             put_enrollment: Script::new(&scripts::put_enrollment()),
             idempotency_begin: Script::new(scripts::IDEMPOTENCY_BEGIN),
             idempotency_update: Script::new(scripts::IDEMPOTENCY_UPDATE),
+            lock_card: Script::new(scripts::LOCK_CARD),
+            unlock_card: Script::new(scripts::UNLOCK_CARD),
         })
     }
 
@@ -271,6 +275,36 @@ impl EnrollmentStore for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(written == 1)
+    }
+
+    async fn lock_card(
+        &self,
+        card: CardContractId,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.connection().await?;
+        let held: i64 = self
+            .lock_card
+            .key(self.keys.lock(card))
+            .arg(owner)
+            .arg(millis(ttl))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(held == 1)
+    }
+
+    async fn unlock_card(&self, card: CardContractId, owner: &str) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let _: i64 = self
+            .unlock_card
+            .key(self.keys.lock(card))
+            .arg(owner)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn watch(&self, card: CardContractId) -> Result<ChangeStream, StoreError> {

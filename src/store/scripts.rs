@@ -129,6 +129,20 @@ redis.call('SET', KEYS[1], out, 'PX', ARGV[4])
 return {'resume', out}
 "#;
 
+/// KEYS: card lock. ARGV: owner, TTL (ms). Takes or renews the lock; 1 when `owner` holds it.
+pub const LOCK_CARD: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#;
+
+/// KEYS: card lock. ARGV: owner. Deletes the lock only if `owner` holds it.
+pub const UNLOCK_CARD: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"#;
+
 /// KEYS: idempotency record. ARGV: owner, record JSON, TTL (ms). Writes only for the owner
 /// (a fence against a stalled caller whose lease was taken over). Returns 1 or 0.
 pub const IDEMPOTENCY_UPDATE: &str = r#"

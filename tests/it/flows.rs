@@ -643,3 +643,54 @@ async fn the_callers_deadline_bounds_upstream_work() {
     );
     assert_eq!(metadata(&err, "step").as_deref(), Some("search"));
 }
+
+#[tokio::test]
+async fn two_keys_for_one_card_at_once_send_one_post_cards() {
+    let redis = RedisServer::start();
+    let service = TestService::start(&settings(&[("C2P_REDIS__URL", &redis.url())])).await;
+    service.sandbox.set_fault(
+        Route::EnrollCards,
+        RouteFault {
+            latency: Some(Duration::from_millis(500)),
+            ..Default::default()
+        },
+    );
+    let (mut c1, mut c2) = (service.client(), service.client());
+    let first = tokio::spawn(async move { c1.enroll_card(request("k-one", 70001)).await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let second = c2.enroll_card(request("k-two", 70001)).await.unwrap_err();
+    assert_eq!(
+        (second.code(), reason(&second).as_str()),
+        (Code::Aborted, "ENROLLMENT_IN_PROGRESS")
+    );
+    assert!(second.get_details_retry_info().is_some());
+    first.await.unwrap().unwrap();
+    let mut c3 = service.client();
+    let after = c3.enroll_card(request("k-two", 70001)).await.unwrap_err();
+    assert_eq!(
+        reason(&after),
+        "CARD_ALREADY_ENROLLED",
+        "the same key, retried, finds the card enrolled"
+    );
+    assert_eq!(service.sandbox.count(Route::EnrollCards), 1);
+}
+
+#[tokio::test]
+async fn draining_ends_watch_streams_cleanly() {
+    let service = TestService::start(&settings(&[])).await;
+    let mut watch = service
+        .client()
+        .watch_enrollment(WatchEnrollmentRequest {
+            card_contract_id: 70001,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap().unwrap();
+    let outcome = service.running.shutdown().await;
+    assert_eq!(outcome, c2p_enroll::server::DrainOutcome::Clean);
+    let end = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("the stream ended");
+    assert!(matches!(end, Ok(None)), "ended with OK: {end:?}");
+}

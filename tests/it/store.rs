@@ -210,6 +210,30 @@ async fn suite(store: Arc<dyn EnrollmentStore>) {
         Begin::New(_)
     ));
 
+    // The card lock: one holder at a time, renewable, released only by its holder.
+    let lease = Duration::from_secs(30);
+    assert!(store.lock_card(card(70005), "A", lease).await.unwrap());
+    assert!(!store.lock_card(card(70005), "B", lease).await.unwrap());
+    assert!(
+        store.lock_card(card(70005), "A", lease).await.unwrap(),
+        "renewal"
+    );
+    store.unlock_card(card(70005), "B").await.unwrap();
+    assert!(!store.lock_card(card(70005), "B", lease).await.unwrap());
+    store.unlock_card(card(70005), "A").await.unwrap();
+    assert!(store.lock_card(card(70005), "B", lease).await.unwrap());
+    assert!(
+        store
+            .lock_card(card(70006), "A", Duration::from_millis(200))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        store.lock_card(card(70006), "B", lease).await.unwrap(),
+        "an expired lock is free"
+    );
+
     // Change events: every write of the card, nothing of other cards.
     let mut changes = store.watch(card(70003)).await.unwrap();
     store
