@@ -58,6 +58,8 @@ pub struct Settings {
     pub store: StoreSettings,
     /// `enroll.*`.
     pub enroll: EnrollSettings,
+    /// `metrics.*`.
+    pub metrics: MetricsSettings,
     /// `health.*`.
     pub health: HealthSettings,
     /// `shutdown.*`.
@@ -115,6 +117,13 @@ pub struct EnrollSettings {
     /// `enroll.caller_header`: the request metadata naming the caller (idempotency keys are
     /// scoped per caller); absent = `default`.
     pub caller_header: String,
+}
+
+/// `metrics.*`: the Prometheus listener.
+#[derive(Debug, Clone)]
+pub struct MetricsSettings {
+    /// `metrics.listen`: where `GET /metrics` is served; `None` (empty setting) turns it off.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `health.*`: the store probe behind the gRPC health service.

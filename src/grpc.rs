@@ -4,5 +4,6 @@ pub mod convert;
 mod deadline;
 mod service;
 pub mod status;
+pub mod trace;
 
 pub use service::EnrollmentApi;

@@ -6,6 +6,7 @@ pub mod domain;
 pub mod grpc;
 pub mod health;
 pub mod mastercard;
+pub mod metrics;
 pub mod proto;
 pub mod run;
 pub mod sandbox;

@@ -58,7 +58,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(&settings.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -69,7 +68,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command.unwrap_or(Command::Serve) {
+    // The OTLP exporter is built on the runtime; its last spans are flushed before exit.
+    let telemetry = {
+        let _guard = runtime.enter();
+        telemetry::init(&settings.log)
+    };
+    let code = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(run::serve(settings)),
         Command::Sandbox {
             dir,
@@ -86,5 +90,10 @@ fn main() -> ExitCode {
             notify,
             payload_encryption,
         })),
+    };
+    {
+        let _guard = runtime.enter();
+        telemetry.shutdown();
     }
+    code
 }

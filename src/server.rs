@@ -53,12 +53,18 @@ pub struct RunningServer {
     task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     grace_period: Duration,
     store: Arc<dyn EnrollmentStore>,
+    metrics: Option<SocketAddr>,
 }
 
 impl RunningServer {
     /// The address the gRPC listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the metrics listener, when it is on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
     }
 
     /// The store the service uses.
@@ -152,7 +158,22 @@ pub async fn start(
     let api = EnrollmentApi::new(app, settings.enroll.caller_header.clone(), drain.clone());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let metrics = match settings.metrics.listen {
+        Some(listen) => {
+            crate::metrics::handle();
+            let (addr, _task) =
+                crate::metrics::serve(listen, drain.clone())
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        addr: listen,
+                        source,
+                    })?;
+            Some(addr)
+        }
+        None => None,
+    };
     let router = tonic::transport::Server::builder()
+        .trace_fn(crate::grpc::trace::rpc_span)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -170,5 +191,6 @@ pub async fn start(
         task: Some(task),
         grace_period: settings.shutdown.grace_period,
         store,
+        metrics,
     })
 }

@@ -22,7 +22,6 @@ pub enum IngestOutcome {
 
 impl App {
     /// Applies one validated notification; the outcome is only returned after the write.
-    #[tracing::instrument(name = "notification", skip_all, fields(card = event.card_contract_id.get()))]
     pub async fn ingest(&self, event: &TokenEvent) -> IngestOutcome {
         if !event.is_click_to_pay() {
             return IngestOutcome::Ignored;

@@ -54,6 +54,7 @@ pub(super) struct RawSettings {
     pub store: RawStore,
     pub enroll: RawEnroll,
     pub health: RawHealth,
+    pub metrics: RawMetrics,
     pub shutdown: RawShutdown,
     pub log: RawLog,
     pub mastercard: RawMastercard,
@@ -110,6 +111,14 @@ pub(super) struct RawStore {
 pub(super) struct RawEnroll {
     pub lease: Option<Scalar>,
     pub caller_header: Option<Scalar>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawMetrics {
+    pub listen: Option<Scalar>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

@@ -2,7 +2,8 @@
 
 use super::{
     ConfigError, EnrollSettings, GrpcSettings, HealthSettings, LogFormat, LogSettings,
-    MastercardSettings, Mode, Problem, RedisSettings, Settings, ShutdownSettings, StoreSettings,
+    MastercardSettings, MetricsSettings, Mode, Problem, RedisSettings, Settings, ShutdownSettings,
+    StoreSettings,
     raw::{RawSettings, Scalar, Unknown},
     validate_api::validate_api,
 };
@@ -12,6 +13,7 @@ use std::{net::SocketAddr, time::Duration};
 pub(super) mod defaults {
     pub const MODE: &str = "sandbox";
     pub const GRPC_LISTEN: &str = "127.0.0.1:50051";
+    pub const METRICS_LISTEN: &str = "127.0.0.1:9464";
     pub const REDIS_KEY_PREFIX: &str = "c2p:";
     pub const REDIS_CONNECT_TIMEOUT: &str = "2s";
     pub const REDIS_RESPONSE_TIMEOUT: &str = "1s";
@@ -165,6 +167,7 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
     c.unknown("store", &raw.store.unknown);
     c.unknown("enroll", &raw.enroll.unknown);
     c.unknown("health", &raw.health.unknown);
+    c.unknown("metrics", &raw.metrics.unknown);
     c.unknown("shutdown", &raw.shutdown.unknown);
     c.unknown("log", &raw.log.unknown);
     c.unknown("mastercard", &raw.mastercard.unknown);
@@ -190,6 +193,23 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
         SocketAddr::from(([127, 0, 0, 1], 0))
     });
 
+    // Unset means the default; set to empty text, the listener is off.
+    let metrics_listen = match &raw.metrics.listen {
+        Some(Scalar(text)) if text.trim().is_empty() => None,
+        other => {
+            let text = Checker::text(other, defaults::METRICS_LISTEN);
+            match text.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    c.problem(
+                        "metrics.listen",
+                        format!("{text:?} is not a socket address (empty turns metrics off)"),
+                    );
+                    None
+                }
+            }
+        }
+    };
     let redis = validate_redis(&mut c, &raw);
     let store = StoreSettings {
         enrollment_ttl: c.duration(
@@ -271,6 +291,9 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
         redis,
         store,
         enroll,
+        metrics: MetricsSettings {
+            listen: metrics_listen,
+        },
         health,
         shutdown,
         log,

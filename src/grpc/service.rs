@@ -1,8 +1,9 @@
 //! `c2p.enrollment.v1.EnrollmentService`: each handler converts, calls the app, and maps errors
 //! in one place. Spans skip the arguments and record chosen fields only.
 
-use super::{convert, deadline, status};
+use super::{convert, deadline, status, trace};
 use crate::app::{App, AppError, IngestOutcome, Source};
+use crate::metrics;
 use crate::proto::v1::{
     EnrollCardRequest, EnrollCardResponse, GetEnrollmentStatusRequest, GetEnrollmentStatusResponse,
     NotificationIngestRequest, NotificationIngestResponse, NotificationOutcome,
@@ -11,9 +12,11 @@ use crate::proto::v1::{
 use futures::StreamExt as _;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 /// A server stream of `T`.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -65,8 +68,127 @@ fn ingest_response(
 
 #[tonic::async_trait]
 impl EnrollmentService for EnrollmentApi {
-    #[tracing::instrument(name = "EnrollCard", skip_all, fields(card = tracing::field::Empty, program = tracing::field::Empty, outcome = tracing::field::Empty))]
+    // Each call runs inside the RPC span made by `trace::rpc_span` (it skips the arguments); the
+    // handlers record chosen fields on it.
     async fn enroll_card(
+        &self,
+        request: Request<EnrollCardRequest>,
+    ) -> Result<Response<EnrollCardResponse>, Status> {
+        let started = Instant::now();
+        let result = self.enroll_card_inner(request).await;
+        trace::record_status(&result);
+        metrics::rpc("EnrollCard", code_of(&result), started);
+        result
+    }
+
+    async fn get_enrollment_status(
+        &self,
+        request: Request<GetEnrollmentStatusRequest>,
+    ) -> Result<Response<GetEnrollmentStatusResponse>, Status> {
+        let started = Instant::now();
+        let result = self.status_inner(request).await;
+        trace::record_status(&result);
+        metrics::rpc("GetEnrollmentStatus", code_of(&result), started);
+        result
+    }
+
+    type NotificationIngestStream = ResponseStream<NotificationIngestResponse>;
+
+    async fn notification_ingest(
+        &self,
+        request: Request<Streaming<NotificationIngestRequest>>,
+    ) -> Result<Response<Self::NotificationIngestStream>, Status> {
+        let app = self.app.clone();
+        let rpc_span = tracing::Span::current();
+        let open = metrics::OpenStream::open("NotificationIngest");
+        let input = request
+            .into_inner()
+            .take_until(self.drain.clone().cancelled_owned());
+        // At most INGEST_WINDOW notifications are in progress; the rest wait in the transport,
+        // which pushes back on the gateway instead of growing a buffer here.
+        let output = input
+            .take_while(|item| std::future::ready(item.is_ok()))
+            .filter_map(|item| std::future::ready(item.ok()))
+            .map(move |n| {
+                let app = app.clone();
+                let span = tracing::info_span!(parent: &rpc_span, "notification", notification.id = %n.notification_id, card = tracing::field::Empty, outcome = tracing::field::Empty);
+                async move {
+                    let event = match convert::token_event(&n) {
+                        Ok(e) => e,
+                        Err(why) => {
+                            tracing::Span::current().record("outcome", "rejected");
+                            metrics::notification("rejected");
+                            return Ok(ingest_response(n.notification_id, NotificationOutcome::Rejected, why));
+                        }
+                    };
+                    tracing::Span::current().record("card", event.card_contract_id.get());
+                    let (outcome, name, message) = match app.ingest(&event).await {
+                        IngestOutcome::Applied => (NotificationOutcome::Applied, "applied", String::new()),
+                        IngestOutcome::Duplicate => (NotificationOutcome::Duplicate, "duplicate", "already applied".into()),
+                        IngestOutcome::Stale => (NotificationOutcome::Stale, "stale", "older than the stored state".into()),
+                        IngestOutcome::Ignored => (NotificationOutcome::Ignored, "ignored", "not a Click to Pay token".into()),
+                        IngestOutcome::Failed(why) => (NotificationOutcome::Failed, "failed", why),
+                    };
+                    tracing::Span::current().record("outcome", name);
+                    metrics::notification(name);
+                    Ok(ingest_response(n.notification_id, outcome, message))
+                }
+                .instrument(span)
+            })
+            .buffer_unordered(INGEST_WINDOW)
+            // The gauge counts the stream until it is dropped.
+            .map(move |item| {
+                let _ = &open;
+                item
+            });
+        Ok(Response::new(Box::pin(output)))
+    }
+
+    type WatchEnrollmentStream = ResponseStream<WatchEnrollmentResponse>;
+
+    async fn watch_enrollment(
+        &self,
+        request: Request<WatchEnrollmentRequest>,
+    ) -> Result<Response<Self::WatchEnrollmentStream>, Status> {
+        let card = convert::card_id(request.get_ref().card_contract_id)
+            .map_err(|v| status::to_status(&AppError::InvalidArgument(v)))?;
+        tracing::Span::current().record("card", card.get());
+        let (current, changes) = self
+            .app
+            .watch(card)
+            .await
+            .map_err(|e| status::to_status(&e))?;
+        let open = metrics::OpenStream::open("WatchEnrollment");
+        let mut last = current.clone();
+        let changes = changes
+            .take_until(self.drain.clone().cancelled_owned())
+            .filter_map(move |record| {
+                // Writes that changed nothing visible are not repeated to the watcher.
+                let fresh = record != last;
+                last = record.clone();
+                async move { fresh.then_some(record) }
+            });
+        let stream = futures::stream::once(async move { current })
+            .chain(changes)
+            .map(move |record| {
+                let _ = &open;
+                Ok(WatchEnrollmentResponse {
+                    enrollment: Some(convert::enrollment(&record, Source::Store)),
+                })
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+fn code_of<T>(result: &Result<T, Status>) -> tonic::Code {
+    match result {
+        Ok(_) => tonic::Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+impl EnrollmentApi {
+    async fn enroll_card_inner(
         &self,
         request: Request<EnrollCardRequest>,
     ) -> Result<Response<EnrollCardResponse>, Status> {
@@ -78,16 +200,17 @@ impl EnrollmentService for EnrollmentApi {
         let span = tracing::Span::current();
         span.record("card", command.card_contract_id.get());
         span.record("program", command.program.as_str());
-        let result = self.app.enroll(command, deadline).await;
-        span.record("outcome", if result.is_ok() { "ok" } else { "error" });
-        let record = result.map_err(|e| status::to_status(&e))?;
+        let record = self
+            .app
+            .enroll(command, deadline)
+            .await
+            .map_err(|e| status::to_status(&e))?;
         Ok(Response::new(EnrollCardResponse {
             enrollment: Some(convert::enrollment(&record, Source::Store)),
         }))
     }
 
-    #[tracing::instrument(name = "GetEnrollmentStatus", skip_all, fields(card = tracing::field::Empty, refresh = tracing::field::Empty))]
-    async fn get_enrollment_status(
+    async fn status_inner(
         &self,
         request: Request<GetEnrollmentStatusRequest>,
     ) -> Result<Response<GetEnrollmentStatusResponse>, Status> {
@@ -105,90 +228,5 @@ impl EnrollmentService for EnrollmentApi {
         Ok(Response::new(GetEnrollmentStatusResponse {
             enrollment: Some(convert::enrollment(&record, source)),
         }))
-    }
-
-    type NotificationIngestStream = ResponseStream<NotificationIngestResponse>;
-
-    #[tracing::instrument(name = "NotificationIngest", skip_all)]
-    async fn notification_ingest(
-        &self,
-        request: Request<Streaming<NotificationIngestRequest>>,
-    ) -> Result<Response<Self::NotificationIngestStream>, Status> {
-        let app = self.app.clone();
-        let input = request
-            .into_inner()
-            .take_until(self.drain.clone().cancelled_owned());
-        // At most INGEST_WINDOW notifications are in progress; the rest wait in the transport,
-        // which pushes back on the gateway instead of growing a buffer here.
-        let output = input
-            .take_while(|item| std::future::ready(item.is_ok()))
-            .filter_map(|item| std::future::ready(item.ok()))
-            .map(move |n| {
-                let app = app.clone();
-                async move {
-                    let event = match convert::token_event(&n) {
-                        Ok(e) => e,
-                        Err(why) => {
-                            return Ok(ingest_response(
-                                n.notification_id,
-                                NotificationOutcome::Rejected,
-                                why,
-                            ));
-                        }
-                    };
-                    let (outcome, message) = match app.ingest(&event).await {
-                        IngestOutcome::Applied => (NotificationOutcome::Applied, String::new()),
-                        IngestOutcome::Duplicate => {
-                            (NotificationOutcome::Duplicate, "already applied".into())
-                        }
-                        IngestOutcome::Stale => (
-                            NotificationOutcome::Stale,
-                            "older than the stored state".into(),
-                        ),
-                        IngestOutcome::Ignored => (
-                            NotificationOutcome::Ignored,
-                            "not a Click to Pay token".into(),
-                        ),
-                        IngestOutcome::Failed(why) => (NotificationOutcome::Failed, why),
-                    };
-                    Ok(ingest_response(n.notification_id, outcome, message))
-                }
-            })
-            .buffer_unordered(INGEST_WINDOW);
-        Ok(Response::new(Box::pin(output)))
-    }
-
-    type WatchEnrollmentStream = ResponseStream<WatchEnrollmentResponse>;
-
-    #[tracing::instrument(name = "WatchEnrollment", skip_all, fields(card = tracing::field::Empty))]
-    async fn watch_enrollment(
-        &self,
-        request: Request<WatchEnrollmentRequest>,
-    ) -> Result<Response<Self::WatchEnrollmentStream>, Status> {
-        let card = convert::card_id(request.get_ref().card_contract_id)
-            .map_err(|v| status::to_status(&AppError::InvalidArgument(v)))?;
-        tracing::Span::current().record("card", card.get());
-        let (current, changes) = self
-            .app
-            .watch(card)
-            .await
-            .map_err(|e| status::to_status(&e))?;
-        let mut last = current.clone();
-        let changes = changes
-            .take_until(self.drain.clone().cancelled_owned())
-            .filter_map(move |record| {
-                // Writes that changed nothing visible are not repeated to the watcher.
-                let fresh = record != last;
-                last = record.clone();
-                async move { fresh.then_some(record) }
-            });
-        let stream = futures::stream::once(async move { current })
-            .chain(changes)
-            .map(|record| {
-                Ok(WatchEnrollmentResponse {
-                    enrollment: Some(convert::enrollment(&record, Source::Store)),
-                })
-            });
-        Ok(Response::new(Box::pin(stream)))
     }
 }

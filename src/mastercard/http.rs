@@ -292,13 +292,25 @@ impl ApiClient {
                 mastercard.correlation_id = tracing::field::Empty,
                 error.type = tracing::field::Empty,
             );
+            let attempt_started = std::time::Instant::now();
             let outcome = self
                 .attempt(&spec, &url, &body, attempt_timeout)
                 .instrument(span.clone())
                 .await;
+            let outcome_name = match &outcome {
+                Ok(_) => "ok",
+                Err(f) => error_type(&f.kind),
+            };
+            crate::metrics::upstream_attempt(
+                self.api.name(),
+                spec.operation,
+                outcome_name,
+                attempt_started,
+            );
             let failure = match outcome {
                 Ok(response) => {
                     permit.record(false);
+                    crate::metrics::breaker_state(self.api.name(), self.breaker.state());
                     span.record("http.response.status_code", response.status);
                     if let Some(id) = response.correlation.best() {
                         span.record("mastercard.correlation_id", id);
@@ -308,6 +320,7 @@ impl ApiClient {
                 Err(f) => f,
             };
             permit.record(counts_against_api(&failure.kind));
+            crate::metrics::breaker_state(self.api.name(), self.breaker.state());
             span.record("error.type", error_type(&failure.kind));
             if let Some(id) = failure.correlation.best() {
                 span.record("mastercard.correlation_id", id);
@@ -334,6 +347,7 @@ impl ApiClient {
                 return Err(error);
             }
             tracing::debug!(api = %self.api, operation = spec.operation, attempt, ?delay, "retrying");
+            crate::metrics::upstream_retry(self.api.name(), spec.operation);
             tokio::time::sleep(delay).await;
         }
     }

@@ -81,6 +81,14 @@ impl std::fmt::Debug for RedisStore {
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_io_error() || e.is_connection_dropped() {
+        "connection"
+    } else {
+        "command"
+    };
+    crate::metrics::redis_error(kind);
     // RedisError's text names the failure kind and server message, not the URL or the values.
     StoreError::Unavailable(e.to_string())
 }
@@ -165,6 +173,7 @@ impl RedisStore {
 
 #[async_trait::async_trait]
 impl EnrollmentStore for RedisStore {
+    #[tracing::instrument(name = "redis.script", skip_all, fields(db.system = "redis", db.operation = "get"))]
     async fn get(&self, card: CardContractId) -> Result<Option<EnrollmentRecord>, StoreError> {
         let mut conn = self.connection().await?;
         let raw: Option<String> = conn
@@ -175,6 +184,7 @@ impl EnrollmentStore for RedisStore {
             .transpose()
     }
 
+    #[tracing::instrument(name = "redis.script", skip_all, fields(db.system = "redis", db.operation = "put_enrollment"))]
     async fn put_enrollment(
         &self,
         record: &EnrollmentRecord,
@@ -199,6 +209,7 @@ impl EnrollmentStore for RedisStore {
         serde_json::from_str(&stored).map_err(corrupt)
     }
 
+    #[tracing::instrument(name = "redis.script", skip_all, fields(db.system = "redis", db.operation = "apply_notification"))]
     async fn apply_notification(
         &self,
         event: &TokenEvent,
@@ -229,6 +240,7 @@ impl EnrollmentStore for RedisStore {
         }
     }
 
+    #[tracing::instrument(name = "redis.script", skip_all, fields(db.system = "redis", db.operation = "idempotency_begin"))]
     async fn idempotency_begin(
         &self,
         scope: &str,
@@ -258,6 +270,7 @@ impl EnrollmentStore for RedisStore {
         }
     }
 
+    #[tracing::instrument(name = "redis.script", skip_all, fields(db.system = "redis", db.operation = "idempotency_update"))]
     async fn idempotency_update(
         &self,
         scope: &str,
@@ -277,6 +290,7 @@ impl EnrollmentStore for RedisStore {
         Ok(written == 1)
     }
 
+    #[tracing::instrument(name = "redis.script", skip_all, fields(db.system = "redis", db.operation = "lock_card"))]
     async fn lock_card(
         &self,
         card: CardContractId,
@@ -295,6 +309,7 @@ impl EnrollmentStore for RedisStore {
         Ok(held == 1)
     }
 
+    #[tracing::instrument(name = "redis.script", skip_all, fields(db.system = "redis", db.operation = "unlock_card"))]
     async fn unlock_card(&self, card: CardContractId, owner: &str) -> Result<(), StoreError> {
         let mut conn = self.connection().await?;
         let _: i64 = self

@@ -223,6 +223,7 @@ pub fn require_binary(binary: &str, debian_package: &str) {
 pub fn settings(extra: &[(&str, &str)]) -> Settings {
     let mut env: Vec<(String, String)> = vec![
         ("C2P_GRPC__LISTEN".into(), "127.0.0.1:0".into()),
+        ("C2P_METRICS__LISTEN".into(), "127.0.0.1:0".into()),
         ("C2P_HEALTH__CHECK_INTERVAL".into(), "100ms".into()),
         ("C2P_HEALTH__CHECK_TIMEOUT".into(), "300ms".into()),
         ("C2P_REDIS__CONNECT_TIMEOUT".into(), "300ms".into()),
@@ -349,6 +350,8 @@ impl ServiceProcess {
         let mut child = Command::new(binary())
             .args(args)
             .env_clear()
+            // Parallel tests must not share the default metrics port.
+            .env("C2P_METRICS__LISTEN", "127.0.0.1:0")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,0 +1,78 @@
+//! The span of every RPC: W3C trace context (`traceparent`, `tracestate`) taken from the request
+//! metadata so the caller's trace continues here, a `request_id` (the caller's `x-request-id`, or
+//! a new one) and the `trace_id`, which every log line inside the call carries.
+
+use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::TraceContextExt as _;
+use tonic::codegen::http;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+struct Headers<'a>(&'a http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+/// The trace id of a `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
+fn traceparent_trace_id(headers: &http::HeaderMap) -> Option<String> {
+    let value = headers.get("traceparent")?.to_str().ok()?;
+    let id = value.split('-').nth(1)?;
+    (id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()) && id != "0".repeat(32))
+        .then(|| id.to_ascii_lowercase())
+}
+
+/// The span of one RPC; handlers record `card`, `program`, `refresh`, `outcome` and the status.
+pub fn rpc_span(request: &http::Request<()>) -> tracing::Span {
+    let path = request.uri().path().trim_start_matches('/');
+    let (service, method) = path.split_once('/').unwrap_or((path, ""));
+    let headers = request.headers();
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = path,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = Empty,
+        request_id = %request_id,
+        trace_id = Empty,
+        card = Empty,
+        program = Empty,
+        refresh = Empty,
+        outcome = Empty,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)));
+    // Without an exporter the span has no OpenTelemetry context; this then does nothing.
+    let _ = span.set_parent(parent);
+    let exported = span.context().span().span_context().trace_id();
+    let trace_id = if exported != opentelemetry::trace::TraceId::INVALID {
+        exported.to_string()
+    } else {
+        traceparent_trace_id(headers).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+    };
+    span.record("trace_id", trace_id.as_str());
+    span
+}
+
+/// Records the outcome of a unary call on the current RPC span.
+pub fn record_status<T>(result: &Result<T, tonic::Status>) {
+    let span = tracing::Span::current();
+    let code = match result {
+        Ok(_) => tonic::Code::Ok,
+        Err(s) => s.code(),
+    };
+    span.record("rpc.grpc.status_code", code as i32);
+    span.record("outcome", if result.is_ok() { "ok" } else { "error" });
+}

@@ -1,0 +1,166 @@
+//! Prometheus metrics, served in text format on their own listener (`metrics.listen`), which
+//! stops with the gRPC listener. Labels never hold card data: RPC and API names, codes, reasons.
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Latency buckets in seconds: gRPC calls and Mastercard calls span 1 ms to 30 s.
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The process-wide recorder (installed once; later calls share it).
+pub fn handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        "c2p_grpc_requests_total",
+        "gRPC calls by RPC and status code"
+    );
+    metrics::describe_histogram!(
+        "c2p_grpc_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "gRPC unary call latency"
+    );
+    metrics::describe_gauge!("c2p_grpc_open_streams", "open server streams by RPC");
+    metrics::describe_counter!(
+        "c2p_upstream_requests_total",
+        "Mastercard HTTP attempts by API, operation and outcome"
+    );
+    metrics::describe_histogram!(
+        "c2p_upstream_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Mastercard HTTP attempt latency"
+    );
+    metrics::describe_counter!(
+        "c2p_upstream_retries_total",
+        "Mastercard HTTP retries by API and operation"
+    );
+    metrics::describe_gauge!(
+        "c2p_upstream_breaker_state",
+        "circuit breaker state by API: 0 closed, 1 half-open, 2 open"
+    );
+    metrics::describe_counter!("c2p_notifications_total", "notifications by outcome");
+    metrics::describe_counter!(
+        "c2p_redis_errors_total",
+        "failed Redis operations by operation"
+    );
+}
+
+/// One finished unary call.
+pub fn rpc(rpc: &'static str, code: tonic::Code, started: Instant) {
+    counter!("c2p_grpc_requests_total", "rpc" => rpc, "code" => format!("{code:?}")).increment(1);
+    histogram!("c2p_grpc_request_duration_seconds", "rpc" => rpc)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Counts an open server stream while alive.
+pub struct OpenStream(&'static str);
+
+impl OpenStream {
+    /// A stream of `rpc` opened (also counted as a call).
+    pub fn open(rpc: &'static str) -> Self {
+        counter!("c2p_grpc_requests_total", "rpc" => rpc, "code" => "Ok").increment(1);
+        gauge!("c2p_grpc_open_streams", "rpc" => rpc).increment(1.0);
+        Self(rpc)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        gauge!("c2p_grpc_open_streams", "rpc" => self.0).decrement(1.0);
+    }
+}
+
+/// One Mastercard HTTP attempt.
+pub fn upstream_attempt(
+    api: &'static str,
+    operation: &'static str,
+    outcome: &'static str,
+    started: Instant,
+) {
+    counter!("c2p_upstream_requests_total", "api" => api, "operation" => operation, "outcome" => outcome).increment(1);
+    histogram!("c2p_upstream_request_duration_seconds", "api" => api, "operation" => operation)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// One retry of a Mastercard call.
+pub fn upstream_retry(api: &'static str, operation: &'static str) {
+    counter!("c2p_upstream_retries_total", "api" => api, "operation" => operation).increment(1);
+}
+
+/// The breaker state of an API.
+pub fn breaker_state(api: &'static str, state: crate::mastercard::breaker::BreakerState) {
+    use crate::mastercard::breaker::BreakerState;
+    let value = match state {
+        BreakerState::Closed => 0.0,
+        BreakerState::HalfOpen => 1.0,
+        BreakerState::Open => 2.0,
+    };
+    gauge!("c2p_upstream_breaker_state", "api" => api).set(value);
+}
+
+/// One notification's outcome.
+pub fn notification(outcome: &'static str) {
+    counter!("c2p_notifications_total", "outcome" => outcome).increment(1);
+}
+
+/// One failed Redis operation.
+pub fn redis_error(operation: &'static str) {
+    counter!("c2p_redis_errors_total", "operation" => operation).increment(1);
+}
+
+/// Serves `GET /metrics` on `listen` until `stop` is cancelled; returns the bound address.
+pub async fn serve(
+    listen: SocketAddr,
+    stop: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            match handle() {
+                Some(h) => (
+                    axum::http::StatusCode::OK,
+                    [("content-type", "text/plain; version=0.0.4")],
+                    h.render(),
+                ),
+                None => (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    [("content-type", "text/plain")],
+                    String::new(),
+                ),
+            }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        let shutdown = async move { stop.cancelled().await };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::warn!(error = %e, "metrics listener failed");
+        }
+    });
+    tracing::info!(%addr, "metrics listening");
+    Ok((addr, task))
+}
