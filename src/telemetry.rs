@@ -95,10 +95,14 @@ pub fn init(settings: &LogSettings) -> Telemetry {
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
 
-    let result = tracing_subscriber::registry()
-        .with(fmt.with_filter(filter))
-        .with(otel)
-        .try_init();
+    // The exporter's layer is there only when traces are exported.
+    let mut layers: Vec<
+        Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>,
+    > = vec![fmt.with_filter(filter).boxed()];
+    if let Some(otel) = otel {
+        layers.push(otel.boxed());
+    }
+    let result = tracing_subscriber::registry().with(layers).try_init();
     if let Err(e) = result {
         eprintln!("logging already initialised: {e}");
     }

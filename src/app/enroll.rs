@@ -203,6 +203,10 @@ impl App {
         if let Err(e) = self.store.unlock_card(card, &owner).await {
             tracing::warn!(error = %e, "could not release the card lock; it expires by itself");
         }
+        match &result {
+            Ok(record) => tracing::debug!(state = ?record.state, "enrollment finished"),
+            Err(e) => tracing::debug!(reason = %e.parts().reason, "enrollment failed"),
+        }
         match result {
             Ok(record) => {
                 attempt

@@ -307,6 +307,13 @@ impl ApiClient {
                 outcome_name,
                 attempt_started,
             );
+            tracing::debug!(
+                api = self.api.name(),
+                operation = spec.operation,
+                attempt,
+                outcome = outcome_name,
+                "mastercard call finished"
+            );
             let failure = match outcome {
                 Ok(response) => {
                     permit.record(false);

@@ -9,6 +9,7 @@ mod adapter;
 mod crash;
 mod flows;
 mod health;
+mod observability;
 mod reflection;
 mod settings;
 mod shutdown;
