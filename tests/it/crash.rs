@@ -3,21 +3,12 @@
 //! same `srcCorrelationId`, and the simulator enrolls the card only once.
 
 use crate::flows::request;
-use crate::harness::{RedisServer, ServiceProcess, connect};
+use crate::harness::{RedisServer, ServiceProcess, connect, read_env};
 use c2p_enroll::config::Settings;
 use c2p_enroll::mastercard::setup::Upstream;
 use c2p_enroll::proto::v1::{EnrollmentState, enrollment_service_client::EnrollmentServiceClient};
 use std::time::Duration;
 use tonic::Code;
-
-fn read_env(path: &std::path::Path) -> Vec<(String, String)> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-}
 
 /// The idempotency record's JSON, once one exists with the given phase.
 async fn idempotency_record_in_phase(redis: &RedisServer, phase: &str) -> serde_json::Value {

@@ -470,3 +470,13 @@ fn listening_addr_of(line: &str) -> Option<SocketAddr> {
 fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_c2p-enroll"))
 }
+
+/// The `KEY=value` lines of an env file (the simulator's `service.env`).
+pub fn read_env(path: &std::path::Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .expect("read the env file")
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}

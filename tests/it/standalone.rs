@@ -1,7 +1,7 @@
 //! `c2p-enroll sandbox` alone, and a service in mastercard mode configured with its key
 //! directory (`service.env`), talking to each other over real HTTP.
 
-use crate::harness::ServiceProcess;
+use crate::harness::{ServiceProcess, read_env};
 use c2p_enroll::config::Settings;
 use c2p_enroll::mastercard::enroll::types::{
     ComplianceResource, ComplianceSettings, Consumer, ConsumerIdentity, EnrollCardRequest,
@@ -9,15 +9,6 @@ use c2p_enroll::mastercard::enroll::types::{
 use c2p_enroll::mastercard::processing::types::SynchronousRequest;
 use c2p_enroll::mastercard::setup::Upstream;
 use std::time::Duration;
-
-fn read_env(path: &std::path::Path) -> Vec<(String, String)> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-}
 
 #[tokio::test]
 async fn a_mastercard_mode_service_talks_to_the_standalone_simulator() {
