@@ -13,8 +13,12 @@ use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 
-/// The names the health service answers for.
+/// The names whose status follows the store.
 const NAMES: [&str; 2] = ["", SERVICE_NAME];
+
+/// A name that is SERVING while the process runs and serves, whatever the store does: the
+/// liveness probe's, so that a Redis outage makes pods unready but does not restart them.
+pub const LIVENESS: &str = "liveness";
 
 /// Serialises health changes so a late probe result can never undo draining.
 pub struct HealthGate {
@@ -38,6 +42,9 @@ impl HealthGate {
                 .set_service_status(name, ServingStatus::NotServing)
                 .await;
         }
+        reporter
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
         let gate = Arc::new(Self {
             inner: Mutex::new(Inner {
                 reporter,
@@ -72,13 +79,13 @@ impl HealthGate {
     pub async fn drain(&self) {
         let mut inner = self.inner.lock().await;
         inner.draining = true;
-        for name in NAMES {
+        for name in NAMES.into_iter().chain([LIVENESS]) {
             inner
                 .reporter
                 .set_service_status(name, ServingStatus::NotServing)
                 .await;
         }
-        for name in NAMES {
+        for name in NAMES.into_iter().chain([LIVENESS]) {
             inner.reporter.clear_service_status(name).await;
         }
     }

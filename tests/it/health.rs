@@ -33,6 +33,12 @@ async fn health_follows_redis_down_and_up_without_restart() {
         .await;
     }
 
+    // The liveness name does not follow the store: a Redis outage must not restart pods.
+    assert_eq!(
+        crate::harness::health_status(&mut health, c2p_enroll::health::LIVENESS).await,
+        ServingStatus::Serving
+    );
+
     redis.restart();
     for name in ["", SERVICE_NAME] {
         wait_for_health(

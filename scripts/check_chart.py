@@ -1,0 +1,492 @@
+"""Checks of the Helm chart helm/c2p-enroll; run by scripts/check-chart inside its venv.
+
+For every value set in helm/values/: the values schema, `helm lint --strict` and a render for
+the oldest Kubernetes version the chart claims (Chart.yaml kubeVersion) and the newest one the
+installed kubernetes-validate bundles, with every rendered manifest validated by
+`kubernetes-validate --strict` for that version (except ServiceMonitor, whose CRD has no bundled
+schema), then assertions on what was rendered. Prints one line per check and ends with
+`chart checks: N passed, M failed`; exits 1 when a check failed.
+
+Helm is helm-python-sdk (import helm_python), which embeds Helm v4 as a C library:
+- helm_python.lint(path, values, strict=, namespace=, kube_version=) -> {"messages", "errors"}
+- helm_python.Chart.load(path), Chart.validate_schema(values), Chart.metadata
+- rendering: Chart.render(values, name=, namespace=) sends its options as JSON to the C ABI's
+  helm_render and exposes no Kubernetes version (it renders with Helm's default capabilities).
+  The ABI's options also take "kube_version" (what `helm template --kube-version` sets; unknown
+  option keys are rejected), so render() below makes the same call with it added. Whether it
+  took effect is checked: the preStop sleep, rendered only for Kubernetes >= 1.30, must be absent
+  from the oldest render and present in the newest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.resources
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+import helm_python as helm
+from helm_python import _native
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "c2p-enroll"
+VALUES_DIR = ROOT / "helm" / "values"
+RELEASE = "c2p-enroll"
+NAMESPACE = "c2p"
+KEYS_DIR = "/etc/c2p-enroll/keys"
+MISSING_SECRET_MESSAGE = "keys.existingSecret is required in mastercard mode"
+KUBE_VALIDATE = Path(sys.executable).with_name("kubernetes-validate")
+
+# The TOML settings the chart may write (dotted names, as the service reads them).
+TOML_ALLOWED = {
+    "mode", "grpc.listen", "metrics.listen", "redis.url", "redis.cluster", "redis.key_prefix",
+    "log.format", "log.filter", "shutdown.grace_period", "enroll.lease",
+    "programs.default.src_client_id", "programs.default.service_id",
+    "programs.default.enroll_encryption_certificate_file",
+    "programs.default.privacy_uri", "programs.default.terms_uri",
+}
+for _api in ("processing", "enroll"):
+    TOML_ALLOWED |= {
+        f"mastercard.{_api}.{k}"
+        for k in (
+            "base_url", "consumer_key", "signing_key_file", "signing_key_password_file",
+            "signature_method", "payload_encryption.enabled",
+            "payload_encryption.encryption_certificate_file",
+            "payload_encryption.decryption_key_file",
+            "payload_encryption.decryption_key_password_file",
+        )
+    }
+# What every mastercard-mode config.toml rendered from the value sets must hold.
+TOML_REQUIRED_MASTERCARD = {
+    "mode", "grpc.listen", "metrics.listen", "redis.cluster", "redis.key_prefix", "log.format",
+    "log.filter", "shutdown.grace_period", "enroll.lease",
+    "programs.default.src_client_id", "programs.default.service_id",
+    "programs.default.enroll_encryption_certificate_file",
+} | {
+    f"mastercard.{api}.{k}"
+    for api in ("processing", "enroll")
+    for k in ("base_url", "consumer_key", "signing_key_file", "signing_key_password_file",
+              "signature_method", "payload_encryption.enabled")
+}
+
+
+class Checks:
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed = 0
+
+    def record(self, ok: bool, name: str, detail: str = "") -> bool:
+        if ok:
+            self.passed += 1
+            print(f"ok    {name}")
+        else:
+            self.failed += 1
+            print(f"FAIL  {name}" + (f": {detail}" if detail else ""))
+        return ok
+
+    def run(self, name: str, fn: Callable[[], str | None]) -> bool:
+        """Runs fn; it passes when it returns None (or ""), fails with the text it returns or
+        the exception it raises."""
+        try:
+            problem = fn()
+        except Exception as e:  # noqa: BLE001 - every failure becomes a check result
+            return self.record(False, name, f"{type(e).__name__}: {e}")
+        return self.record(not problem, name, problem or "")
+
+
+def oldest_kube_version() -> str:
+    """The lower bound of Chart.yaml's kubeVersion (">=1.25.0-0" -> "1.25.0")."""
+    constraint = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]
+    m = re.search(r">=\s*v?(\d+\.\d+\.\d+)", constraint)
+    if not m:
+        raise SystemExit(f"cannot read the lower bound of kubeVersion {constraint!r}")
+    return m.group(1)
+
+
+def newest_kube_version() -> str:
+    """The newest version among kubernetes_validate/kubernetes-json-schema/v<version>-local*."""
+    schemas = importlib.resources.files("kubernetes_validate").joinpath("kubernetes-json-schema")
+    versions = {
+        tuple(int(p) for p in m.group(1).split("."))
+        for entry in schemas.iterdir()
+        if (m := re.match(r"^v(\d+\.\d+\.\d+)-local-strict$", entry.name))
+    }
+    return ".".join(str(p) for p in max(versions))
+
+
+def render(chart: helm.Chart, values: dict[str, Any], kube_version: str) -> dict[str, str]:
+    """Chart.render() with the Kubernetes version set (see the module docstring)."""
+    opts = {"name": RELEASE, "namespace": NAMESPACE, "kube_version": f"v{kube_version}"}
+    rendered = _native.call_string(
+        "helm_render", chart._raw(), json.dumps(values), json.dumps(opts)
+    )
+    manifests: dict[str, str] = json.loads(rendered)
+    return manifests
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silences file descriptor 2: Helm's engine logs every fail() call there itself."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def documents(manifests: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
+    """(template path, object) for every non-empty YAML document; NOTES.txt left out."""
+    docs = []
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                docs.append((path, doc))
+    return docs
+
+
+def by_kind(docs: list[tuple[str, dict[str, Any]]], kind: str) -> list[dict[str, Any]]:
+    return [d for _, d in docs if d.get("kind") == kind]
+
+
+def one(docs: list[tuple[str, dict[str, Any]]], kind: str) -> dict[str, Any]:
+    found = by_kind(docs, kind)
+    if len(found) != 1:
+        raise AssertionError(f"expected one {kind}, rendered {len(found)}")
+    return found[0]
+
+
+def kube_validate(files: list[Path], version: str) -> str | None:
+    """kubernetes-validate --strict on the files; every one must pass (a missing schema fails)."""
+    proc = subprocess.run(
+        [str(KUBE_VALIDATE), "--strict", "--kubernetes-version", version, *map(str, files)],
+        capture_output=True, text=True, check=False,
+    )
+    out = proc.stdout + proc.stderr
+    problems = [line for line in out.splitlines() if not line.startswith("INFO")]
+    passed = {line.split()[1] for line in out.splitlines() if line.startswith("INFO") and " passed " in line}
+    missing = [f.name for f in files if str(f) not in passed]
+    if proc.returncode != 0 or problems or missing:
+        return "; ".join(problems + [f"no pass for {m}" for m in missing]) or f"exit {proc.returncode}"
+    return None
+
+
+def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def check_deployment(docs: list[tuple[str, dict[str, Any]]], values: dict[str, Any], merged: dict[str, Any]) -> str | None:
+    dep = one(docs, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    sc, psc = c["securityContext"], pod["securityContext"]
+    problems = []
+    expect = {
+        "container readOnlyRootFilesystem true": sc.get("readOnlyRootFilesystem") is True,
+        "container runAsNonRoot true": sc.get("runAsNonRoot") is True,
+        "pod runAsNonRoot true": psc.get("runAsNonRoot") is True,
+        "runAsUser/runAsGroup 65532": sc.get("runAsUser") == 65532 and sc.get("runAsGroup") == 65532
+        and psc.get("runAsUser") == 65532 and psc.get("runAsGroup") == 65532,
+        "allowPrivilegeEscalation false": sc.get("allowPrivilegeEscalation") is False,
+        "capabilities drop ALL": sc.get("capabilities", {}).get("drop") == ["ALL"],
+        "seccomp RuntimeDefault (pod and container)": psc.get("seccompProfile") == {"type": "RuntimeDefault"}
+        and sc.get("seccompProfile") == {"type": "RuntimeDefault"},
+        "liveness grpc 50051 service liveness (not store-bound)": c.get("livenessProbe", {}).get("grpc")
+        == {"port": 50051, "service": "liveness"},
+        "readiness grpc 50051 service EnrollmentService": c.get("readinessProbe", {}).get("grpc")
+        == {"port": 50051, "service": "c2p.enrollment.v1.EnrollmentService"},
+        "startup grpc probe": "grpc" in c.get("startupProbe", {}),
+        "command c2p-enroll serve --config /etc/c2p-enroll/config.toml": c.get("command", []) + c.get("args", [])
+        == ["/usr/local/bin/c2p-enroll", "serve", "--config", "/etc/c2p-enroll/config.toml"],
+        "ports grpc 50051, metrics 9464": {p["name"]: p["containerPort"] for p in c["ports"]}
+        == {"grpc": 50051, "metrics": 9464},
+        "emptyDir at /tmp": any(m["mountPath"] == "/tmp" for m in c["volumeMounts"])
+        and any(v["name"] == "tmp" and "emptyDir" in v for v in pod["volumes"]),
+        "checksum/config annotation": bool(re.fullmatch(r"[0-9a-f]{64}", dep["spec"]["template"]["metadata"]
+                                                        .get("annotations", {}).get("checksum/config", ""))),
+        "terminationGracePeriodSeconds 30": pod.get("terminationGracePeriodSeconds") == 30,
+        "resources 250m/128Mi requests, 1/256Mi limits": c.get("resources") == {
+            "requests": {"cpu": "250m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}},
+        "topology spread over hostname and zone, ScheduleAnyway": sorted(
+            (t["topologyKey"], t["whenUnsatisfiable"]) for t in pod.get("topologySpreadConstraints", []))
+        == [("kubernetes.io/hostname", "ScheduleAnyway"), ("topology.kubernetes.io/zone", "ScheduleAnyway")]
+        and all(t["labelSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+                for t in pod["topologySpreadConstraints"]),
+        "keys Secret mounted read-only at /etc/c2p-enroll/keys": any(
+            m["mountPath"] == KEYS_DIR and m.get("readOnly") is True for m in c["volumeMounts"])
+        and any(v.get("secret", {}).get("secretName") == merged["keys"]["existingSecret"] for v in pod["volumes"]),
+    }
+    autoscaling = merged["autoscaling"]["enabled"]
+    expect["replicas only without autoscaling"] = (
+        ("replicas" not in dep["spec"]) if autoscaling else dep["spec"].get("replicas") == merged["replicaCount"]
+    )
+    expect["HPA exactly when autoscaling"] = len(by_kind(docs, "HorizontalPodAutoscaler")) == (1 if autoscaling else 0)
+    problems = [name for name, ok in expect.items() if not ok]
+    return ", ".join(f"not: {p}" for p in problems) or None
+
+
+def check_config(docs: list[tuple[str, dict[str, Any]]], merged: dict[str, Any]) -> str | None:
+    cm = one(docs, "ConfigMap")
+    settings = flatten(tomllib.loads(cm["data"]["config.toml"]))
+    problems = []
+    unknown = sorted(set(settings) - TOML_ALLOWED)
+    if unknown:
+        problems.append(f"unexpected settings {unknown}")
+    if merged["config"]["mode"] == "mastercard":
+        missing = sorted(TOML_REQUIRED_MASTERCARD - set(settings))
+        if missing:
+            problems.append(f"missing settings {missing}")
+    empty = sorted(k for k, v in settings.items() if v == "")
+    if empty:
+        problems.append(f"empty settings written {empty}")
+    for key, value in settings.items():
+        if key.endswith("_file") and not str(value).startswith(KEYS_DIR + "/"):
+            problems.append(f"{key} = {value!r} is not under {KEYS_DIR}")
+    files = merged["keys"]["files"]
+    for key, name in [
+        ("mastercard.processing.signing_key_file", files["processingSigningKey"]),
+        ("mastercard.processing.signing_key_password_file", files["processingSigningKeyPassword"]),
+        ("mastercard.enroll.signing_key_file", files["enrollSigningKey"]),
+        ("mastercard.enroll.signing_key_password_file", files["enrollSigningKeyPassword"]),
+        ("programs.default.enroll_encryption_certificate_file", files["enrollEncryptionCertificate"]),
+    ]:
+        if key in settings and settings[key] != f"{KEYS_DIR}/{name}":
+            problems.append(f"{key} = {settings[key]!r}")
+    url = merged["config"]["redis"]["url"]
+    want_url = ",".join(url) if isinstance(url, list) else url
+    if settings.get("redis.url", "") != want_url:
+        problems.append(f"redis.url = {settings.get('redis.url')!r}, want {want_url!r}")
+    return "; ".join(problems) or None
+
+
+SECRET_PATTERNS = [
+    (re.compile(r"-----BEGIN"), "a PEM block"),
+    (re.compile(r"(?im)^\s*\"?[\w.-]*password\"?\s*[:=]\s*\S"), "a password value"),
+    (re.compile(r"\b[a-z][a-z0-9+.-]*://[^/\s@\"']*:[^/\s@\"']+@"), "credentials in a URL"),
+    (re.compile(r"MII[A-Za-z0-9+/]{60,}"), "base64 DER (a key or certificate)"),
+]
+
+
+def check_no_key_material(manifests: dict[str, str], docs: list[tuple[str, dict[str, Any]]]) -> str | None:
+    problems = [f"{len(by_kind(docs, 'Secret'))} Secret(s) rendered"] if by_kind(docs, "Secret") else []
+    for _, doc in docs:
+        pod = doc.get("spec", {}).get("template", {}).get("spec") or (doc.get("spec") if doc.get("kind") == "Pod" else None)
+        for c in (pod or {}).get("containers", []):
+            for env in c.get("env", []):
+                if re.search(r"PASSWORD|SECRET|TOKEN|PRIVATE|CREDENTIAL", env["name"], re.I) and "value" in env:
+                    problems.append(f"{doc['kind']} env {env['name']} has a literal value (use valueFrom)")
+    for path, text in manifests.items():
+        for pattern, what in SECRET_PATTERNS:
+            m = pattern.search(text)
+            if m:
+                problems.append(f"{path} holds {what}: {m.group(0)[:40]!r}")
+    return "; ".join(problems) or None
+
+
+def check_network_policy(docs: list[tuple[str, dict[str, Any]]], merged: dict[str, Any]) -> str | None:
+    np = one(docs, "NetworkPolicy")["spec"]
+    problems = []
+    ingress = {tuple(p["port"] for p in rule["ports"]): rule for rule in np["ingress"]}
+    grpc_from = ingress.get(("grpc",), {}).get("from", [])
+    if grpc_from != [{"podSelector": {"matchLabels": {"c2p-enroll-client": "true"}}}]:
+        problems.append(f"gRPC ingress from {grpc_from}")
+    metrics_from = ingress.get(("metrics",), {}).get("from", [])
+    if not metrics_from or "namespaceSelector" not in metrics_from[0]:
+        problems.append(f"metrics ingress from {metrics_from}")
+    egress_ports = [sorted((p["port"], p["protocol"]) for p in rule.get("ports", [])) for rule in np["egress"]]
+    want_redis = [(6379, "TCP")] + ([(16379, "TCP")] if merged["config"]["redis"]["cluster"] else [])
+    if sorted(want_redis) not in egress_ports:
+        problems.append(f"no Redis egress on {want_redis}")
+    if sorted([(53, "TCP"), (53, "UDP")]) not in egress_ports:
+        problems.append("no DNS egress on UDP+TCP 53")
+    mastercard = [r for r in np["egress"] if r.get("ports") == [{"port": 443, "protocol": "TCP"}]]
+    if not mastercard or [p["ipBlock"]["cidr"] for p in mastercard[0]["to"]] != merged["networkPolicy"]["egress"]["mastercard"]["cidrs"]:
+        problems.append("no Mastercard egress on 443 to networkPolicy.egress.mastercard.cidrs")
+    return "; ".join(problems) or None
+
+
+def check_other_objects(docs: list[tuple[str, dict[str, Any]]], merged: dict[str, Any]) -> str | None:
+    problems = []
+    svc = one(docs, "Service")["spec"]
+    ports = {p["name"]: (p["port"], p.get("appProtocol")) for p in svc["ports"]}
+    if svc["type"] != "ClusterIP" or ports.get("grpc") != (50051, "grpc") or ports.get("metrics", (None,))[0] != 9464:
+        problems.append(f"Service {svc['type']} {ports}")
+    pdb = one(docs, "PodDisruptionBudget")
+    if pdb["apiVersion"] != "policy/v1" or pdb["spec"].get("minAvailable") != 1:
+        problems.append("PodDisruptionBudget is not policy/v1 minAvailable 1")
+    for hpa in by_kind(docs, "HorizontalPodAutoscaler"):
+        metric = hpa["spec"]["metrics"][0]["resource"]
+        if (hpa["apiVersion"], hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"],
+                metric["name"], metric["target"]["averageUtilization"]) != ("autoscaling/v2", 2, 6, "cpu", 70):
+            problems.append("HPA is not autoscaling/v2, 2..6, CPU 70%")
+    test = one(docs, "Pod")
+    (tc,) = test["spec"]["containers"]
+    if test["metadata"]["annotations"].get("helm.sh/hook") != "test":
+        problems.append("test pod has no helm.sh/hook: test")
+    if tc["image"] != "ghcr.io/grpc-ecosystem/grpc-health-probe:v0.4.28" or f"-addr={RELEASE}:50051" not in tc["args"]:
+        problems.append(f"test pod runs {tc['image']} {tc['args']}")
+    tsc = tc["securityContext"]
+    if not (tsc.get("readOnlyRootFilesystem") and tsc.get("runAsNonRoot") and tsc.get("capabilities", {}).get("drop") == ["ALL"]
+            and tsc.get("allowPrivilegeEscalation") is False and tsc.get("seccompProfile") == {"type": "RuntimeDefault"}):
+        problems.append("test pod is not restricted")
+    selector = one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    if all(test["metadata"]["labels"].get(k) == v for k, v in selector.items()):
+        problems.append("test pod carries the selector labels")
+    sa = by_kind(docs, "ServiceAccount")
+    if merged["serviceAccount"]["create"] and len(sa) != 1:
+        problems.append("no ServiceAccount")
+    return "; ".join(problems) or None
+
+
+def check_service_monitor(docs: list[tuple[str, dict[str, Any]]], merged: dict[str, Any]) -> str | None:
+    found = by_kind(docs, "ServiceMonitor")
+    if not merged["serviceMonitor"]["enabled"]:
+        return f"{len(found)} ServiceMonitor(s) rendered while disabled" if found else None
+    if len(found) != 1:
+        return f"{len(found)} ServiceMonitor(s) rendered"
+    sm = found[0]
+    if sm["apiVersion"] != "monitoring.coreos.com/v1":
+        return f"apiVersion {sm['apiVersion']}"
+    endpoints = sm["spec"]["endpoints"]
+    if [(e["port"], e["path"]) for e in endpoints] != [("metrics", "/metrics")]:
+        return f"endpoints {endpoints}"
+    if sm["spec"]["selector"]["matchLabels"] != one(docs, "Deployment")["spec"]["selector"]["matchLabels"]:
+        return "selector is not the selector labels"
+    return None
+
+
+def main() -> int:
+    checks = Checks()
+    oldest, newest = oldest_kube_version(), newest_kube_version()
+    print(f"helm-python-sdk {helm.__version__} (Helm {helm.helm_sdk_version()}), "
+          f"Kubernetes versions checked: {oldest} (oldest in Chart.yaml kubeVersion) and "
+          f"{newest} (newest bundled by kubernetes-validate)")
+    chart = helm.Chart.load(CHART)
+    value_files = sorted(VALUES_DIR.glob("*.yaml"))
+    if not value_files:
+        checks.record(False, f"value sets in {VALUES_DIR.relative_to(ROOT)}", "none found")
+
+    with tempfile.TemporaryDirectory(prefix="check-chart-") as tmp:
+        for value_file in value_files:
+            label = value_file.name
+            values = yaml.safe_load(value_file.read_text()) or {}
+            merged = chart.merge_values(values)
+            checks.run(f"{label}: values match values.schema.json", lambda: chart.validate_schema(values))
+            for version in (oldest, newest):
+                def lint() -> str | None:
+                    report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE, kube_version=f"v{version}")
+                    bad = report["errors"] + [m["error"] for m in report["messages"] if m["severity"] >= 2]
+                    return "; ".join(bad) or None
+                checks.run(f"{label}: helm lint --strict (Kubernetes {version})", lint)
+
+                rendered: dict[str, Any] = {}
+
+                def do_render() -> str | None:
+                    rendered["manifests"] = render(chart, values, version)
+                    rendered["docs"] = documents(rendered["manifests"])
+                    return None if rendered["docs"] else "nothing rendered"
+                if not checks.run(f"{label}: renders (Kubernetes {version})", do_render):
+                    continue
+                manifests, docs = rendered["manifests"], rendered["docs"]
+
+                out = Path(tmp) / label.removesuffix(".yaml") / version
+                out.mkdir(parents=True)
+                files = []
+                skipped = []
+                for n, (path, doc) in enumerate(docs):
+                    if doc.get("kind") == "ServiceMonitor":
+                        skipped.append(doc["metadata"]["name"])
+                        continue
+                    f = out / f"{n:02d}-{doc['kind'].lower()}.yaml"
+                    f.write_text(yaml.safe_dump(doc, sort_keys=False))
+                    files.append(f)
+                kinds = ", ".join(sorted({d["kind"] for _, d in docs if d["kind"] != "ServiceMonitor"}))
+                checks.run(f"{label}: kubernetes-validate --strict {version}: {len(files)} manifests ({kinds})",
+                           lambda: kube_validate(files, version))
+                if skipped:
+                    print(f"skip  {label}: ServiceMonitor {', '.join(skipped)} not schema-validated for {version} "
+                          "(kubernetes-validate bundles no schema for the monitoring.coreos.com CRD)")
+
+                has_sleep = "lifecycle" in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+                want_sleep = tuple(map(int, version.split(".")[:2])) >= (1, 30)
+                checks.record(has_sleep == want_sleep,
+                              f"{label}: preStop sleep {'rendered' if want_sleep else 'left out'} for Kubernetes {version}",
+                              f"lifecycle {'present' if has_sleep else 'absent'}")
+                if version != newest:
+                    continue
+                checks.run(f"{label}: Deployment restricted (readOnlyRootFilesystem, runAsNonRoot, drop ALL, "
+                           "seccomp RuntimeDefault) with gRPC probes", lambda: check_deployment(docs, values, merged))
+                checks.run(f"{label}: config.toml has only the service's settings, key files under {KEYS_DIR}",
+                           lambda: check_config(docs, merged))
+                checks.run(f"{label}: no key material (PEM, password value, URL credentials, Secret)",
+                           lambda: check_no_key_material(manifests, docs))
+                checks.run(f"{label}: NetworkPolicy (gRPC from clients, metrics from monitoring, Redis, DNS, Mastercard)",
+                           lambda: check_network_policy(docs, merged))
+                checks.run(f"{label}: Service, PDB, HPA, ServiceAccount, helm test pod",
+                           lambda: check_other_objects(docs, merged))
+                checks.run(f"{label}: ServiceMonitor monitoring.coreos.com/v1 on metrics /metrics "
+                           f"({'enabled' if merged['serviceMonitor']['enabled'] else 'disabled'})",
+                           lambda: check_service_monitor(docs, merged))
+
+        base = yaml.safe_load((VALUES_DIR / "defaults.yaml").read_text())
+
+        def missing_secret() -> str | None:
+            values = copy.deepcopy(base)
+            values.pop("keys", None)
+            try:
+                with quiet_stderr():
+                    render(chart, values, newest)
+            except helm.HelmError as e:
+                return None if MISSING_SECRET_MESSAGE in str(e) else f"failed otherwise: {e}"
+            return "rendered"
+        checks.run(f"mastercard mode without keys.existingSecret fails: {MISSING_SECRET_MESSAGE!r}", missing_secret)
+
+        def sandbox_without_secret() -> str | None:
+            docs = documents(render(chart, {"config": {"mode": "sandbox"}}, newest))
+            pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+            settings = flatten(tomllib.loads(one(docs, "ConfigMap")["data"]["config.toml"]))
+            if any("secret" in v for v in pod["volumes"]):
+                return "a Secret volume is mounted"
+            files = [k for k in settings if k.endswith("_file")]
+            return f"key file settings {files}" if files else None
+        checks.run("sandbox mode renders with no keys Secret and no key file settings", sandbox_without_secret)
+
+        def grace_period_guard() -> str | None:
+            values = copy.deepcopy(base)
+            values["terminationGracePeriodSeconds"] = 15
+            try:
+                with quiet_stderr():
+                    render(chart, values, newest)
+            except helm.HelmRenderError as e:
+                return None if "terminationGracePeriodSeconds" in str(e) else str(e)
+            return "rendered"
+        checks.run("terminationGracePeriodSeconds <= preStop sleep + shutdown.grace_period fails", grace_period_guard)
+
+    print(f"chart checks: {checks.passed} passed, {checks.failed} failed")
+    return 1 if checks.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
