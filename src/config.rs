@@ -83,8 +83,9 @@ pub struct GrpcSettings {
 /// `redis.*`: the shared store. No URL means the embedded in-memory store.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis.url`: `redis://` or `rediss://`; `None` selects the in-memory store.
-    pub url: Option<String>,
+    /// `redis.url`: `redis://` or `rediss://`; `None` selects the in-memory store. It may hold
+    /// a password, so its `Debug` is redacted.
+    pub url: Option<secrecy::SecretString>,
     /// `redis.key_prefix`: prepended to every key, so that several deployments can share a Redis.
     pub key_prefix: String,
     /// `redis.connect_timeout`: the bound on establishing a connection.

@@ -136,7 +136,7 @@ pub fn from_settings(settings: &Settings) -> Result<Arc<dyn EnrollmentStore>, St
     let keys = KeySpace::new(&settings.redis.key_prefix);
     match &settings.redis.url {
         Some(url) => Ok(Arc::new(RedisStore::connect_lazy(
-            url,
+            secrecy::ExposeSecret::expose_secret(url),
             &settings.redis,
             keys,
             retention,

@@ -331,7 +331,7 @@ fn validate_redis(c: &mut Checker, raw: &RawSettings) -> RedisSettings {
         c.problem("redis.key_prefix", "must not contain '{' or '}'");
     }
     RedisSettings {
-        url,
+        url: url.map(secrecy::SecretString::from),
         key_prefix,
         connect_timeout: c.duration(
             "redis.connect_timeout",
@@ -392,7 +392,7 @@ mod tests {
         let s = Settings::load(None, Vec::new()).unwrap();
         assert_eq!(s.mode, Mode::Sandbox);
         assert_eq!(s.grpc.listen.to_string(), "127.0.0.1:50051");
-        assert_eq!(s.redis.url, None);
+        assert!(s.redis.url.is_none());
         assert_eq!(s.redis.key_prefix, "c2p:");
         assert_eq!(s.shutdown.grace_period, Duration::from_secs(10));
         assert_eq!(s.log.format, LogFormat::Text);
@@ -601,6 +601,16 @@ mod tests {
                 "programs.default.privacy_uri",
             ]
         );
+    }
+
+    #[test]
+    fn settings_debug_hides_the_redis_password() {
+        let s = Settings::load(
+            None,
+            env(&[("C2P_REDIS__URL", "redis://:hunter2@redis:6379/")]),
+        )
+        .unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
     }
 
     #[test]
