@@ -84,6 +84,13 @@ impl Attempt<'_> {
         self.record.lock().await.phase
     }
 
+    /// Uses another attempt's `srcCorrelationId` from now on (and on every resume).
+    async fn adopt_correlation(&self, correlation: String) -> Result<(), AppError> {
+        let mut record = self.record.lock().await;
+        record.src_correlation_id = correlation;
+        save(self.app, &self.scope, &record).await
+    }
+
     async fn advance(&self, phase: Phase) -> Result<(), AppError> {
         let mut record = self.record.lock().await;
         record.phase = phase;
@@ -242,10 +249,12 @@ impl App {
                 tokio::time::sleep(lease / 3).await;
                 let mut current = record.lock().await;
                 current.lease_until_ms = now_ms() + lease_ms;
-                if !matches!(store.idempotency_update(&scope, &current).await, Ok(true)) {
+                // A store error is retried on the next beat (the lease outlives two of them);
+                // only a lost lease or lock ends the heartbeat.
+                if let Ok(false) = store.idempotency_update(&scope, &current).await {
                     return;
                 }
-                if !matches!(store.lock_card(card, &current.owner, lease).await, Ok(true)) {
+                if let Ok(false) = store.lock_card(card, &current.owner, lease).await {
                     return;
                 }
             }
@@ -270,13 +279,33 @@ impl App {
             .get(program_name)
             .ok_or_else(|| AppError::Internal(format!("program {program_name} vanished")))?;
         let existing = self.store.get(cmd.card_contract_id).await?;
-        if let Some(existing) = existing.filter(|r| r.state == EnrollmentState::Enrolled) {
+        if let Some(existing) = existing
+            .as_ref()
+            .filter(|r| r.state == EnrollmentState::Enrolled)
+        {
             // Our own earlier attempt got this far before the process stopped: its answer.
             if existing.src_correlation_id.as_deref() == Some(correlation.as_str()) {
-                return Ok(existing);
+                return Ok(existing.clone());
             }
-            return Err(AppError::CardAlreadyEnrolled(Box::new(existing)));
+            return Err(AppError::CardAlreadyEnrolled(Box::new(existing.clone())));
         }
+        // An attempt under another key may have sent POST /cards and stopped (a transient error,
+        // a crash): continue it with its srcCorrelationId, so that Click to Pay sees the same
+        // enrollment again rather than a second one.
+        let correlation = match existing
+            .as_ref()
+            .filter(|r| r.state == EnrollmentState::InProgress)
+            .and_then(|r| r.src_correlation_id.clone())
+        {
+            Some(earlier) if earlier != correlation => {
+                tracing::info!(
+                    "continuing the unfinished enrollment of this card with its srcCorrelationId"
+                );
+                attempt.adopt_correlation(earlier.clone()).await?;
+                earlier
+            }
+            _ => correlation,
+        };
 
         // The card object is never stored, so a resumed call searches again (it changes nothing).
         let found = self

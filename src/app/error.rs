@@ -265,6 +265,9 @@ impl AppError {
         matches!(
             self,
             AppError::UpstreamUnavailable(..)
+                // An unreadable answer to POST /cards may hide a done enrollment: resume, with
+                // the same srcCorrelationId, rather than record a failure.
+                | AppError::UpstreamInvalid(Step::Enroll, _)
                 | AppError::DeadlineExceeded(_)
                 | AppError::StoreUnavailable(_)
                 | AppError::RequestInFlight { .. }

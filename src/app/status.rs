@@ -4,9 +4,10 @@
 use super::enroll::map_upstream;
 use super::{App, AppError, Step};
 use crate::domain::{
-    CardContractId, EnrollmentRecord, EnrollmentState, Token, Version, merge_tokens, now_ms,
+    CardContractId, EnrollmentRecord, EnrollmentState, Token, TokenEvent, TokenEventKind, Version,
+    merge_tokens, now_ms,
 };
-use crate::store::PutMode;
+use crate::store::{NotificationResult, PutMode};
 use tokio::time::Instant;
 
 /// Where an answer came from.
@@ -54,6 +55,29 @@ impl App {
                 .await?;
             return Ok((stored, Source::Upstream));
         };
+        // An enrolled card's record is only corrected in its token, by the same atomic merge
+        // as a notification: a full rewrite could undo a concurrent write of the enrollment.
+        if let (Some(record), Some(status)) = (
+            cached
+                .as_ref()
+                .filter(|r| r.state == EnrollmentState::Enrolled),
+            token.status(),
+        ) {
+            let event = TokenEvent {
+                notification_id: format!("upstream:{}", uuid::Uuid::new_v4()),
+                event_at_ms: now,
+                card_contract_id: card,
+                token_unique_reference: token.token_unique_reference.clone().unwrap_or_default(),
+                token_requestor_id: token.token_requestor_id.clone().unwrap_or_default(),
+                wallet_name: token.wallet_name.clone().unwrap_or_default(),
+                kind: TokenEventKind::StatusChanged(status),
+            };
+            let current = match self.store.apply_notification(&event).await? {
+                NotificationResult::Applied(r) => r,
+                NotificationResult::Duplicate | NotificationResult::Stale => record.clone(),
+            };
+            return Ok((current, Source::Upstream));
+        }
         let observed = Token {
             token_unique_reference: token.token_unique_reference.clone().unwrap_or_default(),
             token_requestor_id: token.token_requestor_id.clone().unwrap_or_default(),

@@ -12,9 +12,13 @@ use std::fmt;
 pub struct CardContractId(i64);
 
 impl CardContractId {
-    /// The id, if it is a valid (positive) card contract id.
+    /// Ids at or above this are refused: Redis's Lua JSON keeps 14 significant digits, so larger
+    /// numbers would not survive a script.
+    pub const LIMIT: i64 = 100_000_000_000_000;
+
+    /// The id, if it is a valid card contract id (1 to 10^14 - 1).
     pub fn new(id: i64) -> Option<Self> {
-        (id > 0).then_some(Self(id))
+        (id > 0 && id < Self::LIMIT).then_some(Self(id))
     }
 
     /// The numeric id.
@@ -257,6 +261,8 @@ mod tests {
             Some(70001)
         );
         assert!(serde_json::from_str::<CardContractId>("0").is_err());
+        assert!(CardContractId::new(99_999_999_999_999).is_some());
+        assert!(CardContractId::new(100_000_000_000_000).is_none());
     }
 
     fn token(

@@ -81,7 +81,7 @@ pub fn enroll_command(
     }
     let card = CardContractId::new(req.card_contract_id);
     if card.is_none() {
-        v.add("card_contract_id", "required, greater than 0");
+        v.add("card_contract_id", "required, from 1 to 99999999999999");
     }
     if !has_program(&req.program) {
         v.add(
@@ -208,7 +208,7 @@ pub fn card_id(id: i64) -> Result<CardContractId, Vec<FieldViolation>> {
     CardContractId::new(id).ok_or_else(|| {
         vec![FieldViolation {
             field: "card_contract_id".into(),
-            description: "required, greater than 0".into(),
+            description: "required, from 1 to 99999999999999".into(),
         }]
     })
 }
@@ -282,7 +282,7 @@ pub fn token_event(n: &pb::NotificationIngestRequest) -> Result<TokenEvent, Stri
     };
     let card = CardContractId::new(card);
     if card.is_none() {
-        problems.push("card_contract_id must be greater than 0".to_owned());
+        problems.push("card_contract_id must be from 1 to 99999999999999".to_owned());
     }
     if tur.trim().is_empty() || tur.len() > 64 {
         problems.push("token_unique_reference is required (at most 64 characters)".to_owned());

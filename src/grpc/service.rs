@@ -200,10 +200,16 @@ impl EnrollmentApi {
         let span = tracing::Span::current();
         span.record("card", command.card_contract_id.get());
         span.record("program", command.program.as_str());
-        let record = self
-            .app
-            .enroll(command, deadline)
+        // Run to the end even if the caller goes away: the call then records its outcome (or
+        // releases its lease and card lock) instead of leaving them to expire.
+        let app = self.app.clone();
+        let call =
+            tokio::spawn(async move { app.enroll(command, deadline).await }.instrument(span));
+        let record = call
             .await
+            .map_err(|e| {
+                status::to_status(&AppError::Internal(format!("enrollment task failed: {e}")))
+            })?
             .map_err(|e| status::to_status(&e))?;
         Ok(Response::new(EnrollCardResponse {
             enrollment: Some(convert::enrollment(&record, Source::Store)),

@@ -133,6 +133,21 @@ impl Cms {
     /// Parses a CMS file's text.
     pub fn parse(text: &str) -> Result<Self, String> {
         let file: CmsFile = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+        for card in &file.card {
+            if !(12..=19).contains(&card.pan.len()) || !card.pan.bytes().all(|b| b.is_ascii_digit())
+            {
+                return Err(format!(
+                    "card {}: pan must be 12 to 19 digits",
+                    card.card_contract_id
+                ));
+            }
+            if crate::domain::CardContractId::new(card.card_contract_id).is_none() {
+                return Err(format!(
+                    "card {}: card_contract_id out of range",
+                    card.card_contract_id
+                ));
+            }
+        }
         Ok(Self {
             cards: file
                 .card

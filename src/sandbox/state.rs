@@ -77,7 +77,12 @@ impl State {
         status: u16,
         src_correlation_id: Option<String>,
     ) {
-        self.lock_log().requests.push(LoggedRequest {
+        let mut log = self.lock_log();
+        // A long-running simulator keeps the newest requests only.
+        if log.requests.len() >= 100_000 {
+            log.requests.drain(..10_000);
+        }
+        log.requests.push(LoggedRequest {
             route,
             gateway,
             status,

@@ -11,8 +11,12 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_stream::StreamExt as _;
 
+/// Expired entries are swept every this many writes, so that the maps do not grow for ever.
+const SWEEP_EVERY: u64 = 1024;
+
 #[derive(Default)]
 struct Maps {
+    writes: u64,
     records: HashMap<CardContractId, (EnrollmentRecord, Instant)>,
     dedup: HashMap<(CardContractId, String), Instant>,
     idempotency: HashMap<String, (IdempotencyRecord, Instant)>,
@@ -48,6 +52,19 @@ impl MemoryStore {
         self.maps.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Counts a write; every `SWEEP_EVERY` writes, drops whatever has expired.
+    fn sweep(maps: &mut Maps) {
+        maps.writes += 1;
+        if !maps.writes.is_multiple_of(SWEEP_EVERY) {
+            return;
+        }
+        let now = Instant::now();
+        maps.records.retain(|_, (_, expires)| *expires > now);
+        maps.dedup.retain(|_, expires| *expires > now);
+        maps.idempotency.retain(|_, (_, expires)| *expires > now);
+        maps.locks.retain(|_, (_, expires)| *expires > now);
+    }
+
     fn live_record(maps: &mut Maps, card: CardContractId) -> Option<EnrollmentRecord> {
         match maps.records.get(&card) {
             Some((r, expires)) if *expires > Instant::now() => Some(r.clone()),
@@ -79,6 +96,7 @@ impl EnrollmentStore for MemoryStore {
     ) -> Result<EnrollmentRecord, StoreError> {
         let stored = {
             let mut maps = self.lock();
+            Self::sweep(&mut maps);
             let existing = Self::live_record(&mut maps, record.card_contract_id);
             if let (PutMode::IfAbsent, Some(existing)) = (mode, &existing) {
                 return Ok(existing.clone());
@@ -100,6 +118,7 @@ impl EnrollmentStore for MemoryStore {
     ) -> Result<NotificationResult, StoreError> {
         let applied = {
             let mut maps = self.lock();
+            Self::sweep(&mut maps);
             let now = Instant::now();
             let dedup_key = (event.card_contract_id, event.notification_id.clone());
             if maps
@@ -134,6 +153,7 @@ impl EnrollmentStore for MemoryStore {
         now_ms: i64,
     ) -> Result<Begin, StoreError> {
         let mut maps = self.lock();
+        Self::sweep(&mut maps);
         let now = Instant::now();
         let current = maps
             .idempotency

@@ -694,3 +694,50 @@ async fn draining_ends_watch_streams_cleanly() {
         .expect("the stream ended");
     assert!(matches!(end, Ok(None)), "ended with OK: {end:?}");
 }
+
+#[tokio::test]
+async fn another_key_continues_an_unfinished_enrollment_with_its_correlation_id() {
+    let redis = RedisServer::start();
+    let service = TestService::start(&settings(&[
+        ("C2P_REDIS__URL", &redis.url()),
+        ("C2P_MASTERCARD__ENROLL__ATTEMPT_TIMEOUT", "500ms"),
+    ]))
+    .await;
+    let mut client = service.client();
+    // Click to Pay enrolls the card but the answer is lost: the call ends UNAVAILABLE.
+    service.sandbox.set_fault(
+        Route::EnrollCards,
+        RouteFault {
+            drop_response: true,
+            times: Some(1),
+            ..Default::default()
+        },
+    );
+    let lost = client
+        .enroll_card(request("k-lost", 70001))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (lost.code(), reason(&lost).as_str()),
+        (Code::Unavailable, "UPSTREAM_UNAVAILABLE")
+    );
+    let unfinished = status_of(&mut client, 70001, false).await.unwrap();
+    assert_eq!(unfinished.state(), EnrollmentState::InProgress);
+    // Another key must not start a second enrollment: it continues the first one.
+    let done = client
+        .enroll_card(request("k-other", 70001))
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment
+        .unwrap();
+    assert_eq!(done.state(), EnrollmentState::Enrolled);
+    assert_eq!(done.src_correlation_id, unfinished.src_correlation_id);
+    assert_eq!(
+        service
+            .sandbox
+            .count_for_correlation(&done.src_correlation_id),
+        2
+    );
+    assert_eq!(service.sandbox.count(Route::EnrollCards), 2);
+}
