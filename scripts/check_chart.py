@@ -14,8 +14,8 @@ Helm is helm-python-sdk (import helm_python), which embeds Helm v4 as a C librar
   helm_render and exposes no Kubernetes version (it renders with Helm's default capabilities).
   The ABI's options also take "kube_version" (what `helm template --kube-version` sets; unknown
   option keys are rejected), so render() below makes the same call with it added. Whether it
-  took effect is checked: the preStop sleep, rendered only for Kubernetes >= 1.30, must be absent
-  from the oldest render and present in the newest.
+  took effect is checked: the preStop hook is an exec of /bin/sleep in the oldest render and the
+  native sleep action (Kubernetes >= 1.30) in the newest.
 """
 
 from __future__ import annotations
@@ -429,11 +429,12 @@ def main() -> int:
                     print(f"skip  {label}: ServiceMonitor {', '.join(skipped)} not schema-validated for {version} "
                           "(kubernetes-validate bundles no schema for the monitoring.coreos.com CRD)")
 
-                has_sleep = "lifecycle" in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-                want_sleep = tuple(map(int, version.split(".")[:2])) >= (1, 30)
-                checks.record(has_sleep == want_sleep,
-                              f"{label}: preStop sleep {'rendered' if want_sleep else 'left out'} for Kubernetes {version}",
-                              f"lifecycle {'present' if has_sleep else 'absent'}")
+                pre_stop = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0].get("lifecycle", {}).get("preStop", {})
+                native = tuple(map(int, version.split(".")[:2])) >= (1, 30)
+                want = "sleep" if native else "exec"
+                checks.record(want in pre_stop,
+                              f"{label}: preStop {'sleep action' if native else 'exec /bin/sleep'} for Kubernetes {version}",
+                              f"preStop is {pre_stop}")
                 if version != newest:
                     continue
                 checks.run(f"{label}: Deployment restricted (readOnlyRootFilesystem, runAsNonRoot, drop ALL, "

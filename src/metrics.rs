@@ -90,14 +90,21 @@ impl Drop for OpenStream {
     }
 }
 
-/// One Mastercard HTTP attempt.
+/// One Mastercard HTTP attempt; `reason` is Mastercard's reason code of a refusal (bounded by
+/// Mastercard's list), or empty.
 pub fn upstream_attempt(
     api: &'static str,
     operation: &'static str,
     outcome: &'static str,
+    reason: &str,
     started: Instant,
 ) {
-    counter!("c2p_upstream_requests_total", "api" => api, "operation" => operation, "outcome" => outcome).increment(1);
+    let reason: String = reason
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(64)
+        .collect();
+    counter!("c2p_upstream_requests_total", "api" => api, "operation" => operation, "outcome" => outcome, "reason" => reason).increment(1);
     histogram!("c2p_upstream_request_duration_seconds", "api" => api, "operation" => operation)
         .record(started.elapsed().as_secs_f64());
 }

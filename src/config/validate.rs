@@ -233,6 +233,14 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
             defaults::STORE_IDEMPOTENCY_TTL,
         ),
     };
+    // Webhook senders retry for days and callers retry the next day: shorter would break dedup
+    // and idempotency.
+    if store.notification_dedup_ttl < Duration::from_secs(72 * 3600) {
+        c.problem("store.notification_dedup_ttl", "must be at least 72h");
+    }
+    if store.idempotency_ttl < Duration::from_secs(24 * 3600) {
+        c.problem("store.idempotency_ttl", "must be at least 24h");
+    }
     let enroll = EnrollSettings {
         lease: c.duration("enroll.lease", &raw.enroll.lease, defaults::ENROLL_LEASE),
         caller_header: Checker::text(&raw.enroll.caller_header, defaults::ENROLL_CALLER_HEADER)

@@ -301,10 +301,20 @@ impl ApiClient {
                 Ok(_) => "ok",
                 Err(f) => error_type(&f.kind),
             };
+            let reason = match &outcome {
+                Err(AttemptFailure {
+                    kind:
+                        UpstreamErrorKind::Rejected { reason, .. }
+                        | UpstreamErrorKind::ServerError { reason, .. },
+                    ..
+                }) => reason.code.clone().unwrap_or_default(),
+                _ => String::new(),
+            };
             crate::metrics::upstream_attempt(
                 self.api.name(),
                 spec.operation,
                 outcome_name,
+                &reason,
                 attempt_started,
             );
             tracing::debug!(

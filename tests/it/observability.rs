@@ -91,10 +91,8 @@ async fn an_enrollment_is_traced_logged_and_counted_without_card_data() {
         &[
             ("C2P_GRPC__LISTEN", "127.0.0.1:0"),
             ("C2P_REDIS__URL", &redis.url()),
-            (
-                "C2P_LOG__FILTER",
-                "debug,h2=info,hyper=info,tower=info,tonic=info,reqwest=info,rustls=info",
-            ),
+            // Everything at debug, transport internals included: none of it may hold card data.
+            ("C2P_LOG__FILTER", "debug"),
             ("C2P_LOG__FORMAT", "json"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
@@ -136,9 +134,9 @@ async fn an_enrollment_is_traced_logged_and_counted_without_card_data() {
     for series in [
         r#"c2p_grpc_requests_total{rpc="EnrollCard",code="Ok"} 1"#,
         r#"c2p_grpc_requests_total{rpc="GetEnrollmentStatus",code="Ok"} 1"#,
-        r#"c2p_upstream_requests_total{api="processing",operation="searchCard",outcome="ok"} 1"#,
-        r#"c2p_upstream_requests_total{api="enroll",operation="putCard",outcome="ok"} 1"#,
-        r#"c2p_upstream_requests_total{api="processing",operation="getTokensByCard",outcome="ok"} 1"#,
+        r#"c2p_upstream_requests_total{api="processing",operation="searchCard",outcome="ok",reason=""} 1"#,
+        r#"c2p_upstream_requests_total{api="enroll",operation="putCard",outcome="ok",reason=""} 1"#,
+        r#"c2p_upstream_requests_total{api="processing",operation="getTokensByCard",outcome="ok",reason=""} 1"#,
         r#"c2p_notifications_total{outcome="applied"}"#,
         "c2p_grpc_request_duration_seconds_bucket",
         "c2p_upstream_request_duration_seconds_bucket",
