@@ -341,7 +341,21 @@ async fn idempotency_replays_refuses_reuse_and_reports_an_enrolled_card() {
 #[tokio::test]
 async fn fifty_concurrent_calls_with_one_key_over_two_instances_send_one_post_cards() {
     let redis = RedisServer::start();
-    let s = settings(&[("C2P_REDIS__URL", &redis.url())]);
+    fifty_concurrent_calls(&[("C2P_REDIS__URL", &redis.url())]).await;
+}
+
+#[tokio::test]
+async fn fifty_concurrent_calls_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    fifty_concurrent_calls(&[
+        ("C2P_REDIS__URL", &cluster.urls()),
+        ("C2P_REDIS__CLUSTER", "true"),
+    ])
+    .await;
+}
+
+async fn fifty_concurrent_calls(env: &[(&str, &str)]) {
+    let s = settings(env);
     let sandbox = start_sandbox().await;
     // Slow the enrollment down so that the calls overlap.
     sandbox.set_fault(
@@ -398,7 +412,25 @@ async fn fifty_concurrent_calls_with_one_key_over_two_instances_send_one_post_ca
 async fn a_watcher_on_one_instance_sees_changes_applied_through_another_and_leaves_no_subscription()
 {
     let redis = RedisServer::start();
-    let s = settings(&[("C2P_REDIS__URL", &redis.url())]);
+    watcher_across_instances(&[("C2P_REDIS__URL", &redis.url())], redis.connection()).await;
+}
+
+#[tokio::test]
+async fn a_watcher_across_instances_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    // The change feed subscribes on the first seed node.
+    watcher_across_instances(
+        &[
+            ("C2P_REDIS__URL", &cluster.urls()),
+            ("C2P_REDIS__CLUSTER", "true"),
+        ],
+        cluster.first_node_connection(),
+    )
+    .await;
+}
+
+async fn watcher_across_instances(env: &[(&str, &str)], mut conn: redis::Connection) {
+    let s = settings(env);
     let sandbox = start_sandbox().await;
     let a = TestService::start_with(&s, sandbox.clone()).await;
     let b = TestService::start_with(&s, sandbox.clone()).await;
@@ -435,7 +467,6 @@ async fn a_watcher_on_one_instance_sees_changes_applied_through_another_and_leav
     assert_eq!(seen.masked_card.unwrap().pan_last_four, "9726");
 
     drop(watch);
-    let mut conn = redis.connection();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let (_, subscribers): (String, i64) = redis::cmd("PUBSUB")

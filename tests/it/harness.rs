@@ -198,6 +198,11 @@ impl RedisCluster {
         RedisCluster { nodes }
     }
 
+    /// A plain connection to the first seed node.
+    pub fn first_node_connection(&self) -> redis::Connection {
+        self.nodes[0].connection()
+    }
+
     /// The seed node URLs, comma-separated (the `redis.url` of a cluster).
     pub fn urls(&self) -> String {
         self.nodes
