@@ -7,7 +7,7 @@ mod notification;
 
 pub use enrollment::{
     CardContractId, EnrollmentRecord, EnrollmentState, Failure, MaskedCard, Token, TokenStatus,
-    TokenizationDecision, Version, merge_tokens, now_ms,
+    TokenizationDecision, Version, last_four, merge_tokens, now_ms,
 };
 pub use idempotency::{Begin, IdempotencyRecord, Phase, StoredOutcome};
 pub use notification::{

@@ -5,7 +5,7 @@ use super::{App, AppError, Step, past};
 use crate::config::DEFAULT_PROGRAM;
 use crate::domain::{
     Begin, CardContractId, EnrollmentRecord, EnrollmentState, Failure, IdempotencyRecord,
-    MaskedCard, Phase, StoredOutcome, now_ms,
+    MaskedCard, Phase, StoredOutcome, last_four, now_ms,
 };
 use crate::mastercard::enroll::types::{
     ComplianceResource, ComplianceSettings, Consumer, ConsumerIdentity, EnrollCardRequest,
@@ -422,16 +422,7 @@ fn enrolled_record(mut record: EnrollmentRecord, response: EnrollCardResponse) -
         record.src_digital_card_id = card.src_digital_card_id.clone();
         // Never more than the last four digits and the expiry.
         record.masked_card = Some(MaskedCard {
-            pan_last_four: card
-                .pan_last_four
-                .unwrap_or_default()
-                .chars()
-                .rev()
-                .take(4)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect(),
+            pan_last_four: last_four(&card.pan_last_four.unwrap_or_default()),
             pan_expiration_month: card.pan_expiration_month.unwrap_or_default(),
             pan_expiration_year: card.pan_expiration_year.unwrap_or_default(),
             payment_card_descriptor: card.payment_card_descriptor,

@@ -98,6 +98,12 @@ pub struct Version {
     pub by: String,
 }
 
+/// The last four characters of a card number (all of it when shorter).
+pub fn last_four(number: &str) -> String {
+    let chars: Vec<char> = number.chars().collect();
+    chars[chars.len().saturating_sub(4)..].iter().collect()
+}
+
 /// The card as Click to Pay shows it: last four digits and expiry, nothing more.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MaskedCard {

@@ -2,10 +2,9 @@
 
 pub mod types;
 
-use super::error::{Api, UpstreamError, UpstreamErrorKind};
+use super::error::{Api, UpstreamError};
 use super::http::{ApiClient, CallSpec, Idempotency};
 use super::processing::decode_json;
-use bytes::Bytes;
 use tokio::time::Instant;
 use types::{EnrollCardRequest, EnrollCardResponse};
 
@@ -46,14 +45,7 @@ impl EnrollClient {
         deadline: Option<Instant>,
     ) -> Result<EnrollCardResponse, UpstreamError> {
         const OP: &str = "putCard";
-        let body = serde_json::to_vec(request).map_err(|e| {
-            self.http.error(
-                OP,
-                UpstreamErrorKind::Request(e.to_string()),
-                Default::default(),
-                0,
-            )
-        })?;
+        let body = self.http.json_body(OP, request)?;
         let response = self
             .http
             .call(
@@ -61,7 +53,7 @@ impl EnrollClient {
                     operation: OP,
                     method: reqwest::Method::POST,
                     path: "/cards".into(),
-                    body: Some(Bytes::from(body)),
+                    body: Some(body),
                     headers: vec![(CLIENT_ID_HEADER, self.client_id.clone())],
                     idempotency: Idempotency::Unsafe,
                 },

@@ -223,6 +223,22 @@ impl ApiClient {
         }
     }
 
+    /// `body` serialised once as the JSON body of a call to `operation`.
+    pub fn json_body<T: serde::Serialize>(
+        &self,
+        operation: &'static str,
+        body: &T,
+    ) -> Result<Bytes, UpstreamError> {
+        serde_json::to_vec(body).map(Bytes::from).map_err(|e| {
+            self.error(
+                operation,
+                UpstreamErrorKind::Request(e.to_string()),
+                Correlation::default(),
+                0,
+            )
+        })
+    }
+
     /// Runs `spec` with retries; `deadline` is the caller's (gRPC) deadline, if any.
     pub async fn call(
         &self,

@@ -7,7 +7,6 @@ use super::error::{Api, UpstreamError, UpstreamErrorKind};
 use super::http::{ApiClient, CallSpec, Idempotency, UpstreamResponse};
 use super::keys::Certificate;
 use base64::Engine as _;
-use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use types::{CardSearchRequest, CardSearchResponse, SynchronousRequest, TokenInfo, TokenList};
@@ -56,14 +55,7 @@ impl ProcessingClient {
             synchronous_request,
             card_contract_id,
         };
-        let body = serde_json::to_vec(&body).map_err(|e| {
-            self.http.error(
-                OP,
-                UpstreamErrorKind::Request(e.to_string()),
-                Default::default(),
-                0,
-            )
-        })?;
+        let body = self.http.json_body(OP, &body)?;
         let response = self
             .http
             .call(
@@ -71,7 +63,7 @@ impl ProcessingClient {
                     operation: OP,
                     method: reqwest::Method::POST,
                     path: "/cards/searches".into(),
-                    body: Some(Bytes::from(body)),
+                    body: Some(body),
                     headers: vec![(
                         ENROLL_KEY_HEADER,
                         base64::engine::general_purpose::STANDARD.encode(der),

@@ -88,14 +88,7 @@ impl CardContract {
 
     /// The last four digits.
     pub fn last_four(&self) -> String {
-        self.pan
-            .chars()
-            .rev()
-            .take(4)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect()
+        crate::domain::last_four(&self.pan)
     }
 
     /// The TAR decision's input: why the card cannot be tokenized at `now`, if it cannot.
