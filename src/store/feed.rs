@@ -2,7 +2,7 @@
 //! watched card, subscribed while at least one local watcher follows the card and unsubscribed
 //! when the last one leaves, re-subscribed after a reconnect.
 
-use super::{ChangeStream, StoreError};
+use super::StoreError;
 use crate::domain::EnrollmentRecord;
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -17,7 +17,17 @@ enum Command {
     Unsubscribe(String),
 }
 
-type Watchers = Arc<Mutex<HashMap<String, (broadcast::Sender<EnrollmentRecord>, usize)>>>;
+/// What a watcher receives: a new version of the record, or word that changes may have been
+/// missed (a reconnect, a slow watcher) and the record must be read again.
+#[derive(Debug, Clone)]
+pub enum FeedItem {
+    /// The record as written.
+    Record(EnrollmentRecord),
+    /// Read the record again.
+    Resync,
+}
+
+type Watchers = Arc<Mutex<HashMap<String, (broadcast::Sender<FeedItem>, usize)>>>;
 
 /// The feed of one process.
 pub struct Feed {
@@ -27,7 +37,7 @@ pub struct Feed {
 
 fn lock(
     w: &Watchers,
-) -> std::sync::MutexGuard<'_, HashMap<String, (broadcast::Sender<EnrollmentRecord>, usize)>> {
+) -> std::sync::MutexGuard<'_, HashMap<String, (broadcast::Sender<FeedItem>, usize)>> {
     w.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -41,7 +51,10 @@ impl Feed {
     }
 
     /// The changes published on `channel` from now on.
-    pub async fn watch(&self, channel: String) -> Result<ChangeStream, StoreError> {
+    pub async fn watch(
+        &self,
+        channel: String,
+    ) -> Result<Pin<Box<dyn Stream<Item = FeedItem> + Send>>, StoreError> {
         let (receiver, first) = {
             let mut watchers = lock(&self.watchers);
             let entry = watchers
@@ -97,21 +110,19 @@ impl Drop for Guard {
 }
 
 struct Watched {
-    inner: tokio_stream::wrappers::BroadcastStream<EnrollmentRecord>,
+    inner: tokio_stream::wrappers::BroadcastStream<FeedItem>,
     _guard: Guard,
 }
 
 impl Stream for Watched {
-    type Item = EnrollmentRecord;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<EnrollmentRecord>> {
-        loop {
-            match Pin::new(&mut self.inner).poll_next(cx) {
-                Poll::Ready(Some(Ok(record))) => return Poll::Ready(Some(record)),
-                // A slow watcher skips to the newest changes rather than ending.
-                Poll::Ready(Some(Err(_lagged))) => continue,
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
-            }
+    type Item = FeedItem;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<FeedItem>> {
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(item))) => Poll::Ready(Some(item)),
+            // A slow watcher missed changes: it reads the record again instead.
+            Poll::Ready(Some(Err(_lagged))) => Poll::Ready(Some(FeedItem::Resync)),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -140,8 +151,14 @@ async fn run(
         };
         let (mut sink, mut stream) = pubsub.split();
         let channels: Vec<String> = lock(&watchers).keys().cloned().collect();
-        if !channels.is_empty() && sink.subscribe(&channels).await.is_err() {
-            continue;
+        if !channels.is_empty() {
+            if sink.subscribe(&channels).await.is_err() {
+                continue;
+            }
+            // Changes published while the connection was down were missed.
+            for (sender, _) in lock(&watchers).values() {
+                let _ = sender.send(FeedItem::Resync);
+            }
         }
         for command in pending.drain(..) {
             apply(&mut sink, command, &watchers).await;
@@ -190,6 +207,6 @@ fn deliver(message: &redis::Msg, watchers: &Watchers) {
         return;
     };
     if let Some((sender, _)) = lock(watchers).get(&channel) {
-        let _ = sender.send(record);
+        let _ = sender.send(FeedItem::Record(record));
     }
 }

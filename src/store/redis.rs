@@ -59,7 +59,7 @@ enum Target {
 
 /// Records as JSON strings, scripts for every update, pub/sub for changes.
 pub struct RedisStore {
-    target: Target,
+    target: std::sync::Arc<Target>,
     keys: KeySpace,
     retention: Retention,
     feed: Feed,
@@ -146,7 +146,7 @@ impl RedisStore {
         // the feed in both set-ups.
         let feed = Feed::start(redis::Client::open(first).map_err(bad_url)?);
         Ok(Self {
-            target,
+            target: std::sync::Arc::new(target),
             keys,
             retention,
             feed,
@@ -160,15 +160,27 @@ impl RedisStore {
     }
 
     async fn connection(&self) -> Result<Connection, StoreError> {
-        match &self.target {
-            Target::Single(c) => Ok(Connection::Single(c.clone())),
-            Target::Cluster(client, cell) => cell
-                .get_or_try_init(|| client.get_async_connection())
-                .await
-                .map(|c| Connection::Cluster(c.clone()))
-                .map_err(unavailable),
-        }
+        connect(&self.target).await
     }
+}
+
+async fn connect(target: &Target) -> Result<Connection, StoreError> {
+    match target {
+        Target::Single(c) => Ok(Connection::Single(c.clone())),
+        Target::Cluster(client, cell) => cell
+            .get_or_try_init(|| client.get_async_connection())
+            .await
+            .map(|c| Connection::Cluster(c.clone()))
+            .map_err(unavailable),
+    }
+}
+
+/// The record under `key`, read outside any `RedisStore` borrow (for the change feed).
+async fn read_record(target: &Target, key: &str) -> Result<Option<EnrollmentRecord>, StoreError> {
+    let mut conn = connect(target).await?;
+    let raw: Option<String> = conn.get(key).await.map_err(unavailable)?;
+    raw.map(|json| serde_json::from_str(&json).map_err(corrupt))
+        .transpose()
 }
 
 #[async_trait::async_trait]
@@ -323,7 +335,23 @@ impl EnrollmentStore for RedisStore {
     }
 
     async fn watch(&self, card: CardContractId) -> Result<ChangeStream, StoreError> {
-        self.feed.watch(self.keys.changes(card)).await
+        use tokio_stream::StreamExt as _;
+        let items = self.feed.watch(self.keys.changes(card)).await?;
+        let target = self.target.clone();
+        let key = self.keys.enrollment(card);
+        // A resync (after a reconnect, or a watcher too slow for the feed) reads the record.
+        let records = items.then(move |item| {
+            let (target, key) = (target.clone(), key.clone());
+            async move {
+                match item {
+                    super::feed::FeedItem::Record(record) => Some(record),
+                    super::feed::FeedItem::Resync => {
+                        read_record(&target, &key).await.ok().flatten()
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(records.filter_map(|r| r)))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -772,3 +772,74 @@ async fn another_key_continues_an_unfinished_enrollment_with_its_correlation_id(
     );
     assert_eq!(service.sandbox.count(Route::EnrollCards), 2);
 }
+
+#[tokio::test]
+async fn a_watcher_keeps_following_across_a_redis_restart() {
+    let mut redis = RedisServer::start();
+    let service = TestService::start(&settings(&[("C2P_REDIS__URL", &redis.url())])).await;
+    let mut watch = service
+        .client()
+        .watch_enrollment(WatchEnrollmentRequest {
+            card_contract_id: 70011,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch
+            .message()
+            .await
+            .unwrap()
+            .unwrap()
+            .enrollment
+            .unwrap()
+            .state(),
+        EnrollmentState::NotEnrolled
+    );
+
+    redis.stop();
+    redis.restart();
+    let mut health = service.health();
+    crate::harness::wait_for_health(
+        &mut health,
+        "",
+        tonic_health::pb::health_check_response::ServingStatus::Serving,
+        Duration::from_secs(10),
+    )
+    .await;
+    // The feed reconnects and subscribes again by itself; a change applied now reaches the watcher.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    let seen = loop {
+        n += 1;
+        let mut responses = service
+            .client()
+            .notification_ingest(tokio_stream::iter([tar(
+                &format!("n-restart-{n}"),
+                70011,
+                1_800_000_000 + n,
+                "50123197928",
+            )]))
+            .await
+            .unwrap()
+            .into_inner();
+        let outcome = responses.message().await.unwrap().unwrap().outcome();
+        if outcome == NotificationOutcome::Applied {
+            if let Ok(Ok(Some(m))) =
+                tokio::time::timeout(Duration::from_secs(1), watch.message()).await
+            {
+                break m.enrollment.unwrap();
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the watcher saw nothing after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(seen.state(), EnrollmentState::InProgress);
+    assert_eq!(
+        seen.token.unwrap().decision(),
+        TokenizationDecision::Approved
+    );
+}
