@@ -19,6 +19,8 @@ enum Command {
 
 /// What a watcher receives: a new version of the record, or word that changes may have been
 /// missed (a reconnect, a slow watcher) and the record must be read again.
+// One per published change, moved straight on to the watcher.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum FeedItem {
     /// The record as written.
@@ -133,6 +135,8 @@ async fn run(
     watchers: Watchers,
 ) {
     let mut pending: Vec<Command> = Vec::new();
+    // Whether a connection was lost: the next one tells the watchers to read again.
+    let mut lost = false;
     loop {
         // Connect only when someone watches.
         if pending.is_empty() && lock(&watchers).is_empty() {
@@ -156,8 +160,10 @@ async fn run(
                 continue;
             }
             // Changes published while the connection was down were missed.
-            for (sender, _) in lock(&watchers).values() {
-                let _ = sender.send(FeedItem::Resync);
+            if lost {
+                for (sender, _) in lock(&watchers).values() {
+                    let _ = sender.send(FeedItem::Resync);
+                }
             }
         }
         for command in pending.drain(..) {
@@ -173,6 +179,7 @@ async fn run(
                     Some(m) => deliver(&m, &watchers),
                     None => {
                         tracing::warn!("change feed connection lost; reconnecting");
+                        lost = true;
                         break;
                     }
                 },

@@ -824,12 +824,11 @@ async fn a_watcher_keeps_following_across_a_redis_restart() {
             .unwrap()
             .into_inner();
         let outcome = responses.message().await.unwrap().unwrap().outcome();
-        if outcome == NotificationOutcome::Applied {
-            if let Ok(Ok(Some(m))) =
+        if outcome == NotificationOutcome::Applied
+            && let Ok(Ok(Some(m))) =
                 tokio::time::timeout(Duration::from_secs(1), watch.message()).await
-            {
-                break m.enrollment.unwrap();
-            }
+        {
+            break m.enrollment.unwrap();
         }
         assert!(
             tokio::time::Instant::now() < deadline,
