@@ -150,6 +150,23 @@ impl EnrollmentService for EnrollmentApi {
         &self,
         request: Request<WatchEnrollmentRequest>,
     ) -> Result<Response<Self::WatchEnrollmentStream>, Status> {
+        let started = Instant::now();
+        let result = self.watch_inner(request).await;
+        if let Err(status) = &result {
+            // A stream that could not be opened counts as a failed call; an opened one is
+            // counted (Ok) by its OpenStream guard.
+            trace::record_status(&result);
+            metrics::rpc("WatchEnrollment", status.code(), started);
+        }
+        result
+    }
+}
+
+impl EnrollmentApi {
+    async fn watch_inner(
+        &self,
+        request: Request<WatchEnrollmentRequest>,
+    ) -> Result<Response<ResponseStream<WatchEnrollmentResponse>>, Status> {
         let card = convert::card_id(request.get_ref().card_contract_id)
             .map_err(|v| status::to_status(&AppError::InvalidArgument(v)))?;
         tracing::Span::current().record("card", card.get());

@@ -125,6 +125,15 @@ async fn an_enrollment_is_traced_logged_and_counted_without_card_data() {
         .await
         .unwrap();
 
+    // A stream that cannot be opened counts as a failed call.
+    let refused = client
+        .watch_enrollment(c2p_enroll::proto::v1::WatchEnrollmentRequest {
+            card_contract_id: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
     let page = reqwest::get(format!("http://{metrics_addr}/metrics"))
         .await
         .unwrap()
@@ -138,6 +147,7 @@ async fn an_enrollment_is_traced_logged_and_counted_without_card_data() {
         r#"c2p_upstream_requests_total{api="enroll",operation="putCard",outcome="ok",reason=""} 1"#,
         r#"c2p_upstream_requests_total{api="processing",operation="getTokensByCard",outcome="ok",reason=""} 1"#,
         r#"c2p_notifications_total{outcome="applied"}"#,
+        r#"c2p_grpc_requests_total{rpc="WatchEnrollment",code="InvalidArgument"} 1"#,
         "c2p_grpc_request_duration_seconds_bucket",
         "c2p_upstream_request_duration_seconds_bucket",
         r#"c2p_upstream_breaker_state{api="enroll"} 0"#,
