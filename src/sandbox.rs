@@ -86,6 +86,8 @@ pub enum SandboxError {
 /// A running simulator. Dropping it stops it.
 pub struct Sandbox {
     addr: SocketAddr,
+    processing_base_url: url::Url,
+    enroll_base_url: url::Url,
     state: Arc<State>,
     stop: CancellationToken,
 }
@@ -152,9 +154,21 @@ impl Sandbox {
             .local_addr()
             .map_err(|e| SandboxError::Bind(config.listen, e))?;
         let stop = CancellationToken::new();
+        let base_url = |path: &str| {
+            url::Url::parse(&format!("http://{addr}{path}"))
+                .map_err(|e| SandboxError::Other(e.to_string()))
+        };
+        let processing_base_url = base_url(PROCESSING_PATH)?;
+        let enroll_base_url = base_url(ENROLL_PATH)?;
         tokio::spawn(server::serve(listener, router(state.clone()), stop.clone()));
         tracing::warn!(%addr, "Mastercard SIMULATOR listening: this is not Mastercard");
-        Ok(Sandbox { addr, state, stop })
+        Ok(Sandbox {
+            addr,
+            processing_base_url,
+            enroll_base_url,
+            state,
+            stop,
+        })
     }
 
     /// The listen address.
@@ -164,19 +178,12 @@ impl Sandbox {
 
     /// `http://<addr>/global-processing/digital`.
     pub fn processing_base_url(&self) -> url::Url {
-        self.base_url(PROCESSING_PATH)
+        self.processing_base_url.clone()
     }
 
     /// `http://<addr>/src/api/digital/payments`.
     pub fn enroll_base_url(&self) -> url::Url {
-        self.base_url(ENROLL_PATH)
-    }
-
-    fn base_url(&self, path: &str) -> url::Url {
-        // The address is a socket address, so the URL always parses.
-        url::Url::parse(&format!("http://{}{path}", self.addr)).unwrap_or_else(|_| {
-            url::Url::parse("http://127.0.0.1/").unwrap_or_else(|_| unreachable!())
-        })
+        self.enroll_base_url.clone()
     }
 
     /// The keys (the issuer side configures its clients with them).
