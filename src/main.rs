@@ -4,7 +4,6 @@ use c2p_enroll::config::{self, Settings};
 use c2p_enroll::run::{self, SandboxArgs};
 use c2p_enroll::telemetry;
 use clap::{Parser, Subcommand};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,27 +25,7 @@ enum Command {
     /// Serve the gRPC API (the default).
     Serve,
     /// Run the Mastercard simulator alone (not Mastercard), its keys in a directory.
-    Sandbox {
-        /// Key directory: its keys are used, or fresh ones are written there, with a
-        /// `service.env` for a service in mastercard mode.
-        #[arg(long, value_name = "DIR")]
-        dir: PathBuf,
-        /// Listen address.
-        #[arg(long, default_value = "127.0.0.1:8089")]
-        listen: SocketAddr,
-        /// A CMS file (default: the sample with cards 70001-70004).
-        #[arg(long, value_name = "FILE")]
-        cms: Option<PathBuf>,
-        /// A faults file (TOML: `[routes.searches] latency = "200ms"`, `[notifications] ...`).
-        #[arg(long, value_name = "FILE")]
-        faults: Option<PathBuf>,
-        /// Where TAR/TCN notifications go: the service's gRPC URL, e.g. http://127.0.0.1:50051.
-        #[arg(long, value_name = "URL")]
-        notify: Option<String>,
-        /// Encrypt Processing payloads (`{"encryptedValue": JWE}`).
-        #[arg(long)]
-        payload_encryption: bool,
-    },
+    Sandbox(SandboxArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,21 +54,7 @@ fn main() -> ExitCode {
     };
     let code = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(run::serve(settings)),
-        Command::Sandbox {
-            dir,
-            listen,
-            cms,
-            faults,
-            notify,
-            payload_encryption,
-        } => runtime.block_on(run::sandbox(SandboxArgs {
-            dir,
-            listen,
-            cms,
-            faults,
-            notify,
-            payload_encryption,
-        })),
+        Command::Sandbox(args) => runtime.block_on(run::sandbox(args)),
     };
     {
         let _guard = runtime.enter();

@@ -89,19 +89,26 @@ fn loopback_of(addr: SocketAddr) -> SocketAddr {
 }
 
 /// `c2p-enroll sandbox` arguments.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct SandboxArgs {
-    /// Key directory: read when it holds keys, else written.
+    /// Key directory: its keys are used, or fresh ones are written there, with a
+    /// `service.env` for a service in mastercard mode.
+    #[arg(long, value_name = "DIR")]
     pub dir: PathBuf,
     /// Listen address.
+    #[arg(long, default_value = "127.0.0.1:8089")]
     pub listen: SocketAddr,
-    /// CMS file (default: the sample).
+    /// A CMS file (default: the sample with cards 70001-70004).
+    #[arg(long, value_name = "FILE")]
     pub cms: Option<PathBuf>,
-    /// Faults file.
+    /// A faults file (TOML: `[routes.searches] latency = "200ms"`, `[notifications] ...`).
+    #[arg(long, value_name = "FILE")]
     pub faults: Option<PathBuf>,
-    /// gRPC URL of the service's NotificationIngest.
+    /// Where TAR/TCN notifications go: the service's gRPC URL, e.g. http://127.0.0.1:50051.
+    #[arg(long, value_name = "URL")]
     pub notify: Option<String>,
-    /// Encrypt Processing payloads.
+    /// Encrypt Processing payloads (`{"encryptedValue": JWE}`).
+    #[arg(long)]
     pub payload_encryption: bool,
 }
 

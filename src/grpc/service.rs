@@ -77,7 +77,7 @@ impl EnrollmentService for EnrollmentApi {
         let started = Instant::now();
         let result = self.enroll_card_inner(request).await;
         trace::record_status(&result);
-        metrics::rpc("EnrollCard", code_of(&result), started);
+        metrics::rpc("EnrollCard", trace::code_of(&result), started);
         result
     }
 
@@ -88,7 +88,7 @@ impl EnrollmentService for EnrollmentApi {
         let started = Instant::now();
         let result = self.status_inner(request).await;
         trace::record_status(&result);
-        metrics::rpc("GetEnrollmentStatus", code_of(&result), started);
+        metrics::rpc("GetEnrollmentStatus", trace::code_of(&result), started);
         result
     }
 
@@ -194,13 +194,6 @@ impl EnrollmentApi {
                 })
             });
         Ok(Response::new(Box::pin(stream)))
-    }
-}
-
-fn code_of<T>(result: &Result<T, Status>) -> tonic::Code {
-    match result {
-        Ok(_) => tonic::Code::Ok,
-        Err(s) => s.code(),
     }
 }
 

@@ -66,13 +66,17 @@ pub fn rpc_span(request: &http::Request<()>) -> tracing::Span {
     span
 }
 
+/// The gRPC code of a handler's result.
+pub fn code_of<T>(result: &Result<T, tonic::Status>) -> tonic::Code {
+    match result {
+        Ok(_) => tonic::Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
 /// Records the outcome of a unary call on the current RPC span.
 pub fn record_status<T>(result: &Result<T, tonic::Status>) {
     let span = tracing::Span::current();
-    let code = match result {
-        Ok(_) => tonic::Code::Ok,
-        Err(s) => s.code(),
-    };
-    span.record("rpc.grpc.status_code", code as i32);
+    span.record("rpc.grpc.status_code", code_of(result) as i32);
     span.record("outcome", if result.is_ok() { "ok" } else { "error" });
 }
