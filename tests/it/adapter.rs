@@ -5,9 +5,7 @@ use crate::http_stub::{HttpStub, Reply};
 use base64::Engine as _;
 use c2p_enroll::mastercard::breaker::{BreakerConfig, BreakerState};
 use c2p_enroll::mastercard::enroll::EnrollClient;
-use c2p_enroll::mastercard::enroll::types::{
-    ComplianceResource, ComplianceSettings, Consumer, ConsumerIdentity, EnrollCardRequest,
-};
+use c2p_enroll::mastercard::enroll::types::EnrollCardRequest;
 use c2p_enroll::mastercard::error::{Api, UpstreamErrorKind};
 use c2p_enroll::mastercard::http::{ApiClient, ApiClientConfig, HttpPolicy, PayloadEncryption};
 use c2p_enroll::mastercard::jwe::{JweDecryptor, JweEncryptor, open_envelope, seal_envelope};
@@ -98,35 +96,12 @@ fn enroll(stub: &HttpStub) -> EnrollClient {
 }
 
 fn enroll_request() -> EnrollCardRequest {
-    EnrollCardRequest {
-        src_client_id: "7f2b8a4e-5c1d-4e8f-9a3b-1c2d3e4f5a6b".into(),
-        service_id: "SRC_TEST_SERVICE".into(),
-        src_correlation_id: "0b9a3c2e-1f4d-4a6b-8c7d-9e0f1a2b3c4d".into(),
-        encrypted_card: EncryptedCard::new("eyJ.x.y.z.w".into()),
-        card_source: "ISSUER",
-        consumer: Consumer {
-            consumer_identity: ConsumerIdentity {
-                identity_type: "EMAIL_ADDRESS".into(),
-                identity_value: "jane@example.com".into(),
-            },
-            mobile_number: None,
-            country_code: "US".into(),
-            language_code: "en_US".into(),
-            first_name: Some("Jane".into()),
-            last_name: None,
-        },
-        compliance_settings: ComplianceSettings {
-            privacy: ComplianceResource {
-                latest_version_uri:
-                    "https://www.mastercard.com/global/click-to-pay/en-us/privacy-notice.html"
-                        .into(),
-            },
-            tnc: ComplianceResource {
-                latest_version_uri:
-                    "https://www.mastercard.com/global/click-to-pay/en-us/terms-of-use.html".into(),
-            },
-        },
-    }
+    crate::harness::mastercard_enroll_request(
+        "7f2b8a4e-5c1d-4e8f-9a3b-1c2d3e4f5a6b",
+        "SRC_TEST_SERVICE",
+        "0b9a3c2e-1f4d-4a6b-8c7d-9e0f1a2b3c4d",
+        EncryptedCard::new("eyJ.x.y.z.w".into()),
+    )
 }
 
 async fn search(

@@ -485,3 +485,42 @@ pub fn read_env(path: &std::path::Path) -> Vec<(String, String)> {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
 }
+
+/// A Mastercard `POST /cards` body for the test consumer Jane Doe, with the program's ids and
+/// Mastercard's default compliance documents.
+pub fn mastercard_enroll_request(
+    src_client_id: &str,
+    service_id: &str,
+    src_correlation_id: &str,
+    encrypted_card: c2p_enroll::mastercard::processing::types::EncryptedCard,
+) -> c2p_enroll::mastercard::enroll::types::EnrollCardRequest {
+    use c2p_enroll::mastercard::enroll::types::{
+        ComplianceResource, ComplianceSettings, Consumer, ConsumerIdentity, EnrollCardRequest,
+    };
+    EnrollCardRequest {
+        src_client_id: src_client_id.into(),
+        service_id: service_id.into(),
+        src_correlation_id: src_correlation_id.into(),
+        encrypted_card,
+        card_source: "ISSUER",
+        consumer: Consumer {
+            consumer_identity: ConsumerIdentity {
+                identity_type: "EMAIL_ADDRESS".into(),
+                identity_value: "jane@example.com".into(),
+            },
+            mobile_number: None,
+            country_code: "US".into(),
+            language_code: "en_US".into(),
+            first_name: Some("Jane".into()),
+            last_name: Some("Doe".into()),
+        },
+        compliance_settings: ComplianceSettings {
+            privacy: ComplianceResource {
+                latest_version_uri: c2p_enroll::config::DEFAULT_PRIVACY_URI.into(),
+            },
+            tnc: ComplianceResource {
+                latest_version_uri: c2p_enroll::config::DEFAULT_TERMS_URI.into(),
+            },
+        },
+    }
+}

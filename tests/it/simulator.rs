@@ -3,9 +3,7 @@
 //! gRPC receiver started by the test.
 
 use crate::harness::{settings, shared_keys};
-use c2p_enroll::mastercard::enroll::types::{
-    ComplianceResource, ComplianceSettings, Consumer, ConsumerIdentity, EnrollCardRequest,
-};
+use c2p_enroll::mastercard::enroll::types::EnrollCardRequest;
 use c2p_enroll::mastercard::error::{UpstreamError, UpstreamErrorKind};
 use c2p_enroll::mastercard::jwe::JweDecryptor;
 use c2p_enroll::mastercard::oauth1::{
@@ -50,32 +48,12 @@ fn enroll_request(
     correlation: &str,
 ) -> EnrollCardRequest {
     let program = &sandbox.keys().program;
-    EnrollCardRequest {
-        src_client_id: program.src_client_id.clone(),
-        service_id: program.service_id.clone(),
-        src_correlation_id: correlation.into(),
-        encrypted_card: card_data,
-        card_source: "ISSUER",
-        consumer: Consumer {
-            consumer_identity: ConsumerIdentity {
-                identity_type: "EMAIL_ADDRESS".into(),
-                identity_value: "jane@example.com".into(),
-            },
-            mobile_number: None,
-            country_code: "US".into(),
-            language_code: "en_US".into(),
-            first_name: Some("Jane".into()),
-            last_name: Some("Doe".into()),
-        },
-        compliance_settings: ComplianceSettings {
-            privacy: ComplianceResource {
-                latest_version_uri: "https://example.invalid/privacy".into(),
-            },
-            tnc: ComplianceResource {
-                latest_version_uri: "https://example.invalid/terms".into(),
-            },
-        },
-    }
+    crate::harness::mastercard_enroll_request(
+        &program.src_client_id,
+        &program.service_id,
+        correlation,
+        card_data,
+    )
 }
 
 /// Search then enroll one card, as the enrollment flow will.

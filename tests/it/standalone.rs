@@ -3,9 +3,6 @@
 
 use crate::harness::{ServiceProcess, read_env};
 use c2p_enroll::config::Settings;
-use c2p_enroll::mastercard::enroll::types::{
-    ComplianceResource, ComplianceSettings, Consumer, ConsumerIdentity, EnrollCardRequest,
-};
 use c2p_enroll::mastercard::processing::types::SynchronousRequest;
 use c2p_enroll::mastercard::setup::Upstream;
 use std::time::Duration;
@@ -38,32 +35,12 @@ async fn a_mastercard_mode_service_talks_to_the_standalone_simulator() {
     let enrolled = upstream
         .enroll
         .enroll_card(
-            &EnrollCardRequest {
-                src_client_id: program.src_client_id.clone(),
-                service_id: program.service_id.clone(),
-                src_correlation_id: uuid::Uuid::new_v4().to_string(),
-                encrypted_card: found.card_data,
-                card_source: "ISSUER",
-                consumer: Consumer {
-                    consumer_identity: ConsumerIdentity {
-                        identity_type: "EMAIL_ADDRESS".into(),
-                        identity_value: "jane@example.com".into(),
-                    },
-                    mobile_number: None,
-                    country_code: "US".into(),
-                    language_code: "en".into(),
-                    first_name: None,
-                    last_name: None,
-                },
-                compliance_settings: ComplianceSettings {
-                    privacy: ComplianceResource {
-                        latest_version_uri: program.privacy_uri.clone(),
-                    },
-                    tnc: ComplianceResource {
-                        latest_version_uri: program.terms_uri.clone(),
-                    },
-                },
-            },
+            &crate::harness::mastercard_enroll_request(
+                &program.src_client_id,
+                &program.service_id,
+                &uuid::Uuid::new_v4().to_string(),
+                found.card_data,
+            ),
             None,
         )
         .await
