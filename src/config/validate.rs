@@ -463,26 +463,34 @@ mod tests {
         assert!(text.contains("C2P_GRPC__LISTEN"), "{text}");
     }
 
-    #[test]
-    fn complete_mastercard_settings_validate() {
-        let dir = tempfile::tempdir().unwrap();
+    /// Mastercard mode with both APIs' base URL, consumer key and a (placeholder) key file.
+    fn mastercard_env(
+        dir: &tempfile::TempDir,
+        base_url: &str,
+        consumer_key: &str,
+    ) -> (Vec<(String, String)>, std::path::PathBuf) {
         let key = dir.path().join("signing.pem");
         std::fs::write(&key, "placeholder").unwrap();
         let mut pairs = vec![("C2P_MODE".to_string(), "mastercard".to_string())];
         for api in ["PROCESSING", "ENROLL"] {
-            pairs.push((
-                format!("C2P_MASTERCARD__{api}__BASE_URL"),
-                "https://sandbox.api.mastercard.com/x".into(),
-            ));
+            pairs.push((format!("C2P_MASTERCARD__{api}__BASE_URL"), base_url.into()));
             pairs.push((
                 format!("C2P_MASTERCARD__{api}__CONSUMER_KEY"),
-                "ck!abc".into(),
+                consumer_key.into(),
             ));
             pairs.push((
                 format!("C2P_MASTERCARD__{api}__SIGNING_KEY_FILE"),
                 key.display().to_string(),
             ));
         }
+        (pairs, key)
+    }
+
+    #[test]
+    fn complete_mastercard_settings_validate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut pairs, _key) =
+            mastercard_env(&dir, "https://sandbox.api.mastercard.com/x", "ck!abc");
         let cert = dir.path().join("enroll.cert.pem");
         std::fs::write(&cert, "placeholder").unwrap();
         pairs.push((
@@ -563,20 +571,7 @@ mod tests {
     #[test]
     fn payload_encryption_needs_its_files_in_mastercard_mode() {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("signing.pem");
-        std::fs::write(&key, "placeholder").unwrap();
-        let mut pairs = vec![("C2P_MODE".to_string(), "mastercard".to_string())];
-        for api in ["PROCESSING", "ENROLL"] {
-            pairs.push((
-                format!("C2P_MASTERCARD__{api}__BASE_URL"),
-                "https://x.example/".into(),
-            ));
-            pairs.push((format!("C2P_MASTERCARD__{api}__CONSUMER_KEY"), "ck".into()));
-            pairs.push((
-                format!("C2P_MASTERCARD__{api}__SIGNING_KEY_FILE"),
-                key.display().to_string(),
-            ));
-        }
+        let (mut pairs, key) = mastercard_env(&dir, "https://x.example/", "ck");
         pairs.push((
             "C2P_MASTERCARD__PROCESSING__PAYLOAD_ENCRYPTION__ENABLED".into(),
             "true".into(),
