@@ -3,9 +3,15 @@
 For every value set in helm/values/: the values schema, `helm lint --strict` and a render for
 the oldest Kubernetes version the chart claims (Chart.yaml kubeVersion) and the newest one the
 installed kubernetes-validate bundles, with every rendered manifest validated by
-`kubernetes-validate --strict` for that version (except ServiceMonitor, whose CRD has no bundled
-schema), then assertions on what was rendered. Prints one line per check and ends with
-`chart checks: N passed, M failed`; exits 1 when a check failed.
+`kubernetes-validate --strict` for that version (except the ServiceMonitor and the cert-manager
+Certificate, whose CRDs have no bundled schema; they are checked by hand), then assertions on
+what was rendered: among them that config.toml parses as TOML, holds only settings the service
+knows, points every *_file setting at a file a read-only volume provides, and holds the settings
+each value set implies (EXPECTED_SETTINGS lists them outright for the sets that introduce them).
+Then the negative cases: values the schema must reject and values whose rendering must fail with
+a given message (NEGATIVE_SCHEMA, NEGATIVE_RENDER, each a change to helm/values/defaults.yaml).
+Prints one line per check and ends with `chart checks: N passed, M failed`; exits 1 when a check
+failed.
 
 Helm is helm-python-sdk (import helm_python), which embeds Helm v4 as a C library:
 - helm_python.lint(path, values, strict=, namespace=, kube_version=) -> {"messages", "errors"}
@@ -43,18 +49,39 @@ CHART = ROOT / "helm" / "c2p-enroll"
 VALUES_DIR = ROOT / "helm" / "values"
 RELEASE = "c2p-enroll"
 NAMESPACE = "c2p"
+CONFIG_DIR = "/etc/c2p-enroll"
 KEYS_DIR = "/etc/c2p-enroll/keys"
+TLS_DIR = "/etc/c2p-enroll/tls"
 MISSING_SECRET_MESSAGE = "keys.existingSecret is required in mastercard mode"
+MISSING_FINGERPRINT_MESSAGE = "enroll.fingerprintKey.existingSecret is required in mastercard mode"
 KUBE_VALIDATE = Path(sys.executable).with_name("kubernetes-validate")
+# Kinds of CRDs kubernetes-validate bundles no schema for: checked by hand instead.
+UNVALIDATED_KINDS = {"ServiceMonitor": "monitoring.coreos.com", "Certificate": "cert-manager.io"}
+RPCS = {"EnrollCard", "GetEnrollmentStatus", "WatchEnrollment", "NotificationIngest"}
+LIMITS_INT = ("max_message_bytes", "max_concurrent_streams", "max_watch_streams", "max_ingest_streams")
+LIMITS_DURATION = ("handshake_timeout", "keepalive_interval", "keepalive_timeout", "default_deadline")
+# cert-manager.io/v1 CertificateSpec's fields.
+CERTIFICATE_SPEC = {
+    "secretName", "issuerRef", "duration", "renewBefore", "renewBeforePercentage", "dnsNames",
+    "uris", "ipAddresses", "emailAddresses", "otherNames", "commonName", "subject",
+    "literalSubject", "privateKey", "usages", "isCA", "secretTemplate", "keystores",
+    "revisionHistoryLimit", "additionalOutputFormats", "nameConstraints", "encodeUsagesInRequest",
+}
 
-# The TOML settings the chart may write (dotted names, as the service reads them).
+# The TOML settings the chart may write (dotted names, as the service reads them), besides
+# auth.callers.<name>.{identity,rpcs,programs} (CALLER_SETTING).
 TOML_ALLOWED = {
-    "mode", "grpc.listen", "metrics.listen", "redis.url", "redis.cluster", "redis.key_prefix",
-    "log.format", "log.filter", "shutdown.grace_period", "enroll.lease",
+    "mode", "grpc.listen", "grpc.reflection", "metrics.listen", "health.listen",
+    "grpc.tls.cert_file", "grpc.tls.key_file", "grpc.tls.client_ca_file", "grpc.tls.reload_interval",
+    "auth.identity", "auth.mesh_header",
+    "redis.url", "redis.cluster", "redis.key_prefix", "redis.username", "redis.password_file",
+    "redis.ca_file", "log.format", "log.filter", "shutdown.grace_period", "enroll.lease",
+    "enroll.fingerprint_key_file",
     "programs.default.src_client_id", "programs.default.service_id",
     "programs.default.enroll_encryption_certificate_file",
     "programs.default.privacy_uri", "programs.default.terms_uri",
-}
+} | {f"grpc.limits.{k}" for k in LIMITS_INT + LIMITS_DURATION}
+CALLER_SETTING = re.compile(r"^auth\.callers\.[A-Za-z0-9_-]+\.(identity|rpcs|programs)$")
 for _api in ("processing", "enroll"):
     TOML_ALLOWED |= {
         f"mastercard.{_api}.{k}"
@@ -68,8 +95,8 @@ for _api in ("processing", "enroll"):
     }
 # What every mastercard-mode config.toml rendered from the value sets must hold.
 TOML_REQUIRED_MASTERCARD = {
-    "mode", "grpc.listen", "metrics.listen", "redis.cluster", "redis.key_prefix", "log.format",
-    "log.filter", "shutdown.grace_period", "enroll.lease",
+    "mode", "grpc.listen", "metrics.listen", "health.listen", "redis.cluster", "redis.key_prefix",
+    "log.format", "log.filter", "shutdown.grace_period", "enroll.lease", "enroll.fingerprint_key_file",
     "programs.default.src_client_id", "programs.default.service_id",
     "programs.default.enroll_encryption_certificate_file",
 } | {
@@ -78,6 +105,143 @@ TOML_REQUIRED_MASTERCARD = {
     for k in ("base_url", "consumer_key", "signing_key_file", "signing_key_password_file",
               "signature_method", "payload_encryption.enabled")
 }
+
+_APP_BACKEND = {
+    "auth.callers.app_backend.identity": "spiffe://bank.example/ns/payments/sa/app-backend",
+    "auth.callers.app_backend.rpcs": ["EnrollCard", "GetEnrollmentStatus", "WatchEnrollment"],
+    "auth.callers.app_backend.programs": ["default"],
+}
+_MTLS_FROM_TLS_SECRET = {
+    "grpc.tls.cert_file": f"{TLS_DIR}/tls.crt",
+    "grpc.tls.key_file": f"{TLS_DIR}/tls.key",
+    "grpc.tls.client_ca_file": f"{TLS_DIR}/ca.crt",
+}
+_FINGERPRINT = {"enroll.fingerprint_key_file": "/etc/c2p-enroll/fingerprint/fingerprint.key"}
+# What config.toml must hold (None: must not hold) for the value sets that introduce settings,
+# written out rather than derived from the values, so that the derived checks cannot pass by
+# agreeing with a wrong template.
+EXPECTED_SETTINGS: dict[str, dict[str, Any]] = {
+    "defaults.yaml": {
+        **_MTLS_FROM_TLS_SECRET, **_FINGERPRINT, **_APP_BACKEND,
+        "grpc.tls.reload_interval": None, "health.listen": "0.0.0.0:8086", "auth.identity": None,
+        "auth.mesh_header": None, "grpc.reflection": None, "grpc.limits.max_message_bytes": None,
+        "redis.username": None, "redis.password_file": None, "redis.ca_file": None,
+    },
+    "tls-mtls-callers.yaml": {
+        **_FINGERPRINT, **_APP_BACKEND,
+        "grpc.tls.cert_file": f"{TLS_DIR}/tls.crt",
+        "grpc.tls.key_file": f"{TLS_DIR}/tls.key",
+        "grpc.tls.client_ca_file": "/etc/c2p-enroll/client-ca/ca.crt",
+        "grpc.tls.reload_interval": "30s",
+        "grpc.reflection": False,
+        "grpc.limits.max_message_bytes": 4194304,
+        "grpc.limits.max_concurrent_streams": 200,
+        "grpc.limits.max_watch_streams": 5000,
+        "grpc.limits.max_ingest_streams": 16,
+        "grpc.limits.handshake_timeout": "5s",
+        "grpc.limits.keepalive_interval": "20s",
+        "grpc.limits.keepalive_timeout": "5s",
+        "grpc.limits.default_deadline": "15s",
+        "auth.identity": "certificate",
+        "auth.callers.card_ops.identity": "card-ops.internal.bank.example",
+        "auth.callers.card_ops.rpcs": ["GetEnrollmentStatus"],
+        "auth.callers.card_ops.programs": None,
+        "auth.callers.notifications.rpcs": ["NotificationIngest"],
+        "auth.callers.batch-enroller.programs": ["*"],
+    },
+    "tls-cert-manager.yaml": {
+        **_FINGERPRINT, **_APP_BACKEND,
+        "grpc.tls.cert_file": f"{TLS_DIR}/tls.crt",
+        "grpc.tls.key_file": f"{TLS_DIR}/tls.key",
+        "grpc.tls.client_ca_file": "/etc/c2p-enroll/client-ca/ca.crt",
+        "auth.identity": None,
+    },
+    "mesh-header.yaml": {
+        **_FINGERPRINT,
+        "grpc.tls.cert_file": None, "grpc.tls.key_file": None, "grpc.tls.client_ca_file": None,
+        "auth.identity": "mesh_header",
+        "auth.mesh_header": "x-forwarded-client-identity",
+        "auth.callers.app_backend.identity": "spiffe://cluster.local/ns/payments/sa/app-backend",
+        "auth.callers.notifications.rpcs": ["NotificationIngest"],
+    },
+    "redis-tls-acl.yaml": {
+        **_MTLS_FROM_TLS_SECRET, **_FINGERPRINT,
+        "redis.url": "rediss://redis.bank.example:6380",
+        "redis.username": "c2p-enroll",
+        "redis.password_file": "/etc/c2p-enroll/redis/password",
+        "redis.ca_file": "/etc/c2p-enroll/redis-ca/ca.crt",
+    },
+}
+
+
+def _without(path: str) -> Callable[[dict[str, Any]], None]:
+    """A change to a value set: deletes the dotted path."""
+    def change(values: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node = values
+        for part in parents:
+            node = node.setdefault(part, {})
+        node.pop(last, None)
+    return change
+
+
+def _with(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """A change to a value set: sets the dotted path (a callers name may hold a dash, no dot)."""
+    def change(values: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node = values
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = copy.deepcopy(value)
+    return change
+
+
+# Changes to helm/values/defaults.yaml whose rendering must fail, with (part of) the message.
+NEGATIVE_RENDER: list[tuple[str, list[Callable[[dict[str, Any]], None]], str]] = [
+    ("mastercard mode without keys.existingSecret", [_without("keys")], MISSING_SECRET_MESSAGE),
+    ("mastercard mode without a fingerprint key", [_without("enroll")], MISSING_FINGERPRINT_MESSAGE),
+    ("mastercard mode without a caller identity (no TLS client CA, no mesh header)",
+     [_without("tls"), _without("auth")], "mastercard mode refuses auth.identity none"),
+    ("identity certificate on a plaintext port",
+     [_without("tls"), _with("auth.identity", "certificate")], "auth.identity certificate needs client certificates"),
+    ("callers with identity none (sandbox)",
+     [_with("config.mode", "sandbox"), _without("tls")], "auth.callers is set but auth.identity is none"),
+    ("tls.enabled without a certificate source", [_without("tls.existingSecret")], "tls.enabled needs a certificate"),
+    ("tls.existingSecret and tls.certManager both",
+     [_with("tls.certManager", {"enabled": True, "issuerRef": {"name": "ca"}})], "not both"),
+    ("cert-manager without an issuer", [_without("tls.existingSecret"), _with("tls.certManager.enabled", True)],
+     "tls.certManager.issuerRef.name is required"),
+    ("tls.clientCA secret without a name", [_with("tls.clientCA.source", "secret")], "tls.clientCA.name is required"),
+    ("a caller with EnrollCard and no programs", [_without("auth.callers.app_backend.programs")],
+     "programs is required when rpcs has EnrollCard"),
+    ("two callers with one identity",
+     [_with("auth.callers.other", {"identity": "spiffe://bank.example/ns/payments/sa/app-backend",
+                                   "rpcs": ["GetEnrollmentStatus"]})], "have the same identity"),
+    ("a Redis URL with a password (would land in the ConfigMap)",
+     [_with("config.redis.url", "redis://c2p:s3cret@redis.c2p.svc:6379")], "config.redis.url holds a password"),
+    ("a Redis seed node URL with a password",
+     [_with("config.redis.cluster", True), _with("config.redis.url", ["redis://:s3cret@redis-0:6379"])],
+     "config.redis.url holds a password"),
+    ("redis.ca with a plaintext redis:// URL",
+     [_with("config.redis.url", "redis://redis.c2p.svc:6379"), _with("redis.ca", {"source": "secret", "name": "ca"})],
+     "is not rediss://"),
+    ("containerPorts.health equal to the gRPC port", [_with("containerPorts.health", 50051)],
+     "containerPorts.health (50051) must differ"),
+    ("config.health.listen off containerPorts.health", [_with("config.health.listen", "0.0.0.0:9000")],
+     "config.health.listen (0.0.0.0:9000) must listen on containerPorts.health"),
+    ("terminationGracePeriodSeconds <= preStop sleep + shutdown.grace_period",
+     [_with("terminationGracePeriodSeconds", 15)], "terminationGracePeriodSeconds"),
+]
+# Changes to helm/values/defaults.yaml that values.schema.json must reject.
+NEGATIVE_SCHEMA: list[tuple[str, list[Callable[[dict[str, Any]], None]]]] = [
+    ("an unknown RPC in a caller's rpcs", [_with("auth.callers.app_backend.rpcs", ["DeleteCard"])]),
+    ("a caller without identity", [_without("auth.callers.app_backend.identity")]),
+    ("an unknown auth.identity", [_with("auth.identity", "mtls")]),
+    ("an unknown key under tls", [_with("tls.cert", "tls.crt")]),
+    ("a -bin auth.meshHeader", [_with("auth.meshHeader", "x-caller-bin")]),
+    ("a non-integer grpc.limits.max_message_bytes", [_with("config.grpc.limits.max_message_bytes", "16k")]),
+    ("a redis.passwordSecret without key", [_with("redis.passwordSecret", {"name": "redis"})]),
+]
 
 
 class Checks:
@@ -197,11 +361,58 @@ def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def pod_of(docs: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Deployment's pod spec and its one container."""
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    return pod, c
+
+
+def mounted_file(docs: list[tuple[str, dict[str, Any]]], path: str) -> tuple[str, str, str]:
+    """Which object provides the file at path in the container: (kind, name, key), kind being
+    "secret" or "configMap". Fails unless a read-only volume mounted as a directory (no subPath:
+    those are never updated) provides it, and, when the volume lists items, one of them does."""
+    pod, c = pod_of(docs)
+    for m in c["volumeMounts"]:
+        prefix = m["mountPath"].rstrip("/") + "/"
+        if "subPath" in m or not path.startswith(prefix):
+            continue
+        rel = path[len(prefix):]
+        if m.get("readOnly") is not True:
+            raise AssertionError(f"{path}: volume {m['name']} is not mounted read-only")
+        (vol,) = [v for v in pod["volumes"] if v["name"] == m["name"]]
+        kind = "secret" if "secret" in vol else "configMap" if "configMap" in vol else None
+        if kind is None:
+            raise AssertionError(f"{path}: volume {m['name']} is neither a Secret nor a ConfigMap")
+        source = vol[kind]
+        name = source["secretName"] if kind == "secret" else source["name"]
+        items = source.get("items")
+        if items is None:
+            return kind, name, rel
+        keys = [i["key"] for i in items if i["path"] == rel]
+        if not keys:
+            raise AssertionError(f"{path}: volume {m['name']} has no item with path {rel!r}")
+        return kind, name, keys[0]
+    raise AssertionError(f"{path}: no volume mounted as a directory provides it")
+
+
+def tls_secret_name(merged: dict[str, Any]) -> str:
+    cm = merged["tls"]["certManager"]
+    return (cm.get("secretName") or f"{RELEASE}-tls") if cm.get("enabled") else merged["tls"]["existingSecret"]
+
+
+def expected_identity(merged: dict[str, Any]) -> str:
+    tls = merged["tls"]
+    return merged["auth"].get("identity") or (
+        "certificate" if tls["enabled"] and tls["clientCA"]["source"] else "none")
+
+
 def check_deployment(docs: list[tuple[str, dict[str, Any]]], values: dict[str, Any], merged: dict[str, Any]) -> str | None:
     dep = one(docs, "Deployment")
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     sc, psc = c["securityContext"], pod["securityContext"]
+    health = merged["containerPorts"]["health"]
     problems = []
     expect = {
         "container readOnlyRootFilesystem true": sc.get("readOnlyRootFilesystem") is True,
@@ -213,15 +424,17 @@ def check_deployment(docs: list[tuple[str, dict[str, Any]]], values: dict[str, A
         "capabilities drop ALL": sc.get("capabilities", {}).get("drop") == ["ALL"],
         "seccomp RuntimeDefault (pod and container)": psc.get("seccompProfile") == {"type": "RuntimeDefault"}
         and sc.get("seccompProfile") == {"type": "RuntimeDefault"},
-        "liveness grpc 50051 service liveness (not store-bound)": c.get("livenessProbe", {}).get("grpc")
-        == {"port": 50051, "service": "liveness"},
-        "readiness grpc 50051 service EnrollmentService": c.get("readinessProbe", {}).get("grpc")
-        == {"port": 50051, "service": "c2p.enrollment.v1.EnrollmentService"},
-        "startup grpc probe": "grpc" in c.get("startupProbe", {}),
+        f"liveness grpc on the health port {health}, service liveness (not store-bound)":
+        c.get("livenessProbe", {}).get("grpc") == {"port": health, "service": "liveness"},
+        f"readiness grpc on the health port {health}, service EnrollmentService": c.get("readinessProbe", {}).get("grpc")
+        == {"port": health, "service": "c2p.enrollment.v1.EnrollmentService"},
+        f"startup grpc probe on the health port {health}": c.get("startupProbe", {}).get("grpc", {}).get("port") == health,
         "command c2p-enroll serve --config /etc/c2p-enroll/config.toml": c.get("command", []) + c.get("args", [])
         == ["/usr/local/bin/c2p-enroll", "serve", "--config", "/etc/c2p-enroll/config.toml"],
-        "ports grpc 50051, metrics 9464": {p["name"]: p["containerPort"] for p in c["ports"]}
-        == {"grpc": 50051, "metrics": 9464},
+        f"ports grpc 50051, metrics 9464, health {health}": {p["name"]: p["containerPort"] for p in c["ports"]}
+        == {"grpc": 50051, "metrics": 9464, "health": health},
+        "no subPath mount but config.toml (a subPath mount never follows its Secret)": [
+            m["mountPath"] for m in c["volumeMounts"] if "subPath" in m] == ["/etc/c2p-enroll/config.toml"],
         "emptyDir at /tmp": any(m["mountPath"] == "/tmp" for m in c["volumeMounts"])
         and any(v["name"] == "tmp" and "emptyDir" in v for v in pod["volumes"]),
         "checksum/config annotation": bool(re.fullmatch(r"[0-9a-f]{64}", dep["spec"]["template"]["metadata"]
@@ -251,7 +464,7 @@ def check_config(docs: list[tuple[str, dict[str, Any]]], merged: dict[str, Any])
     cm = one(docs, "ConfigMap")
     settings = flatten(tomllib.loads(cm["data"]["config.toml"]))
     problems = []
-    unknown = sorted(set(settings) - TOML_ALLOWED)
+    unknown = sorted(k for k in set(settings) - TOML_ALLOWED if not CALLER_SETTING.match(k))
     if unknown:
         problems.append(f"unexpected settings {unknown}")
     if merged["config"]["mode"] == "mastercard":
@@ -262,8 +475,15 @@ def check_config(docs: list[tuple[str, dict[str, Any]]], merged: dict[str, Any])
     if empty:
         problems.append(f"empty settings written {empty}")
     for key, value in settings.items():
-        if key.endswith("_file") and not str(value).startswith(KEYS_DIR + "/"):
-            problems.append(f"{key} = {value!r} is not under {KEYS_DIR}")
+        if not key.endswith("_file"):
+            continue
+        if (key.startswith(("mastercard.", "programs.")) and not str(value).startswith(KEYS_DIR + "/")) \
+                or not str(value).startswith(CONFIG_DIR + "/"):
+            problems.append(f"{key} = {value!r} is not under {KEYS_DIR if key.startswith(('mastercard.', 'programs.')) else CONFIG_DIR}")
+        try:
+            mounted_file(docs, str(value))
+        except AssertionError as e:
+            problems.append(f"{key}: {e}")
     files = merged["keys"]["files"]
     for key, name in [
         ("mastercard.processing.signing_key_file", files["processingSigningKey"]),
@@ -274,10 +494,176 @@ def check_config(docs: list[tuple[str, dict[str, Any]]], merged: dict[str, Any])
     ]:
         if key in settings and settings[key] != f"{KEYS_DIR}/{name}":
             problems.append(f"{key} = {settings[key]!r}")
+        elif key in settings and mounted_file(docs, settings[key]) != ("secret", merged["keys"]["existingSecret"], name):
+            problems.append(f"{key} is not {name} of Secret {merged['keys']['existingSecret']}")
     url = merged["config"]["redis"]["url"]
     want_url = ",".join(url) if isinstance(url, list) else url
     if settings.get("redis.url", "") != want_url:
         problems.append(f"redis.url = {settings.get('redis.url')!r}, want {want_url!r}")
+    return "; ".join(problems) or None
+
+
+def settings_of(docs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    return flatten(tomllib.loads(one(docs, "ConfigMap")["data"]["config.toml"]))
+
+
+def expect_setting(problems: list[str], settings: dict[str, Any], key: str, want: Any) -> None:
+    """want None: the setting must be absent (the service's default applies)."""
+    got = settings.get(key)
+    if want is None and key in settings:
+        problems.append(f"{key} = {got!r} written, want it left out")
+    elif want is not None and (got != want or type(got) is not type(want)):
+        problems.append(f"{key} = {got!r}, want {want!r}")
+
+
+def check_tls(docs: list[tuple[str, dict[str, Any]]], merged: dict[str, Any]) -> str | None:
+    """grpc.tls.* against tls.*, the files they name against the mounted Secret/ConfigMap, and
+    the cert-manager Certificate."""
+    settings, problems = settings_of(docs), []
+    tls = merged["tls"]
+    ca = tls["clientCA"]
+    certs = by_kind(docs, "Certificate")
+    if not tls["enabled"]:
+        for key in ("cert_file", "key_file", "client_ca_file", "reload_interval"):
+            expect_setting(problems, settings, f"grpc.tls.{key}", None)
+        if certs:
+            problems.append("a Certificate rendered without TLS")
+        return "; ".join(problems) or None
+    secret = tls_secret_name(merged)
+    expect_setting(problems, settings, "grpc.tls.cert_file", f"{TLS_DIR}/tls.crt")
+    expect_setting(problems, settings, "grpc.tls.key_file", f"{TLS_DIR}/tls.key")
+    expect_setting(problems, settings, "grpc.tls.reload_interval", tls.get("reloadInterval") or None)
+    for key, file in (("cert_file", "tls.crt"), ("key_file", "tls.key")):
+        if key in settings.get("grpc.tls.cert_file", "") or f"grpc.tls.{key}" in settings:
+            got = mounted_file(docs, settings[f"grpc.tls.{key}"])
+            if got != ("secret", secret, file):
+                problems.append(f"grpc.tls.{key} comes from {got}, want {file} of Secret {secret}")
+    want_ca = {
+        "": None,
+        "tlsSecret": ("secret", secret, "ca.crt"),
+        "secret": ("secret", ca.get("name"), ca.get("key")),
+        "configMap": ("configMap", ca.get("name"), ca.get("key")),
+    }[ca["source"]]
+    if want_ca is None:
+        expect_setting(problems, settings, "grpc.tls.client_ca_file", None)
+    elif "grpc.tls.client_ca_file" not in settings:
+        problems.append("no grpc.tls.client_ca_file")
+    elif (got := mounted_file(docs, settings["grpc.tls.client_ca_file"])) != want_ca:
+        problems.append(f"grpc.tls.client_ca_file comes from {got}, want {want_ca}")
+    cm = tls["certManager"]
+    if not cm.get("enabled"):
+        if certs:
+            problems.append(f"{len(certs)} Certificate(s) rendered without tls.certManager.enabled")
+        return "; ".join(problems) or None
+    if len(certs) != 1:
+        return f"{len(certs)} Certificate(s) rendered"
+    cert = certs[0]
+    spec = cert["spec"]
+    fullname = one(docs, "Service")["metadata"]["name"]
+    want_dns = cm.get("dnsNames") or [fullname, f"{fullname}.{NAMESPACE}", f"{fullname}.{NAMESPACE}.svc",
+                                      f"{fullname}.{NAMESPACE}.svc.{cm.get('clusterDomain') or 'cluster.local'}"]
+    expect = {
+        "apiVersion cert-manager.io/v1": cert["apiVersion"] == "cert-manager.io/v1",
+        "namespace is the release's": cert["metadata"].get("namespace") == NAMESPACE,
+        "only CertificateSpec fields": set(spec) <= CERTIFICATE_SPEC,
+        f"secretName {secret} (the mounted Secret)": spec.get("secretName") == secret,
+        "issuerRef from tls.certManager.issuerRef": spec.get("issuerRef") == {
+            "name": cm["issuerRef"]["name"], "kind": cm["issuerRef"].get("kind") or "Issuer",
+            "group": cm["issuerRef"].get("group") or "cert-manager.io"},
+        "duration and renewBefore": (spec.get("duration"), spec.get("renewBefore"))
+        == (cm.get("duration") or None, cm.get("renewBefore") or None),
+        f"dnsNames {want_dns}": spec.get("dnsNames") == want_dns,
+        "uris from tls.certManager.uris": spec.get("uris") == (cm.get("uris") or None),
+        "privateKey and usages": spec.get("privateKey") == (cm.get("privateKey") or None)
+        and spec.get("usages") == (cm.get("usages") or None),
+        "the Service's names among dnsNames": cm.get("dnsNames") or f"{fullname}.{NAMESPACE}.svc" in spec["dnsNames"],
+    }
+    problems += [f"Certificate not: {name}" for name, ok in expect.items() if not ok]
+    return "; ".join(problems) or None
+
+
+def check_auth(docs: list[tuple[str, dict[str, Any]]], merged: dict[str, Any]) -> str | None:
+    """auth.* against the values, and the service's own refusals (mastercard mode: no anonymous
+    callers, no plaintext port but behind a mesh) against what was rendered."""
+    settings, problems = settings_of(docs), []
+    auth = merged["auth"]
+    expect_setting(problems, settings, "auth.identity", auth.get("identity") or None)
+    expect_setting(problems, settings, "auth.mesh_header", auth.get("meshHeader") or None)
+    callers = tomllib.loads(one(docs, "ConfigMap")["data"]["config.toml"]).get("auth", {}).get("callers", {})
+    want = {name: {k: v for k, v in c.items() if v} for name, c in (auth.get("callers") or {}).items()}
+    if callers != want:
+        problems.append(f"auth.callers = {callers}, want {want}")
+    for name, c in callers.items():
+        if not set(c.get("rpcs", [])) <= RPCS or not c.get("rpcs"):
+            problems.append(f"auth.callers.{name}.rpcs = {c.get('rpcs')}")
+        if "EnrollCard" in c.get("rpcs", []) and not c.get("programs"):
+            problems.append(f"auth.callers.{name} may call EnrollCard with no programs")
+    identity = settings.get("auth.identity") or ("certificate" if "grpc.tls.client_ca_file" in settings else "none")
+    if identity != expected_identity(merged):
+        problems.append(f"the service would identify callers by {identity}, want {expected_identity(merged)}")
+    if settings["mode"] == "mastercard":
+        if identity == "none":
+            problems.append("mastercard mode with auth.identity none (the service refuses it)")
+        if "grpc.tls.cert_file" not in settings and identity != "mesh_header":
+            problems.append("mastercard mode on a plaintext port without mesh_header (the service refuses it)")
+    if identity == "certificate" and "grpc.tls.client_ca_file" not in settings:
+        problems.append("identity certificate without grpc.tls.client_ca_file")
+    return "; ".join(problems) or None
+
+
+def check_secret_files(docs: list[tuple[str, dict[str, Any]]], merged: dict[str, Any]) -> str | None:
+    """enroll.fingerprint_key_file and redis.{username,password_file,ca_file} against the values
+    and the volumes; no password in redis.url."""
+    settings, problems = settings_of(docs), []
+    fp = merged["enroll"]["fingerprintKey"]
+    redis = merged["redis"]
+    if settings["mode"] == "mastercard" and "enroll.fingerprint_key_file" not in settings:
+        problems.append("mastercard mode without enroll.fingerprint_key_file")
+    wants = [
+        ("enroll.fingerprint_key_file", "/etc/c2p-enroll/fingerprint/fingerprint.key",
+         ("secret", fp["existingSecret"], fp["key"]) if fp["existingSecret"] else None),
+        ("redis.password_file", "/etc/c2p-enroll/redis/password",
+         ("secret", redis["passwordSecret"]["name"], redis["passwordSecret"]["key"]) if redis["passwordSecret"]["name"] else None),
+        ("redis.ca_file", "/etc/c2p-enroll/redis-ca/ca.crt",
+         (redis["ca"]["source"], redis["ca"]["name"], redis["ca"]["key"]) if redis["ca"]["source"] else None),
+    ]
+    for key, path, source in wants:
+        expect_setting(problems, settings, key, path if source else None)
+        if source and key in settings and (got := mounted_file(docs, settings[key])) != source:
+            problems.append(f"{key} comes from {got}, want {source}")
+    expect_setting(problems, settings, "redis.username", redis.get("username") or None)
+    urls = settings.get("redis.url", "")
+    if re.search(r"://[^/@,]*:[^/@,]*@", urls):
+        problems.append("redis.url holds a password")
+    if "redis.ca_file" in settings and urls and not all(u.startswith("rediss://") for u in urls.split(",")):
+        problems.append("redis.ca_file with a redis:// URL")
+    return "; ".join(problems) or None
+
+
+def check_grpc_settings(docs: list[tuple[str, dict[str, Any]]], merged: dict[str, Any]) -> str | None:
+    """health.listen on containerPorts.health; grpc.reflection and grpc.limits.* passed through
+    when set (integers as TOML integers), left out otherwise."""
+    settings, problems = settings_of(docs), []
+    port = merged["containerPorts"]["health"]
+    listen = (merged["config"].get("health") or {}).get("listen") or f"0.0.0.0:{port}"
+    expect_setting(problems, settings, "health.listen", listen)
+    if not str(settings.get("health.listen", "")).endswith(f":{port}"):
+        problems.append(f"health.listen is not on containerPorts.health {port}")
+    grpc = merged["config"]["grpc"]
+    expect_setting(problems, settings, "grpc.reflection", grpc.get("reflection"))
+    limits = grpc.get("limits") or {}
+    for key in LIMITS_INT:
+        v = limits.get(key)
+        expect_setting(problems, settings, f"grpc.limits.{key}", None if v is None else int(v))
+    for key in LIMITS_DURATION:
+        expect_setting(problems, settings, f"grpc.limits.{key}", limits.get(key) or None)
+    return "; ".join(problems) or None
+
+
+def check_expected_settings(docs: list[tuple[str, dict[str, Any]]], label: str) -> str | None:
+    settings, problems = settings_of(docs), []
+    for key, want in EXPECTED_SETTINGS[label].items():
+        expect_setting(problems, settings, key, want)
     return "; ".join(problems) or None
 
 

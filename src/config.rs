@@ -6,6 +6,7 @@
 mod raw;
 mod validate;
 mod validate_api;
+mod validate_security;
 
 use crate::mastercard::breaker::BreakerConfig;
 use crate::mastercard::http::HttpPolicy;
@@ -66,6 +67,8 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     /// `log.*`.
     pub log: LogSettings,
+    /// `auth.*`: who may call what.
+    pub auth: AuthSettings,
     /// `mastercard.*`: credentials complete in `mastercard` mode; tuning in both modes.
     pub mastercard: MastercardSettings,
     /// `programs.<name>.*`: the Click to Pay programs (mastercard mode; sandbox mode uses the
@@ -78,6 +81,121 @@ pub struct Settings {
 pub struct GrpcSettings {
     /// `grpc.listen`: the address the gRPC server binds (port 0 picks a free port).
     pub listen: SocketAddr,
+    /// `grpc.reflection`: serve gRPC reflection (default: on in sandbox mode, off in mastercard
+    /// mode).
+    pub reflection: bool,
+    /// `grpc.tls.*`: TLS on the listener; `None` serves plaintext.
+    pub tls: Option<TlsSettings>,
+    /// `grpc.limits.*`.
+    pub limits: GrpcLimits,
+}
+
+/// `grpc.tls.*`: the listener's certificate, and the client CA that turns on mutual TLS.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// `grpc.tls.cert_file`: the server certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// `grpc.tls.key_file`: its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// `grpc.tls.client_ca_file`: CA certificates (PEM); when set, every client must present a
+    /// certificate they signed.
+    pub client_ca_file: Option<PathBuf>,
+    /// `grpc.tls.reload_interval`: how often the files are checked for changes.
+    pub reload_interval: Duration,
+}
+
+/// `grpc.limits.*`: what one client can make the process hold.
+#[derive(Debug, Clone)]
+pub struct GrpcLimits {
+    /// `max_message_bytes`: the largest request message decoded.
+    pub max_message_bytes: usize,
+    /// `max_concurrent_streams`: HTTP/2 streams one connection may have open.
+    pub max_concurrent_streams: u32,
+    /// `max_watch_streams`: open `WatchEnrollment` streams per process.
+    pub max_watch_streams: usize,
+    /// `max_ingest_streams`: open `NotificationIngest` streams per process.
+    pub max_ingest_streams: usize,
+    /// `handshake_timeout`: how long a new connection has to finish TLS and send its first
+    /// bytes.
+    pub handshake_timeout: Duration,
+    /// `keepalive_interval`: how often an HTTP/2 PING checks a connection.
+    pub keepalive_interval: Duration,
+    /// `keepalive_timeout`: how long a PING may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
+    /// `default_deadline`: the deadline of a unary call that brings none (and the bound on a
+    /// longer one).
+    pub default_deadline: Duration,
+}
+
+/// Where a caller's identity comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// Nobody is identified: every caller is `anonymous` and may do everything (sandbox mode only).
+    None,
+    /// The client certificate (mutual TLS): its SPIFFE URI SAN, else its first DNS SAN.
+    Certificate,
+    /// A header set by a service mesh that terminated mutual TLS in front of the listener.
+    MeshHeader,
+}
+
+/// An RPC that the policy can allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rpc {
+    /// `EnrollCard`.
+    EnrollCard,
+    /// `GetEnrollmentStatus`.
+    GetEnrollmentStatus,
+    /// `WatchEnrollment`.
+    WatchEnrollment,
+    /// `NotificationIngest`.
+    NotificationIngest,
+}
+
+impl Rpc {
+    /// Every RPC, in the order of the contract.
+    pub const ALL: [Rpc; 4] = [
+        Rpc::EnrollCard,
+        Rpc::GetEnrollmentStatus,
+        Rpc::WatchEnrollment,
+        Rpc::NotificationIngest,
+    ];
+
+    /// The method name, as in the proto.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rpc::EnrollCard => "EnrollCard",
+            Rpc::GetEnrollmentStatus => "GetEnrollmentStatus",
+            Rpc::WatchEnrollment => "WatchEnrollment",
+            Rpc::NotificationIngest => "NotificationIngest",
+        }
+    }
+
+    /// The RPC of a method name.
+    pub fn from_name(name: &str) -> Option<Rpc> {
+        Rpc::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+/// `auth.callers.<name>`: what one identity may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerPolicy {
+    /// `identity`: the SPIFFE id, DNS name or mesh header value.
+    pub identity: String,
+    /// `rpcs`: the RPCs it may call.
+    pub rpcs: std::collections::BTreeSet<Rpc>,
+    /// `programs`: the programs it may enroll under; `None` = any (`"*"`).
+    pub programs: Option<std::collections::BTreeSet<String>>,
+}
+
+/// `auth.*`.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// `auth.identity`.
+    pub identity: IdentitySource,
+    /// `auth.mesh_header`: the metadata a mesh sets to the caller's identity.
+    pub mesh_header: String,
+    /// `auth.callers.<name>`, keyed by name.
+    pub callers: std::collections::BTreeMap<String, CallerPolicy>,
 }
 
 /// `redis.*`: the shared store. No URL means the embedded in-memory store.
@@ -86,6 +204,13 @@ pub struct RedisSettings {
     /// `redis.url`: `redis://` or `rediss://`; `None` selects the in-memory store. It may hold
     /// a password, so its `Debug` is redacted.
     pub url: Option<secrecy::SecretString>,
+    /// `redis.username`: the ACL user (the `default` user when unset).
+    pub username: Option<String>,
+    /// `redis.password_file`: a file holding the password (overrides one in the URL).
+    pub password_file: Option<PathBuf>,
+    /// `redis.ca_file`: CA certificates (PEM) that `rediss://` servers are checked against,
+    /// instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
     /// `redis.key_prefix`: prepended to every key, so that several deployments can share a Redis.
     pub key_prefix: String,
     /// `redis.connect_timeout`: the bound on establishing a connection.
@@ -115,9 +240,9 @@ pub struct EnrollSettings {
     /// `enroll.lease`: how long a call holds its idempotency key without renewing it; after a
     /// crash, a retry resumes once it ran out.
     pub lease: Duration,
-    /// `enroll.caller_header`: the request metadata naming the caller (idempotency keys are
-    /// scoped per caller); absent = `default`.
-    pub caller_header: String,
+    /// `enroll.fingerprint_key_file`: the secret of the idempotency fingerprint (HMAC-SHA256);
+    /// `None` in sandbox mode = a key generated per process.
+    pub fingerprint_key_file: Option<PathBuf>,
 }
 
 /// `metrics.*`: the Prometheus listener.
@@ -130,6 +255,9 @@ pub struct MetricsSettings {
 /// `health.*`: the store probe behind the gRPC health service.
 #[derive(Debug, Clone)]
 pub struct HealthSettings {
+    /// `health.listen`: a plaintext listener serving only `grpc.health.v1` (for kubelet probes
+    /// when the gRPC listener speaks TLS); `None` = off.
+    pub listen: Option<SocketAddr>,
     /// `health.check_interval`: how often the store is probed.
     pub check_interval: Duration,
     /// `health.check_timeout`: how long one probe may take before the store counts as unreachable.

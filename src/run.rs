@@ -137,6 +137,11 @@ async fn run_sandbox(args: SandboxArgs) -> Result<(), String> {
     config.notification_target = args.notify.clone();
     config.payload_encryption = args.payload_encryption;
     let sandbox = Sandbox::start(config).await.map_err(|e| e.to_string())?;
+    let fingerprint_key = args.dir.join(files::FINGERPRINT_KEY);
+    if !fingerprint_key.is_file() {
+        std::fs::write(&fingerprint_key, rand::random::<[u8; 32]>())
+            .map_err(|e| format!("{}: {e}", fingerprint_key.display()))?;
+    }
     let env_file = args.dir.join(files::SERVICE_ENV);
     std::fs::write(
         &env_file,
@@ -182,6 +187,10 @@ fn service_env(sandbox: &Sandbox, dir: &Path, payload_encryption: bool) -> Strin
         format!(
             "C2P_MASTERCARD__ENROLL__SIGNING_KEY_FILE={}",
             path(files::ENROLL_SIGNING_KEY)
+        ),
+        format!(
+            "C2P_ENROLL__FINGERPRINT_KEY_FILE={}",
+            path(files::FINGERPRINT_KEY)
         ),
         format!(
             "C2P_PROGRAMS__DEFAULT__SRC_CLIENT_ID={}",

@@ -155,7 +155,7 @@ pub async fn start(
         upstream,
         AppSettings::from_settings(settings),
     ));
-    let api = EnrollmentApi::new(app, settings.enroll.caller_header.clone(), drain.clone());
+    let api = EnrollmentApi::new(app, settings.auth.mesh_header.clone(), drain.clone());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let metrics = match settings.metrics.listen {

@@ -57,6 +57,7 @@ pub(super) struct RawSettings {
     pub metrics: RawMetrics,
     pub shutdown: RawShutdown,
     pub log: RawLog,
+    pub auth: RawAuth,
     pub mastercard: RawMastercard,
     pub programs: BTreeMap<String, RawProgram>,
     #[serde(flatten)]
@@ -79,14 +80,92 @@ pub(super) struct RawProgram {
 #[serde(default)]
 pub(super) struct RawGrpc {
     pub listen: Option<Scalar>,
+    pub reflection: Option<Scalar>,
+    pub tls: RawTls,
+    pub limits: RawLimits,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
+pub(super) struct RawTls {
+    pub cert_file: Option<Scalar>,
+    pub key_file: Option<Scalar>,
+    pub client_ca_file: Option<Scalar>,
+    pub reload_interval: Option<Scalar>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawLimits {
+    pub max_message_bytes: Option<Scalar>,
+    pub max_concurrent_streams: Option<Scalar>,
+    pub max_watch_streams: Option<Scalar>,
+    pub max_ingest_streams: Option<Scalar>,
+    pub handshake_timeout: Option<Scalar>,
+    pub keepalive_interval: Option<Scalar>,
+    pub keepalive_timeout: Option<Scalar>,
+    pub default_deadline: Option<Scalar>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawAuth {
+    pub identity: Option<Scalar>,
+    pub mesh_header: Option<Scalar>,
+    pub callers: BTreeMap<String, RawCaller>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawCaller {
+    pub identity: Option<Scalar>,
+    pub rpcs: Option<List>,
+    pub programs: Option<List>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// A list setting: a TOML array, or comma-separated text (as environment variables give it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct List(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for List {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Many(Vec<Scalar>),
+            One(Scalar),
+        }
+        let items = match Either::deserialize(d)? {
+            Either::Many(items) => items.into_iter().map(|s| s.0).collect(),
+            Either::One(Scalar(text)) => text.split(',').map(str::to_owned).collect::<Vec<_>>(),
+        };
+        Ok(List(
+            items
+                .into_iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        ))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub(super) struct RawRedis {
     pub url: Option<Scalar>,
+    pub username: Option<Scalar>,
+    pub password_file: Option<Scalar>,
+    pub ca_file: Option<Scalar>,
     pub key_prefix: Option<Scalar>,
     pub connect_timeout: Option<Scalar>,
     pub response_timeout: Option<Scalar>,
@@ -110,7 +189,7 @@ pub(super) struct RawStore {
 #[serde(default)]
 pub(super) struct RawEnroll {
     pub lease: Option<Scalar>,
-    pub caller_header: Option<Scalar>,
+    pub fingerprint_key_file: Option<Scalar>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -126,6 +205,7 @@ pub(super) struct RawMetrics {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub(super) struct RawHealth {
+    pub listen: Option<Scalar>,
     pub check_interval: Option<Scalar>,
     pub check_timeout: Option<Scalar>,
     #[serde(flatten)]

@@ -1,18 +1,17 @@
 //! Raw settings → typed [`Settings`], collecting every problem rather than stopping at the first.
 
 use super::{
-    ConfigError, EnrollSettings, GrpcSettings, HealthSettings, LogFormat, LogSettings,
-    MastercardSettings, MetricsSettings, Mode, Problem, RedisSettings, Settings, ShutdownSettings,
-    StoreSettings,
+    ConfigError, EnrollSettings, HealthSettings, LogFormat, LogSettings, MastercardSettings,
+    MetricsSettings, Mode, Problem, RedisSettings, Settings, ShutdownSettings, StoreSettings,
     raw::{RawSettings, Scalar, Unknown},
     validate_api::validate_api,
+    validate_security::{optional_addr, validate_auth, validate_grpc},
 };
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 /// The built-in defaults, in one place so the README table can be checked against them.
 pub(super) mod defaults {
     pub const MODE: &str = "sandbox";
-    pub const GRPC_LISTEN: &str = "127.0.0.1:50051";
     pub const METRICS_LISTEN: &str = "127.0.0.1:9464";
     pub const REDIS_KEY_PREFIX: &str = "c2p:";
     pub const REDIS_CONNECT_TIMEOUT: &str = "2s";
@@ -22,7 +21,6 @@ pub(super) mod defaults {
     pub const STORE_NOTIFICATION_DEDUP_TTL: &str = "72h";
     pub const STORE_IDEMPOTENCY_TTL: &str = "24h";
     pub const ENROLL_LEASE: &str = "15s";
-    pub const ENROLL_CALLER_HEADER: &str = "x-c2p-caller";
     pub const HEALTH_CHECK_INTERVAL: &str = "1s";
     pub const HEALTH_CHECK_TIMEOUT: &str = "1s";
     pub const SHUTDOWN_GRACE_PERIOD: &str = "10s";
@@ -184,32 +182,16 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
         }
     };
 
-    let listen_text = Checker::text(&raw.grpc.listen, defaults::GRPC_LISTEN);
-    let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
-        c.problem(
-            "grpc.listen",
-            format!("{listen_text:?} is not a socket address such as \"0.0.0.0:50051\""),
-        );
-        SocketAddr::from(([127, 0, 0, 1], 0))
-    });
+    let grpc = validate_grpc(&mut c, &raw, mode);
+    let auth = validate_auth(&mut c, &raw.auth, mode, &grpc);
 
     // Unset means the default; set to empty text, the listener is off.
-    let metrics_listen = match &raw.metrics.listen {
-        Some(Scalar(text)) if text.trim().is_empty() => None,
-        other => {
-            let text = Checker::text(other, defaults::METRICS_LISTEN);
-            match text.parse::<SocketAddr>() {
-                Ok(addr) => Some(addr),
-                Err(_) => {
-                    c.problem(
-                        "metrics.listen",
-                        format!("{text:?} is not a socket address (empty turns metrics off)"),
-                    );
-                    None
-                }
-            }
-        }
-    };
+    let metrics_listen = optional_addr(
+        &mut c,
+        "metrics.listen",
+        &raw.metrics.listen,
+        Some(defaults::METRICS_LISTEN),
+    );
     let redis = validate_redis(&mut c, &raw);
     let store = StoreSettings {
         enrollment_ttl: c.duration(
@@ -243,17 +225,21 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
     }
     let enroll = EnrollSettings {
         lease: c.duration("enroll.lease", &raw.enroll.lease, defaults::ENROLL_LEASE),
-        caller_header: Checker::text(&raw.enroll.caller_header, defaults::ENROLL_CALLER_HEADER)
-            .to_ascii_lowercase(),
+        fingerprint_key_file: c.readable_file(
+            "enroll.fingerprint_key_file",
+            &raw.enroll.fingerprint_key_file,
+        ),
     };
-    if tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(
-        enroll.caller_header.as_bytes(),
-    )
-    .is_err()
-    {
-        c.problem("enroll.caller_header", "is not a valid gRPC metadata name");
+    // Replicas must agree on fingerprints, and a per-process key would make every retry after a
+    // restart look like a reused key.
+    if mode == Mode::Mastercard && enroll.fingerprint_key_file.is_none() {
+        c.problem(
+            "enroll.fingerprint_key_file",
+            "required in mastercard mode: a file holding at least 32 random bytes, the same on every replica",
+        );
     }
     let health = HealthSettings {
+        listen: optional_addr(&mut c, "health.listen", &raw.health.listen, None),
         check_interval: c.duration(
             "health.check_interval",
             &raw.health.check_interval,
@@ -295,7 +281,8 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
     }
     Ok(Settings {
         mode,
-        grpc: GrpcSettings { listen },
+        grpc,
+        auth,
         redis,
         store,
         enroll,
@@ -338,7 +325,14 @@ fn validate_redis(c: &mut Checker, raw: &RawSettings) -> RedisSettings {
         // Braces would move the Redis Cluster hash tag away from the card id.
         c.problem("redis.key_prefix", "must not contain '{' or '}'");
     }
+    let ca_file = c.readable_file("redis.ca_file", &raw.redis.ca_file);
+    if ca_file.is_some() && url.as_deref().is_some_and(|u| !u.contains("rediss://")) {
+        c.problem("redis.ca_file", "is used only with rediss:// URLs");
+    }
     RedisSettings {
+        username: Checker::optional(&raw.redis.username),
+        password_file: c.readable_file("redis.password_file", &raw.redis.password_file),
+        ca_file,
         url: url.map(secrecy::SecretString::from),
         key_prefix,
         connect_timeout: c.duration(
@@ -471,7 +465,15 @@ mod tests {
     ) -> (Vec<(String, String)>, std::path::PathBuf) {
         let key = dir.path().join("signing.pem");
         std::fs::write(&key, "placeholder").unwrap();
-        let mut pairs = vec![("C2P_MODE".to_string(), "mastercard".to_string())];
+        let fingerprint_key = dir.path().join("fingerprint.key");
+        std::fs::write(&fingerprint_key, [7u8; 32]).unwrap();
+        let mut pairs = vec![
+            ("C2P_MODE".to_string(), "mastercard".to_string()),
+            (
+                "C2P_ENROLL__FINGERPRINT_KEY_FILE".to_string(),
+                fingerprint_key.display().to_string(),
+            ),
+        ];
         for api in ["PROCESSING", "ENROLL"] {
             pairs.push((format!("C2P_MASTERCARD__{api}__BASE_URL"), base_url.into()));
             pairs.push((

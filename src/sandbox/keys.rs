@@ -67,6 +67,8 @@ pub mod files {
     pub const MASTERCARD_PAYLOAD_KEY: &str = "payload-mastercard.key.pem";
     /// The issuer's payload key (the service decrypts responses with it).
     pub const CLIENT_PAYLOAD_KEY: &str = "payload-client.key.pem";
+    /// The service's idempotency fingerprint key (32 random bytes).
+    pub const FINGERPRINT_KEY: &str = "fingerprint.key";
     /// `C2P_*` settings for a service in mastercard mode.
     pub const SERVICE_ENV: &str = "service.env";
 }

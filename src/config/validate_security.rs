@@ -1,0 +1,294 @@
+//! The settings that decide who can reach the service and what one client can make it hold:
+//! `grpc.*` (TLS, limits, reflection), `health.listen` and `auth.*`.
+
+use super::{
+    AuthSettings, CallerPolicy, GrpcLimits, GrpcSettings, IdentitySource, Mode, Rpc, TlsSettings,
+    raw::{RawAuth, RawSettings, Scalar},
+    validate::Checker,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+pub(super) mod defaults {
+    pub const GRPC_LISTEN: &str = "127.0.0.1:50051";
+    pub const TLS_RELOAD_INTERVAL: &str = "10s";
+    pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
+    pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+    pub const MAX_WATCH_STREAMS: usize = 1_000;
+    pub const MAX_INGEST_STREAMS: usize = 64;
+    pub const HANDSHAKE_TIMEOUT: &str = "10s";
+    pub const KEEPALIVE_INTERVAL: &str = "30s";
+    pub const KEEPALIVE_TIMEOUT: &str = "10s";
+    pub const DEFAULT_DEADLINE: &str = "30s";
+    pub const MESH_HEADER: &str = "x-c2p-caller";
+}
+
+/// The value of a socket-address setting that is off when empty (or unset without a default).
+pub(super) fn optional_addr(
+    c: &mut Checker,
+    key: &str,
+    value: &Option<Scalar>,
+    default: Option<&str>,
+) -> Option<SocketAddr> {
+    let text = match value {
+        Some(Scalar(text)) if text.trim().is_empty() => return None,
+        Some(Scalar(text)) => text.trim().to_owned(),
+        None => default?.to_owned(),
+    };
+    match text.parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            c.problem(
+                key,
+                format!(
+                    "{text:?} is not a socket address such as \"0.0.0.0:8086\" (empty turns it off)"
+                ),
+            );
+            None
+        }
+    }
+}
+
+pub(super) fn validate_grpc(c: &mut Checker, raw: &RawSettings, mode: Mode) -> GrpcSettings {
+    c.unknown("grpc.tls", &raw.grpc.tls.unknown);
+    c.unknown("grpc.limits", &raw.grpc.limits.unknown);
+    let listen_text = Checker::text(&raw.grpc.listen, defaults::GRPC_LISTEN);
+    let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
+        c.problem(
+            "grpc.listen",
+            format!("{listen_text:?} is not a socket address such as \"0.0.0.0:50051\""),
+        );
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    });
+    let reflection = c.boolean(
+        "grpc.reflection",
+        &raw.grpc.reflection,
+        mode == Mode::Sandbox,
+    );
+    let t = &raw.grpc.tls;
+    let cert = c.readable_file("grpc.tls.cert_file", &t.cert_file);
+    let key = c.readable_file("grpc.tls.key_file", &t.key_file);
+    let client_ca = c.readable_file("grpc.tls.client_ca_file", &t.client_ca_file);
+    let reload_interval = c.duration(
+        "grpc.tls.reload_interval",
+        &t.reload_interval,
+        defaults::TLS_RELOAD_INTERVAL,
+    );
+    let tls = match (cert, key) {
+        (Some(cert_file), Some(key_file)) => Some(TlsSettings {
+            cert_file,
+            key_file,
+            client_ca_file: client_ca,
+            reload_interval,
+        }),
+        (None, None) => {
+            if client_ca.is_some() {
+                c.problem(
+                    "grpc.tls.client_ca_file",
+                    "needs grpc.tls.cert_file and grpc.tls.key_file (mutual TLS is TLS first)",
+                );
+            }
+            None
+        }
+        (Some(_), None) => {
+            c.problem("grpc.tls.key_file", "required with grpc.tls.cert_file");
+            None
+        }
+        (None, Some(_)) => {
+            c.problem("grpc.tls.cert_file", "required with grpc.tls.key_file");
+            None
+        }
+    };
+    let l = &raw.grpc.limits;
+    let limits = GrpcLimits {
+        max_message_bytes: c.number(
+            "grpc.limits.max_message_bytes",
+            &l.max_message_bytes,
+            defaults::MAX_MESSAGE_BYTES,
+            1024..=4 * 1024 * 1024,
+        ),
+        max_concurrent_streams: c.number(
+            "grpc.limits.max_concurrent_streams",
+            &l.max_concurrent_streams,
+            defaults::MAX_CONCURRENT_STREAMS,
+            1..=10_000,
+        ),
+        max_watch_streams: c.number(
+            "grpc.limits.max_watch_streams",
+            &l.max_watch_streams,
+            defaults::MAX_WATCH_STREAMS,
+            1..=1_000_000,
+        ),
+        max_ingest_streams: c.number(
+            "grpc.limits.max_ingest_streams",
+            &l.max_ingest_streams,
+            defaults::MAX_INGEST_STREAMS,
+            1..=10_000,
+        ),
+        handshake_timeout: c.duration(
+            "grpc.limits.handshake_timeout",
+            &l.handshake_timeout,
+            defaults::HANDSHAKE_TIMEOUT,
+        ),
+        keepalive_interval: c.duration(
+            "grpc.limits.keepalive_interval",
+            &l.keepalive_interval,
+            defaults::KEEPALIVE_INTERVAL,
+        ),
+        keepalive_timeout: c.duration(
+            "grpc.limits.keepalive_timeout",
+            &l.keepalive_timeout,
+            defaults::KEEPALIVE_TIMEOUT,
+        ),
+        default_deadline: c.duration(
+            "grpc.limits.default_deadline",
+            &l.default_deadline,
+            defaults::DEFAULT_DEADLINE,
+        ),
+    };
+    GrpcSettings {
+        listen,
+        reflection,
+        tls,
+        limits,
+    }
+}
+
+pub(super) fn validate_auth(
+    c: &mut Checker,
+    raw: &RawAuth,
+    mode: Mode,
+    grpc: &GrpcSettings,
+) -> AuthSettings {
+    c.unknown("auth", &raw.unknown);
+    let mutual_tls = grpc
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.client_ca_file.is_some());
+    let identity = match Checker::optional(&raw.identity).as_deref() {
+        None if mutual_tls => IdentitySource::Certificate,
+        None => IdentitySource::None,
+        Some("none") => IdentitySource::None,
+        Some("certificate") => IdentitySource::Certificate,
+        Some("mesh_header") => IdentitySource::MeshHeader,
+        Some(other) => {
+            c.problem(
+                "auth.identity",
+                format!(
+                    "{:?} is not an identity source; use \"certificate\", \"mesh_header\" or \"none\"",
+                    super::super::text::excerpt(other)
+                ),
+            );
+            IdentitySource::None
+        }
+    };
+    if identity == IdentitySource::Certificate && !mutual_tls {
+        c.problem(
+            "auth.identity",
+            "\"certificate\" needs mutual TLS: set grpc.tls.cert_file, grpc.tls.key_file and grpc.tls.client_ca_file",
+        );
+    }
+    // A port reachable from other hosts is only acceptable with identified callers: mutual TLS,
+    // or a mesh that terminated it. Loopback (a sidecar, a developer's machine) is the exception.
+    let loopback = grpc.listen.ip().is_loopback();
+    if mode == Mode::Mastercard
+        && grpc.tls.is_some()
+        && !loopback
+        && identity == IdentitySource::None
+    {
+        c.problem(
+            "auth.identity",
+            "mastercard mode on a non-loopback address needs authenticated callers: set grpc.tls.client_ca_file (mutual TLS), or auth.identity = \"mesh_header\" when a service mesh terminates mutual TLS",
+        );
+    }
+    if mode == Mode::Mastercard
+        && grpc.tls.is_none()
+        && !loopback
+        && identity != IdentitySource::MeshHeader
+    {
+        c.problem(
+            "grpc.listen",
+            "a plaintext listener on a non-loopback address is refused in mastercard mode: set grpc.tls.cert_file and grpc.tls.key_file (and client_ca_file), or auth.identity = \"mesh_header\" when a service mesh terminates mutual TLS in front of it",
+        );
+    }
+    let mesh_header = Checker::text(&raw.mesh_header, defaults::MESH_HEADER).to_ascii_lowercase();
+    if tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(mesh_header.as_bytes())
+        .is_err()
+    {
+        c.problem("auth.mesh_header", "is not a valid gRPC metadata name");
+    }
+    let callers = validate_callers(c, raw);
+    match identity {
+        IdentitySource::None if !callers.is_empty() => c.problem(
+            "auth.callers",
+            "a policy needs identified callers: set auth.identity to \"certificate\" or \"mesh_header\"",
+        ),
+        IdentitySource::Certificate | IdentitySource::MeshHeader if callers.is_empty() => c
+            .problem(
+                "auth.callers",
+                "no caller may call anything: add at least one [auth.callers.<name>] with identity and rpcs",
+            ),
+        _ => {}
+    }
+    AuthSettings {
+        identity,
+        mesh_header,
+        callers,
+    }
+}
+
+fn validate_callers(c: &mut Checker, raw: &RawAuth) -> BTreeMap<String, CallerPolicy> {
+    let mut callers = BTreeMap::new();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for (name, caller) in &raw.callers {
+        let key = |leaf: &str| format!("auth.callers.{name}.{leaf}");
+        c.unknown(&format!("auth.callers.{name}"), &caller.unknown);
+        let identity = Checker::optional(&caller.identity).unwrap_or_default();
+        if identity.is_empty() {
+            c.problem(&key("identity"), "required");
+        } else if let Some(other) = seen.insert(identity.clone(), name.clone()) {
+            c.problem(
+                &key("identity"),
+                format!("the same identity is already given to auth.callers.{other}"),
+            );
+        }
+        let mut rpcs = BTreeSet::new();
+        for text in caller.rpcs.as_ref().map(|l| l.0.as_slice()).unwrap_or(&[]) {
+            match Rpc::from_name(text) {
+                Some(rpc) => {
+                    rpcs.insert(rpc);
+                }
+                None => c.problem(
+                    &key("rpcs"),
+                    format!(
+                        "{:?} is not an RPC; use EnrollCard, GetEnrollmentStatus, WatchEnrollment or NotificationIngest",
+                        super::super::text::excerpt(text)
+                    ),
+                ),
+            }
+        }
+        if caller.rpcs.as_ref().is_none_or(|l| l.0.is_empty()) {
+            c.problem(&key("rpcs"), "required: the RPCs this caller may call");
+        }
+        let programs = match caller.programs.as_ref().map(|l| &l.0) {
+            Some(list) if list.iter().any(|p| p == "*") => None,
+            Some(list) => Some(list.iter().cloned().collect::<BTreeSet<_>>()),
+            None => Some(BTreeSet::new()),
+        };
+        if rpcs.contains(&Rpc::EnrollCard) && programs.as_ref().is_some_and(BTreeSet::is_empty) {
+            c.problem(
+                &key("programs"),
+                "required with EnrollCard: the programs it may enroll under (\"*\" for any)",
+            );
+        }
+        callers.insert(
+            name.clone(),
+            CallerPolicy {
+                identity,
+                rpcs,
+                programs,
+            },
+        );
+    }
+    callers
+}
