@@ -204,6 +204,9 @@ NEGATIVE_RENDER: list[tuple[str, list[Callable[[dict[str, Any]], None]], str]] =
      [_without("tls"), _without("auth")], "mastercard mode refuses auth.identity none"),
     ("identity certificate on a plaintext port",
      [_without("tls"), _with("auth.identity", "certificate")], "auth.identity certificate needs client certificates"),
+    ("identity certificate with no callers", [_without("auth")], "auth.callers is empty with auth.identity certificate"),
+    ("identity mesh_header with no callers", [_without("tls"), _without("auth"), _with("auth.identity", "mesh_header")],
+     "auth.callers is empty with auth.identity mesh_header"),
     ("callers with identity none (sandbox)",
      [_with("config.mode", "sandbox"), _without("tls")], "auth.callers is set but auth.identity is none"),
     ("tls.enabled without a certificate source", [_without("tls.existingSecret")], "tls.enabled needs a certificate"),
@@ -240,7 +243,9 @@ NEGATIVE_SCHEMA: list[tuple[str, list[Callable[[dict[str, Any]], None]]]] = [
     ("an unknown key under tls", [_with("tls.cert", "tls.crt")]),
     ("a -bin auth.meshHeader", [_with("auth.meshHeader", "x-caller-bin")]),
     ("a non-integer grpc.limits.max_message_bytes", [_with("config.grpc.limits.max_message_bytes", "16k")]),
-    ("a redis.passwordSecret without key", [_with("redis.passwordSecret", {"name": "redis"})]),
+    ("an unknown redis.ca.source", [_with("redis.ca", {"source": "vault", "name": "redis-ca"})]),
+    ("a caller name that is no TOML bare key", [_with("auth.callers", {"app backend": {
+        "identity": "spiffe://bank.example/x", "rpcs": ["GetEnrollmentStatus"]}})]),
 ]
 
 
@@ -534,7 +539,7 @@ def check_tls(docs: list[tuple[str, dict[str, Any]]], merged: dict[str, Any]) ->
     expect_setting(problems, settings, "grpc.tls.key_file", f"{TLS_DIR}/tls.key")
     expect_setting(problems, settings, "grpc.tls.reload_interval", tls.get("reloadInterval") or None)
     for key, file in (("cert_file", "tls.crt"), ("key_file", "tls.key")):
-        if key in settings.get("grpc.tls.cert_file", "") or f"grpc.tls.{key}" in settings:
+        if f"grpc.tls.{key}" in settings:
             got = mounted_file(docs, settings[f"grpc.tls.{key}"])
             if got != ("secret", secret, file):
                 problems.append(f"grpc.tls.{key} comes from {got}, want {file} of Secret {secret}")
@@ -601,7 +606,10 @@ def check_auth(docs: list[tuple[str, dict[str, Any]]], merged: dict[str, Any]) -
     identity = settings.get("auth.identity") or ("certificate" if "grpc.tls.client_ca_file" in settings else "none")
     if identity != expected_identity(merged):
         problems.append(f"the service would identify callers by {identity}, want {expected_identity(merged)}")
-    if settings["mode"] == "mastercard":
+    loopback = re.match(r"^(127\.[0-9.]+|\[::1\]):[0-9]+$", settings["grpc.listen"])
+    if identity != "none" and not callers:
+        problems.append(f"identity {identity} with no auth.callers (the service refuses it)")
+    if settings["mode"] == "mastercard" and not loopback:
         if identity == "none":
             problems.append("mastercard mode with auth.identity none (the service refuses it)")
         if "grpc.tls.cert_file" not in settings and identity != "mesh_header":
@@ -701,8 +709,23 @@ def check_network_policy(docs: list[tuple[str, dict[str, Any]]], merged: dict[st
     metrics_from = ingress.get(("metrics",), {}).get("from", [])
     if not metrics_from or "namespaceSelector" not in metrics_from[0]:
         problems.append(f"metrics ingress from {metrics_from}")
+    # The plaintext health port: the helm test pod (by its labels) and nodeCidrs only; the
+    # kubelet on the pod's node needs no rule.
+    test_labels = {"app.kubernetes.io/name": f"{RELEASE}-test", "app.kubernetes.io/instance": RELEASE,
+                   "app.kubernetes.io/component": "test"}
+    want_health: list[dict[str, Any]] = []
+    if merged["tests"]["enabled"] and merged["service"]["healthPort"]:
+        want_health.append({"podSelector": {"matchLabels": test_labels}})
+    want_health += [{"ipBlock": {"cidr": c}} for c in merged["networkPolicy"]["ingress"]["health"]["nodeCidrs"]]
+    health_rules = [r for r in np["ingress"] if any(p["port"] in ("health", merged["containerPorts"]["health"]) for p in r.get("ports", []))]
+    health_from = [peer for r in health_rules for peer in r.get("from", [{}])]
+    if health_from != want_health or any(len(r["ports"]) != 1 for r in health_rules):
+        problems.append(f"health ingress from {health_from}, want {want_health}")
+    if any("ports" not in r or "from" not in r for r in np["ingress"]):
+        problems.append("an ingress rule open to every port or every source")
     egress_ports = [sorted((p["port"], p["protocol"]) for p in rule.get("ports", [])) for rule in np["egress"]]
-    want_redis = [(6379, "TCP")] + ([(16379, "TCP")] if merged["config"]["redis"]["cluster"] else [])
+    redis_np = merged["networkPolicy"]["egress"]["redis"]
+    want_redis = [(redis_np["port"], "TCP")] + ([(redis_np["clusterBusPort"], "TCP")] if merged["config"]["redis"]["cluster"] else [])
     if sorted(want_redis) not in egress_ports:
         problems.append(f"no Redis egress on {want_redis}")
     if sorted([(53, "TCP"), (53, "UDP")]) not in egress_ports:
@@ -717,7 +740,9 @@ def check_other_objects(docs: list[tuple[str, dict[str, Any]]], merged: dict[str
     problems = []
     svc = one(docs, "Service")["spec"]
     ports = {p["name"]: (p["port"], p.get("appProtocol")) for p in svc["ports"]}
-    if svc["type"] != "ClusterIP" or ports.get("grpc") != (50051, "grpc") or ports.get("metrics", (None,))[0] != 9464:
+    health_port = merged["service"]["healthPort"]
+    if svc["type"] != "ClusterIP" or ports.get("grpc") != (50051, "grpc") or ports.get("metrics", (None,))[0] != 9464 \
+            or ports.get("health") != ((health_port, "grpc") if health_port else None):
         problems.append(f"Service {svc['type']} {ports}")
     pdb = one(docs, "PodDisruptionBudget")
     if pdb["apiVersion"] != "policy/v1" or pdb["spec"].get("minAvailable") != 1:
@@ -731,8 +756,11 @@ def check_other_objects(docs: list[tuple[str, dict[str, Any]]], merged: dict[str
     (tc,) = test["spec"]["containers"]
     if test["metadata"]["annotations"].get("helm.sh/hook") != "test":
         problems.append("test pod has no helm.sh/hook: test")
-    if tc["image"] != "ghcr.io/grpc-ecosystem/grpc-health-probe:v0.4.28" or f"-addr={RELEASE}:50051" not in tc["args"]:
-        problems.append(f"test pod runs {tc['image']} {tc['args']}")
+    if tc["image"] != "ghcr.io/grpc-ecosystem/grpc-health-probe:v0.4.28" or f"-addr={RELEASE}:{health_port}" not in tc["args"]:
+        problems.append(f"test pod runs {tc['image']} {tc['args']}, want the health port {health_port}")
+    grpc_clients = merged["networkPolicy"]["ingress"]["grpc"]["podSelector"].get("matchLabels", {})
+    if grpc_clients and all(test["metadata"]["labels"].get(k) == v for k, v in grpc_clients.items()):
+        problems.append("test pod carries the gRPC client labels (it needs only the health port)")
     tsc = tc["securityContext"]
     if not (tsc.get("readOnlyRootFilesystem") and tsc.get("runAsNonRoot") and tsc.get("capabilities", {}).get("drop") == ["ALL"]
             and tsc.get("allowPrivilegeEscalation") is False and tsc.get("seccompProfile") == {"type": "RuntimeDefault"}):
@@ -802,18 +830,19 @@ def main() -> int:
                 files = []
                 skipped = []
                 for n, (path, doc) in enumerate(docs):
-                    if doc.get("kind") == "ServiceMonitor":
-                        skipped.append(doc["metadata"]["name"])
+                    if doc.get("kind") in UNVALIDATED_KINDS:
+                        skipped.append(doc)
                         continue
                     f = out / f"{n:02d}-{doc['kind'].lower()}.yaml"
                     f.write_text(yaml.safe_dump(doc, sort_keys=False))
                     files.append(f)
-                kinds = ", ".join(sorted({d["kind"] for _, d in docs if d["kind"] != "ServiceMonitor"}))
+                kinds = ", ".join(sorted({d["kind"] for _, d in docs if d["kind"] not in UNVALIDATED_KINDS}))
                 checks.run(f"{label}: kubernetes-validate --strict {version}: {len(files)} manifests ({kinds})",
                            lambda: kube_validate(files, version))
-                if skipped:
-                    print(f"skip  {label}: ServiceMonitor {', '.join(skipped)} not schema-validated for {version} "
-                          "(kubernetes-validate bundles no schema for the monitoring.coreos.com CRD)")
+                for doc in skipped:
+                    print(f"skip  {label}: {doc['kind']} {doc['metadata']['name']} not schema-validated for {version} "
+                          f"(kubernetes-validate bundles no schema for the {UNVALIDATED_KINDS[doc['kind']]} CRD; "
+                          "checked by hand)")
 
                 pre_stop = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0].get("lifecycle", {}).get("preStop", {})
                 native = tuple(map(int, version.split(".")[:2])) >= (1, 30)
@@ -825,11 +854,24 @@ def main() -> int:
                     continue
                 checks.run(f"{label}: Deployment restricted (readOnlyRootFilesystem, runAsNonRoot, drop ALL, "
                            "seccomp RuntimeDefault) with gRPC probes", lambda: check_deployment(docs, values, merged))
-                checks.run(f"{label}: config.toml has only the service's settings, key files under {KEYS_DIR}",
-                           lambda: check_config(docs, merged))
+                checks.run(f"{label}: config.toml parses as TOML, has only the service's settings, every *_file "
+                           "on a read-only directory mount", lambda: check_config(docs, merged))
+                checks.run(f"{label}: gRPC TLS ({'on' if merged['tls']['enabled'] else 'off'}): grpc.tls.* from "
+                           "the mounted TLS Secret and client CA, cert-manager Certificate",
+                           lambda: check_tls(docs, merged))
+                checks.run(f"{label}: auth identity {expected_identity(merged)} and auth.callers from the values; "
+                           "mastercard refusals honoured", lambda: check_auth(docs, merged))
+                checks.run(f"{label}: fingerprint key and Redis username, password and CA as mounted files",
+                           lambda: check_secret_files(docs, merged))
+                checks.run(f"{label}: health.listen on containerPorts.health; grpc.reflection and grpc.limits "
+                           "passed through", lambda: check_grpc_settings(docs, merged))
+                if label in EXPECTED_SETTINGS:
+                    checks.run(f"{label}: config.toml holds the {len(EXPECTED_SETTINGS[label])} settings listed "
+                               "in EXPECTED_SETTINGS", lambda: check_expected_settings(docs, label))
                 checks.run(f"{label}: no key material (PEM, password value, URL credentials, Secret)",
                            lambda: check_no_key_material(manifests, docs))
-                checks.run(f"{label}: NetworkPolicy (gRPC from clients, metrics from monitoring, Redis, DNS, Mastercard)",
+                checks.run(f"{label}: NetworkPolicy (gRPC from clients, metrics from monitoring, health from "
+                           "the test pod only, Redis, DNS, Mastercard)",
                            lambda: check_network_policy(docs, merged))
                 checks.run(f"{label}: Service, PDB, HPA, ServiceAccount, helm test pod",
                            lambda: check_other_objects(docs, merged))
@@ -839,16 +881,33 @@ def main() -> int:
 
         base = yaml.safe_load((VALUES_DIR / "defaults.yaml").read_text())
 
-        def missing_secret() -> str | None:
+        def changed(changes: list[Callable[[dict[str, Any]], None]]) -> dict[str, Any]:
             values = copy.deepcopy(base)
-            values.pop("keys", None)
+            for change in changes:
+                change(values)
+            return values
+
+        def render_fails(values: dict[str, Any], message: str) -> str | None:
             try:
                 with quiet_stderr():
                     render(chart, values, newest)
             except helm.HelmError as e:
-                return None if MISSING_SECRET_MESSAGE in str(e) else f"failed otherwise: {e}"
+                return None if message in str(e) else f"failed otherwise: {e}"
             return "rendered"
-        checks.run(f"mastercard mode without keys.existingSecret fails: {MISSING_SECRET_MESSAGE!r}", missing_secret)
+
+        def schema_rejects(values: dict[str, Any]) -> str | None:
+            try:
+                chart.validate_schema(values)
+            except Exception:  # noqa: BLE001 - any rejection will do
+                return None
+            return "accepted"
+
+        for name, changes, message in NEGATIVE_RENDER:
+            checks.run(f"expected failure: {name}: {message!r}",
+                       lambda changes=changes, message=message: render_fails(changed(changes), message))
+        for name, changes in NEGATIVE_SCHEMA:
+            checks.run(f"expected schema rejection: {name}",
+                       lambda changes=changes: schema_rejects(changed(changes)))
 
         def sandbox_without_secret() -> str | None:
             docs = documents(render(chart, {"config": {"mode": "sandbox"}}, newest))
@@ -860,16 +919,25 @@ def main() -> int:
             return f"key file settings {files}" if files else None
         checks.run("sandbox mode renders with no keys Secret and no key file settings", sandbox_without_secret)
 
-        def grace_period_guard() -> str | None:
-            values = copy.deepcopy(base)
-            values["terminationGracePeriodSeconds"] = 15
-            try:
-                with quiet_stderr():
-                    render(chart, values, newest)
-            except helm.HelmRenderError as e:
-                return None if "terminationGracePeriodSeconds" in str(e) else str(e)
-            return "rendered"
-        checks.run("terminationGracePeriodSeconds <= preStop sleep + shutdown.grace_period fails", grace_period_guard)
+        def sandbox_tls_only() -> str | None:
+            values = {"config": {"mode": "sandbox"}, "tls": {"enabled": True, "certManager": {
+                "enabled": True, "issuerRef": {"name": "selfsigned", "kind": "ClusterIssuer"}}}}
+            docs = documents(render(chart, values, newest))
+            merged = chart.merge_values(values)
+            settings = settings_of(docs)
+            problems = [p for p in (check_tls(docs, merged), check_auth(docs, merged)) if p]
+            if "grpc.tls.client_ca_file" in settings or "auth.identity" in settings:
+                problems.append("client CA or identity written")
+            return "; ".join(problems) or None
+        checks.run("sandbox mode with cert-manager TLS and no client CA renders (TLS only, identity none)",
+                   sandbox_tls_only)
+
+        def mastercard_loopback() -> str | None:
+            values = changed([_without("tls"), _without("auth"), _with("config.grpc.listen", "127.0.0.1:50051")])
+            docs = documents(render(chart, values, newest))
+            return check_auth(docs, chart.merge_values(values))
+        checks.run("mastercard mode on a loopback gRPC listener renders without a caller identity (as the service "
+                   "allows)", mastercard_loopback)
 
     print(f"chart checks: {checks.passed} passed, {checks.failed} failed")
     return 1 if checks.failed else 0

@@ -180,11 +180,16 @@ Checks of the values that the schema cannot express; fails rendering with a clea
 {{- if and (eq $identity "certificate") (not (include "c2p-enroll.clientCAFile" .)) }}
 {{- fail "auth.identity certificate needs client certificates: set tls.enabled and tls.clientCA" }}
 {{- end }}
-{{- if and (eq $mode "mastercard") (eq $identity "none") }}
+{{- /* As the service: a loopback listener (behind a sidecar) is the one exception. */}}
+{{- $loopback := regexMatch "^(127\\.[0-9.]+|\\[::1\\]):[0-9]+$" (.Values.config.grpc.listen | toString) }}
+{{- if and (eq $mode "mastercard") (eq $identity "none") (not $loopback) }}
 {{- fail "mastercard mode refuses auth.identity none (every caller anonymous): set tls.enabled with tls.clientCA (identity certificate), or auth.identity mesh_header behind a service mesh that terminates mutual TLS" }}
 {{- end }}
 {{- if and (eq $identity "none") .Values.auth.callers }}
 {{- fail "auth.callers is set but auth.identity is none: no caller would ever be identified; set tls.clientCA or auth.identity" }}
+{{- end }}
+{{- if and (ne $identity "none") (not .Values.auth.callers) }}
+{{- fail (printf "auth.callers is empty with auth.identity %s: no caller could call anything; add at least one caller (identity and rpcs)" $identity) }}
 {{- end }}
 {{- $identities := dict }}
 {{- range $name, $caller := .Values.auth.callers }}
