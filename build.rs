@@ -15,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // INVALID_ARGUMENT for undecodable requests (prost's own codec says INTERNAL).
+        .codec_path("crate::grpc::codec::StrictCodec")
         .compile_fds(fds)?;
     Ok(())
 }

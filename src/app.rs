@@ -4,12 +4,14 @@
 
 mod enroll;
 mod error;
+mod fingerprint;
 mod notifications;
 mod status;
 mod watch;
 
 pub use enroll::{ConsumerInput, EnrollCommand};
 pub use error::{AppError, ErrorParts, FieldViolation, Step};
+pub use fingerprint::FingerprintKey;
 pub use notifications::IngestOutcome;
 pub use status::Source;
 
@@ -28,15 +30,18 @@ pub struct AppSettings {
     pub not_enrolled_ttl: Duration,
     /// Idempotency lease.
     pub lease: Duration,
+    /// The key of the idempotency fingerprints.
+    pub fingerprint_key: FingerprintKey,
 }
 
 impl AppSettings {
-    /// From the service settings.
-    pub fn from_settings(settings: &Settings) -> Self {
+    /// From the service settings and the fingerprint key read from `enroll.fingerprint_key_file`.
+    pub fn from_settings(settings: &Settings, fingerprint_key: FingerprintKey) -> Self {
         Self {
             enrollment_ttl: settings.store.enrollment_ttl,
             not_enrolled_ttl: settings.store.not_enrolled_ttl,
             lease: settings.enroll.lease,
+            fingerprint_key,
         }
     }
 }

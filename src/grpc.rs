@@ -1,9 +1,12 @@
 //! The gRPC layer: the `EnrollmentService` implementation (proto ⇄ domain, the one error map).
 
+pub mod auth;
+pub mod codec;
 pub mod convert;
 mod deadline;
 mod service;
 pub mod status;
+pub mod streams;
 pub mod trace;
 
 pub use service::EnrollmentApi;

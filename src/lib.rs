@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod config;
+pub mod devcerts;
 pub mod domain;
 pub mod grpc;
 pub mod health;
@@ -14,3 +15,4 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod text;
+pub mod transport;

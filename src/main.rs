@@ -26,10 +26,18 @@ enum Command {
     Serve,
     /// Run the Mastercard simulator alone (not Mastercard), its keys in a directory.
     Sandbox(SandboxArgs),
+    /// Write a development CA, a localhost server certificate, two client certificates and
+    /// an `mtls.toml` settings file that turns on mutual TLS with them.
+    DevCerts(c2p_enroll::devcerts::DevCertsArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::DevCerts(args)) = &cli.command {
+        return c2p_enroll::devcerts::run(args);
+    }
+    // One TLS implementation for every rustls user in the process (listener, Redis, reqwest).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let settings = match Settings::load(cli.config.as_deref(), config::env_pairs()) {
         Ok(s) => s,
         Err(e) => {
@@ -55,6 +63,7 @@ fn main() -> ExitCode {
     let code = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(run::serve(settings)),
         Command::Sandbox(args) => runtime.block_on(run::sandbox(args)),
+        Command::DevCerts(_) => ExitCode::SUCCESS,
     };
     {
         let _guard = runtime.enter();

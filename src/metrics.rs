@@ -63,6 +63,22 @@ fn describe() {
         "c2p_redis_errors_total",
         "failed Redis operations by operation"
     );
+    metrics::describe_counter!(
+        "c2p_auth_denied_total",
+        "calls refused before any work by RPC and reason (unauthenticated, rpc_not_allowed, program_not_allowed)"
+    );
+    metrics::describe_counter!(
+        "c2p_connections_refused_total",
+        "connections closed before serving: TLS handshake failed or nothing arrived in time"
+    );
+    metrics::describe_counter!(
+        "c2p_tls_reloads_total",
+        "reloads of the gRPC TLS files by result (ok, error)"
+    );
+    metrics::describe_counter!(
+        "c2p_streams_refused_total",
+        "streams refused because the process holds its limit of them, by RPC"
+    );
 }
 
 /// One finished unary call.
@@ -133,6 +149,26 @@ pub fn notification(outcome: &'static str) {
 /// One failed Redis operation.
 pub fn redis_error(operation: &'static str) {
     counter!("c2p_redis_errors_total", "operation" => operation).increment(1);
+}
+
+/// A call refused by the access policy; `reason` is a fixed word.
+pub fn auth_denied(rpc: &'static str, reason: &'static str) {
+    counter!("c2p_auth_denied_total", "rpc" => rpc, "reason" => reason).increment(1);
+}
+
+/// A connection closed before it was served.
+pub fn connection_refused(reason: &'static str) {
+    counter!("c2p_connections_refused_total", "reason" => reason).increment(1);
+}
+
+/// A reload of the TLS files.
+pub fn tls_reload(result: &'static str) {
+    counter!("c2p_tls_reloads_total", "result" => result).increment(1);
+}
+
+/// A stream refused at the per-process limit.
+pub fn stream_refused(rpc: &'static str) {
+    counter!("c2p_streams_refused_total", "rpc" => rpc).increment(1);
 }
 
 /// Serves `GET /metrics` on `listen` until `stop` is cancelled; returns the bound address.

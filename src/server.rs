@@ -1,12 +1,15 @@
 //! The serving process: gRPC listener, health, reflection, store probe and graceful drain.
 
-use crate::app::{App, AppSettings};
+use crate::app::{App, AppSettings, FingerprintKey};
 use crate::config::Settings;
 use crate::grpc::EnrollmentApi;
+use crate::grpc::auth::{AuthLayer, Policy};
+use crate::grpc::streams::StreamLimits;
 use crate::health::{self, HealthGate};
 use crate::mastercard::setup::Upstream;
 use crate::proto::{FILE_DESCRIPTOR_SET, v1::enrollment_service_server::EnrollmentServiceServer};
 use crate::store::{self, EnrollmentStore, StoreError};
+use crate::transport::{self, AcceptLimits, TlsError, TlsReloader};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +17,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::HealthService;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +37,12 @@ pub enum StartError {
     /// The reflection service could not be built from the descriptor sets.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The TLS files could not be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The fingerprint key could not be read.
+    #[error("enroll.fingerprint_key_file: {0}")]
+    FingerprintKey(String),
 }
 
 /// How a drain ended.
@@ -47,6 +57,7 @@ pub enum DrainOutcome {
 /// A started server. Dropping it without [`RunningServer::shutdown`] aborts the serving task.
 pub struct RunningServer {
     local_addr: SocketAddr,
+    health_addr: Option<SocketAddr>,
     health: Arc<HealthGate>,
     drain: CancellationToken,
     stop_accepting: Option<oneshot::Sender<()>>,
@@ -60,6 +71,11 @@ impl RunningServer {
     /// The address the gRPC listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the plaintext health listener, when it is on.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_addr
     }
 
     /// The address of the metrics listener, when it is on.
@@ -115,22 +131,31 @@ impl Drop for RunningServer {
     }
 }
 
-/// Binds `grpc.listen` and serves the enrollment, health and reflection services.
+/// Binds `grpc.listen` (and `health.listen`) and serves the enrollment, health and reflection
+/// services.
 pub async fn start(
     settings: &Settings,
     upstream: Arc<Upstream>,
 ) -> Result<RunningServer, StartError> {
     let store = store::from_settings(settings)?;
+    let limits = &settings.grpc.limits;
+    let drain = CancellationToken::new();
+    let tls = settings
+        .grpc
+        .tls
+        .as_ref()
+        .map(|t| TlsReloader::start(t, drain.clone()))
+        .transpose()?;
     let addr = settings.grpc.listen;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })?;
+    let listener = bind(addr).await?;
     let local_addr = listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
+    let accept = AcceptLimits {
+        handshake_timeout: limits.handshake_timeout,
+    };
 
     let (health_gate, health_service) = HealthGate::new().await;
-    let drain = CancellationToken::new();
     tokio::spawn(health::monitor_store(
         health_gate.clone(),
         store.clone(),
@@ -147,17 +172,31 @@ pub async fn start(
             // google.rpc error details, so that grpcurl can show ErrorInfo, RetryInfo, BadRequest.
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let (reflection_v1, reflection_v1alpha) = if settings.grpc.reflection {
+        (
+            Some(reflection().build_v1()?),
+            Some(reflection().build_v1alpha()?),
+        )
+    } else {
+        (None, None)
+    };
+    let fingerprint_key = match &settings.enroll.fingerprint_key_file {
+        Some(path) => FingerprintKey::from_file(path).map_err(StartError::FingerprintKey)?,
+        None => FingerprintKey::generate(),
+    };
 
     let app = Arc::new(App::new(
         store.clone(),
         upstream,
-        AppSettings::from_settings(settings),
+        AppSettings::from_settings(settings, fingerprint_key),
     ));
-    let api = EnrollmentApi::new(app, settings.auth.mesh_header.clone(), drain.clone());
+    let api = EnrollmentApi::new(
+        app,
+        drain.clone(),
+        StreamLimits::new(limits.max_watch_streams, limits.max_ingest_streams),
+        limits.default_deadline,
+    );
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let metrics = match settings.metrics.listen {
         Some(listen) => {
             crate::metrics::handle();
@@ -172,19 +211,46 @@ pub async fn start(
         }
         None => None,
     };
+    let health_addr = match settings.health.listen {
+        Some(listen) => {
+            Some(serve_health(listen, health_service.clone(), accept, drain.clone()).await?)
+        }
+        None => None,
+    };
+    let enrollment =
+        EnrollmentServiceServer::new(api).max_decoding_message_size(limits.max_message_bytes);
     let router = tonic::transport::Server::builder()
         .trace_fn(crate::grpc::trace::rpc_span)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .layer(AuthLayer::new(Policy::from_settings(&settings.auth)))
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(EnrollmentServiceServer::new(api));
+        .add_service(enrollment)
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha);
+    let incoming = transport::incoming(listener, tls, accept);
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;
     }));
 
-    tracing::info!(addr = %local_addr, store = store.kind(), "gRPC listening");
+    if settings.auth.identity == crate::config::IdentitySource::None {
+        tracing::warn!(
+            "auth.identity = none: every caller is anonymous and may call every RPC (acceptable on loopback only)"
+        );
+    }
+    tracing::info!(
+        addr = %local_addr,
+        store = store.kind(),
+        tls = settings.grpc.tls.is_some(),
+        mutual_tls = settings.grpc.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()),
+        identity = ?settings.auth.identity,
+        health = ?health_addr,
+        "gRPC listening"
+    );
     Ok(RunningServer {
         local_addr,
+        health_addr,
         health: health_gate,
         drain,
         stop_accepting: Some(stop_tx),
@@ -193,4 +259,32 @@ pub async fn start(
         store,
         metrics,
     })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// The plaintext health-only listener for kubelet probes (which cannot speak TLS); it ends
+/// when `drain` is cancelled, after health has turned NOT_SERVING.
+async fn serve_health(
+    listen: SocketAddr,
+    service: HealthServer<HealthService>,
+    accept: AcceptLimits,
+    drain: CancellationToken,
+) -> Result<SocketAddr, StartError> {
+    let listener = bind(listen).await?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let incoming = transport::incoming(listener, None, accept);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, drain.cancelled_owned()),
+    );
+    Ok(addr)
 }

@@ -64,10 +64,11 @@ impl EnrollCommand {
         format!("{}\u{0}{}", self.caller, self.idempotency_key)
     }
 
-    /// SHA-256 of the request's canonical JSON (everything but caller and key).
-    fn fingerprint(&self) -> String {
+    /// HMAC-SHA256 of the request's canonical JSON (everything but caller and key): the record
+    /// holds e-mail and address, and a bare hash of them could be reversed by a dictionary.
+    fn fingerprint(&self, key: &super::FingerprintKey) -> String {
         let json = serde_json::to_vec(self).unwrap_or_default();
-        hex::encode(openssl::sha::sha256(&json))
+        key.fingerprint(&json)
     }
 }
 
@@ -149,7 +150,7 @@ impl App {
     ) -> Result<EnrollmentRecord, AppError> {
         let now = now_ms();
         let proposal = IdempotencyRecord {
-            fingerprint: cmd.fingerprint(),
+            fingerprint: cmd.fingerprint(&self.settings.fingerprint_key),
             phase: Phase::Started,
             src_correlation_id: cmd
                 .src_correlation_id

@@ -10,6 +10,14 @@ use crate::mastercard::processing::types::BillingAddress;
 use crate::proto::v1 as pb;
 
 const MAX_TEXT: usize = 255;
+/// Program names are configuration keys: short, no spaces.
+const MAX_PROGRAM: usize = 64;
+/// MDES token requestor ids are 11 digits; wallet names are short labels.
+const MAX_TOKEN_REQUESTOR_ID: usize = 11;
+const MAX_WALLET_NAME: usize = 64;
+const MAX_TOKEN_REFERENCE: usize = 64;
+/// The last second a `google.protobuf.Timestamp` may hold (9999-12-31T23:59:59Z).
+const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
 
 #[derive(Default)]
 struct Violations(Vec<FieldViolation>);
@@ -22,11 +30,20 @@ impl Violations {
         });
     }
 
+    /// Free text (names, address lines): bounded, and no control characters.
     fn max_len(&mut self, field: &str, value: &str, max: usize) {
         if value.chars().count() > max {
             self.add(field, format!("must be at most {max} characters"));
+        } else if crate::text::has_control(value) {
+            self.add(field, "must not contain control characters");
         }
     }
+}
+
+fn is_program_name(s: &str) -> bool {
+    s.len() <= MAX_PROGRAM
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -76,17 +93,25 @@ pub fn enroll_command(
 ) -> Result<EnrollCommand, Vec<FieldViolation>> {
     let mut v = Violations::default();
     let key_len = req.idempotency_key.chars().count();
-    if key_len == 0 || key_len > MAX_TEXT {
-        v.add("idempotency_key", "required, 1 to 255 characters");
+    if key_len == 0 || key_len > MAX_TEXT || crate::text::has_control(&req.idempotency_key) {
+        v.add(
+            "idempotency_key",
+            "required, 1 to 255 characters without control characters",
+        );
     }
     let card = CardContractId::new(req.card_contract_id);
     if card.is_none() {
         v.add("card_contract_id", "required, from 1 to 99999999999999");
     }
-    if !has_program(&req.program) {
+    if !is_program_name(&req.program) {
         v.add(
             "program",
-            format!("{:?} is not a configured program", req.program),
+            "must be a program name: at most 64 letters, digits, '_', '-' or '.'",
+        );
+    } else if !has_program(&req.program) {
+        v.add(
+            "program",
+            format!("\"{}\" is not a configured program", req.program),
         );
     }
     let consumer = match req.consumer {
@@ -123,7 +148,7 @@ pub fn enroll_command(
 fn consumer(v: &mut Violations, c: pb::Consumer) -> ConsumerInput {
     let email = non_empty(&c.email);
     if let Some(e) = &email
-        && (!is_email(e) || e.len() > MAX_TEXT)
+        && (!is_email(e) || e.len() > MAX_TEXT || crate::text::has_control(e))
     {
         v.add(
             "consumer.email",
@@ -216,12 +241,30 @@ pub fn card_id(id: i64) -> Result<CardContractId, Vec<FieldViolation>> {
 /// A notification, validated; `Err` is the REJECTED message.
 pub fn token_event(n: &pb::NotificationIngestRequest) -> Result<TokenEvent, String> {
     let mut problems = Vec::new();
-    if n.notification_id.trim().is_empty() || n.notification_id.chars().count() > MAX_TEXT {
-        problems.push("notification_id is required (1 to 255 characters)".to_owned());
+    if n.notification_id.trim().is_empty()
+        || n.notification_id.chars().count() > MAX_TEXT
+        || crate::text::has_control(&n.notification_id)
+    {
+        problems.push(
+            "notification_id is required (1 to 255 characters without control characters)"
+                .to_owned(),
+        );
     }
     let event_at_ms = match &n.event_time {
-        Some(t) if t.seconds > 0 => t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000),
-        _ => {
+        Some(t)
+            if t.seconds > 0
+                && t.seconds <= MAX_TIMESTAMP_SECONDS
+                && (0..1_000_000_000).contains(&t.nanos) =>
+        {
+            t.seconds * 1000 + i64::from(t.nanos / 1_000_000)
+        }
+        Some(_) => {
+            problems.push(
+                "event_time must be a valid timestamp after 1970 and before year 10000".to_owned(),
+            );
+            0
+        }
+        None => {
             problems.push("event_time is required".to_owned());
             0
         }
@@ -271,6 +314,12 @@ pub fn token_event(n: &pb::NotificationIngestRequest) -> Result<TokenEvent, Stri
             if status.is_none() {
                 problems.push("token_status_changed.status is required".to_owned());
             }
+            if e.reason.chars().count() > MAX_TEXT || crate::text::has_control(&e.reason) {
+                problems.push(
+                    "token_status_changed.reason must be at most 255 characters without control characters"
+                        .to_owned(),
+                );
+            }
             (
                 e.card_contract_id,
                 &e.token_unique_reference,
@@ -284,11 +333,29 @@ pub fn token_event(n: &pb::NotificationIngestRequest) -> Result<TokenEvent, Stri
     if card.is_none() {
         problems.push("card_contract_id must be from 1 to 99999999999999".to_owned());
     }
-    if tur.trim().is_empty() || tur.len() > 64 {
-        problems.push("token_unique_reference is required (at most 64 characters)".to_owned());
+    let reference_ok = |s: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+    };
+    if tur.trim().is_empty() || tur.len() > MAX_TOKEN_REFERENCE || !reference_ok(tur) {
+        problems.push(
+            "token_unique_reference is required (at most 64 letters, digits, '_' or '-')"
+                .to_owned(),
+        );
     }
-    if trid.trim().is_empty() || wallet.trim().is_empty() {
-        problems.push("token_requestor_id and wallet_name are required".to_owned());
+    if trid.is_empty()
+        || trid.len() > MAX_TOKEN_REQUESTOR_ID
+        || !trid.chars().all(|c| c.is_ascii_digit())
+    {
+        problems.push("token_requestor_id is required (at most 11 digits)".to_owned());
+    }
+    if wallet.trim().is_empty()
+        || wallet.chars().count() > MAX_WALLET_NAME
+        || crate::text::has_control(wallet)
+    {
+        problems.push(
+            "wallet_name is required (at most 64 characters without control characters)".to_owned(),
+        );
     }
     match (problems.is_empty(), card, kind) {
         (true, Some(card_contract_id), Some(kind)) => Ok(TokenEvent {

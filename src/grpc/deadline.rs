@@ -1,4 +1,5 @@
-//! The caller's deadline from the `grpc-timeout` header, which bounds all upstream work.
+//! The caller's deadline from the `grpc-timeout` header, which bounds all upstream work; a call
+//! without one gets the server's default (`grpc.limits.default_deadline`).
 
 use std::time::Duration;
 use tokio::time::Instant;
@@ -6,8 +7,13 @@ use tokio::time::Instant;
 /// Time kept back to answer before the caller gives up.
 const MARGIN: Duration = Duration::from_millis(100);
 
+/// The deadline of a request: the caller's, or `default` from now when it set none.
+pub fn of<T>(request: &tonic::Request<T>, default: Duration) -> Option<Instant> {
+    Some(caller_deadline(request).unwrap_or_else(|| Instant::now() + default))
+}
+
 /// The deadline of a request, if the caller set one.
-pub fn of<T>(request: &tonic::Request<T>) -> Option<Instant> {
+fn caller_deadline<T>(request: &tonic::Request<T>) -> Option<Instant> {
     let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
     let (amount, unit) = value.split_at(value.len().checked_sub(1)?);
     let amount: u64 = amount.parse().ok()?;
@@ -33,7 +39,7 @@ mod tests {
             let mut r = tonic::Request::new(());
             r.metadata_mut()
                 .insert("grpc-timeout", value.parse().unwrap());
-            let left = of(&r).unwrap() - Instant::now();
+            let left = of(&r, Duration::from_secs(3600)).unwrap() - Instant::now();
             assert!(
                 left <= Duration::from_millis(expected)
                     && left > Duration::from_millis(expected - 200),
@@ -43,6 +49,8 @@ mod tests {
         let mut r = tonic::Request::new(());
         r.metadata_mut()
             .insert("grpc-timeout", "soon".parse().unwrap());
-        assert!(of(&r).is_none());
+        assert!(caller_deadline(&r).is_none());
+        let left = of(&r, Duration::from_secs(30)).unwrap() - Instant::now();
+        assert!(left <= Duration::from_secs(30) && left > Duration::from_secs(29));
     }
 }

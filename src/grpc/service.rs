@@ -1,8 +1,11 @@
 //! `c2p.enrollment.v1.EnrollmentService`: each handler converts, calls the app, and maps errors
 //! in one place. Spans skip the arguments and record chosen fields only.
 
+use super::auth::{Caller, Denied};
+use super::streams::StreamLimits;
 use super::{convert, deadline, status, trace};
 use crate::app::{App, AppError, IngestOutcome, Source};
+use crate::config::Rpc;
 use crate::metrics;
 use crate::proto::v1::{
     EnrollCardRequest, EnrollCardResponse, GetEnrollmentStatusRequest, GetEnrollmentStatusResponse,
@@ -28,30 +31,41 @@ const INGEST_WINDOW: usize = 32;
 #[derive(Clone)]
 pub struct EnrollmentApi {
     app: Arc<App>,
-    caller_header: String,
     drain: CancellationToken,
+    streams: StreamLimits,
+    default_deadline: std::time::Duration,
 }
 
 impl EnrollmentApi {
     /// The service over the app; `drain` is cancelled when the server starts draining, which ends
-    /// the long-lived streams.
-    pub fn new(app: Arc<App>, caller_header: String, drain: CancellationToken) -> Self {
+    /// the long-lived streams; `streams` caps them; `default_deadline` bounds unary calls that
+    /// bring no deadline.
+    pub fn new(
+        app: Arc<App>,
+        drain: CancellationToken,
+        streams: StreamLimits,
+        default_deadline: std::time::Duration,
+    ) -> Self {
         Self {
             app,
-            caller_header,
             drain,
+            streams,
+            default_deadline,
         }
     }
+}
 
-    fn caller<T>(&self, request: &Request<T>) -> String {
-        request
-            .metadata()
-            .get(self.caller_header.as_str())
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty())
-            .unwrap_or("default")
-            .to_owned()
-    }
+/// The caller named by the auth layer. Every route of the service sits behind that layer, so
+/// a request without one was not checked and is refused.
+fn caller<T>(request: &Request<T>, rpc: Rpc) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| {
+            Denied::Unauthenticated.record(rpc, None);
+            Denied::Unauthenticated.status(rpc)
+        })
 }
 
 fn ingest_response(
@@ -98,6 +112,8 @@ impl EnrollmentService for EnrollmentApi {
         &self,
         request: Request<Streaming<NotificationIngestRequest>>,
     ) -> Result<Response<Self::NotificationIngestStream>, Status> {
+        caller(&request, Rpc::NotificationIngest)?;
+        let permit = self.streams.ingest()?;
         let app = self.app.clone();
         let rpc_span = tracing::Span::current();
         let open = metrics::OpenStream::open("NotificationIngest");
@@ -118,7 +134,9 @@ impl EnrollmentService for EnrollmentApi {
                         Err(why) => {
                             tracing::Span::current().record("outcome", "rejected");
                             metrics::notification("rejected");
-                            return Ok(ingest_response(n.notification_id, NotificationOutcome::Rejected, why));
+                            // An id over its bound is not echoed whole.
+                            let id: String = n.notification_id.chars().take(255).collect();
+                            return Ok(ingest_response(id, NotificationOutcome::Rejected, why));
                         }
                     };
                     tracing::Span::current().record("card", event.card_contract_id.get());
@@ -136,9 +154,9 @@ impl EnrollmentService for EnrollmentApi {
                 .instrument(span)
             })
             .buffer_unordered(INGEST_WINDOW)
-            // The gauge counts the stream until it is dropped.
+            // The gauge and the permit count the stream until it is dropped.
             .map(move |item| {
-                let _ = &open;
+                let _ = (&open, &permit);
                 item
             });
         Ok(Response::new(Box::pin(output)))
@@ -167,9 +185,11 @@ impl EnrollmentApi {
         &self,
         request: Request<WatchEnrollmentRequest>,
     ) -> Result<Response<ResponseStream<WatchEnrollmentResponse>>, Status> {
+        caller(&request, Rpc::WatchEnrollment)?;
         let card = convert::card_id(request.get_ref().card_contract_id)
             .map_err(|v| status::to_status(&AppError::InvalidArgument(v)))?;
         tracing::Span::current().record("card", card.get());
+        let permit = self.streams.watch()?;
         let (current, changes) = self
             .app
             .watch(card)
@@ -188,7 +208,7 @@ impl EnrollmentApi {
         let stream = futures::stream::once(async move { current })
             .chain(changes)
             .map(move |record| {
-                let _ = &open;
+                let _ = (&open, &permit);
                 Ok(WatchEnrollmentResponse {
                     enrollment: Some(convert::enrollment(&record, Source::Store)),
                 })
@@ -202,10 +222,18 @@ impl EnrollmentApi {
         &self,
         request: Request<EnrollCardRequest>,
     ) -> Result<Response<EnrollCardResponse>, Status> {
-        let deadline = deadline::of(&request);
-        let caller = self.caller(&request);
+        let deadline = deadline::of(&request, self.default_deadline);
+        let caller = caller(&request, Rpc::EnrollCard)?;
+        // Before anything else: a caller that may not use this program learns nothing more.
+        if !caller.may_enroll(&request.get_ref().program) {
+            Denied::ProgramNotAllowed.record(Rpc::EnrollCard, Some(&caller.identity));
+            return Err(Denied::ProgramNotAllowed.status(Rpc::EnrollCard));
+        }
         let app = self.app.clone();
-        let command = convert::enroll_command(request.into_inner(), caller, |p| app.has_program(p))
+        let command =
+            convert::enroll_command(request.into_inner(), caller.identity.to_string(), |p| {
+                app.has_program(p)
+            })
             .map_err(|v| status::to_status(&AppError::InvalidArgument(v)))?;
         let span = tracing::Span::current();
         span.record("card", command.card_contract_id.get());
@@ -230,7 +258,8 @@ impl EnrollmentApi {
         &self,
         request: Request<GetEnrollmentStatusRequest>,
     ) -> Result<Response<GetEnrollmentStatusResponse>, Status> {
-        let deadline = deadline::of(&request);
+        let deadline = deadline::of(&request, self.default_deadline);
+        caller(&request, Rpc::GetEnrollmentStatus)?;
         let req = request.into_inner();
         let card = convert::card_id(req.card_contract_id)
             .map_err(|v| status::to_status(&AppError::InvalidArgument(v)))?;

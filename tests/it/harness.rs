@@ -234,9 +234,21 @@ pub fn settings(extra: &[(&str, &str)]) -> Settings {
         ("C2P_REDIS__CONNECT_TIMEOUT".into(), "300ms".into()),
         ("C2P_REDIS__RESPONSE_TIMEOUT".into(), "300ms".into()),
         ("C2P_SHUTDOWN__GRACE_PERIOD".into(), "3s".into()),
+        // One key for every instance, so that replicas agree on idempotency fingerprints.
+        (
+            "C2P_ENROLL__FINGERPRINT_KEY_FILE".into(),
+            fixture("keys/fingerprint.key").display().to_string(),
+        ),
     ];
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     Settings::load(None, env).expect("test settings are valid")
+}
+
+/// A file under `tests/fixtures`.
+pub fn fixture(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(path)
 }
 
 /// Generating RSA keys is slow in debug builds: one set of simulator keys per test binary.
@@ -311,6 +323,14 @@ pub async fn connect(addr: SocketAddr) -> Channel {
         .expect("connect to the service")
 }
 
+/// A channel to `addr` that connects on first use (for addresses that may refuse).
+pub fn connect_lazy(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("valid uri")
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy()
+}
+
 /// The health status of `service` ("" for the whole server).
 pub async fn health_status(client: &mut HealthClient<Channel>, service: &str) -> ServingStatus {
     let response = client
@@ -378,6 +398,11 @@ impl ServiceProcess {
             stderr,
             reader: Some(reader),
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Everything the process wrote to stderr so far.

@@ -95,6 +95,10 @@ fn mastercard_env(password_file: &str) -> Vec<(String, String)> {
     let mut env = vec![
         ("C2P_MODE".to_string(), "mastercard".to_string()),
         ("C2P_GRPC__LISTEN".into(), "127.0.0.1:0".into()),
+        (
+            "C2P_ENROLL__FINGERPRINT_KEY_FILE".into(),
+            fixture("fingerprint.key"),
+        ),
     ];
     for api in ["PROCESSING", "ENROLL"] {
         let p = |k: &str| format!("C2P_MASTERCARD__{api}__{k}");
@@ -148,4 +152,33 @@ async fn a_wrong_key_password_names_the_file_and_stops_the_service() {
         "{stderr}"
     );
     assert!(!stderr.contains("gRPC listening"), "{stderr}");
+}
+
+#[tokio::test]
+async fn mastercard_mode_refuses_a_plaintext_listener_beyond_loopback() {
+    let mut env = mastercard_env(&fixture("signing.password"));
+    env.retain(|(k, _)| k != "C2P_GRPC__LISTEN");
+    env.push(("C2P_GRPC__LISTEN".into(), "0.0.0.0:0".into()));
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut process = ServiceProcess::spawn(&[], &pairs);
+    let status = process.wait(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(2));
+    let stderr = process.stderr();
+    assert!(
+        stderr.contains("grpc.listen")
+            && stderr.contains("plaintext listener on a non-loopback address"),
+        "{stderr}"
+    );
+    // Saying that a mesh terminates mutual TLS (and names the callers) lets it start.
+    let mut mesh = pairs.clone();
+    mesh.extend([
+        ("C2P_AUTH__IDENTITY", "mesh_header"),
+        (
+            "C2P_AUTH__CALLERS__APP__IDENTITY",
+            "spiffe://bank.test/sa/app",
+        ),
+        ("C2P_AUTH__CALLERS__APP__RPCS", "GetEnrollmentStatus"),
+    ]);
+    let mut process = ServiceProcess::spawn(&[], &mesh);
+    process.listening_addr().await;
 }

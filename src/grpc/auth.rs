@@ -1,0 +1,363 @@
+//! Who is calling, and may they: a tower layer in front of the enrollment service that names
+//! the caller (client certificate, or a trusted mesh header) and checks the RPC against the
+//! policy before any handler runs, so a refused call costs no upstream call and no store write.
+//! The program check of `EnrollCard` needs the decoded request and happens in its handler.
+
+use crate::app::ErrorParts;
+use crate::config::{AuthSettings, IdentitySource, Rpc};
+use crate::transport::Peer;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// The caller of a request, put in its extensions by [`AuthLayer`].
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The identity (SPIFFE id, DNS name, mesh header value, or `anonymous`).
+    pub identity: Arc<str>,
+    /// The programs it may enroll under; `None` = any.
+    programs: Option<Arc<BTreeSet<String>>>,
+}
+
+/// The identity of every caller when nobody is identified (`auth.identity = none`).
+pub const ANONYMOUS: &str = "anonymous";
+
+impl Caller {
+    /// Whether this caller may enroll under `program` (the configured name; empty = default).
+    pub fn may_enroll(&self, program: &str) -> bool {
+        let program = if program.is_empty() {
+            crate::config::DEFAULT_PROGRAM
+        } else {
+            program
+        };
+        self.programs.as_ref().is_none_or(|p| p.contains(program))
+    }
+}
+
+/// Why a call is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// No identity, or one the policy does not know.
+    Unauthenticated,
+    /// A known identity that may not call this RPC.
+    RpcNotAllowed,
+    /// A known identity that may not enroll under this program.
+    ProgramNotAllowed,
+}
+
+impl Denied {
+    /// The metric label and log word.
+    pub fn name(self) -> &'static str {
+        match self {
+            Denied::Unauthenticated => "unauthenticated",
+            Denied::RpcNotAllowed => "rpc_not_allowed",
+            Denied::ProgramNotAllowed => "program_not_allowed",
+        }
+    }
+
+    /// The status: `UNAUTHENTICATED` or `PERMISSION_DENIED`, with an `ErrorInfo`.
+    pub fn status(self, rpc: Rpc) -> tonic::Status {
+        let (code, reason, message) = match self {
+            Denied::Unauthenticated => (
+                tonic::Code::Unauthenticated,
+                "CALLER_UNKNOWN",
+                "the caller's identity is missing or not in the access policy",
+            ),
+            Denied::RpcNotAllowed => (
+                tonic::Code::PermissionDenied,
+                "RPC_NOT_ALLOWED",
+                "the access policy does not allow this caller this RPC",
+            ),
+            Denied::ProgramNotAllowed => (
+                tonic::Code::PermissionDenied,
+                "PROGRAM_NOT_ALLOWED",
+                "the access policy does not allow this caller to enroll under this program",
+            ),
+        };
+        super::status::from_parts(ErrorParts {
+            code: code as i32,
+            reason: reason.into(),
+            message: message.into(),
+            metadata: BTreeMap::from([("rpc".to_owned(), rpc.name().to_owned())]),
+            retry_after: None,
+            violations: Vec::new(),
+            enrollment: None,
+        })
+    }
+
+    /// Logs and counts the refusal; the identity is quoted bounded and escaped.
+    pub fn record(self, rpc: Rpc, identity: Option<&str>) {
+        crate::metrics::auth_denied(rpc.name(), self.name());
+        tracing::warn!(
+            identity = identity
+                .map(crate::text::excerpt)
+                .as_deref()
+                .unwrap_or("(none)"),
+            rpc = rpc.name(),
+            reason = self.name(),
+            "call refused by the access policy"
+        );
+    }
+}
+
+/// What one identity may do: its RPCs and its programs (`None` = any).
+type Grant = (BTreeSet<Rpc>, Option<Arc<BTreeSet<String>>>);
+
+/// The access policy, from `auth.*`.
+#[derive(Debug)]
+pub struct Policy {
+    source: IdentitySource,
+    mesh_header: String,
+    callers: HashMap<String, Grant>,
+}
+
+impl Policy {
+    /// The policy of the settings.
+    pub fn from_settings(auth: &AuthSettings) -> Self {
+        Self {
+            source: auth.identity,
+            mesh_header: auth.mesh_header.clone(),
+            callers: auth
+                .callers
+                .values()
+                .map(|c| {
+                    (
+                        c.identity.clone(),
+                        (c.rpcs.clone(), c.programs.clone().map(Arc::new)),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Decides a call of `rpc` from `peer` with `headers`.
+    pub fn decide(
+        &self,
+        rpc: Rpc,
+        peer: Option<&Peer>,
+        headers: &http::HeaderMap,
+    ) -> Result<Caller, (Denied, Option<String>)> {
+        let identity: Option<String> = match self.source {
+            IdentitySource::None => {
+                return Ok(Caller {
+                    identity: Arc::from(ANONYMOUS),
+                    programs: None,
+                });
+            }
+            IdentitySource::Certificate => {
+                peer.and_then(|p| p.identity.as_deref().map(str::to_owned))
+            }
+            // Only a mesh that strips the header from what callers send may be trusted with it.
+            IdentitySource::MeshHeader => headers
+                .get(self.mesh_header.as_str())
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned),
+        };
+        let Some(identity) = identity else {
+            return Err((Denied::Unauthenticated, None));
+        };
+        match self.callers.get(&identity) {
+            None => Err((Denied::Unauthenticated, Some(identity))),
+            Some((rpcs, _)) if !rpcs.contains(&rpc) => Err((Denied::RpcNotAllowed, Some(identity))),
+            Some((_, programs)) => Ok(Caller {
+                identity: Arc::from(identity),
+                programs: programs.clone(),
+            }),
+        }
+    }
+}
+
+/// Applies a [`Policy`] to the enrollment service's calls; health and reflection pass.
+#[derive(Clone)]
+pub struct AuthLayer(Arc<Policy>);
+
+impl AuthLayer {
+    /// The layer of `policy`.
+    pub fn new(policy: Policy) -> Self {
+        Self(Arc::new(policy))
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth {
+            inner,
+            policy: self.0.clone(),
+        }
+    }
+}
+
+/// The service of [`AuthLayer`].
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    policy: Arc<Policy>,
+}
+
+/// The path prefix of the enrollment service's methods.
+const PREFIX: &str = "/c2p.enrollment.v1.EnrollmentService/";
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for Auth<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        // The clone that was made ready is the one that serves this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let rpc = request
+            .uri()
+            .path()
+            .strip_prefix(PREFIX)
+            .and_then(Rpc::from_name);
+        let Some(rpc) = rpc else {
+            // Health, reflection, and unknown methods (tonic answers UNIMPLEMENTED).
+            return Box::pin(inner.call(request));
+        };
+        let decision =
+            self.policy
+                .decide(rpc, request.extensions().get::<Peer>(), request.headers());
+        match decision {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                Box::pin(inner.call(request))
+            }
+            Err((denied, identity)) => {
+                denied.record(rpc, identity.as_deref());
+                let response = denied.status(rpc).into_http::<ResBody>();
+                Box::pin(std::future::ready(Ok(response)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CallerPolicy;
+
+    fn settings(source: IdentitySource) -> AuthSettings {
+        let caller = |identity: &str, rpcs: &[Rpc], programs: Option<&[&str]>| CallerPolicy {
+            identity: identity.into(),
+            rpcs: rpcs.iter().copied().collect(),
+            programs: programs.map(|p| p.iter().map(|s| s.to_string()).collect()),
+        };
+        AuthSettings {
+            identity: source,
+            mesh_header: "x-c2p-caller".into(),
+            callers: BTreeMap::from([
+                (
+                    "app".to_owned(),
+                    caller("spiffe://bank/app", &[Rpc::EnrollCard], Some(&["default"])),
+                ),
+                (
+                    "gw".to_owned(),
+                    caller("spiffe://bank/gw", &[Rpc::NotificationIngest], None),
+                ),
+            ]),
+        }
+    }
+
+    fn peer(identity: Option<&str>) -> Peer {
+        Peer {
+            remote: "127.0.0.1:1".parse().unwrap(),
+            identity: identity.map(Arc::from),
+        }
+    }
+
+    #[test]
+    fn certificate_identities_are_checked_against_the_policy() {
+        let policy = Policy::from_settings(&settings(IdentitySource::Certificate));
+        let none = http::HeaderMap::new();
+        let app = policy
+            .decide(
+                Rpc::EnrollCard,
+                Some(&peer(Some("spiffe://bank/app"))),
+                &none,
+            )
+            .unwrap();
+        assert!(app.may_enroll("") && app.may_enroll("default") && !app.may_enroll("other"));
+        let denied =
+            |rpc, p: Option<&str>| policy.decide(rpc, Some(&peer(p)), &none).unwrap_err().0;
+        assert_eq!(
+            denied(Rpc::NotificationIngest, Some("spiffe://bank/app")),
+            Denied::RpcNotAllowed
+        );
+        assert_eq!(
+            denied(Rpc::EnrollCard, Some("spiffe://bank/other")),
+            Denied::Unauthenticated
+        );
+        assert_eq!(denied(Rpc::EnrollCard, None), Denied::Unauthenticated);
+        // The mesh header is not a source of identity in certificate mode.
+        let mut forged = http::HeaderMap::new();
+        forged.insert("x-c2p-caller", "spiffe://bank/app".parse().unwrap());
+        assert_eq!(
+            policy
+                .decide(Rpc::EnrollCard, Some(&peer(None)), &forged)
+                .unwrap_err()
+                .0,
+            Denied::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn mesh_header_mode_reads_only_the_header() {
+        let policy = Policy::from_settings(&settings(IdentitySource::MeshHeader));
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-c2p-caller", "spiffe://bank/gw".parse().unwrap());
+        let gw = policy
+            .decide(
+                Rpc::NotificationIngest,
+                Some(&peer(Some("spiffe://bank/app"))),
+                &headers,
+            )
+            .unwrap();
+        assert_eq!(&*gw.identity, "spiffe://bank/gw");
+        assert!(gw.may_enroll("anything"));
+        assert_eq!(
+            policy
+                .decide(
+                    Rpc::EnrollCard,
+                    Some(&peer(Some("spiffe://bank/app"))),
+                    &http::HeaderMap::new()
+                )
+                .unwrap_err()
+                .0,
+            Denied::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn no_identity_source_makes_everyone_anonymous() {
+        let policy = Policy::from_settings(&AuthSettings {
+            callers: BTreeMap::new(),
+            ..settings(IdentitySource::None)
+        });
+        let c = policy
+            .decide(Rpc::NotificationIngest, None, &http::HeaderMap::new())
+            .unwrap();
+        assert_eq!(&*c.identity, ANONYMOUS);
+    }
+}

@@ -1,0 +1,469 @@
+//! Access control over real TLS handshakes: certificates from a CA made here, the service's
+//! rustls listener, a tonic TLS client, the simulator and a real Redis. Each refused call is
+//! shown to have cost no Mastercard request and no Redis key.
+
+use crate::flows::request;
+use crate::harness::{RedisServer, TestService, settings, start_sandbox};
+use c2p_enroll::devcerts::{DevCa, Issued};
+use c2p_enroll::proto::v1::{
+    GetEnrollmentStatusRequest, NotificationIngestRequest, WatchEnrollmentRequest,
+    enrollment_service_client::EnrollmentServiceClient,
+};
+use c2p_enroll::sandbox::faults::Route;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic_types::StatusExt as _;
+
+const APP: &str = "spiffe://bank.test/ns/payments/sa/app-backend";
+const GATEWAY: &str = "spiffe://bank.test/ns/payments/sa/notification-gateway";
+const STRANGER: &str = "spiffe://bank.test/ns/other/sa/stranger";
+
+/// A CA, the server's certificate and key on disk, and the service settings for mutual TLS with
+/// a policy: the app backend enrolls/reads/watches under `default`, the gateway only ingests.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: DevCa,
+}
+
+fn valid() -> (OffsetDateTime, OffsetDateTime) {
+    let now = OffsetDateTime::now_utc();
+    (
+        now - time::Duration::hours(1),
+        now + time::Duration::days(1),
+    )
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = DevCa::new("test CA").unwrap();
+        let pki = Pki { dir, ca };
+        pki.write_server(&pki.ca);
+        std::fs::write(pki.path("ca.pem"), &pki.ca.cert_pem).unwrap();
+        pki
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// (Re)writes the server certificate and key, issued by `ca`.
+    pub fn write_server(&self, ca: &DevCa) {
+        let server = ca.server(&["localhost", "127.0.0.1"]).unwrap();
+        std::fs::write(self.path("server.pem"), server.cert_pem).unwrap();
+        std::fs::write(self.path("server.key"), server.key_pem).unwrap();
+    }
+
+    pub fn client(&self, identity: &str) -> Issued {
+        let (from, until) = valid();
+        self.ca.client(identity, from, until).unwrap()
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("C2P_GRPC__TLS__CERT_FILE".into(), self.path("server.pem")),
+            ("C2P_GRPC__TLS__KEY_FILE".into(), self.path("server.key")),
+            ("C2P_GRPC__TLS__CLIENT_CA_FILE".into(), self.path("ca.pem")),
+            ("C2P_GRPC__TLS__RELOAD_INTERVAL".into(), "100ms".into()),
+            ("C2P_AUTH__CALLERS__APP__IDENTITY".into(), APP.into()),
+            (
+                "C2P_AUTH__CALLERS__APP__RPCS".into(),
+                "EnrollCard,GetEnrollmentStatus,WatchEnrollment".into(),
+            ),
+            ("C2P_AUTH__CALLERS__APP__PROGRAMS".into(), "default".into()),
+            (
+                "C2P_AUTH__CALLERS__GATEWAY__IDENTITY".into(),
+                GATEWAY.into(),
+            ),
+            (
+                "C2P_AUTH__CALLERS__GATEWAY__RPCS".into(),
+                "NotificationIngest".into(),
+            ),
+        ]
+    }
+}
+
+/// A TLS channel to `addr` trusting `ca_pem`, presenting `client` when given.
+pub async fn tls_channel(
+    addr: SocketAddr,
+    ca_pem: &str,
+    client: Option<&Issued>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("localhost");
+    if let Some(c) = client {
+        tls = tls.identity(Identity::from_pem(&c.cert_pem, &c.key_pem));
+    }
+    Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+}
+
+fn reason(status: &tonic::Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+fn key_count(redis: &RedisServer) -> usize {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query(&mut redis.connection())
+        .unwrap();
+    keys.len()
+}
+
+fn upstream_calls(service: &TestService) -> usize {
+    [
+        Route::Searches,
+        Route::EnrollCards,
+        Route::CardTokens,
+        Route::ClientTokens,
+    ]
+    .into_iter()
+    .map(|r| service.sandbox.count(r))
+    .sum()
+}
+
+async fn mtls_service(pki: &Pki, redis: &RedisServer) -> TestService {
+    let mut env = pki.env();
+    env.push(("C2P_REDIS__URL".into(), redis.url()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let settings = settings(&env);
+    let sandbox = start_sandbox().await;
+    let upstream = sandbox.upstream(&settings.mastercard).unwrap();
+    let running = c2p_enroll::server::start(&settings, std::sync::Arc::new(upstream))
+        .await
+        .unwrap();
+    // The harness's plaintext channel is of no use here; the tests make TLS ones.
+    let channel = Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+    TestService {
+        running,
+        channel,
+        sandbox,
+    }
+}
+
+#[tokio::test]
+async fn handshakes_without_a_valid_client_certificate_are_refused() {
+    let redis = RedisServer::start();
+    let pki = Pki::new();
+    let service = mtls_service(&pki, &redis).await;
+    let addr = service.running.local_addr();
+    let baseline = key_count(&redis);
+
+    let other_ca = DevCa::new("another CA").unwrap();
+    let (from, until) = valid();
+    let foreign = other_ca.client(APP, from, until).unwrap();
+    let now = OffsetDateTime::now_utc();
+    let expired = pki
+        .ca
+        .client(
+            APP,
+            now - time::Duration::days(10),
+            now - time::Duration::days(1),
+        )
+        .unwrap();
+    for (case, client) in [
+        ("no client certificate", None),
+        ("a certificate from another CA", Some(&foreign)),
+        ("an expired certificate", Some(&expired)),
+    ] {
+        // With TLS 1.3 the client may finish its side before the server's alert arrives, so
+        // the refusal shows either at connect or on the first call.
+        let outcome = match tls_channel(addr, &pki.ca.cert_pem, client).await {
+            Err(_) => None,
+            Ok(channel) => Some(
+                EnrollmentServiceClient::new(channel)
+                    .enroll_card(request(&format!("k-{case}"), 70001))
+                    .await,
+            ),
+        };
+        if let Some(result) = outcome {
+            let status = result.expect_err(case);
+            assert!(
+                matches!(status.code(), Code::Unavailable | Code::Unknown),
+                "{case}: {status:?}"
+            );
+        }
+        println!("{case}: handshake refused");
+    }
+    // A plaintext client does not get a gRPC conversation either.
+    let plain = crate::harness::connect_lazy(addr);
+    assert!(
+        EnrollmentServiceClient::new(plain)
+            .get_enrollment_status(GetEnrollmentStatusRequest {
+                card_contract_id: 70001,
+                refresh: false,
+            })
+            .await
+            .is_err()
+    );
+    assert_eq!(upstream_calls(&service), 0);
+    assert_eq!(key_count(&redis), baseline);
+}
+
+#[tokio::test]
+async fn the_policy_decides_before_any_work() {
+    let redis = RedisServer::start();
+    let pki = Pki::new();
+    let service = mtls_service(&pki, &redis).await;
+    let addr = service.running.local_addr();
+    let baseline = key_count(&redis);
+    let client = |identity: &'static str| {
+        let issued = pki.client(identity);
+        let ca = pki.ca.cert_pem.clone();
+        async move { EnrollmentServiceClient::new(tls_channel(addr, &ca, Some(&issued)).await.unwrap()) }
+    };
+
+    // A certificate from the right CA whose identity the policy does not know.
+    let status = client(STRANGER)
+        .await
+        .enroll_card(request("k1", 70001))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(reason(&status), "CALLER_UNKNOWN");
+
+    // The gateway may not enroll, read or watch; the app backend may not ingest.
+    let mut gateway = client(GATEWAY).await;
+    let status = gateway.enroll_card(request("k1", 70001)).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(reason(&status), "RPC_NOT_ALLOWED");
+    let status = gateway
+        .get_enrollment_status(GetEnrollmentStatusRequest {
+            card_contract_id: 70001,
+            refresh: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let status = gateway
+        .watch_enrollment(WatchEnrollmentRequest {
+            card_contract_id: 70001,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let mut app = client(APP).await;
+    let status = app
+        .notification_ingest(futures::stream::iter(vec![
+            NotificationIngestRequest::default(),
+        ]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+
+    // A program outside the caller's list: refused even though it is configured nowhere.
+    let mut other_program = request("k2", 70001);
+    other_program.program = "premium".into();
+    let status = app.enroll_card(other_program).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(reason(&status), "PROGRAM_NOT_ALLOWED");
+
+    assert_eq!(
+        upstream_calls(&service),
+        0,
+        "a refused call reached Mastercard"
+    );
+    assert_eq!(key_count(&redis), baseline, "a refused call wrote to Redis");
+
+    // The allowed call works end to end over mutual TLS.
+    let enrolled = app
+        .enroll_card(request("k3", 70001))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(enrolled.enrollment.unwrap().card_contract_id, 70001);
+    assert!(upstream_calls(&service) >= 2);
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_scoped_by_the_certificate_identity() {
+    let redis = RedisServer::start();
+    let pki = Pki::new();
+    let mut env = pki.env();
+    let second = "spiffe://bank.test/ns/payments/sa/second-app";
+    env.push(("C2P_AUTH__CALLERS__SECOND__IDENTITY".into(), second.into()));
+    env.push((
+        "C2P_AUTH__CALLERS__SECOND__RPCS".into(),
+        "EnrollCard".into(),
+    ));
+    env.push(("C2P_AUTH__CALLERS__SECOND__PROGRAMS".into(), "*".into()));
+    env.push(("C2P_REDIS__URL".into(), redis.url()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let settings = settings(&env);
+    let sandbox = start_sandbox().await;
+    let running = c2p_enroll::server::start(
+        &settings,
+        std::sync::Arc::new(sandbox.upstream(&settings.mastercard).unwrap()),
+    )
+    .await
+    .unwrap();
+    let addr = running.local_addr();
+    let connect = |identity: &str| {
+        let issued = pki.client(identity);
+        let ca = pki.ca.cert_pem.clone();
+        async move { EnrollmentServiceClient::new(tls_channel(addr, &ca, Some(&issued)).await.unwrap()) }
+    };
+    let mut a = connect(APP).await;
+    let mut b = connect(second).await;
+    let first = a
+        .enroll_card(request("shared-key", 70001))
+        .await
+        .unwrap()
+        .into_inner();
+    // The same key from another identity is another call: for card 70002 (declined at
+    // Mastercard) B gets its own answer, not a replay of A's enrollment.
+    let other = b
+        .enroll_card(request("shared-key", 70002))
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Code::FailedPrecondition, "{other:?}");
+    assert_eq!(reason(&other), "CARD_NOT_ELIGIBLE");
+    // A's key still replays A's answer.
+    let replay = a
+        .enroll_card(request("shared-key", 70001))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(replay.enrollment, first.enrollment);
+    // A forged mesh header changes nothing: the certificate names the caller.
+    let mut forged = tonic::Request::new(request("shared-key", 70002));
+    forged
+        .metadata_mut()
+        .insert("x-c2p-caller", second.parse().unwrap());
+    let replay = a.enroll_card(forged).await.unwrap_err();
+    assert_eq!(replay.code(), Code::FailedPrecondition, "{replay:?}");
+    assert_eq!(reason(&replay), "IDEMPOTENCY_KEY_REUSED");
+}
+
+#[tokio::test]
+async fn certificates_replaced_on_disk_are_used_by_new_handshakes_and_open_streams_survive() {
+    let redis = RedisServer::start();
+    let pki = Pki::new();
+    let service = mtls_service(&pki, &redis).await;
+    let addr = service.running.local_addr();
+    let app = pki.client(APP);
+    let channel = tls_channel(addr, &pki.ca.cert_pem, Some(&app))
+        .await
+        .unwrap();
+    let mut watch = EnrollmentServiceClient::new(channel.clone())
+        .watch_enrollment(WatchEnrollmentRequest {
+            card_contract_id: 70001,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().is_some());
+
+    // Rotate: a new CA issues the server certificate and is the client CA from now on.
+    let rotated = DevCa::new("rotated CA").unwrap();
+    pki.write_server(&rotated);
+    let both = format!("{}{}", pki.ca.cert_pem, rotated.cert_pem);
+    std::fs::write(pki.path("ca.pem"), &both).unwrap();
+    let (from, until) = valid();
+    let new_client = rotated.client(APP, from, until).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // Only a handshake that trusts the rotated CA alone succeeds once the reload happened.
+        if let Ok(ch) = tls_channel(addr, &rotated.cert_pem, Some(&new_client)).await {
+            let answer = EnrollmentServiceClient::new(ch)
+                .get_enrollment_status(GetEnrollmentStatusRequest {
+                    card_contract_id: 70001,
+                    refresh: false,
+                })
+                .await;
+            if answer.is_ok() {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The old connection and its stream are still there: a change to card 70001 reaches it.
+    EnrollmentServiceClient::new(channel)
+        .enroll_card(request("after-rotation", 70001))
+        .await
+        .unwrap();
+    let update = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("the watch saw the enrollment")
+        .unwrap();
+    assert!(update.is_some());
+}
+
+#[tokio::test]
+async fn readme_dev_certs_give_a_working_mutual_tls_setup() {
+    // What the README's mTLS lines do: `c2p-enroll dev-certs --dir D`, then `--config D/mtls.toml`.
+    let dir = tempfile::tempdir().unwrap();
+    c2p_enroll::devcerts::write(dir.path()).unwrap();
+    let mut env: Vec<(String, String)> = vec![
+        ("C2P_GRPC__LISTEN".into(), "127.0.0.1:0".into()),
+        ("C2P_HEALTH__LISTEN".into(), "127.0.0.1:0".into()),
+        ("C2P_METRICS__LISTEN".into(), "".into()),
+    ];
+    env.push(("C2P_HEALTH__CHECK_INTERVAL".into(), "100ms".into()));
+    let settings =
+        c2p_enroll::config::Settings::load(Some(&dir.path().join("mtls.toml")), env).unwrap();
+    let service = TestService::start_with(&settings, start_sandbox().await).await;
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    let issued = |stem: &str| Issued {
+        cert_pem: read(&format!("{stem}.pem")),
+        key_pem: read(&format!("{stem}.key")),
+    };
+    let addr = service.running.local_addr();
+    let app = tls_channel(addr, &read("ca.pem"), Some(&issued("app-backend")))
+        .await
+        .unwrap();
+    let answer = EnrollmentServiceClient::new(app)
+        .enroll_card(request("dev", 70001))
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.into_inner().enrollment.unwrap().card_contract_id,
+        70001
+    );
+    let gateway = tls_channel(addr, &read("ca.pem"), Some(&issued("notification-gateway")))
+        .await
+        .unwrap();
+    let refused = EnrollmentServiceClient::new(gateway)
+        .enroll_card(request("dev", 70001))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    // Probes: the plaintext health listener serves health, and nothing else.
+    let health_addr = service.running.health_addr().unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        crate::harness::connect(health_addr).await,
+    );
+    crate::harness::wait_for_health(
+        &mut health,
+        "",
+        tonic_health::pb::health_check_response::ServingStatus::Serving,
+        Duration::from_secs(5),
+    )
+    .await;
+    let status = EnrollmentServiceClient::new(crate::harness::connect(health_addr).await)
+        .get_enrollment_status(GetEnrollmentStatusRequest {
+            card_contract_id: 70001,
+            refresh: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+    let _ = Path::new(".");
+}
