@@ -29,6 +29,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before any TLS client (Redis over rediss://) is built.
+    c2p_enroll::install_crypto_provider();
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref(), config::env_pairs()) {
         Ok(s) => s,
