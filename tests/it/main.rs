@@ -10,6 +10,7 @@ mod crash;
 mod flows;
 mod health;
 mod observability;
+mod redis_tls;
 mod reflection;
 mod settings;
 mod shutdown;
