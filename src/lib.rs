@@ -16,3 +16,10 @@ pub mod store;
 pub mod telemetry;
 pub mod text;
 pub mod transport;
+
+/// Makes ring the process-wide rustls `CryptoProvider` (rustls needs one for Redis over TLS).
+/// The binary calls it at start; the library calls it again before building TLS clients, for
+/// callers that use it directly. A provider already installed is kept.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

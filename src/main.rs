@@ -32,12 +32,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // One TLS implementation for every rustls user in the process, before any is built.
+    c2p_enroll::install_crypto_provider();
     let cli = Cli::parse();
     if let Some(Command::DevCerts(args)) = &cli.command {
         return c2p_enroll::devcerts::run(args);
     }
-    // One TLS implementation for every rustls user in the process (listener, Redis, reqwest).
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let settings = match Settings::load(cli.config.as_deref(), config::env_pairs()) {
         Ok(s) => s,
         Err(e) => {

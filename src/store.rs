@@ -1,6 +1,7 @@
 //! The `EnrollmentStore` port and its adapters: Redis (standalone or Cluster, shared by all
 //! replicas) and in-memory (the embedded default), with the same semantics.
 
+mod access;
 mod feed;
 mod keys;
 mod memory;
@@ -26,6 +27,10 @@ pub enum StoreError {
     /// A stored value could not be decoded.
     #[error("stored record is unreadable: {0}")]
     Corrupt(String),
+    /// The store's settings cannot be used (a bad URL, an unreadable password or CA file).
+    /// Messages name the setting, never a password.
+    #[error("store settings: {0}")]
+    Settings(String),
 }
 
 /// What applying a notification did.

@@ -1,6 +1,7 @@
 //! The Redis store, standalone (a `ConnectionManager` that reconnects by itself) or Cluster
 //! (`redis.cluster`), every update one atomic script on one card's slot.
 
+use super::access::{Access, bad_url};
 use super::feed::Feed;
 use super::scripts;
 use super::{
@@ -104,16 +105,17 @@ fn millis(d: Duration) -> u64 {
 
 impl RedisStore {
     /// A store whose first connection is made on first use, and remade after every loss.
-    /// With `settings.cluster`, `url` is a comma-separated list of seed nodes.
+    /// With `settings.cluster`, `url` is a comma-separated list of seed nodes. Every client
+    /// (the store's and the change feed's) logs in as `redis.username` with the password of
+    /// `redis.password_file`, and checks a `rediss://` server against `redis.ca_file`.
     pub fn connect_lazy(
         url: &str,
         settings: &RedisSettings,
         keys: KeySpace,
         retention: Retention,
     ) -> Result<Self, StoreError> {
-        let bad_url = |e: redis::RedisError| {
-            StoreError::Unavailable(format!("bad redis.url ({:?})", e.kind()))
-        };
+        // One set of credentials and trust for every client: the store's and the feed's.
+        let access = Access::from_settings(settings)?;
         let nodes: Vec<&str> = url
             .split(',')
             .map(str::trim)
@@ -121,16 +123,15 @@ impl RedisStore {
             .collect();
         let first = nodes.first().copied().unwrap_or(url);
         let target = if settings.cluster {
-            let client =
-                redis::cluster::ClusterClient::builder(nodes.iter().map(|n| n.to_string()))
-                    .connection_timeout(settings.connect_timeout)
-                    .response_timeout(settings.response_timeout)
-                    .retries(1)
-                    .build()
-                    .map_err(bad_url)?;
+            let client = access
+                .cluster(&nodes)?
+                .connection_timeout(settings.connect_timeout)
+                .response_timeout(settings.response_timeout)
+                .retries(1)
+                .build()
+                .map_err(bad_url)?;
             Target::Cluster(client, OnceCell::new())
         } else {
-            let client = redis::Client::open(first).map_err(bad_url)?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(settings.connect_timeout))
                 .set_response_timeout(Some(settings.response_timeout))
@@ -139,12 +140,13 @@ impl RedisStore {
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_millis(500));
             Target::Single(
-                ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?,
+                ConnectionManager::new_lazy_with_config(access.client(first)?, config)
+                    .map_err(unavailable)?,
             )
         };
         // Classic PUBLISH reaches subscribers on every node of a cluster, so one node serves
         // the feed in both set-ups.
-        let feed = Feed::start(redis::Client::open(first).map_err(bad_url)?);
+        let feed = Feed::start(access.client(first)?);
         Ok(Self {
             target: std::sync::Arc::new(target),
             keys,

@@ -25,17 +25,158 @@ pub fn free_port() -> u16 {
         .expect("no free loopback port")
 }
 
+/// What a TLS Redis with an ACL user needs, in a temp dir: a test CA, a server certificate
+/// for 127.0.0.1 and localhost signed by it, and the user `app` with a random password
+/// (the `default` user is off).
+pub struct RedisTls {
+    dir: tempfile::TempDir,
+    password: String,
+}
+
+impl RedisTls {
+    /// The ACL user the servers accept.
+    pub const USER: &'static str = "app";
+
+    /// A new CA, server certificate and password (each call: another CA).
+    pub fn generate() -> Arc<RedisTls> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        };
+        c2p_enroll::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // A name of its own: another CA is not just another key under the same name.
+        ca.distinguished_name.push(
+            DnType::CommonName,
+            format!("c2p-enroll test Redis CA {:016x}", rand::random::<u64>()),
+        );
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca.self_signed(&ca_key).expect("self-sign the CA");
+        let issuer = Issuer::new(ca, ca_key);
+        let server_key = KeyPair::generate().expect("server key");
+        let mut server = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+            .expect("server params");
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let server_cert = server
+            .signed_by(&server_key, &issuer)
+            .expect("sign the server certificate");
+        let tls = RedisTls {
+            dir,
+            password: format!("pw-{:032x}", rand::random::<u128>()),
+        };
+        std::fs::write(tls.ca_file(), ca_cert.pem()).expect("write ca.pem");
+        std::fs::write(tls.cert_file(), server_cert.pem()).expect("write server.pem");
+        std::fs::write(tls.key_file(), server_key.serialize_pem()).expect("write server.key");
+        // As `echo` writes it: the service strips the trailing newline.
+        std::fs::write(tls.password_file(), format!("{}\n", tls.password))
+            .expect("write the password file");
+        Arc::new(tls)
+    }
+
+    /// The PEM CA (`redis.ca_file`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// The file holding the user's password (`redis.password_file`).
+    pub fn password_file(&self) -> PathBuf {
+        self.dir.path().join("redis.password")
+    }
+
+    /// The user's password (to check that no error shows it).
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    fn cert_file(&self) -> PathBuf {
+        self.dir.path().join("server.pem")
+    }
+
+    fn key_file(&self) -> PathBuf {
+        self.dir.path().join("server.key")
+    }
+
+    /// The certificates a test client checks the servers with.
+    pub fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(self.ca_file()).expect("read ca.pem")),
+        }
+    }
+
+    /// `redis-server` flags: TLS only (no plain port), the server certificate, no client
+    /// certificates asked for, and only the ACL user.
+    fn server_args(&self, port: u16) -> Vec<std::ffi::OsString> {
+        let path = |p: PathBuf| p.into_os_string();
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        args.extend(["--port", "0", "--tls-port"].map(Into::into));
+        args.push(port.to_string().into());
+        args.push("--tls-cert-file".into());
+        args.push(path(self.cert_file()));
+        args.push("--tls-key-file".into());
+        args.push(path(self.key_file()));
+        args.push("--tls-ca-cert-file".into());
+        args.push(path(self.ca_file()));
+        args.extend(
+            [
+                "--tls-auth-clients",
+                "no",
+                "--user",
+                "default",
+                "off",
+                "--user",
+            ]
+            .map(Into::into),
+        );
+        args.extend([Self::USER, "on"].map(Into::into));
+        args.push(format!(">{}", self.password).into());
+        args.extend(["~*", "&*", "+@all"].map(Into::into));
+        args
+    }
+
+    /// A client of `url` (rediss://) as the user, checking the server against the CA.
+    fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
+        use redis::IntoConnectionInfo as _;
+        let info = url.into_connection_info()?;
+        let auth = info
+            .redis_settings()
+            .clone()
+            .set_username(Self::USER)
+            .set_password(&self.password);
+        redis::Client::build_with_tls(info.set_redis_settings(auth), self.certificates())
+    }
+}
+
 /// A `redis-server` owned by one test: its own port, no persistence, killed on drop.
 pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
     extra: Vec<String>,
+    /// TLS only, with the ACL user.
+    tls: Option<Arc<RedisTls>>,
 }
 
 impl RedisServer {
     /// Starts a fresh server on a free port and waits until it answers PING.
     pub fn start() -> RedisServer {
+        Self::start_with(None)
+    }
+
+    /// Starts a fresh TLS-only server with `tls`'s certificate and ACL user.
+    pub fn start_tls(tls: &Arc<RedisTls>) -> RedisServer {
+        Self::start_with(Some(tls.clone()))
+    }
+
+    fn start_with(tls: Option<Arc<RedisTls>>) -> RedisServer {
         require_binary("redis-server", "redis-server");
         for _ in 0..5 {
             let mut server = RedisServer {
@@ -43,6 +184,7 @@ impl RedisServer {
                 dir: tempfile::tempdir().expect("temp dir"),
                 child: None,
                 extra: Vec::new(),
+                tls: tls.clone(),
             };
             if server.spawn() {
                 return server;
@@ -51,9 +193,22 @@ impl RedisServer {
         panic!("redis-server did not start on any of 5 free ports");
     }
 
-    /// `redis://127.0.0.1:<port>/`.
+    /// `redis://127.0.0.1:<port>/`, or `rediss://` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
+    }
+
+    /// A client as the tests connect: plain, or TLS as the ACL user.
+    fn client(&self) -> redis::RedisResult<redis::Client> {
+        match &self.tls {
+            Some(tls) => tls.client(&self.url()),
+            None => redis::Client::open(self.url()),
+        }
     }
 
     /// Kills the server (as a crash would) and waits for it to exit.
@@ -74,16 +229,22 @@ impl RedisServer {
         );
     }
 
-    /// A plain connection, for looking at what the service wrote.
+    /// A connection (TLS and the ACL user for a TLS server), for looking at what the service
+    /// wrote.
     pub fn connection(&self) -> redis::Connection {
-        redis::Client::open(self.url())
+        self.client()
             .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
             .expect("connect to the test redis")
     }
 
     fn spawn(&mut self) -> bool {
+        let port_args: Vec<std::ffi::OsString> = match &self.tls {
+            Some(tls) => tls.server_args(self.port),
+            None => vec!["--port".into(), self.port.to_string().into()],
+        };
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(&port_args)
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -99,7 +260,8 @@ impl RedisServer {
                 self.child = None;
                 return false; // exited: most likely the port was taken meanwhile
             }
-            let ping = redis::Client::open(self.url())
+            let ping = self
+                .client()
                 .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
                 .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
             if ping.is_ok() {
@@ -146,20 +308,35 @@ fn rand_u16() -> u16 {
 impl RedisCluster {
     /// Starts the nodes, creates the cluster and waits until it reports `cluster_state:ok`.
     pub fn start() -> RedisCluster {
+        Self::start_with(None)
+    }
+
+    /// The same over TLS only (clients, the cluster bus and replication) with `tls`'s
+    /// certificate and ACL user.
+    pub fn start_tls(tls: &Arc<RedisTls>) -> RedisCluster {
+        Self::start_with(Some(tls.clone()))
+    }
+
+    fn start_with(tls: Option<Arc<RedisTls>>) -> RedisCluster {
         require_binary("redis-server", "redis-server");
         require_binary("redis-cli", "redis-tools");
         let mut nodes = Vec::new();
         while nodes.len() < 3 {
+            let mut extra: Vec<String> = vec![
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-node-timeout".into(),
+                "2000".into(),
+            ];
+            if tls.is_some() {
+                extra.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(Into::into));
+            }
             let mut node = RedisServer {
                 port: free_cluster_port(),
                 dir: tempfile::tempdir().expect("temp dir"),
                 child: None,
-                extra: vec![
-                    "--cluster-enabled".into(),
-                    "yes".into(),
-                    "--cluster-node-timeout".into(),
-                    "2000".into(),
-                ],
+                extra,
+                tls: tls.clone(),
             };
             if node.spawn() {
                 nodes.push(node);
@@ -169,7 +346,17 @@ impl RedisCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let output = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli");
+        if let Some(tls) = &tls {
+            create
+                .arg("--tls")
+                .arg("--cacert")
+                .arg(tls.ca_file())
+                .args(["--user", RedisTls::USER])
+                // The password goes by the environment, not the command line.
+                .env("REDISCLI_AUTH", tls.password());
+        }
+        let output = create
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
@@ -178,8 +365,9 @@ impl RedisCluster {
             .expect("run redis-cli --cluster create");
         assert!(
             output.status.success(),
-            "redis-cli --cluster create failed: {}",
-            String::from_utf8_lossy(&output.stdout)
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
         );
         let deadline = Instant::now() + Duration::from_secs(20);
         for node in &nodes {
@@ -198,9 +386,27 @@ impl RedisCluster {
         RedisCluster { nodes }
     }
 
-    /// A plain connection to the first seed node.
+    /// A connection to the first seed node (TLS and the ACL user for a TLS cluster).
     pub fn first_node_connection(&self) -> redis::Connection {
         self.nodes[0].connection()
+    }
+
+    /// A cluster connection that follows MOVED (TLS and the ACL user for a TLS cluster), for
+    /// reading a key wherever its slot lives.
+    pub fn cluster_connection(&self) -> redis::cluster::ClusterConnection {
+        let urls: Vec<String> = self.nodes.iter().map(RedisServer::url).collect();
+        let mut builder =
+            redis::cluster::ClusterClient::builder(urls).connection_timeout(Duration::from_secs(2));
+        if let Some(tls) = &self.nodes[0].tls {
+            builder = builder
+                .username(RedisTls::USER)
+                .password(tls.password())
+                .certs(tls.certificates());
+        }
+        builder
+            .build()
+            .and_then(|c| c.get_connection())
+            .expect("connect to the test cluster")
     }
 
     /// The seed node URLs, comma-separated (the `redis.url` of a cluster).

@@ -62,7 +62,7 @@ fn proposal(owner: &str, fingerprint: &str, lease_until_ms: i64) -> IdempotencyR
 }
 
 /// What every adapter must do.
-async fn suite(store: Arc<dyn EnrollmentStore>) {
+pub(crate) async fn suite(store: Arc<dyn EnrollmentStore>) {
     store.ping().await.unwrap();
     assert_eq!(store.get(card(70001)).await.unwrap(), None);
 
