@@ -55,6 +55,22 @@ pub async fn serve(settings: Settings) -> ExitCode {
         if let Err(e) = sandbox.set_notification_target(&target) {
             tracing::warn!(error = %e, "simulator cannot notify the service");
         }
+        // Behind a mesh the gateway's identity arrives in the header: the simulator sends the
+        // one the policy grants NotificationIngest.
+        if settings.auth.identity == crate::config::IdentitySource::MeshHeader
+            && let Some(gateway) = settings
+                .auth
+                .callers
+                .values()
+                .find(|c| c.rpcs.contains(&crate::config::Rpc::NotificationIngest))
+        {
+            sandbox.set_notification_identity(&settings.auth.mesh_header, &gateway.identity);
+        }
+        if settings.grpc.tls.is_some() {
+            tracing::warn!(
+                "the simulator notifies over plaintext gRPC: with grpc.tls on, TAR/TCN notifications do not reach the service"
+            );
+        }
     }
     let signal = shutdown_signal().await;
     tracing::info!(signal, grace_period = ?settings.shutdown.grace_period, "draining");

@@ -196,6 +196,11 @@ impl Sandbox {
         self.state.notifier.set_target(url)
     }
 
+    /// Sends `header: value` with every notification (a service in `mesh_header` mode).
+    pub fn set_notification_identity(&self, header: &str, value: &str) {
+        self.state.notifier.set_identity(header, value);
+    }
+
     /// Sets (or with `RouteFault::default()`, clears) a route's fault.
     pub fn set_fault(&self, route: Route, fault: RouteFault) {
         let mut faults = self.faults();

@@ -609,6 +609,79 @@ mod tests {
     }
 
     #[test]
+    fn reflection_is_on_in_sandbox_mode_and_off_in_mastercard_mode() {
+        assert!(Settings::load(None, Vec::new()).unwrap().grpc.reflection);
+        let dir = tempfile::tempdir().unwrap();
+        let (mut pairs, key) = mastercard_env(&dir, "https://x.example/", "ck");
+        for (k, v) in [
+            (
+                "SRC_CLIENT_ID",
+                "7f2b8a4e-5c1d-4e8f-9a3b-1c2d3e4f5a6b".to_string(),
+            ),
+            ("SERVICE_ID", "S".to_string()),
+            (
+                "ENROLL_ENCRYPTION_CERTIFICATE_FILE",
+                key.display().to_string(),
+            ),
+        ] {
+            pairs.push((format!("C2P_PROGRAMS__DEFAULT__{k}"), v));
+        }
+        assert!(!Settings::load(None, pairs.clone()).unwrap().grpc.reflection);
+        let mut on = pairs.clone();
+        on.push(("C2P_GRPC__REFLECTION".into(), "true".into()));
+        assert!(Settings::load(None, on).unwrap().grpc.reflection);
+        let mut on = pairs;
+        on.push(("C2P_GRPC__REFLECTION".into(), "maybe".into()));
+        assert!(keys(&Settings::load(None, on).unwrap_err()).contains(&"grpc.reflection"));
+    }
+
+    #[test]
+    fn the_access_policy_is_checked_as_a_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "placeholder").unwrap();
+        let ca = ca.display().to_string();
+        // Client CA without a server certificate; callers without rpcs or programs; the same
+        // identity twice; an unknown RPC; a policy while nobody is identified.
+        let err = Settings::load(
+            None,
+            env(&[
+                ("C2P_GRPC__TLS__CLIENT_CA_FILE", &ca),
+                ("C2P_AUTH__CALLERS__A__IDENTITY", "spiffe://x/a"),
+                ("C2P_AUTH__CALLERS__A__RPCS", "EnrollCard,DeleteEverything"),
+                ("C2P_AUTH__CALLERS__B__IDENTITY", "spiffe://x/a"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            keys(&err),
+            vec![
+                "grpc.tls.client_ca_file",
+                "auth.callers.a.rpcs",
+                "auth.callers.a.programs",
+                "auth.callers.b.identity",
+                "auth.callers.b.rpcs",
+                "auth.callers",
+            ]
+        );
+        // certificate identity without mutual TLS; mesh_header without callers.
+        let err = Settings::load(None, env(&[("C2P_AUTH__IDENTITY", "certificate")])).unwrap_err();
+        assert_eq!(keys(&err), vec!["auth.identity", "auth.callers"]);
+        let err = Settings::load(None, env(&[("C2P_AUTH__IDENTITY", "mesh_header")])).unwrap_err();
+        assert_eq!(keys(&err), vec!["auth.callers"]);
+        let s = Settings::load(
+            None,
+            env(&[
+                ("C2P_AUTH__IDENTITY", "mesh_header"),
+                ("C2P_AUTH__CALLERS__GW__IDENTITY", "gw"),
+                ("C2P_AUTH__CALLERS__GW__RPCS", "NotificationIngest"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.auth.callers["gw"].rpcs.len(), 1);
+    }
+
+    #[test]
     fn settings_debug_hides_the_redis_password() {
         let s = Settings::load(
             None,

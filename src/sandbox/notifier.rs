@@ -22,6 +22,8 @@ pub struct Notification {
 /// Delivers notifications to the configured target.
 pub struct Notifier {
     target: Mutex<Option<(String, Channel)>>,
+    /// Metadata sent with every delivery: the identity header a mesh would set.
+    identity: Mutex<Option<(String, String)>>,
     log: Arc<Mutex<RequestLog>>,
     give_up_after: Duration,
 }
@@ -31,6 +33,7 @@ impl Notifier {
     pub fn new(log: Arc<Mutex<RequestLog>>, give_up_after: Duration) -> Self {
         Self {
             target: Mutex::new(None),
+            identity: Mutex::new(None),
             log,
             give_up_after,
         }
@@ -44,6 +47,13 @@ impl Notifier {
             .connect_lazy();
         *self.target.lock().unwrap_or_else(|p| p.into_inner()) = Some((url.to_owned(), channel));
         Ok(())
+    }
+
+    /// Sends `header: value` with every delivery, as a service mesh in front of a service in
+    /// `auth.identity = mesh_header` mode would.
+    pub fn set_identity(&self, header: &str, value: &str) {
+        *self.identity.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((header.to_owned(), value.to_owned()));
     }
 
     fn channel(&self) -> Option<Channel> {
@@ -71,8 +81,18 @@ impl Notifier {
         };
         let started = tokio::time::Instant::now();
         let mut delay = Duration::from_millis(50);
+        let identity = self
+            .identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         loop {
-            let acknowledged = attempt(channel.clone(), notification.request.clone()).await;
+            let acknowledged = attempt(
+                channel.clone(),
+                notification.request.clone(),
+                identity.as_ref(),
+            )
+            .await;
             self.log
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -99,12 +119,23 @@ impl Notifier {
 }
 
 /// One delivery on its own stream: acknowledged when the answer carries any final outcome.
-async fn attempt(channel: Channel, request: NotificationIngestRequest) -> bool {
+async fn attempt(
+    channel: Channel,
+    request: NotificationIngestRequest,
+    identity: Option<&(String, String)>,
+) -> bool {
     let mut client = EnrollmentServiceClient::new(channel);
     let id = request.notification_id.clone();
+    let mut call_request = tonic::Request::new(tokio_stream::iter([request]));
+    if let Some((header, value)) = identity {
+        let name = tonic::metadata::MetadataKey::from_bytes(header.as_bytes());
+        if let (Ok(name), Ok(value)) = (name, value.parse()) {
+            call_request.metadata_mut().insert(name, value);
+        }
+    }
     let call = async {
         let mut responses = client
-            .notification_ingest(tokio_stream::iter([request]))
+            .notification_ingest(call_request)
             .await
             .ok()?
             .into_inner();

@@ -343,3 +343,47 @@ async fn unary_calls_without_a_deadline_get_the_default_one() {
     );
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
 }
+
+#[tokio::test]
+async fn ingest_streams_past_the_cap_are_refused() {
+    let service =
+        TestService::start(&settings(&[("C2P_GRPC__LIMITS__MAX_INGEST_STREAMS", "2")])).await;
+    let mut held = Vec::new();
+    let mut results = Vec::new();
+    for _ in 0..3 {
+        // An input that stays open: the stream lives until its sender is dropped.
+        let (tx, rx) = tokio::sync::mpsc::channel::<NotificationIngestRequest>(1);
+        let result = service
+            .client()
+            .notification_ingest(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await;
+        results.push(result.as_ref().map(|_| ()).map_err(|s| s.code()));
+        held.push((tx, result));
+    }
+    assert_eq!(results, vec![Ok(()), Ok(()), Err(Code::ResourceExhausted)]);
+}
+
+#[tokio::test]
+async fn the_server_announces_its_per_connection_stream_limit() {
+    let service = TestService::start(&settings(&[(
+        "C2P_GRPC__LIMITS__MAX_CONCURRENT_STREAMS",
+        "5",
+    )]))
+    .await;
+    let tcp = tokio::net::TcpStream::connect(service.running.local_addr())
+        .await
+        .unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    // The server's SETTINGS frame arrives right after the handshake; wait until it is applied.
+    let mut limit = 0;
+    for _ in 0..100 {
+        let ready = send.clone().ready().await.unwrap();
+        limit = ready.current_max_send_streams();
+        if limit != usize::MAX {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(limit, 5);
+}

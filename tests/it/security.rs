@@ -467,3 +467,45 @@ async fn readme_dev_certs_give_a_working_mutual_tls_setup() {
     assert_eq!(status.code(), Code::Unimplemented);
     let _ = Path::new(".");
 }
+
+#[tokio::test]
+async fn mesh_header_mode_takes_the_identity_from_the_header() {
+    let service = TestService::start(&settings(&[
+        ("C2P_AUTH__IDENTITY", "mesh_header"),
+        ("C2P_AUTH__CALLERS__APP__IDENTITY", APP),
+        (
+            "C2P_AUTH__CALLERS__APP__RPCS",
+            "EnrollCard,GetEnrollmentStatus",
+        ),
+        ("C2P_AUTH__CALLERS__APP__PROGRAMS", "*"),
+        ("C2P_AUTH__CALLERS__GATEWAY__IDENTITY", GATEWAY),
+        ("C2P_AUTH__CALLERS__GATEWAY__RPCS", "NotificationIngest"),
+    ]))
+    .await;
+    // The simulator's notifications come through the "mesh" as the gateway.
+    service
+        .sandbox
+        .set_notification_identity("x-c2p-caller", GATEWAY);
+    let mut client = service.client();
+    let status = client.enroll_card(request("m1", 70001)).await.unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::Unauthenticated,
+        "no header: {status:?}"
+    );
+    let mut as_app = tonic::Request::new(request("m1", 70001));
+    as_app
+        .metadata_mut()
+        .insert("x-c2p-caller", APP.parse().unwrap());
+    let enrolled = client.enroll_card(as_app).await.unwrap().into_inner();
+    assert_eq!(enrolled.enrollment.unwrap().card_contract_id, 70001);
+    let mut as_stranger = tonic::Request::new(GetEnrollmentStatusRequest {
+        card_contract_id: 70001,
+        refresh: false,
+    });
+    as_stranger
+        .metadata_mut()
+        .insert("x-c2p-caller", STRANGER.parse().unwrap());
+    let status = client.get_enrollment_status(as_stranger).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+}
