@@ -122,9 +122,15 @@ pub struct GrpcLimits {
     pub keepalive_interval: Duration,
     /// `keepalive_timeout`: how long a PING may go unanswered before the connection is closed.
     pub keepalive_timeout: Duration,
-    /// `default_deadline`: the deadline of a unary call that brings none (and the bound on a
-    /// longer one).
+    /// `default_deadline`: the deadline of a unary call that brings none.
     pub default_deadline: Duration,
+    /// `max_connections`: connections the gRPC listener holds at once (handshakes included).
+    pub max_connections: usize,
+    /// `max_connection_age`: after it the server sends GOAWAY so that clients reconnect (and
+    /// rebalance over replicas); `None` = never.
+    pub max_connection_age: Option<Duration>,
+    /// `max_connection_age_grace`: how long calls in flight get after that GOAWAY.
+    pub max_connection_age_grace: Duration,
 }
 
 /// Where a caller's identity comes from.

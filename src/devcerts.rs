@@ -137,8 +137,13 @@ pub fn write(dir: &Path) -> Result<Vec<PathBuf>, String> {
     files.push(("mtls.toml".to_owned(), settings_toml(dir)));
     let mut written = Vec::new();
     for (name, content) in files {
-        let path = dir.join(name);
-        std::fs::write(&path, content).map_err(|e| format!("{}: {e}", path.display()))?;
+        let path = dir.join(&name);
+        let result = if name.ends_with(".key") {
+            crate::secret_file::write_private(&path, content.as_bytes())
+        } else {
+            std::fs::write(&path, content)
+        };
+        result.map_err(|e| format!("{}: {e}", path.display()))?;
         written.push(path);
     }
     Ok(written)

@@ -10,7 +10,8 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
-use tonic_health::pb::health_server::HealthServer;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_health::server::{HealthReporter, HealthService};
 
 /// The names whose status follows the store.
@@ -19,6 +20,50 @@ const NAMES: [&str; 2] = ["", SERVICE_NAME];
 /// A name that is SERVING while the process runs and serves, whatever the store does: the
 /// liveness probe's, so that a Redis outage makes pods unready but does not restart them.
 pub const LIVENESS: &str = "liveness";
+
+/// Open `Health/Watch` streams per process, both listeners together: health is open to
+/// unauthenticated callers, so its streams need a cap of their own.
+pub const MAX_HEALTH_WATCHES: usize = 256;
+
+/// tonic-health's service with `Watch` streams capped at [`MAX_HEALTH_WATCHES`].
+pub struct CappedHealth {
+    inner: HealthService,
+    watches: Arc<tokio::sync::Semaphore>,
+}
+
+/// A health watch that holds its place until dropped.
+type CappedWatch = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<HealthCheckResponse, tonic::Status>> + Send>,
+>;
+
+#[tonic::async_trait]
+impl Health for CappedHealth {
+    async fn check(
+        &self,
+        request: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
+        self.inner.check(request).await
+    }
+
+    type WatchStream = CappedWatch;
+
+    async fn watch(
+        &self,
+        request: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<CappedWatch>, tonic::Status> {
+        use tokio_stream::StreamExt as _;
+        let permit = self.watches.clone().try_acquire_owned().map_err(|_| {
+            crate::metrics::stream_refused("HealthWatch");
+            tonic::Status::resource_exhausted("too many open health watches")
+        })?;
+        let stream = self.inner.watch(request).await?.into_inner();
+        let stream = stream.map(move |item| {
+            let _ = &permit;
+            item
+        });
+        Ok(tonic::Response::new(Box::pin(stream)))
+    }
+}
 
 /// Serialises health changes so a late probe result can never undo draining.
 pub struct HealthGate {
@@ -34,9 +79,12 @@ struct Inner {
 impl HealthGate {
     /// A gate reporting NOT_SERVING until the first successful probe, and the gRPC service that
     /// serves its statuses.
-    pub async fn new() -> (Arc<Self>, HealthServer<HealthService>) {
+    pub async fn new() -> (Arc<Self>, HealthServer<CappedHealth>) {
         let reporter = HealthReporter::new();
-        let service = HealthServer::new(HealthService::from_health_reporter(reporter.clone()));
+        let service = HealthServer::new(CappedHealth {
+            inner: HealthService::from_health_reporter(reporter.clone()),
+            watches: Arc::new(tokio::sync::Semaphore::new(MAX_HEALTH_WATCHES)),
+        });
         for name in NAMES {
             reporter
                 .set_service_status(name, ServingStatus::NotServing)

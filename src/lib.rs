@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod proto;
 pub mod run;
 pub mod sandbox;
+pub mod secret_file;
 pub mod server;
 pub mod store;
 pub mod telemetry;

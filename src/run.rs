@@ -155,7 +155,7 @@ async fn run_sandbox(args: SandboxArgs) -> Result<(), String> {
     let sandbox = Sandbox::start(config).await.map_err(|e| e.to_string())?;
     let fingerprint_key = args.dir.join(files::FINGERPRINT_KEY);
     if !fingerprint_key.is_file() {
-        std::fs::write(&fingerprint_key, rand::random::<[u8; 32]>())
+        crate::secret_file::write_private(&fingerprint_key, &rand::random::<[u8; 32]>())
             .map_err(|e| format!("{}: {e}", fingerprint_key.display()))?;
     }
     let env_file = args.dir.join(files::SERVICE_ENV);

@@ -1,10 +1,11 @@
 //! The serving process: gRPC listener, health, reflection, store probe and graceful drain.
 
 use crate::app::{App, AppSettings, FingerprintKey};
-use crate::config::Settings;
+use crate::config::{GrpcLimits, Settings};
 use crate::grpc::EnrollmentApi;
 use crate::grpc::auth::{AuthLayer, Policy};
 use crate::grpc::streams::StreamLimits;
+use crate::health::CappedHealth;
 use crate::health::{self, HealthGate};
 use crate::mastercard::setup::Upstream;
 use crate::proto::{FILE_DESCRIPTOR_SET, v1::enrollment_service_server::EnrollmentServiceServer};
@@ -18,7 +19,6 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic_health::pb::health_server::HealthServer;
-use tonic_health::server::HealthService;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +153,7 @@ pub async fn start(
         .map_err(|source| StartError::Bind { addr, source })?;
     let accept = AcceptLimits {
         handshake_timeout: limits.handshake_timeout,
+        max_connections: limits.max_connections,
     };
 
     let (health_gate, health_service) = HealthGate::new().await;
@@ -213,17 +214,24 @@ pub async fn start(
     };
     let health_addr = match settings.health.listen {
         Some(listen) => {
-            Some(serve_health(listen, health_service.clone(), accept, drain.clone()).await?)
+            Some(serve_health(listen, health_service.clone(), limits, drain.clone()).await?)
         }
         None => None,
     };
     let enrollment =
         EnrollmentServiceServer::new(api).max_decoding_message_size(limits.max_message_bytes);
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder()
         .trace_fn(crate::grpc::trace::rpc_span)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(limits.keepalive_interval))
-        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout));
+    if let Some(age) = limits.max_connection_age {
+        // GOAWAY after `age` makes clients reconnect, so new replicas get their share.
+        builder = builder
+            .max_connection_age(age)
+            .max_connection_age_grace(limits.max_connection_age_grace);
+    }
+    let router = builder
         .layer(AuthLayer::new(Policy::from_settings(&settings.auth)))
         .add_service(health_service)
         .add_service(enrollment)
@@ -267,12 +275,18 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|source| StartError::Bind { addr, source })
 }
 
+/// Connections the health-only listener holds (kubelet probes open one per probe).
+const HEALTH_MAX_CONNECTIONS: usize = 64;
+/// HTTP/2 streams per health connection.
+const HEALTH_MAX_STREAMS: u32 = 4;
+
 /// The plaintext health-only listener for kubelet probes (which cannot speak TLS); it ends
-/// when `drain` is cancelled, after health has turned NOT_SERVING.
+/// when `drain` is cancelled, after health has turned NOT_SERVING. Open to anyone who reaches
+/// it, so it gets small limits of its own besides the handshake timeout and keepalive.
 async fn serve_health(
     listen: SocketAddr,
-    service: HealthServer<HealthService>,
-    accept: AcceptLimits,
+    service: HealthServer<CappedHealth>,
+    limits: &GrpcLimits,
     drain: CancellationToken,
 ) -> Result<SocketAddr, StartError> {
     let listener = bind(listen).await?;
@@ -280,9 +294,16 @@ async fn serve_health(
         addr: listen,
         source,
     })?;
+    let accept = AcceptLimits {
+        handshake_timeout: limits.handshake_timeout,
+        max_connections: HEALTH_MAX_CONNECTIONS,
+    };
     let incoming = transport::incoming(listener, None, accept);
     tokio::spawn(
         tonic::transport::Server::builder()
+            .max_concurrent_streams(HEALTH_MAX_STREAMS)
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, drain.cancelled_owned()),
     );

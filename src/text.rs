@@ -4,14 +4,22 @@
 /// How many characters of a caller's value a message may quote.
 const EXCERPT_CHARS: usize = 32;
 
+/// How many characters of a caller identity a log line may quote (SPIFFE ids are long).
+pub const IDENTITY_CHARS: usize = 256;
+
 /// At most 32 characters of `value`, control characters escaped, `…` when cut.
 pub fn excerpt(value: &str) -> String {
+    bounded(value, EXCERPT_CHARS)
+}
+
+/// At most `max` characters of `value`, control characters escaped, `…` when cut.
+pub fn bounded(value: &str, max: usize) -> String {
     let mut out: String = value
         .chars()
-        .take(EXCERPT_CHARS)
+        .take(max)
         .flat_map(char::escape_debug)
         .collect();
-    if value.chars().nth(EXCERPT_CHARS).is_some() {
+    if value.chars().nth(max).is_some() {
         out.push('…');
     }
     out

@@ -66,8 +66,8 @@ impl EnrollCommand {
 
     /// HMAC-SHA256 of the request's canonical JSON (everything but caller and key): the record
     /// holds e-mail and address, and a bare hash of them could be reversed by a dictionary.
-    fn fingerprint(&self, key: &super::FingerprintKey) -> String {
-        let json = serde_json::to_vec(self).unwrap_or_default();
+    fn fingerprint(&self, key: &super::FingerprintKey) -> Result<String, String> {
+        let json = serde_json::to_vec(self).map_err(|e| format!("request fingerprint: {e}"))?;
         key.fingerprint(&json)
     }
 }
@@ -150,7 +150,9 @@ impl App {
     ) -> Result<EnrollmentRecord, AppError> {
         let now = now_ms();
         let proposal = IdempotencyRecord {
-            fingerprint: cmd.fingerprint(&self.settings.fingerprint_key),
+            fingerprint: cmd
+                .fingerprint(&self.settings.fingerprint_key)
+                .map_err(AppError::Internal)?,
             phase: Phase::Started,
             src_correlation_id: cmd
                 .src_correlation_id

@@ -41,22 +41,20 @@ impl FingerprintKey {
         Ok(Self(SecretSlice::from(bytes)))
     }
 
-    /// Hex HMAC-SHA256 of `data`.
-    pub fn fingerprint(&self, data: &[u8]) -> String {
-        hex::encode(hmac_sha256(self.0.expose_secret(), data))
+    /// Hex HMAC-SHA256 of `data`. An OpenSSL failure is an error, never an empty fingerprint
+    /// (which would make every request look like every other).
+    pub fn fingerprint(&self, data: &[u8]) -> Result<String, String> {
+        hmac_sha256(self.0.expose_secret(), data)
+            .map(hex::encode)
+            .map_err(|e| format!("HMAC-SHA256 failed: {e}"))
     }
 }
 
-fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    // OpenSSL's HMAC; failures here are allocation failures inside OpenSSL, not input errors.
-    openssl::pkey::PKey::hmac(key)
-        .and_then(|k| {
-            let mut signer =
-                openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &k)?;
-            signer.update(data)?;
-            signer.sign_to_vec()
-        })
-        .unwrap_or_default()
+fn hmac_sha256(key: &[u8], data: &[u8]) -> Result<Vec<u8>, openssl::error::ErrorStack> {
+    let key = openssl::pkey::PKey::hmac(key)?;
+    let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key)?;
+    signer.update(data)?;
+    signer.sign_to_vec()
 }
 
 #[cfg(test)]
@@ -66,7 +64,7 @@ mod tests {
     #[test]
     fn rfc4231_test_case_2() {
         // RFC 4231 §4.3 uses the 4-byte key "Jefe"; the short-key guard is bypassed on purpose.
-        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?").unwrap();
         assert_eq!(
             hex::encode(mac),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
@@ -78,12 +76,15 @@ mod tests {
         let a = FingerprintKey::from_bytes(vec![1; 32]).unwrap();
         let b = FingerprintKey::from_bytes(vec![2; 32]).unwrap();
         assert_ne!(
-            a.fingerprint(b"jane@example.com"),
-            b.fingerprint(b"jane@example.com")
+            a.fingerprint(b"jane@example.com").unwrap(),
+            b.fingerprint(b"jane@example.com").unwrap()
         );
         assert_eq!(a.fingerprint(b"x"), a.fingerprint(b"x"));
         // Not the bare SHA-256 of the data.
-        assert_ne!(a.fingerprint(b"x"), hex::encode(openssl::sha::sha256(b"x")));
+        assert_ne!(
+            a.fingerprint(b"x").unwrap(),
+            hex::encode(openssl::sha::sha256(b"x"))
+        );
         assert!(FingerprintKey::from_bytes(vec![0; 31]).is_err());
         assert_eq!(format!("{a:?}"), "FingerprintKey(..)");
     }

@@ -109,6 +109,9 @@ pub(super) struct RawLimits {
     pub keepalive_interval: Option<Scalar>,
     pub keepalive_timeout: Option<Scalar>,
     pub default_deadline: Option<Scalar>,
+    pub max_connections: Option<Scalar>,
+    pub max_connection_age: Option<Scalar>,
+    pub max_connection_age_grace: Option<Scalar>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

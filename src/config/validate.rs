@@ -5,7 +5,7 @@ use super::{
     MetricsSettings, Mode, Problem, RedisSettings, Settings, ShutdownSettings, StoreSettings,
     raw::{RawSettings, Scalar, Unknown},
     validate_api::validate_api,
-    validate_security::{optional_addr, validate_auth, validate_grpc},
+    validate_security::{check_caller_programs, optional_addr, validate_auth, validate_grpc},
 };
 use std::time::Duration;
 
@@ -273,6 +273,7 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
     };
 
     let programs = super::validate_api::validate_programs(&mut c, &raw.programs, mode);
+    check_caller_programs(&mut c, &auth, &programs, mode);
 
     if !c.problems.is_empty() {
         return Err(ConfigError {
@@ -679,6 +680,48 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.auth.callers["gw"].rpcs.len(), 1);
+    }
+
+    #[test]
+    fn policies_that_could_never_match_or_be_trusted_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, "placeholder").unwrap();
+            p.display().to_string()
+        };
+        let (cert, key, ca) = (file("c.pem"), file("k.pem"), file("ca.pem"));
+        // Server-only TLS on 0.0.0.0 with a header identity: anyone could set the header.
+        let err = Settings::load(
+            None,
+            env(&[
+                ("C2P_GRPC__LISTEN", "0.0.0.0:0"),
+                ("C2P_GRPC__TLS__CERT_FILE", &cert),
+                ("C2P_GRPC__TLS__KEY_FILE", &key),
+                ("C2P_AUTH__IDENTITY", "mesh_header"),
+                ("C2P_AUTH__CALLERS__GW__IDENTITY", "gw"),
+                ("C2P_AUTH__CALLERS__GW__RPCS", "NotificationIngest"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(keys(&err), vec!["auth.identity"]);
+        // Certificate identities that no certificate can carry, and a program that does not exist.
+        let err = Settings::load(
+            None,
+            env(&[
+                ("C2P_GRPC__TLS__CERT_FILE", &cert),
+                ("C2P_GRPC__TLS__KEY_FILE", &key),
+                ("C2P_GRPC__TLS__CLIENT_CA_FILE", &ca),
+                ("C2P_AUTH__CALLERS__A__IDENTITY", "app backend"),
+                ("C2P_AUTH__CALLERS__A__RPCS", "GetEnrollmentStatus"),
+                ("C2P_AUTH__CALLERS__A__PROGRAMS", "defualt"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            keys(&err),
+            vec!["auth.callers.a.identity", "auth.callers.a.programs"]
+        );
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub(super) mod defaults {
     pub const KEEPALIVE_INTERVAL: &str = "30s";
     pub const KEEPALIVE_TIMEOUT: &str = "10s";
     pub const DEFAULT_DEADLINE: &str = "30s";
+    pub const MAX_CONNECTIONS: usize = 1_024;
+    pub const MAX_CONNECTION_AGE_GRACE: &str = "30s";
     pub const MESH_HEADER: &str = "x-c2p-caller";
 }
 
@@ -145,6 +147,19 @@ pub(super) fn validate_grpc(c: &mut Checker, raw: &RawSettings, mode: Mode) -> G
             &l.default_deadline,
             defaults::DEFAULT_DEADLINE,
         ),
+        max_connections: c.number(
+            "grpc.limits.max_connections",
+            &l.max_connections,
+            defaults::MAX_CONNECTIONS,
+            1..=1_000_000,
+        ),
+        max_connection_age: Checker::optional(&l.max_connection_age)
+            .map(|_| c.duration("grpc.limits.max_connection_age", &l.max_connection_age, "")),
+        max_connection_age_grace: c.duration(
+            "grpc.limits.max_connection_age_grace",
+            &l.max_connection_age_grace,
+            defaults::MAX_CONNECTION_AGE_GRACE,
+        ),
     };
     GrpcSettings {
         listen,
@@ -201,6 +216,14 @@ pub(super) fn validate_auth(
             "mastercard mode on a non-loopback address needs authenticated callers: set grpc.tls.client_ca_file (mutual TLS), or auth.identity = \"mesh_header\" when a service mesh terminates mutual TLS",
         );
     }
+    // A header is only trustworthy when the mesh is the only way in: a port that terminates
+    // TLS for anyone (no client CA) lets anyone set it.
+    if identity == IdentitySource::MeshHeader && grpc.tls.is_some() && !mutual_tls && !loopback {
+        c.problem(
+            "auth.identity",
+            "\"mesh_header\" with server-only TLS on a non-loopback address lets any client set the header: add grpc.tls.client_ca_file so only the mesh's certificate is accepted, or serve plaintext to the mesh sidecar",
+        );
+    }
     if mode == Mode::Mastercard
         && grpc.tls.is_none()
         && !loopback
@@ -217,7 +240,7 @@ pub(super) fn validate_auth(
     {
         c.problem("auth.mesh_header", "is not a valid gRPC metadata name");
     }
-    let callers = validate_callers(c, raw);
+    let callers = validate_callers(c, raw, identity);
     match identity {
         IdentitySource::None if !callers.is_empty() => c.problem(
             "auth.callers",
@@ -237,7 +260,20 @@ pub(super) fn validate_auth(
     }
 }
 
-fn validate_callers(c: &mut Checker, raw: &RawAuth) -> BTreeMap<String, CallerPolicy> {
+/// Whether a policy identity can ever match a certificate: a SPIFFE id or a DNS name.
+fn certificate_identity(identity: &str) -> bool {
+    identity.starts_with("spiffe://")
+        || (!identity.is_empty()
+            && identity
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '*')))
+}
+
+fn validate_callers(
+    c: &mut Checker,
+    raw: &RawAuth,
+    source: IdentitySource,
+) -> BTreeMap<String, CallerPolicy> {
     let mut callers = BTreeMap::new();
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     for (name, caller) in &raw.callers {
@@ -246,6 +282,11 @@ fn validate_callers(c: &mut Checker, raw: &RawAuth) -> BTreeMap<String, CallerPo
         let identity = Checker::optional(&caller.identity).unwrap_or_default();
         if identity.is_empty() {
             c.problem(&key("identity"), "required");
+        } else if source == IdentitySource::Certificate && !certificate_identity(&identity) {
+            c.problem(
+                &key("identity"),
+                "a certificate names a caller by a SPIFFE id (spiffe://...) or a DNS name; this can never match",
+            );
         } else if let Some(other) = seen.insert(identity.clone(), name.clone()) {
             c.problem(
                 &key("identity"),
@@ -275,10 +316,17 @@ fn validate_callers(c: &mut Checker, raw: &RawAuth) -> BTreeMap<String, CallerPo
             Some(list) => Some(list.iter().cloned().collect::<BTreeSet<_>>()),
             None => Some(BTreeSet::new()),
         };
-        if rpcs.contains(&Rpc::EnrollCard) && programs.as_ref().is_some_and(BTreeSet::is_empty) {
+        let uses_programs = [
+            Rpc::EnrollCard,
+            Rpc::GetEnrollmentStatus,
+            Rpc::WatchEnrollment,
+        ]
+        .iter()
+        .any(|r| rpcs.contains(r));
+        if uses_programs && programs.as_ref().is_some_and(BTreeSet::is_empty) {
             c.problem(
                 &key("programs"),
-                "required with EnrollCard: the programs it may enroll under (\"*\" for any)",
+                "required with EnrollCard, GetEnrollmentStatus or WatchEnrollment: the programs whose cards it may enroll and see (\"*\" for any)",
             );
         }
         callers.insert(
@@ -291,4 +339,31 @@ fn validate_callers(c: &mut Checker, raw: &RawAuth) -> BTreeMap<String, CallerPo
         );
     }
     callers
+}
+
+/// Every program a caller names must exist: a typo would otherwise refuse everything silently.
+/// In sandbox mode the simulator's one program is `default`.
+pub(super) fn check_caller_programs(
+    c: &mut Checker,
+    auth: &AuthSettings,
+    programs: &BTreeMap<String, super::ProgramSettings>,
+    mode: Mode,
+) {
+    for (name, caller) in &auth.callers {
+        for program in caller.programs.iter().flatten() {
+            let known = match mode {
+                Mode::Sandbox => program == super::DEFAULT_PROGRAM,
+                Mode::Mastercard => programs.contains_key(program),
+            };
+            if !known {
+                c.problem(
+                    &format!("auth.callers.{name}.programs"),
+                    format!(
+                        "\"{}\" is not a configured program",
+                        crate::text::excerpt(program)
+                    ),
+                );
+            }
+        }
+    }
 }

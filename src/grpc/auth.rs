@@ -25,14 +25,38 @@ pub struct Caller {
 pub const ANONYMOUS: &str = "anonymous";
 
 impl Caller {
-    /// Whether this caller may enroll under `program` (the configured name; empty = default).
-    pub fn may_enroll(&self, program: &str) -> bool {
+    /// Whether this caller may enroll under `program`, or see a record enrolled under it (the
+    /// configured name; empty = default).
+    pub fn may_use(&self, program: &str) -> bool {
         let program = if program.is_empty() {
             crate::config::DEFAULT_PROGRAM
         } else {
             program
         };
         self.programs.as_ref().is_none_or(|p| p.contains(program))
+    }
+
+    /// `Ok` when this caller may see a record of `program`; otherwise the refusal, logged and
+    /// counted.
+    pub fn may_see(&self, program: &str, rpc: Rpc) -> Result<(), tonic::Status> {
+        if self.may_use(program) {
+            return Ok(());
+        }
+        Denied::ProgramNotAllowed.record(rpc, Some(&self.identity));
+        Err(Denied::ProgramNotAllowed.status(rpc))
+    }
+
+    /// An error's parts without the enrollment it carries (CARD_ALREADY_ENROLLED) when that
+    /// enrollment's program is not this caller's.
+    pub fn redact(&self, mut parts: ErrorParts) -> ErrorParts {
+        if parts
+            .enrollment
+            .as_ref()
+            .is_some_and(|r| !self.may_use(&r.program))
+        {
+            parts.enrollment = None;
+        }
+        parts
     }
 }
 
@@ -73,7 +97,7 @@ impl Denied {
             Denied::ProgramNotAllowed => (
                 tonic::Code::PermissionDenied,
                 "PROGRAM_NOT_ALLOWED",
-                "the access policy does not allow this caller to enroll under this program",
+                "the access policy does not allow this caller this card's program",
             ),
         };
         super::status::from_parts(ErrorParts {
@@ -149,12 +173,15 @@ impl Policy {
             IdentitySource::Certificate => {
                 peer.and_then(|p| p.identity.as_deref().map(str::to_owned))
             }
-            // Only a mesh that strips the header from what callers send may be trusted with it.
-            IdentitySource::MeshHeader => headers
-                .get(self.mesh_header.as_str())
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned),
+            // Only a mesh that strips the header from what callers send may be trusted with it;
+            // two values mean a mesh appended its own to a forged one: trust neither.
+            IdentitySource::MeshHeader => {
+                let mut values = headers.get_all(self.mesh_header.as_str()).iter();
+                match (values.next(), values.next()) {
+                    (Some(v), None) => v.to_str().ok().filter(|v| !v.is_empty()).map(str::to_owned),
+                    _ => None,
+                }
+            }
         };
         let Some(identity) = identity else {
             return Err((Denied::Unauthenticated, None));
@@ -298,7 +325,7 @@ mod tests {
                 &none,
             )
             .unwrap();
-        assert!(app.may_enroll("") && app.may_enroll("default") && !app.may_enroll("other"));
+        assert!(app.may_use("") && app.may_use("default") && !app.may_use("other"));
         let denied =
             |rpc, p: Option<&str>| policy.decide(rpc, Some(&peer(p)), &none).unwrap_err().0;
         assert_eq!(
@@ -335,7 +362,16 @@ mod tests {
             )
             .unwrap();
         assert_eq!(&*gw.identity, "spiffe://bank/gw");
-        assert!(gw.may_enroll("anything"));
+        assert!(gw.may_use("anything"));
+        // A forged value beside the mesh's: neither is trusted.
+        headers.append("x-c2p-caller", "spiffe://bank/app".parse().unwrap());
+        assert_eq!(
+            policy
+                .decide(Rpc::NotificationIngest, None, &headers)
+                .unwrap_err()
+                .0,
+            Denied::Unauthenticated
+        );
         assert_eq!(
             policy
                 .decide(
@@ -347,6 +383,37 @@ mod tests {
                 .0,
             Denied::Unauthenticated
         );
+    }
+
+    #[test]
+    fn records_of_other_programs_are_neither_shown_nor_carried_in_errors() {
+        let policy = Policy::from_settings(&settings(IdentitySource::Certificate));
+        let app = policy
+            .decide(
+                Rpc::EnrollCard,
+                Some(&peer(Some("spiffe://bank/app"))),
+                &http::HeaderMap::new(),
+            )
+            .unwrap();
+        assert!(app.may_see("", Rpc::GetEnrollmentStatus).is_ok());
+        let refused = app.may_see("premium", Rpc::WatchEnrollment).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        let card = crate::domain::CardContractId::new(70001).unwrap();
+        let record = |program: &str| {
+            crate::domain::EnrollmentRecord::new(
+                card,
+                program.into(),
+                crate::domain::EnrollmentState::Enrolled,
+                0,
+            )
+        };
+        let already = |program: &str| {
+            crate::app::AppError::CardAlreadyEnrolled(Box::new(record(program))).parts()
+        };
+        assert!(app.redact(already("default")).enrollment.is_some());
+        let redacted = app.redact(already("premium"));
+        assert!(redacted.enrollment.is_none());
+        assert_eq!(redacted.reason, "CARD_ALREADY_ENROLLED");
     }
 
     #[test]

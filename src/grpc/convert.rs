@@ -111,7 +111,10 @@ pub fn enroll_command(
     } else if !has_program(&req.program) {
         v.add(
             "program",
-            format!("\"{}\" is not a configured program", req.program),
+            format!(
+                "\"{}\" is not a configured program",
+                crate::text::excerpt(&req.program)
+            ),
         );
     }
     let consumer = match req.consumer {
@@ -124,11 +127,16 @@ pub fn enroll_command(
     v.max_len("cardholder_full_name", &req.cardholder_full_name, MAX_TEXT);
     let billing_address = req.billing_address.map(|a| address(&mut v, a));
     let src_correlation_id = non_empty(&req.src_correlation_id);
+    // Only the hyphenated 36-character form: it goes to Mastercard as given, and the braced,
+    // URN and simple forms that the parser also takes are not what Mastercard expects.
     if src_correlation_id
         .as_deref()
-        .is_some_and(|id| uuid::Uuid::parse_str(id).is_err())
+        .is_some_and(|id| id.len() != 36 || uuid::Uuid::try_parse(id).is_err())
     {
-        v.add("src_correlation_id", "must be a UUID");
+        v.add(
+            "src_correlation_id",
+            "must be a UUID in its hyphenated 36-character form",
+        );
     }
     match (v.0.is_empty(), card, consumer) {
         (true, Some(card_contract_id), Some(consumer)) => Ok(EnrollCommand {

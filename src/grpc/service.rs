@@ -185,7 +185,7 @@ impl EnrollmentApi {
         &self,
         request: Request<WatchEnrollmentRequest>,
     ) -> Result<Response<ResponseStream<WatchEnrollmentResponse>>, Status> {
-        caller(&request, Rpc::WatchEnrollment)?;
+        let caller = caller(&request, Rpc::WatchEnrollment)?;
         let card = convert::card_id(request.get_ref().card_contract_id)
             .map_err(|v| status::to_status(&AppError::InvalidArgument(v)))?;
         tracing::Span::current().record("card", card.get());
@@ -195,6 +195,7 @@ impl EnrollmentApi {
             .watch(card)
             .await
             .map_err(|e| status::to_status(&e))?;
+        caller.may_see(&current.program, Rpc::WatchEnrollment)?;
         let open = metrics::OpenStream::open("WatchEnrollment");
         let mut last = current.clone();
         let changes = changes
@@ -225,7 +226,7 @@ impl EnrollmentApi {
         let deadline = deadline::of(&request, self.default_deadline);
         let caller = caller(&request, Rpc::EnrollCard)?;
         // Before anything else: a caller that may not use this program learns nothing more.
-        if !caller.may_enroll(&request.get_ref().program) {
+        if !caller.may_use(&request.get_ref().program) {
             Denied::ProgramNotAllowed.record(Rpc::EnrollCard, Some(&caller.identity));
             return Err(Denied::ProgramNotAllowed.status(Rpc::EnrollCard));
         }
@@ -248,7 +249,7 @@ impl EnrollmentApi {
             .map_err(|e| {
                 status::to_status(&AppError::Internal(format!("enrollment task failed: {e}")))
             })?
-            .map_err(|e| status::to_status(&e))?;
+            .map_err(|e| status::from_parts(caller.redact(e.parts())))?;
         Ok(Response::new(EnrollCardResponse {
             enrollment: Some(convert::enrollment(&record, Source::Store)),
         }))
@@ -259,7 +260,7 @@ impl EnrollmentApi {
         request: Request<GetEnrollmentStatusRequest>,
     ) -> Result<Response<GetEnrollmentStatusResponse>, Status> {
         let deadline = deadline::of(&request, self.default_deadline);
-        caller(&request, Rpc::GetEnrollmentStatus)?;
+        let caller = caller(&request, Rpc::GetEnrollmentStatus)?;
         let req = request.into_inner();
         let card = convert::card_id(req.card_contract_id)
             .map_err(|v| status::to_status(&AppError::InvalidArgument(v)))?;
@@ -270,6 +271,7 @@ impl EnrollmentApi {
             .status(card, req.refresh, deadline)
             .await
             .map_err(|e| status::to_status(&e))?;
+        caller.may_see(&record.program, Rpc::GetEnrollmentStatus)?;
         Ok(Response::new(GetEnrollmentStatusResponse {
             enrollment: Some(convert::enrollment(&record, source)),
         }))

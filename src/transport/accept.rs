@@ -1,23 +1,31 @@
-//! Accepts connections and hands tonic only those that became useful in time: TLS handshakes
-//! (and plaintext connections' first bytes) run off the accept loop, each bounded by
-//! `handshake_timeout`, so a client that connects and says nothing holds nothing for long.
+//! Accepts connections and hands tonic only those that became useful in time: the TLS handshake
+//! and the HTTP/2 connection preface run off the accept loop, bounded together by
+//! `handshake_timeout`, so a client that connects and says nothing (or half a preface) holds
+//! nothing for long; after the preface, hyper's keepalive PINGs close a silent connection. At most
+//! `max_connections` are held at once, pending ones included; more are closed at accept.
 
-use super::conn::{Conn, Peer};
+use super::conn::{Conn, Peer, Stream};
 use super::identity::identity_of;
 use super::tls::TlsReloader;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncReadExt as _;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 /// Bounds on accepting.
 #[derive(Debug, Clone, Copy)]
 pub struct AcceptLimits {
-    /// How long a connection has to finish its TLS handshake, or to send its first bytes.
+    /// How long a connection has to finish its TLS handshake and send the HTTP/2 preface.
     pub handshake_timeout: Duration,
+    /// Connections held at once, handshakes in progress included.
+    pub max_connections: usize,
 }
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4): gRPC speaks nothing else.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The connections accepted on `listener`, TLS when `tls` is given. The accept loop ends when
 /// the returned stream is dropped (tonic drops it when it stops serving).
@@ -27,6 +35,7 @@ pub fn incoming(
     limits: AcceptLimits,
 ) -> ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(64);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -42,19 +51,27 @@ pub fn incoming(
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                // Closing at once costs less than holding a connection nobody will serve.
+                crate::metrics::connection_refused("max_connections");
+                drop(tcp);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let tx = tx.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
-                let ready =
-                    tokio::time::timeout(limits.handshake_timeout, establish(tcp, remote, tls));
+                let ready = tokio::time::timeout(
+                    limits.handshake_timeout,
+                    establish(tcp, remote, tls, slot),
+                );
                 match ready.await {
                     Ok(Ok(conn)) => {
                         let _ = tx.send(Ok(conn)).await;
                     }
                     Ok(Err(e)) => {
                         crate::metrics::connection_refused("handshake");
-                        tracing::debug!(%remote, error = %e, "connection refused during the TLS handshake");
+                        tracing::debug!(%remote, error = %e, "connection refused during the TLS handshake or the HTTP/2 preface");
                     }
                     Err(_) => {
                         crate::metrics::connection_refused("handshake_timeout");
@@ -71,20 +88,10 @@ async fn establish(
     tcp: TcpStream,
     remote: std::net::SocketAddr,
     tls: Option<Arc<TlsReloader>>,
+    slot: OwnedSemaphorePermit,
 ) -> io::Result<Conn> {
-    match tls {
-        None => {
-            // Plaintext: wait for the first bytes (the HTTP/2 preface) before hyper holds it;
-            // `peek` leaves them for hyper and, unlike `readable`, is never spuriously ready.
-            tcp.peek(&mut [0u8; 1]).await?;
-            Ok(Conn::Plain(
-                tcp,
-                Peer {
-                    remote,
-                    identity: None,
-                },
-            ))
-        }
+    let (mut stream, identity) = match tls {
+        None => (Stream::Plain(tcp), None),
         Some(tls) => {
             let stream = tokio_rustls::TlsAcceptor::from(tls.current())
                 .accept(tcp)
@@ -96,7 +103,17 @@ async fn establish(
                 .and_then(|chain| chain.first())
                 .and_then(|leaf| identity_of(leaf))
                 .map(Arc::from);
-            Ok(Conn::Tls(Box::new(stream), Peer { remote, identity }))
+            (Stream::Tls(Box::new(stream)), identity)
         }
+    };
+    // hyper waits for the preface without a timeout of its own: read it here, then give it back.
+    let mut preface = [0u8; PREFACE.len()];
+    stream.read_exact(&mut preface).await?;
+    if preface != PREFACE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not an HTTP/2 connection preface",
+        ));
     }
+    Ok(Conn::new(stream, Peer { remote, identity }, PREFACE, slot))
 }

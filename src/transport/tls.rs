@@ -118,6 +118,8 @@ impl TlsReloader {
     /// Loads the files once (an error stops the start) and polls them every
     /// `reload_interval` until `stop` is cancelled.
     pub fn start(settings: &TlsSettings, stop: CancellationToken) -> Result<Arc<Self>, TlsError> {
+        // Taken before loading: a rotation that lands in between is then seen as a change.
+        let mut seen = snapshot(settings);
         let config = load(settings)?;
         let reloader = Arc::new(Self {
             current: ArcSwap::from_pointee(config),
@@ -125,7 +127,6 @@ impl TlsReloader {
         });
         let poller = reloader.clone();
         tokio::spawn(async move {
-            let mut seen = snapshot(&poller.settings);
             let mut tick = tokio::time::interval(poller.settings.reload_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {

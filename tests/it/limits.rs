@@ -211,18 +211,23 @@ async fn watch_streams_past_the_cap_are_refused() {
     }
     println!("watch cap 20: {} open, {refused} refused", open.len());
     assert_eq!((open.len(), refused), (20, 10));
-    // Closing one frees its place.
+    // Closing one frees its place (once the server has seen the stream end).
     open.pop();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        service
+    let mut reopened = false;
+    for _ in 0..100 {
+        let attempt = service
             .client()
             .watch_enrollment(WatchEnrollmentRequest {
-                card_contract_id: 70001
+                card_contract_id: 70001,
             })
-            .await
-            .is_ok()
-    );
+            .await;
+        if attempt.is_ok() {
+            reopened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reopened, "the closed watch's place was never freed");
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -277,9 +282,27 @@ async fn five_thousand_watch_attempts_stay_under_the_rss_bound() {
         during / 1024
     );
     assert_eq!(ok, 1_000);
-    assert_eq!(refused + other, 4_000);
+    assert_eq!((refused, other), (4_000, 0));
     assert!(during / 1024 < RSS_BOUND_MIB);
 }
+
+/// Reads (never answering SETTINGS or PINGs) until the server closes the connection; how long
+/// that took. Panics if it is still open after 10 s.
+pub async fn closed_after<S: tokio::io::AsyncRead + Unpin>(mut stream: S) -> Duration {
+    let started = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("connection still open after 10 s"),
+        }
+    }
+}
+
+/// The HTTP/2 preface and an empty SETTINGS frame.
+pub const PREFACE_AND_SETTINGS: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
 
 #[tokio::test]
 async fn silent_connections_are_closed() {
@@ -287,35 +310,106 @@ async fn silent_connections_are_closed() {
         ("C2P_GRPC__LIMITS__HANDSHAKE_TIMEOUT", "300ms"),
         ("C2P_GRPC__LIMITS__KEEPALIVE_INTERVAL", "300ms"),
         ("C2P_GRPC__LIMITS__KEEPALIVE_TIMEOUT", "300ms"),
+        ("C2P_HEALTH__LISTEN", "127.0.0.1:0"),
     ]))
     .await;
     let addr = service.running.local_addr();
-    let closed_within = |mut tcp: tokio::net::TcpStream| async move {
-        let started = Instant::now();
-        let mut buf = vec![0u8; 4096];
-        loop {
-            match tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
-                Ok(Ok(_)) => continue, // SETTINGS, PINGs: read on, never answer
-                Err(_) => panic!(
-                    "connection still open after 10 s ({} bytes read)",
-                    buf.len()
-                ),
-            }
-        }
-    };
+    let connect = || tokio::net::TcpStream::connect(addr);
     // Bare TCP: nothing is ever sent.
-    let bare = tokio::net::TcpStream::connect(addr).await.unwrap();
-    println!("bare TCP closed after {:?}", closed_within(bare).await);
-    // The HTTP/2 preface and an empty SETTINGS frame, then silence (PINGs go unanswered).
-    let mut preface = tokio::net::TcpStream::connect(addr).await.unwrap();
-    preface
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    println!(
+        "bare TCP closed after {:?}",
+        closed_after(connect().await.unwrap()).await
+    );
+    // Half a preface, then silence.
+    let mut half = connect().await.unwrap();
+    half.write_all(b"PRI * HTTP").await.unwrap();
+    println!("half a preface closed after {:?}", closed_after(half).await);
+    // Not HTTP/2 at all.
+    let mut http1 = connect().await.unwrap();
+    http1
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n123456")
         .await
         .unwrap();
+    println!("HTTP/1.1 closed after {:?}", closed_after(http1).await);
+    // The whole preface and SETTINGS, then silence: PINGs go unanswered.
+    let mut preface = connect().await.unwrap();
+    preface.write_all(PREFACE_AND_SETTINGS).await.unwrap();
     println!(
         "preface-only closed after {:?}",
-        closed_within(preface).await
+        closed_after(preface).await
+    );
+    // The health-only listener is held to the same.
+    let health = service.running.health_addr().unwrap();
+    let bare = tokio::net::TcpStream::connect(health).await.unwrap();
+    println!(
+        "health port, bare TCP closed after {:?}",
+        closed_after(bare).await
+    );
+    let mut preface = tokio::net::TcpStream::connect(health).await.unwrap();
+    preface.write_all(PREFACE_AND_SETTINGS).await.unwrap();
+    println!(
+        "health port, preface-only closed after {:?}",
+        closed_after(preface).await
+    );
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_are_closed_at_once() {
+    let service =
+        TestService::start(&settings(&[("C2P_GRPC__LIMITS__MAX_CONNECTIONS", "3")])).await;
+    let addr = service.running.local_addr();
+    // The harness's channel holds one; two more with a preface.
+    let _ = crate::harness::health_status(&mut service.health(), "").await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(PREFACE_AND_SETTINGS).await.unwrap();
+        held.push(tcp);
+    }
+    // The fourth is closed without being served, though it sends a valid preface.
+    let mut fourth = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = fourth.write_all(PREFACE_AND_SETTINGS).await;
+    let mut buf = [0u8; 64];
+    let answer = tokio::time::timeout(Duration::from_secs(10), fourth.read(&mut buf))
+        .await
+        .expect("the fourth connection was neither served nor closed");
+    assert!(
+        matches!(answer, Ok(0) | Err(_)),
+        "the fourth connection got {answer:?}"
+    );
+    // The first connection still works.
+    let _ = crate::harness::health_status(&mut service.health(), "").await;
+}
+
+#[tokio::test]
+async fn health_watches_past_their_cap_are_refused() {
+    let service = TestService::start(&settings(&[])).await;
+    let mut open = Vec::new();
+    let mut refused = 0;
+    let mut channel = service.channel.clone();
+    for i in 0..(c2p_enroll::health::MAX_HEALTH_WATCHES + 5) {
+        // At most 100 streams per connection: a new one every 90 watches.
+        if i % 90 == 89 {
+            channel = connect(service.running.local_addr()).await;
+        }
+        match tonic_health::pb::health_client::HealthClient::new(channel.clone())
+            .watch(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+        {
+            Ok(s) => open.push(Some(s.into_inner())),
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted);
+                refused += 1;
+            }
+        }
+    }
+    let opened = open.iter().flatten().count();
+    println!("health watches: {opened} open, {refused} refused");
+    assert_eq!(
+        (opened, refused),
+        (c2p_enroll::health::MAX_HEALTH_WATCHES, 5)
     );
 }
 

@@ -10,8 +10,8 @@ use c2p_enroll::proto::v1::{
     enrollment_service_client::EnrollmentServiceClient,
 };
 use c2p_enroll::sandbox::faults::Route;
+use rustls::pki_types::pem::PemObject as _;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 use time::OffsetDateTime;
 use tonic::Code;
@@ -69,6 +69,7 @@ impl Pki {
             ("C2P_GRPC__TLS__KEY_FILE".into(), self.path("server.key")),
             ("C2P_GRPC__TLS__CLIENT_CA_FILE".into(), self.path("ca.pem")),
             ("C2P_GRPC__TLS__RELOAD_INTERVAL".into(), "100ms".into()),
+            ("C2P_GRPC__LIMITS__HANDSHAKE_TIMEOUT".into(), "1s".into()),
             ("C2P_AUTH__CALLERS__APP__IDENTITY".into(), APP.into()),
             (
                 "C2P_AUTH__CALLERS__APP__RPCS".into(),
@@ -211,6 +212,45 @@ async fn handshakes_without_a_valid_client_certificate_are_refused() {
     );
     assert_eq!(upstream_calls(&service), 0);
     assert_eq!(key_count(&redis), baseline);
+    // The same server answers a client with a valid certificate: the refusals were the
+    // certificates', not a broken listener.
+    let app = pki.client(APP);
+    let channel = tls_channel(addr, &pki.ca.cert_pem, Some(&app))
+        .await
+        .unwrap();
+    EnrollmentServiceClient::new(channel)
+        .get_enrollment_status(GetEnrollmentStatusRequest {
+            card_contract_id: 70001,
+            refresh: false,
+        })
+        .await
+        .unwrap();
+    // A TLS client that finishes its handshake and then says nothing is closed too.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pki.ca.cert_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(app.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(app.key_pem.as_bytes()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    let silent = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    println!(
+        "TLS handshake then silence: closed after {:?}",
+        crate::limits::closed_after(silent).await
+    );
 }
 
 #[tokio::test]
@@ -465,7 +505,6 @@ async fn readme_dev_certs_give_a_working_mutual_tls_setup() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented);
-    let _ = Path::new(".");
 }
 
 #[tokio::test]

@@ -178,6 +178,7 @@ async fn mastercard_mode_refuses_a_plaintext_listener_beyond_loopback() {
             "spiffe://bank.test/sa/app",
         ),
         ("C2P_AUTH__CALLERS__APP__RPCS", "GetEnrollmentStatus"),
+        ("C2P_AUTH__CALLERS__APP__PROGRAMS", "default"),
     ]);
     let mut process = ServiceProcess::spawn(&[], &mesh);
     process.listening_addr().await;
