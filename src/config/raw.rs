@@ -328,10 +328,41 @@ pub fn env_pairs() -> Vec<(String, String)> {
         .collect()
 }
 
-/// Nests `C2P_A__B=v` as `{a: {b: "v"}}`; variables without the prefix are skipped.
+/// Whether `name` has the shape of a Kubernetes service-link variable (`<SVC>_SERVICE_HOST`,
+/// `<SVC>_SERVICE_PORT[_<NAME>]`, `<SVC>_PORT[_<N>_<PROTO>[_PROTO|_PORT|_ADDR]]`), which a
+/// kubelet injects for every Service of the namespace: a Service named `c2p-…` makes `C2P_…`
+/// names. No setting ends that way, so they are skipped whatever the Service is called.
+pub(super) fn is_service_link(name: &str) -> bool {
+    if name.ends_with("_SERVICE_HOST")
+        || name.ends_with("_SERVICE_PORT")
+        || name.contains("_SERVICE_PORT_")
+        || name.ends_with("_PORT")
+    {
+        return true;
+    }
+    let parts: Vec<&str> = name.rsplit('_').collect();
+    // parts are reversed: [PROTO, N, "PORT", ...] or [PROTO|PORT|ADDR, PROTO, N, "PORT", ...]
+    let is_proto = |p: &str| matches!(p, "TCP" | "UDP" | "SCTP");
+    let is_number = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    match parts.as_slice() {
+        [proto, n, "PORT", ..] if is_proto(proto) && is_number(n) => true,
+        [last, proto, n, "PORT", ..]
+            if matches!(*last, "PROTO" | "PORT" | "ADDR") && is_proto(proto) && is_number(n) =>
+        {
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Nests `C2P_A__B=v` as `{a: {b: "v"}}`; variables without the prefix, and service links, are
+/// skipped.
 fn env_dict(env: impl IntoIterator<Item = (String, String)>) -> Dict {
     let mut root = Dict::new();
     for (key, value) in env {
+        if is_service_link(&key) {
+            continue;
+        }
         let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
             continue;
         };
@@ -357,6 +388,57 @@ fn insert(dict: &mut Dict, path: &[String], value: String) {
             if let Value::Dict(_, inner) = entry {
                 insert(inner, rest, value);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a kubelet injects for a Service `name` with a port 50051 named `grpc` (TCP).
+    fn service_links(name: &str) -> Vec<String> {
+        let svc = name.to_uppercase().replace('-', "_");
+        [
+            "_SERVICE_HOST",
+            "_SERVICE_PORT",
+            "_SERVICE_PORT_GRPC",
+            "_PORT",
+            "_PORT_50051_TCP",
+            "_PORT_50051_TCP_PROTO",
+            "_PORT_50051_TCP_PORT",
+            "_PORT_50051_TCP_ADDR",
+        ]
+        .iter()
+        .map(|suffix| format!("{svc}{suffix}"))
+        .collect()
+    }
+
+    #[test]
+    fn service_links_of_any_service_name_are_skipped() {
+        // The chart's own Service, a Redis beside it, and names built to look like settings.
+        for service in [
+            "c2p-enroll",
+            "c2p-redis",
+            "c2p--grpc",
+            "c2p-grpc--listen",
+            "c2p-mode",
+        ] {
+            for name in service_links(service) {
+                assert!(is_service_link(&name), "{name}");
+                assert!(
+                    env_dict([(name.clone(), "10.0.0.1".to_owned())]).is_empty(),
+                    "{name}"
+                );
+            }
+        }
+        for setting in [
+            "C2P_MODE",
+            "C2P_GRPC__LISTEN",
+            "C2P_HEALTH__LISTEN",
+            "C2P_REDIS__URL",
+        ] {
+            assert!(!is_service_link(setting), "{setting}");
         }
     }
 }

@@ -183,3 +183,35 @@ async fn mastercard_mode_refuses_a_plaintext_listener_beyond_loopback() {
     let mut process = ServiceProcess::spawn(&[], &mesh);
     process.listening_addr().await;
 }
+
+#[tokio::test]
+async fn the_variables_a_kubelet_injects_for_c2p_services_are_not_settings() {
+    // What a kubelet puts in every pod of a namespace with Services `c2p-enroll` (the chart's)
+    // and `c2p-redis`: before, the binary took them for unknown settings and exited 2.
+    let mut env: Vec<(String, String)> = Vec::new();
+    for (svc, port, name) in [("C2P_ENROLL", 50051, "GRPC"), ("C2P_REDIS", 6379, "REDIS")] {
+        let tcp = format!("tcp://10.96.0.10:{port}");
+        env.extend([
+            (format!("{svc}_SERVICE_HOST"), "10.96.0.10".to_owned()),
+            (format!("{svc}_SERVICE_PORT"), port.to_string()),
+            (format!("{svc}_SERVICE_PORT_{name}"), port.to_string()),
+            (format!("{svc}_PORT"), tcp.clone()),
+            (format!("{svc}_PORT_{port}_TCP"), tcp),
+            (format!("{svc}_PORT_{port}_TCP_PROTO"), "tcp".to_owned()),
+            (format!("{svc}_PORT_{port}_TCP_PORT"), port.to_string()),
+            (
+                format!("{svc}_PORT_{port}_TCP_ADDR"),
+                "10.96.0.10".to_owned(),
+            ),
+        ]);
+    }
+    env.push(("C2P_GRPC__LISTEN".into(), "127.0.0.1:0".into()));
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut process = ServiceProcess::spawn(&[], &pairs);
+    process.listening_addr().await;
+    // A misspelt setting is still named: only the service-link shapes are skipped.
+    let mut typo = ServiceProcess::spawn(&[], &[("C2P_REDIS_URL", "redis://x")]);
+    let status = typo.wait(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(2));
+    assert!(typo.stderr().contains("redis_url"), "{}", typo.stderr());
+}
