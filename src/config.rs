@@ -69,6 +69,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// `auth.*`: who may call what.
     pub auth: AuthSettings,
+    /// `notifications.*`: what NotificationIngest accepts.
+    pub notifications: NotificationSettings,
     /// `mastercard.*`: credentials complete in `mastercard` mode; tuning in both modes.
     pub mastercard: MastercardSettings,
     /// `programs.<name>.*`: the Click to Pay programs (mastercard mode; sandbox mode uses the
@@ -191,6 +193,15 @@ pub struct CallerPolicy {
     pub rpcs: std::collections::BTreeSet<Rpc>,
     /// `programs`: the programs it may enroll under; `None` = any (`"*"`).
     pub programs: Option<std::collections::BTreeSet<String>>,
+}
+
+/// `notifications.*`.
+#[derive(Debug, Clone)]
+pub struct NotificationSettings {
+    /// `notifications.max_future_skew`: how far in the future an `event_time` may be.
+    pub max_future_skew: Duration,
+    /// `notifications.max_age`: how far in the past an `event_time` may be.
+    pub max_age: Duration,
 }
 
 /// `auth.*`.

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod codec;
 pub mod convert;
 mod deadline;
+mod ingest;
 mod service;
 pub mod status;
 pub mod streams;

@@ -196,6 +196,10 @@ pub async fn start(
         drain.clone(),
         StreamLimits::new(limits.max_watch_streams, limits.max_ingest_streams),
         limits.default_deadline,
+        crate::grpc::convert::EventTimeBounds {
+            max_future: settings.notifications.max_future_skew,
+            max_age: settings.notifications.max_age,
+        },
     );
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let metrics = match settings.metrics.listen {

@@ -3,7 +3,7 @@
 
 use super::App;
 use crate::domain::TokenEvent;
-use crate::store::NotificationResult;
+use crate::store::{NotificationResult, StoreError};
 
 /// What was done with a notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +16,9 @@ pub enum IngestOutcome {
     Stale,
     /// Not a Click to Pay token.
     Ignored,
+    /// Not applied, and a resend would not help (the stored record was unreadable and was set
+    /// aside: the card is rebuilt from Mastercard's token list on its next read).
+    Rejected(String),
     /// Not applied: the store failed; the gateway should resend.
     Failed(String),
 }
@@ -30,6 +33,12 @@ impl App {
             Ok(NotificationResult::Applied(_)) => IngestOutcome::Applied,
             Ok(NotificationResult::Duplicate) => IngestOutcome::Duplicate,
             Ok(NotificationResult::Stale) => IngestOutcome::Stale,
+            Err(StoreError::Corrupt(why)) => {
+                tracing::error!(error = %why, card = event.card_contract_id.get(), "notification not applied: the stored record was unreadable");
+                IngestOutcome::Rejected(format!(
+                    "not applied: the stored record was unreadable and was set aside ({why})"
+                ))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "notification not applied");
                 IngestOutcome::Failed(format!("not applied, resend: {e}"))

@@ -58,6 +58,7 @@ pub(super) struct RawSettings {
     pub shutdown: RawShutdown,
     pub log: RawLog,
     pub auth: RawAuth,
+    pub notifications: RawNotifications,
     pub mastercard: RawMastercard,
     pub programs: BTreeMap<String, RawProgram>,
     #[serde(flatten)]
@@ -112,6 +113,15 @@ pub(super) struct RawLimits {
     pub max_connections: Option<Scalar>,
     pub max_connection_age: Option<Scalar>,
     pub max_connection_age_grace: Option<Scalar>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawNotifications {
+    pub max_future_skew: Option<Scalar>,
+    pub max_age: Option<Scalar>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

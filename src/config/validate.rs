@@ -26,6 +26,8 @@ pub(super) mod defaults {
     pub const SHUTDOWN_GRACE_PERIOD: &str = "10s";
     pub const LOG_FILTER: &str = "info";
     pub const LOG_FORMAT: &str = "auto";
+    pub const NOTIFICATIONS_MAX_FUTURE_SKEW: &str = "5m";
+    pub const NOTIFICATIONS_MAX_AGE: &str = "30d";
 }
 
 #[derive(Default)]
@@ -169,6 +171,7 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
     c.unknown("shutdown", &raw.shutdown.unknown);
     c.unknown("log", &raw.log.unknown);
     c.unknown("mastercard", &raw.mastercard.unknown);
+    c.unknown("notifications", &raw.notifications.unknown);
 
     let mode = match Checker::text(&raw.mode, defaults::MODE).as_str() {
         "sandbox" => Mode::Sandbox,
@@ -259,6 +262,22 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
         ),
     };
     let log = validate_log(&mut c, &raw, mode);
+    let notifications = super::NotificationSettings {
+        max_future_skew: c.duration(
+            "notifications.max_future_skew",
+            &raw.notifications.max_future_skew,
+            defaults::NOTIFICATIONS_MAX_FUTURE_SKEW,
+        ),
+        max_age: c.duration(
+            "notifications.max_age",
+            &raw.notifications.max_age,
+            defaults::NOTIFICATIONS_MAX_AGE,
+        ),
+    };
+    // Webhook senders retry for days: a shorter window would refuse genuine resends.
+    if notifications.max_age < Duration::from_secs(72 * 3600) {
+        c.problem("notifications.max_age", "must be at least 72h");
+    }
 
     // Credentials and key files are required only in mastercard mode: sandbox mode points the
     // clients at the simulator, so such settings left in a file for the other mode are ignored.
@@ -284,6 +303,7 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
         mode,
         grpc,
         auth,
+        notifications,
         redis,
         store,
         enroll,

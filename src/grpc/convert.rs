@@ -246,8 +246,40 @@ pub fn card_id(id: i64) -> Result<CardContractId, Vec<FieldViolation>> {
     })
 }
 
+/// How far from now a notification's `event_time` may be: a time far in the future would win
+/// every later merge (and once poisoned records), one far in the past is older than anything kept.
+#[derive(Debug, Clone, Copy)]
+pub struct EventTimeBounds {
+    /// `notifications.max_future_skew`.
+    pub max_future: std::time::Duration,
+    /// `notifications.max_age`.
+    pub max_age: std::time::Duration,
+}
+
+impl EventTimeBounds {
+    fn check(&self, event_at_ms: i64, now_ms: i64) -> Result<(), String> {
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        if event_at_ms > now_ms.saturating_add(ms(self.max_future)) {
+            return Err(format!(
+                "event_time is more than {} in the future",
+                humantime::format_duration(self.max_future)
+            ));
+        }
+        if event_at_ms < now_ms.saturating_sub(ms(self.max_age)) {
+            return Err(format!(
+                "event_time is more than {} in the past",
+                humantime::format_duration(self.max_age)
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A notification, validated; `Err` is the REJECTED message.
-pub fn token_event(n: &pb::NotificationIngestRequest) -> Result<TokenEvent, String> {
+pub fn token_event(
+    n: &pb::NotificationIngestRequest,
+    bounds: EventTimeBounds,
+) -> Result<TokenEvent, String> {
     let mut problems = Vec::new();
     if n.notification_id.trim().is_empty()
         || n.notification_id.chars().count() > MAX_TEXT
@@ -277,6 +309,11 @@ pub fn token_event(n: &pb::NotificationIngestRequest) -> Result<TokenEvent, Stri
             0
         }
     };
+    if event_at_ms > 0
+        && let Err(why) = bounds.check(event_at_ms, crate::domain::now_ms())
+    {
+        problems.push(why);
+    }
     use pb::notification_ingest_request::Event;
     let (card, tur, trid, wallet, kind) = match &n.event {
         None => {

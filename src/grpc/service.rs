@@ -4,13 +4,13 @@
 use super::auth::{Caller, Denied};
 use super::streams::StreamLimits;
 use super::{convert, deadline, status, trace};
-use crate::app::{App, AppError, IngestOutcome, Source};
+use crate::app::{App, AppError, Source};
 use crate::config::Rpc;
 use crate::metrics;
 use crate::proto::v1::{
     EnrollCardRequest, EnrollCardResponse, GetEnrollmentStatusRequest, GetEnrollmentStatusResponse,
-    NotificationIngestRequest, NotificationIngestResponse, NotificationOutcome,
-    WatchEnrollmentRequest, WatchEnrollmentResponse, enrollment_service_server::EnrollmentService,
+    NotificationIngestRequest, NotificationIngestResponse, WatchEnrollmentRequest,
+    WatchEnrollmentResponse, enrollment_service_server::EnrollmentService,
 };
 use futures::StreamExt as _;
 use std::pin::Pin;
@@ -24,9 +24,6 @@ use tracing::Instrument as _;
 /// A server stream of `T`.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// Unacknowledged notifications one stream may have in progress: the gateway's backpressure.
-const INGEST_WINDOW: usize = 32;
-
 /// The service; cheap to clone.
 #[derive(Clone)]
 pub struct EnrollmentApi {
@@ -34,6 +31,7 @@ pub struct EnrollmentApi {
     drain: CancellationToken,
     streams: StreamLimits,
     default_deadline: std::time::Duration,
+    event_time_bounds: convert::EventTimeBounds,
 }
 
 impl EnrollmentApi {
@@ -45,12 +43,14 @@ impl EnrollmentApi {
         drain: CancellationToken,
         streams: StreamLimits,
         default_deadline: std::time::Duration,
+        event_time_bounds: convert::EventTimeBounds,
     ) -> Self {
         Self {
             app,
             drain,
             streams,
             default_deadline,
+            event_time_bounds,
         }
     }
 }
@@ -66,18 +66,6 @@ fn caller<T>(request: &Request<T>, rpc: Rpc) -> Result<Caller, Status> {
             Denied::Unauthenticated.record(rpc, None);
             Denied::Unauthenticated.status(rpc)
         })
-}
-
-fn ingest_response(
-    id: String,
-    outcome: NotificationOutcome,
-    message: String,
-) -> NotificationIngestResponse {
-    NotificationIngestResponse {
-        notification_id: id,
-        outcome: outcome as i32,
-        message,
-    }
 }
 
 #[tonic::async_trait]
@@ -114,51 +102,21 @@ impl EnrollmentService for EnrollmentApi {
     ) -> Result<Response<Self::NotificationIngestStream>, Status> {
         caller(&request, Rpc::NotificationIngest)?;
         let permit = self.streams.ingest()?;
-        let app = self.app.clone();
-        let rpc_span = tracing::Span::current();
         let open = metrics::OpenStream::open("NotificationIngest");
         let input = request
             .into_inner()
             .take_until(self.drain.clone().cancelled_owned());
-        // At most INGEST_WINDOW notifications are in progress; the rest wait in the transport,
-        // which pushes back on the gateway instead of growing a buffer here.
-        let output = input
-            .take_while(|item| std::future::ready(item.is_ok()))
-            .filter_map(|item| std::future::ready(item.ok()))
-            .map(move |n| {
-                let app = app.clone();
-                let span = tracing::info_span!(parent: &rpc_span, "notification", notification.id = %n.notification_id, card = tracing::field::Empty, outcome = tracing::field::Empty);
-                async move {
-                    let event = match convert::token_event(&n) {
-                        Ok(e) => e,
-                        Err(why) => {
-                            tracing::Span::current().record("outcome", "rejected");
-                            metrics::notification("rejected");
-                            // An id over its bound is not echoed whole.
-                            let id: String = n.notification_id.chars().take(255).collect();
-                            return Ok(ingest_response(id, NotificationOutcome::Rejected, why));
-                        }
-                    };
-                    tracing::Span::current().record("card", event.card_contract_id.get());
-                    let (outcome, name, message) = match app.ingest(&event).await {
-                        IngestOutcome::Applied => (NotificationOutcome::Applied, "applied", String::new()),
-                        IngestOutcome::Duplicate => (NotificationOutcome::Duplicate, "duplicate", "already applied".into()),
-                        IngestOutcome::Stale => (NotificationOutcome::Stale, "stale", "older than the stored state".into()),
-                        IngestOutcome::Ignored => (NotificationOutcome::Ignored, "ignored", "not a Click to Pay token".into()),
-                        IngestOutcome::Failed(why) => (NotificationOutcome::Failed, "failed", why),
-                    };
-                    tracing::Span::current().record("outcome", name);
-                    metrics::notification(name);
-                    Ok(ingest_response(n.notification_id, outcome, message))
-                }
-                .instrument(span)
-            })
-            .buffer_unordered(INGEST_WINDOW)
-            // The gauge and the permit count the stream until it is dropped.
-            .map(move |item| {
-                let _ = (&open, &permit);
-                item
-            });
+        let output = super::ingest::answers(
+            self.app.clone(),
+            input,
+            self.event_time_bounds,
+            tracing::Span::current(),
+        )
+        // The gauge and the permit count the stream until it is dropped.
+        .map(move |item| {
+            let _ = (&open, &permit);
+            item
+        });
         Ok(Response::new(Box::pin(output)))
     }
 

@@ -1,7 +1,7 @@
 //! The enrollment flows end to end over real gRPC: the service (one or two instances), the
 //! simulator over HTTP, and a real Redis (standalone or a 3-master cluster) or the memory store.
 
-use crate::harness::{RedisCluster, RedisServer, TestService, settings, start_sandbox};
+use crate::harness::{RedisCluster, RedisServer, TestService, settings, start_sandbox, t0};
 use c2p_enroll::proto::v1::{
     Consumer, EnrollCardRequest, Enrollment, EnrollmentSource, EnrollmentState,
     GetEnrollmentStatusRequest, NotificationIngestRequest, NotificationOutcome, TokenStatus,
@@ -532,7 +532,7 @@ async fn status_is_rebuilt_from_the_token_list_on_a_miss_and_cached() {
     }
 }
 
-fn tar(id: &str, card: i64, at_s: i64, trid: &str) -> NotificationIngestRequest {
+pub fn tar(id: &str, card: i64, at_s: i64, trid: &str) -> NotificationIngestRequest {
     NotificationIngestRequest {
         notification_id: id.into(),
         event_time: Some(prost_types::Timestamp {
@@ -555,15 +555,15 @@ fn tar(id: &str, card: i64, at_s: i64, trid: &str) -> NotificationIngestRequest 
 async fn notification_ingest_acknowledges_each_message_with_its_outcome() {
     let mut redis = RedisServer::start();
     let service = TestService::start(&settings(&[("C2P_REDIS__URL", &redis.url())])).await;
-    let mut malformed = tar("n-bad", 0, 1_800_000_000, "50123197928");
+    let mut malformed = tar("n-bad", 0, t0(), "50123197928");
     malformed.event_time = None;
     let messages = vec![
-        tar("n-1", 70010, 1_800_000_010, "50123197928"),
-        tar("n-1", 70010, 1_800_000_010, "50123197928"),
-        tar("n-2", 70010, 1_800_000_005, "50123197928"),
-        tar("n-3", 70010, 1_800_000_020, "99999999999"),
+        tar("n-1", 70010, t0() + 10, "50123197928"),
+        tar("n-1", 70010, t0() + 10, "50123197928"),
+        tar("n-2", 70010, t0() + 5, "50123197928"),
+        tar("n-3", 70010, t0() + 20, "99999999999"),
         malformed,
-        tar("n-4", 70010, 1_800_000_030, "50123197928"),
+        tar("n-4", 70010, t0() + 30, "50123197928"),
     ];
     let mut responses = service
         .client()
@@ -603,7 +603,7 @@ async fn notification_ingest_acknowledges_each_message_with_its_outcome() {
         .notification_ingest(tokio_stream::iter([tar(
             "n-5",
             70010,
-            1_800_000_040,
+            t0() + 40,
             "50123197928",
         )]))
         .await
@@ -817,7 +817,7 @@ async fn a_watcher_keeps_following_across_a_redis_restart() {
             .notification_ingest(tokio_stream::iter([tar(
                 &format!("n-restart-{n}"),
                 70011,
-                1_800_000_000 + n,
+                t0() + n,
                 "50123197928",
             )]))
             .await

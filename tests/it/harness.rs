@@ -755,3 +755,9 @@ pub fn mastercard_enroll_request(
         },
     }
 }
+
+/// An hour ago, in seconds since the epoch: event times of test notifications, inside the
+/// window NotificationIngest accepts (`notifications.max_future_skew`, `max_age`).
+pub fn t0() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp() - 3600
+}

@@ -3,7 +3,7 @@
 //! process while a client tries 5,000 watches), silent connections and the default deadline.
 
 use crate::flows::request;
-use crate::harness::{ServiceProcess, TestService, connect, settings};
+use crate::harness::{ServiceProcess, TestService, connect, settings, t0};
 use bytes::{Buf as _, BufMut as _};
 use c2p_enroll::proto::v1::{
     NotificationIngestRequest, NotificationOutcome, TokenStatus, TokenStatusChanged,
@@ -145,7 +145,7 @@ async fn fields_over_their_bounds_are_named_and_never_echoed() {
     let notification = |id: &str, reason: String| NotificationIngestRequest {
         notification_id: id.into(),
         event_time: Some(prost_types::Timestamp {
-            seconds: 1_800_000_000,
+            seconds: t0(),
             nanos: 0,
         }),
         event: Some(Event::TokenStatusChanged(TokenStatusChanged {

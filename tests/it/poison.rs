@@ -1,0 +1,149 @@
+//! Hostile notifications: event times that would win every later merge, and broken frames on
+//! the ingest stream, which must end it with an error after answering what came before.
+
+use crate::flows::tar;
+use crate::harness::{TestService, settings, t0};
+use bytes::{Buf as _, Bytes};
+use c2p_enroll::proto::v1::{NotificationIngestResponse, NotificationOutcome};
+use prost::Message as _;
+
+/// One gRPC length-prefixed message.
+fn frame(message: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8];
+    out.extend((message.len() as u32).to_be_bytes());
+    out.extend(message);
+    out
+}
+
+/// Sends `body` as the whole request stream of NotificationIngest over raw HTTP/2; returns the
+/// answers and the final grpc-status.
+async fn raw_ingest(
+    addr: std::net::SocketAddr,
+    body: Vec<u8>,
+) -> (Vec<NotificationIngestResponse>, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{addr}/c2p.enrollment.v1.EnrollmentService/NotificationIngest"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut send) = client.send_request(request, false).unwrap();
+    send.send_data(Bytes::from(body), true).unwrap();
+    let response = response.await.unwrap();
+    let headers_status = response
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let mut body = response.into_body();
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.unwrap();
+    let status = trailers
+        .and_then(|t| t.get("grpc-status").map(|v| v.to_str().unwrap().to_owned()))
+        .or(headers_status)
+        .expect("a grpc-status");
+    let mut answers = Vec::new();
+    let mut buf = Bytes::from(data);
+    while buf.remaining() >= 5 {
+        let _compressed = buf.get_u8();
+        let len = buf.get_u32() as usize;
+        answers.push(NotificationIngestResponse::decode(buf.split_to(len)).unwrap());
+    }
+    (answers, status)
+}
+
+#[tokio::test]
+async fn a_broken_frame_ends_the_stream_with_invalid_argument_after_the_answers_before_it() {
+    let service = TestService::start(&settings(&[])).await;
+    let addr = service.running.local_addr();
+    let valid = |id: &str| frame(&tar(id, 70010, t0(), "50123197928").encode_to_vec());
+
+    // valid, garbage, valid: one answer, then INVALID_ARGUMENT (3); the third is not taken.
+    let mut body = valid("n-1");
+    body.extend(frame(&[0xff, 0xff, 0xff]));
+    body.extend(valid("n-2"));
+    let (answers, status) = raw_ingest(addr, body).await;
+    println!(
+        "valid, garbage, valid: {} answer(s), grpc-status {status}",
+        answers.len()
+    );
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].notification_id, "n-1");
+    assert_eq!(answers[0].outcome(), NotificationOutcome::Applied);
+    assert_eq!(status, "3");
+
+    // valid, then a frame that announces 100 bytes and ends after 3.
+    let mut body = valid("n-3");
+    body.extend([0, 0, 0, 0, 100, 1, 2, 3]);
+    let (answers, status) = raw_ingest(addr, body).await;
+    println!(
+        "valid, partial frame: {} answer(s), grpc-status {status}",
+        answers.len()
+    );
+    assert_eq!(answers.len(), 1);
+    assert_eq!(status, "3");
+
+    // A clean stream still ends OK.
+    let (answers, status) = raw_ingest(addr, valid("n-4")).await;
+    assert_eq!((answers.len(), status.as_str()), (1, "0"));
+}
+
+#[tokio::test]
+async fn event_times_out_of_bounds_are_rejected_and_change_nothing() {
+    let service = TestService::start(&settings(&[])).await;
+    let mut client = service.client();
+    let now = t0() + 3600;
+    let cases = [
+        ("n-future-day", now + 86_400),
+        ("n-year-5138", 99_999_999_999),
+        ("n-60-days-old", now - 60 * 86_400),
+        ("n-max", i64::MAX),
+    ];
+    let messages: Vec<_> = cases
+        .iter()
+        .map(|(id, at)| {
+            let mut n = tar(id, 70011, 0, "50123197928");
+            n.event_time = Some(prost_types::Timestamp {
+                seconds: *at,
+                nanos: 0,
+            });
+            n
+        })
+        .collect();
+    let mut answers = client
+        .notification_ingest(futures::stream::iter(messages))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut rejected = 0;
+    while let Some(a) = answers.message().await.unwrap() {
+        assert_eq!(a.outcome(), NotificationOutcome::Rejected, "{a:?}");
+        assert!(a.message.contains("event_time"), "{a:?}");
+        rejected += 1;
+    }
+    assert_eq!(rejected, cases.len());
+    // The card has no token: a genuine notification now applies.
+    let mut answers = client
+        .notification_ingest(futures::stream::iter([tar(
+            "n-ok",
+            70011,
+            now - 10,
+            "50123197928",
+        )]))
+        .await
+        .unwrap()
+        .into_inner();
+    let ok = answers.message().await.unwrap().unwrap();
+    assert_eq!(ok.outcome(), NotificationOutcome::Applied);
+}
