@@ -310,6 +310,18 @@ impl App {
             _ => correlation,
         };
 
+        // A POST /cards was sent and its answer lost (a crash, a timeout): the card may be
+        // tokenized already. Ask the token list before sending it again, and finish from it.
+        if attempt.phase().await >= Phase::EnrollSent {
+            let (record, _) = self.status(cmd.card_contract_id, true, deadline).await?;
+            if record.state == EnrollmentState::Enrolled {
+                tracing::info!(
+                    "finished from the token list: the interrupted attempt's POST /cards went through"
+                );
+                return Ok(record);
+            }
+        }
+
         // The card object is never stored, so a resumed call searches again (it changes nothing).
         let found = self
             .upstream

@@ -99,7 +99,10 @@ async fn a_killed_call_resumes_with_the_same_correlation_id_and_no_second_enroll
     a.wait(Duration::from_secs(10)).await;
     call_a.abort();
 
-    let mut b = ServiceProcess::spawn(&[], &env);
+    // B logs its Mastercard calls (debug), to show it does not send POST /cards again.
+    let mut env_b = env.clone();
+    env_b.push(("C2P_LOG__FILTER", "c2p_enroll=debug,info"));
+    let mut b = ServiceProcess::spawn(&[], &env_b);
     let mut client_b = EnrollmentServiceClient::new(connect(b.listening_addr().await).await);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let enrollment = loop {
@@ -124,6 +127,14 @@ async fn a_killed_call_resumes_with_the_same_correlation_id_and_no_second_enroll
     );
     let tokens = upstream.processing.card_tokens(70001, None).await.unwrap();
     assert_eq!(tokens.len(), 1, "the simulator enrolled the card once");
+    // B finished from the token list instead of re-sending POST /cards.
+    let log = b.stderr();
+    assert!(log.contains("finished from the token list"), "{log}");
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("mastercard call finished") && l.contains("putCard")),
+        "B sent POST /cards again:\n{log}"
+    );
     b.signal("TERM");
     assert!(b.wait(Duration::from_secs(15)).await.success());
 }
