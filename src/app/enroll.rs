@@ -206,9 +206,24 @@ impl App {
             });
         }
         // Aborted on drop too: a cancelled call must stop renewing its lease.
-        let heartbeat =
-            AbortOnDrop(self.heartbeat(attempt.scope.clone(), attempt.record.clone(), card));
-        let result = self.run(&attempt, &cmd, correlation, deadline).await;
+        let lost = tokio_util::sync::CancellationToken::new();
+        let heartbeat = AbortOnDrop(self.heartbeat(
+            attempt.scope.clone(),
+            attempt.record.clone(),
+            card,
+            lost.clone(),
+        ));
+        // The moment the lease or the card lock is lost, another attempt may own the card:
+        // stop here (as a crash would) rather than write over what it writes.
+        let result = tokio::select! {
+            result = self.run(&attempt, &cmd, correlation, deadline) => result,
+            _ = lost.cancelled() => {
+                tracing::warn!("the lease or the card lock was lost: this attempt stops");
+                Err(AppError::RequestInFlight {
+                    retry_after: Duration::from_secs(1),
+                })
+            }
+        };
         drop(heartbeat);
         if let Err(e) = self.store.unlock_card(card, &owner).await {
             tracing::warn!(error = %e, "could not release the card lock; it expires by itself");
@@ -237,12 +252,14 @@ impl App {
         }
     }
 
-    /// Renews the lease while the call runs (a crashed process stops renewing it).
+    /// Renews the lease while the call runs (a crashed process stops renewing it); cancels
+    /// `lost` when the lease or the card lock turns out to be someone else's.
     fn heartbeat(
         &self,
         scope: String,
         record: std::sync::Arc<tokio::sync::Mutex<IdempotencyRecord>>,
         card: CardContractId,
+        lost: tokio_util::sync::CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let store = self.store.clone();
         let lease = self.settings.lease;
@@ -255,9 +272,11 @@ impl App {
                 // A store error is retried on the next beat (the lease outlives two of them);
                 // only a lost lease or lock ends the heartbeat.
                 if let Ok(false) = store.idempotency_update(&scope, &current).await {
+                    lost.cancel();
                     return;
                 }
                 if let Ok(false) = store.lock_card(card, &current.owner, lease).await {
+                    lost.cancel();
                     return;
                 }
             }

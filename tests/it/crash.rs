@@ -138,3 +138,53 @@ async fn a_killed_call_resumes_with_the_same_correlation_id_and_no_second_enroll
     b.signal("TERM");
     assert!(b.wait(Duration::from_secs(15)).await.success());
 }
+
+#[tokio::test]
+async fn an_attempt_that_loses_its_card_lock_stops_before_post_cards() {
+    use crate::harness::{TestService, settings};
+    use c2p_enroll::sandbox::faults::{Route, RouteFault};
+    let redis = RedisServer::start();
+    let service = TestService::start(&settings(&[
+        ("C2P_REDIS__URL", &redis.url()),
+        ("C2P_ENROLL__LEASE", "900ms"),
+    ]))
+    .await;
+    // The search takes 2 s: time for the lock to be taken over under the running attempt.
+    service.sandbox.set_fault(
+        Route::Searches,
+        RouteFault {
+            latency: Some(Duration::from_secs(2)),
+            ..RouteFault::default()
+        },
+    );
+    let mut client = service.client();
+    let call = tokio::spawn(async move { client.enroll_card(request("k-lost", 70001)).await });
+    // Wait until the attempt holds the card lock, then give it to another owner (as a paused
+    // process' lock would be taken over once it expired).
+    let mut conn = redis.connection();
+    let lock = "c2p:{card:70001}:lock";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !redis::cmd("EXISTS")
+        .arg(lock)
+        .query::<bool>(&mut conn)
+        .unwrap()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the attempt never took the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _: () = redis::cmd("SET")
+        .arg(lock)
+        .arg("another-attempt")
+        .arg("PX")
+        .arg(10_000)
+        .query(&mut conn)
+        .unwrap();
+    let status = call.await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    // Past the search's latency: the stopped attempt never sent POST /cards.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(service.sandbox.count(Route::EnrollCards), 0);
+}
