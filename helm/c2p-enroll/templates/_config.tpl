@@ -60,8 +60,9 @@ The settings the chart writes, as JSON (before config.extra).
 {{- $_ := set $redis "ca_file" (printf "%s/ca.crt" (include "c2p-enroll.redisCADir" .)) }}
 {{- end }}
 {{- $_ := set $s "redis" $redis }}
-{{- /* [store], [log], [shutdown], [enroll] */}}
+{{- /* [store], [notifications], [log], [shutdown], [enroll] */}}
 {{- $_ := set $s "store" (deepCopy ($c.store | default dict)) }}
+{{- $_ := set $s "notifications" (deepCopy ($c.notifications | default dict)) }}
 {{- $_ := set $s "log" (deepCopy ($c.log | default dict)) }}
 {{- $_ := set $s "shutdown" (deepCopy ($c.shutdown | default dict)) }}
 {{- $enroll := deepCopy ($c.enroll | default dict) }}
@@ -206,4 +207,9 @@ The whole config.toml.
 # C2P_MODE and C2P_<SECTION>__<NAME> environment variables override them (C2P_REDIS__URL for
 # redis.url).
 {{ include "c2p-enroll.toml" (list "" (include "c2p-enroll.settingsMerged" . | fromJson)) }}
+{{- if not (include "c2p-enroll.metricsOn" .) }}
+{{- /* An empty listen turns the metrics listener off (left out, the service's default would
+listen on 127.0.0.1). */}}
+{{ printf "\n[metrics]\nlisten = \"\"" }}
+{{- end }}
 {{- end }}

@@ -39,7 +39,7 @@ UDP and TCP. Shared by the service's and the test pod's NetworkPolicies.
 {{- end }}
 {{- $ports := list }}
 {{- range $dns.ports | default (list 53) }}
-{{- $ports = append $ports (dict "port" (int .) "protocol" "UDP") (dict "port" (int .) "protocol" "TCP") }}
+{{- $ports = concat $ports (list (dict "port" (int .) "protocol" "UDP") (dict "port" (int .) "protocol" "TCP")) }}
 {{- end }}
 {{- toJson (dict "to" $to "ports" $ports) }}
 {{- end }}

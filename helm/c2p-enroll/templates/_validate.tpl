@@ -43,7 +43,7 @@ Included by the ConfigMap and the Deployment.
 {{- /* Listeners: never on loopback (the Service and the kubelet reach the pod's address). */}}
 {{- $grpcListen := .Values.config.grpc.listen | default "" | toString }}
 {{- if include "c2p-enroll.isLoopback" $grpcListen }}
-{{- fail (printf "config.grpc.listen (%s) is a loopback address, which neither the Service nor a sidecar-less client reaches: listen on 0.0.0.0:%v" $grpcListen .Values.containerPorts.grpc) }}
+{{- fail (printf "config.grpc.listen (%s) is a loopback address, which the Service cannot reach (no call would ever arrive): listen on 0.0.0.0:%v" $grpcListen .Values.containerPorts.grpc) }}
 {{- end }}
 {{- if and $mastercard (eq $identity "none") }}
 {{- fail "mastercard mode refuses auth.identity none (every caller anonymous): set tls.enabled with tls.clientCA (identity certificate), or auth.identity mesh_header behind a service mesh that terminates mutual TLS" }}
@@ -54,10 +54,25 @@ Included by the ConfigMap and the Deployment.
 {{- if and (ne $identity "none") (not .Values.auth.callers) }}
 {{- fail (printf "auth.callers is empty with auth.identity %s: no caller could call anything; add at least one caller (identity and rpcs)" $identity) }}
 {{- end }}
+{{- /* The same policy checks as the binary's (src/config/validate_security.rs). */}}
+{{- if and (eq $identity "mesh_header") $tls.enabled (not (include "c2p-enroll.clientCAFile" .)) }}
+{{- fail "auth.identity mesh_header with server-only TLS lets any client that reaches the port set the header: add tls.clientCA so only the mesh's certificate is accepted, or serve plaintext to the mesh sidecar" }}
+{{- end }}
+{{- $programs := list "default" }}
+{{- if $mastercard }}{{ $programs = keys .Values.config.programs }}{{ end }}
 {{- $identities := dict }}
 {{- range $name, $caller := .Values.auth.callers }}
-{{- if and (has "EnrollCard" $caller.rpcs) (not $caller.programs) }}
-{{- fail (printf "auth.callers.%s: programs is required when rpcs has EnrollCard ([\"*\"] allows any program)" $name) }}
+{{- $readsOrEnrolls := or (has "EnrollCard" $caller.rpcs) (has "GetEnrollmentStatus" $caller.rpcs) (has "WatchEnrollment" $caller.rpcs) }}
+{{- if and $readsOrEnrolls (not $caller.programs) }}
+{{- fail (printf "auth.callers.%s: programs is required when rpcs has EnrollCard, GetEnrollmentStatus or WatchEnrollment: the programs whose cards it may enroll and see ([\"*\"] allows any program)" $name) }}
+{{- end }}
+{{- range $caller.programs }}
+{{- if and (ne . "*") (not (has . $programs)) }}
+{{- fail (printf "auth.callers.%s.programs: %s is not a configured program (%s)" $name . (join ", " $programs)) }}
+{{- end }}
+{{- end }}
+{{- if and (eq $identity "certificate") (not (regexMatch "^(spiffe://.+|[A-Za-z0-9.*-]+)$" (toString $caller.identity))) }}
+{{- fail (printf "auth.callers.%s.identity: a certificate names a caller by a SPIFFE id (spiffe://...) or a DNS name; %s can never match" $name (toString $caller.identity)) }}
 {{- end }}
 {{- if hasKey $identities $caller.identity }}
 {{- fail (printf "auth.callers.%s and auth.callers.%s have the same identity %s" (get $identities $caller.identity) $name $caller.identity) }}
@@ -97,13 +112,13 @@ Included by the ConfigMap and the Deployment.
 {{- end }}
 {{- end }}
 
-{{- /* Environment: no names the service would ignore, none the chart sets itself. */}}
+{{- /* Environment: no C2P_ names that are no setting (typos), none the chart sets itself. */}}
 {{- $chartEnv := list }}
 {{- if .Values.redis.urlSecret.name }}{{ $chartEnv = append $chartEnv "C2P_REDIS__URL" }}{{ end }}
 {{- if .Values.proxy.httpsProxy }}{{ $chartEnv = concat $chartEnv (list "HTTPS_PROXY" "https_proxy" "NO_PROXY" "no_proxy") }}{{ end }}
 {{- range .Values.env }}
 {{- if and (hasPrefix "C2P_" .name) (ne .name "C2P_MODE") (not (contains "__" .name)) }}
-{{- fail (printf "env %s is not a setting: the service reads C2P_MODE and C2P_<SECTION>__<NAME> (a __ for each dot of the setting, e.g. C2P_REDIS__URL) and ignores other C2P_ names" .name) }}
+{{- fail (printf "env %s is not a setting name: settings are C2P_MODE and C2P_<SECTION>__<NAME>, a __ for each dot of the setting (e.g. C2P_REDIS__URL); the service would refuse it as unknown" .name) }}
 {{- end }}
 {{- if has .name $chartEnv }}
 {{- fail (printf "env %s is set by the chart itself (redis.urlSecret, proxy.*): remove it from env" .name) }}
