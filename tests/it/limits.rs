@@ -481,3 +481,21 @@ async fn the_server_announces_its_per_connection_stream_limit() {
     }
     assert_eq!(limit, 5);
 }
+
+#[tokio::test]
+async fn connections_are_recycled_after_their_max_age() {
+    // Keepalive stays at its 30 s default: what closes the connection here is its age.
+    let service = TestService::start(&settings(&[
+        ("C2P_GRPC__LIMITS__MAX_CONNECTION_AGE", "500ms"),
+        ("C2P_GRPC__LIMITS__MAX_CONNECTION_AGE_GRACE", "500ms"),
+    ]))
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(service.running.local_addr())
+        .await
+        .unwrap();
+    tcp.write_all(PREFACE_AND_SETTINGS).await.unwrap();
+    println!(
+        "connection closed after {:?} (max age 500ms + 500ms grace)",
+        closed_after(tcp).await
+    );
+}
