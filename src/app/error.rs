@@ -203,6 +203,10 @@ impl AppError {
                         retry_after: Some(d),
                         ..
                     } => *d,
+                    // Retrying before the breaker lets a probe through only fails again.
+                    crate::mastercard::error::UpstreamErrorKind::CircuitOpen { closes_in } => {
+                        (*closes_in).max(Duration::from_millis(100))
+                    }
                     _ => Duration::from_secs(1),
                 }),
                 ..plain(

@@ -129,6 +129,20 @@ impl CircuitBreaker {
         inner.state
     }
 
+    /// How long until an open breaker lets a probe through (zero unless open).
+    pub fn closes_in(&self) -> std::time::Duration {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        self.advance(&mut inner, now);
+        match inner.state {
+            BreakerState::Open => self
+                .config
+                .open_duration
+                .saturating_sub(now.duration_since(inner.opened_at)),
+            BreakerState::Closed | BreakerState::HalfOpen => std::time::Duration::ZERO,
+        }
+    }
+
     /// A permit for one call, or `None` while open (or while half-open probes are all out).
     pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
         let mut inner = self.lock();

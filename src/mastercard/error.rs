@@ -107,8 +107,12 @@ pub enum UpstreamErrorKind {
     Decode(String),
     /// The encrypted response could not be decrypted.
     Decrypt(JweError),
-    /// The API's circuit breaker is open; no request was sent.
-    CircuitOpen,
+    /// The API's circuit breaker is open; no request was sent. It lets a probe through in
+    /// `closes_in` (the caller's RetryInfo).
+    CircuitOpen {
+        /// Until the breaker lets a probe call through.
+        closes_in: std::time::Duration,
+    },
     /// The request could not be built (e.g. signing failed); nothing was sent.
     Request(String),
 }
@@ -137,7 +141,7 @@ impl UpstreamError {
             UpstreamErrorKind::ConnectFailed
             | UpstreamErrorKind::SendFailed
             | UpstreamErrorKind::Timeout
-            | UpstreamErrorKind::CircuitOpen
+            | UpstreamErrorKind::CircuitOpen { .. }
             | UpstreamErrorKind::ServerError { .. } => true,
             UpstreamErrorKind::Rejected { status, .. } => *status == 429,
             UpstreamErrorKind::Decode(_)
@@ -175,7 +179,11 @@ impl fmt::Display for UpstreamError {
             }
             UpstreamErrorKind::Decode(what) => write!(f, "undecodable answer ({what})")?,
             UpstreamErrorKind::Decrypt(e) => write!(f, "{e}")?,
-            UpstreamErrorKind::CircuitOpen => write!(f, "circuit breaker open")?,
+            UpstreamErrorKind::CircuitOpen { closes_in } => write!(
+                f,
+                "circuit breaker open for another {} ms",
+                closes_in.as_millis()
+            )?,
             UpstreamErrorKind::Request(what) => write!(f, "request not sent ({what})")?,
         }
         write!(f, " after {} attempt(s)", self.attempts)?;

@@ -276,7 +276,9 @@ impl ApiClient {
             let Some(permit) = self.breaker.try_acquire() else {
                 return Err(self.error(
                     spec.operation,
-                    UpstreamErrorKind::CircuitOpen,
+                    UpstreamErrorKind::CircuitOpen {
+                        closes_in: self.breaker.closes_in(),
+                    },
                     Correlation::default(),
                     attempt - 1,
                 ));
@@ -536,7 +538,7 @@ fn retryable(kind: &UpstreamErrorKind, idempotency: Idempotency) -> bool {
         UpstreamErrorKind::Rejected { .. }
         | UpstreamErrorKind::Decode(_)
         | UpstreamErrorKind::Decrypt(_)
-        | UpstreamErrorKind::CircuitOpen
+        | UpstreamErrorKind::CircuitOpen { .. }
         | UpstreamErrorKind::Request(_) => false,
     }
 }
@@ -563,7 +565,7 @@ fn error_type(kind: &UpstreamErrorKind) -> &'static str {
         UpstreamErrorKind::ServerError { .. } => "server_error",
         UpstreamErrorKind::Decode(_) => "decode",
         UpstreamErrorKind::Decrypt(_) => "decrypt",
-        UpstreamErrorKind::CircuitOpen => "circuit_open",
+        UpstreamErrorKind::CircuitOpen { .. } => "circuit_open",
         UpstreamErrorKind::Request(_) => "request",
     }
 }

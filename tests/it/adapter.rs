@@ -450,7 +450,22 @@ async fn the_breaker_opens_then_half_opens_and_closes() {
     search(&client).await.unwrap_err();
     assert_eq!(client.http().breaker_state(), BreakerState::Open);
     let err = search(&client).await.unwrap_err();
-    assert_eq!(err.kind, UpstreamErrorKind::CircuitOpen);
+    // It says when a probe will be let through: within the 300 ms open period.
+    let UpstreamErrorKind::CircuitOpen { closes_in } = err.kind else {
+        panic!("{err:?}");
+    };
+    assert!(
+        closes_in > Duration::ZERO && closes_in <= Duration::from_millis(300),
+        "{closes_in:?}"
+    );
+    // The caller's RetryInfo carries it.
+    let app_error =
+        c2p_enroll::app::AppError::UpstreamUnavailable(c2p_enroll::app::Step::Search, err.clone());
+    let retry = app_error.parts().retry_after.unwrap();
+    assert!(
+        retry <= Duration::from_millis(300) && retry >= Duration::from_millis(100),
+        "{retry:?}"
+    );
     assert_eq!(
         (err.attempts, stub.requests().len()),
         (0, 2),
