@@ -6,6 +6,7 @@ mod enroll;
 mod error;
 mod fingerprint;
 mod notifications;
+mod reconcile;
 mod status;
 mod watch;
 
@@ -13,6 +14,7 @@ pub use enroll::{ConsumerInput, EnrollCommand};
 pub use error::{AppError, ErrorParts, FieldViolation, Step};
 pub use fingerprint::FingerprintKey;
 pub use notifications::IngestOutcome;
+pub use reconcile::ReconcileReport;
 pub use status::Source;
 
 use crate::config::Settings;

@@ -260,6 +260,11 @@ pub struct EnrollSettings {
     /// `enroll.fingerprint_key_file`: the secret of the idempotency fingerprint (HMAC-SHA256);
     /// `None` in sandbox mode = a key generated per process.
     pub fingerprint_key_file: Option<PathBuf>,
+    /// `enroll.reconcile_interval`: how often the reconciler looks for enrollments in limbo.
+    pub reconcile_interval: Duration,
+    /// `enroll.reconcile_after`: how long an enrollment stays IN_PROGRESS before the
+    /// reconciler finishes it from the token list.
+    pub reconcile_after: Duration,
 }
 
 /// `metrics.*`: the Prometheus listener.

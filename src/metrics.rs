@@ -76,6 +76,10 @@ fn describe() {
         "reloads of the gRPC TLS files by result (ok, error)"
     );
     metrics::describe_counter!(
+        "c2p_reconciled_total",
+        "IN_PROGRESS enrollments finished by the reconciler, by result (enrolled, failed, error)"
+    );
+    metrics::describe_counter!(
         "c2p_streams_refused_total",
         "streams refused because the process holds its limit of them, by RPC"
     );
@@ -164,6 +168,11 @@ pub fn connection_refused(reason: &'static str) {
 /// A reload of the TLS files.
 pub fn tls_reload(result: &'static str) {
     counter!("c2p_tls_reloads_total", "result" => result).increment(1);
+}
+
+/// One card finished (or not) by the reconciler: `enrolled`, `failed` or `error`.
+pub fn reconciled(result: &'static str) {
+    counter!("c2p_reconciled_total", "result" => result).increment(1);
 }
 
 /// A stream refused at the per-process limit.

@@ -191,6 +191,11 @@ pub async fn start(
         upstream,
         AppSettings::from_settings(settings, fingerprint_key),
     ));
+    tokio::spawn(app.clone().reconcile_forever(
+        settings.enroll.reconcile_interval,
+        settings.enroll.reconcile_after,
+        drain.clone(),
+    ));
     let api = EnrollmentApi::new(
         app,
         drain.clone(),

@@ -113,6 +113,28 @@ pub trait EnrollmentStore: Send + Sync + 'static {
     /// Succeeds when the store is reachable; drives the gRPC health status.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Notes that `card` has an IN_PROGRESS enrollment since `since_ms` (kept if already noted),
+    /// for the reconciler.
+    async fn track_in_progress(
+        &self,
+        card: CardContractId,
+        since_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Forgets `card` in the IN_PROGRESS index (its enrollment ended).
+    async fn untrack_in_progress(&self, card: CardContractId) -> Result<(), StoreError>;
+
+    /// Up to `limit` cards noted IN_PROGRESS before `before_ms`, oldest first.
+    async fn in_progress_before(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<CardContractId>, StoreError>;
+
+    /// Takes or renews the lease `name` for `owner` for `ttl`: `false` while another owner holds
+    /// it. One replica at a time runs the reconciler.
+    async fn lead(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError>;
+
     /// A short name for logs: `memory` or `redis`.
     fn kind(&self) -> &'static str;
 }

@@ -371,6 +371,10 @@ impl App {
         self.store
             .put_enrollment(&in_progress, PutMode::Merge, self.settings.enrollment_ttl)
             .await?;
+        // Noted for the reconciler, which finishes it if this attempt never does.
+        self.store
+            .track_in_progress(cmd.card_contract_id, now)
+            .await?;
 
         // Recorded before sending: from here on a retry re-sends with the same srcCorrelationId.
         attempt.advance(Phase::EnrollSent).await?;
@@ -378,10 +382,15 @@ impl App {
         match self.upstream.enroll.enroll_card(&request, deadline).await {
             Ok(response) => {
                 let record = enrolled_record(in_progress, response);
-                Ok(self
+                let stored = self
                     .store
                     .put_enrollment(&record, PutMode::Merge, self.settings.enrollment_ttl)
-                    .await?)
+                    .await?;
+                if let Err(e) = self.store.untrack_in_progress(cmd.card_contract_id).await {
+                    // The reconciler prunes it when it finds the record finished.
+                    tracing::debug!(error = %e, "could not drop the card from the IN_PROGRESS index");
+                }
+                Ok(stored)
             }
             Err(e) => {
                 let error = map_upstream(Step::Enroll, e, deadline);

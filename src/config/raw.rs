@@ -203,6 +203,8 @@ pub(super) struct RawStore {
 pub(super) struct RawEnroll {
     pub lease: Option<Scalar>,
     pub fingerprint_key_file: Option<Scalar>,
+    pub reconcile_interval: Option<Scalar>,
+    pub reconcile_after: Option<Scalar>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

@@ -21,6 +21,8 @@ pub(super) mod defaults {
     pub const STORE_NOTIFICATION_DEDUP_TTL: &str = "72h";
     pub const STORE_IDEMPOTENCY_TTL: &str = "24h";
     pub const ENROLL_LEASE: &str = "15s";
+    pub const ENROLL_RECONCILE_INTERVAL: &str = "30s";
+    pub const ENROLL_RECONCILE_AFTER: &str = "2m";
     pub const HEALTH_CHECK_INTERVAL: &str = "1s";
     pub const HEALTH_CHECK_TIMEOUT: &str = "1s";
     pub const SHUTDOWN_GRACE_PERIOD: &str = "10s";
@@ -232,7 +234,22 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
             "enroll.fingerprint_key_file",
             &raw.enroll.fingerprint_key_file,
         ),
+        reconcile_interval: c.duration(
+            "enroll.reconcile_interval",
+            &raw.enroll.reconcile_interval,
+            defaults::ENROLL_RECONCILE_INTERVAL,
+        ),
+        reconcile_after: c.duration(
+            "enroll.reconcile_after",
+            &raw.enroll.reconcile_after,
+            defaults::ENROLL_RECONCILE_AFTER,
+        ),
     };
+    // A running attempt renews its lease; finishing its card before the lease could run out
+    // would race it (the card lock keeps it out, but the answer would then be the reconciler's).
+    if enroll.reconcile_after < enroll.lease {
+        c.problem("enroll.reconcile_after", "must be at least enroll.lease");
+    }
     // Replicas must agree on fingerprints, and a per-process key would make every retry after a
     // restart look like a reused key.
     if mode == Mode::Mastercard && enroll.fingerprint_key_file.is_none() {

@@ -51,6 +51,17 @@ impl KeySpace {
         )
     }
 
+    /// `<prefix>in_progress`: the sorted set of cards with an IN_PROGRESS enrollment (score: since
+    /// when, ms), read by the reconciler.
+    pub fn in_progress(&self) -> String {
+        format!("{}in_progress", self.prefix)
+    }
+
+    /// `<prefix>lease:<name>`: a lease that one replica holds at a time.
+    pub fn lease(&self, name: &str) -> String {
+        format!("{}lease:{name}", self.prefix)
+    }
+
     /// `{card:<id>}`: the hash tag shared by all keys of a card.
     pub fn card_tag(card: CardContractId) -> String {
         format!("{{card:{card}}}")

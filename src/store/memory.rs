@@ -21,6 +21,7 @@ struct Maps {
     dedup: HashMap<(CardContractId, String), Instant>,
     idempotency: HashMap<String, (IdempotencyRecord, Instant)>,
     locks: HashMap<CardContractId, (String, Instant)>,
+    in_progress: HashMap<CardContractId, i64>,
 }
 
 /// Everything in maps behind one lock (each operation is one critical section: atomic).
@@ -244,5 +245,45 @@ impl EnrollmentStore for MemoryStore {
 
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    async fn track_in_progress(
+        &self,
+        card: CardContractId,
+        since_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.lock().in_progress.entry(card).or_insert(since_ms);
+        Ok(())
+    }
+
+    async fn untrack_in_progress(&self, card: CardContractId) -> Result<(), StoreError> {
+        self.lock().in_progress.remove(&card);
+        Ok(())
+    }
+
+    async fn in_progress_before(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<CardContractId>, StoreError> {
+        let maps = self.lock();
+        let mut cards: Vec<(i64, CardContractId)> = maps
+            .in_progress
+            .iter()
+            .filter(|(_, since)| **since < before_ms)
+            .map(|(card, since)| (*since, *card))
+            .collect();
+        cards.sort();
+        Ok(cards.into_iter().take(limit).map(|(_, c)| c).collect())
+    }
+
+    async fn lead(
+        &self,
+        _name: &str,
+        _owner: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        // One process holds the whole store: it always leads.
+        Ok(true)
     }
 }

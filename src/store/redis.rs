@@ -70,6 +70,7 @@ pub struct RedisStore {
     idempotency_update: Script,
     lock_card: Script,
     unlock_card: Script,
+    lead: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -158,6 +159,8 @@ impl RedisStore {
             idempotency_update: Script::new(scripts::IDEMPOTENCY_UPDATE),
             lock_card: Script::new(scripts::LOCK_CARD),
             unlock_card: Script::new(scripts::UNLOCK_CARD),
+            // A lease is the card lock's script on another key: take, or renew if ours.
+            lead: Script::new(scripts::LOCK_CARD),
         })
     }
 
@@ -367,5 +370,66 @@ impl EnrollmentStore for RedisStore {
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    async fn track_in_progress(
+        &self,
+        card: CardContractId,
+        since_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let _: i64 = redis::cmd("ZADD")
+            .arg(self.keys.in_progress())
+            .arg("NX")
+            .arg(since_ms)
+            .arg(card.get())
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn untrack_in_progress(&self, card: CardContractId) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let _: i64 = redis::cmd("ZREM")
+            .arg(self.keys.in_progress())
+            .arg(card.get())
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn in_progress_before(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<CardContractId>, StoreError> {
+        let mut conn = self.connection().await?;
+        let ids: Vec<i64> = redis::cmd("ZRANGE")
+            .arg(self.keys.in_progress())
+            .arg("-inf")
+            .arg(format!("({before_ms}"))
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(ids.into_iter().filter_map(CardContractId::new).collect())
+    }
+
+    async fn lead(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut conn = self.connection().await?;
+        let held: i64 = self
+            .lead
+            .key(self.keys.lease(name))
+            .arg(owner)
+            .arg(millis(ttl))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(held == 1)
     }
 }

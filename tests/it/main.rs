@@ -12,6 +12,7 @@ mod health;
 mod limits;
 mod observability;
 mod poison;
+mod reconcile;
 mod redis_tls;
 mod reflection;
 mod security;

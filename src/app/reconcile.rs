@@ -1,0 +1,171 @@
+//! The reconciler: enrollments left IN_PROGRESS (a client that gave up, a crash, an answer lost
+//! while the breaker was open) are finished from Processing Digital's token list, so that no
+//! card stays in limbo. One replica at a time runs it (a store lease); a card whose attempt is
+//! still running (it holds the card lock) is left alone.
+
+use super::{App, AppError};
+use crate::domain::{CardContractId, EnrollmentState, Failure, now_ms};
+use crate::store::PutMode;
+use std::time::Duration;
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// IN_PROGRESS cards looked at.
+    pub checked: usize,
+    /// Found tokenized: now ENROLLED.
+    pub enrolled: usize,
+    /// No Click to Pay token: now FAILED (retryable: a retry with the same key resumes).
+    pub failed: usize,
+    /// Left for the next pass: an attempt holds the card, or Mastercard did not answer.
+    pub pending: usize,
+    /// No longer IN_PROGRESS (finished meanwhile): dropped from the index.
+    pub pruned: usize,
+}
+
+/// The reason of an enrollment the reconciler found not tokenized.
+pub const UNCONFIRMED: &str = "ENROLLMENT_NOT_CONFIRMED";
+
+impl App {
+    /// One pass over at most `limit` cards IN_PROGRESS for longer than `older_than`.
+    pub async fn reconcile_once(
+        &self,
+        older_than: Duration,
+        limit: usize,
+    ) -> Result<ReconcileReport, AppError> {
+        let older_ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now_ms().saturating_sub(older_ms);
+        let mut report = ReconcileReport::default();
+        for card in self.store.in_progress_before(cutoff, limit).await? {
+            report.checked += 1;
+            let outcome = self.reconcile_card(card).await;
+            let name = match outcome {
+                Ok(Outcome::Enrolled) => {
+                    report.enrolled += 1;
+                    "enrolled"
+                }
+                Ok(Outcome::Failed) => {
+                    report.failed += 1;
+                    "failed"
+                }
+                Ok(Outcome::Pruned) => {
+                    report.pruned += 1;
+                    continue;
+                }
+                Ok(Outcome::Busy) => {
+                    report.pending += 1;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(card = card.get(), reason = %e.parts().reason, "reconciler: card left for the next pass");
+                    report.pending += 1;
+                    "error"
+                }
+            };
+            crate::metrics::reconciled(name);
+        }
+        Ok(report)
+    }
+
+    async fn reconcile_card(&self, card: CardContractId) -> Result<Outcome, AppError> {
+        let Some(record) = self
+            .store
+            .get(card)
+            .await?
+            .filter(|r| r.state == EnrollmentState::InProgress)
+        else {
+            self.store.untrack_in_progress(card).await?;
+            return Ok(Outcome::Pruned);
+        };
+        // A running attempt holds the card lock and finishes the enrollment itself.
+        let owner = format!("{}/reconciler", self.instance);
+        if !self
+            .store
+            .lock_card(card, &owner, self.settings.lease)
+            .await?
+        {
+            return Ok(Outcome::Busy);
+        }
+        let deadline = tokio::time::Instant::now() + self.settings.lease / 2;
+        let result = self.finish(card, record, deadline).await;
+        if let Err(e) = self.store.unlock_card(card, &owner).await {
+            tracing::warn!(error = %e, "reconciler: could not release the card lock; it expires by itself");
+        }
+        result
+    }
+
+    async fn finish(
+        &self,
+        card: CardContractId,
+        record: crate::domain::EnrollmentRecord,
+        deadline: tokio::time::Instant,
+    ) -> Result<Outcome, AppError> {
+        let (current, _) = self.status(card, true, Some(deadline)).await?;
+        if current.state == EnrollmentState::Enrolled {
+            self.store.untrack_in_progress(card).await?;
+            tracing::info!(
+                card = card.get(),
+                "reconciler: the card is tokenized; ENROLLED"
+            );
+            return Ok(Outcome::Enrolled);
+        }
+        let mut failed = record;
+        failed.state = EnrollmentState::Failed;
+        failed.failure = Some(Failure {
+            reason: UNCONFIRMED.into(),
+            message: "Mastercard's token list shows no Click to Pay token for this card; retry the enrollment with the same idempotency key".into(),
+            retryable: true,
+        });
+        failed.updated_at_ms = now_ms();
+        self.store
+            .put_enrollment(&failed, PutMode::Merge, self.settings.enrollment_ttl)
+            .await?;
+        self.store.untrack_in_progress(card).await?;
+        tracing::info!(
+            card = card.get(),
+            "reconciler: no Click to Pay token; FAILED (retryable)"
+        );
+        Ok(Outcome::Failed)
+    }
+
+    /// Runs [`App::reconcile_once`] every `interval` on whichever replica holds the lease,
+    /// until `stop`.
+    pub async fn reconcile_forever(
+        self: std::sync::Arc<Self>,
+        interval: Duration,
+        older_than: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let owner = self.instance.clone();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match self.store.lead("reconciler", &owner, interval * 3).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "reconciler: store unavailable");
+                    continue;
+                }
+            }
+            match self.reconcile_once(older_than, 100).await {
+                Ok(report) if report != ReconcileReport::default() => {
+                    tracing::info!(?report, "reconciler pass");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(reason = %e.parts().reason, "reconciler pass failed"),
+            }
+        }
+    }
+}
+
+enum Outcome {
+    Enrolled,
+    Failed,
+    Busy,
+    Pruned,
+}

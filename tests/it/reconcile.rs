@@ -1,0 +1,121 @@
+//! The reconciler finishes enrollments that their callers left IN_PROGRESS: from the token list
+//! when the card was tokenized, as a retryable FAILED when it was not.
+
+use crate::flows::request;
+use crate::harness::{RedisServer, TestService, settings, start_sandbox};
+use c2p_enroll::proto::v1::{EnrollmentState, GetEnrollmentStatusRequest, TokenStatus};
+use c2p_enroll::sandbox::faults::{Route, RouteFault};
+use std::time::Duration;
+
+async fn state_of(service: &TestService, card: i64) -> c2p_enroll::proto::v1::Enrollment {
+    service
+        .client()
+        .get_enrollment_status(GetEnrollmentStatusRequest {
+            card_contract_id: card,
+            refresh: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment
+        .unwrap()
+}
+
+/// Starts an enrollment whose POST /cards gets `fault`, with a 1.5 s deadline: the caller
+/// gives up and never retries; the record is left IN_PROGRESS.
+async fn abandoned(service: &TestService, card: i64, fault: RouteFault) {
+    service.sandbox.set_fault(Route::EnrollCards, fault);
+    let mut call = tonic::Request::new(request(&format!("k-{card}"), card));
+    call.set_timeout(Duration::from_millis(1500));
+    let status = service.client().enroll_card(call).await.unwrap_err();
+    println!("caller gave up: {:?}", status.code());
+    service
+        .sandbox
+        .set_fault(Route::EnrollCards, RouteFault::default());
+    assert_eq!(
+        state_of(service, card).await.state(),
+        EnrollmentState::InProgress
+    );
+}
+
+async fn until_not_in_progress(
+    service: &TestService,
+    card: i64,
+) -> c2p_enroll::proto::v1::Enrollment {
+    for _ in 0..200 {
+        let e = state_of(service, card).await;
+        if e.state() != EnrollmentState::InProgress {
+            return e;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("card {card} still IN_PROGRESS after 10 s");
+}
+
+fn reconciler_settings(redis: &RedisServer) -> c2p_enroll::config::Settings {
+    settings(&[
+        ("C2P_REDIS__URL", &redis.url()),
+        ("C2P_ENROLL__LEASE", "1s"),
+        ("C2P_ENROLL__RECONCILE_AFTER", "1s"),
+        ("C2P_ENROLL__RECONCILE_INTERVAL", "200ms"),
+    ])
+}
+
+#[tokio::test]
+async fn a_tokenized_card_left_in_progress_becomes_enrolled_without_a_retry() {
+    let redis = RedisServer::start();
+    // No notification target: the TAR/TCN that would also finish the record are lost too.
+    let service =
+        TestService::start_with(&reconciler_settings(&redis), start_sandbox().await).await;
+    // Mastercard processes POST /cards but its answer never arrives.
+    abandoned(
+        &service,
+        70001,
+        RouteFault {
+            drop_response: true,
+            ..RouteFault::default()
+        },
+    )
+    .await;
+    let finished = until_not_in_progress(&service, 70001).await;
+    assert_eq!(finished.state(), EnrollmentState::Enrolled);
+    assert_eq!(finished.token.unwrap().status(), TokenStatus::Active);
+    // Dropped from the index.
+    let left: usize = redis::cmd("ZCARD")
+        .arg("c2p:in_progress")
+        .query(&mut redis.connection())
+        .unwrap();
+    assert_eq!(left, 0);
+}
+
+#[tokio::test]
+async fn a_card_never_tokenized_becomes_a_retryable_failure_and_the_same_key_then_enrolls() {
+    let redis = RedisServer::start();
+    let service = TestService::start(&reconciler_settings(&redis)).await;
+    // Mastercard never answers and processes nothing.
+    abandoned(
+        &service,
+        70001,
+        RouteFault {
+            hang: true,
+            ..RouteFault::default()
+        },
+    )
+    .await;
+    let finished = until_not_in_progress(&service, 70001).await;
+    assert_eq!(finished.state(), EnrollmentState::Failed);
+    let failure = finished.failure.unwrap();
+    assert_eq!(failure.reason, "ENROLLMENT_NOT_CONFIRMED");
+    assert!(failure.retryable);
+    // The caller's retry with its key resumes and enrolls.
+    let enrolled = service
+        .client()
+        .enroll_card(request("k-70001", 70001))
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment
+        .unwrap();
+    assert_eq!(enrolled.state(), EnrollmentState::Enrolled);
+    assert_eq!(service.sandbox.count(Route::EnrollCards), 2);
+}
