@@ -1,13 +1,13 @@
 //! Mastercard "client-encryption" JWE (`mastercard-contracts.md` §G) with josekit: encryption
 //! RSA-OAEP-256 + A256GCM with `kid` = lowercase hex SHA-256 of the public key's DER
 //! SubjectPublicKeyInfo and `cty: application/json`; decryption of A128GCM, A192GCM, A256GCM and
-//! A128CBC-HS256 with 12- or 16-byte IVs, the `kid` choosing among several keys (rotation).
-//! Errors never carry the payload.
+//! A128CBC-HS256 with 12- or 16-byte IVs. A known `kid` picks its key; an unknown or absent one
+//! (Mastercard's own libraries ignore `kid`) makes every configured key try in turn, current
+//! first, then previous (rotation). Errors never carry the payload.
 
 use super::keys::{KeyProblem, PublicKey, SigningKey};
 use josekit::jwe::alg::rsaes::{RsaesJweDecrypter, RsaesJweEncrypter};
 use josekit::jwe::{JweDecrypter, JweHeader, RSA_OAEP_256};
-use std::collections::BTreeMap;
 
 /// The only key-management algorithm Mastercard uses.
 const ALG: &str = "RSA-OAEP-256";
@@ -28,7 +28,8 @@ pub enum JweError {
         /// `enc` from the header.
         enc: Option<String>,
     },
-    /// The `kid` matches none of the configured decryption keys.
+    /// The `kid` is absent or matches none of the configured decryption keys, and none of them
+    /// opens the JWE.
     #[error("no decryption key for kid {0:?}")]
     UnknownKid(Option<String>),
     /// The key does not unwrap the CEK, or the tag, IV, header or ciphertext was altered.
@@ -96,16 +97,18 @@ impl JweEncryptor {
     }
 }
 
-/// Decrypts with one of several private keys, chosen by the header's `kid`.
+/// Decrypts with one of several private keys: the one the header's `kid` names, or else each in
+/// the order added.
 #[derive(Default)]
 pub struct JweDecryptor {
-    keys: BTreeMap<String, RsaesJweDecrypter>,
+    /// `(kid, key)` in the order added: the current key first, then the previous one.
+    keys: Vec<(String, RsaesJweDecrypter)>,
 }
 
 impl std::fmt::Debug for JweDecryptor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JweDecryptor")
-            .field("kids", &self.keys.keys().collect::<Vec<_>>())
+            .field("kids", &self.kids().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -116,14 +119,15 @@ impl JweDecryptor {
         Self::default()
     }
 
-    /// Adds `key` under its SPKI fingerprint as `kid`.
+    /// Adds `key` under its SPKI fingerprint as `kid`. Add the current key first: keys are tried
+    /// in the order added when a JWE's `kid` names none of them.
     pub fn add(&mut self, key: &SigningKey) -> Result<String, JweError> {
         let kid = key.public_key()?.fingerprint()?;
         self.add_with_kid(key, kid.clone())?;
         Ok(kid)
     }
 
-    /// Adds `key` under an explicit `kid`.
+    /// Adds `key` under an explicit `kid` (replacing a key added under the same `kid`).
     pub fn add_with_kid(&mut self, key: &SigningKey, kid: String) -> Result<(), JweError> {
         let der = key
             .pkey()
@@ -132,16 +136,20 @@ impl JweDecryptor {
         let decrypter = RSA_OAEP_256
             .decrypter_from_der(der)
             .map_err(|_| JweError::Key(KeyProblem::NotRsa))?;
-        self.keys.insert(kid, decrypter);
+        match self.keys.iter_mut().find(|(k, _)| *k == kid) {
+            Some(slot) => slot.1 = decrypter,
+            None => self.keys.push((kid, decrypter)),
+        }
         Ok(())
     }
 
-    /// The configured `kid`s.
+    /// The configured `kid`s, in the order the keys are tried.
     pub fn kids(&self) -> impl Iterator<Item = &str> {
-        self.keys.keys().map(String::as_str)
+        self.keys.iter().map(|(kid, _)| kid.as_str())
     }
 
-    /// The plaintext of a compact JWE. Without a `kid`, the only key is used (if there is one).
+    /// The plaintext of a compact JWE. A known `kid` picks its key, and only that key; an
+    /// unknown or absent `kid` makes each key try in turn (current first).
     pub fn decrypt(&self, compact: &str) -> Result<Vec<u8>, JweError> {
         let header = peek_header(compact)?;
         let alg = header.algorithm().map(str::to_owned);
@@ -151,18 +159,25 @@ impl JweDecryptor {
             return Err(JweError::Unsupported { alg, enc });
         }
         let kid = header.key_id().map(str::to_owned);
-        let decrypter: &RsaesJweDecrypter = match &kid {
-            Some(kid) => self.keys.get(kid),
-            None if self.keys.len() == 1 => self.keys.values().next(),
-            None => None,
+        let named = kid
+            .as_deref()
+            .and_then(|kid| self.keys.iter().find(|(k, _)| k == kid));
+        if let Some((_, decrypter)) = named {
+            return open_with(compact, decrypter);
         }
-        .ok_or(JweError::UnknownKid(kid))?;
-        let (plaintext, _) = josekit::jwe::deserialize_compact_with_selector(compact, |_| {
-            Ok(Some(decrypter as &dyn JweDecrypter))
-        })
-        .map_err(|_| JweError::DecryptFailed)?;
-        Ok(plaintext)
+        self.keys
+            .iter()
+            .find_map(|(_, decrypter)| open_with(compact, decrypter).ok())
+            .ok_or(JweError::UnknownKid(kid))
     }
+}
+
+fn open_with(compact: &str, decrypter: &RsaesJweDecrypter) -> Result<Vec<u8>, JweError> {
+    let (plaintext, _) = josekit::jwe::deserialize_compact_with_selector(compact, |_| {
+        Ok(Some(decrypter as &dyn JweDecrypter))
+    })
+    .map_err(|_| JweError::DecryptFailed)?;
+    Ok(plaintext)
 }
 
 /// The protected header of a compact JWE, without decrypting it.

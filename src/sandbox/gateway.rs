@@ -39,8 +39,7 @@ impl Gateway {
             let content_type = headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok());
-            let normalized = content_type.map(|c| c.replace(' ', "").to_ascii_lowercase());
-            if normalized.as_deref() != Some("application/json;charset=utf-8") {
+            if !content_type.is_some_and(is_json_utf8) {
                 return Err(GatewayOutcome::BadContentType);
             }
         }
@@ -85,13 +84,35 @@ impl Gateway {
     }
 }
 
+/// `application/json`, with no charset (JSON is UTF-8, and Mastercard's generated clients send it
+/// bare) or `charset=utf-8`; names and values in any case, spaces around `;` ignored.
+fn is_json_utf8(content_type: &str) -> bool {
+    let mut parts = content_type.split(';').map(str::trim);
+    if !parts
+        .next()
+        .is_some_and(|media| media.eq_ignore_ascii_case("application/json"))
+    {
+        return false;
+    }
+    parts.filter(|p| !p.is_empty()).all(|param| {
+        match param.split_once('=') {
+            Some((name, value)) if name.trim().eq_ignore_ascii_case("charset") => {
+                value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+            }
+            // Other parameters say nothing about the encoding.
+            Some(_) => true,
+            None => false,
+        }
+    })
+}
+
 /// The Mastercard-shaped refusal of a failed check.
 pub fn refusal(outcome: GatewayOutcome) -> (StatusCode, serde_json::Value) {
     let (status, code, description) = match outcome {
         GatewayOutcome::BadContentType => (
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UNSUPPORTED_MEDIA_TYPE",
-            "Content-Type must be application/json;charset=utf-8",
+            "Content-Type must be application/json (charset utf-8)",
         ),
         GatewayOutcome::MissingAuthorization => (
             StatusCode::UNAUTHORIZED,

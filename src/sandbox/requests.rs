@@ -20,7 +20,7 @@ pub enum GatewayOutcome {
     TimestampOutOfWindow,
     /// The nonce was used before.
     NonceReplayed,
-    /// The content type is not `application/json;charset=utf-8`.
+    /// The content type is not `application/json` (bare or with `charset=utf-8`).
     BadContentType,
     /// The payload envelope could not be opened.
     BadEnvelope,

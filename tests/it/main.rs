@@ -11,6 +11,7 @@ mod flows;
 mod health;
 mod limits;
 mod observability;
+mod oracles;
 mod poison;
 mod reconcile;
 mod redis_tls;

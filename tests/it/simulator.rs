@@ -427,6 +427,67 @@ async fn the_gateway_refuses_any_changed_signed_byte() {
 }
 
 #[tokio::test]
+async fn the_gateway_takes_application_json_with_or_without_charset_utf8() {
+    // Mastercard's generated clients send plain `application/json`; the adapter sends
+    // `application/json;charset=utf-8`. Both are JSON in UTF-8; other media types and charsets
+    // are refused.
+    let sandbox = start_sandbox(false).await;
+    let keys = sandbox.keys().clone();
+    let http = reqwest::Client::new();
+    let url =
+        url::Url::parse(&format!("{}/cards/searches", sandbox.processing_base_url())).unwrap();
+    let body =
+        br#"{"enrollType":"SYNCHRONOUS","synchronousRequest":{},"cardContractId":70001}"#.to_vec();
+    let cert = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        keys.enroll_encryption_certificate.to_der().unwrap(),
+    );
+    let cases: [(Option<&str>, u16); 9] = [
+        (Some("application/json"), 200),
+        (Some("application/json;charset=utf-8"), 200),
+        (Some("application/json; charset=UTF-8"), 200),
+        (Some("Application/JSON;Charset=\"utf-8\""), 200),
+        (Some("application/json;charset=iso-8859-1"), 415),
+        (Some("application/jsonp"), 415),
+        (Some("text/plain"), 415),
+        (Some("application/x-www-form-urlencoded"), 415),
+        (None, 415),
+    ];
+    for (content_type, expected) in cases {
+        let creds = Credentials {
+            consumer_key: &keys.processing_consumer_key,
+            key: &keys.processing_signing_key,
+            method: SignatureMethod::RsaSha256,
+        };
+        let auth = oauth1::authorization_header(
+            "POST",
+            &url,
+            &body,
+            &creds,
+            &SystemClock,
+            &oauth1::RandomNonce,
+        )
+        .unwrap();
+        let mut request = http
+            .post(url.clone())
+            .header("authorization", auth)
+            .header("Enroll-Client-Encryption-Key", cert.clone())
+            .body(body.clone());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let status = request.send().await.unwrap().status();
+        assert_eq!(status, expected, "content type {content_type:?}");
+    }
+    let refused = sandbox
+        .gateway_outcomes()
+        .into_iter()
+        .filter(|o| *o == GatewayOutcome::BadContentType)
+        .count();
+    assert_eq!(refused, 5);
+}
+
+#[tokio::test]
 async fn every_route_fault_is_observed_through_the_adapter() {
     let sandbox = start_sandbox(false).await;
     let up = upstream(&sandbox, &[]);

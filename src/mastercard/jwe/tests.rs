@@ -146,7 +146,7 @@ fn kid_picks_the_key_during_rotation() {
 }
 
 #[test]
-fn a_jwe_without_kid_uses_the_only_key_and_is_refused_with_several() {
+fn a_jwe_without_kid_is_tried_with_every_key() {
     let key = fixture_key();
     let public = key.public_key().unwrap();
     let encrypter = RSA_OAEP_256
@@ -158,8 +158,50 @@ fn a_jwe_without_kid_uses_the_only_key_and_is_refused_with_several() {
     let mut dec = JweDecryptor::new();
     dec.add(&key).unwrap();
     assert_eq!(dec.decrypt(&jwe).unwrap(), PAYLOAD);
-    dec.add(&SigningKey::generate().unwrap()).unwrap();
-    assert_eq!(dec.decrypt(&jwe), Err(JweError::UnknownKid(None)));
+    // The right key second (previous), after a current key that does not open it.
+    let mut rotated = JweDecryptor::new();
+    rotated.add(&SigningKey::generate().unwrap()).unwrap();
+    rotated.add(&key).unwrap();
+    assert_eq!(rotated.decrypt(&jwe).unwrap(), PAYLOAD);
+    // No key opens it: the error names the missing kid.
+    let mut strangers = JweDecryptor::new();
+    strangers.add(&SigningKey::generate().unwrap()).unwrap();
+    assert_eq!(strangers.decrypt(&jwe), Err(JweError::UnknownKid(None)));
+}
+
+#[test]
+fn an_unknown_kid_falls_back_to_each_key_current_then_previous() {
+    // Mastercard's own libraries ignore `kid`: an answer whose `kid` names no configured key
+    // (a fingerprint computed differently, a key id of Mastercard's choosing) still opens.
+    let previous = fixture_key();
+    let current = SigningKey::generate().unwrap();
+    let for_key = |key: &SigningKey| {
+        JweEncryptor::with_kid(&key.public_key().unwrap(), "not-a-configured-kid".into())
+            .unwrap()
+            .encrypt(PAYLOAD)
+            .unwrap()
+    };
+    let mut single = JweDecryptor::new();
+    single.add(&previous).unwrap();
+    assert_eq!(single.decrypt(&for_key(&previous)).unwrap(), PAYLOAD);
+
+    let mut dec = JweDecryptor::new();
+    let current_kid = dec.add(&current).unwrap();
+    let previous_kid = dec.add(&previous).unwrap();
+    assert_eq!(
+        dec.kids().collect::<Vec<_>>(),
+        vec![current_kid.as_str(), previous_kid.as_str()],
+        "keys are tried in the order configured: current, then previous"
+    );
+    assert_eq!(dec.decrypt(&for_key(&current)).unwrap(), PAYLOAD);
+    assert_eq!(dec.decrypt(&for_key(&previous)).unwrap(), PAYLOAD);
+
+    // A known kid whose key does not open the JWE is an altered JWE, not a reason to try others.
+    let jwe = JweEncryptor::with_kid(&previous.public_key().unwrap(), current_kid)
+        .unwrap()
+        .encrypt(PAYLOAD)
+        .unwrap();
+    assert_eq!(dec.decrypt(&jwe), Err(JweError::DecryptFailed));
 }
 
 #[test]
