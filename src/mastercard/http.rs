@@ -118,6 +118,9 @@ pub struct UpstreamResponse {
     pub correlation: Correlation,
     /// Attempts made.
     pub attempts: u32,
+    /// When the successful attempt started: its metric is recorded once the answer was opened
+    /// and decoded, so that an undecodable 2xx counts as `decrypt` or `decode`, not `ok`.
+    pub(crate) started: std::time::Instant,
 }
 
 /// The client of one Mastercard API.
@@ -239,8 +242,33 @@ impl ApiClient {
         })
     }
 
-    /// Runs `spec` with retries; `deadline` is the caller's (gRPC) deadline, if any.
+    /// Runs `spec` with retries; `deadline` is the caller's (gRPC) deadline, if any. A failed
+    /// call is logged once (warn): operation, error type, Mastercard's reason code and
+    /// correlation id, attempts; never a body.
     pub async fn call(
+        &self,
+        spec: CallSpec,
+        deadline: Option<Instant>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let result = self.call_with_retries(spec, deadline).await;
+        if let Err(e) = &result {
+            log_failure(e);
+        }
+        result
+    }
+
+    /// Records the metric of a 2xx answer once it was decoded (`ok`) or found undecodable
+    /// (`decode`).
+    pub(crate) fn record_answer(
+        &self,
+        operation: &'static str,
+        response: &UpstreamResponse,
+        outcome: &'static str,
+    ) {
+        crate::metrics::upstream_attempt(self.api.name(), operation, outcome, "", response.started);
+    }
+
+    async fn call_with_retries(
         &self,
         spec: CallSpec,
         deadline: Option<Instant>,
@@ -328,13 +356,16 @@ impl ApiClient {
                 }) => reason.code.clone().unwrap_or_default(),
                 _ => String::new(),
             };
-            crate::metrics::upstream_attempt(
-                self.api.name(),
-                spec.operation,
-                outcome_name,
-                &reason,
-                attempt_started,
-            );
+            // A 2xx is counted once opened and decoded (record_answer).
+            if outcome.is_err() {
+                crate::metrics::upstream_attempt(
+                    self.api.name(),
+                    spec.operation,
+                    outcome_name,
+                    &reason,
+                    attempt_started,
+                );
+            }
             tracing::debug!(
                 api = self.api.name(),
                 operation = spec.operation,
@@ -343,7 +374,8 @@ impl ApiClient {
                 "mastercard call finished"
             );
             let failure = match outcome {
-                Ok(response) => {
+                Ok(mut response) => {
+                    response.started = attempt_started;
                     permit.record(false);
                     crate::metrics::breaker_state(self.api.name(), self.breaker.state());
                     span.record("http.response.status_code", response.status);
@@ -465,6 +497,7 @@ impl ApiClient {
                 body: bytes,
                 correlation,
                 attempts: 0,
+                started: std::time::Instant::now(),
             }),
             400..=499 => Err(AttemptFailure {
                 kind: UpstreamErrorKind::Rejected {
@@ -497,17 +530,41 @@ impl ApiClient {
             .filter(|_| !response.body.is_empty())
         {
             let plain = open_envelope(&enc.decryptor, &response.body).map_err(|e| {
-                self.error(
+                self.record_answer(operation, &response, "decrypt");
+                let error = self.error(
                     operation,
                     UpstreamErrorKind::Decrypt(e),
                     response.correlation.clone(),
                     attempts,
-                )
+                );
+                log_failure(&error);
+                error
             })?;
             response.body = Bytes::from(plain);
         }
         Ok(response)
     }
+}
+
+/// One warn line per failed call: what, why (type and Mastercard's reason code), which
+/// correlation id to quote to Mastercard; no URL query, no body, no card data.
+pub(crate) fn log_failure(e: &UpstreamError) {
+    let reason = match &e.kind {
+        UpstreamErrorKind::Rejected { reason, .. }
+        | UpstreamErrorKind::ServerError { reason, .. } => {
+            reason.code.as_deref().map(crate::text::excerpt)
+        }
+        _ => None,
+    };
+    tracing::warn!(
+        api = e.api.name(),
+        operation = e.operation,
+        error.type = error_type(&e.kind),
+        mastercard.reason = reason.as_deref().unwrap_or(""),
+        mastercard.correlation_id = e.correlation.best().map(crate::text::excerpt).as_deref().unwrap_or(""),
+        attempts = e.attempts,
+        "mastercard call failed"
+    );
 }
 
 /// Connect failures happened before anything was sent; anything else after sending began.

@@ -145,17 +145,26 @@ pub(crate) fn decode_json<T: DeserializeOwned>(
     op: &'static str,
     response: UpstreamResponse,
 ) -> Result<T, UpstreamError> {
-    serde_json::from_slice(&response.body).map_err(|e| {
-        http.error(
-            op,
-            UpstreamErrorKind::Decode(format!(
-                "{:?} error at line {} column {}",
-                e.classify(),
-                e.line(),
-                e.column()
-            )),
-            response.correlation.clone(),
-            response.attempts,
-        )
-    })
+    match serde_json::from_slice(&response.body) {
+        Ok(value) => {
+            http.record_answer(op, &response, "ok");
+            Ok(value)
+        }
+        Err(e) => {
+            http.record_answer(op, &response, "decode");
+            let error = http.error(
+                op,
+                UpstreamErrorKind::Decode(format!(
+                    "{:?} error at line {} column {}",
+                    e.classify(),
+                    e.line(),
+                    e.column()
+                )),
+                response.correlation.clone(),
+                response.attempts,
+            );
+            super::http::log_failure(&error);
+            Err(error)
+        }
+    }
 }

@@ -595,3 +595,23 @@ async fn tls_with_the_configured_extra_ca() {
     assert_eq!(err.kind, UpstreamErrorKind::ConnectFailed, "{err}");
     assert_eq!(stub.requests().len(), 1);
 }
+
+#[tokio::test]
+async fn an_undecodable_answer_counts_as_decode_not_ok() {
+    let metrics = c2p_enroll::metrics::handle().unwrap();
+    // A 2xx whose body is not the expected JSON, from an operation only this test calls.
+    let stub = HttpStub::start(vec![Reply::json(200, r#"{"tokens": "not a list"}"#)]).await;
+    let client = processing(&stub);
+    let err = client.card_tokens(70001, None).await.unwrap_err();
+    assert!(matches!(err.kind, UpstreamErrorKind::Decode(_)), "{err:?}");
+    let page = metrics.render();
+    let series = |outcome: &str| {
+        format!(
+            r#"c2p_upstream_requests_total{{api="processing",operation="getTokensByCard",outcome="{outcome}",reason=""}}"#
+        )
+    };
+    assert!(page.contains(&series("decode")), "{page}");
+    // Other tests' successful calls of this operation may exist, but not as one more "ok" from
+    // this one: the stub saw one request, counted once, as decode.
+    assert_eq!(stub.requests().len(), 1);
+}
