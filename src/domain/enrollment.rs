@@ -6,6 +6,17 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// Every integer a record holds (card ids, times in Unix milliseconds) is below this: Redis's Lua
+/// JSON (cjson) writes numbers with 14 significant digits, so 10^14 and above would come back
+/// rounded (`1e+14`) and the record would no longer read. As a time: 5138-11-16T09:46:40Z.
+pub const STORE_INTEGER_LIMIT: i64 = 100_000_000_000_000;
+
+/// Whether the store keeps the time `ms` exactly: from the Unix epoch to
+/// 5138-11-16T09:46:39.999Z (see [`STORE_INTEGER_LIMIT`]).
+pub fn is_storable_time(ms: i64) -> bool {
+    (0..STORE_INTEGER_LIMIT).contains(&ms)
+}
+
 /// A card's technical id in the Mastercard Processing CMS (`cardContractId`); always > 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "i64", into = "i64")]
@@ -14,7 +25,7 @@ pub struct CardContractId(i64);
 impl CardContractId {
     /// Ids at or above this are refused: Redis's Lua JSON keeps 14 significant digits, so larger
     /// numbers would not survive a script.
-    pub const LIMIT: i64 = 100_000_000_000_000;
+    pub const LIMIT: i64 = STORE_INTEGER_LIMIT;
 
     /// The id, if it is a valid card contract id (1 to 10^14 - 1).
     pub fn new(id: i64) -> Option<Self> {
@@ -188,6 +199,21 @@ pub struct EnrollmentRecord {
 }
 
 impl EnrollmentRecord {
+    /// The first time this record holds that the store could not keep exactly (see
+    /// [`STORE_INTEGER_LIMIT`]), if any.
+    pub fn unstorable_time(&self) -> Option<i64> {
+        let token_times = self.token.iter().flat_map(|t| {
+            [&t.status_version, &t.decision_version]
+                .into_iter()
+                .flatten()
+                .map(|v| v.at_ms)
+        });
+        [self.created_at_ms, self.updated_at_ms]
+            .into_iter()
+            .chain(token_times)
+            .find(|ms| !is_storable_time(*ms))
+    }
+
     /// A new record in `state`, with nothing else known yet.
     pub fn new(
         card_contract_id: CardContractId,

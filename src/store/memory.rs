@@ -94,6 +94,7 @@ impl EnrollmentStore for MemoryStore {
         mode: PutMode,
         ttl: std::time::Duration,
     ) -> Result<EnrollmentRecord, StoreError> {
+        super::check_record(record)?;
         let stored = {
             let mut maps = self.lock();
             Self::sweep(&mut maps);
@@ -116,6 +117,7 @@ impl EnrollmentStore for MemoryStore {
         &self,
         event: &TokenEvent,
     ) -> Result<NotificationResult, StoreError> {
+        super::check_event(event)?;
         let applied = {
             let mut maps = self.lock();
             Self::sweep(&mut maps);

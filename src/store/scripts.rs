@@ -2,6 +2,26 @@
 //! slot). `TOKEN_MERGE` is the Lua twin of `domain::merge_tokens`; the store test suite runs the
 //! same cases against Redis and the in-memory store, which uses the Rust original.
 
+/// `encode`: cjson with a guard. cjson writes numbers with 14 significant digits, so an integer
+/// at or above 10^14 would be written rounded (`1e+14`) and the value would no longer read: such
+/// a write fails with `C2P_REFUSED` instead, and nothing is written. The Rust side refuses the
+/// same values before calling (`domain::STORE_INTEGER_LIMIT`); this is the backstop.
+const ENCODE: &str = r#"
+local function check_numbers(v)
+  if type(v) == 'number' then
+    if v ~= math.floor(v) or v >= 1e14 or v <= -1e14 then
+      error({err = 'C2P_REFUSED a number cjson would round: ' .. string.format('%.17g', v)})
+    end
+  elseif type(v) == 'table' then
+    for _, x in pairs(v) do check_numbers(x) end
+  end
+end
+local function encode(v)
+  check_numbers(v)
+  return cjson.encode(v)
+end
+"#;
+
 /// Shared Lua helpers: last-writer-wins registers, versions ordered by `(at_ms, by)`.
 const TOKEN_MERGE: &str = r#"
 local function present(v) return v ~= nil and v ~= cjson.null end
@@ -44,7 +64,7 @@ end
 /// TTL (ms), dedup TTL (ms), change channel. Returns {'duplicate'} | {'stale'} | {'applied', json}.
 pub fn apply_notification() -> String {
     format!(
-        "{TOKEN_MERGE}{}",
+        "{ENCODE}{TOKEN_MERGE}{}",
         r#"
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'duplicate'} end
 local incoming = cjson.decode(ARGV[1])
@@ -71,7 +91,7 @@ else
   if at > record.updated_at_ms then record.updated_at_ms = at end
   if at < record.created_at_ms then record.created_at_ms = at end
 end
-local out = cjson.encode(record)
+local out = encode(record)
 redis.call('SET', KEYS[1], out, 'PX', ARGV[4])
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[5])
 redis.call('PUBLISH', ARGV[6], out)
@@ -84,7 +104,7 @@ return {'applied', out}
 /// Returns the stored JSON.
 pub fn put_enrollment() -> String {
     format!(
-        "{TOKEN_MERGE}{}",
+        "{ENCODE}{TOKEN_MERGE}{}",
         r#"
 local raw = redis.call('GET', KEYS[1])
 if raw and ARGV[4] == 'if_absent' then return raw end
@@ -100,7 +120,7 @@ if raw then
   end
   if existing.created_at_ms < record.created_at_ms then record.created_at_ms = existing.created_at_ms end
 end
-local out = cjson.encode(record)
+local out = encode(record)
 redis.call('SET', KEYS[1], out, 'PX', ARGV[2])
 redis.call('PUBLISH', ARGV[3], out)
 return out
@@ -110,7 +130,10 @@ return out
 
 /// KEYS: idempotency record. ARGV: proposal JSON, fingerprint, now (ms), TTL (ms).
 /// Returns {'new', json} | {'resume', json} | {'replay', json} | {'in_flight', ms} | {'reused'}.
-pub const IDEMPOTENCY_BEGIN: &str = r#"
+pub fn idempotency_begin() -> String {
+    format!(
+        "{ENCODE}{}",
+        r#"
 local raw = redis.call('GET', KEYS[1])
 if not raw then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
@@ -124,10 +147,12 @@ if r.lease_until_ms > now then return {'in_flight', tostring(r.lease_until_ms - 
 local proposal = cjson.decode(ARGV[1])
 r.owner = proposal.owner
 r.lease_until_ms = proposal.lease_until_ms
-local out = cjson.encode(r)
+local out = encode(r)
 redis.call('SET', KEYS[1], out, 'PX', ARGV[4])
 return {'resume', out}
-"#;
+"#
+    )
+}
 
 /// KEYS: card lock. ARGV: owner, TTL (ms). Takes or renews the lock; 1 when `owner` holds it.
 pub const LOCK_CARD: &str = r#"

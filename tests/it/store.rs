@@ -279,6 +279,61 @@ async fn expiry(store: Arc<dyn EnrollmentStore>) {
     assert_eq!(store.get(card(70009)).await.unwrap(), None);
 }
 
+/// The largest event time the store keeps (5138-11-16T09:46:39.999Z) is written and read back
+/// to the millisecond; a later one is refused and leaves the record readable (Redis's Lua JSON
+/// used to write `1e+14`, a record that no longer read).
+async fn large_event_times_read_back_exactly(store: Arc<dyn EnrollmentStore>) {
+    let last = c2p_enroll::domain::STORE_INTEGER_LIMIT - 1;
+    let NotificationResult::Applied(applied) = store
+        .apply_notification(&event("n-last", last, 70020, TokenEventKind::Complete))
+        .await
+        .unwrap()
+    else {
+        panic!("the last storable time is applied")
+    };
+    let read = store.get(card(70020)).await.unwrap().unwrap();
+    assert_eq!(read, applied);
+    let version = read.token.as_ref().unwrap().status_version.clone().unwrap();
+    assert_eq!((version.at_ms, read.updated_at_ms), (last, last));
+    // A later time on the same card is refused; the record still reads, unchanged.
+    for far in [
+        c2p_enroll::domain::STORE_INTEGER_LIMIT,
+        200_000_000_000_123,
+        i64::MAX,
+        -1,
+    ] {
+        let err = store
+            .apply_notification(&event(
+                &format!("n-far-{far}"),
+                far,
+                70020,
+                TokenEventKind::StatusChanged(TokenStatus::Suspended),
+            ))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, store::StoreError::Refused(_)),
+            "{far}: {err:?}"
+        );
+        assert_eq!(store.get(card(70020)).await.unwrap().as_ref(), Some(&read));
+    }
+    // An enrollment write keeps the large time; a record holding a later one is refused.
+    let merged = store
+        .put_enrollment(&enrolled(70020), PutMode::Merge, TTL)
+        .await
+        .unwrap();
+    assert_eq!(merged.token, read.token);
+    assert_eq!(store.get(card(70020)).await.unwrap(), Some(merged));
+    let mut far = enrolled(70021);
+    far.updated_at_ms = c2p_enroll::domain::STORE_INTEGER_LIMIT;
+    let err = store
+        .put_enrollment(&far, PutMode::Merge, TTL)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, store::StoreError::Refused(_)), "{err:?}");
+    assert_eq!(store.get(card(70021)).await.unwrap(), None);
+}
+
 /// Every order of these notifications, each delivered twice, ends in the same record.
 async fn permutations_converge(store: Arc<dyn EnrollmentStore>, card_base: i64) {
     let kinds = [
@@ -344,7 +399,8 @@ async fn memory_store_passes_the_suite() {
     assert_eq!(store.kind(), "memory");
     suite(store.clone()).await;
     expiry(store.clone()).await;
-    permutations_converge(store, 80_000).await;
+    permutations_converge(store.clone(), 80_000).await;
+    large_event_times_read_back_exactly(store).await;
 }
 
 #[tokio::test]
@@ -354,7 +410,8 @@ async fn redis_store_passes_the_suite() {
     assert_eq!(store.kind(), "redis");
     suite(store.clone()).await;
     expiry(store.clone()).await;
-    permutations_converge(store, 80_000).await;
+    permutations_converge(store.clone(), 80_000).await;
+    large_event_times_read_back_exactly(store).await;
 }
 
 #[tokio::test]
@@ -367,7 +424,8 @@ async fn redis_cluster_store_passes_the_suite() {
     .unwrap();
     suite(store.clone()).await;
     expiry(store.clone()).await;
-    permutations_converge(store, 80_000).await;
+    permutations_converge(store.clone(), 80_000).await;
+    large_event_times_read_back_exactly(store).await;
 }
 
 #[tokio::test]
@@ -440,4 +498,34 @@ async fn redis_store_reports_unavailable_then_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(store.get(card(70001)).await.unwrap(), None);
+}
+
+/// The scripts' backstop: a number cjson would round is refused (`Refused`), not written as
+/// `1e+14`. The Rust side refuses such times before the scripts run; an idempotency lease is
+/// not checked there, so it shows the script's own guard.
+#[tokio::test]
+async fn redis_scripts_refuse_numbers_cjson_would_round() {
+    let redis = RedisServer::start();
+    let store = store::from_settings(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
+    let far = c2p_enroll::domain::STORE_INTEGER_LIMIT;
+    let scope = "caller-a\u{0}key-far";
+    assert!(matches!(
+        store
+            .idempotency_begin(scope, &proposal("A", "fp1", 1_000), 0)
+            .await
+            .unwrap(),
+        Begin::New(_)
+    ));
+    // The lease ran out: B resumes, and the script would write B's lease, past 10^14.
+    let err = store
+        .idempotency_begin(scope, &proposal("B", "fp1", far + 5), 2_000)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, store::StoreError::Refused(_)), "{err:?}");
+    // A's record is still there as A wrote it.
+    let mut conn = redis.connection();
+    let keys: Vec<String> = conn.keys("*idempotency*").unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let raw: String = conn.get(&keys[0]).unwrap();
+    assert!(raw.contains("\"owner\":\"A\""), "{raw}");
 }
