@@ -46,7 +46,8 @@ pub enum NotificationResult {
     Applied(EnrollmentRecord),
     /// This notification id was seen before (within the dedup retention).
     Duplicate,
-    /// Older than what the record holds: nothing changed.
+    /// Older than what the record holds for the token: the token did not change (the record's
+    /// `created_at_ms` may have moved earlier, see `domain::merge`).
     Stale,
 }
 
