@@ -6,8 +6,9 @@ mod idempotency;
 mod notification;
 
 pub use enrollment::{
-    CardContractId, EnrollmentRecord, EnrollmentState, Failure, MaskedCard, Token, TokenStatus,
-    TokenizationDecision, Version, last_four, merge_tokens, now_ms,
+    CardContractId, EnrollmentRecord, EnrollmentState, Failure, MaskedCard, STORE_INTEGER_LIMIT,
+    Token, TokenStatus, TokenizationDecision, Version, is_storable_time, last_four, merge_tokens,
+    now_ms,
 };
 pub use idempotency::{Begin, IdempotencyRecord, Phase, StoredOutcome};
 pub use notification::{

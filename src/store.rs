@@ -27,6 +27,10 @@ pub enum StoreError {
     /// A stored value could not be decoded.
     #[error("stored record is unreadable: {0}")]
     Corrupt(String),
+    /// A value the store cannot keep exactly: a time at or past 5138-11-16T09:46:40Z (see
+    /// [`crate::domain::STORE_INTEGER_LIMIT`]). Nothing was written; a retry does not help.
+    #[error("not stored: {0}")]
+    Refused(String),
     /// The store's settings cannot be used (a bad URL, an unreadable password or CA file).
     /// Messages name the setting, never a password.
     #[error("store settings: {0}")]
@@ -42,7 +46,8 @@ pub enum NotificationResult {
     Applied(EnrollmentRecord),
     /// This notification id was seen before (within the dedup retention).
     Duplicate,
-    /// Older than what the record holds: nothing changed.
+    /// Older than what the record holds for the token: the token did not change (the record's
+    /// `created_at_ms` may have moved earlier, see `domain::merge`).
     Stale,
 }
 
@@ -137,6 +142,31 @@ pub trait EnrollmentStore: Send + Sync + 'static {
 
     /// A short name for logs: `memory` or `redis`.
     fn kind(&self) -> &'static str;
+}
+
+/// Refuses a notification whose event time the store could not keep exactly (every adapter
+/// refuses the same ones).
+fn check_event(event: &TokenEvent) -> Result<(), StoreError> {
+    if crate::domain::is_storable_time(event.event_at_ms) {
+        Ok(())
+    } else {
+        Err(StoreError::Refused(format!(
+            "event time {} ms is outside 0 to {} ms (5138-11-16)",
+            event.event_at_ms,
+            crate::domain::STORE_INTEGER_LIMIT - 1
+        )))
+    }
+}
+
+/// Refuses a record holding a time the store could not keep exactly.
+fn check_record(record: &EnrollmentRecord) -> Result<(), StoreError> {
+    match record.unstorable_time() {
+        None => Ok(()),
+        Some(ms) => Err(StoreError::Refused(format!(
+            "the record holds the time {ms} ms, outside 0 to {} ms (5138-11-16)",
+            crate::domain::STORE_INTEGER_LIMIT - 1
+        ))),
+    }
 }
 
 /// Retention settings every adapter applies.

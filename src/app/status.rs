@@ -88,6 +88,7 @@ impl App {
             }),
             decision: None,
             decision_version: None,
+            superseded: None,
         };
         let mut record = cached.unwrap_or_else(|| {
             EnrollmentRecord::new(card, String::new(), EnrollmentState::Enrolled, now)

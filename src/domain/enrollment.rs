@@ -6,6 +6,17 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// Every integer a record holds (card ids, times in Unix milliseconds) is below this: Redis's Lua
+/// JSON (cjson) writes numbers with 14 significant digits, so 10^14 and above would come back
+/// rounded (`1e+14`) and the record would no longer read. As a time: 5138-11-16T09:46:40Z.
+pub const STORE_INTEGER_LIMIT: i64 = 100_000_000_000_000;
+
+/// Whether the store keeps the time `ms` exactly: from the Unix epoch to
+/// 5138-11-16T09:46:39.999Z (see [`STORE_INTEGER_LIMIT`]).
+pub fn is_storable_time(ms: i64) -> bool {
+    (0..STORE_INTEGER_LIMIT).contains(&ms)
+}
+
 /// A card's technical id in the Mastercard Processing CMS (`cardContractId`); always > 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "i64", into = "i64")]
@@ -14,7 +25,7 @@ pub struct CardContractId(i64);
 impl CardContractId {
     /// Ids at or above this are refused: Redis's Lua JSON keeps 14 significant digits, so larger
     /// numbers would not survive a script.
-    pub const LIMIT: i64 = 100_000_000_000_000;
+    pub const LIMIT: i64 = STORE_INTEGER_LIMIT;
 
     /// The id, if it is a valid card contract id (1 to 10^14 - 1).
     pub fn new(id: i64) -> Option<Self> {
@@ -76,6 +87,21 @@ pub enum TokenStatus {
     Inactive,
 }
 
+impl TokenStatus {
+    /// Ties between writes of one token at the same millisecond go to the higher rank: further
+    /// along the lifecycle, and the more restrictive (PENDING 0, INACTIVE 1, ACTIVE 2,
+    /// SUSPENDED 3, DEACTIVATED 4). The Lua twin has the same table (`store/scripts.rs`).
+    pub fn rank(self) -> i8 {
+        match self {
+            TokenStatus::Pending => 0,
+            TokenStatus::Inactive => 1,
+            TokenStatus::Active => 2,
+            TokenStatus::Suspended => 3,
+            TokenStatus::Deactivated => 4,
+        }
+    }
+}
+
 /// The decision on a Tokenization Authorization Request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -88,8 +114,20 @@ pub enum TokenizationDecision {
     RequireAdditionalAuthentication,
 }
 
-/// Which write a register holds: the event time, and the notification id as tie-breaker, so that
-/// merging is the same whatever the order of arrival (last writer wins by `(at_ms, by)`).
+impl TokenizationDecision {
+    /// Ties go to the more restrictive decision (APPROVED 0, REQUIRE_ADDITIONAL_AUTHENTICATION 1,
+    /// DECLINED 2), as for [`TokenStatus::rank`].
+    pub fn rank(self) -> i8 {
+        match self {
+            TokenizationDecision::Approved => 0,
+            TokenizationDecision::RequireAdditionalAuthentication => 1,
+            TokenizationDecision::Declined => 2,
+        }
+    }
+}
+
+/// Which write a register holds: the event time and the notification that wrote it. Writes are
+/// ordered by more than this (see [`merge_tokens`]).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Version {
     /// Event time, Unix milliseconds.
@@ -121,7 +159,9 @@ pub struct MaskedCard {
     pub digital_card_status: Option<String>,
 }
 
-/// The card's Click to Pay token: two registers (status, decision), each last-writer-wins.
+/// The card's Click to Pay token: two registers (status, decision), each last-writer-wins over
+/// every token of the card (see [`merge_tokens`]). The token shown is the one of the latest
+/// write; the registers shown are that token's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Token {
     /// MDES `tokenUniqueReference`.
@@ -136,6 +176,10 @@ pub struct Token {
     pub decision: Option<TokenizationDecision>,
     /// The write that set `decision`.
     pub decision_version: Option<Version>,
+    /// The latest write of the other register when it was about another token (one this token
+    /// superseded): not shown, but kept, so that merging stays order-free. Never nested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded: Option<Box<Token>>,
 }
 
 impl Token {
@@ -188,6 +232,25 @@ pub struct EnrollmentRecord {
 }
 
 impl EnrollmentRecord {
+    /// The first time this record holds that the store could not keep exactly (see
+    /// [`STORE_INTEGER_LIMIT`]), if any.
+    pub fn unstorable_time(&self) -> Option<i64> {
+        let tokens = self
+            .token
+            .iter()
+            .flat_map(|t| std::iter::once(t).chain(t.superseded.as_deref()));
+        let token_times = tokens.flat_map(|t| {
+            [&t.status_version, &t.decision_version]
+                .into_iter()
+                .flatten()
+                .map(|v| v.at_ms)
+        });
+        [self.created_at_ms, self.updated_at_ms]
+            .into_iter()
+            .chain(token_times)
+            .find(|ms| !is_storable_time(*ms))
+    }
+
     /// A new record in `state`, with nothing else known yet.
     pub fn new(
         card_contract_id: CardContractId,
@@ -226,26 +289,176 @@ impl EnrollmentRecord {
     }
 }
 
-/// Merges two views of the card's token register by register (last writer wins). A different
-/// token reference replaces the token when its newest write is newer.
-pub fn merge_tokens(base: Token, other: &Token) -> Token {
-    if base.token_unique_reference != other.token_unique_reference {
-        return if other.updated_at_ms() > base.updated_at_ms() {
-            other.clone()
-        } else {
-            base
+/// One write of a register: which token it was about, its value, its version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Write<V> {
+    token_unique_reference: String,
+    token_requestor_id: String,
+    value: Option<V>,
+    version: Version,
+}
+
+impl<V: Copy> Write<V> {
+    /// The write's token and time: `(at_ms, token reference bytes, token requestor bytes)`.
+    fn identity_key(&self) -> (i64, &[u8], &[u8]) {
+        (
+            self.version.at_ms,
+            self.token_unique_reference.as_bytes(),
+            self.token_requestor_id.as_bytes(),
+        )
+    }
+
+    /// The total order of writes (see [`merge_tokens`]); `rank` is the value's (-1: none).
+    fn key(&self, rank: impl Fn(V) -> i8) -> (i64, &[u8], &[u8], i8, &[u8]) {
+        let (at_ms, reference, requestor) = self.identity_key();
+        let rank = self.value.map_or(-1, rank);
+        (
+            at_ms,
+            reference,
+            requestor,
+            rank,
+            self.version.by.as_bytes(),
+        )
+    }
+
+    fn is_about(&self, reference: &str, requestor: &str) -> bool {
+        self.token_unique_reference == reference && self.token_requestor_id == requestor
+    }
+}
+
+/// The greatest writes of each register seen so far, and the greatest bare token (one with no
+/// write yet: it shows only while no register has a write).
+#[derive(Default)]
+struct Registers {
+    status: Option<Write<TokenStatus>>,
+    decision: Option<Write<TokenizationDecision>>,
+    bare: Option<(String, String)>,
+}
+
+/// Keeps the greater of `current` and `offered` (the current one on a tie: equal keys are
+/// equal writes).
+fn keep_greater<V: Copy>(current: &mut Option<Write<V>>, offered: Write<V>, rank: fn(V) -> i8) {
+    let greater = match current {
+        None => true,
+        Some(c) => offered.key(rank) > c.key(rank),
+    };
+    if greater {
+        *current = Some(offered);
+    }
+}
+
+impl Registers {
+    /// Adds the writes `token` holds (its own and its superseded token's).
+    fn add(&mut self, token: &Token) {
+        fn write<V>(token: &Token, value: Option<V>, version: &Version) -> Write<V> {
+            Write {
+                token_unique_reference: token.token_unique_reference.clone(),
+                token_requestor_id: token.token_requestor_id.clone(),
+                value,
+                version: version.clone(),
+            }
+        }
+        if let Some(version) = &token.status_version {
+            let offered = write(token, token.status, version);
+            keep_greater(&mut self.status, offered, TokenStatus::rank);
+        }
+        if let Some(version) = &token.decision_version {
+            let offered = write(token, token.decision, version);
+            keep_greater(&mut self.decision, offered, TokenizationDecision::rank);
+        }
+        if token.status_version.is_none() && token.decision_version.is_none() {
+            let bare = (
+                token.token_unique_reference.clone(),
+                token.token_requestor_id.clone(),
+            );
+            let greater = self.bare.as_ref().is_none_or(|b| {
+                (bare.0.as_bytes(), bare.1.as_bytes()) > (b.0.as_bytes(), b.1.as_bytes())
+            });
+            if greater {
+                self.bare = Some(bare);
+            }
+        }
+        if let Some(superseded) = &token.superseded {
+            self.add(superseded);
+        }
+    }
+
+    /// The token these writes show: the latest write's token with its registers, the other
+    /// register's write kept aside when it is about another token.
+    fn token(self) -> Token {
+        let empty = |reference: String, requestor: String| Token {
+            token_unique_reference: reference,
+            token_requestor_id: requestor,
+            status: None,
+            status_version: None,
+            decision: None,
+            decision_version: None,
+            superseded: None,
         };
+        let (reference, requestor) = match (&self.status, &self.decision) {
+            (Some(s), Some(d)) if d.identity_key() > s.identity_key() => (
+                d.token_unique_reference.clone(),
+                d.token_requestor_id.clone(),
+            ),
+            (Some(s), _) => (
+                s.token_unique_reference.clone(),
+                s.token_requestor_id.clone(),
+            ),
+            (None, Some(d)) => (
+                d.token_unique_reference.clone(),
+                d.token_requestor_id.clone(),
+            ),
+            (None, None) => {
+                let (reference, requestor) = self.bare.unwrap_or_default();
+                return empty(reference, requestor);
+            }
+        };
+        let mut shown = empty(reference.clone(), requestor.clone());
+        let mut aside: Option<Token> = None;
+        if let Some(s) = self.status {
+            let holder = if s.is_about(&reference, &requestor) {
+                &mut shown
+            } else {
+                aside.insert(empty(s.token_unique_reference, s.token_requestor_id))
+            };
+            holder.status = s.value;
+            holder.status_version = Some(s.version);
+        }
+        if let Some(d) = self.decision {
+            let holder = if d.is_about(&reference, &requestor) {
+                &mut shown
+            } else {
+                aside.insert(empty(d.token_unique_reference, d.token_requestor_id))
+            };
+            holder.decision = d.value;
+            holder.decision_version = Some(d.version);
+        }
+        shown.superseded = aside.map(Box::new);
+        shown
     }
-    let mut merged = base;
-    if other.status_version > merged.status_version {
-        merged.status = other.status;
-        merged.status_version = other.status_version.clone();
-    }
-    if other.decision_version > merged.decision_version {
-        merged.decision = other.decision;
-        merged.decision_version = other.decision_version.clone();
-    }
-    merged
+}
+
+/// Merges two views of the card's token: a join (commutative, associative, idempotent), so
+/// that any order of arrival, with any duplicates, gives the same token.
+///
+/// Each register (status, decision) keeps its greatest write over every token of the card, in
+/// this total order (the Lua twin in `store/scripts.rs` is the same):
+/// 1. the event time (`at_ms`);
+/// 2. the token unique reference, compared byte by byte;
+/// 3. the token requestor id, byte by byte;
+/// 4. the value's rank ([`TokenStatus::rank`], [`TokenizationDecision::rank`]: ties go to the
+///    more restrictive);
+/// 5. the notification id (`by`), byte by byte.
+///
+/// The token shown is the one of the greater of the two registers' writes by (1, 2, 3); the
+/// other register shows when its write is about the same token, and is kept in `superseded`
+/// otherwise. A token without any write shows only while no register has one (the greatest by
+/// 2 then 3).
+pub fn merge_tokens(base: Token, other: &Token) -> Token {
+    let mut registers = Registers::default();
+    registers.add(&base);
+    registers.add(other);
+    registers.token()
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -288,6 +501,7 @@ mod tests {
                 at_ms: d.1,
                 by: d.2.into(),
             }),
+            superseded: None,
         }
     }
 
@@ -305,6 +519,168 @@ mod tests {
         assert_eq!(ab.decision, Some(TokenizationDecision::Approved));
         assert_eq!(merge_tokens(ab.clone(), &ab), ab);
         assert_eq!(ab.updated_at_ms(), Some(20));
+    }
+
+    /// Single writes over a small domain full of ties: two times, references that sort
+    /// differently as bytes and as words, two requestors, every status and decision, two ids.
+    fn single_writes() -> Vec<Token> {
+        let mut out = Vec::new();
+        for at in [10, 20] {
+            for reference in ["DMa", "DMB"] {
+                for requestor in ["50123197928", "4"] {
+                    for by in ["n-a", "n-B"] {
+                        let base = Token {
+                            token_unique_reference: reference.into(),
+                            token_requestor_id: requestor.into(),
+                            status: None,
+                            status_version: None,
+                            decision: None,
+                            decision_version: None,
+                            superseded: None,
+                        };
+                        let version = Version {
+                            at_ms: at,
+                            by: by.into(),
+                        };
+                        for status in [
+                            TokenStatus::Pending,
+                            TokenStatus::Active,
+                            TokenStatus::Suspended,
+                            TokenStatus::Deactivated,
+                            TokenStatus::Inactive,
+                        ] {
+                            out.push(Token {
+                                status: Some(status),
+                                status_version: Some(version.clone()),
+                                ..base.clone()
+                            });
+                        }
+                        for decision in [
+                            TokenizationDecision::Approved,
+                            TokenizationDecision::Declined,
+                            TokenizationDecision::RequireAdditionalAuthentication,
+                        ] {
+                            out.push(Token {
+                                decision: Some(decision),
+                                decision_version: Some(version.clone()),
+                                ..base.clone()
+                            });
+                        }
+                    }
+                }
+                // A token seen without any write (e.g. a token list without a status).
+                out.push(Token {
+                    token_unique_reference: reference.into(),
+                    token_requestor_id: "50123197928".into(),
+                    status: None,
+                    status_version: None,
+                    decision: None,
+                    decision_version: None,
+                    superseded: None,
+                });
+            }
+        }
+        out
+    }
+
+    fn fold(tokens: &[&Token]) -> Token {
+        let (first, rest) = tokens.split_first().unwrap();
+        rest.iter()
+            .fold((*first).clone(), |acc, t| merge_tokens(acc, t))
+    }
+
+    #[test]
+    fn token_merge_is_a_join_with_a_total_tie_break() {
+        let writes = single_writes();
+        // Inputs: single writes and merges of pairs (tokens with a superseded write among them).
+        let mut inputs: Vec<Token> = writes.clone();
+        for (i, a) in writes.iter().enumerate().step_by(7) {
+            for b in writes.iter().skip(i % 5).step_by(11) {
+                inputs.push(merge_tokens(a.clone(), b));
+            }
+        }
+        assert!(inputs.iter().any(|t| t.superseded.is_some()));
+        for a in inputs.iter().step_by(3) {
+            assert_eq!(&merge_tokens(a.clone(), a), a, "idempotent");
+            for b in inputs.iter().step_by(5) {
+                let ab = merge_tokens(a.clone(), b);
+                assert_eq!(ab, merge_tokens(b.clone(), a), "commutative: {a:?} {b:?}");
+                for c in inputs.iter().step_by(97) {
+                    assert_eq!(
+                        merge_tokens(ab.clone(), c),
+                        merge_tokens(a.clone(), &merge_tokens(b.clone(), c)),
+                        "associative: {a:?} {b:?} {c:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ties_go_by_reference_requestor_rank_then_id_as_bytes() {
+        let at = |reference: &str, requestor: &str, status, by: &str| Token {
+            token_unique_reference: reference.into(),
+            token_requestor_id: requestor.into(),
+            status: Some(status),
+            status_version: Some(Version {
+                at_ms: 10,
+                by: by.into(),
+            }),
+            decision: None,
+            decision_version: None,
+            superseded: None,
+        };
+        let active = TokenStatus::Active;
+        // Bytes: "DMa" > "DMB" (a word collation says otherwise).
+        let a = at("DMa", "1", active, "n-1");
+        let b = at("DMB", "1", TokenStatus::Deactivated, "n-2");
+        assert_eq!(fold(&[&a, &b]), a);
+        assert_eq!(fold(&[&b, &a]), a);
+        // Same token: the requestor, then the more restrictive status, then the id.
+        let r = at("DMa", "2", TokenStatus::Pending, "n-0");
+        assert_eq!(fold(&[&a, &r]), r);
+        let s = at("DMa", "1", TokenStatus::Suspended, "n-0");
+        assert_eq!(fold(&[&s, &a]), s);
+        let later_id = at("DMa", "1", active, "n-a");
+        let earlier_id = at("DMa", "1", active, "n-B");
+        assert_eq!(fold(&[&later_id, &earlier_id]), later_id);
+        assert_eq!(fold(&[&earlier_id, &later_id]), later_id);
+    }
+
+    #[test]
+    fn a_superseded_write_comes_back_with_its_token() {
+        // A's status at 10, B's decision at 20, A's decision at 30: A shows both, whatever the
+        // order (the old merge dropped A's status when B came between).
+        let a10 = token(Some((TokenStatus::Active, 10, "n1")), None);
+        let mut b20 = token(None, Some((TokenizationDecision::Approved, 20, "n2")));
+        b20.token_unique_reference = "DM2".into();
+        let a30 = token(None, Some((TokenizationDecision::Declined, 30, "n3")));
+        let expected = token(
+            Some((TokenStatus::Active, 10, "n1")),
+            Some((TokenizationDecision::Declined, 30, "n3")),
+        );
+        for order in [
+            [&a10, &b20, &a30],
+            [&a10, &a30, &b20],
+            [&b20, &a10, &a30],
+            [&b20, &a30, &a10],
+            [&a30, &a10, &b20],
+            [&a30, &b20, &a10],
+        ] {
+            assert_eq!(fold(&order), expected);
+        }
+        // Between, B shows with its decision; A's status is kept aside, not shown.
+        let between = fold(&[&a10, &b20]);
+        assert_eq!(between.token_unique_reference, "DM2");
+        assert_eq!(
+            (between.status, between.decision),
+            (None, Some(TokenizationDecision::Approved))
+        );
+        assert_eq!(between.superseded.as_deref(), Some(&a10));
+        assert_eq!(between.updated_at_ms(), Some(20));
+        let json = serde_json::to_string(&between).unwrap();
+        assert_eq!(serde_json::from_str::<Token>(&json).unwrap(), between);
+        assert!(!serde_json::to_string(&a10).unwrap().contains("superseded"));
     }
 
     #[test]

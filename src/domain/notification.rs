@@ -1,5 +1,6 @@
-//! Tokenization notifications (TAR, TCN, status changes) and how one merges into a record:
-//! commutative and idempotent, so that any order of arrival gives the same record. The Redis
+//! Tokenization notifications (TAR, TCN, status changes) and how one merges into a record: a
+//! join (commutative, associative, idempotent, with a total order on writes, see
+//! `merge_tokens`), so that any order of arrival gives the same record. The Redis
 //! store runs the same rules in a Lua script (`store/scripts.rs`); one test suite checks both.
 
 use super::CardContractId;
@@ -67,6 +68,7 @@ impl TokenEvent {
             status_version,
             decision,
             decision_version,
+            superseded: None,
         }
     }
 }
@@ -76,42 +78,44 @@ impl TokenEvent {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Merge {
-    /// The record changed to this.
+    /// The token changed; the record is now this.
     Applied(EnrollmentRecord),
-    /// Older than what the record holds for the token: nothing changed.
-    Stale,
+    /// Older than what the record holds for the token: the token did not change. The record's
+    /// times may have (an earlier `created_at_ms`): then this is the record to write.
+    Stale(Option<EnrollmentRecord>),
 }
 
 /// Merges `event` into `existing` (a record is created, IN_PROGRESS, when the notification
-/// arrives before the enrollment flow wrote one).
+/// arrives before the enrollment flow wrote one): the token by [`merge_tokens`], the record's
+/// times as the earliest (`created_at_ms`) and latest (`updated_at_ms`) event time seen, stale
+/// notifications included. A join: any order of arrival gives the same record. The store's
+/// answer is STALE when the token did not change, even if the times did.
 pub fn merge(existing: Option<&EnrollmentRecord>, event: &TokenEvent) -> Merge {
     let incoming = event.as_token();
-    let mut record = match existing {
-        Some(r) => r.clone(),
-        None => {
-            let mut r = EnrollmentRecord::new(
-                event.card_contract_id,
-                String::new(),
-                EnrollmentState::InProgress,
-                event.event_at_ms,
-            );
-            r.token = Some(incoming);
-            return Merge::Applied(r);
-        }
+    let Some(existing) = existing else {
+        let mut r = EnrollmentRecord::new(
+            event.card_contract_id,
+            String::new(),
+            EnrollmentState::InProgress,
+            event.event_at_ms,
+        );
+        r.token = Some(incoming);
+        return Merge::Applied(r);
     };
-    let merged = match &record.token {
+    let mut record = existing.clone();
+    record.token = Some(match record.token.take() {
         None => incoming,
-        Some(current) => {
-            let merged = super::enrollment::merge_tokens(current.clone(), &incoming);
-            if &merged == current {
-                return Merge::Stale;
-            }
-            merged
-        }
-    };
-    record.token = Some(merged);
+        Some(current) => super::enrollment::merge_tokens(current, &incoming),
+    });
+    let token_changed = record.token != existing.token;
     // Derived from event times only, so that the order of arrival does not show.
     record.updated_at_ms = record.updated_at_ms.max(event.event_at_ms);
     record.created_at_ms = record.created_at_ms.min(event.event_at_ms);
-    Merge::Applied(record)
+    if token_changed {
+        Merge::Applied(record)
+    } else if &record == existing {
+        Merge::Stale(None)
+    } else {
+        Merge::Stale(Some(record))
+    }
 }

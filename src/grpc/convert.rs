@@ -3,8 +3,8 @@
 
 use crate::app::{ConsumerInput, EnrollCommand, FieldViolation, Source};
 use crate::domain::{
-    CardContractId, EnrollmentRecord, EnrollmentState, TokenEvent, TokenEventKind, TokenStatus,
-    TokenizationDecision,
+    CardContractId, EnrollmentRecord, EnrollmentState, STORE_INTEGER_LIMIT, TokenEvent,
+    TokenEventKind, TokenStatus, TokenizationDecision,
 };
 use crate::mastercard::processing::types::BillingAddress;
 use crate::proto::v1 as pb;
@@ -16,8 +16,9 @@ const MAX_PROGRAM: usize = 64;
 const MAX_TOKEN_REQUESTOR_ID: usize = 11;
 const MAX_WALLET_NAME: usize = 64;
 const MAX_TOKEN_REFERENCE: usize = 64;
-/// The last second a `google.protobuf.Timestamp` may hold (9999-12-31T23:59:59Z).
-const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
+/// Event times must be before this second (5138-11-16T09:46:40Z): the store keeps times up to
+/// `STORE_INTEGER_LIMIT` ms exactly (Redis's Lua JSON writes 14 significant digits).
+const EVENT_TIME_LIMIT_SECONDS: i64 = STORE_INTEGER_LIMIT / 1000;
 
 #[derive(Default)]
 struct Violations(Vec<FieldViolation>);
@@ -293,14 +294,15 @@ pub fn token_event(
     let event_at_ms = match &n.event_time {
         Some(t)
             if t.seconds > 0
-                && t.seconds <= MAX_TIMESTAMP_SECONDS
+                && t.seconds < EVENT_TIME_LIMIT_SECONDS
                 && (0..1_000_000_000).contains(&t.nanos) =>
         {
             t.seconds * 1000 + i64::from(t.nanos / 1_000_000)
         }
         Some(_) => {
             problems.push(
-                "event_time must be a valid timestamp after 1970 and before year 10000".to_owned(),
+                "event_time must be a valid timestamp after 1970 and before 5138-11-16T09:46:40Z"
+                    .to_owned(),
             );
             0
         }
@@ -478,5 +480,79 @@ pub fn enrollment(r: &EnrollmentRecord, source: Source) -> pb::Enrollment {
             Source::Store => pb::EnrollmentSource::Store,
             Source::Upstream => pb::EnrollmentSource::Upstream,
         } as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcn_at(seconds: i64, nanos: i32) -> pb::NotificationIngestRequest {
+        use pb::notification_ingest_request::Event;
+        pb::NotificationIngestRequest {
+            notification_id: "n-1".into(),
+            event_time: Some(prost_types::Timestamp { seconds, nanos }),
+            event: Some(Event::TokenizationComplete(pb::TokenizationComplete {
+                card_contract_id: 70001,
+                token_unique_reference: "DM4MMC0000000001".into(),
+                token_requestor_id: "50123197928".into(),
+                wallet_name: "MDES for Merchants".into(),
+            })),
+        }
+    }
+
+    /// Bounds so wide that only the store's own limit applies.
+    const ANY_TIME: EventTimeBounds = EventTimeBounds {
+        max_future: std::time::Duration::from_secs(1 << 40),
+        max_age: std::time::Duration::from_secs(1 << 40),
+    };
+
+    #[test]
+    fn event_times_are_bounded_by_what_the_store_keeps_exactly() {
+        // The last millisecond the store keeps: 5138-11-16T09:46:39.999Z.
+        let last = token_event(&tcn_at(99_999_999_999, 999_999_999), ANY_TIME).unwrap();
+        assert_eq!(last.event_at_ms, STORE_INTEGER_LIMIT - 1);
+        for (seconds, nanos) in [
+            (100_000_000_000, 0),
+            (200_000_000_000, 0),
+            (253_402_300_799, 0),
+            (i64::MAX, 0),
+            (0, 0),
+            (-1, 0),
+            (1_800_000_000, 1_000_000_000),
+        ] {
+            let err = token_event(&tcn_at(seconds, nanos), ANY_TIME).unwrap_err();
+            assert!(err.contains("5138-11-16T09:46:40Z"), "{seconds}: {err}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod bounds_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn event_times_must_be_near_now() {
+        let bounds = EventTimeBounds {
+            max_future: Duration::from_secs(300),
+            max_age: Duration::from_secs(30 * 86_400),
+        };
+        let now = 1_800_000_000_000;
+        assert!(bounds.check(now, now).is_ok());
+        assert!(bounds.check(now + 299_000, now).is_ok());
+        assert!(
+            bounds
+                .check(now + 301_000, now)
+                .unwrap_err()
+                .contains("future")
+        );
+        assert!(
+            bounds
+                .check(now - 31 * 86_400_000, now)
+                .unwrap_err()
+                .contains("past")
+        );
+        assert!(bounds.check(i64::MAX, now).is_err());
     }
 }

@@ -95,6 +95,7 @@ impl EnrollmentStore for MemoryStore {
         mode: PutMode,
         ttl: std::time::Duration,
     ) -> Result<EnrollmentRecord, StoreError> {
+        super::check_record(record)?;
         let stored = {
             let mut maps = self.lock();
             Self::sweep(&mut maps);
@@ -117,6 +118,7 @@ impl EnrollmentStore for MemoryStore {
         &self,
         event: &TokenEvent,
     ) -> Result<NotificationResult, StoreError> {
+        super::check_event(event)?;
         let applied = {
             let mut maps = self.lock();
             Self::sweep(&mut maps);
@@ -132,19 +134,23 @@ impl EnrollmentStore for MemoryStore {
             let existing = Self::live_record(&mut maps, event.card_contract_id);
             maps.dedup
                 .insert(dedup_key, now + self.retention.notification_dedup);
-            match merge(existing.as_ref(), event) {
-                Merge::Stale => return Ok(NotificationResult::Stale),
+            let (record, result) = match merge(existing.as_ref(), event) {
+                Merge::Stale(None) => return Ok(NotificationResult::Stale),
+                // Only the record's times moved: written, answered STALE.
+                Merge::Stale(Some(record)) => (record, NotificationResult::Stale),
                 Merge::Applied(record) => {
-                    maps.records.insert(
-                        record.card_contract_id,
-                        (record.clone(), now + self.retention.enrollment),
-                    );
-                    record
+                    let applied = NotificationResult::Applied(record.clone());
+                    (record, applied)
                 }
-            }
+            };
+            maps.records.insert(
+                record.card_contract_id,
+                (record.clone(), now + self.retention.enrollment),
+            );
+            (record, result)
         };
-        self.publish(&applied);
-        Ok(NotificationResult::Applied(applied))
+        self.publish(&applied.0);
+        Ok(applied.1)
     }
 
     async fn idempotency_begin(

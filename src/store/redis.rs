@@ -83,6 +83,10 @@ impl std::fmt::Debug for RedisStore {
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
+    if e.code() == Some("C2P_REFUSED") {
+        // A script's number guard (`scripts::ENCODE`): nothing was written.
+        return StoreError::Refused(e.detail().unwrap_or("a number cjson would round").into());
+    }
     let kind = if e.is_timeout() {
         "timeout"
     } else if e.is_io_error() || e.is_connection_dropped() {
@@ -155,7 +159,7 @@ impl RedisStore {
             feed,
             apply_notification: Script::new(&scripts::apply_notification()),
             put_enrollment: Script::new(&scripts::put_enrollment()),
-            idempotency_begin: Script::new(scripts::IDEMPOTENCY_BEGIN),
+            idempotency_begin: Script::new(&scripts::idempotency_begin()),
             idempotency_update: Script::new(scripts::IDEMPOTENCY_UPDATE),
             lock_card: Script::new(scripts::LOCK_CARD),
             unlock_card: Script::new(scripts::UNLOCK_CARD),
@@ -208,6 +212,7 @@ impl EnrollmentStore for RedisStore {
         mode: PutMode,
         ttl: Duration,
     ) -> Result<EnrollmentRecord, StoreError> {
+        super::check_record(record)?;
         let json = serde_json::to_string(record).map_err(corrupt)?;
         let mut conn = self.connection().await?;
         let stored: String = self
@@ -231,6 +236,7 @@ impl EnrollmentStore for RedisStore {
         &self,
         event: &TokenEvent,
     ) -> Result<NotificationResult, StoreError> {
+        super::check_event(event)?;
         let token = serde_json::to_string(&event.as_token()).map_err(corrupt)?;
         let card = event.card_contract_id;
         let mut conn = self.connection().await?;

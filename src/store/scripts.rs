@@ -1,42 +1,140 @@
 //! The Redis scripts: each store update is one atomic script on one card's keys (one Cluster
-//! slot). `TOKEN_MERGE` is the Lua twin of `domain::merge_tokens`; the store test suite runs the
-//! same cases against Redis and the in-memory store, which uses the Rust original.
+//! slot). `TOKEN_MERGE` is the Lua twin of `domain::merge_tokens` and `apply_notification` of
+//! `domain::merge`; the store test suite and the property tests (`tests/it/merge_props.rs`) run
+//! the same cases against Redis, a Redis in a non-C locale, a Cluster and the in-memory store,
+//! which uses the Rust originals, and compare the records byte for byte.
 
-/// Shared Lua helpers: last-writer-wins registers, versions ordered by `(at_ms, by)`.
+/// `encode`: cjson with a guard. cjson writes numbers with 14 significant digits, so an integer
+/// at or above 10^14 would be written rounded (`1e+14`) and the value would no longer read: such
+/// a write fails with `C2P_REFUSED` instead, and nothing is written. The Rust side refuses the
+/// same values before calling (`domain::STORE_INTEGER_LIMIT`); this is the backstop.
+const ENCODE: &str = r#"
+local function check_numbers(v)
+  if type(v) == 'number' then
+    if v ~= math.floor(v) or v >= 1e14 or v <= -1e14 then
+      error({err = 'C2P_REFUSED a number cjson would round: ' .. string.format('%.17g', v)})
+    end
+  elseif type(v) == 'table' then
+    for _, x in pairs(v) do check_numbers(x) end
+  end
+end
+local function encode(v)
+  check_numbers(v)
+  return cjson.encode(v)
+end
+"#;
+
+/// Shared Lua helpers, the twin of `domain::merge_tokens` (same order, same ranks, same
+/// projection): each register keeps its greatest write by (event time, token reference bytes,
+/// token requestor bytes, value rank, notification id bytes). Strings are compared byte by byte
+/// with `string.byte`: Lua's `<` on strings follows the server's LC_COLLATE (strcoll).
 const TOKEN_MERGE: &str = r#"
 local function present(v) return v ~= nil and v ~= cjson.null end
-local function newer(a, b)
-  if not present(a) then return false end
-  if not present(b) then return true end
-  if a.at_ms ~= b.at_ms then return a.at_ms > b.at_ms end
-  return a.by > b.by
-end
-local function updated(t)
-  local m = nil
-  for _, v in ipairs({t.status_version, t.decision_version}) do
-    if present(v) and (m == nil or v.at_ms > m) then m = v.at_ms end
+-- -1, 0 or 1 as a is before, equal to or after b, byte by byte (as Rust orders strings).
+local function cmp_bytes(a, b)
+  if a == b then return 0 end
+  local la, lb = #a, #b
+  for i = 1, math.min(la, lb) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then
+      if x < y then return -1 end
+      return 1
+    end
   end
-  return m
+  if la < lb then return -1 end
+  return 1
 end
--- Merges `other` into `base`; returns the token and whether it changed.
+local function cmp_numbers(a, b)
+  if a == b then return 0 end
+  if a < b then return -1 end
+  return 1
+end
+local STATUS_RANK = {PENDING = 0, INACTIVE = 1, ACTIVE = 2, SUSPENDED = 3, DEACTIVATED = 4}
+local DECISION_RANK = {APPROVED = 0, REQUIRE_ADDITIONAL_AUTHENTICATION = 1, DECLINED = 2}
+local function rank(ranks, value)
+  if present(value) and ranks[value] ~= nil then return ranks[value] end
+  return -1
+end
+-- A write's token and time: (at_ms, token reference, token requestor).
+local function cmp_identity(a, b)
+  local c = cmp_numbers(a.version.at_ms, b.version.at_ms)
+  if c ~= 0 then return c end
+  c = cmp_bytes(a.ref, b.ref)
+  if c ~= 0 then return c end
+  return cmp_bytes(a.req, b.req)
+end
+-- The total order of writes: identity, then the value's rank, then the notification id.
+local function cmp_write(a, b)
+  local c = cmp_identity(a, b)
+  if c ~= 0 then return c end
+  c = cmp_numbers(a.rank, b.rank)
+  if c ~= 0 then return c end
+  return cmp_bytes(a.version.by, b.version.by)
+end
+-- Keeps the greater write of register `reg` (the current one on a tie: equal keys are equal
+-- writes); notes whether `other` gave it.
+local function offer(acc, reg, w)
+  local cur = acc[reg]
+  if cur == nil or cmp_write(w, cur) > 0 then acc[reg] = w end
+end
+-- Adds the writes `t` holds (its own and its superseded token's), marked with `side`.
+local function collect(acc, t, side)
+  local ref, req = t.token_unique_reference, t.token_requestor_id
+  if present(t.status_version) then
+    offer(acc, 'status', {ref = ref, req = req, value = t.status, version = t.status_version,
+      rank = rank(STATUS_RANK, t.status), side = side})
+  end
+  if present(t.decision_version) then
+    offer(acc, 'decision', {ref = ref, req = req, value = t.decision,
+      version = t.decision_version, rank = rank(DECISION_RANK, t.decision), side = side})
+  end
+  if not present(t.status_version) and not present(t.decision_version) then
+    local b = acc.bare
+    local greater = b == nil
+    if not greater then
+      local c = cmp_bytes(ref, b.ref)
+      greater = c > 0 or (c == 0 and cmp_bytes(req, b.req) > 0)
+    end
+    if greater then acc.bare = {ref = ref, req = req, side = side} end
+  end
+  if present(t.superseded) then collect(acc, t.superseded, side) end
+end
+local function empty_token(ref, req)
+  return {token_unique_reference = ref, token_requestor_id = req, status = cjson.null,
+    status_version = cjson.null, decision = cjson.null, decision_version = cjson.null}
+end
+-- The token the writes show: the latest write's token with its registers, the other register's
+-- write kept in `superseded` when it is about another token.
+local function project(acc)
+  local s, d = acc.status, acc.decision
+  local top = s
+  if top == nil or (d ~= nil and cmp_identity(d, s) > 0) then top = d end
+  if top == nil then return empty_token(acc.bare.ref, acc.bare.req) end
+  local shown = empty_token(top.ref, top.req)
+  local function place(w, value_field, version_field)
+    if w == nil then return end
+    local holder = shown
+    if w.ref ~= top.ref or w.req ~= top.req then
+      shown.superseded = empty_token(w.ref, w.req)
+      holder = shown.superseded
+    end
+    holder[value_field] = w.value
+    holder[version_field] = w.version
+  end
+  place(s, 'status', 'status_version')
+  place(d, 'decision', 'decision_version')
+  return shown
+end
+-- Merges `other` into `base` (a join); returns the token and whether it differs from `base`
+-- (some register's write, or the bare token shown, came from `other`).
 local function merge_tokens(base, other)
-  if base.token_unique_reference ~= other.token_unique_reference then
-    local bu, ou = updated(base), updated(other)
-    if ou ~= nil and (bu == nil or ou > bu) then return other, true end
-    return base, false
-  end
-  local changed = false
-  if newer(other.status_version, base.status_version) then
-    base.status = other.status
-    base.status_version = other.status_version
-    changed = true
-  end
-  if newer(other.decision_version, base.decision_version) then
-    base.decision = other.decision
-    base.decision_version = other.decision_version
-    changed = true
-  end
-  return base, changed
+  local acc = {}
+  collect(acc, base, 'base')
+  collect(acc, other, 'other')
+  local changed = (acc.status ~= nil and acc.status.side == 'other')
+    or (acc.decision ~= nil and acc.decision.side == 'other')
+    or (acc.status == nil and acc.decision == nil and acc.bare.side == 'other')
+  return project(acc), changed
 end
 "#;
 
@@ -44,13 +142,14 @@ end
 /// TTL (ms), dedup TTL (ms), change channel. Returns {'duplicate'} | {'stale'} | {'applied', json}.
 pub fn apply_notification() -> String {
     format!(
-        "{TOKEN_MERGE}{}",
+        "{ENCODE}{TOKEN_MERGE}{}",
         r#"
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'duplicate'} end
 local incoming = cjson.decode(ARGV[1])
 local at = tonumber(ARGV[2])
 local raw = redis.call('GET', KEYS[1])
 local record
+local token_changed = true
 if not raw then
   record = {
     card_contract_id = tonumber(ARGV[3]), program = '', state = 'IN_PROGRESS',
@@ -60,21 +159,26 @@ if not raw then
   }
 else
   record = cjson.decode(raw)
-  local changed
   if present(record.token) then
-    record.token, changed = merge_tokens(record.token, incoming)
+    record.token, token_changed = merge_tokens(record.token, incoming)
   else
-    record.token, changed = incoming, true
+    record.token, token_changed = incoming, true
   end
-  redis.call('SET', KEYS[2], '1', 'PX', ARGV[5])
-  if not changed then return {'stale'} end
-  if at > record.updated_at_ms then record.updated_at_ms = at end
-  if at < record.created_at_ms then record.created_at_ms = at end
+  -- The earliest and latest event times seen, stale notifications included.
+  local times_changed = false
+  if at > record.updated_at_ms then record.updated_at_ms, times_changed = at, true end
+  if at < record.created_at_ms then record.created_at_ms, times_changed = at, true end
+  if not token_changed and not times_changed then
+    redis.call('SET', KEYS[2], '1', 'PX', ARGV[5])
+    return {'stale'}
+  end
 end
-local out = cjson.encode(record)
+local out = encode(record)
 redis.call('SET', KEYS[1], out, 'PX', ARGV[4])
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[5])
 redis.call('PUBLISH', ARGV[6], out)
+-- Only the record's times moved: written, answered STALE.
+if not token_changed then return {'stale'} end
 return {'applied', out}
 "#
     )
@@ -84,7 +188,7 @@ return {'applied', out}
 /// Returns the stored JSON.
 pub fn put_enrollment() -> String {
     format!(
-        "{TOKEN_MERGE}{}",
+        "{ENCODE}{TOKEN_MERGE}{}",
         r#"
 local raw = redis.call('GET', KEYS[1])
 if raw and ARGV[4] == 'if_absent' then return raw end
@@ -100,7 +204,7 @@ if raw then
   end
   if existing.created_at_ms < record.created_at_ms then record.created_at_ms = existing.created_at_ms end
 end
-local out = cjson.encode(record)
+local out = encode(record)
 redis.call('SET', KEYS[1], out, 'PX', ARGV[2])
 redis.call('PUBLISH', ARGV[3], out)
 return out
@@ -110,7 +214,10 @@ return out
 
 /// KEYS: idempotency record. ARGV: proposal JSON, fingerprint, now (ms), TTL (ms).
 /// Returns {'new', json} | {'resume', json} | {'replay', json} | {'in_flight', ms} | {'reused'}.
-pub const IDEMPOTENCY_BEGIN: &str = r#"
+pub fn idempotency_begin() -> String {
+    format!(
+        "{ENCODE}{}",
+        r#"
 local raw = redis.call('GET', KEYS[1])
 if not raw then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
@@ -124,10 +231,12 @@ if r.lease_until_ms > now then return {'in_flight', tostring(r.lease_until_ms - 
 local proposal = cjson.decode(ARGV[1])
 r.owner = proposal.owner
 r.lease_until_ms = proposal.lease_until_ms
-local out = cjson.encode(r)
+local out = encode(r)
 redis.call('SET', KEYS[1], out, 'PX', ARGV[4])
 return {'resume', out}
-"#;
+"#
+    )
+}
 
 /// KEYS: card lock. ARGV: owner, TTL (ms). Takes or renews the lock; 1 when `owner` holds it.
 pub const LOCK_CARD: &str = r#"

@@ -613,6 +613,41 @@ async fn notification_ingest_acknowledges_each_message_with_its_outcome() {
     assert_eq!(r.outcome(), NotificationOutcome::Failed, "{r:?}");
 }
 
+/// The last event time the store keeps (5138-11-16T09:46:39.999Z) goes through Redis and reads
+/// back to the millisecond; a later one is REJECTED with the bound (it used to be APPLIED as
+/// `1e+14`, after which the card's record no longer read).
+#[tokio::test]
+async fn far_event_times_read_back_exactly_or_are_rejected() {
+    let redis = RedisServer::start();
+    let service = TestService::start(&settings(&[("C2P_REDIS__URL", &redis.url())])).await;
+    let at = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
+    let mut last = tar("n-last", 70030, 0, "50123197928");
+    last.event_time = Some(at(99_999_999_999, 999_000_000));
+    let mut far = tar("n-far", 70030, 0, "50123197928");
+    far.event_time = Some(at(200_000_000_000, 0));
+    let mut responses = service
+        .client()
+        .notification_ingest(tokio_stream::iter([last, far]))
+        .await
+        .unwrap()
+        .into_inner();
+    // Answers come as each message is done, not in the order sent.
+    let mut answers = std::collections::BTreeMap::new();
+    while let Some(r) = responses.message().await.unwrap() {
+        answers.insert(r.notification_id.clone(), r);
+    }
+    assert_eq!(answers["n-last"].outcome(), NotificationOutcome::Applied);
+    let far = &answers["n-far"];
+    assert_eq!(far.outcome(), NotificationOutcome::Rejected, "{far:?}");
+    assert!(far.message.contains("5138-11-16"), "{far:?}");
+    let mut client = service.client();
+    let record = status_of(&mut client, 70030, false).await.unwrap();
+    assert_eq!(
+        record.token.unwrap().updated_at,
+        Some(at(99_999_999_999, 999_000_000))
+    );
+}
+
 #[tokio::test]
 async fn upstream_trouble_is_unavailable_with_retry_info_and_the_same_key_resumes() {
     let service = TestService::start(&settings(&[

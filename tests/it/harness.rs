@@ -163,6 +163,8 @@ pub struct RedisServer {
     extra: Vec<String>,
     /// TLS only, with the ACL user.
     tls: Option<Arc<RedisTls>>,
+    /// Environment of the server process (e.g. its locale).
+    env: Vec<(String, std::ffi::OsString)>,
 }
 
 impl RedisServer {
@@ -185,8 +187,47 @@ impl RedisServer {
                 child: None,
                 extra: Vec::new(),
                 tls: tls.clone(),
+                env: Vec::new(),
             };
             if server.spawn() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
+    }
+
+    /// Starts a fresh server whose C library collates strings as in American English
+    /// (`en_US.UTF-8`: `a` < `B`, unlike bytes), as the servers of many hosts do; checks that
+    /// its Lua compares strings that way. See [`collating_locale`].
+    pub fn start_in_collating_locale() -> RedisServer {
+        require_binary("redis-server", "redis-server");
+        let (name, locpath) = collating_locale();
+        let mut env: Vec<(String, std::ffi::OsString)> = ["LC_ALL", "LC_COLLATE", "LANG"]
+            .into_iter()
+            .map(|k| (k.to_owned(), name.clone().into()))
+            .collect();
+        if let Some(dir) = locpath {
+            env.push(("LOCPATH".into(), dir.into_os_string()));
+        }
+        for _ in 0..5 {
+            let mut server = RedisServer {
+                port: free_port(),
+                dir: tempfile::tempdir().expect("temp dir"),
+                child: None,
+                extra: Vec::new(),
+                tls: None,
+                env: env.clone(),
+            };
+            if server.spawn() {
+                let natural: i64 = redis::cmd("EVAL")
+                    .arg("if 'a' < 'B' then return 1 end return 0")
+                    .arg(0)
+                    .query(&mut server.connection())
+                    .expect("EVAL");
+                assert_eq!(
+                    natural, 1,
+                    "redis-server did not take the locale {name}: its Lua still compares bytes"
+                );
                 return server;
             }
         }
@@ -243,6 +284,7 @@ impl RedisServer {
             None => vec!["--port".into(), self.port.to_string().into()],
         };
         let child = Command::new("redis-server")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .args(["--bind", "127.0.0.1"])
             .args(&port_args)
             .args(["--save", "", "--appendonly", "no"])
@@ -337,6 +379,7 @@ impl RedisCluster {
                 child: None,
                 extra,
                 tls: tls.clone(),
+                env: Vec::new(),
             };
             if node.spawn() {
                 nodes.push(node);
@@ -417,6 +460,54 @@ impl RedisCluster {
             .collect::<Vec<_>>()
             .join(",")
     }
+}
+
+/// A UTF-8 locale whose collation is not byte order (`en_US.UTF-8`), and the `LOCPATH` to run
+/// a process in it with: none when the system has it (`locale -a`), otherwise a directory under
+/// the cargo target dir where `localedef` compiled it, once, from the Debian package `locales`'
+/// sources (no system change, no root needed).
+pub fn collating_locale() -> (String, Option<PathBuf>) {
+    static LOCALE: OnceLock<(String, Option<PathBuf>)> = OnceLock::new();
+    LOCALE
+        .get_or_init(|| {
+            let name = "en_US.UTF-8".to_owned();
+            let installed = Command::new("locale")
+                .arg("-a")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            if installed
+                .lines()
+                .any(|l| l.eq_ignore_ascii_case("en_US.utf8") || l == "en_US.UTF-8")
+            {
+                return (name, None);
+            }
+            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("locales");
+            let target = dir.join(&name);
+            if !target.join("LC_COLLATE").exists() {
+                // Compiled aside and renamed: other test processes may do the same at once.
+                let staging = dir.join(format!("staging-{}", std::process::id()));
+                std::fs::create_dir_all(&staging).expect("create the locale dir");
+                let out = Command::new("localedef")
+                    .args(["-i", "en_US", "-f", "UTF-8"])
+                    .arg(staging.join(&name))
+                    .output();
+                let compiled = staging.join(&name).join("LC_COLLATE").exists();
+                if !compiled {
+                    panic!(
+                        "no en_US.UTF-8 locale, and localedef could not compile one ({out:?}); \
+                         install the Debian package `locales` (scripts/debian-deps locales, \
+                         which scripts/test runs)"
+                    );
+                }
+                if std::fs::rename(staging.join(&name), &target).is_err() {
+                    assert!(target.join("LC_COLLATE").exists(), "locale not in place");
+                }
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+            (name, Some(dir))
+        })
+        .clone()
 }
 
 /// Fails with the Debian package to install when a binary the tests need is missing.

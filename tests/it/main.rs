@@ -10,6 +10,7 @@ mod crash;
 mod flows;
 mod health;
 mod limits;
+mod merge_props;
 mod observability;
 mod oracles;
 mod poison;

@@ -279,6 +279,61 @@ async fn expiry(store: Arc<dyn EnrollmentStore>) {
     assert_eq!(store.get(card(70009)).await.unwrap(), None);
 }
 
+/// The largest event time the store keeps (5138-11-16T09:46:39.999Z) is written and read back
+/// to the millisecond; a later one is refused and leaves the record readable (Redis's Lua JSON
+/// used to write `1e+14`, a record that no longer read).
+async fn large_event_times_read_back_exactly(store: Arc<dyn EnrollmentStore>) {
+    let last = c2p_enroll::domain::STORE_INTEGER_LIMIT - 1;
+    let NotificationResult::Applied(applied) = store
+        .apply_notification(&event("n-last", last, 70020, TokenEventKind::Complete))
+        .await
+        .unwrap()
+    else {
+        panic!("the last storable time is applied")
+    };
+    let read = store.get(card(70020)).await.unwrap().unwrap();
+    assert_eq!(read, applied);
+    let version = read.token.as_ref().unwrap().status_version.clone().unwrap();
+    assert_eq!((version.at_ms, read.updated_at_ms), (last, last));
+    // A later time on the same card is refused; the record still reads, unchanged.
+    for far in [
+        c2p_enroll::domain::STORE_INTEGER_LIMIT,
+        200_000_000_000_123,
+        i64::MAX,
+        -1,
+    ] {
+        let err = store
+            .apply_notification(&event(
+                &format!("n-far-{far}"),
+                far,
+                70020,
+                TokenEventKind::StatusChanged(TokenStatus::Suspended),
+            ))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, store::StoreError::Refused(_)),
+            "{far}: {err:?}"
+        );
+        assert_eq!(store.get(card(70020)).await.unwrap().as_ref(), Some(&read));
+    }
+    // An enrollment write keeps the large time; a record holding a later one is refused.
+    let merged = store
+        .put_enrollment(&enrolled(70020), PutMode::Merge, TTL)
+        .await
+        .unwrap();
+    assert_eq!(merged.token, read.token);
+    assert_eq!(store.get(card(70020)).await.unwrap(), Some(merged));
+    let mut far = enrolled(70021);
+    far.updated_at_ms = c2p_enroll::domain::STORE_INTEGER_LIMIT;
+    let err = store
+        .put_enrollment(&far, PutMode::Merge, TTL)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, store::StoreError::Refused(_)), "{err:?}");
+    assert_eq!(store.get(card(70021)).await.unwrap(), None);
+}
+
 /// Every order of these notifications, each delivered twice, ends in the same record.
 async fn permutations_converge(store: Arc<dyn EnrollmentStore>, card_base: i64) {
     let kinds = [
@@ -323,6 +378,108 @@ async fn permutations_converge(store: Arc<dyn EnrollmentStore>, card_base: i64) 
     }
 }
 
+/// A notification about token `reference` (the suite's other events are about one token).
+fn event_for(
+    id: &str,
+    at_ms: i64,
+    card_id: i64,
+    reference: &str,
+    kind: TokenEventKind,
+) -> TokenEvent {
+    TokenEvent {
+        token_unique_reference: reference.into(),
+        ..event(id, at_ms, card_id, kind)
+    }
+}
+
+/// Notification sets whose order used to show: equal event times (two tokens, two statuses,
+/// two decisions), a stale notification that is also the earliest, and a token replaced and
+/// then written again. Every order of each set ends in the same record; returns one record per
+/// set (card ids from `card_base`), for comparing adapters.
+pub(crate) async fn ties_converge(
+    store: Arc<dyn EnrollmentStore>,
+    card_base: i64,
+) -> Vec<EnrollmentRecord> {
+    const T: i64 = 1_800_000_000_000;
+    let (a, b) = ("DM4MMC000000000A", "DM4MMC000000000B");
+    let suspended = TokenEventKind::StatusChanged(TokenStatus::Suspended);
+    let approved = TokenEventKind::Authorization(TokenizationDecision::Approved);
+    let declined = TokenEventKind::Authorization(TokenizationDecision::Declined);
+    let sets: Vec<Vec<Note>> = vec![
+        // Two TCNs for two tokens at the same time.
+        vec![
+            ("n-1", T, a, TokenEventKind::Complete),
+            ("n-2", T, b, TokenEventKind::Complete),
+        ],
+        // Two statuses and two decisions of one token at the same time.
+        vec![
+            ("n-1", T, a, suspended),
+            ("n-2", T, a, TokenEventKind::Complete),
+            ("n-3", T, a, approved),
+            ("n-4", T, a, declined),
+        ],
+        // Ids that sort differently byte-wise and in a natural-language collation.
+        vec![
+            ("n-a", T, a, suspended),
+            ("n-B", T, a, suspended),
+            ("n-c", T, b, approved),
+            ("n-D", T, b, approved),
+        ],
+        // The earliest notification is stale when it comes last.
+        vec![
+            ("n-1", T + 3_000, a, suspended),
+            ("n-2", T + 2_000, a, TokenEventKind::Complete),
+        ],
+        // A is replaced by B, then written again: A's earlier write must not depend on order.
+        vec![
+            ("n-1", T + 1_000, a, TokenEventKind::Complete),
+            ("n-2", T + 2_000, b, approved),
+            ("n-3", T + 3_000, a, approved),
+        ],
+    ];
+    let mut per_set = Vec::new();
+    for (s, set) in sets.iter().enumerate() {
+        per_set.push(converge_set(&store, card_base + (s as i64) * 100, set).await);
+    }
+    per_set
+}
+
+/// One notification: id, event time, token reference, what happened.
+type Note<'a> = (&'a str, i64, &'a str, TokenEventKind);
+
+/// Applies `set` in every order (each notification twice, forward then backward), one card per
+/// order from `card_base`; asserts that every order ends in the same record and returns it
+/// (with the card id `card_base`).
+async fn converge_set(
+    store: &Arc<dyn EnrollmentStore>,
+    card_base: i64,
+    set: &[Note<'_>],
+) -> EnrollmentRecord {
+    let orders = permutations(set.len());
+    let mut first: Option<EnrollmentRecord> = None;
+    for (n, order) in orders.iter().enumerate() {
+        let card_id = card_base + n as i64;
+        for i in order.iter().chain(order.iter().rev()) {
+            let (id, at, reference, kind) = set[*i];
+            store
+                .apply_notification(&event_for(id, at, card_id, reference, kind))
+                .await
+                .unwrap();
+        }
+        let mut record = store.get(card(card_id)).await.unwrap().unwrap();
+        record.card_contract_id = card(card_base);
+        match &first {
+            None => first = Some(record),
+            Some(first) => assert_eq!(
+                &record, first,
+                "order {order:?} gave another record than order {:?}",
+                orders[0]
+            ),
+        }
+    }
+    first.unwrap()
+}
+
 fn permutations(n: usize) -> Vec<Vec<usize>> {
     if n == 0 {
         return vec![vec![]];
@@ -344,7 +501,9 @@ async fn memory_store_passes_the_suite() {
     assert_eq!(store.kind(), "memory");
     suite(store.clone()).await;
     expiry(store.clone()).await;
-    permutations_converge(store, 80_000).await;
+    permutations_converge(store.clone(), 80_000).await;
+    ties_converge(store.clone(), 81_000).await;
+    large_event_times_read_back_exactly(store).await;
 }
 
 #[tokio::test]
@@ -354,7 +513,9 @@ async fn redis_store_passes_the_suite() {
     assert_eq!(store.kind(), "redis");
     suite(store.clone()).await;
     expiry(store.clone()).await;
-    permutations_converge(store, 80_000).await;
+    permutations_converge(store.clone(), 80_000).await;
+    ties_converge(store.clone(), 81_000).await;
+    large_event_times_read_back_exactly(store).await;
 }
 
 #[tokio::test]
@@ -367,7 +528,9 @@ async fn redis_cluster_store_passes_the_suite() {
     .unwrap();
     suite(store.clone()).await;
     expiry(store.clone()).await;
-    permutations_converge(store, 80_000).await;
+    permutations_converge(store.clone(), 80_000).await;
+    ties_converge(store.clone(), 81_000).await;
+    large_event_times_read_back_exactly(store).await;
 }
 
 #[tokio::test]
@@ -440,4 +603,75 @@ async fn redis_store_reports_unavailable_then_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(store.get(card(70001)).await.unwrap(), None);
+}
+
+/// The scripts' backstop: a number cjson would round is refused (`Refused`), not written as
+/// `1e+14`. The Rust side refuses such times before the scripts run; an idempotency lease is
+/// not checked there, so it shows the script's own guard.
+#[tokio::test]
+async fn redis_scripts_refuse_numbers_cjson_would_round() {
+    let redis = RedisServer::start();
+    let store = store::from_settings(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
+    let far = c2p_enroll::domain::STORE_INTEGER_LIMIT;
+    let scope = "caller-a\u{0}key-far";
+    assert!(matches!(
+        store
+            .idempotency_begin(scope, &proposal("A", "fp1", 1_000), 0)
+            .await
+            .unwrap(),
+        Begin::New(_)
+    ));
+    // The lease ran out: B resumes, and the script would write B's lease, past 10^14.
+    let err = store
+        .idempotency_begin(scope, &proposal("B", "fp1", far + 5), 2_000)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, store::StoreError::Refused(_)), "{err:?}");
+    // A's record is still there as A wrote it.
+    let mut conn = redis.connection();
+    let keys: Vec<String> = conn.keys("*idempotency*").unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let raw: String = conn.get(&keys[0]).unwrap();
+    assert!(raw.contains("\"owner\":\"A\""), "{raw}");
+}
+
+/// A Redis whose C library collates as American English (`a` < `B`; bytes say `B` < `a`) merges
+/// as Rust does: its scripts compare bytes, not with Lua's `<` (which follows LC_COLLATE).
+#[tokio::test]
+async fn redis_in_a_natural_language_locale_merges_as_rust_does() {
+    let redis = RedisServer::start_in_collating_locale();
+    let in_locale = store::from_settings(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
+    let memory = store::from_settings(&settings(&[])).unwrap();
+    const T: i64 = 1_800_000_000_000;
+    let suspended = TokenEventKind::StatusChanged(TokenStatus::Suspended);
+    let approved = TokenEventKind::Authorization(TokenizationDecision::Approved);
+    // Only the byte order of the ids decides: same time, token and value.
+    let ids: Vec<Note> = vec![
+        ("n-a", T, "DM4MMC000000000A", suspended),
+        ("n-B", T, "DM4MMC000000000A", suspended),
+        ("n-c", T, "DM4MMC000000000A", approved),
+        ("n-D", T, "DM4MMC000000000A", approved),
+    ];
+    // Only the byte order of the token references decides.
+    let references: Vec<Note> = vec![
+        ("n-1", T, "DM4MMC000000000a", suspended),
+        ("n-2", T, "DM4MMC000000000B", suspended),
+    ];
+    for (base, set) in [(82_000, &ids), (82_100, &references)] {
+        let expected = converge_set(&memory, base, set).await;
+        let got = converge_set(&in_locale, base, set).await;
+        assert_eq!(
+            serde_json::to_string(&got).unwrap(),
+            serde_json::to_string(&expected).unwrap()
+        );
+    }
+    // Whole tie sets too, byte for byte.
+    let expected = ties_converge(memory, 83_000).await;
+    let got = ties_converge(in_locale, 83_000).await;
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!(
+            serde_json::to_string(g).unwrap(),
+            serde_json::to_string(e).unwrap()
+        );
+    }
 }

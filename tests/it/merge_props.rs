@@ -1,0 +1,306 @@
+//! Property tests of the merge (`domain::merge`, and its Lua twin in `store/scripts.rs`):
+//! random notification sets (several tokens, equal event times, duplicates, every status and
+//! decision, the extreme times the store accepts, ids and references that sort differently as
+//! bytes and as words) delivered in a random order to each store must give byte-identical
+//! records: the in-memory store, a standalone Redis, a Redis whose C library collates as
+//! `en_US.UTF-8`, a 3-master Redis Cluster, and the pure fold of `domain::merge` in the order
+//! generated. The servers start once; each case writes its own card.
+//!
+//! `C2P_MERGE_PROP_CASES` sets the number of cases (default 200). The figures are printed
+//! (`cargo test --test it merge_props -- --nocapture` shows them).
+
+use crate::harness::{RedisCluster, RedisServer, settings};
+use c2p_enroll::domain::{
+    CardContractId, EnrollmentRecord, EnrollmentState, MaskedCard, Merge, STORE_INTEGER_LIMIT,
+    TokenEvent, TokenEventKind, TokenStatus, TokenizationDecision, merge,
+};
+use c2p_enroll::store::{self, EnrollmentStore, NotificationResult, PutMode};
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::sample::select;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const T: i64 = 1_800_000_000_000;
+/// Few distinct times, so that many notifications tie; the first and last the store keeps.
+const TIMES: &[i64] = &[
+    0,
+    1_000,
+    T,
+    T + 1,
+    STORE_INTEGER_LIMIT - 2,
+    STORE_INTEGER_LIMIT - 1,
+];
+/// References that sort differently as bytes and in an English collation (`a` < `B`), with
+/// the separators the service accepts.
+const REFERENCES: &[&str] = &[
+    "DM4MMC000000000a",
+    "DM4MMC000000000B",
+    "DM4MMC000000000b",
+    "DM4MMC00000000_1",
+    "DM4MMC-00000000A",
+];
+/// Ids that sort differently as bytes and as words (case, accents, digits); the position in
+/// the set is appended, so that ids are unique within a set.
+const ID_PREFIXES: &[&str] = &["n-a", "n-B", "N-b", "n-é", "n-z", "ñ-", "n-10-", "n-9-"];
+const CLICK_TO_PAY: &str = "50123197928";
+const KINDS: &[TokenEventKind] = &[
+    TokenEventKind::Authorization(TokenizationDecision::Approved),
+    TokenEventKind::Authorization(TokenizationDecision::Declined),
+    TokenEventKind::Authorization(TokenizationDecision::RequireAdditionalAuthentication),
+    TokenEventKind::Complete,
+    TokenEventKind::StatusChanged(TokenStatus::Pending),
+    TokenEventKind::StatusChanged(TokenStatus::Active),
+    TokenEventKind::StatusChanged(TokenStatus::Suspended),
+    TokenEventKind::StatusChanged(TokenStatus::Deactivated),
+    TokenEventKind::StatusChanged(TokenStatus::Inactive),
+];
+/// The stores under test, in the order of `Case::orders`.
+const STORES: [&str; 4] = ["memory", "redis", "redis in en_US.UTF-8", "redis cluster"];
+
+/// One notification, without its card (each case has its own).
+#[derive(Debug, Clone)]
+struct Note {
+    id: String,
+    at_ms: i64,
+    reference: &'static str,
+    requestor: &'static str,
+    kind: TokenEventKind,
+}
+
+impl Note {
+    fn event(&self, card: CardContractId) -> TokenEvent {
+        TokenEvent {
+            notification_id: self.id.clone(),
+            event_at_ms: self.at_ms,
+            card_contract_id: card,
+            token_unique_reference: self.reference.into(),
+            token_requestor_id: self.requestor.into(),
+            wallet_name: "MDES for Merchants".into(),
+            kind: self.kind,
+        }
+    }
+}
+
+/// When the enrollment flow writes the card's record, relative to the notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Enrollment {
+    Never,
+    Before,
+    After,
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    notes: Vec<Note>,
+    /// Per store: the arrival order, as indexes into `notes`, duplicates included.
+    orders: Vec<Vec<usize>>,
+    enrollment: Enrollment,
+}
+
+fn note(position: usize) -> impl Strategy<Value = Note> {
+    (
+        select(ID_PREFIXES),
+        select(TIMES),
+        select(REFERENCES),
+        // Mostly Click to Pay's requestor; sometimes another, for the requestor tie-break.
+        prop_oneof![9 => Just(CLICK_TO_PAY), 1 => Just("50123197929")],
+        select(KINDS),
+    )
+        .prop_map(move |(prefix, at_ms, reference, requestor, kind)| Note {
+            id: format!("{prefix}{position}"),
+            at_ms,
+            reference,
+            requestor,
+            kind,
+        })
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (1..=8usize)
+        .prop_flat_map(|n| {
+            (
+                (0..n).map(note).collect::<Vec<_>>(),
+                // Each notification is delivered 1 to 3 times.
+                vec(1..=3usize, n),
+                select(&[Enrollment::Never, Enrollment::Before, Enrollment::After][..]),
+            )
+        })
+        .prop_flat_map(|(notes, copies, enrollment)| {
+            let deliveries: Vec<usize> = copies
+                .iter()
+                .enumerate()
+                .flat_map(|(i, c)| std::iter::repeat_n(i, *c))
+                .collect();
+            let orders: Vec<_> = STORES
+                .iter()
+                .map(|_| Just(deliveries.clone()).prop_shuffle())
+                .collect();
+            (Just(notes), orders, Just(enrollment))
+        })
+        .prop_map(|(notes, orders, enrollment)| Case {
+            notes,
+            orders,
+            enrollment,
+        })
+}
+
+fn enrolled(card: CardContractId) -> EnrollmentRecord {
+    let mut r = EnrollmentRecord::new(card, "default".into(), EnrollmentState::Enrolled, T + 1);
+    r.src_digital_card_id = Some("d1b4f0a2-0000-4000-8000-000000000001".into());
+    r.masked_card = Some(MaskedCard {
+        pan_last_four: "9726".into(),
+        pan_expiration_month: "12".into(),
+        pan_expiration_year: "2030".into(),
+        payment_card_descriptor: Some("Mastercard / débit".into()),
+        payment_card_type: Some("CREDIT".into()),
+        digital_card_status: Some("ACTIVE".into()),
+    });
+    r
+}
+
+/// The record by the domain alone: `merge` over the notifications in the order generated.
+fn model(case: &Case, card: CardContractId) -> Option<EnrollmentRecord> {
+    let mut record = (case.enrollment == Enrollment::Before).then(|| enrolled(card));
+    for note in &case.notes {
+        match merge(record.as_ref(), &note.event(card)) {
+            Merge::Applied(r) | Merge::Stale(Some(r)) => record = Some(r),
+            Merge::Stale(None) => {}
+        }
+    }
+    if case.enrollment == Enrollment::After {
+        record = Some(enrolled(card).with_token_of(record.as_ref()));
+    }
+    record
+}
+
+#[derive(Default)]
+struct Figures {
+    cases: AtomicU64,
+    applied: AtomicU64,
+    duplicate: AtomicU64,
+    stale: AtomicU64,
+    mismatches: AtomicU64,
+}
+
+/// Delivers the case to `store` in `order`; returns the record as JSON.
+async fn run_on(
+    store: &Arc<dyn EnrollmentStore>,
+    case: &Case,
+    order: &[usize],
+    card: CardContractId,
+    figures: &Figures,
+) -> Result<String, String> {
+    let ttl = Duration::from_secs(3600);
+    if case.enrollment == Enrollment::Before {
+        store
+            .put_enrollment(&enrolled(card), PutMode::Merge, ttl)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    for i in order {
+        let counter = match store
+            .apply_notification(&case.notes[*i].event(card))
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            NotificationResult::Applied(_) => &figures.applied,
+            NotificationResult::Duplicate => &figures.duplicate,
+            NotificationResult::Stale => &figures.stale,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+    if case.enrollment == Enrollment::After {
+        store
+            .put_enrollment(&enrolled(card), PutMode::Merge, ttl)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let record = store.get(card).await.map_err(|e| e.to_string())?;
+    serde_json::to_string(&record).map_err(|e| e.to_string())
+}
+
+#[test]
+fn random_notification_sets_give_byte_identical_records_in_every_store() {
+    let cases: u32 = std::env::var("C2P_MERGE_PROP_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let started = Instant::now();
+    let redis = RedisServer::start();
+    let in_locale = RedisServer::start_in_collating_locale();
+    let cluster = RedisCluster::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let stores: Vec<Arc<dyn EnrollmentStore>> = rt.block_on(async {
+        vec![
+            store::from_settings(&settings(&[])).unwrap(),
+            store::from_settings(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap(),
+            store::from_settings(&settings(&[("C2P_REDIS__URL", &in_locale.url())])).unwrap(),
+            store::from_settings(&settings(&[
+                ("C2P_REDIS__URL", &cluster.urls()),
+                ("C2P_REDIS__CLUSTER", "true"),
+            ]))
+            .unwrap(),
+        ]
+    });
+    let figures = Figures::default();
+    let next_card = AtomicU64::new(0);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        // The failing case is printed; nothing is written to the source tree.
+        failure_persistence: None,
+        max_shrink_iters: 500,
+        ..Config::default()
+    });
+    let result = runner.run(&case(), |case| {
+        figures.cases.fetch_add(1, Ordering::Relaxed);
+        // A card of its own per case (shrinking re-runs cases).
+        let n = next_card.fetch_add(1, Ordering::Relaxed);
+        let card = CardContractId::new(90_000 + i64::try_from(n).unwrap()).unwrap();
+        let expected = serde_json::to_string(&model(&case, card)).unwrap();
+        let mut got = Vec::new();
+        for (store, order) in stores.iter().zip(&case.orders) {
+            got.push(
+                rt.block_on(run_on(store, &case, order, card, &figures))
+                    .map_err(TestCaseError::fail)?,
+            );
+        }
+        let differing: Vec<String> = STORES
+            .iter()
+            .zip(&got)
+            .filter(|(_, json)| **json != expected)
+            .map(|(name, json)| format!("{name}: {json}"))
+            .collect();
+        if differing.is_empty() {
+            Ok(())
+        } else {
+            figures.mismatches.fetch_add(1, Ordering::Relaxed);
+            Err(TestCaseError::fail(format!(
+                "expected (domain::merge in the order generated): {expected}\n{}",
+                differing.join("\n")
+            )))
+        }
+    });
+    let applied = figures.applied.load(Ordering::Relaxed);
+    let duplicate = figures.duplicate.load(Ordering::Relaxed);
+    let stale = figures.stale.load(Ordering::Relaxed);
+    println!(
+        "merge properties: {} cases run ({cases} asked, shrinking included) on {} stores, {} \
+         notifications delivered ({applied} applied, {duplicate} duplicate, {stale} stale), {} \
+         mismatching cases, {:.1} s",
+        figures.cases.load(Ordering::Relaxed),
+        STORES.len(),
+        applied + duplicate + stale,
+        figures.mismatches.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64()
+    );
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
