@@ -76,6 +76,10 @@ fn describe() {
         "reloads of the gRPC TLS files by result (ok, error)"
     );
     metrics::describe_counter!(
+        "c2p_records_quarantined_total",
+        "unreadable enrollment records renamed aside (the card is rebuilt from the token list)"
+    );
+    metrics::describe_counter!(
         "c2p_reconciled_total",
         "IN_PROGRESS enrollments finished by the reconciler, by result (enrolled, failed, error)"
     );
@@ -173,6 +177,11 @@ pub fn tls_reload(result: &'static str) {
 /// One card finished (or not) by the reconciler: `enrolled`, `failed` or `error`.
 pub fn reconciled(result: &'static str) {
     counter!("c2p_reconciled_total", "result" => result).increment(1);
+}
+
+/// An unreadable enrollment record set aside.
+pub fn record_quarantined() {
+    counter!("c2p_records_quarantined_total").increment(1);
 }
 
 /// A stream refused at the per-process limit.

@@ -136,7 +136,8 @@ impl App {
         older_than: Duration,
         stop: tokio_util::sync::CancellationToken,
     ) {
-        let mut tick = tokio::time::interval(interval);
+        // The first pass one interval after start: a starting replica has nothing to hurry.
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let owner = self.instance.clone();
         loop {

@@ -171,6 +171,38 @@ impl RedisStore {
     async fn connection(&self) -> Result<Connection, StoreError> {
         connect(&self.target).await
     }
+
+    /// The card's record; one that cannot be read is renamed aside
+    /// (`…:enrollment:quarantined:<ms>`, same slot, same TTL), logged and counted, and reads as
+    /// absent so that the card is rebuilt from the token list instead of failing for 30 days.
+    /// The flag says whether a record was set aside.
+    async fn get_or_quarantine(
+        &self,
+        card: CardContractId,
+    ) -> Result<(Option<EnrollmentRecord>, bool), StoreError> {
+        let key = self.keys.enrollment(card);
+        let mut conn = self.connection().await?;
+        let raw: Option<String> = conn.get(&key).await.map_err(unavailable)?;
+        let Some(json) = raw else {
+            return Ok((None, false));
+        };
+        match serde_json::from_str(&json) {
+            Ok(record) => Ok((Some(record), false)),
+            Err(e) => {
+                let why = corrupt(e);
+                let aside = format!("{key}:quarantined:{}", crate::domain::now_ms());
+                let renamed: Result<(), _> = redis::cmd("RENAME")
+                    .arg(&key)
+                    .arg(&aside)
+                    .query_async(&mut conn)
+                    .await;
+                renamed.map_err(unavailable)?;
+                crate::metrics::record_quarantined();
+                tracing::error!(card = card.get(), error = %why, aside = %aside, "unreadable enrollment record set aside; the card is rebuilt from the token list");
+                Ok((None, true))
+            }
+        }
+    }
 }
 
 async fn connect(target: &Target) -> Result<Connection, StoreError> {
@@ -196,13 +228,7 @@ async fn read_record(target: &Target, key: &str) -> Result<Option<EnrollmentReco
 impl EnrollmentStore for RedisStore {
     #[tracing::instrument(name = "redis.script", skip_all, fields(db.system = "redis", db.operation = "get"))]
     async fn get(&self, card: CardContractId) -> Result<Option<EnrollmentRecord>, StoreError> {
-        let mut conn = self.connection().await?;
-        let raw: Option<String> = conn
-            .get(self.keys.enrollment(card))
-            .await
-            .map_err(unavailable)?;
-        raw.map(|json| serde_json::from_str(&json).map_err(corrupt))
-            .transpose()
+        self.get_or_quarantine(card).await.map(|(record, _)| record)
     }
 
     #[tracing::instrument(name = "redis.script", skip_all, fields(db.system = "redis", db.operation = "put_enrollment"))]
@@ -240,8 +266,8 @@ impl EnrollmentStore for RedisStore {
         let token = serde_json::to_string(&event.as_token()).map_err(corrupt)?;
         let card = event.card_contract_id;
         let mut conn = self.connection().await?;
-        let reply: Vec<String> = self
-            .apply_notification
+        let mut invocation = self.apply_notification.prepare_invoke();
+        invocation
             .key(self.keys.enrollment(card))
             .key(self.keys.notification(card, &event.notification_id))
             .arg(token)
@@ -249,10 +275,22 @@ impl EnrollmentStore for RedisStore {
             .arg(card.get())
             .arg(millis(self.retention.enrollment))
             .arg(millis(self.retention.notification_dedup))
-            .arg(self.keys.changes(card))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .arg(self.keys.changes(card));
+        let reply: Vec<String> = match invocation.invoke_async(&mut conn).await {
+            Ok(reply) => reply,
+            // The script could not read the stored record: set it aside and apply once more
+            // (to an empty record, rebuilt later from the token list).
+            Err(e) if !e.is_io_error() && !e.is_timeout() && !e.is_connection_dropped() => {
+                if !self.get_or_quarantine(card).await?.1 {
+                    return Err(unavailable(e));
+                }
+                invocation
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
         match reply.as_slice() {
             [kind] if kind == "duplicate" => Ok(NotificationResult::Duplicate),
             [kind] if kind == "stale" => Ok(NotificationResult::Stale),

@@ -619,7 +619,12 @@ async fn notification_ingest_acknowledges_each_message_with_its_outcome() {
 #[tokio::test]
 async fn far_event_times_read_back_exactly_or_are_rejected() {
     let redis = RedisServer::start();
-    let service = TestService::start(&settings(&[("C2P_REDIS__URL", &redis.url())])).await;
+    // The skew bound would refuse these first: widened so that the store's own limit shows.
+    let service = TestService::start(&settings(&[
+        ("C2P_REDIS__URL", &redis.url()),
+        ("C2P_NOTIFICATIONS__MAX_FUTURE_SKEW", "4000years"),
+    ]))
+    .await;
     let at = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
     let mut last = tar("n-last", 70030, 0, "50123197928");
     last.event_time = Some(at(99_999_999_999, 999_000_000));

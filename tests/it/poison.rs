@@ -147,3 +147,70 @@ async fn event_times_out_of_bounds_are_rejected_and_change_nothing() {
     let ok = answers.message().await.unwrap().unwrap();
     assert_eq!(ok.outcome(), NotificationOutcome::Applied);
 }
+
+#[tokio::test]
+async fn an_unreadable_record_is_set_aside_and_the_card_keeps_working() {
+    use crate::harness::RedisServer;
+    use c2p_enroll::proto::v1::{EnrollmentSource, EnrollmentState, GetEnrollmentStatusRequest};
+    let redis = RedisServer::start();
+    let service = TestService::start(&settings(&[("C2P_REDIS__URL", &redis.url())])).await;
+    let mut conn = redis.connection();
+    // What an older version's Lua wrote for an event time in year 5138: JSON it cannot read.
+    let garbage = r#"{"card_contract_id":70001,"state":"in_progress","created_at_ms":1e+14"#;
+    for card in [70001, 70012] {
+        let _: () = redis::cmd("SET")
+            .arg(format!("c2p:{{card:{card}}}:enrollment"))
+            .arg(garbage)
+            .arg("PX")
+            .arg(2_592_000_000u64)
+            .query(&mut conn)
+            .unwrap();
+    }
+    // A read: answered from the token list, not UNAVAILABLE for 30 days.
+    let read = service
+        .client()
+        .get_enrollment_status(GetEnrollmentStatusRequest {
+            card_contract_id: 70001,
+            refresh: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment
+        .unwrap();
+    assert_eq!(read.source(), EnrollmentSource::Upstream);
+    assert_eq!(read.state(), EnrollmentState::NotEnrolled);
+    let aside: Vec<String> = redis::cmd("KEYS")
+        .arg("c2p:{card:70001}:enrollment:quarantined:*")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(
+        aside.len(),
+        1,
+        "the unreadable record is kept aside for inspection"
+    );
+    // A notification first: applied, not FAILED (which the gateway would resend for ever).
+    let mut answers = service
+        .client()
+        .notification_ingest(futures::stream::iter([tar(
+            "n-q",
+            70012,
+            t0(),
+            "50123197928",
+        )]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    assert_eq!(answer.outcome(), NotificationOutcome::Applied, "{answer:?}");
+    // And the card enrolls.
+    let enrolled = service
+        .client()
+        .enroll_card(crate::flows::request("k-q", 70001))
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment
+        .unwrap();
+    assert_eq!(enrolled.state(), EnrollmentState::Enrolled);
+}

@@ -116,12 +116,13 @@ fn reason(status: &tonic::Status) -> String {
         .unwrap_or_default()
 }
 
+/// Keys that hold cards, idempotency records or dedup markers (not the reconciler's lease).
 fn key_count(redis: &RedisServer) -> usize {
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg("*")
         .query(&mut redis.connection())
         .unwrap();
-    keys.len()
+    keys.iter().filter(|k| !k.starts_with("c2p:lease:")).count()
 }
 
 fn upstream_calls(service: &TestService) -> usize {
