@@ -63,8 +63,19 @@ impl App {
                 .filter(|r| r.state == EnrollmentState::Enrolled),
             token.status(),
         ) {
+            let tur = token.token_unique_reference.clone().unwrap_or_default();
+            let stored = record.token.as_ref();
+            // Nothing to correct: no write, and no dedup marker per call.
+            if stored.is_some_and(|t| t.token_unique_reference == tur && t.status == Some(status)) {
+                return Ok((record.clone(), Source::Upstream));
+            }
+            // One marker per observed transition (from the stored status version), not per
+            // refresh: callers cannot grow the store by refreshing.
+            let since = stored
+                .and_then(|t| t.status_version.as_ref())
+                .map_or(0, |v| v.at_ms);
             let event = TokenEvent {
-                notification_id: format!("upstream:{}", uuid::Uuid::new_v4()),
+                notification_id: format!("upstream:token-list:{tur}:{status:?}:{since}"),
                 event_at_ms: now,
                 card_contract_id: card,
                 token_unique_reference: token.token_unique_reference.clone().unwrap_or_default(),

@@ -119,3 +119,58 @@ async fn a_card_never_tokenized_becomes_a_retryable_failure_and_the_same_key_the
     assert_eq!(enrolled.state(), EnrollmentState::Enrolled);
     assert_eq!(service.sandbox.count(Route::EnrollCards), 2);
 }
+
+#[tokio::test]
+async fn refreshes_write_one_dedup_marker_per_change_not_per_call() {
+    let redis = RedisServer::start();
+    let service = TestService::start(&settings(&[("C2P_REDIS__URL", &redis.url())])).await;
+    let enrolled = service
+        .client()
+        .enroll_card(request("k-refresh", 70001))
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment
+        .unwrap();
+    let tur = enrolled.token.unwrap().token_unique_reference;
+    let refresh = || async {
+        service
+            .client()
+            .get_enrollment_status(GetEnrollmentStatusRequest {
+                card_contract_id: 70001,
+                refresh: true,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .enrollment
+            .unwrap()
+    };
+    let markers = || {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("c2p:{card:70001}:notification:upstream*")
+            .query(&mut redis.connection())
+            .unwrap();
+        keys.len()
+    };
+    for _ in 0..20 {
+        refresh().await;
+    }
+    assert_eq!(
+        markers(),
+        0,
+        "20 refreshes that changed nothing wrote markers"
+    );
+    assert!(service.sandbox.set_token_status(&tur, "SUSPENDED"));
+    for _ in 0..5 {
+        assert_eq!(
+            refresh().await.token.unwrap().status(),
+            TokenStatus::Suspended
+        );
+    }
+    println!(
+        "20 unchanged refreshes + 5 after one change: {} marker(s)",
+        markers()
+    );
+    assert_eq!(markers(), 1);
+}
