@@ -78,6 +78,16 @@ pub trait EnrollmentStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<EnrollmentRecord, StoreError>;
 
+    /// [`EnrollmentStore::put_enrollment`] (merge) only while `lock_owner` holds the card's
+    /// lock: the fence of an enrollment attempt, so that one that stalled past its lock cannot
+    /// write over the attempt that took over. `None` when fenced out (nothing written).
+    async fn put_enrollment_fenced(
+        &self,
+        record: &EnrollmentRecord,
+        ttl: Duration,
+        lock_owner: &str,
+    ) -> Result<Option<EnrollmentRecord>, StoreError>;
+
     /// Atomically: dedup by notification id, merge by event time, write, publish.
     async fn apply_notification(
         &self,

@@ -14,7 +14,6 @@ use crate::mastercard::enroll::types::{
 use crate::mastercard::error::{UpstreamError, UpstreamErrorKind};
 use crate::mastercard::processing::types::{BillingAddress, SynchronousRequest};
 use crate::mastercard::setup::Program;
-use crate::store::PutMode;
 use serde::Serialize;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -368,9 +367,7 @@ impl App {
             now,
         );
         in_progress.src_correlation_id = Some(correlation.clone());
-        self.store
-            .put_enrollment(&in_progress, PutMode::Merge, self.settings.enrollment_ttl)
-            .await?;
+        self.write_fenced(attempt, &in_progress).await?;
         // Noted for the reconciler, which finishes it if this attempt never does.
         self.store
             .track_in_progress(cmd.card_contract_id, now)
@@ -382,10 +379,7 @@ impl App {
         match self.upstream.enroll.enroll_card(&request, deadline).await {
             Ok(response) => {
                 let record = enrolled_record(in_progress, response);
-                let stored = self
-                    .store
-                    .put_enrollment(&record, PutMode::Merge, self.settings.enrollment_ttl)
-                    .await?;
+                let stored = self.write_fenced(attempt, &record).await?;
                 if let Err(e) = self.store.untrack_in_progress(cmd.card_contract_id).await {
                     // The reconciler prunes it when it finds the record finished.
                     tracing::debug!(error = %e, "could not drop the card from the IN_PROGRESS index");
@@ -404,11 +398,34 @@ impl App {
                         retryable: false,
                     });
                     failed.updated_at_ms = now_ms();
-                    self.store
-                        .put_enrollment(&failed, PutMode::Merge, self.settings.enrollment_ttl)
-                        .await?;
+                    self.write_fenced(attempt, &failed).await?;
                 }
                 Err(error)
+            }
+        }
+    }
+}
+
+impl App {
+    /// Writes the attempt's record only while the attempt holds the card lock: one that
+    /// stalled past it (a paused process) must not write over the attempt that took over.
+    async fn write_fenced(
+        &self,
+        attempt: &Attempt<'_>,
+        record: &EnrollmentRecord,
+    ) -> Result<EnrollmentRecord, AppError> {
+        let owner = attempt.record.lock().await.owner.clone();
+        match self
+            .store
+            .put_enrollment_fenced(record, self.settings.enrollment_ttl, &owner)
+            .await?
+        {
+            Some(stored) => Ok(stored),
+            None => {
+                tracing::warn!("the card lock is someone else's: this attempt's write was refused");
+                Err(AppError::RequestInFlight {
+                    retry_after: Duration::from_secs(1),
+                })
             }
         }
     }

@@ -5,7 +5,6 @@
 
 use super::{App, AppError};
 use crate::domain::{CardContractId, EnrollmentState, Failure, now_ms};
-use crate::store::PutMode;
 use std::time::Duration;
 
 /// What one pass did.
@@ -117,9 +116,16 @@ impl App {
             retryable: true,
         });
         failed.updated_at_ms = now_ms();
-        self.store
-            .put_enrollment(&failed, PutMode::Merge, self.settings.enrollment_ttl)
-            .await?;
+        let owner = format!("{}/reconciler", self.instance);
+        if self
+            .store
+            .put_enrollment_fenced(&failed, self.settings.enrollment_ttl, &owner)
+            .await?
+            .is_none()
+        {
+            // The lock ran out during the token-list call and an attempt took the card.
+            return Ok(Outcome::Busy);
+        }
         self.store.untrack_in_progress(card).await?;
         tracing::info!(
             card = card.get(),

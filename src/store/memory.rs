@@ -83,6 +83,45 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// The write of `put_enrollment`; with `fence`, only while that owner holds the card's
+    /// (unexpired) lock, else `None`.
+    fn put(
+        &self,
+        record: &EnrollmentRecord,
+        mode: PutMode,
+        ttl: std::time::Duration,
+        fence: Option<&str>,
+    ) -> Result<Option<EnrollmentRecord>, StoreError> {
+        super::check_record(record)?;
+        let stored = {
+            let mut maps = self.lock();
+            if let Some(owner) = fence {
+                let holds = maps
+                    .locks
+                    .get(&record.card_contract_id)
+                    .is_some_and(|(holder, expires)| holder == owner && *expires > Instant::now());
+                if !holds {
+                    return Ok(None);
+                }
+            }
+            Self::sweep(&mut maps);
+            let existing = Self::live_record(&mut maps, record.card_contract_id);
+            if let (PutMode::IfAbsent, Some(existing)) = (mode, &existing) {
+                return Ok(Some(existing.clone()));
+            }
+            let stored = record.clone().with_token_of(existing.as_ref());
+            maps.records.insert(
+                record.card_contract_id,
+                (stored.clone(), Instant::now() + ttl),
+            );
+            stored
+        };
+        self.publish(&stored);
+        Ok(Some(stored))
+    }
+}
+
 #[async_trait::async_trait]
 impl EnrollmentStore for MemoryStore {
     async fn get(&self, card: CardContractId) -> Result<Option<EnrollmentRecord>, StoreError> {
@@ -95,23 +134,17 @@ impl EnrollmentStore for MemoryStore {
         mode: PutMode,
         ttl: std::time::Duration,
     ) -> Result<EnrollmentRecord, StoreError> {
-        super::check_record(record)?;
-        let stored = {
-            let mut maps = self.lock();
-            Self::sweep(&mut maps);
-            let existing = Self::live_record(&mut maps, record.card_contract_id);
-            if let (PutMode::IfAbsent, Some(existing)) = (mode, &existing) {
-                return Ok(existing.clone());
-            }
-            let stored = record.clone().with_token_of(existing.as_ref());
-            maps.records.insert(
-                record.card_contract_id,
-                (stored.clone(), Instant::now() + ttl),
-            );
-            stored
-        };
-        self.publish(&stored);
-        Ok(stored)
+        self.put(record, mode, ttl, None)
+            .map(|stored| stored.unwrap_or_else(|| record.clone()))
+    }
+
+    async fn put_enrollment_fenced(
+        &self,
+        record: &EnrollmentRecord,
+        ttl: std::time::Duration,
+        lock_owner: &str,
+    ) -> Result<Option<EnrollmentRecord>, StoreError> {
+        self.put(record, PutMode::Merge, ttl, Some(lock_owner))
     }
 
     async fn apply_notification(

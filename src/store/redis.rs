@@ -172,6 +172,38 @@ impl RedisStore {
         connect(&self.target).await
     }
 
+    /// The put script; `fence` empty = no fence. `None` when fenced out.
+    async fn put(
+        &self,
+        record: &EnrollmentRecord,
+        mode: PutMode,
+        ttl: Duration,
+        fence: &str,
+    ) -> Result<Option<EnrollmentRecord>, StoreError> {
+        super::check_record(record)?;
+        let json = serde_json::to_string(record).map_err(corrupt)?;
+        let card = record.card_contract_id;
+        let mut conn = self.connection().await?;
+        let stored: Option<String> = self
+            .put_enrollment
+            .key(self.keys.enrollment(card))
+            .key(self.keys.lock(card))
+            .arg(json)
+            .arg(millis(ttl))
+            .arg(self.keys.changes(card))
+            .arg(match mode {
+                PutMode::Merge => "merge",
+                PutMode::IfAbsent => "if_absent",
+            })
+            .arg(fence)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        stored
+            .map(|json| serde_json::from_str(&json).map_err(corrupt))
+            .transpose()
+    }
+
     /// The card's record; one that cannot be read is renamed aside
     /// (`…:enrollment:quarantined:<ms>`, same slot, same TTL), logged and counted, and reads as
     /// absent so that the card is rebuilt from the token list instead of failing for 30 days.
@@ -238,23 +270,19 @@ impl EnrollmentStore for RedisStore {
         mode: PutMode,
         ttl: Duration,
     ) -> Result<EnrollmentRecord, StoreError> {
-        super::check_record(record)?;
-        let json = serde_json::to_string(record).map_err(corrupt)?;
-        let mut conn = self.connection().await?;
-        let stored: String = self
-            .put_enrollment
-            .key(self.keys.enrollment(record.card_contract_id))
-            .arg(json)
-            .arg(millis(ttl))
-            .arg(self.keys.changes(record.card_contract_id))
-            .arg(match mode {
-                PutMode::Merge => "merge",
-                PutMode::IfAbsent => "if_absent",
-            })
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        serde_json::from_str(&stored).map_err(corrupt)
+        self.put(record, mode, ttl, "")
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("an unfenced write was fenced".into()))
+    }
+
+    #[tracing::instrument(name = "redis.script", skip_all, fields(db.system = "redis", db.operation = "put_enrollment_fenced"))]
+    async fn put_enrollment_fenced(
+        &self,
+        record: &EnrollmentRecord,
+        ttl: Duration,
+        lock_owner: &str,
+    ) -> Result<Option<EnrollmentRecord>, StoreError> {
+        self.put(record, PutMode::Merge, ttl, lock_owner).await
     }
 
     #[tracing::instrument(name = "redis.script", skip_all, fields(db.system = "redis", db.operation = "apply_notification"))]

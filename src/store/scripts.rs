@@ -184,12 +184,14 @@ return {'applied', out}
     )
 }
 
-/// KEYS: record. ARGV: record JSON, TTL (ms), change channel, mode (`merge` | `if_absent`).
-/// Returns the stored JSON.
+/// KEYS: record, card lock. ARGV: record JSON, TTL (ms), change channel, mode (`merge` |
+/// `if_absent`), fence (the lock owner the writer must be, or empty for none).
+/// Returns the stored JSON, or nil when fenced out (the lock is someone else's).
 pub fn put_enrollment() -> String {
     format!(
         "{ENCODE}{TOKEN_MERGE}{}",
         r#"
+if ARGV[5] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[5] then return false end
 local raw = redis.call('GET', KEYS[1])
 if raw and ARGV[4] == 'if_absent' then return raw end
 local record = cjson.decode(ARGV[1])

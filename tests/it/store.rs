@@ -266,6 +266,37 @@ pub(crate) async fn suite(store: Arc<dyn EnrollmentStore>) {
         .unwrap()
         .unwrap();
     assert_eq!(seen, applied);
+    fenced_writes(store).await;
+}
+
+/// An attempt's write goes through only while it holds the card lock.
+async fn fenced_writes(store: Arc<dyn EnrollmentStore>) {
+    let ttl = Duration::from_secs(60);
+    let record = enrolled(70020);
+    // No one holds the lock: fenced out.
+    assert_eq!(
+        store
+            .put_enrollment_fenced(&record, ttl, "a")
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store.lock_card(card(70020), "b", ttl).await.unwrap());
+    // "a" stalled and "b" took over: a's write is refused, b's goes through.
+    assert_eq!(
+        store
+            .put_enrollment_fenced(&record, ttl, "a")
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store.get(card(70020)).await.unwrap().is_none());
+    let written = store
+        .put_enrollment_fenced(&record, ttl, "b")
+        .await
+        .unwrap()
+        .expect("the holder writes");
+    assert_eq!(store.get(card(70020)).await.unwrap(), Some(written));
 }
 
 /// Records vanish after their TTL.
