@@ -1,6 +1,12 @@
 //! The change feed over Redis pub/sub: one subscriber connection per process, one channel per
 //! watched card, subscribed while at least one local watcher follows the card and unsubscribed
 //! when the last one leaves, re-subscribed after a reconnect.
+//!
+//! In a cluster, classic PUBLISH reaches the subscribers of every node, so the connection may
+//! be held by any live node: when it is lost (the node died, or stopped answering PING) the
+//! feed subscribes again through the next node that answers — the seed nodes of `redis.url`
+//! in turn, then the nodes learned from `CLUSTER NODES` — and every watcher reads its record
+//! again, since changes published meanwhile were missed.
 
 use super::StoreError;
 use crate::domain::EnrollmentRecord;
@@ -29,6 +35,47 @@ pub enum FeedItem {
     Resync,
 }
 
+/// Where the feed subscribes: one server, or any node of a cluster.
+pub struct Nodes {
+    /// Tried in turn: the server, or the cluster's seed nodes.
+    seeds: Vec<redis::Client>,
+    /// For a cluster: a client of the node at `host:port` (learned from `CLUSTER NODES`).
+    learn: Option<Learn>,
+    /// Bounds each connection attempt, and each PING on the connection.
+    timeout: Duration,
+}
+
+type Learn = Arc<dyn Fn(&str) -> Option<redis::Client> + Send + Sync>;
+
+impl Nodes {
+    /// The standalone server of `client`.
+    pub fn single(client: redis::Client, timeout: Duration) -> Self {
+        Self {
+            seeds: vec![client],
+            learn: None,
+            timeout,
+        }
+    }
+
+    /// A cluster reached through `seeds`; `learn` makes a client of another node from its
+    /// `host:port`.
+    pub fn cluster(
+        seeds: Vec<redis::Client>,
+        learn: impl Fn(&str) -> Option<redis::Client> + Send + Sync + 'static,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            seeds,
+            learn: Some(Arc::new(learn)),
+            timeout,
+        }
+    }
+}
+
+/// How often the subscriber connection is checked with PING: a node that vanished without
+/// closing the connection is left within this (plus the PING's timeout).
+const PING_EVERY: Duration = Duration::from_secs(5);
+
 type Watchers = Arc<Mutex<HashMap<String, (broadcast::Sender<FeedItem>, usize)>>>;
 
 /// The feed of one process.
@@ -44,11 +91,11 @@ fn lock(
 }
 
 impl Feed {
-    /// Starts the subscriber task on `client` (connects when the first card is watched).
-    pub fn start(client: redis::Client) -> Self {
+    /// Starts the subscriber task on `nodes` (connects when the first card is watched).
+    pub fn start(nodes: Nodes) -> Self {
         let (commands, rx) = mpsc::unbounded_channel();
         let watchers: Watchers = Arc::default();
-        tokio::spawn(run(client, rx, watchers.clone()));
+        tokio::spawn(run(nodes, rx, watchers.clone()));
         Self { commands, watchers }
     }
 
@@ -129,14 +176,99 @@ impl Stream for Watched {
     }
 }
 
-async fn run(
+fn address(client: &redis::Client) -> String {
+    client.get_connection_info().addr().to_string()
+}
+
+/// A subscriber connection to the first node that answers, trying every candidate once from
+/// `*next` on (seeds first, then learned nodes); `*next` moves past the node connected to, so
+/// that after a loss another node is tried first.
+async fn connect(
+    nodes: &Nodes,
+    learned: &Mutex<Vec<redis::Client>>,
+    next: &mut usize,
+) -> Option<(redis::aio::PubSub, redis::Client)> {
+    let mut candidates = nodes.seeds.clone();
+    let extra = learned.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for client in extra {
+        let at = address(&client);
+        if !candidates.iter().any(|c| address(c) == at) {
+            candidates.push(client);
+        }
+    }
+    let count = candidates.len();
+    for step in 0..count {
+        let i = (*next + step) % count;
+        let Some(client) = candidates.get(i) else {
+            continue;
+        };
+        match tokio::time::timeout(nodes.timeout, client.get_async_pubsub()).await {
+            Ok(Ok(pubsub)) => {
+                *next = i + 1;
+                return Some((pubsub, client.clone()));
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(node = %address(client), error = %e, "change feed cannot connect");
+            }
+            Err(_) => {
+                tracing::debug!(node = %address(client), "change feed connection timed out");
+            }
+        }
+    }
+    None
+}
+
+/// Replaces `learned` with the nodes `client`'s node knows and does not think failed.
+async fn learn(
     client: redis::Client,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-    watchers: Watchers,
+    make: Learn,
+    timeout: Duration,
+    learned: Arc<Mutex<Vec<redis::Client>>>,
 ) {
+    let nodes = tokio::time::timeout(timeout, async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async::<String>(&mut conn)
+            .await
+    })
+    .await;
+    let Ok(Ok(nodes)) = nodes else {
+        return;
+    };
+    let clients: Vec<redis::Client> = live_nodes(&nodes)
+        .iter()
+        .filter_map(|at| make(at))
+        .collect();
+    *learned.lock().unwrap_or_else(|p| p.into_inner()) = clients;
+}
+
+/// The `host:port` of every node of a `CLUSTER NODES` answer not flagged failed, in
+/// handshake, or without an address.
+fn live_nodes(answer: &str) -> Vec<String> {
+    answer
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let at = fields.nth(1)?;
+            let flags = fields.next()?;
+            let down = flags
+                .split(',')
+                .any(|f| matches!(f, "fail" | "fail?" | "handshake" | "noaddr"));
+            // `ip:port@cport[,hostname]`
+            let at = at.split('@').next()?;
+            let (host, port) = at.rsplit_once(':')?;
+            (!down && !host.is_empty() && port != "0").then(|| at.to_owned())
+        })
+        .collect()
+}
+
+async fn run(nodes: Nodes, mut commands: mpsc::UnboundedReceiver<Command>, watchers: Watchers) {
     let mut pending: Vec<Command> = Vec::new();
     // Whether a connection was lost: the next one tells the watchers to read again.
     let mut lost = false;
+    let mut next = 0;
+    let learned: Arc<Mutex<Vec<redis::Client>>> = Arc::default();
     loop {
         // Connect only when someone watches.
         if pending.is_empty() && lock(&watchers).is_empty() {
@@ -145,13 +277,10 @@ async fn run(
                 None => return,
             }
         }
-        let pubsub = match client.get_async_pubsub().await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::debug!(error = %e, "change feed cannot connect; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
+        let Some((pubsub, client)) = connect(&nodes, &learned, &mut next).await else {
+            tracing::debug!("change feed cannot connect to any node; retrying");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
         };
         let (mut sink, mut stream) = pubsub.split();
         let channels: Vec<String> = lock(&watchers).keys().cloned().collect();
@@ -166,9 +295,24 @@ async fn run(
                 }
             }
         }
+        if lost {
+            tracing::warn!(node = %address(&client), "change feed subscribed again");
+        } else {
+            tracing::info!(node = %address(&client), "change feed subscribed");
+        }
         for command in pending.drain(..) {
             apply(&mut sink, command, &watchers).await;
         }
+        if let Some(make) = &nodes.learn {
+            tokio::spawn(learn(
+                client.clone(),
+                make.clone(),
+                nodes.timeout,
+                learned.clone(),
+            ));
+        }
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
@@ -178,11 +322,23 @@ async fn run(
                 message = stream.next() => match message {
                     Some(m) => deliver(&m, &watchers),
                     None => {
-                        tracing::warn!("change feed connection lost; reconnecting");
+                        tracing::warn!(node = %address(&client), "change feed connection lost; subscribing through another node");
                         lost = true;
                         break;
                     }
                 },
+                _ = ping.tick() => {
+                    let pong = tokio::time::timeout(
+                        nodes.timeout.max(Duration::from_secs(1)),
+                        sink.ping::<redis::Value>(),
+                    )
+                    .await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        tracing::warn!(node = %address(&client), "change feed node does not answer PING; subscribing through another node");
+                        lost = true;
+                        break;
+                    }
+                }
             }
         }
     }
@@ -215,5 +371,23 @@ fn deliver(message: &redis::Msg, watchers: &Watchers) {
     };
     if let Some((sender, _)) = lock(watchers).get(&channel) {
         let _ = sender.send(FeedItem::Record(record));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::live_nodes;
+
+    #[test]
+    fn live_nodes_skip_failed_handshaking_and_addressless_nodes() {
+        let answer = "\
+a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:7001@17001,node-b master,fail - 1 2 2 disconnected
+c3 127.0.0.1:7002@17002 slave,fail? a1 1 2 3 connected
+d4 127.0.0.1:7003@17003 slave a1 0 3 1 connected
+e5 :0@0 master,noaddr - 0 0 0 disconnected
+f6 10.0.0.9:7004@17004 handshake - 0 0 0 disconnected
+";
+        assert_eq!(live_nodes(answer), ["127.0.0.1:7000", "127.0.0.1:7003"]);
     }
 }

@@ -2,7 +2,7 @@
 //! (`redis.cluster`), every update one atomic script on one card's slot.
 
 use super::access::{Access, bad_url};
-use super::feed::Feed;
+use super::feed::{Feed, Nodes};
 use super::scripts;
 use super::{
     ChangeStream, EnrollmentStore, KeySpace, NotificationResult, PutMode, Retention, StoreError,
@@ -149,9 +149,30 @@ impl RedisStore {
                     .map_err(unavailable)?,
             )
         };
-        // Classic PUBLISH reaches subscribers on every node of a cluster, so one node serves
-        // the feed in both set-ups.
-        let feed = Feed::start(access.client(first)?);
+        // Classic PUBLISH reaches subscribers on every node of a cluster, so any live node
+        // serves the feed: the seeds in turn, then the nodes they know.
+        let feed = if settings.cluster {
+            let seeds = nodes
+                .iter()
+                .map(|node| access.client(node))
+                .collect::<Result<Vec<_>, _>>()?;
+            let scheme = if first.trim_start().starts_with("rediss:") {
+                "rediss"
+            } else {
+                "redis"
+            };
+            let access = std::sync::Arc::new(access);
+            Feed::start(Nodes::cluster(
+                seeds,
+                move |at| access.client(&format!("{scheme}://{at}/")).ok(),
+                settings.connect_timeout,
+            ))
+        } else {
+            Feed::start(Nodes::single(
+                access.client(first)?,
+                settings.connect_timeout,
+            ))
+        };
         Ok(Self {
             target: std::sync::Arc::new(target),
             keys,
@@ -249,6 +270,24 @@ async fn connect(target: &Target) -> Result<Connection, StoreError> {
 }
 
 /// The record under `key`, read outside any `RedisStore` borrow (for the change feed).
+/// The record read again after the feed missed changes. The read is retried for a while: the
+/// feed may have moved to another node while the cluster is still failing over the one that
+/// was lost, and a read given up would lose the change for good.
+async fn resync(target: &Target, key: &str) -> Option<EnrollmentRecord> {
+    const ATTEMPTS: u32 = 20;
+    for attempt in 1..=ATTEMPTS {
+        match read_record(target, key).await {
+            Ok(record) => return record,
+            Err(e) if attempt < ATTEMPTS => {
+                tracing::debug!(error = %e, attempt, "change feed resync cannot read; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "change feed resync gave up reading the record"),
+        }
+    }
+    None
+}
+
 async fn read_record(target: &Target, key: &str) -> Result<Option<EnrollmentRecord>, StoreError> {
     let mut conn = connect(target).await?;
     let raw: Option<String> = conn.get(key).await.map_err(unavailable)?;
@@ -422,9 +461,7 @@ impl EnrollmentStore for RedisStore {
             async move {
                 match item {
                     super::feed::FeedItem::Record(record) => Some(record),
-                    super::feed::FeedItem::Resync => {
-                        read_record(&target, &key).await.ok().flatten()
-                    }
+                    super::feed::FeedItem::Resync => resync(&target, &key).await,
                 }
             }
         });

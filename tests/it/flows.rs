@@ -485,6 +485,141 @@ async fn watcher_across_instances(env: &[(&str, &str)], mut conn: redis::Connect
     }
 }
 
+/// The node of `cluster` holding the change feed's subscriber connection (`CLIENT LIST TYPE
+/// pubsub` on every running node), if exactly one does.
+fn subscribed_node(cluster: &RedisCluster) -> Option<usize> {
+    let holding: Vec<usize> = (0..cluster.len())
+        .filter(|&i| {
+            cluster.node_connection(i).is_some_and(|mut c| {
+                redis::cmd("CLIENT")
+                    .arg("LIST")
+                    .arg("TYPE")
+                    .arg("pubsub")
+                    .query::<String>(&mut c)
+                    .is_ok_and(|list| list.lines().any(|l| !l.contains("sub=0 psub=0")))
+            })
+        })
+        .collect();
+    match holding.as_slice() {
+        [one] => Some(*one),
+        _ => None,
+    }
+}
+
+/// Whether a running node other than `dead` has flagged `dead` as failed and reports
+/// `cluster_state:ok` (the failover, if any was needed, is over).
+fn failed_over(cluster: &RedisCluster, dead: usize) -> bool {
+    let address = cluster.address(dead);
+    (0..cluster.len()).filter(|&i| i != dead).any(|i| {
+        cluster.node_connection(i).is_some_and(|mut c| {
+            let nodes: String = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query(&mut c)
+                .unwrap_or_default();
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query(&mut c)
+                .unwrap_or_default();
+            let flagged = nodes.lines().any(|l| {
+                l.contains(&format!(" {address}@"))
+                    && l.split(' ')
+                        .nth(2)
+                        .is_some_and(|flags| flags.split(',').any(|f| f == "fail"))
+            });
+            flagged && info.contains("cluster_state:ok")
+        })
+    })
+}
+
+#[tokio::test]
+async fn a_watcher_on_a_redis_cluster_survives_the_loss_of_the_node_its_feed_subscribes_through() {
+    let started = std::time::Instant::now();
+    let mut cluster = RedisCluster::start_with_replicas();
+    let service = TestService::start(&settings(&[
+        ("C2P_REDIS__URL", &cluster.urls()),
+        ("C2P_REDIS__CLUSTER", "true"),
+    ]))
+    .await;
+    let mut client = service.client();
+    let mut watch = client
+        .watch_enrollment(WatchEnrollmentRequest {
+            card_contract_id: 70001,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap().enrollment.unwrap();
+    assert_eq!(first.state(), EnrollmentState::NotEnrolled);
+
+    let dead = subscribed_node(&cluster).expect("one node holds the feed's subscription");
+    let role: Vec<redis::Value> = redis::cmd("ROLE")
+        .query(&mut cluster.node_connection(dead).unwrap())
+        .unwrap();
+    let role = match role.first() {
+        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        other => format!("{other:?}"),
+    };
+    let killed_at = std::time::Instant::now();
+    cluster.kill(dead);
+    println!(
+        "killed node {dead} ({}, a {role}) holding the feed's subscription",
+        cluster.address(dead)
+    );
+    let deadline = killed_at + Duration::from_secs(20);
+    while !failed_over(&cluster, dead) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cluster did not fail over within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "cluster_state:ok with node {dead} flagged fail after {:?}",
+        killed_at.elapsed()
+    );
+
+    // A change for the card, through the service (retried while the client learns the new
+    // topology).
+    let written_at = std::time::Instant::now();
+    loop {
+        match client.enroll_card(request("k-failover", 70001)).await {
+            Ok(_) => break,
+            Err(e) if e.code() == Code::Unavailable || e.code() == Code::Aborted => {
+                assert!(
+                    written_at.elapsed() < Duration::from_secs(20),
+                    "EnrollCard kept failing: {e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    println!(
+        "EnrollCard written {:?} after the failover",
+        written_at.elapsed()
+    );
+    let seen = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(m) = watch.message().await.unwrap() {
+            let e = m.enrollment.unwrap();
+            if active(&e) {
+                return e;
+            }
+        }
+        panic!("the watch stream ended");
+    })
+    .await
+    .expect("the watcher saw the enrollment written after the node was lost (20 s)");
+    assert_eq!(seen.masked_card.unwrap().pan_last_four, "9726");
+    println!(
+        "watcher received the ENROLLED update {:?} after the write ({:?} after the kill; \
+         test {:?}); feed now on node {:?}",
+        written_at.elapsed(),
+        killed_at.elapsed(),
+        started.elapsed(),
+        subscribed_node(&cluster)
+    );
+}
+
 #[tokio::test]
 async fn status_is_rebuilt_from_the_token_list_on_a_miss_and_cached() {
     for redis in [None, Some(RedisServer::start())] {

@@ -322,7 +322,8 @@ impl Drop for RedisServer {
     }
 }
 
-/// Three `redis-server --cluster-enabled yes` masters joined with `redis-cli --cluster create`.
+/// `redis-server --cluster-enabled yes` nodes joined with `redis-cli --cluster create`: three
+/// masters, and with [`RedisCluster::start_with_replicas`] one replica for each.
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
 }
@@ -350,20 +351,26 @@ fn rand_u16() -> u16 {
 impl RedisCluster {
     /// Starts the nodes, creates the cluster and waits until it reports `cluster_state:ok`.
     pub fn start() -> RedisCluster {
-        Self::start_with(None)
+        Self::start_with(None, 0)
+    }
+
+    /// Six nodes: three masters and one replica of each (`--cluster-replicas 1`), so that the
+    /// cluster fails over when a master dies.
+    pub fn start_with_replicas() -> RedisCluster {
+        Self::start_with(None, 1)
     }
 
     /// The same over TLS only (clients, the cluster bus and replication) with `tls`'s
     /// certificate and ACL user.
     pub fn start_tls(tls: &Arc<RedisTls>) -> RedisCluster {
-        Self::start_with(Some(tls.clone()))
+        Self::start_with(Some(tls.clone()), 0)
     }
 
-    fn start_with(tls: Option<Arc<RedisTls>>) -> RedisCluster {
+    fn start_with(tls: Option<Arc<RedisTls>>, replicas: usize) -> RedisCluster {
         require_binary("redis-server", "redis-server");
         require_binary("redis-cli", "redis-tools");
         let mut nodes = Vec::new();
-        while nodes.len() < 3 {
+        while nodes.len() < 3 * (1 + replicas) {
             let mut extra: Vec<String> = vec![
                 "--cluster-enabled".into(),
                 "yes".into(),
@@ -403,7 +410,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("run redis-cli --cluster create");
         assert!(
@@ -426,12 +433,57 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+        // A replica fails over only once it has synced with its master.
+        for node in nodes.iter().filter(|_| replicas > 0) {
+            loop {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut node.connection())
+                    .unwrap_or_default();
+                if info.contains("role:master") || info.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "replica not in sync: {info}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         RedisCluster { nodes }
     }
 
     /// A connection to the first seed node (TLS and the ACL user for a TLS cluster).
     pub fn first_node_connection(&self) -> redis::Connection {
         self.nodes[0].connection()
+    }
+
+    /// How many nodes were started (killed ones included).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// `127.0.0.1:<port>` of node `i`.
+    pub fn address(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.nodes[i].port)
+    }
+
+    /// Whether node `i` still runs (not killed by [`RedisCluster::kill`]).
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    /// A connection to node `i`, or `None` when it is down.
+    pub fn node_connection(&self, i: usize) -> Option<redis::Connection> {
+        if !self.is_running(i) {
+            return None;
+        }
+        self.nodes[i]
+            .client()
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+            .ok()
+    }
+
+    /// Kills node `i` (SIGKILL, as a crash would) and waits for it to exit.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].stop();
     }
 
     /// A cluster connection that follows MOVED (TLS and the ACL user for a TLS cluster), for
