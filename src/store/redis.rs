@@ -181,7 +181,7 @@ impl RedisStore {
             apply_notification: Script::new(&scripts::apply_notification()),
             put_enrollment: Script::new(&scripts::put_enrollment()),
             idempotency_begin: Script::new(&scripts::idempotency_begin()),
-            idempotency_update: Script::new(scripts::IDEMPOTENCY_UPDATE),
+            idempotency_update: Script::new(&scripts::idempotency_update()),
             lock_card: Script::new(scripts::LOCK_CARD),
             unlock_card: Script::new(scripts::UNLOCK_CARD),
             // A lease is the card lock's script on another key: take, or renew if ours.
@@ -376,13 +376,15 @@ impl EnrollmentStore for RedisStore {
         now_ms: i64,
     ) -> Result<Begin, StoreError> {
         let json = serde_json::to_string(proposal).map_err(corrupt)?;
+        // Only the lease's length crosses over: Redis' clock decides when it ends.
+        let lease_ms = proposal.lease_until_ms.saturating_sub(now_ms).max(0);
         let mut conn = self.connection().await?;
         let reply: Vec<String> = self
             .idempotency_begin
             .key(self.keys.idempotency(scope))
             .arg(json)
             .arg(&proposal.fingerprint)
-            .arg(now_ms)
+            .arg(lease_ms)
             .arg(millis(self.retention.idempotency))
             .invoke_async(&mut conn)
             .await
@@ -405,6 +407,15 @@ impl EnrollmentStore for RedisStore {
         record: &IdempotencyRecord,
     ) -> Result<bool, StoreError> {
         let json = serde_json::to_string(record).map_err(corrupt)?;
+        // The lease left, as a length: Redis' clock turns it back into an end.
+        let lease_ms = if record.lease_until_ms > 0 {
+            record
+                .lease_until_ms
+                .saturating_sub(crate::domain::now_ms())
+                .max(1)
+        } else {
+            0
+        };
         let mut conn = self.connection().await?;
         let written: i64 = self
             .idempotency_update
@@ -412,6 +423,7 @@ impl EnrollmentStore for RedisStore {
             .arg(&record.owner)
             .arg(json)
             .arg(millis(self.retention.idempotency))
+            .arg(lease_ms)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;

@@ -214,31 +214,43 @@ return out
     )
 }
 
-/// KEYS: idempotency record. ARGV: proposal JSON, fingerprint, now (ms), TTL (ms).
+/// KEYS: idempotency record. ARGV: proposal JSON, fingerprint, lease (ms), TTL (ms).
 /// Returns {'new', json} | {'resume', json} | {'replay', json} | {'in_flight', ms} | {'reused'}.
 pub fn idempotency_begin() -> String {
     format!(
-        "{ENCODE}{}",
+        "{ENCODE}{REDIS_NOW}{}",
         r#"
+local now = redis_now()
+local lease = tonumber(ARGV[3])
 local raw = redis.call('GET', KEYS[1])
 if not raw then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
-  return {'new', ARGV[1]}
+  local proposal = cjson.decode(ARGV[1])
+  proposal.lease_until_ms = now + lease
+  local out = encode(proposal)
+  redis.call('SET', KEYS[1], out, 'PX', ARGV[4])
+  return {'new', out}
 end
 local r = cjson.decode(raw)
 if r.fingerprint ~= ARGV[2] then return {'reused'} end
 if r.outcome ~= nil and r.outcome ~= cjson.null then return {'replay', raw} end
-local now = tonumber(ARGV[3])
 if r.lease_until_ms > now then return {'in_flight', tostring(r.lease_until_ms - now)} end
 local proposal = cjson.decode(ARGV[1])
 r.owner = proposal.owner
-r.lease_until_ms = proposal.lease_until_ms
+r.lease_until_ms = now + lease
 local out = encode(r)
 redis.call('SET', KEYS[1], out, 'PX', ARGV[4])
 return {'resume', out}
 "#
     )
 }
+
+/// Redis' own clock in ms: every replica's lease is measured on it (one clock, not theirs).
+const REDIS_NOW: &str = r#"
+local function redis_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"#;
 
 /// KEYS: card lock. ARGV: owner, TTL (ms). Takes or renews the lock; 1 when `owner` holds it.
 pub const LOCK_CARD: &str = r#"
@@ -254,14 +266,23 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 "#;
 
-/// KEYS: idempotency record. ARGV: owner, record JSON, TTL (ms). Writes only for the owner
-/// (a fence against a stalled caller whose lease was taken over). Returns 1 or 0.
-pub const IDEMPOTENCY_UPDATE: &str = r#"
+/// KEYS: idempotency record. ARGV: owner, record JSON, TTL (ms), lease (ms; 0 = released).
+/// Writes only for the owner (a fence against a stalled caller whose lease was taken over), the
+/// lease measured on Redis' clock. Returns 1 or 0.
+pub fn idempotency_update() -> String {
+    format!(
+        "{ENCODE}{REDIS_NOW}{}",
+        r#"
 local raw = redis.call('GET', KEYS[1])
 if raw then
   local r = cjson.decode(raw)
   if r.owner ~= ARGV[1] then return 0 end
 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+local record = cjson.decode(ARGV[2])
+local lease = tonumber(ARGV[4])
+if lease > 0 then record.lease_until_ms = redis_now() + lease else record.lease_until_ms = 0 end
+redis.call('SET', KEYS[1], encode(record), 'PX', ARGV[3])
 return 1
-"#;
+"#
+    )
+}

@@ -5,7 +5,7 @@
 use crate::harness::{RedisCluster, RedisServer, settings};
 use c2p_enroll::domain::{
     Begin, CardContractId, EnrollmentRecord, EnrollmentState, IdempotencyRecord, MaskedCard, Phase,
-    StoredOutcome, TokenEvent, TokenEventKind, TokenStatus, TokenizationDecision,
+    StoredOutcome, TokenEvent, TokenEventKind, TokenStatus, TokenizationDecision, now_ms,
 };
 use c2p_enroll::store::{self, EnrollmentStore, NotificationResult, PutMode};
 use redis::Commands;
@@ -145,35 +145,42 @@ pub(crate) async fn suite(store: Arc<dyn EnrollmentStore>) {
     assert_eq!(merged.state, EnrollmentState::Enrolled);
     assert_eq!(merged.token.unwrap().status, Some(TokenStatus::Active));
 
-    // Idempotency: new, in flight, reused, resumed after the lease, fenced, replayed.
-    let now = 1_800_000_000_000;
+    // Idempotency: new, in flight, reused, resumed after the lease, fenced, replayed. Real
+    // time and a short lease: Redis measures leases on its own clock, not the caller's `now`.
+    let lease = 400;
     let scope = "caller-a\u{0}key-1";
+    let now = now_ms();
     assert!(matches!(
         store
-            .idempotency_begin(scope, &proposal("A", "fp1", now + 10_000), now)
+            .idempotency_begin(scope, &proposal("A", "fp1", now + lease), now)
             .await
             .unwrap(),
         Begin::New(_)
     ));
+    let now = now_ms();
+    match store
+        .idempotency_begin(scope, &proposal("B", "fp1", now + lease), now)
+        .await
+        .unwrap()
+    {
+        Begin::InFlight(ms) => assert!(ms > 0 && ms <= lease, "{ms} ms left"),
+        other => panic!("A's lease runs: {other:?}"),
+    }
     assert_eq!(
         store
-            .idempotency_begin(scope, &proposal("B", "fp1", now + 10_000), now + 1_000)
-            .await
-            .unwrap(),
-        Begin::InFlight(9_000)
-    );
-    assert_eq!(
-        store
-            .idempotency_begin(scope, &proposal("B", "fp2", now + 10_000), now)
+            .idempotency_begin(scope, &proposal("B", "fp2", now + lease), now)
             .await
             .unwrap(),
         Begin::Reused
     );
-    let mut a = proposal("A", "fp1", now + 10_000);
+    let mut a = proposal("A", "fp1", now_ms() + lease);
     a.phase = Phase::EnrollSent;
     assert!(store.idempotency_update(scope, &a).await.unwrap());
+    // Past A's lease.
+    tokio::time::sleep(Duration::from_millis(lease as u64 + 150)).await;
+    let now = now_ms();
     let Begin::Resume(resumed) = store
-        .idempotency_begin(scope, &proposal("B", "fp1", now + 30_000), now + 20_000)
+        .idempotency_begin(scope, &proposal("B", "fp1", now + 10_000), now)
         .await
         .unwrap()
     else {
@@ -190,13 +197,15 @@ pub(crate) async fn suite(store: Arc<dyn EnrollmentStore>) {
     );
     let mut done = resumed.clone();
     done.phase = Phase::Done;
+    done.lease_until_ms = 0;
     done.outcome = Some(StoredOutcome::Success {
         enrollment: enrolled(70001),
     });
     assert!(store.idempotency_update(scope, &done).await.unwrap());
+    let now = now_ms();
     assert_eq!(
         store
-            .idempotency_begin(scope, &proposal("C", "fp1", now), now + 40_000)
+            .idempotency_begin(scope, &proposal("C", "fp1", now), now)
             .await
             .unwrap(),
         Begin::Replay(done)
@@ -647,11 +656,13 @@ async fn redis_scripts_refuse_numbers_cjson_would_round() {
     let scope = "caller-a\u{0}key-far";
     assert!(matches!(
         store
-            .idempotency_begin(scope, &proposal("A", "fp1", 1_000), 0)
+            .idempotency_begin(scope, &proposal("A", "fp1", 1), 0)
             .await
             .unwrap(),
         Begin::New(_)
     ));
+    // A's 1 ms lease runs out.
+    tokio::time::sleep(Duration::from_millis(20)).await;
     // The lease ran out: B resumes, and the script would write B's lease, past 10^14.
     let err = store
         .idempotency_begin(scope, &proposal("B", "fp1", far + 5), 2_000)
@@ -704,5 +715,31 @@ async fn redis_in_a_natural_language_locale_merges_as_rust_does() {
             serde_json::to_string(g).unwrap(),
             serde_json::to_string(e).unwrap()
         );
+    }
+}
+
+/// Leases end by Redis' clock: a replica whose clock is an hour off can neither take over a
+/// live lease early nor hold one for an hour.
+#[tokio::test]
+async fn leases_are_measured_on_the_redis_clock_not_the_replicas() {
+    let redis = RedisServer::start();
+    let store = store::from_settings(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
+    let lease = 15_000;
+    for (name, skew) in [("slow", -3_600_000i64), ("fast", 3_600_000)] {
+        let scope = format!("caller\u{0}key-{name}");
+        let a_now = now_ms() + skew;
+        let a = proposal("a", "fp", a_now + lease);
+        assert!(matches!(
+            store.idempotency_begin(&scope, &a, a_now).await.unwrap(),
+            Begin::New(_)
+        ));
+        // Replica B, with a right clock, a moment later: A's lease is still running, for at
+        // most its 15 s.
+        let b_now = now_ms();
+        let b = proposal("b", "fp", b_now + lease);
+        match store.idempotency_begin(&scope, &b, b_now).await.unwrap() {
+            Begin::InFlight(ms) => assert!(ms > 0 && ms <= lease, "{name}: {ms} ms left"),
+            other => panic!("{name} clock: B got {other:?} while A's lease runs"),
+        }
     }
 }
