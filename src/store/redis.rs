@@ -70,7 +70,6 @@ pub struct RedisStore {
     idempotency_update: Script,
     lock_card: Script,
     unlock_card: Script,
-    lead: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -184,13 +183,26 @@ impl RedisStore {
             idempotency_update: Script::new(&scripts::idempotency_update()),
             lock_card: Script::new(scripts::LOCK_CARD),
             unlock_card: Script::new(scripts::UNLOCK_CARD),
-            // A lease is the card lock's script on another key: take, or renew if ours.
-            lead: Script::new(scripts::LOCK_CARD),
         })
     }
 
     async fn connection(&self) -> Result<Connection, StoreError> {
         connect(&self.target).await
+    }
+
+    /// Takes (or renews) the lock or lease `key` for `owner` for `ttl`; `false` while another
+    /// owner holds it.
+    async fn take(&self, key: String, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut conn = self.connection().await?;
+        let held: i64 = self
+            .lock_card
+            .key(key)
+            .arg(owner)
+            .arg(millis(ttl))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(held == 1)
     }
 
     /// The put script; `fence` empty = no fence. `None` when fenced out.
@@ -437,16 +449,7 @@ impl EnrollmentStore for RedisStore {
         owner: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.connection().await?;
-        let held: i64 = self
-            .lock_card
-            .key(self.keys.lock(card))
-            .arg(owner)
-            .arg(millis(ttl))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        Ok(held == 1)
+        self.take(self.keys.lock(card), owner, ttl).await
     }
 
     #[tracing::instrument(name = "redis.script", skip_all, fields(db.system = "redis", db.operation = "unlock_card"))]
@@ -542,15 +545,7 @@ impl EnrollmentStore for RedisStore {
     }
 
     async fn lead(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let mut conn = self.connection().await?;
-        let held: i64 = self
-            .lead
-            .key(self.keys.lease(name))
-            .arg(owner)
-            .arg(millis(ttl))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        Ok(held == 1)
+        // A lease is the card lock's script on another key: take it, or renew it if ours.
+        self.take(self.keys.lease(name), owner, ttl).await
     }
 }
