@@ -31,10 +31,10 @@ impl App {
         if let (false, Some(record)) = (refresh, &cached) {
             return Ok((record.clone(), Source::Store));
         }
-        let tokens = self
+        let (tokens, observed_at) = self
             .upstream
             .processing
-            .card_tokens(card.get(), deadline)
+            .card_tokens_observed(card.get(), deadline)
             .await
             .map_err(|e| map_upstream(Step::Tokens, e, deadline))?;
         // The newest Click to Pay token, if the card has any.
@@ -43,6 +43,10 @@ impl App {
             .filter(|t| t.is_click_to_pay())
             .max_by(|a, b| a.token_creation_date.cmp(&b.token_creation_date));
         let now = now_ms();
+        // The observation is ordered by Mastercard's clock (its Date header, whole seconds,
+        // so a notification of the same second wins), like the notifications it competes with;
+        // the replica's clock only when Mastercard sent no date.
+        let observed_at = observed_at.unwrap_or(now);
         let Some(token) = token else {
             if let Some(record) = cached {
                 return Ok((record, Source::Upstream));
@@ -76,7 +80,7 @@ impl App {
                 .map_or(0, |v| v.at_ms);
             let event = TokenEvent {
                 notification_id: format!("upstream:token-list:{tur}:{status:?}:{since}"),
-                event_at_ms: now,
+                event_at_ms: observed_at,
                 card_contract_id: card,
                 token_unique_reference: token.token_unique_reference.clone().unwrap_or_default(),
                 token_requestor_id: token.token_requestor_id.clone().unwrap_or_default(),
@@ -94,7 +98,7 @@ impl App {
             token_requestor_id: token.token_requestor_id.clone().unwrap_or_default(),
             status: token.status(),
             status_version: token.status().map(|_| Version {
-                at_ms: now,
+                at_ms: observed_at,
                 by: "upstream:token-list".into(),
             }),
             decision: None,

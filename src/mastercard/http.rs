@@ -121,6 +121,8 @@ pub struct UpstreamResponse {
     /// When the successful attempt started: its metric is recorded once the answer was opened
     /// and decoded, so that an undecodable 2xx counts as `decrypt` or `decode`, not `ok`.
     pub(crate) started: std::time::Instant,
+    /// The answer's `Date` header (Mastercard's clock, whole seconds), Unix ms.
+    pub date_ms: Option<i64>,
 }
 
 /// The client of one Mastercard API.
@@ -482,15 +484,17 @@ impl ApiClient {
             let status = response.status().as_u16();
             let correlation = Correlation::from_headers(response.headers());
             let retry_after = retry_after(response.headers());
+            let date_ms = date_ms(response.headers());
             let bytes = response.bytes().await.map_err(|_| AttemptFailure {
                 kind: UpstreamErrorKind::SendFailed,
                 correlation: correlation.clone(),
             })?;
-            Ok((status, correlation, retry_after, bytes))
+            Ok((status, correlation, retry_after, date_ms, bytes))
         };
-        let (status, correlation, retry_after, bytes) = tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| no_correlation(UpstreamErrorKind::Timeout))??;
+        let (status, correlation, retry_after, date_ms, bytes) =
+            tokio::time::timeout(timeout, exchange)
+                .await
+                .map_err(|_| no_correlation(UpstreamErrorKind::Timeout))??;
         match status {
             200..=299 => Ok(UpstreamResponse {
                 status,
@@ -498,6 +502,7 @@ impl ApiClient {
                 correlation,
                 attempts: 0,
                 started: std::time::Instant::now(),
+                date_ms,
             }),
             400..=499 => Err(AttemptFailure {
                 kind: UpstreamErrorKind::Rejected {
@@ -625,6 +630,14 @@ fn error_type(kind: &UpstreamErrorKind) -> &'static str {
         UpstreamErrorKind::CircuitOpen { .. } => "circuit_open",
         UpstreamErrorKind::Request(_) => "request",
     }
+}
+
+/// The `Date` header, Unix ms: when Mastercard answered, by Mastercard's clock.
+fn date_ms(headers: &reqwest::header::HeaderMap) -> Option<i64> {
+    let value = headers.get(reqwest::header::DATE)?.to_str().ok()?;
+    let at = httpdate::parse_http_date(value).ok()?;
+    let since = at.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(since.as_millis()).ok()
 }
 
 /// `Retry-After` as delta-seconds or an HTTP date.

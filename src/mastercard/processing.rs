@@ -83,6 +83,20 @@ impl ProcessingClient {
         card_contract_id: i64,
         deadline: Option<Instant>,
     ) -> Result<Vec<TokenInfo>, UpstreamError> {
+        Ok(self
+            .card_tokens_observed(card_contract_id, deadline)
+            .await?
+            .0)
+    }
+
+    /// `GET /cards/{cardContractId}/tokens`, and when Mastercard answered (its `Date` header,
+    /// Unix ms): the time that orders this observation against notifications, which carry
+    /// Mastercard's times too.
+    pub async fn card_tokens_observed(
+        &self,
+        card_contract_id: i64,
+        deadline: Option<Instant>,
+    ) -> Result<(Vec<TokenInfo>, Option<i64>), UpstreamError> {
         self.tokens(
             "getTokensByCard",
             format!("/cards/{card_contract_id}/tokens"),
@@ -103,7 +117,7 @@ impl ProcessingClient {
             path.push_str("?status=");
             path.push_str(&super::oauth1::pct(status));
         }
-        self.tokens("getTokensByClient", path, deadline).await
+        Ok(self.tokens("getTokensByClient", path, deadline).await?.0)
     }
 
     async fn tokens(
@@ -111,7 +125,7 @@ impl ProcessingClient {
         op: &'static str,
         path: String,
         deadline: Option<Instant>,
-    ) -> Result<Vec<TokenInfo>, UpstreamError> {
+    ) -> Result<(Vec<TokenInfo>, Option<i64>), UpstreamError> {
         let response = self
             .http
             .call(
@@ -126,8 +140,9 @@ impl ProcessingClient {
                 deadline,
             )
             .await?;
+        let date_ms = response.date_ms;
         let list: TokenList = self.decode(op, response)?;
-        Ok(list.tokens)
+        Ok((list.tokens, date_ms))
     }
 
     fn decode<T: DeserializeOwned>(

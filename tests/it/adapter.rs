@@ -615,3 +615,17 @@ async fn an_undecodable_answer_counts_as_decode_not_ok() {
     // this one: the stub saw one request, counted once, as decode.
     assert_eq!(stub.requests().len(), 1);
 }
+
+#[tokio::test]
+async fn a_token_list_is_dated_by_mastercards_date_header() {
+    let stub = HttpStub::start(vec![
+        Reply::json(200, r#"{"tokens": []}"#).with_header("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+    ])
+    .await;
+    let (tokens, observed_at) = processing(&stub)
+        .card_tokens_observed(70001, None)
+        .await
+        .unwrap();
+    assert!(tokens.is_empty());
+    assert_eq!(observed_at, Some(784_111_777_000));
+}

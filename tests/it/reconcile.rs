@@ -161,12 +161,15 @@ async fn refreshes_write_one_dedup_marker_per_change_not_per_call() {
         0,
         "20 refreshes that changed nothing wrote markers"
     );
+    // A token list is dated by Mastercard's Date header, in whole seconds: the change must come
+    // a second after the last notification to be newer than it.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     assert!(service.sandbox.set_token_status(&tur, "SUSPENDED"));
     for _ in 0..5 {
-        assert_eq!(
-            refresh().await.token.unwrap().status(),
-            TokenStatus::Suspended
-        );
+        let token = refresh().await.token.unwrap();
+        assert_eq!(token.status(), TokenStatus::Suspended);
+        // Dated by the simulator's Date header (whole seconds), not the replica's clock.
+        assert_eq!(token.updated_at.unwrap().nanos, 0);
     }
     println!(
         "20 unchanged refreshes + 5 after one change: {} marker(s)",
