@@ -119,6 +119,16 @@ pub trait EnrollmentStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<bool, StoreError>;
 
+    /// Extends the card's lock for `ttl` only if `owner` still holds it: `false` once it was
+    /// lost (expired or taken), never taking a free lock again. The heartbeat's call, so that
+    /// an attempt that stalled past its lock cannot pick it up after another finished the card.
+    async fn renew_card(
+        &self,
+        card: CardContractId,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
     /// Releases the card's lock if `owner` holds it.
     async fn unlock_card(&self, card: CardContractId, owner: &str) -> Result<(), StoreError>;
 

@@ -88,6 +88,8 @@ impl Attempt<'_> {
     async fn adopt_correlation(&self, correlation: String) -> Result<(), AppError> {
         let mut record = self.record.lock().await;
         record.src_correlation_id = correlation;
+        // A lease end read back from Redis is on Redis' clock: restate it on ours.
+        record.lease_until_ms = now_ms() + lease_ms(self.app);
         save(self.app, &self.scope, &record).await
     }
 
@@ -274,7 +276,7 @@ impl App {
                     lost.cancel();
                     return;
                 }
-                if let Ok(false) = store.lock_card(card, &current.owner, lease).await {
+                if let Ok(false) = store.renew_card(card, &current.owner, lease).await {
                     lost.cancel();
                     return;
                 }

@@ -258,6 +258,23 @@ impl EnrollmentStore for MemoryStore {
         }
     }
 
+    async fn renew_card(
+        &self,
+        card: CardContractId,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let mut maps = self.lock();
+        let now = Instant::now();
+        match maps.locks.get_mut(&card) {
+            Some((holder, expires)) if holder == owner && *expires > now => {
+                *expires = now + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn unlock_card(&self, card: CardContractId, owner: &str) -> Result<(), StoreError> {
         let mut maps = self.lock();
         if maps

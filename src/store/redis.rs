@@ -69,6 +69,7 @@ pub struct RedisStore {
     idempotency_begin: Script,
     idempotency_update: Script,
     lock_card: Script,
+    renew_card: Script,
     unlock_card: Script,
 }
 
@@ -182,6 +183,7 @@ impl RedisStore {
             idempotency_begin: Script::new(&scripts::idempotency_begin()),
             idempotency_update: Script::new(&scripts::idempotency_update()),
             lock_card: Script::new(scripts::LOCK_CARD),
+            renew_card: Script::new(scripts::RENEW_CARD),
             unlock_card: Script::new(scripts::UNLOCK_CARD),
         })
     }
@@ -450,6 +452,25 @@ impl EnrollmentStore for RedisStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         self.take(self.keys.lock(card), owner, ttl).await
+    }
+
+    #[tracing::instrument(name = "redis.script", skip_all, fields(db.system = "redis", db.operation = "renew_card"))]
+    async fn renew_card(
+        &self,
+        card: CardContractId,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.connection().await?;
+        let held: i64 = self
+            .renew_card
+            .key(self.keys.lock(card))
+            .arg(owner)
+            .arg(millis(ttl))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(held == 1)
     }
 
     #[tracing::instrument(name = "redis.script", skip_all, fields(db.system = "redis", db.operation = "unlock_card"))]

@@ -260,6 +260,13 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 "#;
 
+/// KEYS: card lock. ARGV: owner, TTL (ms). Extends the lock only if `owner` holds it; 1 then.
+pub const RENEW_CARD: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"#;
+
 /// KEYS: card lock. ARGV: owner. Deletes the lock only if `owner` holds it.
 pub const UNLOCK_CARD: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
