@@ -2,7 +2,7 @@
 //! gateway checks, the payload envelope.
 
 use super::cms::Cms;
-use super::faults::{Faults, Route};
+use super::faults::{Faults, Route, RouteFault};
 use super::gateway::{self, Gateway};
 use super::keys::SandboxKeys;
 use super::notifier::Notifier;
@@ -103,7 +103,19 @@ impl State {
             if faults.routes.get(&route).is_some_and(|f| f.drop_response) {
                 None
             } else {
-                faults.take(route)
+                let fault = faults.take(route);
+                // A random lost answer (`[chaos]`): armed for the answer of this route.
+                if fault.as_ref().is_some_and(|f| f.drop_response) {
+                    faults.routes.insert(
+                        route,
+                        RouteFault {
+                            drop_response: true,
+                            times: Some(1),
+                            ..RouteFault::default()
+                        },
+                    );
+                }
+                fault
             }
         };
         if let Some(fault) = fault {
