@@ -62,6 +62,27 @@ pub struct RouteFault {
     pub times: Option<u32>,
 }
 
+impl RouteFault {
+    /// What the fault does, for logs: its first failure, else `latency`.
+    pub fn kind(&self) -> &'static str {
+        if self.hang {
+            "hang"
+        } else if self.reset {
+            "reset"
+        } else if self.throttle.is_some() {
+            "throttle"
+        } else if self.error.is_some() {
+            "error"
+        } else if self.malformed_json {
+            "malformed_json"
+        } else if self.drop_response {
+            "drop_response"
+        } else {
+            "latency"
+        }
+    }
+}
+
 /// An injected error answer.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -119,6 +119,11 @@ impl State {
             }
         };
         if let Some(fault) = fault {
+            tracing::info!(
+                route = route.name(),
+                fault = fault.kind(),
+                "simulator: injected fault"
+            );
             if let Some(latency) = fault.latency {
                 tokio::time::sleep(latency).await;
             }
@@ -211,6 +216,11 @@ impl State {
     /// the connection left hanging.
     pub async fn respond_or_drop(&self, route: Route, answer: Answer, envelope: bool) -> Response {
         if self.drops_response(route) {
+            tracing::info!(
+                route = route.name(),
+                fault = "drop_response",
+                "simulator: injected fault"
+            );
             self.record(
                 route,
                 GatewayOutcome::Passed,

@@ -69,9 +69,29 @@ enum Outcome {
     GaveUp,
 }
 
+/// Every tenth card's caller gives up after one call with a 300 ms deadline: its enrollment is
+/// left to the reconciler.
+fn abandoned(card: i64) -> bool {
+    card % 10 == 0
+}
+
 /// Calls EnrollCard with one key on both processes alternately until a final answer.
 async fn enroll(clients: [Client; 2], card: i64) -> (Outcome, usize) {
     let key = format!("chaos-{card}");
+    if abandoned(card) {
+        let mut call = tonic::Request::new(request(&key, card));
+        call.set_timeout(Duration::from_millis(300));
+        let mut client = clients[card as usize % 2].clone();
+        return match client.enroll_card(call).await {
+            Ok(r)
+                if r.get_ref().enrollment.as_ref().map(|e| e.state())
+                    == Some(EnrollmentState::Enrolled) =>
+            {
+                (Outcome::Enrolled, 1)
+            }
+            _ => (Outcome::GaveUp, 1),
+        };
+    }
     for attempt in 0..MAX_TRIES {
         let mut client = clients[(attempt + card as usize) % 2].clone();
         let mut call = tonic::Request::new(request(&key, card));
@@ -146,32 +166,49 @@ async fn cards_through_two_processes_under_random_faults_enroll_once_and_agree_a
     let refused = results.iter().filter(|r| r.1 == Outcome::Refused).count();
     let gave_up = results.iter().filter(|r| r.1 == Outcome::GaveUp).count();
     let calls_done = started.elapsed();
-
     // The reconciler finishes what the client left IN_PROGRESS (2 s after it was last touched).
-    let mut reader = clients[0].clone();
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut records = std::collections::BTreeMap::new();
-    for card in FIRST_CARD..FIRST_CARD + n {
-        loop {
-            match status_of(&mut reader, card).await {
-                Ok(e) if e.state() != EnrollmentState::InProgress || Instant::now() > deadline => {
-                    records.insert(card, e.state());
-                    break;
+    let records: std::collections::BTreeMap<i64, EnrollmentState> =
+        futures::stream::iter(FIRST_CARD..FIRST_CARD + n)
+            .map(|card| {
+                let mut reader = clients[card as usize % 2].clone();
+                async move {
+                    loop {
+                        match status_of(&mut reader, card).await {
+                            Ok(e)
+                                if e.state() != EnrollmentState::InProgress
+                                    || Instant::now() > deadline =>
+                            {
+                                return (card, e.state());
+                            }
+                            Err(e) if Instant::now() > deadline => {
+                                panic!("card {card} unreadable: {e:?}")
+                            }
+                            _ => {}
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
-                Ok(_) => {}
-                Err(e) if Instant::now() > deadline => panic!("card {card} unreadable: {e:?}"),
-                Err(_) => {}
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
     let upstream = simulator.upstream();
+    let tokens: std::collections::BTreeMap<i64, usize> =
+        futures::stream::iter(FIRST_CARD..FIRST_CARD + n)
+            .map(|card| {
+                let (simulator, upstream) = (&simulator, &upstream);
+                async move { (card, simulator.tokens_of(upstream, card).await) }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
     let mut duplicates = 0;
     let mut limbo = Vec::new();
     let mut lost = 0;
     let mut tokenized = 0;
     for (card, outcome, _) in &results {
-        let tokens = simulator.tokens_of(&upstream, *card).await;
+        let tokens = tokens[card];
         if tokens > 1 {
             duplicates += 1;
         }
@@ -188,13 +225,29 @@ async fn cards_through_two_processes_under_random_faults_enroll_once_and_agree_a
             lost += 1;
         }
     }
+    let injected = simulator
+        .process
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("simulator: injected fault"))
+        .count();
+    let logs = a.stderr() + &b.stderr();
+    let reconciled = |what: &str| {
+        logs.lines()
+            .filter(|l| l.contains("reconciler:") && l.contains(what))
+            .count()
+    };
+    let (reconciled_enrolled, reconciled_failed) = (reconciled("ENROLLED"), reconciled("FAILED"));
     let panic_lines =
         panics(&a.stderr()) + panics(&b.stderr()) + panics(&simulator.process.stderr());
     println!(
         "CHAOS (a) fleet: cards {n}, sent {sent}, acknowledged {} (enrolled {enrolled_acks}, refused {refused}), \
-         gave up {gave_up}, lost {lost}, duplicates {duplicates}, panics {panic_lines}, cards in limbo {}, \
-         tokenized {tokenized}, calls {:.1}s, total {:.1}s",
+         gave up {gave_up} (abandoned {}; reconciled: ENROLLED {reconciled_enrolled}, FAILED {reconciled_failed}), lost {lost}, duplicates {duplicates}, panics {panic_lines}, cards in limbo {}, \
+         tokenized {tokenized}, faults injected {injected}, calls {:.1}s, total {:.1}s",
         enrolled_acks + refused,
+        (FIRST_CARD..FIRST_CARD + n)
+            .filter(|c| abandoned(*c))
+            .count(),
         limbo.len(),
         calls_done.as_secs_f64(),
         started.elapsed().as_secs_f64()
