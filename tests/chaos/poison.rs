@@ -222,7 +222,9 @@ async fn poison_leaves_no_card_unusable() {
             }
             Err(_) => {}
         }
-        if let Err(e) = status_of(&mut client, card).await {
+        if let Err(e) = status_of(&mut client, card).await
+            && outage(&e)
+        {
             unusable.push(format!(
                 "{card} status after: {:?} {}",
                 e.code(),
