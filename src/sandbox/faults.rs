@@ -62,6 +62,27 @@ pub struct RouteFault {
     pub times: Option<u32>,
 }
 
+impl RouteFault {
+    /// What the fault does, for logs: its first failure, else `latency`.
+    pub fn kind(&self) -> &'static str {
+        if self.hang {
+            "hang"
+        } else if self.reset {
+            "reset"
+        } else if self.throttle.is_some() {
+            "throttle"
+        } else if self.error.is_some() {
+            "error"
+        } else if self.malformed_json {
+            "malformed_json"
+        } else if self.drop_response {
+            "drop_response"
+        } else {
+            "latency"
+        }
+    }
+}
+
 /// An injected error answer.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,6 +135,48 @@ pub struct Faults {
     /// Decline every TAR, whatever the CMS says.
     #[serde(default)]
     pub decline_tar: bool,
+    /// Random faults on the routes without a fault of their own (`[chaos] rate = 0.2`).
+    #[serde(default)]
+    pub chaos: Option<ChaosFaults>,
+}
+
+/// Random faults, for chaos tests: each request on a route without a `[routes.*]` fault fails
+/// with probability `rate`, the kind drawn evenly among a 503, a 429, a connection reset, added
+/// latency and (on `enroll_cards`, the route that can lose its answer) a lost answer.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChaosFaults {
+    /// The share of requests that meet a fault, 0 to 1.
+    pub rate: f64,
+    /// The latency fault's delay (default 300 ms).
+    #[serde(default, with = "humantime_serde_opt")]
+    pub latency: Option<Duration>,
+}
+
+impl ChaosFaults {
+    /// The fault for one request on `route`, if it meets one.
+    pub fn draw(&self, route: Route) -> Option<RouteFault> {
+        use rand::Rng as _;
+        let mut rng = rand::rng();
+        if !rng.random_bool(self.rate.clamp(0.0, 1.0)) {
+            return None;
+        }
+        let kinds = if route == Route::EnrollCards { 5 } else { 4 };
+        let mut fault = RouteFault::default();
+        match rng.random_range(0..kinds) {
+            0 => {
+                fault.error = Some(ErrorFault {
+                    status: 503,
+                    reason_code: "SERVICE_UNAVAILABLE".into(),
+                })
+            }
+            1 => fault.throttle = Some(Duration::from_secs(1)),
+            2 => fault.reset = true,
+            3 => fault.latency = Some(self.latency.unwrap_or(Duration::from_millis(300))),
+            _ => fault.drop_response = true,
+        }
+        Some(fault)
+    }
 }
 
 impl Faults {
@@ -124,7 +187,9 @@ impl Faults {
 
     /// The fault to apply to one request on `route`, counting down `times`.
     pub fn take(&mut self, route: Route) -> Option<RouteFault> {
-        let fault = self.routes.get_mut(&route)?;
+        let Some(fault) = self.routes.get_mut(&route) else {
+            return self.chaos.as_ref().and_then(|c| c.draw(route));
+        };
         let taken = fault.clone();
         match &mut fault.times {
             Some(0) => {
@@ -172,5 +237,27 @@ mod tests {
         assert!(f.take(Route::Searches).is_some());
         assert!(f.take(Route::Searches).is_none());
         assert!(Faults::parse("[routes.nope]\nhang = true\n").is_err());
+    }
+
+    #[test]
+    fn chaos_faults_hit_about_their_rate_and_leave_routes_with_their_own_fault_alone() {
+        let mut f = Faults::parse(
+            "[chaos]\nrate = 0.2\nlatency = \"50ms\"\n[routes.searches]\nreset = true\n",
+        )
+        .unwrap();
+        let hits = (0..10_000)
+            .filter(|_| f.take(Route::CardTokens).is_some())
+            .count();
+        assert!((1_500..2_500).contains(&hits), "{hits}");
+        assert!((0..100).all(|_| f.take(Route::Searches).is_some_and(|r| r.reset)));
+        let never = Faults::parse("[chaos]\nrate = 0.0\n").unwrap();
+        assert!((0..1_000).all(|_| {
+            never
+                .chaos
+                .as_ref()
+                .unwrap()
+                .draw(Route::EnrollCards)
+                .is_none()
+        }));
     }
 }

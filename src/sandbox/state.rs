@@ -2,7 +2,7 @@
 //! gateway checks, the payload envelope.
 
 use super::cms::Cms;
-use super::faults::{Faults, Route};
+use super::faults::{Faults, Route, RouteFault};
 use super::gateway::{self, Gateway};
 use super::keys::SandboxKeys;
 use super::notifier::Notifier;
@@ -103,10 +103,27 @@ impl State {
             if faults.routes.get(&route).is_some_and(|f| f.drop_response) {
                 None
             } else {
-                faults.take(route)
+                let fault = faults.take(route);
+                // A random lost answer (`[chaos]`): armed for the answer of this route.
+                if fault.as_ref().is_some_and(|f| f.drop_response) {
+                    faults.routes.insert(
+                        route,
+                        RouteFault {
+                            drop_response: true,
+                            times: Some(1),
+                            ..RouteFault::default()
+                        },
+                    );
+                }
+                fault
             }
         };
         if let Some(fault) = fault {
+            tracing::info!(
+                route = route.name(),
+                fault = fault.kind(),
+                "simulator: injected fault"
+            );
             if let Some(latency) = fault.latency {
                 tokio::time::sleep(latency).await;
             }
@@ -199,6 +216,11 @@ impl State {
     /// the connection left hanging.
     pub async fn respond_or_drop(&self, route: Route, answer: Answer, envelope: bool) -> Response {
         if self.drops_response(route) {
+            tracing::info!(
+                route = route.name(),
+                fault = "drop_response",
+                "simulator: injected fault"
+            );
             self.record(
                 route,
                 GatewayOutcome::Passed,

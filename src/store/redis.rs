@@ -249,26 +249,28 @@ impl RedisStore {
     ) -> Result<(Option<EnrollmentRecord>, bool), StoreError> {
         let key = self.keys.enrollment(card);
         let mut conn = self.connection().await?;
-        let raw: Option<String> = conn.get(&key).await.map_err(unavailable)?;
-        let Some(json) = raw else {
-            return Ok((None, false));
-        };
-        match serde_json::from_str(&json) {
-            Ok(record) => Ok((Some(record), false)),
-            Err(e) => {
-                let why = corrupt(e);
-                let aside = format!("{key}:quarantined:{}", crate::domain::now_ms());
-                let renamed: Result<(), _> = redis::cmd("RENAME")
-                    .arg(&key)
-                    .arg(&aside)
-                    .query_async(&mut conn)
-                    .await;
-                renamed.map_err(unavailable)?;
-                crate::metrics::record_quarantined();
-                tracing::error!(card = card.get(), error = %why, aside = %aside, "unreadable enrollment record set aside; the card is rebuilt from the token list");
-                Ok((None, true))
+        let why = match conn.get::<_, Option<String>>(&key).await {
+            Ok(None) => return Ok((None, false)),
+            Ok(Some(json)) => match serde_json::from_str(&json) {
+                Ok(record) => return Ok((Some(record), false)),
+                Err(e) => corrupt(e),
+            },
+            // Not a string at all (a hash, a list...): as unreadable as bad JSON.
+            Err(e) if e.code() == Some("WRONGTYPE") => {
+                StoreError::Corrupt("the key holds a value of another Redis type".into())
             }
-        }
+            Err(e) => return Err(unavailable(e)),
+        };
+        let aside = format!("{key}:quarantined:{}", crate::domain::now_ms());
+        let renamed: Result<(), _> = redis::cmd("RENAME")
+            .arg(&key)
+            .arg(&aside)
+            .query_async(&mut conn)
+            .await;
+        renamed.map_err(unavailable)?;
+        crate::metrics::record_quarantined();
+        tracing::error!(card = card.get(), error = %why, aside = %aside, "unreadable enrollment record set aside; the card is rebuilt from the token list");
+        Ok((None, true))
     }
 }
 

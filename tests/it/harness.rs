@@ -173,6 +173,28 @@ impl RedisServer {
         Self::start_with(None)
     }
 
+    /// Starts a fresh server with extra `redis-server` flags, given after the defaults so that
+    /// they win (e.g. `--appendonly yes --appendfsync always`: writes survive a kill -9 and a
+    /// [`RedisServer::restart`] in the same directory).
+    #[allow(dead_code)] // used by the chaos suite (tests/chaos)
+    pub fn start_with_args(args: &[&str]) -> RedisServer {
+        require_binary("redis-server", "redis-server");
+        for _ in 0..5 {
+            let mut server = RedisServer {
+                port: free_port(),
+                dir: tempfile::tempdir().expect("temp dir"),
+                child: None,
+                extra: args.iter().map(|a| a.to_string()).collect(),
+                tls: None,
+                env: Vec::new(),
+            };
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
+    }
+
     /// Starts a fresh TLS-only server with `tls`'s certificate and ACL user.
     pub fn start_tls(tls: &Arc<RedisTls>) -> RedisServer {
         Self::start_with(Some(tls.clone()))
