@@ -315,6 +315,7 @@ impl App {
         // An attempt under another key may have sent POST /cards and stopped (a transient error,
         // a crash): continue it with its srcCorrelationId, so that Click to Pay sees the same
         // enrollment again rather than a second one.
+        let mut adopted = false;
         let correlation = match existing
             .as_ref()
             .filter(|r| r.state == EnrollmentState::InProgress)
@@ -325,6 +326,7 @@ impl App {
                     "continuing the unfinished enrollment of this card with its srcCorrelationId"
                 );
                 attempt.adopt_correlation(earlier.clone()).await?;
+                adopted = true;
                 earlier
             }
             _ => correlation,
@@ -332,8 +334,11 @@ impl App {
 
         // A POST /cards was sent and its answer lost (a crash, a timeout): the card may be
         // tokenized already. Ask the token list before sending it again, and finish from it.
-        if attempt.phase().await >= Phase::EnrollSent {
-            let (record, _) = self.status(cmd.card_contract_id, true, deadline).await?;
+        if adopted || attempt.phase().await >= Phase::EnrollSent {
+            let owner = attempt.record.lock().await.owner.clone();
+            let (record, _) = self
+                .status_as(cmd.card_contract_id, true, deadline, Some(&owner))
+                .await?;
             if record.state == EnrollmentState::Enrolled {
                 tracing::info!(
                     "finished from the token list: the interrupted attempt's POST /cards went through"
@@ -369,11 +374,12 @@ impl App {
             now,
         );
         in_progress.src_correlation_id = Some(correlation.clone());
-        self.write_fenced(attempt, &in_progress).await?;
-        // Noted for the reconciler, which finishes it if this attempt never does.
+        // Noted for the reconciler before the record says IN_PROGRESS: a crash between the two
+        // must not leave a card it never looks at (it prunes cards that are not IN_PROGRESS).
         self.store
             .track_in_progress(cmd.card_contract_id, now)
             .await?;
+        self.write_fenced(attempt, &in_progress).await?;
 
         // Recorded before sending: from here on a retry re-sends with the same srcCorrelationId.
         attempt.advance(Phase::EnrollSent).await?;

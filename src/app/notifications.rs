@@ -30,19 +30,7 @@ impl App {
             return IngestOutcome::Ignored;
         }
         match self.store.apply_notification(event).await {
-            Ok(NotificationResult::Applied(record)) => {
-                // A TAR before the enrollment's answer makes a record IN_PROGRESS: if the answer
-                // never comes, the reconciler finishes it.
-                if record.state == crate::domain::EnrollmentState::InProgress
-                    && let Err(e) = self
-                        .store
-                        .track_in_progress(record.card_contract_id, record.updated_at_ms)
-                        .await
-                {
-                    tracing::warn!(error = %e, "could not note the card for the reconciler");
-                }
-                IngestOutcome::Applied
-            }
+            Ok(NotificationResult::Applied(_)) => IngestOutcome::Applied,
             Ok(NotificationResult::Duplicate) => IngestOutcome::Duplicate,
             Ok(NotificationResult::Stale) => IngestOutcome::Stale,
             Err(StoreError::Corrupt(why)) => {

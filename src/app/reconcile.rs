@@ -56,7 +56,16 @@ impl App {
                     continue;
                 }
                 Err(e) => {
-                    tracing::warn!(card = card.get(), reason = %e.parts().reason, "reconciler: card left for the next pass");
+                    tracing::warn!(card = card.get(), reason = %e.parts().reason, "reconciler: card left for a later pass");
+                    // To the back of the queue: cards that keep failing must not hold the head
+                    // of the index and starve the others.
+                    let requeued = async {
+                        self.store.untrack_in_progress(card).await?;
+                        self.store.track_in_progress(card, now_ms()).await
+                    };
+                    if let Err(e) = requeued.await {
+                        tracing::debug!(error = %e, "reconciler: could not requeue the card");
+                    }
                     report.pending += 1;
                     "error"
                 }
@@ -99,7 +108,10 @@ impl App {
         record: crate::domain::EnrollmentRecord,
         deadline: tokio::time::Instant,
     ) -> Result<Outcome, AppError> {
-        let (current, _) = self.status(card, true, Some(deadline)).await?;
+        let owner = format!("{}/reconciler", self.instance);
+        let (current, _) = self
+            .status_as(card, true, Some(deadline), Some(&owner))
+            .await?;
         if current.state == EnrollmentState::Enrolled {
             self.store.untrack_in_progress(card).await?;
             tracing::info!(

@@ -27,6 +27,18 @@ impl App {
         refresh: bool,
         deadline: Option<Instant>,
     ) -> Result<(EnrollmentRecord, Source), AppError> {
+        self.status_as(card, refresh, deadline, None).await
+    }
+
+    /// [`App::status`] for a caller that already holds the card lock as `lock_owner` (a
+    /// resuming attempt, the reconciler): its write is fenced by that lock.
+    pub(super) async fn status_as(
+        &self,
+        card: CardContractId,
+        refresh: bool,
+        deadline: Option<Instant>,
+        lock_owner: Option<&str>,
+    ) -> Result<(EnrollmentRecord, Source), AppError> {
         let cached = self.store.get(card).await?;
         if let (false, Some(record)) = (refresh, &cached) {
             return Ok((record.clone(), Source::Store));
@@ -46,7 +58,11 @@ impl App {
         // The observation is ordered by Mastercard's clock (its Date header, whole seconds,
         // so a notification of the same second wins), like the notifications it competes with;
         // the replica's clock only when Mastercard sent no date.
-        let observed_at = observed_at.unwrap_or(now);
+        // A date far from ours (a proxy rewriting it, a clock gone wrong) would win or lose
+        // every merge for the record's lifetime: ours then.
+        let observed_at = observed_at
+            .filter(|at| (at - now).abs() <= DATE_SKEW_LIMIT_MS)
+            .unwrap_or(now);
         let Some(token) = token else {
             if let Some(record) = cached {
                 return Ok((record, Source::Upstream));
@@ -105,6 +121,7 @@ impl App {
             decision_version: None,
             superseded: None,
         };
+        let snapshot = cached.clone();
         let mut record = cached.unwrap_or_else(|| {
             EnrollmentRecord::new(card, String::new(), EnrollmentState::Enrolled, now)
         });
@@ -116,10 +133,54 @@ impl App {
             None => observed,
         });
         record.updated_at_ms = now;
-        let stored = self
-            .store
-            .put_enrollment(&record, PutMode::Merge, self.settings.enrollment_ttl)
-            .await?;
+        let stored = self.write_observed(&record, snapshot, lock_owner).await?;
         Ok((stored, Source::Upstream))
     }
+
+    /// Writes a record rebuilt from the token list over `snapshot` (what it was built from),
+    /// under the card lock, so that it never overwrites what a running enrollment wrote: with
+    /// the lock held by someone else, or the record changed since `snapshot`, nothing is written
+    /// and the rebuilt (or the changed) record is answered.
+    async fn write_observed(
+        &self,
+        record: &EnrollmentRecord,
+        snapshot: Option<EnrollmentRecord>,
+        lock_owner: Option<&str>,
+    ) -> Result<EnrollmentRecord, AppError> {
+        let card = record.card_contract_id;
+        let ttl = self.settings.enrollment_ttl;
+        let temporary = format!("{}/status/{}", self.instance, uuid::Uuid::new_v4());
+        let owner = match lock_owner {
+            Some(owner) => owner,
+            None => {
+                if !self
+                    .store
+                    .lock_card(card, &temporary, self.settings.lease)
+                    .await?
+                {
+                    return Ok(record.clone());
+                }
+                &temporary
+            }
+        };
+        let result = async {
+            let fresh = self.store.get(card).await?;
+            if fresh != snapshot {
+                return Ok(fresh.unwrap_or_else(|| record.clone()));
+            }
+            Ok(self
+                .store
+                .put_enrollment_fenced(record, ttl, owner)
+                .await?
+                .unwrap_or_else(|| record.clone()))
+        }
+        .await;
+        if lock_owner.is_none() {
+            let _ = self.store.unlock_card(card, &temporary).await;
+        }
+        result
+    }
 }
+
+/// How far the token list's `Date` may be from this replica's clock before it is not trusted.
+const DATE_SKEW_LIMIT_MS: i64 = 5 * 60 * 1000;

@@ -71,6 +71,7 @@ pub struct RedisStore {
     lock_card: Script,
     renew_card: Script,
     unlock_card: Script,
+    quarantine: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -185,6 +186,7 @@ impl RedisStore {
             lock_card: Script::new(scripts::LOCK_CARD),
             renew_card: Script::new(scripts::RENEW_CARD),
             unlock_card: Script::new(scripts::UNLOCK_CARD),
+            quarantine: Script::new(scripts::QUARANTINE),
         })
     }
 
@@ -249,28 +251,41 @@ impl RedisStore {
     ) -> Result<(Option<EnrollmentRecord>, bool), StoreError> {
         let key = self.keys.enrollment(card);
         let mut conn = self.connection().await?;
-        let why = match conn.get::<_, Option<String>>(&key).await {
-            Ok(None) => return Ok((None, false)),
-            Ok(Some(json)) => match serde_json::from_str(&json) {
-                Ok(record) => return Ok((Some(record), false)),
-                Err(e) => corrupt(e),
-            },
-            // Not a string at all (a hash, a list...): as unreadable as bad JSON.
-            Err(e) if e.code() == Some("WRONGTYPE") => {
-                StoreError::Corrupt("the key holds a value of another Redis type".into())
+        // Twice at most: a record rewritten between the read and the set-aside is read again.
+        for _ in 0..2 {
+            let (why, seen) = match conn.get::<_, Option<String>>(&key).await {
+                Ok(None) => return Ok((None, false)),
+                Ok(Some(json)) => match serde_json::from_str(&json) {
+                    Ok(record) => return Ok((Some(record), false)),
+                    Err(e) => (corrupt(e), json),
+                },
+                // Not a string at all (a hash, a list...): as unreadable as bad JSON.
+                Err(e) if e.code() == Some("WRONGTYPE") => (
+                    StoreError::Corrupt("the key holds a value of another Redis type".into()),
+                    String::new(),
+                ),
+                Err(e) => return Err(unavailable(e)),
+            };
+            let aside = format!("{key}:quarantined:{}", crate::domain::now_ms());
+            // Renamed only if it still holds what was read: a good record another replica just
+            // wrote is never set aside.
+            let renamed: i64 = self
+                .quarantine
+                .key(&key)
+                .key(&aside)
+                .arg(&seen)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if renamed == 1 {
+                crate::metrics::record_quarantined();
+                tracing::error!(card = card.get(), error = %why, aside = %aside, "unreadable enrollment record set aside; the card is rebuilt from the token list");
+                return Ok((None, true));
             }
-            Err(e) => return Err(unavailable(e)),
-        };
-        let aside = format!("{key}:quarantined:{}", crate::domain::now_ms());
-        let renamed: Result<(), _> = redis::cmd("RENAME")
-            .arg(&key)
-            .arg(&aside)
-            .query_async(&mut conn)
-            .await;
-        renamed.map_err(unavailable)?;
-        crate::metrics::record_quarantined();
-        tracing::error!(card = card.get(), error = %why, aside = %aside, "unreadable enrollment record set aside; the card is rebuilt from the token list");
-        Ok((None, true))
+        }
+        Err(StoreError::Unavailable(
+            "the record kept changing while being read".into(),
+        ))
     }
 }
 

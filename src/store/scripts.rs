@@ -267,6 +267,20 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 "#;
 
+/// KEYS: record, its quarantine name. ARGV: the value read (empty: it was not a string).
+/// Renames the record aside only if it still is what was read; 1 then.
+pub const QUARANTINE: &str = r#"
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'none' then return 0 end
+if kind == 'string' then
+  if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+elseif ARGV[1] ~= '' then
+  return 0
+end
+redis.call('RENAME', KEYS[1], KEYS[2])
+return 1
+"#;
+
 /// KEYS: card lock. ARGV: owner. Deletes the lock only if `owner` holds it.
 pub const UNLOCK_CARD: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end

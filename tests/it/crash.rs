@@ -141,6 +141,22 @@ async fn a_killed_call_resumes_with_the_same_correlation_id_and_no_second_enroll
 
 #[tokio::test]
 async fn an_attempt_that_loses_its_card_lock_stops_before_post_cards() {
+    lock_lost_under_a_running_attempt(LockLoss::TakenOver).await;
+}
+
+/// The lock expired and the attempt that took it over finished and released it: the stalled
+/// attempt must not pick the free lock up again (its heartbeat only renews).
+#[tokio::test]
+async fn an_attempt_whose_lock_was_freed_meanwhile_does_not_take_it_again() {
+    lock_lost_under_a_running_attempt(LockLoss::Freed).await;
+}
+
+enum LockLoss {
+    TakenOver,
+    Freed,
+}
+
+async fn lock_lost_under_a_running_attempt(loss: LockLoss) {
     use crate::harness::{TestService, settings};
     use c2p_enroll::sandbox::faults::{Route, RouteFault};
     let redis = RedisServer::start();
@@ -175,13 +191,20 @@ async fn an_attempt_that_loses_its_card_lock_stops_before_post_cards() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _: () = redis::cmd("SET")
-        .arg(lock)
-        .arg("another-attempt")
-        .arg("PX")
-        .arg(10_000)
-        .query(&mut conn)
-        .unwrap();
+    match loss {
+        LockLoss::TakenOver => {
+            let _: () = redis::cmd("SET")
+                .arg(lock)
+                .arg("another-attempt")
+                .arg("PX")
+                .arg(10_000)
+                .query(&mut conn)
+                .unwrap();
+        }
+        LockLoss::Freed => {
+            let _: i64 = redis::cmd("DEL").arg(lock).query(&mut conn).unwrap();
+        }
+    }
     let status = call.await.unwrap().unwrap_err();
     assert_eq!(status.code(), Code::Aborted, "{status:?}");
     // Past the search's latency: the stopped attempt never sent POST /cards.
