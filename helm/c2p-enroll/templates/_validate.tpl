@@ -92,6 +92,9 @@ Included by the ConfigMap and the Deployment.
 {{- fail "redis.urlSecret and config.redis.url are both set: give the Redis URL one way (C2P_REDIS__URL from the Secret would override the file)" }}
 {{- end }}
 {{- range .Values.env }}
+{{- if and (eq .name "C2P_REDIS__URL") (hasKey . "value") }}
+{{- fail "env C2P_REDIS__URL with a literal value would put the Redis URL (and any credentials in it) into the Deployment: use redis.urlSecret (a secretKeyRef)" }}
+{{- end }}
 {{- if and (eq .name "C2P_REDIS__URL") (or $.Values.redis.urlSecret.name $.Values.config.redis.url) }}
 {{- fail "env sets C2P_REDIS__URL while config.redis.url or redis.urlSecret gives the Redis URL too: keep one" }}
 {{- end }}
@@ -241,6 +244,9 @@ Included by the ConfigMap and the Deployment.
 {{- end }}
 
 {{- /* config.extra: nothing the chart writes itself; files only on read-only extra mounts. */}}
+{{- if and .Values.config.extra (hasKey .Values.config.extra "redis") (hasKey .Values.config.extra.redis "url") }}
+{{- fail "config.extra.redis.url would put the Redis URL (and any credentials in it) into the ConfigMap and around the chart's Redis checks: use config.redis.url (no credentials) or redis.urlSecret" }}
+{{- end }}
 {{- if .Values.config.extra }}
 {{- $chartKeys := include "c2p-enroll.leafKeys" (list "" (include "c2p-enroll.settings" . | fromJson)) | trim | splitList "\n" }}
 {{- range $key := include "c2p-enroll.leafKeys" (list "" .Values.config.extra) | trim | splitList "\n" }}
