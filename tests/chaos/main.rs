@@ -8,6 +8,10 @@
 #[path = "../it/harness.rs"]
 mod harness;
 
+#[allow(dead_code)]
+#[path = "../it/wire.rs"]
+mod wire;
+
 mod fleet;
 mod ingest_outage;
 mod poison;
@@ -16,8 +20,7 @@ mod stalled;
 use c2p_enroll::config::Settings;
 use c2p_enroll::mastercard::setup::Upstream;
 use c2p_enroll::proto::v1::{
-    Consumer, EnrollCardRequest, Enrollment, GetEnrollmentStatusRequest,
-    enrollment_service_client::EnrollmentServiceClient,
+    Enrollment, GetEnrollmentStatusRequest, enrollment_service_client::EnrollmentServiceClient,
 };
 use harness::{ServiceProcess, fixture, read_env};
 use std::time::Duration;
@@ -25,25 +28,7 @@ use tonic::transport::Channel;
 
 pub type Client = EnrollmentServiceClient<Channel>;
 
-/// An EnrollCard request for Jane Doe.
-pub fn request(key: &str, card: i64) -> EnrollCardRequest {
-    EnrollCardRequest {
-        idempotency_key: key.into(),
-        card_contract_id: card,
-        program: String::new(),
-        consumer: Some(Consumer {
-            email: "jane.doe@example.com".into(),
-            mobile_number: None,
-            first_name: "Jane".into(),
-            last_name: "Doe".into(),
-            country_code: "US".into(),
-            language_code: "en_US".into(),
-        }),
-        cardholder_full_name: "Jane Doe".into(),
-        billing_address: None,
-        src_correlation_id: String::new(),
-    }
-}
+pub use wire::request;
 
 /// The stored record (no refresh).
 pub async fn status_of(client: &mut Client, card: i64) -> Result<Enrollment, tonic::Status> {

@@ -3,9 +3,9 @@
 
 use crate::harness::{RedisCluster, RedisServer, TestService, settings, start_sandbox, t0};
 use c2p_enroll::proto::v1::{
-    Consumer, EnrollCardRequest, Enrollment, EnrollmentSource, EnrollmentState,
-    GetEnrollmentStatusRequest, NotificationIngestRequest, NotificationOutcome, TokenStatus,
-    TokenizationAuthorization, TokenizationDecision, WatchEnrollmentRequest,
+    Consumer, Enrollment, EnrollmentSource, EnrollmentState, GetEnrollmentStatusRequest,
+    NotificationIngestRequest, NotificationOutcome, TokenStatus, TokenizationAuthorization,
+    TokenizationDecision, WatchEnrollmentRequest,
     enrollment_service_client::EnrollmentServiceClient, notification_ingest_request::Event,
 };
 use c2p_enroll::sandbox::faults::{
@@ -19,24 +19,7 @@ use tonic_types::StatusExt as _;
 
 type Client = EnrollmentServiceClient<Channel>;
 
-pub fn request(key: &str, card: i64) -> EnrollCardRequest {
-    EnrollCardRequest {
-        idempotency_key: key.into(),
-        card_contract_id: card,
-        program: String::new(),
-        consumer: Some(Consumer {
-            email: "jane.doe@example.com".into(),
-            mobile_number: None,
-            first_name: "Jane".into(),
-            last_name: "Doe".into(),
-            country_code: "US".into(),
-            language_code: "en_US".into(),
-        }),
-        cardholder_full_name: "Jane Doe".into(),
-        billing_address: None,
-        src_correlation_id: String::new(),
-    }
-}
+pub use crate::wire::request;
 
 fn reason(status: &tonic::Status) -> String {
     status

@@ -4,6 +4,7 @@
 
 mod harness;
 mod http_stub;
+mod wire;
 
 mod adapter;
 mod crash;

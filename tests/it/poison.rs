@@ -3,65 +3,9 @@
 
 use crate::flows::tar;
 use crate::harness::{TestService, settings, t0};
-use bytes::{Buf as _, Bytes};
-use c2p_enroll::proto::v1::{NotificationIngestResponse, NotificationOutcome};
+use crate::wire::{frame, raw_ingest};
+use c2p_enroll::proto::v1::NotificationOutcome;
 use prost::Message as _;
-
-/// One gRPC length-prefixed message.
-fn frame(message: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8];
-    out.extend((message.len() as u32).to_be_bytes());
-    out.extend(message);
-    out
-}
-
-/// Sends `body` as the whole request stream of NotificationIngest over raw HTTP/2; returns the
-/// answers and the final grpc-status.
-async fn raw_ingest(
-    addr: std::net::SocketAddr,
-    body: Vec<u8>,
-) -> (Vec<NotificationIngestResponse>, String) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
-    let request = http::Request::builder()
-        .method("POST")
-        .uri(format!(
-            "http://{addr}/c2p.enrollment.v1.EnrollmentService/NotificationIngest"
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (response, mut send) = client.send_request(request, false).unwrap();
-    send.send_data(Bytes::from(body), true).unwrap();
-    let response = response.await.unwrap();
-    let headers_status = response
-        .headers()
-        .get("grpc-status")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let mut body = response.into_body();
-    let mut data = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        let _ = body.flow_control().release_capacity(chunk.len());
-        data.extend_from_slice(&chunk);
-    }
-    let trailers = body.trailers().await.unwrap();
-    let status = trailers
-        .and_then(|t| t.get("grpc-status").map(|v| v.to_str().unwrap().to_owned()))
-        .or(headers_status)
-        .expect("a grpc-status");
-    let mut answers = Vec::new();
-    let mut buf = Bytes::from(data);
-    while buf.remaining() >= 5 {
-        let _compressed = buf.get_u8();
-        let len = buf.get_u32() as usize;
-        answers.push(NotificationIngestResponse::decode(buf.split_to(len)).unwrap());
-    }
-    (answers, status)
-}
 
 #[tokio::test]
 async fn a_broken_frame_ends_the_stream_with_invalid_argument_after_the_answers_before_it() {

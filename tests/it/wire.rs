@@ -1,0 +1,83 @@
+//! What the tests put on the wire themselves: the standard EnrollCard request, and a raw HTTP/2
+//! NotificationIngest stream (for frames no gRPC client would send). Shared by the integration
+//! and chaos suites.
+
+use bytes::{Buf as _, Bytes};
+use c2p_enroll::proto::v1::{Consumer, EnrollCardRequest, NotificationIngestResponse};
+use prost::Message as _;
+
+/// An EnrollCard request for Jane Doe with idempotency key `key`.
+pub fn request(key: &str, card: i64) -> EnrollCardRequest {
+    EnrollCardRequest {
+        idempotency_key: key.into(),
+        card_contract_id: card,
+        program: String::new(),
+        consumer: Some(Consumer {
+            email: "jane.doe@example.com".into(),
+            mobile_number: None,
+            first_name: "Jane".into(),
+            last_name: "Doe".into(),
+            country_code: "US".into(),
+            language_code: "en_US".into(),
+        }),
+        cardholder_full_name: "Jane Doe".into(),
+        billing_address: None,
+        src_correlation_id: String::new(),
+    }
+}
+
+/// One gRPC length-prefixed message.
+pub fn frame(message: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8];
+    out.extend((message.len() as u32).to_be_bytes());
+    out.extend(message);
+    out
+}
+
+/// Sends `body` as the whole NotificationIngest request stream over raw HTTP/2; returns the
+/// answers and the final grpc-status (`none` when the server sent none).
+pub async fn raw_ingest(
+    addr: std::net::SocketAddr,
+    body: Vec<u8>,
+) -> (Vec<NotificationIngestResponse>, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{addr}/c2p.enrollment.v1.EnrollmentService/NotificationIngest"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut send) = client.send_request(request, false).unwrap();
+    send.send_data(Bytes::from(body), true).unwrap();
+    let response = response.await.unwrap();
+    let headers_status = response
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let mut body = response.into_body();
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.unwrap();
+    let status = trailers
+        .and_then(|t| t.get("grpc-status").map(|v| v.to_str().unwrap().to_owned()))
+        .or(headers_status)
+        .unwrap_or_else(|| "none".into());
+    let mut answers = Vec::new();
+    let mut buf = Bytes::from(data);
+    while buf.remaining() >= 5 {
+        let _compressed = buf.get_u8();
+        let len = buf.get_u32() as usize;
+        answers.push(NotificationIngestResponse::decode(buf.split_to(len)).unwrap());
+    }
+    (answers, status)
+}
