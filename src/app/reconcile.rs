@@ -95,7 +95,7 @@ impl App {
             return Ok(Outcome::Busy);
         }
         let deadline = tokio::time::Instant::now() + self.settings.lease / 2;
-        let result = self.finish(card, record, deadline).await;
+        let result = self.finish(card, record, deadline, &owner).await;
         if let Err(e) = self.store.unlock_card(card, &owner).await {
             tracing::warn!(error = %e, "reconciler: could not release the card lock; it expires by itself");
         }
@@ -107,10 +107,10 @@ impl App {
         card: CardContractId,
         record: crate::domain::EnrollmentRecord,
         deadline: tokio::time::Instant,
+        owner: &str,
     ) -> Result<Outcome, AppError> {
-        let owner = format!("{}/reconciler", self.instance);
         let (current, _) = self
-            .status_as(card, true, Some(deadline), Some(&owner))
+            .status_as(card, true, Some(deadline), Some(owner))
             .await?;
         if current.state == EnrollmentState::Enrolled {
             self.store.untrack_in_progress(card).await?;
@@ -128,10 +128,9 @@ impl App {
             retryable: true,
         });
         failed.updated_at_ms = now_ms();
-        let owner = format!("{}/reconciler", self.instance);
         if self
             .store
-            .put_enrollment_fenced(&failed, self.settings.enrollment_ttl, &owner)
+            .put_enrollment_fenced(&failed, self.settings.enrollment_ttl, owner)
             .await?
             .is_none()
         {
