@@ -66,6 +66,7 @@ UNVALIDATED_KINDS = {"ServiceMonitor": "monitoring.coreos.com", "Certificate": "
 RPCS = {"EnrollCard", "GetEnrollmentStatus", "WatchEnrollment", "NotificationIngest"}
 LIMITS_INT = ("max_message_bytes", "max_connections", "max_concurrent_streams", "max_watch_streams", "max_ingest_streams")
 LIMITS_DURATION = ("handshake_timeout", "keepalive_interval", "keepalive_timeout", "default_deadline",
+                   "watch_heartbeat_interval",
                    "max_connection_age", "max_connection_age_grace")
 # `helm template --api-versions` per value set (the cluster's APIs at install time).
 API_VERSIONS: dict[str, list[str]] = {

@@ -2,6 +2,7 @@
 //! knows nothing of tonic or reqwest: it speaks domain types, the store port and the Mastercard
 //! clients.
 
+mod canonical;
 mod enroll;
 mod error;
 mod fingerprint;
@@ -10,7 +11,7 @@ mod reconcile;
 mod status;
 mod watch;
 
-pub use enroll::{ConsumerInput, EnrollCommand};
+pub use enroll::{ConsumerInput, EnrollCommand, Enrolled};
 pub use error::{AppError, ErrorParts, FieldViolation, Step};
 pub use fingerprint::FingerprintKey;
 pub use notifications::IngestOutcome;

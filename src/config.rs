@@ -126,6 +126,9 @@ pub struct GrpcLimits {
     pub keepalive_timeout: Duration,
     /// `default_deadline`: the deadline of a unary call that brings none.
     pub default_deadline: Duration,
+    /// `watch_heartbeat_interval`: a WatchEnrollment stream with no change for this long gets a
+    /// heartbeat.
+    pub watch_heartbeat_interval: Duration,
     /// `max_connections`: connections the gRPC listener holds at once (handshakes included).
     pub max_connections: usize,
     /// `max_connection_age`: after it the server sends GOAWAY so that clients reconnect (and

@@ -8,7 +8,7 @@ mod notification;
 pub use enrollment::{
     CardContractId, EnrollmentRecord, EnrollmentState, Failure, MaskedCard, STORE_INTEGER_LIMIT,
     Token, TokenStatus, TokenizationDecision, Version, is_storable_time, last_four, merge_tokens,
-    now_ms,
+    next_revision, now_ms,
 };
 pub use idempotency::{Begin, IdempotencyRecord, Phase, StoredOutcome};
 pub use notification::{

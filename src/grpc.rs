@@ -9,5 +9,6 @@ mod service;
 pub mod status;
 pub mod streams;
 pub mod trace;
+mod watch;
 
 pub use service::EnrollmentApi;

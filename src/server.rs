@@ -205,6 +205,7 @@ pub async fn start(
             max_future: settings.notifications.max_future_skew,
             max_age: settings.notifications.max_age,
         },
+        limits.watch_heartbeat_interval,
     );
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let metrics = match settings.metrics.listen {

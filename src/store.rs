@@ -44,10 +44,11 @@ pub enum StoreError {
 pub enum NotificationResult {
     /// Merged; the record is now this.
     Applied(EnrollmentRecord),
-    /// This notification id was seen before (within the dedup retention).
+    /// This notification id was seen before (within the dedup retention), with this content.
     Duplicate,
-    /// Older than what the record holds for the token: the token did not change (the record's
-    /// `created_at_ms` may have moved earlier, see `domain::merge`).
+    /// This notification id was seen before with other content: nothing was written.
+    Conflict,
+    /// Older than what the record holds for the token: nothing changed, nothing was written.
     Stale,
 }
 
@@ -70,7 +71,9 @@ pub trait EnrollmentStore: Send + Sync + 'static {
     async fn get(&self, card: CardContractId) -> Result<Option<EnrollmentRecord>, StoreError>;
 
     /// Writes `record` atomically with the existing one (see [`PutMode`]), keeps it for `ttl`,
-    /// publishes the change, and returns what is stored now.
+    /// publishes the change, and returns what is stored now. The store sets the record's times
+    /// and revision on its own clock (`EnrollmentRecord::stamped`); a write that would change
+    /// nothing else is not made.
     async fn put_enrollment(
         &self,
         record: &EnrollmentRecord,
@@ -88,7 +91,8 @@ pub trait EnrollmentStore: Send + Sync + 'static {
         lock_owner: &str,
     ) -> Result<Option<EnrollmentRecord>, StoreError>;
 
-    /// Atomically: dedup by notification id, merge by event time, write, publish.
+    /// Atomically: dedup by notification id (and content hash), merge by event time, stamp,
+    /// write, publish.
     async fn apply_notification(
         &self,
         event: &TokenEvent,

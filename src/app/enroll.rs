@@ -63,11 +63,10 @@ impl EnrollCommand {
         format!("{}\u{0}{}", self.caller, self.idempotency_key)
     }
 
-    /// HMAC-SHA256 of the request's canonical JSON (everything but caller and key): the record
-    /// holds e-mail and address, and a bare hash of them could be reversed by a dictionary.
+    /// HMAC-SHA256 of the request's canonical form (see `canonical`): the record holds
+    /// e-mail and address, and a bare hash of them could be reversed by a dictionary.
     fn fingerprint(&self, key: &super::FingerprintKey) -> Result<String, String> {
-        let json = serde_json::to_vec(self).map_err(|e| format!("request fingerprint: {e}"))?;
-        key.fingerprint(&json)
+        key.fingerprint(&super::canonical::canonical_bytes(self)?)
     }
 }
 
@@ -142,13 +141,22 @@ fn lease_ms(app: &App) -> i64 {
     i64::try_from(app.settings.lease.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// The answer of `EnrollCard`.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    /// The enrollment.
+    pub record: EnrollmentRecord,
+    /// Whether it is the stored answer of an earlier call with the key (nothing was done now).
+    pub replayed: bool,
+}
+
 impl App {
     /// Runs `EnrollCard`.
     pub async fn enroll(
         &self,
         cmd: EnrollCommand,
         deadline: Option<Instant>,
-    ) -> Result<EnrollmentRecord, AppError> {
+    ) -> Result<Enrolled, AppError> {
         let now = now_ms();
         let proposal = IdempotencyRecord {
             fingerprint: cmd
@@ -165,7 +173,12 @@ impl App {
         };
         let scope = cmd.scope();
         let (record, resumed) = match self.store.idempotency_begin(&scope, &proposal, now).await? {
-            Begin::Reused => return Err(AppError::IdempotencyKeyReused),
+            Begin::Reused => {
+                return Err(AppError::IdempotencyKeyReused {
+                    card: cmd.card_contract_id,
+                    key: cmd.idempotency_key.clone(),
+                });
+            }
             Begin::InFlight(ms) => {
                 return Err(AppError::RequestInFlight {
                     retry_after: Duration::from_millis(
@@ -175,7 +188,10 @@ impl App {
             }
             Begin::Replay(r) => {
                 return match r.outcome {
-                    Some(StoredOutcome::Success { enrollment }) => Ok(enrollment),
+                    Some(StoredOutcome::Success { enrollment }) => Ok(Enrolled {
+                        record: enrollment,
+                        replayed: true,
+                    }),
                     Some(failure) => Err(AppError::Replayed(failure)),
                     None => Err(AppError::Internal("replayed record without outcome".into())),
                 };
@@ -203,6 +219,7 @@ impl App {
         {
             attempt.release().await;
             return Err(AppError::CardBusy {
+                card,
                 retry_after: Duration::from_secs(1),
             });
         }
@@ -240,7 +257,10 @@ impl App {
                         enrollment: record.clone(),
                     })
                     .await?;
-                Ok(record)
+                Ok(Enrolled {
+                    record,
+                    replayed: false,
+                })
             }
             Err(e) if e.is_transient() => {
                 attempt.release().await;
@@ -404,8 +424,8 @@ impl App {
                         reason: parts.reason,
                         message: parts.message,
                         retryable: false,
+                        metadata: parts.metadata,
                     });
-                    failed.updated_at_ms = now_ms();
                     self.write_fenced(attempt, &failed).await?;
                 }
                 Err(error)
@@ -485,7 +505,6 @@ fn enroll_request(
 fn enrolled_record(mut record: EnrollmentRecord, response: EnrollCardResponse) -> EnrollmentRecord {
     record.state = EnrollmentState::Enrolled;
     record.failure = None;
-    record.updated_at_ms = now_ms();
     if let Some(card) = response.masked_card {
         record.src_digital_card_id = card.src_digital_card_id.clone();
         // Never more than the last four digits and the expiry.

@@ -1,7 +1,7 @@
 //! `AppError`: every way a use case fails, and its stable parts (gRPC code, reason, metadata,
 //! retry advice) so that a failure can be stored and replayed byte for byte.
 
-use crate::domain::{EnrollmentRecord, StoredOutcome};
+use crate::domain::{CardContractId, EnrollmentRecord, StoredOutcome};
 use crate::mastercard::error::UpstreamError;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -45,7 +45,12 @@ pub enum AppError {
     /// Invalid request fields, all of them.
     InvalidArgument(Vec<FieldViolation>),
     /// The idempotency key was used for a different request.
-    IdempotencyKeyReused,
+    IdempotencyKeyReused {
+        /// This request's card.
+        card: CardContractId,
+        /// The key (the caller's own).
+        key: String,
+    },
     /// A call with this idempotency key is running.
     RequestInFlight {
         /// When to try again.
@@ -53,6 +58,8 @@ pub enum AppError {
     },
     /// Another enrollment of this card (under another key) is running.
     CardBusy {
+        /// The card.
+        card: CardContractId,
         /// When to try again.
         retry_after: Duration,
     },
@@ -109,12 +116,16 @@ fn upstream_metadata(step: Option<Step>, e: &UpstreamError) -> BTreeMap<String, 
     }
     m.insert("api".into(), e.api.name().into());
     if let Some(code) = e.reason_code() {
-        m.insert("upstream_reason".into(), code.into());
+        m.insert("upstreamReason".into(), code.into());
     }
     if let Some(id) = e.correlation.best() {
-        m.insert("mastercard_correlation_id".into(), id.into());
+        m.insert("mastercardCorrelationId".into(), id.into());
     }
     m
+}
+
+fn card_metadata(card: CardContractId) -> BTreeMap<String, String> {
+    BTreeMap::from([("cardContractId".to_owned(), card.get().to_string())])
 }
 
 impl AppError {
@@ -139,11 +150,18 @@ impl AppError {
                     format!("{} invalid field(s)", violations.len()),
                 )
             },
-            AppError::IdempotencyKeyReused => plain(
-                Code::FailedPrecondition,
-                "IDEMPOTENCY_KEY_REUSED",
-                "the idempotency key was used for a different request".into(),
-            ),
+            AppError::IdempotencyKeyReused { card, key } => {
+                let mut metadata = card_metadata(*card);
+                metadata.insert("idempotencyKey".into(), crate::text::bounded(key, 255));
+                ErrorParts {
+                    metadata,
+                    ..plain(
+                        Code::FailedPrecondition,
+                        "IDEMPOTENCY_KEY_REUSED",
+                        "the idempotency key was used for a different request".into(),
+                    )
+                }
+            }
             AppError::RequestInFlight { retry_after } => ErrorParts {
                 retry_after: Some(*retry_after),
                 ..plain(
@@ -152,8 +170,9 @@ impl AppError {
                     "a call with this idempotency key is in progress".into(),
                 )
             },
-            AppError::CardBusy { retry_after } => ErrorParts {
+            AppError::CardBusy { card, retry_after } => ErrorParts {
                 retry_after: Some(*retry_after),
+                metadata: card_metadata(*card),
                 ..plain(
                     Code::Aborted,
                     "ENROLLMENT_IN_PROGRESS",
@@ -162,6 +181,7 @@ impl AppError {
             },
             AppError::CardAlreadyEnrolled(record) => ErrorParts {
                 enrollment: Some((**record).clone()),
+                metadata: card_metadata(record.card_contract_id),
                 ..plain(
                     Code::AlreadyExists,
                     "CARD_ALREADY_ENROLLED",
@@ -178,7 +198,7 @@ impl AppError {
             },
             AppError::CardNotEligible { reason, upstream } => {
                 let mut metadata = upstream_metadata(Some(Step::Enroll), upstream);
-                metadata.insert("decline_reason".into(), reason.clone());
+                metadata.insert("declineReason".into(), reason.clone());
                 ErrorParts {
                     metadata,
                     ..plain(
@@ -250,7 +270,12 @@ impl AppError {
                 code: *code,
                 reason: reason.clone(),
                 message: message.clone(),
-                metadata: metadata.clone(),
+                // The stored answer of an earlier call: said so, so that a client can tell.
+                metadata: {
+                    let mut m = metadata.clone();
+                    m.insert("replayed".into(), "true".into());
+                    m
+                },
                 retry_after: None,
                 violations: Vec::new(),
                 enrollment: enrollment.clone(),

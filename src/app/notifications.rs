@@ -16,9 +16,11 @@ pub enum IngestOutcome {
     Stale,
     /// Not a Click to Pay token.
     Ignored,
+    /// The id was seen before with other content: not applied.
+    IdReused,
     /// Not applied, and a resend would not help (the stored record was unreadable and was set
     /// aside: the card is rebuilt from Mastercard's token list on its next read).
-    Rejected(String),
+    RecordUnreadable(String),
     /// Not applied: the store failed; the gateway should resend.
     Failed(String),
 }
@@ -33,9 +35,10 @@ impl App {
             Ok(NotificationResult::Applied(_)) => IngestOutcome::Applied,
             Ok(NotificationResult::Duplicate) => IngestOutcome::Duplicate,
             Ok(NotificationResult::Stale) => IngestOutcome::Stale,
+            Ok(NotificationResult::Conflict) => IngestOutcome::IdReused,
             Err(StoreError::Corrupt(why)) => {
                 tracing::error!(error = %why, card = event.card_contract_id.get(), "notification not applied: the stored record was unreadable");
-                IngestOutcome::Rejected(format!(
+                IngestOutcome::RecordUnreadable(format!(
                     "not applied: the stored record was unreadable and was set aside ({why})"
                 ))
             }

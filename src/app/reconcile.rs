@@ -126,8 +126,11 @@ impl App {
             reason: UNCONFIRMED.into(),
             message: "Mastercard's token list shows no Click to Pay token for this card; retry the enrollment with the same idempotency key".into(),
             retryable: true,
+            metadata: std::collections::BTreeMap::from([(
+                "cardContractId".to_owned(),
+                card.get().to_string(),
+            )]),
         });
-        failed.updated_at_ms = now_ms();
         if self
             .store
             .put_enrollment_fenced(&failed, self.settings.enrollment_ttl, owner)

@@ -13,9 +13,9 @@ use tokio::time::Instant;
 /// Where an answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
-    /// The store.
+    /// The stored record as it is (Mastercard, when asked, had nothing to change).
     Store,
-    /// Rebuilt from Mastercard.
+    /// Built or corrected on this call from Mastercard's token list.
     Upstream,
 }
 
@@ -64,8 +64,9 @@ impl App {
             .filter(|at| (at - now).abs() <= DATE_SKEW_LIMIT_MS)
             .unwrap_or(now);
         let Some(token) = token else {
+            // No token to add: the stored record (whatever it says) is the answer.
             if let Some(record) = cached {
-                return Ok((record, Source::Upstream));
+                return Ok((record, Source::Store));
             }
             let record =
                 EnrollmentRecord::new(card, String::new(), EnrollmentState::NotEnrolled, now);
@@ -73,7 +74,13 @@ impl App {
                 .store
                 .put_enrollment(&record, PutMode::IfAbsent, self.settings.not_enrolled_ttl)
                 .await?;
-            return Ok((stored, Source::Upstream));
+            // Another writer may have been first: then its record is the answer.
+            let source = if stored.same_content(&record) {
+                Source::Upstream
+            } else {
+                Source::Store
+            };
+            return Ok((stored, source));
         };
         // An enrolled card's record is only corrected in its token, by the same atomic merge
         // as a notification: a full rewrite could undo a concurrent write of the enrollment.
@@ -87,7 +94,7 @@ impl App {
             let stored = record.token.as_ref();
             // Nothing to correct: no write, and no dedup marker per call.
             if stored.is_some_and(|t| t.token_unique_reference == tur && t.status == Some(status)) {
-                return Ok((record.clone(), Source::Upstream));
+                return Ok((record.clone(), Source::Store));
             }
             // One marker per observed transition (from the stored status version), not per
             // refresh: callers cannot grow the store by refreshing.
@@ -103,11 +110,12 @@ impl App {
                 wallet_name: token.wallet_name.clone().unwrap_or_default(),
                 kind: TokenEventKind::StatusChanged(status),
             };
-            let current = match self.store.apply_notification(&event).await? {
-                NotificationResult::Applied(r) => r,
-                NotificationResult::Duplicate | NotificationResult::Stale => record.clone(),
-            };
-            return Ok((current, Source::Upstream));
+            return Ok(match self.store.apply_notification(&event).await? {
+                NotificationResult::Applied(r) => (r, Source::Upstream),
+                NotificationResult::Duplicate
+                | NotificationResult::Conflict
+                | NotificationResult::Stale => (record.clone(), Source::Store),
+            });
         }
         let observed = Token {
             token_unique_reference: token.token_unique_reference.clone().unwrap_or_default(),
@@ -123,30 +131,39 @@ impl App {
         };
         let snapshot = cached.clone();
         let mut record = cached.unwrap_or_else(|| {
-            EnrollmentRecord::new(card, String::new(), EnrollmentState::Enrolled, now)
+            EnrollmentRecord::new(card, String::new(), EnrollmentState::NotEnrolled, now)
         });
-        // A Click to Pay token exists: the card is enrolled, whatever the store said.
-        record.state = EnrollmentState::Enrolled;
-        record.failure = None;
+        // A Click to Pay token exists: an enrollment this service started went through; a card
+        // it never enrolled was tokenized elsewhere.
+        record.state = match record.state {
+            EnrollmentState::InProgress | EnrollmentState::Failed | EnrollmentState::Enrolled => {
+                EnrollmentState::Enrolled
+            }
+            EnrollmentState::NotEnrolled | EnrollmentState::TokenizedElsewhere => {
+                EnrollmentState::TokenizedElsewhere
+            }
+        };
+        if record.state == EnrollmentState::Enrolled {
+            record.failure = None;
+        }
         record.token = Some(match record.token.take() {
             Some(known) => merge_tokens(known, &observed),
             None => observed,
         });
-        record.updated_at_ms = now;
-        let stored = self.write_observed(&record, snapshot, lock_owner).await?;
-        Ok((stored, Source::Upstream))
+        self.write_observed(&record, snapshot, lock_owner).await
     }
 
     /// Writes a record rebuilt from the token list over `snapshot` (what it was built from),
     /// under the card lock, so that it never overwrites what a running enrollment wrote: with
     /// the lock held by someone else, or the record changed since `snapshot`, nothing is written
-    /// and the rebuilt (or the changed) record is answered.
+    /// and the changed record (or, with the lock held elsewhere, the rebuilt one, unstored) is
+    /// answered.
     async fn write_observed(
         &self,
         record: &EnrollmentRecord,
         snapshot: Option<EnrollmentRecord>,
         lock_owner: Option<&str>,
-    ) -> Result<EnrollmentRecord, AppError> {
+    ) -> Result<(EnrollmentRecord, Source), AppError> {
         let card = record.card_contract_id;
         let ttl = self.settings.enrollment_ttl;
         let temporary = format!("{}/status/{}", self.instance, uuid::Uuid::new_v4());
@@ -158,7 +175,7 @@ impl App {
                     .lock_card(card, &temporary, self.settings.lease)
                     .await?
                 {
-                    return Ok(record.clone());
+                    return Ok((record.clone(), Source::Upstream));
                 }
                 &temporary
             }
@@ -166,13 +183,20 @@ impl App {
         let result = async {
             let fresh = self.store.get(card).await?;
             if fresh != snapshot {
-                return Ok(fresh.unwrap_or_else(|| record.clone()));
+                return Ok(match fresh {
+                    Some(fresh) => (fresh, Source::Store),
+                    None => (record.clone(), Source::Upstream),
+                });
             }
-            Ok(self
-                .store
-                .put_enrollment_fenced(record, ttl, owner)
-                .await?
-                .unwrap_or_else(|| record.clone()))
+            let before = snapshot.as_ref().map_or(0, |s| s.revision);
+            Ok(
+                match self.store.put_enrollment_fenced(record, ttl, owner).await? {
+                    // Written, or nothing to change (the revision tells).
+                    Some(stored) if stored.revision != before => (stored, Source::Upstream),
+                    Some(stored) => (stored, Source::Store),
+                    None => (record.clone(), Source::Upstream),
+                },
+            )
         }
         .await;
         if lock_owner.is_none() {

@@ -1,19 +1,25 @@
 //! `WatchEnrollment`: the current record, then every change, wherever it was written.
 
 use super::{App, AppError};
-use crate::domain::{CardContractId, EnrollmentRecord, EnrollmentState, now_ms};
+use crate::domain::{CardContractId, EnrollmentRecord};
 use crate::store::ChangeStream;
+use tokio::time::Instant;
 
 impl App {
-    /// Subscribes first, then reads the current record, so that no change in between is lost.
+    /// Subscribes first, then reads the current record, so that no change in between is lost. A
+    /// card without a record is looked up as `GetEnrollmentStatus` does (Mastercard's token
+    /// list; NOT_FOUND for a card Processing does not know), so that both RPCs agree and the
+    /// first message is a stored record with its real times and revision.
     pub async fn watch(
         &self,
         card: CardContractId,
+        deadline: Option<Instant>,
     ) -> Result<(EnrollmentRecord, ChangeStream), AppError> {
         let changes = self.store.watch(card).await?;
-        let current = self.store.get(card).await?.unwrap_or_else(|| {
-            EnrollmentRecord::new(card, String::new(), EnrollmentState::NotEnrolled, now_ms())
-        });
+        let current = match self.store.get(card).await? {
+            Some(record) => record,
+            None => self.status(card, false, deadline).await?.0,
+        };
         Ok((current, changes))
     }
 }

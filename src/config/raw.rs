@@ -110,6 +110,7 @@ pub(super) struct RawLimits {
     pub keepalive_interval: Option<Scalar>,
     pub keepalive_timeout: Option<Scalar>,
     pub default_deadline: Option<Scalar>,
+    pub watch_heartbeat_interval: Option<Scalar>,
     pub max_connections: Option<Scalar>,
     pub max_connection_age: Option<Scalar>,
     pub max_connection_age_grace: Option<Scalar>,

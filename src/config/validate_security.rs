@@ -8,6 +8,7 @@ use super::{
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 pub(super) mod defaults {
     pub const GRPC_LISTEN: &str = "127.0.0.1:50051";
@@ -20,6 +21,7 @@ pub(super) mod defaults {
     pub const KEEPALIVE_INTERVAL: &str = "30s";
     pub const KEEPALIVE_TIMEOUT: &str = "10s";
     pub const DEFAULT_DEADLINE: &str = "30s";
+    pub const WATCH_HEARTBEAT_INTERVAL: &str = "15s";
     pub const MAX_CONNECTIONS: usize = 1_024;
     pub const MAX_CONNECTION_AGE_GRACE: &str = "30s";
     pub const MESH_HEADER: &str = "x-c2p-caller";
@@ -147,6 +149,20 @@ pub(super) fn validate_grpc(c: &mut Checker, raw: &RawSettings, mode: Mode) -> G
             &l.default_deadline,
             defaults::DEFAULT_DEADLINE,
         ),
+        watch_heartbeat_interval: {
+            let d = c.duration(
+                "grpc.limits.watch_heartbeat_interval",
+                &l.watch_heartbeat_interval,
+                defaults::WATCH_HEARTBEAT_INTERVAL,
+            );
+            if d < Duration::from_secs(1) {
+                c.problem(
+                    "grpc.limits.watch_heartbeat_interval",
+                    "must be at least 1s",
+                );
+            }
+            d
+        },
         max_connections: c.number(
             "grpc.limits.max_connections",
             &l.max_connections,

@@ -69,6 +69,9 @@ pub enum EnrollmentState {
     Enrolled,
     /// Failed; the record's `failure` says why.
     Failed,
+    /// Not enrolled through this service, but Click to Pay has a token for the card (or a
+    /// tokenization was attempted): a notification or the token list named one.
+    TokenizedElsewhere,
 }
 
 /// A token's lifecycle status (MDES statuses).
@@ -183,8 +186,8 @@ pub struct Token {
 }
 
 impl Token {
-    /// The event time of the latest change, Unix milliseconds.
-    pub fn updated_at_ms(&self) -> Option<i64> {
+    /// The upstream event time of the latest write of a register, Unix milliseconds.
+    pub fn event_time_ms(&self) -> Option<i64> {
         [&self.status_version, &self.decision_version]
             .into_iter()
             .flatten()
@@ -193,15 +196,18 @@ impl Token {
     }
 }
 
-/// Why an enrollment failed.
+/// Why an enrollment failed: the error of the call that failed it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
-    /// Stable upper snake case reason, as in the gRPC `ErrorInfo`.
+    /// Stable upper snake case reason, as in the gRPC `ErrorInfo` (an `ErrorReason` name).
     pub reason: String,
     /// Human-readable explanation; never card data.
     pub message: String,
     /// Whether a new attempt may succeed.
     pub retryable: bool,
+    /// The `ErrorInfo` metadata (lowerCamelCase keys), e.g. `declineReason`.
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// One card's enrollment record.
@@ -225,10 +231,16 @@ pub struct EnrollmentRecord {
     pub token: Option<Token>,
     /// Why it failed, when `state` is `Failed`.
     pub failure: Option<Failure>,
-    /// First written, Unix milliseconds.
-    pub created_at_ms: i64,
-    /// Last changed, Unix milliseconds.
-    pub updated_at_ms: i64,
+    /// When the store first wrote the record, Unix milliseconds on the store's clock; set by
+    /// the store, never changed while the record exists.
+    pub create_time_ms: i64,
+    /// When the store last changed the record, Unix milliseconds on the store's clock; set by
+    /// the store.
+    pub update_time_ms: i64,
+    /// Grows with every change of the record (see [`next_revision`]); set by the store. 0 for a
+    /// record never stored.
+    #[serde(default)]
+    pub revision: i64,
 }
 
 impl EnrollmentRecord {
@@ -245,13 +257,14 @@ impl EnrollmentRecord {
                 .flatten()
                 .map(|v| v.at_ms)
         });
-        [self.created_at_ms, self.updated_at_ms]
+        [self.create_time_ms, self.update_time_ms, self.revision]
             .into_iter()
             .chain(token_times)
             .find(|ms| !is_storable_time(*ms))
     }
 
-    /// A new record in `state`, with nothing else known yet.
+    /// A new record in `state`, with nothing else known yet; the store sets its times and
+    /// revision when it writes it (`now_ms` stands for them until then).
     pub fn new(
         card_contract_id: CardContractId,
         program: String,
@@ -268,25 +281,54 @@ impl EnrollmentRecord {
             masked_card: None,
             token: None,
             failure: None,
-            created_at_ms: now_ms,
-            updated_at_ms: now_ms,
+            create_time_ms: now_ms,
+            update_time_ms: now_ms,
+            revision: 0,
         }
     }
 
     /// This record's enrollment fields (state, ids, masked card, failure) with `existing`'s token:
-    /// what the enrollment flow writes, keeping whatever notifications merged meanwhile.
+    /// what the enrollment flow writes, keeping whatever notifications merged meanwhile. The
+    /// times and revision are not set here (see [`EnrollmentRecord::stamped`]).
     pub fn with_token_of(mut self, existing: Option<&EnrollmentRecord>) -> Self {
-        if let Some(existing) = existing {
-            self.created_at_ms = existing.created_at_ms.min(self.created_at_ms);
-            if let Some(token) = &existing.token {
-                self.token = Some(match self.token.take() {
-                    Some(mine) => merge_tokens(token.clone(), &mine),
-                    None => token.clone(),
-                });
-            }
+        if let Some(token) = existing.and_then(|e| e.token.as_ref()) {
+            self.token = Some(match self.token.take() {
+                Some(mine) => merge_tokens(token.clone(), &mine),
+                None => token.clone(),
+            });
         }
         self
     }
+
+    /// Whether `other` says the same as this record, times and revision aside: a write that
+    /// would change nothing else is not made (and no revision is spent on it).
+    pub fn same_content(&self, other: &EnrollmentRecord) -> bool {
+        let bare = |r: &EnrollmentRecord| EnrollmentRecord {
+            create_time_ms: 0,
+            update_time_ms: 0,
+            revision: 0,
+            ..r.clone()
+        };
+        bare(self) == bare(other)
+    }
+
+    /// This record as the store writes it over `existing` at `now_ms` (the store's clock): the
+    /// creation time kept (or `now_ms` for a new record), the update time `now_ms`, the next
+    /// revision. The Lua twin is `stamp` in `store/scripts.rs`.
+    pub fn stamped(mut self, existing: Option<&EnrollmentRecord>, now_ms: i64) -> Self {
+        self.create_time_ms = existing.map_or(now_ms, |e| e.create_time_ms);
+        self.update_time_ms = now_ms;
+        self.revision = next_revision(existing.map(|e| e.revision), now_ms);
+        self
+    }
+}
+
+/// The revision of a card's record after a change at `now_ms` (the store's clock, Unix
+/// milliseconds): one more than `previous`, and at least `now_ms`, so that revisions keep
+/// growing when a record expired and is written anew (its previous revision then is gone).
+/// Below [`STORE_INTEGER_LIMIT`] until the year 5138.
+pub fn next_revision(previous: Option<i64>, now_ms: i64) -> i64 {
+    previous.map_or(0, |p| p.saturating_add(1)).max(now_ms)
 }
 
 /// One write of a register: which token it was about, its value, its version.
@@ -518,7 +560,7 @@ mod tests {
         assert_eq!(ab.status, Some(TokenStatus::Suspended));
         assert_eq!(ab.decision, Some(TokenizationDecision::Approved));
         assert_eq!(merge_tokens(ab.clone(), &ab), ab);
-        assert_eq!(ab.updated_at_ms(), Some(20));
+        assert_eq!(ab.event_time_ms(), Some(20));
     }
 
     /// Single writes over a small domain full of ties: two times, references that sort
@@ -677,7 +719,7 @@ mod tests {
             (None, Some(TokenizationDecision::Approved))
         );
         assert_eq!(between.superseded.as_deref(), Some(&a10));
-        assert_eq!(between.updated_at_ms(), Some(20));
+        assert_eq!(between.event_time_ms(), Some(20));
         let json = serde_json::to_string(&between).unwrap();
         assert_eq!(serde_json::from_str::<Token>(&json).unwrap(), between);
         assert!(!serde_json::to_string(&a10).unwrap().contains("superseded"));

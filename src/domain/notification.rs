@@ -50,6 +50,30 @@ impl TokenEvent {
             && self.wallet_name == CLICK_TO_PAY_WALLET_NAME
     }
 
+    /// SHA-256 (hex) of what the service takes from the notification, in a versioned canonical
+    /// form: the dedup marker keeps it, so that an id seen again with other content is told
+    /// apart from a resend. Holds no card data (card id, times, token ids and the event only).
+    pub fn content_hash(&self) -> String {
+        let kind = match self.kind {
+            TokenEventKind::Authorization(d) => format!("tar:{d:?}"),
+            TokenEventKind::Complete => "tcn".to_owned(),
+            TokenEventKind::StatusChanged(s) => format!("status:{s:?}"),
+        };
+        // Length-prefixed fields: no value can forge a separator.
+        let mut canonical = String::from("c2p-notification-v1");
+        for field in [
+            self.card_contract_id.get().to_string(),
+            self.event_at_ms.to_string(),
+            kind,
+            self.token_unique_reference.clone(),
+            self.token_requestor_id.clone(),
+            self.wallet_name.clone(),
+        ] {
+            canonical.push_str(&format!("|{}:{field}", field.len()));
+        }
+        hex::encode(openssl::sha::sha256(canonical.as_bytes()))
+    }
+
     /// The token as this event alone describes it.
     pub fn as_token(&self) -> Token {
         let version = Some(Version {
@@ -78,25 +102,25 @@ impl TokenEvent {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Merge {
-    /// The token changed; the record is now this.
+    /// The token changed; the record is now this (its times and revision not set yet: the
+    /// store stamps it, see `EnrollmentRecord::stamped`).
     Applied(EnrollmentRecord),
-    /// Older than what the record holds for the token: the token did not change. The record's
-    /// times may have (an earlier `created_at_ms`): then this is the record to write.
-    Stale(Option<EnrollmentRecord>),
+    /// Older than what the record holds for the token: nothing changed, nothing is written.
+    Stale,
 }
 
-/// Merges `event` into `existing` (a record is created, IN_PROGRESS, when the notification
-/// arrives before the enrollment flow wrote one): the token by [`merge_tokens`], the record's
-/// times as the earliest (`created_at_ms`) and latest (`updated_at_ms`) event time seen, stale
-/// notifications included. A join: any order of arrival gives the same record. The store's
-/// answer is STALE when the token did not change, even if the times did.
+/// Merges `event` into `existing`: the token by [`merge_tokens`] (a join: any order of arrival
+/// gives the same token). A notification for a card with no record, or one recorded
+/// NOT_ENROLLED, shows a Click to Pay token this service did not enroll: the record is then
+/// TOKENIZED_ELSEWHERE. Other states are the enrollment flow's and stay. The Lua twin is
+/// `apply_notification` in `store/scripts.rs`.
 pub fn merge(existing: Option<&EnrollmentRecord>, event: &TokenEvent) -> Merge {
     let incoming = event.as_token();
     let Some(existing) = existing else {
         let mut r = EnrollmentRecord::new(
             event.card_contract_id,
             String::new(),
-            EnrollmentState::InProgress,
+            EnrollmentState::TokenizedElsewhere,
             event.event_at_ms,
         );
         r.token = Some(incoming);
@@ -107,15 +131,11 @@ pub fn merge(existing: Option<&EnrollmentRecord>, event: &TokenEvent) -> Merge {
         None => incoming,
         Some(current) => super::enrollment::merge_tokens(current, &incoming),
     });
-    let token_changed = record.token != existing.token;
-    // Derived from event times only, so that the order of arrival does not show.
-    record.updated_at_ms = record.updated_at_ms.max(event.event_at_ms);
-    record.created_at_ms = record.created_at_ms.min(event.event_at_ms);
-    if token_changed {
-        Merge::Applied(record)
-    } else if &record == existing {
-        Merge::Stale(None)
-    } else {
-        Merge::Stale(Some(record))
+    if record.token == existing.token {
+        return Merge::Stale;
     }
+    if record.state == EnrollmentState::NotEnrolled {
+        record.state = EnrollmentState::TokenizedElsewhere;
+    }
+    Merge::Applied(record)
 }

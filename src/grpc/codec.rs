@@ -48,7 +48,7 @@ impl<U: prost::Message + Default> Decoder for StrictDecoder<U> {
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         self.0
             .decode(buf)
-            .map_err(|_| Status::invalid_argument(MALFORMED))
+            .map_err(|_| super::status::malformed(MALFORMED))
     }
 
     fn buffer_settings(&self) -> BufferSettings {

@@ -144,7 +144,12 @@ pub fn enroll_command(
             caller,
             idempotency_key: req.idempotency_key,
             card_contract_id,
-            program: req.program,
+            // One name for the default program, in the record and in the fingerprint.
+            program: if req.program == crate::config::DEFAULT_PROGRAM {
+                String::new()
+            } else {
+                req.program
+            },
             consumer,
             cardholder_full_name: non_empty(&req.cardholder_full_name),
             billing_address,
@@ -257,40 +262,81 @@ pub struct EventTimeBounds {
     pub max_age: std::time::Duration,
 }
 
+/// Why an event time is out of bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeBound {
+    /// Further ahead than `max_future`.
+    Future,
+    /// Further back than `max_age`.
+    Past,
+}
+
 impl EventTimeBounds {
-    fn check(&self, event_at_ms: i64, now_ms: i64) -> Result<(), String> {
+    fn check(&self, event_at_ms: i64, now_ms: i64) -> Result<(), (TimeBound, String)> {
         let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         if event_at_ms > now_ms.saturating_add(ms(self.max_future)) {
-            return Err(format!(
-                "event_time is more than {} in the future",
-                humantime::format_duration(self.max_future)
+            return Err((
+                TimeBound::Future,
+                format!(
+                    "more than {} in the future",
+                    humantime::format_duration(self.max_future)
+                ),
             ));
         }
         if event_at_ms < now_ms.saturating_sub(ms(self.max_age)) {
-            return Err(format!(
-                "event_time is more than {} in the past",
-                humantime::format_duration(self.max_age)
+            return Err((
+                TimeBound::Past,
+                format!(
+                    "more than {} in the past",
+                    humantime::format_duration(self.max_age)
+                ),
             ));
         }
         Ok(())
     }
 }
 
-/// A notification, validated; `Err` is the REJECTED message.
+/// Why a notification is REJECTED before it reaches the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The reason code.
+    pub reason: pb::NotificationRejectReason,
+    /// Each invalid field (none for UNSUPPORTED_EVENT).
+    pub violations: Vec<FieldViolation>,
+}
+
+impl Rejection {
+    /// The human-readable message: the violations, joined.
+    pub fn message(&self) -> String {
+        if self.violations.is_empty() {
+            return "no event this server knows is set (a newer gateway?): not applied, not remembered; resend it once the service is upgraded".into();
+        }
+        self.violations
+            .iter()
+            .map(|v| format!("{}: {}", v.field, v.description))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// A notification, validated; `Err` says why it is REJECTED. Every invalid field is named;
+/// the reason is INVALID_FIELD unless the event time's bound is the only problem.
 pub fn token_event(
     n: &pb::NotificationIngestRequest,
     bounds: EventTimeBounds,
-) -> Result<TokenEvent, String> {
-    let mut problems = Vec::new();
+) -> Result<TokenEvent, Rejection> {
+    use pb::NotificationRejectReason as Reason;
+    let mut v = Violations::default();
     if n.notification_id.trim().is_empty()
         || n.notification_id.chars().count() > MAX_TEXT
         || crate::text::has_control(&n.notification_id)
     {
-        problems.push(
-            "notification_id is required (1 to 255 characters without control characters)"
-                .to_owned(),
+        v.add(
+            "notification_id",
+            "required, 1 to 255 characters without control characters",
         );
     }
+    let mut bound = None;
     let event_at_ms = match &n.event_time {
         Some(t)
             if t.seconds > 0
@@ -300,27 +346,29 @@ pub fn token_event(
             t.seconds * 1000 + i64::from(t.nanos / 1_000_000)
         }
         Some(_) => {
-            problems.push(
-                "event_time must be a valid timestamp after 1970 and before 5138-11-16T09:46:40Z"
-                    .to_owned(),
+            v.add(
+                "event_time",
+                "must be a valid timestamp after 1970 and before 5138-11-16T09:46:40Z",
             );
             0
         }
         None => {
-            problems.push("event_time is required".to_owned());
+            v.add("event_time", "required");
             0
         }
     };
     if event_at_ms > 0
-        && let Err(why) = bounds.check(event_at_ms, crate::domain::now_ms())
+        && let Err((which, why)) = bounds.check(event_at_ms, crate::domain::now_ms())
     {
-        problems.push(why);
+        bound = Some((which, why));
     }
     use pb::notification_ingest_request::Event;
-    let (card, tur, trid, wallet, kind) = match &n.event {
+    let (prefix, card, tur, trid, wallet, kind) = match &n.event {
         None => {
-            problems.push("event is required".to_owned());
-            return Err(problems.join("; "));
+            return Err(Rejection {
+                reason: Reason::UnsupportedEvent,
+                violations: Vec::new(),
+            });
         }
         Some(Event::TokenizationAuthorization(e)) => {
             let kind = match e.decision() {
@@ -332,9 +380,10 @@ pub fn token_event(
                 pb::TokenizationDecision::Unspecified => None,
             };
             if kind.is_none() {
-                problems.push("tokenization_authorization.decision is required".to_owned());
+                v.add("tokenization_authorization.decision", "required");
             }
             (
+                "tokenization_authorization",
                 e.card_contract_id,
                 &e.token_unique_reference,
                 &e.token_requestor_id,
@@ -343,6 +392,7 @@ pub fn token_event(
             )
         }
         Some(Event::TokenizationComplete(e)) => (
+            "tokenization_complete",
             e.card_contract_id,
             &e.token_unique_reference,
             &e.token_requestor_id,
@@ -359,15 +409,16 @@ pub fn token_event(
                 pb::TokenStatus::Unspecified => None,
             };
             if status.is_none() {
-                problems.push("token_status_changed.status is required".to_owned());
+                v.add("token_status_changed.status", "required");
             }
             if e.reason.chars().count() > MAX_TEXT || crate::text::has_control(&e.reason) {
-                problems.push(
-                    "token_status_changed.reason must be at most 255 characters without control characters"
-                        .to_owned(),
+                v.add(
+                    "token_status_changed.reason",
+                    "at most 255 characters without control characters",
                 );
             }
             (
+                "token_status_changed",
                 e.card_contract_id,
                 &e.token_unique_reference,
                 &e.token_requestor_id,
@@ -378,33 +429,53 @@ pub fn token_event(
     };
     let card = CardContractId::new(card);
     if card.is_none() {
-        problems.push("card_contract_id must be from 1 to 99999999999999".to_owned());
+        v.add(
+            &format!("{prefix}.card_contract_id"),
+            "required, from 1 to 99999999999999",
+        );
     }
     let reference_ok = |s: &str| {
         s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
     };
     if tur.trim().is_empty() || tur.len() > MAX_TOKEN_REFERENCE || !reference_ok(tur) {
-        problems.push(
-            "token_unique_reference is required (at most 64 letters, digits, '_' or '-')"
-                .to_owned(),
+        v.add(
+            &format!("{prefix}.token_unique_reference"),
+            "required, at most 64 letters, digits, '_' or '-'",
         );
     }
     if trid.is_empty()
         || trid.len() > MAX_TOKEN_REQUESTOR_ID
         || !trid.chars().all(|c| c.is_ascii_digit())
     {
-        problems.push("token_requestor_id is required (at most 11 digits)".to_owned());
+        v.add(
+            &format!("{prefix}.token_requestor_id"),
+            "required, at most 11 digits",
+        );
     }
     if wallet.trim().is_empty()
         || wallet.chars().count() > MAX_WALLET_NAME
         || crate::text::has_control(wallet)
     {
-        problems.push(
-            "wallet_name is required (at most 64 characters without control characters)".to_owned(),
+        v.add(
+            &format!("{prefix}.wallet_name"),
+            "required, at most 64 characters without control characters",
         );
     }
-    match (problems.is_empty(), card, kind) {
+    let only_bound = v.0.is_empty();
+    if let Some((which, why)) = bound {
+        v.add("event_time", why);
+        if only_bound {
+            return Err(Rejection {
+                reason: match which {
+                    TimeBound::Future => Reason::EventTimeInFuture,
+                    TimeBound::Past => Reason::EventTimeTooOld,
+                },
+                violations: v.0,
+            });
+        }
+    }
+    match (v.0.is_empty(), card, kind) {
         (true, Some(card_contract_id), Some(kind)) => Ok(TokenEvent {
             notification_id: n.notification_id.clone(),
             event_at_ms,
@@ -414,11 +485,15 @@ pub fn token_event(
             wallet_name: wallet.clone(),
             kind,
         }),
-        _ => Err(problems.join("; ")),
+        _ => Err(Rejection {
+            reason: Reason::InvalidField,
+            violations: v.0,
+        }),
     }
 }
 
-fn timestamp(ms: i64) -> prost_types::Timestamp {
+/// A protobuf timestamp of Unix milliseconds.
+pub fn timestamp(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: ms.div_euclid(1000),
         nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
@@ -432,6 +507,7 @@ pub fn enrollment(r: &EnrollmentRecord, source: Source) -> pb::Enrollment {
         EnrollmentState::InProgress => pb::EnrollmentState::InProgress,
         EnrollmentState::Enrolled => pb::EnrollmentState::Enrolled,
         EnrollmentState::Failed => pb::EnrollmentState::Failed,
+        EnrollmentState::TokenizedElsewhere => pb::EnrollmentState::TokenizedElsewhere,
     };
     pb::Enrollment {
         card_contract_id: r.card_contract_id.get(),
@@ -467,15 +543,18 @@ pub fn enrollment(r: &EnrollmentRecord, source: Source) -> pb::Enrollment {
                     }
                 }) as i32,
             token_requestor_id: t.token_requestor_id.clone(),
-            updated_at: t.updated_at_ms().map(timestamp),
+            event_time: t.event_time_ms().map(timestamp),
         }),
         failure: r.failure.as_ref().map(|f| pb::Failure {
-            reason: f.reason.clone(),
+            reason: pb::ErrorReason::from_str_name(&f.reason)
+                .unwrap_or(pb::ErrorReason::Unspecified) as i32,
             message: f.message.clone(),
             retryable: f.retryable,
+            metadata: f.metadata.clone().into_iter().collect(),
         }),
-        created_at: Some(timestamp(r.created_at_ms)),
-        updated_at: Some(timestamp(r.updated_at_ms)),
+        create_time: Some(timestamp(r.create_time_ms)),
+        update_time: Some(timestamp(r.update_time_ms)),
+        revision: r.revision,
         source: match source {
             Source::Store => pb::EnrollmentSource::Store,
             Source::Upstream => pb::EnrollmentSource::Upstream,
@@ -492,6 +571,7 @@ mod tests {
         pb::NotificationIngestRequest {
             notification_id: "n-1".into(),
             event_time: Some(prost_types::Timestamp { seconds, nanos }),
+            sequence: 7,
             event: Some(Event::TokenizationComplete(pb::TokenizationComplete {
                 card_contract_id: 70001,
                 token_unique_reference: "DM4MMC0000000001".into(),
@@ -522,7 +602,12 @@ mod tests {
             (1_800_000_000, 1_000_000_000),
         ] {
             let err = token_event(&tcn_at(seconds, nanos), ANY_TIME).unwrap_err();
-            assert!(err.contains("5138-11-16T09:46:40Z"), "{seconds}: {err}");
+            assert_eq!(err.reason, pb::NotificationRejectReason::InvalidField);
+            assert_eq!(err.violations[0].field, "event_time");
+            assert!(
+                err.message().contains("5138-11-16T09:46:40Z"),
+                "{seconds}: {err:?}"
+            );
         }
     }
 }
@@ -541,18 +626,8 @@ mod bounds_tests {
         let now = 1_800_000_000_000;
         assert!(bounds.check(now, now).is_ok());
         assert!(bounds.check(now + 299_000, now).is_ok());
-        assert!(
-            bounds
-                .check(now + 301_000, now)
-                .unwrap_err()
-                .contains("future")
-        );
-        assert!(
-            bounds
-                .check(now - 31 * 86_400_000, now)
-                .unwrap_err()
-                .contains("past")
-        );
+        assert!(bounds.check(now + 301_000, now).unwrap_err().0 == TimeBound::Future);
+        assert!(bounds.check(now - 31 * 86_400_000, now).unwrap_err().0 == TimeBound::Past);
         assert!(bounds.check(i64::MAX, now).is_err());
     }
 }

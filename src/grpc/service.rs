@@ -32,18 +32,21 @@ pub struct EnrollmentApi {
     streams: StreamLimits,
     default_deadline: std::time::Duration,
     event_time_bounds: convert::EventTimeBounds,
+    watch_heartbeat: std::time::Duration,
 }
 
 impl EnrollmentApi {
     /// The service over the app; `drain` is cancelled when the server starts draining, which ends
     /// the long-lived streams; `streams` caps them; `default_deadline` bounds unary calls that
-    /// bring no deadline.
+    /// bring no deadline; `watch_heartbeat` is the quiet interval after which a watch gets a
+    /// heartbeat.
     pub fn new(
         app: Arc<App>,
         drain: CancellationToken,
         streams: StreamLimits,
         default_deadline: std::time::Duration,
         event_time_bounds: convert::EventTimeBounds,
+        watch_heartbeat: std::time::Duration,
     ) -> Self {
         Self {
             app,
@@ -51,6 +54,7 @@ impl EnrollmentApi {
             streams,
             default_deadline,
             event_time_bounds,
+            watch_heartbeat,
         }
     }
 }
@@ -103,12 +107,10 @@ impl EnrollmentService for EnrollmentApi {
         caller(&request, Rpc::NotificationIngest)?;
         let permit = self.streams.ingest()?;
         let open = metrics::OpenStream::open("NotificationIngest");
-        let input = request
-            .into_inner()
-            .take_until(self.drain.clone().cancelled_owned());
         let output = super::ingest::answers(
             self.app.clone(),
-            input,
+            request.into_inner(),
+            self.drain.clone(),
             self.event_time_bounds,
             tracing::Span::current(),
         )
@@ -143,35 +145,45 @@ impl EnrollmentApi {
         &self,
         request: Request<WatchEnrollmentRequest>,
     ) -> Result<Response<ResponseStream<WatchEnrollmentResponse>>, Status> {
+        let deadline = deadline::of(&request, self.default_deadline);
         let caller = caller(&request, Rpc::WatchEnrollment)?;
-        let card = convert::card_id(request.get_ref().card_contract_id)
-            .map_err(|v| status::to_status(&AppError::InvalidArgument(v)))?;
+        let req = request.get_ref();
+        let card = convert::card_id(req.card_contract_id);
+        let start_after = req.start_after_revision;
+        let card = match (card, start_after >= 0) {
+            (Ok(card), true) => card,
+            (card, start_ok) => {
+                let mut violations = card.err().unwrap_or_default();
+                if !start_ok {
+                    violations.push(crate::app::FieldViolation {
+                        field: "start_after_revision".into(),
+                        description: "must be 0 or a revision received before".into(),
+                    });
+                }
+                return Err(status::to_status(&AppError::InvalidArgument(violations)));
+            }
+        };
         tracing::Span::current().record("card", card.get());
         let permit = self.streams.watch()?;
         let (current, changes) = self
             .app
-            .watch(card)
+            .watch(card, deadline)
             .await
             .map_err(|e| status::to_status(&e))?;
         caller.may_see(&current.program, Rpc::WatchEnrollment)?;
         let open = metrics::OpenStream::open("WatchEnrollment");
-        let mut last = current.clone();
-        let changes = changes
-            .take_until(self.drain.clone().cancelled_owned())
-            .filter_map(move |record| {
-                // Writes that changed nothing visible are not repeated to the watcher.
-                let fresh = record != last;
-                last = record.clone();
-                async move { fresh.then_some(record) }
-            });
-        let stream = futures::stream::once(async move { current })
-            .chain(changes)
-            .map(move |record| {
-                let _ = (&open, &permit);
-                Ok(WatchEnrollmentResponse {
-                    enrollment: Some(convert::enrollment(&record, Source::Store)),
-                })
-            });
+        let stream = super::watch::messages(super::watch::Watch {
+            current,
+            changes,
+            start_after,
+            heartbeat: self.watch_heartbeat,
+            drain: self.drain.clone(),
+        })
+        // The gauge and the permit count the stream until it is dropped.
+        .map(move |item| {
+            let _ = (&open, &permit);
+            item
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -189,6 +201,7 @@ impl EnrollmentApi {
             return Err(Denied::ProgramNotAllowed.status(Rpc::EnrollCard));
         }
         let app = self.app.clone();
+        let validate_only = request.get_ref().validate_only;
         let command =
             convert::enroll_command(request.into_inner(), caller.identity.to_string(), |p| {
                 app.has_program(p)
@@ -197,19 +210,28 @@ impl EnrollmentApi {
         let span = tracing::Span::current();
         span.record("card", command.card_contract_id.get());
         span.record("program", command.program.as_str());
+        if validate_only {
+            // AIP-163: checked (fields, program, the caller's rights), nothing done.
+            span.record("outcome", "validated");
+            return Ok(Response::new(EnrollCardResponse {
+                enrollment: None,
+                replayed: false,
+            }));
+        }
         // Run to the end even if the caller goes away: the call then records its outcome (or
         // releases its lease and card lock) instead of leaving them to expire.
         let app = self.app.clone();
         let call =
             tokio::spawn(async move { app.enroll(command, deadline).await }.instrument(span));
-        let record = call
+        let enrolled = call
             .await
             .map_err(|e| {
                 status::to_status(&AppError::Internal(format!("enrollment task failed: {e}")))
             })?
             .map_err(|e| status::from_parts(caller.redact(e.parts())))?;
         Ok(Response::new(EnrollCardResponse {
-            enrollment: Some(convert::enrollment(&record, Source::Store)),
+            enrollment: Some(convert::enrollment(&enrolled.record, Source::Store)),
+            replayed: enrolled.replayed,
         }))
     }
 

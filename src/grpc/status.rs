@@ -1,21 +1,52 @@
 //! The one place where an application error becomes a `tonic::Status`: `google.rpc.Status`
-//! details with `ErrorInfo` (domain `c2p-enroll`, stable reason, metadata), `RetryInfo` when a
-//! retry may succeed, `BadRequest` with every invalid field, and the current `Enrollment` for
-//! `CARD_ALREADY_ENROLLED`.
+//! details with `ErrorInfo` (domain [`ERROR_DOMAIN`], a reason from the proto's `ErrorReason`,
+//! lowerCamelCase metadata), `RetryInfo` when a retry may succeed, `BadRequest` with every
+//! invalid field, and the current `Enrollment` for `CARD_ALREADY_ENROLLED`.
 
 use super::convert;
 use crate::app::{AppError, ErrorParts, Source};
 use prost::Message as _;
 use tonic_types::pb;
 
-/// The `ErrorInfo.domain` of every error.
-pub const ERROR_DOMAIN: &str = "c2p-enroll";
+/// The `ErrorInfo.domain` of every error: the service's name, as AIP-193 asks.
+pub const ERROR_DOMAIN: &str = "enrollment.c2p";
+
+/// How long a caller should wait before retrying on another connection when this replica
+/// drains.
+const DRAIN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// UNAVAILABLE `SERVER_DRAINING` with `RetryInfo`: how a call or stream ends when this replica
+/// drains (never OK: a watcher resumes, a gateway resends what got no answer).
+pub fn draining() -> tonic::Status {
+    from_parts(ErrorParts {
+        code: tonic::Code::Unavailable as i32,
+        reason: "SERVER_DRAINING".into(),
+        message: "this server is shutting down; retry on a new connection (another replica)".into(),
+        metadata: Default::default(),
+        retry_after: Some(DRAIN_RETRY),
+        violations: Vec::new(),
+        enrollment: None,
+    })
+}
 
 fn any<M: prost::Message>(type_name: &str, message: &M) -> prost_types::Any {
     prost_types::Any {
         type_url: format!("type.googleapis.com/{type_name}"),
         value: message.encode_to_vec(),
     }
+}
+
+/// INVALID_ARGUMENT `MALFORMED_REQUEST`: a message that is not protobuf of its type.
+pub fn malformed(message: &str) -> tonic::Status {
+    from_parts(ErrorParts {
+        code: tonic::Code::InvalidArgument as i32,
+        reason: "MALFORMED_REQUEST".into(),
+        message: message.into(),
+        metadata: Default::default(),
+        retry_after: None,
+        violations: Vec::new(),
+        enrollment: None,
+    })
 }
 
 /// The status of an error.

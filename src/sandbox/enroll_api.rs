@@ -303,6 +303,7 @@ fn tokenize(
         kind: "TAR",
         request: NotificationIngestRequest {
             notification_id: uuid::Uuid::new_v4().to_string(),
+            sequence: 0,
             event_time: Some(timestamp(now)),
             event: Some(Event::TokenizationAuthorization(
                 TokenizationAuthorization {
@@ -348,6 +349,7 @@ fn tokenize(
         kind: "TCN",
         request: NotificationIngestRequest {
             notification_id: uuid::Uuid::new_v4().to_string(),
+            sequence: 0,
             event_time: Some(timestamp(now + Duration::from_millis(1))),
             event: Some(Event::TokenizationComplete(TokenizationComplete {
                 card_contract_id: card.card_contract_id,

@@ -18,7 +18,8 @@ const SWEEP_EVERY: u64 = 1024;
 struct Maps {
     writes: u64,
     records: HashMap<CardContractId, (EnrollmentRecord, Instant)>,
-    dedup: HashMap<(CardContractId, String), Instant>,
+    /// (card, notification id) → (content hash, expiry).
+    dedup: HashMap<(CardContractId, String), (String, Instant)>,
     idempotency: HashMap<String, (IdempotencyRecord, Instant)>,
     locks: HashMap<CardContractId, (String, Instant)>,
     in_progress: HashMap<CardContractId, i64>,
@@ -61,7 +62,7 @@ impl MemoryStore {
         }
         let now = Instant::now();
         maps.records.retain(|_, (_, expires)| *expires > now);
-        maps.dedup.retain(|_, expires| *expires > now);
+        maps.dedup.retain(|_, (_, expires)| *expires > now);
         maps.idempotency.retain(|_, (_, expires)| *expires > now);
         maps.locks.retain(|_, (_, expires)| *expires > now);
     }
@@ -111,6 +112,15 @@ impl MemoryStore {
                 return Ok(Some(existing.clone()));
             }
             let stored = record.clone().with_token_of(existing.as_ref());
+            if let Some(existing) = existing.as_ref().filter(|e| e.same_content(&stored)) {
+                // Nothing but times would change: no write, the TTL renewed.
+                maps.records.insert(
+                    record.card_contract_id,
+                    (existing.clone(), Instant::now() + ttl),
+                );
+                return Ok(Some(existing.clone()));
+            }
+            let stored = stored.stamped(existing.as_ref(), crate::domain::now_ms());
             maps.records.insert(
                 record.card_contract_id,
                 (stored.clone(), Instant::now() + ttl),
@@ -157,30 +167,32 @@ impl EnrollmentStore for MemoryStore {
             Self::sweep(&mut maps);
             let now = Instant::now();
             let dedup_key = (event.card_contract_id, event.notification_id.clone());
-            if maps
+            let hash = event.content_hash();
+            if let Some((seen, _)) = maps
                 .dedup
                 .get(&dedup_key)
-                .is_some_and(|expires| *expires > now)
+                .filter(|(_, expires)| *expires > now)
             {
-                return Ok(NotificationResult::Duplicate);
+                return Ok(if *seen == hash {
+                    NotificationResult::Duplicate
+                } else {
+                    NotificationResult::Conflict
+                });
             }
             let existing = Self::live_record(&mut maps, event.card_contract_id);
             maps.dedup
-                .insert(dedup_key, now + self.retention.notification_dedup);
-            let (record, result) = match merge(existing.as_ref(), event) {
-                Merge::Stale(None) => return Ok(NotificationResult::Stale),
-                // Only the record's times moved: written, answered STALE.
-                Merge::Stale(Some(record)) => (record, NotificationResult::Stale),
+                .insert(dedup_key, (hash, now + self.retention.notification_dedup));
+            let record = match merge(existing.as_ref(), event) {
+                Merge::Stale => return Ok(NotificationResult::Stale),
                 Merge::Applied(record) => {
-                    let applied = NotificationResult::Applied(record.clone());
-                    (record, applied)
+                    record.stamped(existing.as_ref(), crate::domain::now_ms())
                 }
             };
             maps.records.insert(
                 record.card_contract_id,
                 (record.clone(), now + self.retention.enrollment),
             );
-            (record, result)
+            (record.clone(), NotificationResult::Applied(record))
         };
         self.publish(&applied.0);
         Ok(applied.1)

@@ -373,7 +373,8 @@ impl EnrollmentStore for RedisStore {
             .arg(card.get())
             .arg(millis(self.retention.enrollment))
             .arg(millis(self.retention.notification_dedup))
-            .arg(self.keys.changes(card));
+            .arg(self.keys.changes(card))
+            .arg(event.content_hash());
         let reply: Vec<String> = match invocation.invoke_async(&mut conn).await {
             Ok(reply) => reply,
             // The script could not read the stored record: set it aside and apply once more
@@ -392,6 +393,7 @@ impl EnrollmentStore for RedisStore {
         match reply.as_slice() {
             [kind] if kind == "duplicate" => Ok(NotificationResult::Duplicate),
             [kind] if kind == "stale" => Ok(NotificationResult::Stale),
+            [kind] if kind == "conflict" => Ok(NotificationResult::Conflict),
             [kind, json] if kind == "applied" => Ok(NotificationResult::Applied(
                 serde_json::from_str(json).map_err(corrupt)?,
             )),

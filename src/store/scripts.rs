@@ -138,47 +138,84 @@ local function merge_tokens(base, other)
 end
 "#;
 
+/// The Lua twin of `EnrollmentRecord::stamped` and `same_content`: the store's clock sets the
+/// record's times and revision; a write that changes nothing else is not made.
+const STAMP: &str = r#"
+local function stamp(record, existing, now)
+  local previous = -1
+  if existing then
+    record.create_time_ms = existing.create_time_ms
+    previous = 0
+    if present(existing.revision) then previous = existing.revision end
+  else
+    record.create_time_ms = now
+  end
+  record.update_time_ms = now
+  local revision = previous + 1
+  if now > revision then revision = now end
+  record.revision = revision
+end
+local function same(a, b)
+  if type(a) ~= 'table' or type(b) ~= 'table' then return a == b end
+  for k, v in pairs(a) do if not same(v, b[k]) then return false end end
+  for k, _ in pairs(b) do if a[k] == nil then return false end end
+  return true
+end
+local STAMPED = {create_time_ms = true, update_time_ms = true, revision = true}
+local function same_content(a, b)
+  for k, v in pairs(a) do
+    if not STAMPED[k] and not same(v, b[k]) then return false end
+  end
+  for k, _ in pairs(b) do
+    if not STAMPED[k] and a[k] == nil then return false end
+  end
+  return true
+end
+"#;
+
 /// KEYS: record, dedup marker. ARGV: the event's token JSON, event time (ms), card id, record
-/// TTL (ms), dedup TTL (ms), change channel. Returns {'duplicate'} | {'stale'} | {'applied', json}.
+/// TTL (ms), dedup TTL (ms), change channel, the event's content hash. The marker keeps the
+/// hash: the same id with other content is a `conflict`, not a duplicate. A notification for a
+/// card with no record, or a NOT_ENROLLED one, makes it TOKENIZED_ELSEWHERE (as
+/// `domain::merge`). Returns {'duplicate'} | {'conflict'} | {'stale'} | {'applied', json}.
 pub fn apply_notification() -> String {
     format!(
-        "{ENCODE}{TOKEN_MERGE}{}",
+        "{ENCODE}{REDIS_NOW}{TOKEN_MERGE}{STAMP}{}",
         r#"
-if redis.call('EXISTS', KEYS[2]) == 1 then return {'duplicate'} end
+local seen = redis.call('GET', KEYS[2])
+if seen then
+  if seen == ARGV[7] then return {'duplicate'} end
+  return {'conflict'}
+end
 local incoming = cjson.decode(ARGV[1])
-local at = tonumber(ARGV[2])
 local raw = redis.call('GET', KEYS[1])
-local record
-local token_changed = true
+local record, existing
 if not raw then
   record = {
-    card_contract_id = tonumber(ARGV[3]), program = '', state = 'IN_PROGRESS',
+    card_contract_id = tonumber(ARGV[3]), program = '', state = 'TOKENIZED_ELSEWHERE',
     src_digital_card_id = cjson.null, src_consumer_id = cjson.null, src_correlation_id = cjson.null,
-    masked_card = cjson.null, token = incoming, failure = cjson.null,
-    created_at_ms = at, updated_at_ms = at
+    masked_card = cjson.null, token = incoming, failure = cjson.null
   }
 else
+  existing = cjson.decode(raw)
   record = cjson.decode(raw)
+  local token_changed = true
   if present(record.token) then
     record.token, token_changed = merge_tokens(record.token, incoming)
   else
-    record.token, token_changed = incoming, true
+    record.token = incoming
   end
-  -- The earliest and latest event times seen, stale notifications included.
-  local times_changed = false
-  if at > record.updated_at_ms then record.updated_at_ms, times_changed = at, true end
-  if at < record.created_at_ms then record.created_at_ms, times_changed = at, true end
-  if not token_changed and not times_changed then
-    redis.call('SET', KEYS[2], '1', 'PX', ARGV[5])
+  if not token_changed then
+    redis.call('SET', KEYS[2], ARGV[7], 'PX', ARGV[5])
     return {'stale'}
   end
+  if record.state == 'NOT_ENROLLED' then record.state = 'TOKENIZED_ELSEWHERE' end
 end
+stamp(record, existing, redis_now())
 local out = encode(record)
 redis.call('SET', KEYS[1], out, 'PX', ARGV[4])
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[5])
+redis.call('SET', KEYS[2], ARGV[7], 'PX', ARGV[5])
 redis.call('PUBLISH', ARGV[6], out)
--- Only the record's times moved: written, answered STALE.
-if not token_changed then return {'stale'} end
 return {'applied', out}
 "#
     )
@@ -186,17 +223,19 @@ return {'applied', out}
 
 /// KEYS: record, card lock. ARGV: record JSON, TTL (ms), change channel, mode (`merge` |
 /// `if_absent`), fence (the lock owner the writer must be, or empty for none).
-/// Returns the stored JSON, or nil when fenced out (the lock is someone else's).
+/// Returns the stored JSON, or nil when fenced out (the lock is someone else's). A write that
+/// changes nothing but times is not made (the record's TTL is renewed).
 pub fn put_enrollment() -> String {
     format!(
-        "{ENCODE}{TOKEN_MERGE}{}",
+        "{ENCODE}{REDIS_NOW}{TOKEN_MERGE}{STAMP}{}",
         r#"
 if ARGV[5] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[5] then return false end
 local raw = redis.call('GET', KEYS[1])
 if raw and ARGV[4] == 'if_absent' then return raw end
 local record = cjson.decode(ARGV[1])
+local existing
 if raw then
-  local existing = cjson.decode(raw)
+  existing = cjson.decode(raw)
   if present(existing.token) then
     if present(record.token) then
       record.token = merge_tokens(existing.token, record.token)
@@ -204,8 +243,12 @@ if raw then
       record.token = existing.token
     end
   end
-  if existing.created_at_ms < record.created_at_ms then record.created_at_ms = existing.created_at_ms end
+  if same_content(record, existing) then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return raw
+  end
 end
+stamp(record, existing, redis_now())
 local out = encode(record)
 redis.call('SET', KEYS[1], out, 'PX', ARGV[2])
 redis.call('PUBLISH', ARGV[3], out)
