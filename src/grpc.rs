@@ -5,6 +5,7 @@ pub mod codec;
 pub mod convert;
 mod deadline;
 mod ingest;
+pub mod policy;
 mod service;
 pub mod status;
 pub mod streams;

@@ -14,7 +14,7 @@ use c2p_enroll::domain::{
     CardContractId, EnrollmentRecord, EnrollmentState, MaskedCard, Merge, STORE_INTEGER_LIMIT,
     TokenEvent, TokenEventKind, TokenStatus, TokenizationDecision, merge,
 };
-use c2p_enroll::store::{self, EnrollmentStore, NotificationResult, PutMode};
+use c2p_enroll::store::{EnrollmentStore, NotificationResult, PutMode};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -258,10 +258,11 @@ fn random_notification_sets_give_byte_identical_records_in_every_store() {
         .unwrap();
     let stores: Vec<Arc<dyn EnrollmentStore>> = rt.block_on(async {
         vec![
-            store::from_settings(&settings(&[])).unwrap(),
-            store::from_settings(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap(),
-            store::from_settings(&settings(&[("C2P_REDIS__URL", &in_locale.url())])).unwrap(),
-            store::from_settings(&settings(&[
+            c2p_enroll::server::open_store(&settings(&[])).unwrap(),
+            c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap(),
+            c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &in_locale.url())]))
+                .unwrap(),
+            c2p_enroll::server::open_store(&settings(&[
                 ("C2P_REDIS__URL", &cluster.urls()),
                 ("C2P_REDIS__CLUSTER", "true"),
             ]))

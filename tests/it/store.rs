@@ -671,7 +671,7 @@ fn permutations(n: usize) -> Vec<Vec<usize>> {
 
 #[tokio::test]
 async fn memory_store_passes_the_suite() {
-    let store = store::from_settings(&settings(&[])).unwrap();
+    let store = c2p_enroll::server::open_store(&settings(&[])).unwrap();
     assert_eq!(store.kind(), "memory");
     suite(store.clone()).await;
     expiry(store.clone()).await;
@@ -683,7 +683,8 @@ async fn memory_store_passes_the_suite() {
 #[tokio::test]
 async fn redis_store_passes_the_suite() {
     let redis = RedisServer::start();
-    let store = store::from_settings(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
+    let store =
+        c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
     assert_eq!(store.kind(), "redis");
     suite(store.clone()).await;
     expiry(store.clone()).await;
@@ -695,7 +696,7 @@ async fn redis_store_passes_the_suite() {
 #[tokio::test]
 async fn redis_cluster_store_passes_the_suite() {
     let cluster = RedisCluster::start();
-    let store = store::from_settings(&settings(&[
+    let store = c2p_enroll::server::open_store(&settings(&[
         ("C2P_REDIS__URL", &cluster.urls()),
         ("C2P_REDIS__CLUSTER", "true"),
     ]))
@@ -714,7 +715,7 @@ async fn redis_keys_carry_the_prefix_and_the_card_hash_tag_and_no_card_number() 
         ("C2P_REDIS__URL", &redis.url()),
         ("C2P_REDIS__KEY_PREFIX", "bank7:"),
     ]);
-    let store = store::from_settings(&s).unwrap();
+    let store = c2p_enroll::server::open_store(&s).unwrap();
     store
         .put_enrollment(&enrolled(70001), PutMode::Merge, TTL)
         .await
@@ -754,7 +755,8 @@ async fn redis_keys_carry_the_prefix_and_the_card_hash_tag_and_no_card_number() 
 #[tokio::test]
 async fn redis_store_reports_unavailable_then_recovers() {
     let mut redis = RedisServer::start();
-    let store = store::from_settings(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
+    let store =
+        c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
     store.ping().await.unwrap();
     redis.stop();
     let err = store.get(card(70001)).await.unwrap_err();
@@ -785,7 +787,8 @@ async fn redis_store_reports_unavailable_then_recovers() {
 #[tokio::test]
 async fn redis_scripts_refuse_numbers_cjson_would_round() {
     let redis = RedisServer::start();
-    let store = store::from_settings(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
+    let store =
+        c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
     let far = c2p_enroll::domain::STORE_INTEGER_LIMIT;
     let scope = "caller-a\u{0}key-far";
     assert!(matches!(
@@ -816,8 +819,9 @@ async fn redis_scripts_refuse_numbers_cjson_would_round() {
 #[tokio::test]
 async fn redis_in_a_natural_language_locale_merges_as_rust_does() {
     let redis = RedisServer::start_in_collating_locale();
-    let in_locale = store::from_settings(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
-    let memory = store::from_settings(&settings(&[])).unwrap();
+    let in_locale =
+        c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
+    let memory = c2p_enroll::server::open_store(&settings(&[])).unwrap();
     const T: i64 = 1_800_000_000_000;
     let suspended = TokenEventKind::StatusChanged(TokenStatus::Suspended);
     let approved = TokenEventKind::Authorization(TokenizationDecision::Approved);
@@ -857,7 +861,8 @@ async fn redis_in_a_natural_language_locale_merges_as_rust_does() {
 #[tokio::test]
 async fn leases_are_measured_on_the_redis_clock_not_the_replicas() {
     let redis = RedisServer::start();
-    let store = store::from_settings(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
+    let store =
+        c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
     let lease = 15_000;
     for (name, skew) in [("slow", -3_600_000i64), ("fast", 3_600_000)] {
         let scope = format!("caller\u{0}key-{name}");
