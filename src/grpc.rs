@@ -4,6 +4,9 @@ pub mod auth;
 pub mod codec;
 pub mod convert;
 mod deadline;
+/// The contract's field annotations against this validation (a test).
+#[cfg(test)]
+mod field_rules;
 mod ingest;
 pub mod policy;
 mod service;
