@@ -166,14 +166,23 @@ fn model(case: &Case, card: CardContractId) -> Option<EnrollmentRecord> {
     let mut record = (case.enrollment == Enrollment::Before).then(|| enrolled(card));
     for note in &case.notes {
         match merge(record.as_ref(), &note.event(card)) {
-            Merge::Applied(r) | Merge::Stale(Some(r)) => record = Some(r),
-            Merge::Stale(None) => {}
+            Merge::Applied(r) => record = Some(r),
+            Merge::Stale => {}
         }
     }
     if case.enrollment == Enrollment::After {
         record = Some(enrolled(card).with_token_of(record.as_ref()));
     }
-    record
+    record.map(unstamped)
+}
+
+/// The record without what each store's clock sets (times, revision): the part every store
+/// and the model must agree on byte for byte.
+fn unstamped(mut r: EnrollmentRecord) -> EnrollmentRecord {
+    r.create_time_ms = 0;
+    r.update_time_ms = 0;
+    r.revision = 0;
+    r
 }
 
 #[derive(Default)]
@@ -209,6 +218,7 @@ async fn run_on(
             NotificationResult::Applied(_) => &figures.applied,
             NotificationResult::Duplicate => &figures.duplicate,
             NotificationResult::Stale => &figures.stale,
+            NotificationResult::Conflict => return Err("an id unique in its set conflicted".into()),
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -219,7 +229,16 @@ async fn run_on(
             .map_err(|e| e.to_string())?;
     }
     let record = store.get(card).await.map_err(|e| e.to_string())?;
-    serde_json::to_string(&record).map_err(|e| e.to_string())
+    if let Some(r) = &record {
+        // The store's stamps: set, and consistent (its clock, not the events').
+        if r.revision <= 0 || r.create_time_ms <= 0 || r.update_time_ms < r.create_time_ms {
+            return Err(format!(
+                "bad stamps: revision {} create {} update {}",
+                r.revision, r.create_time_ms, r.update_time_ms
+            ));
+        }
+    }
+    serde_json::to_string(&record.map(unstamped)).map_err(|e| e.to_string())
 }
 
 #[test]
