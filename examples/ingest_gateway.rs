@@ -89,10 +89,28 @@ impl GatewayConfig {
 /// A notification that got its final answer.
 #[derive(Debug, Clone)]
 pub struct Done {
-    /// The notification as sent.
+    /// The notification as last sent.
     pub notification: Notification,
     /// The service's answer.
     pub answer: NotificationIngestResponse,
+    /// Why it was sent again, once per resend: how the stream it was on ended
+    /// (`Unavailable/SERVER_DRAINING`, `Unknown` for a cut, …) or `FAILED`. Empty when the
+    /// first send was answered.
+    pub resent_after: Vec<String>,
+}
+
+/// A notification taken from the source and not finally answered yet.
+struct Pending {
+    notification: Notification,
+    /// See [`Done::resent_after`].
+    resent_after: Vec<String>,
+}
+
+impl Pending {
+    fn resent(mut self, why: &str) -> Self {
+        self.resent_after.push(why.to_owned());
+        self
+    }
 }
 
 /// What the gateway did: the figures a gateway should export as metrics.
@@ -148,9 +166,9 @@ pub async fn run(
         .connect_lazy();
     let mut report = Report::default();
     // To send on the current (or next) stream: resends first, in their first order.
-    let mut backlog: VecDeque<(Notification, bool)> = VecDeque::new();
+    let mut backlog: VecDeque<Pending> = VecDeque::new();
     // Answered FAILED: resent after a pause.
-    let mut failed: Vec<Notification> = Vec::new();
+    let mut failed: Vec<Pending> = Vec::new();
     let mut source_open = true;
     let mut next_sequence: u64 = 1;
     // Stream ends in a row that brought no answer: drives the backoff.
@@ -161,7 +179,7 @@ pub async fn run(
         let (tx, rx) = mpsc::channel::<NotificationIngestRequest>(config.window.max(1));
         let mut tx = Some(tx);
         // Unanswered messages of this stream, by sequence.
-        let mut in_flight: BTreeMap<u64, Notification> = BTreeMap::new();
+        let mut in_flight: BTreeMap<u64, Pending> = BTreeMap::new();
         let mut answers_on_stream: u64 = 0;
         // When the messages answered FAILED go out again.
         let mut retry_failed_at: Option<Instant> = None;
@@ -187,13 +205,13 @@ pub async fn run(
                         answer = inbound.message() => match answer {
                             Ok(Some(answer)) => {
                                 answers_on_stream += 1;
-                                let Some(notification) = in_flight.remove(&answer.sequence) else {
+                                let Some(pending) = in_flight.remove(&answer.sequence) else {
                                     // Not one of ours on this stream: a server bug. Nothing
                                     // is removed, so nothing can be lost by it.
                                     eprintln!("gateway: an answer with unknown sequence {} ({})", answer.sequence, answer.notification_id);
                                     continue;
                                 };
-                                if settle(notification, answer, &mut report, &mut failed, &mut on_done) && retry_failed_at.is_none() {
+                                if settle(pending, answer, &mut report, &mut failed, &mut on_done) && retry_failed_at.is_none() {
                                     retry_failed_at = Some(Instant::now() + backoff(config, 1));
                                 }
                             }
@@ -203,15 +221,15 @@ pub async fn run(
                         // Resends, then the source; only while the window has room.
                         permit = reserve(&tx), if can_send && !backlog.is_empty() => {
                             match (permit, backlog.pop_front()) {
-                                (Some(permit), Some((mut notification, resend))) => {
-                                    notification.sequence = next_sequence;
+                                (Some(permit), Some(mut pending)) => {
+                                    pending.notification.sequence = next_sequence;
                                     next_sequence += 1;
                                     report.sent += 1;
-                                    if resend {
+                                    if !pending.resent_after.is_empty() {
                                         report.resent += 1;
                                     }
-                                    permit.send(notification.clone());
-                                    in_flight.insert(notification.sequence, notification);
+                                    permit.send(pending.notification.clone());
+                                    in_flight.insert(pending.notification.sequence, pending);
                                 }
                                 (None, popped) => {
                                     // The transport dropped the request stream: stop writing;
@@ -228,13 +246,13 @@ pub async fn run(
                             Some(notification) => {
                                 report.notifications += 1;
                                 report.lost += 1;
-                                backlog.push_back((notification, false));
+                                backlog.push_back(Pending { notification, resent_after: Vec::new() });
                             }
                             None => source_open = false,
                         },
                         _ = sleep_until(retry_failed_at), if retry_failed_at.is_some() => {
                             retry_failed_at = None;
-                            backlog.extend(failed.drain(..).map(|n| (n, true)));
+                            backlog.extend(failed.drain(..));
                         },
                     }
                     // All taken and all answered: close our side; the service then ends the
@@ -253,11 +271,11 @@ pub async fn run(
 
         // The stream is over, however it ended: what it did not answer goes out again.
         let unanswered = in_flight.len();
-        for (_, notification) in in_flight.into_iter().rev() {
-            backlog.push_front((notification, true));
-        }
-        backlog.extend(failed.drain(..).map(|n| (n, true)));
         let kind = end_kind(&end);
+        for (_, pending) in in_flight.into_iter().rev() {
+            backlog.push_front(pending.resent(&kind));
+        }
+        backlog.extend(failed.drain(..));
         *report.stream_ends.entry(kind.clone()).or_default() += 1;
         if !source_open && backlog.is_empty() && report.lost == 0 {
             // Everything taken has its final answer (the stream may still have ended with an
@@ -296,10 +314,10 @@ pub async fn run(
 
 /// Books a final answer, or queues a FAILED one for a resend. True when it was FAILED.
 fn settle(
-    notification: Notification,
+    pending: Pending,
     answer: NotificationIngestResponse,
     report: &mut Report,
-    failed: &mut Vec<Notification>,
+    failed: &mut Vec<Pending>,
     on_done: &mut impl FnMut(Done),
 ) -> bool {
     let outcome = NotificationOutcome::try_from(answer.outcome);
@@ -307,7 +325,7 @@ fn settle(
         Ok(NotificationOutcome::Failed) => {
             // Not applied (e.g. Redis unreachable): resend after a pause.
             report.failed_answers += 1;
-            failed.push(notification);
+            failed.push(pending.resent("FAILED"));
             return true;
         }
         Ok(
@@ -348,8 +366,9 @@ fn settle(
     report.acknowledged += 1;
     report.lost -= 1;
     on_done(Done {
-        notification,
+        notification: pending.notification,
         answer,
+        resent_after: pending.resent_after,
     });
     false
 }

@@ -3,7 +3,8 @@
 //! cut after their grace, and a drain (SIGTERM: UNAVAILABLE SERVER_DRAINING with RetryInfo)
 //! followed by a restart on the same port (refused connections meanwhile). The store is a
 //! Redis, so that deduplication outlives the process. Every notification must end answered
-//! exactly once, APPLIED or DUPLICATE, and be applied in the store: none lost.
+//! exactly once, APPLIED or DUPLICATE, and be applied in the store: none lost. A drain answers
+//! every message it read, so a message resent only because of a drain must not be DUPLICATE.
 
 #[allow(dead_code)] // its `main` and CLI are the example's, not the test's
 #[path = "../../examples/ingest_gateway.rs"]
@@ -16,6 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const NOTIFICATIONS: u64 = 2400;
+/// A final answer: the outcome, and why the notification was resent before it.
+type Final = (String, Vec<String>);
 /// Notifications per second from the source: the run lasts about 3 s.
 const RATE: u32 = 800;
 
@@ -67,7 +70,8 @@ async fn the_reference_gateway_loses_nothing_across_drain_restart_and_cut_connec
         .expect("restart")
     });
 
-    let answers: Arc<Mutex<HashMap<String, Vec<String>>>> = Arc::default();
+    // Every final answer per notification: (outcome, why it was resent).
+    let answers: Arc<Mutex<HashMap<String, Vec<Final>>>> = Arc::default();
     let sink = answers.clone();
     let mut config = GatewayConfig::new(format!("http://127.0.0.1:{port}"));
     config.max_backoff = Duration::from_secs(1);
@@ -79,7 +83,7 @@ async fn the_reference_gateway_loses_nothing_across_drain_restart_and_cut_connec
                 .expect("answers")
                 .entry(done.notification.notification_id)
                 .or_default()
-                .push(outcome);
+                .push((outcome, done.resent_after));
         }),
     )
     .await
@@ -93,12 +97,25 @@ async fn the_reference_gateway_loses_nothing_across_drain_restart_and_cut_connec
     let twice: Vec<_> = answers.iter().filter(|(_, a)| a.len() != 1).collect();
     let wrong: Vec<_> = answers
         .iter()
-        .filter(|(_, a)| a.iter().any(|o| o != "APPLIED" && o != "DUPLICATE"))
+        .filter(|(_, a)| a.iter().any(|(o, _)| o != "APPLIED" && o != "DUPLICATE"))
         .collect();
-    let duplicates = answers
-        .values()
-        .filter(|a| a.iter().any(|o| o == "DUPLICATE"))
+    let finals: Vec<&Final> = answers.values().flatten().collect();
+    let duplicates = finals.iter().filter(|(o, _)| o == "DUPLICATE").count();
+    // A drain answers every message it read: what it left unanswered was not applied, so its
+    // resend is APPLIED. Only a cut connection can lose the answer of an applied message.
+    const DRAIN: &str = "Unavailable/SERVER_DRAINING";
+    let after_drain_only = |why: &Vec<String>| why.iter().all(|w| w == DRAIN);
+    let resent_after_drain = finals
+        .iter()
+        .filter(|(_, why)| !why.is_empty() && after_drain_only(why))
         .count();
+    let duplicates_after_drain: Vec<_> = answers
+        .iter()
+        .filter(|(_, a)| {
+            a.iter()
+                .any(|(o, why)| o == "DUPLICATE" && after_drain_only(why))
+        })
+        .collect();
     // The store's: one dedup marker per notification applied (resends add none).
     let applied_in_store =
         redis.count_keys(&format!("c2p:{{card:*}}:notification:demo-{run_id}-*"));
@@ -115,11 +132,12 @@ async fn the_reference_gateway_loses_nothing_across_drain_restart_and_cut_connec
         .map(|(_, n)| n)
         .sum::<u64>();
     println!(
-        "INTEGRATION gateway: notifications={} sent={} acknowledged={} resent={} lost={lost} duplicates={duplicates} applied_in_store={applied_in_store} streams={} stream_ends={:?} outcomes={:?}",
+        "INTEGRATION gateway: notifications={} sent={} acknowledged={} resent={} (after a drain only: {resent_after_drain}) lost={lost} duplicates={duplicates} (after a drain only: {}) applied_in_store={applied_in_store} streams={} stream_ends={:?} outcomes={:?}",
         report.notifications,
         report.sent,
         report.acknowledged,
         report.resent,
+        duplicates_after_drain.len(),
         report.streams,
         report.stream_ends,
         report.outcomes
@@ -127,6 +145,10 @@ async fn the_reference_gateway_loses_nothing_across_drain_restart_and_cut_connec
     assert_eq!(lost, 0, "notifications without an answer");
     assert!(twice.is_empty(), "answered more than once: {twice:?}");
     assert!(wrong.is_empty(), "not APPLIED or DUPLICATE: {wrong:?}");
+    assert!(
+        duplicates_after_drain.is_empty(),
+        "applied but left unanswered by a drain: {duplicates_after_drain:?}"
+    );
     assert_eq!(report.notifications, NOTIFICATIONS);
     assert_eq!(report.acknowledged, NOTIFICATIONS);
     assert_eq!(report.lost, 0);
