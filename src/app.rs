@@ -7,6 +7,7 @@ mod enroll;
 mod error;
 mod fingerprint;
 mod notifications;
+pub mod ports;
 mod reconcile;
 mod status;
 mod watch;
@@ -18,7 +19,6 @@ pub use notifications::IngestOutcome;
 pub use reconcile::ReconcileReport;
 pub use status::Source;
 
-use crate::mastercard::setup::Upstream;
 use crate::store::EnrollmentStore;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +39,7 @@ pub struct AppSettings {
 /// The application: the store and the Mastercard clients.
 pub struct App {
     store: Arc<dyn EnrollmentStore>,
-    upstream: Arc<Upstream>,
+    upstream: Arc<dyn ports::Mastercard>,
     settings: AppSettings,
     instance: String,
 }
@@ -48,7 +48,7 @@ impl App {
     /// The use cases over `store` and `upstream`.
     pub fn new(
         store: Arc<dyn EnrollmentStore>,
-        upstream: Arc<Upstream>,
+        upstream: Arc<dyn ports::Mastercard>,
         settings: AppSettings,
     ) -> Self {
         Self {
@@ -61,7 +61,7 @@ impl App {
 
     /// Whether `name` is a configured program (empty = the default).
     pub fn has_program(&self, name: &str) -> bool {
-        name.is_empty() || self.upstream.programs.contains_key(name)
+        self.upstream.has_program(name)
     }
 }
 

@@ -77,9 +77,9 @@ pub fn canonical_bytes(cmd: &EnrollCommand) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app::ports::Address as BillingAddress;
     use crate::app::{ConsumerInput, FingerprintKey};
     use crate::domain::CardContractId;
-    use crate::mastercard::processing::types::BillingAddress;
 
     fn command() -> EnrollCommand {
         EnrollCommand {

@@ -1,25 +1,17 @@
 //! `EnrollCard`: idempotency (per caller and key, with a lease and resumable phases), then
 //! `/cards/searches`, `POST /cards` and the enrollment record.
 
+use super::ports::{Address, Cardholder, EnrolledCard, EnrollmentRequest, UpstreamFailure};
 use super::{App, AppError, Step, past};
-use crate::domain::DEFAULT_PROGRAM;
 use crate::domain::{
-    Begin, CardContractId, EnrollmentRecord, EnrollmentState, Failure, IdempotencyRecord,
-    MaskedCard, Phase, StoredOutcome, last_four, now_ms,
+    Begin, CardContractId, EnrollmentRecord, EnrollmentState, Failure, IdempotencyRecord, Phase,
+    StoredOutcome, now_ms,
 };
-use crate::mastercard::enroll::types::{
-    ComplianceResource, ComplianceSettings, Consumer, ConsumerIdentity, EnrollCardRequest,
-    EnrollCardResponse, MobileNumber,
-};
-use crate::mastercard::error::{UpstreamError, UpstreamErrorKind};
-use crate::mastercard::processing::types::{BillingAddress, SynchronousRequest};
-use crate::mastercard::setup::Program;
-use serde::Serialize;
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// The consumer, validated.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ConsumerInput {
     /// E-mail address.
     pub email: Option<String>,
@@ -36,13 +28,11 @@ pub struct ConsumerInput {
 }
 
 /// A validated `EnrollCard` request.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct EnrollCommand {
     /// Who calls (idempotency keys are scoped per caller).
-    #[serde(skip)]
     pub caller: String,
     /// The key.
-    #[serde(skip)]
     pub idempotency_key: String,
     /// The card.
     pub card_contract_id: CardContractId,
@@ -53,7 +43,7 @@ pub struct EnrollCommand {
     /// Cardholder name.
     pub cardholder_full_name: Option<String>,
     /// Billing address.
-    pub billing_address: Option<BillingAddress>,
+    pub billing_address: Option<Address>,
     /// Caller-chosen `srcCorrelationId`.
     pub src_correlation_id: Option<String>,
 }
@@ -311,16 +301,12 @@ impl App {
         correlation: String,
         deadline: Option<Instant>,
     ) -> Result<EnrollmentRecord, AppError> {
-        let program_name = if cmd.program.is_empty() {
-            DEFAULT_PROGRAM
-        } else {
-            cmd.program.as_str()
-        };
-        let program = self
-            .upstream
-            .programs
-            .get(program_name)
-            .ok_or_else(|| AppError::Internal(format!("program {program_name} vanished")))?;
+        if !self.upstream.has_program(&cmd.program) {
+            return Err(AppError::Internal(format!(
+                "program {} vanished",
+                crate::text::excerpt(&cmd.program)
+            )));
+        }
         let existing = self.store.get(cmd.card_contract_id).await?;
         if let Some(existing) = existing
             .as_ref()
@@ -368,16 +354,15 @@ impl App {
         }
 
         // The card object is never stored, so a resumed call searches again (it changes nothing).
-        let found = self
+        let card = self
             .upstream
-            .processing
-            .search_card(
-                cmd.card_contract_id.get(),
-                SynchronousRequest {
-                    cardholder_full_name: cmd.cardholder_full_name.clone(),
+            .encrypted_card(
+                cmd.card_contract_id,
+                &cmd.program,
+                &Cardholder {
+                    full_name: cmd.cardholder_full_name.clone(),
                     billing_address: cmd.billing_address.clone(),
                 },
-                &program.enroll_certificate,
                 deadline,
             )
             .await
@@ -403,10 +388,15 @@ impl App {
 
         // Recorded before sending: from here on a retry re-sends with the same srcCorrelationId.
         attempt.advance(Phase::EnrollSent).await?;
-        let request = enroll_request(program, cmd, correlation.clone(), found.card_data);
-        match self.upstream.enroll.enroll_card(&request, deadline).await {
-            Ok(response) => {
-                let record = enrolled_record(in_progress, response);
+        let request = EnrollmentRequest {
+            program: &cmd.program,
+            src_correlation_id: &correlation,
+            consumer: &cmd.consumer,
+            card,
+        };
+        match self.upstream.enroll(request, deadline).await {
+            Ok(enrolled) => {
+                let record = enrolled_record(in_progress, enrolled);
                 let stored = self.write_fenced(attempt, &record).await?;
                 if let Err(e) = self.store.untrack_in_progress(cmd.card_contract_id).await {
                     // The reconciler prunes it when it finds the record finished.
@@ -459,103 +449,39 @@ impl App {
     }
 }
 
-fn enroll_request(
-    program: &Program,
-    cmd: &EnrollCommand,
-    correlation: String,
-    card: crate::mastercard::processing::types::EncryptedCard,
-) -> EnrollCardRequest {
-    let c = &cmd.consumer;
-    let (identity_type, identity_value) = match (&c.email, &c.mobile) {
-        (Some(email), _) => ("EMAIL_ADDRESS", email.clone()),
-        (None, Some((cc, number))) => ("MOBILE_PHONE_NUMBER", format!("{cc}{number}")),
-        (None, None) => ("EMAIL_ADDRESS", String::new()),
-    };
-    EnrollCardRequest {
-        src_client_id: program.src_client_id.clone(),
-        service_id: program.service_id.clone(),
-        src_correlation_id: correlation,
-        encrypted_card: card,
-        card_source: "ISSUER",
-        consumer: Consumer {
-            consumer_identity: ConsumerIdentity {
-                identity_type: identity_type.into(),
-                identity_value,
-            },
-            mobile_number: c.mobile.as_ref().map(|(cc, n)| MobileNumber {
-                country_code: cc.clone(),
-                phone_number: n.clone(),
-            }),
-            country_code: c.country_code.clone(),
-            language_code: c.language_code.clone(),
-            first_name: c.first_name.clone(),
-            last_name: c.last_name.clone(),
-        },
-        compliance_settings: ComplianceSettings {
-            privacy: ComplianceResource {
-                latest_version_uri: program.privacy_uri.clone(),
-            },
-            tnc: ComplianceResource {
-                latest_version_uri: program.terms_uri.clone(),
-            },
-        },
-    }
-}
-
-fn enrolled_record(mut record: EnrollmentRecord, response: EnrollCardResponse) -> EnrollmentRecord {
+fn enrolled_record(mut record: EnrollmentRecord, enrolled: EnrolledCard) -> EnrollmentRecord {
     record.state = EnrollmentState::Enrolled;
     record.failure = None;
-    if let Some(card) = response.masked_card {
-        record.src_digital_card_id = card.src_digital_card_id.clone();
-        // Never more than the last four digits and the expiry.
-        record.masked_card = Some(MaskedCard {
-            pan_last_four: last_four(&card.pan_last_four.unwrap_or_default()),
-            pan_expiration_month: card.pan_expiration_month.unwrap_or_default(),
-            pan_expiration_year: card.pan_expiration_year.unwrap_or_default(),
-            payment_card_descriptor: card.payment_card_descriptor,
-            payment_card_type: card.payment_card_type,
-            digital_card_status: card.digital_card_data.and_then(|d| d.status),
-        });
-    }
-    record.src_consumer_id = response.masked_consumer.and_then(|c| c.src_consumer_id);
+    record.src_digital_card_id = enrolled.src_digital_card_id;
+    record.masked_card = enrolled.masked_card;
+    record.src_consumer_id = enrolled.src_consumer_id;
     record
 }
 
-/// The one mapping of upstream failures of the flows to application errors.
-pub(super) fn map_upstream(step: Step, e: UpstreamError, deadline: Option<Instant>) -> AppError {
-    if e.is_transient() && past(deadline) {
-        return AppError::DeadlineExceeded(step);
-    }
-    match &e.kind {
-        UpstreamErrorKind::Rejected {
-            status: 404,
+/// The one mapping of upstream failures of the flows to application errors: exhaustive, so a
+/// new kind of failure must be placed here.
+pub(super) fn map_upstream(
+    step: Step,
+    failure: UpstreamFailure,
+    deadline: Option<Instant>,
+) -> AppError {
+    match failure {
+        UpstreamFailure::Unavailable { .. } if past(deadline) => AppError::DeadlineExceeded(step),
+        UpstreamFailure::Unavailable {
+            retry_after,
+            context,
+        } => AppError::UpstreamUnavailable {
+            step,
+            context,
+            retry_after,
+        },
+        UpstreamFailure::ContractNotFound(context) => AppError::CardContractNotFound(context),
+        UpstreamFailure::Declined { reason, context } => AppError::CardNotEligible {
             reason,
-            ..
-        } if reason.code.as_deref() == Some("CARD_CONTRACT_DOES_NOT_EXIST") => {
-            AppError::CardContractNotFound(e)
-        }
-        UpstreamErrorKind::Rejected {
-            status: 400,
-            reason,
-            ..
-        } if step == Step::Enroll
-            && reason.code.as_deref() == Some("INVALID_STATE")
-            && reason.source.as_deref() == Some("encryptedCard") =>
-        {
-            let why = reason
-                .detail
-                .clone()
-                .unwrap_or_else(|| "TOKENIZATION_DECLINED".into());
-            AppError::CardNotEligible {
-                reason: why,
-                upstream: e,
-            }
-        }
-        UpstreamErrorKind::Decode(_) | UpstreamErrorKind::Decrypt(_) => {
-            AppError::UpstreamInvalid(step, e)
-        }
-        UpstreamErrorKind::Request(_) => AppError::Internal(e.to_string()),
-        _ if e.is_transient() => AppError::UpstreamUnavailable(step, e),
-        _ => AppError::UpstreamRejected(step, e),
+            upstream: context,
+        },
+        UpstreamFailure::Rejected(context) => AppError::UpstreamRejected(step, context),
+        UpstreamFailure::InvalidAnswer(context) => AppError::UpstreamInvalid(step, context),
+        UpstreamFailure::RequestNotBuilt(context) => AppError::Internal(context.description),
     }
 }

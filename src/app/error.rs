@@ -1,8 +1,8 @@
 //! `AppError`: every way a use case fails, and its stable parts (gRPC code, reason, metadata,
 //! retry advice) so that a failure can be stored and replayed byte for byte.
 
+use super::ports::UpstreamContext;
 use crate::domain::{CardContractId, EnrollmentRecord, StoredOutcome};
-use crate::mastercard::error::UpstreamError;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -66,20 +66,27 @@ pub enum AppError {
     /// The card is enrolled already.
     CardAlreadyEnrolled(Box<EnrollmentRecord>),
     /// Mastercard Processing knows no such card contract.
-    CardContractNotFound(UpstreamError),
+    CardContractNotFound(UpstreamContext),
     /// Tokenization was declined; `reason` is Mastercard's (CARD_BLOCKED, ...).
     CardNotEligible {
         /// Mastercard's reason.
         reason: String,
-        /// The upstream error.
-        upstream: UpstreamError,
+        /// The upstream call.
+        upstream: UpstreamContext,
     },
     /// Mastercard refused the request for another reason (a configuration problem, mostly).
-    UpstreamRejected(Step, UpstreamError),
+    UpstreamRejected(Step, UpstreamContext),
     /// Mastercard could not be reached or is overloaded; a retry may succeed.
-    UpstreamUnavailable(Step, UpstreamError),
+    UpstreamUnavailable {
+        /// The step.
+        step: Step,
+        /// The upstream call.
+        context: UpstreamContext,
+        /// When a retry makes sense.
+        retry_after: Duration,
+    },
     /// Mastercard answered something the service cannot read.
-    UpstreamInvalid(Step, UpstreamError),
+    UpstreamInvalid(Step, UpstreamContext),
     /// The caller's deadline passed.
     DeadlineExceeded(Step),
     /// The store is unreachable.
@@ -109,17 +116,17 @@ pub struct ErrorParts {
     pub enrollment: Option<EnrollmentRecord>,
 }
 
-fn upstream_metadata(step: Option<Step>, e: &UpstreamError) -> BTreeMap<String, String> {
+fn upstream_metadata(step: Option<Step>, e: &UpstreamContext) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     if let Some(step) = step {
         m.insert("step".into(), step.name().into());
     }
-    m.insert("api".into(), e.api.name().into());
-    if let Some(code) = e.reason_code() {
-        m.insert("upstreamReason".into(), code.into());
+    m.insert("api".into(), e.api.into());
+    if let Some(code) = &e.reason_code {
+        m.insert("upstreamReason".into(), code.clone());
     }
-    if let Some(id) = e.correlation.best() {
-        m.insert("mastercardCorrelationId".into(), id.into());
+    if let Some(id) = &e.correlation_id {
+        m.insert("mastercardCorrelationId".into(), id.clone());
     }
     m
 }
@@ -213,26 +220,20 @@ impl AppError {
                 ..plain(
                     Code::FailedPrecondition,
                     "UPSTREAM_REJECTED",
-                    format!("Mastercard refused the request: {e}"),
+                    format!("Mastercard refused the request: {}", e.description),
                 )
             },
-            AppError::UpstreamUnavailable(step, e) => ErrorParts {
-                metadata: upstream_metadata(Some(*step), e),
-                retry_after: Some(match &e.kind {
-                    crate::mastercard::error::UpstreamErrorKind::Rejected {
-                        retry_after: Some(d),
-                        ..
-                    } => *d,
-                    // Retrying before the breaker lets a probe through only fails again.
-                    crate::mastercard::error::UpstreamErrorKind::CircuitOpen { closes_in } => {
-                        (*closes_in).max(Duration::from_millis(100))
-                    }
-                    _ => Duration::from_secs(1),
-                }),
+            AppError::UpstreamUnavailable {
+                step,
+                context,
+                retry_after,
+            } => ErrorParts {
+                metadata: upstream_metadata(Some(*step), context),
+                retry_after: Some(*retry_after),
                 ..plain(
                     Code::Unavailable,
                     "UPSTREAM_UNAVAILABLE",
-                    format!("Mastercard is not available: {e}"),
+                    format!("Mastercard is not available: {}", context.description),
                 )
             },
             AppError::UpstreamInvalid(step, e) => ErrorParts {
@@ -240,7 +241,7 @@ impl AppError {
                 ..plain(
                     Code::Internal,
                     "UPSTREAM_INVALID_RESPONSE",
-                    format!("Mastercard's answer could not be read: {e}"),
+                    format!("Mastercard's answer could not be read: {}", e.description),
                 )
             },
             AppError::DeadlineExceeded(step) => {
@@ -293,7 +294,7 @@ impl AppError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            AppError::UpstreamUnavailable(..)
+            AppError::UpstreamUnavailable { .. }
                 // An unreadable answer to POST /cards may hide a done enrollment: resume, with
                 // the same srcCorrelationId, rather than record a failure.
                 | AppError::UpstreamInvalid(Step::Enroll, _)

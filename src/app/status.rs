@@ -43,17 +43,18 @@ impl App {
         if let (false, Some(record)) = (refresh, &cached) {
             return Ok((record.clone(), Source::Store));
         }
-        let (tokens, observed_at) = self
+        let observation = self
             .upstream
-            .processing
-            .card_tokens_observed(card.get(), deadline)
+            .tokens(card, deadline)
             .await
             .map_err(|e| map_upstream(Step::Tokens, e, deadline))?;
+        let observed_at = observation.observed_at_ms;
         // The newest Click to Pay token, if the card has any.
-        let token = tokens
+        let token = observation
+            .tokens
             .iter()
             .filter(|t| t.is_click_to_pay())
-            .max_by(|a, b| a.token_creation_date.cmp(&b.token_creation_date));
+            .max_by(|a, b| a.created.cmp(&b.created));
         let now = now_ms();
         // The observation is ordered by Mastercard's clock (its Date header, whole seconds,
         // so a notification of the same second wins), like the notifications it competes with;
@@ -88,9 +89,9 @@ impl App {
             cached
                 .as_ref()
                 .filter(|r| r.state == EnrollmentState::Enrolled),
-            token.status(),
+            token.status,
         ) {
-            let tur = token.token_unique_reference.clone().unwrap_or_default();
+            let tur = token.token_unique_reference.clone();
             let stored = record.token.as_ref();
             // Nothing to correct: no write, and no dedup marker per call.
             if stored.is_some_and(|t| t.token_unique_reference == tur && t.status == Some(status)) {
@@ -105,9 +106,9 @@ impl App {
                 notification_id: format!("upstream:token-list:{tur}:{status:?}:{since}"),
                 event_at_ms: observed_at,
                 card_contract_id: card,
-                token_unique_reference: token.token_unique_reference.clone().unwrap_or_default(),
-                token_requestor_id: token.token_requestor_id.clone().unwrap_or_default(),
-                wallet_name: token.wallet_name.clone().unwrap_or_default(),
+                token_unique_reference: token.token_unique_reference.clone(),
+                token_requestor_id: token.token_requestor_id.clone(),
+                wallet_name: token.wallet_name.clone(),
                 kind: TokenEventKind::StatusChanged(status),
             };
             return Ok(match self.store.apply_notification(&event).await? {
@@ -118,10 +119,10 @@ impl App {
             });
         }
         let observed = Token {
-            token_unique_reference: token.token_unique_reference.clone().unwrap_or_default(),
-            token_requestor_id: token.token_requestor_id.clone().unwrap_or_default(),
-            status: token.status(),
-            status_version: token.status().map(|_| Version {
+            token_unique_reference: token.token_unique_reference.clone(),
+            token_requestor_id: token.token_requestor_id.clone(),
+            status: token.status,
+            status_version: token.status.map(|_| Version {
                 at_ms: observed_at,
                 by: "upstream:token-list".into(),
             }),

@@ -6,7 +6,6 @@ use crate::domain::{
     CardContractId, EnrollmentRecord, EnrollmentState, STORE_INTEGER_LIMIT, TokenEvent,
     TokenEventKind, TokenStatus, TokenizationDecision,
 };
-use crate::mastercard::processing::types::BillingAddress;
 use crate::proto::v1 as pb;
 
 const MAX_TEXT: usize = 255;
@@ -214,7 +213,7 @@ fn consumer(v: &mut Violations, c: pb::Consumer) -> ConsumerInput {
     }
 }
 
-fn address(v: &mut Violations, a: pb::Address) -> BillingAddress {
+fn address(v: &mut Violations, a: pb::Address) -> crate::app::ports::Address {
     for (field, value) in [
         ("billing_address.line1", &a.line1),
         ("billing_address.line2", &a.line2),
@@ -231,7 +230,7 @@ fn address(v: &mut Violations, a: pb::Address) -> BillingAddress {
             "required with an address, ISO 3166-1 alpha-2 in upper case",
         );
     }
-    BillingAddress {
+    crate::app::ports::Address {
         line1: non_empty(&a.line1),
         line2: non_empty(&a.line2),
         line3: non_empty(&a.line3),

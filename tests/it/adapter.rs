@@ -459,8 +459,18 @@ async fn the_breaker_opens_then_half_opens_and_closes() {
         "{closes_in:?}"
     );
     // The caller's RetryInfo carries it.
-    let app_error =
-        c2p_enroll::app::AppError::UpstreamUnavailable(c2p_enroll::app::Step::Search, err.clone());
+    let c2p_enroll::app::ports::UpstreamFailure::Unavailable {
+        retry_after,
+        context,
+    } = c2p_enroll::mastercard::ports::processing_failure(err.clone())
+    else {
+        panic!("an open breaker is Unavailable");
+    };
+    let app_error = c2p_enroll::app::AppError::UpstreamUnavailable {
+        step: c2p_enroll::app::Step::Search,
+        context,
+        retry_after,
+    };
     let retry = app_error.parts().retry_after.unwrap();
     assert!(
         retry <= Duration::from_millis(300) && retry >= Duration::from_millis(100),
