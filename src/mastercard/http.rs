@@ -17,6 +17,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
+mod observe;
+
+use observe::AttemptObserver;
+pub(crate) use observe::log_failure;
+
 /// Mastercard Processing requires exactly this content type.
 pub const CONTENT_TYPE: &str = "application/json;charset=utf-8";
 
@@ -267,7 +272,7 @@ impl ApiClient {
         response: &UpstreamResponse,
         outcome: &'static str,
     ) {
-        crate::metrics::upstream_attempt(self.api.name(), operation, outcome, "", response.started);
+        observe::answered(self.api, operation, response, outcome);
     }
 
     async fn call_with_retries(
@@ -326,79 +331,22 @@ impl ApiClient {
                 return Err(e);
             }
             let attempt_timeout = self.policy.attempt_timeout.min(deadline - now);
-            let span = tracing::info_span!(
-                "mastercard.http",
-                otel.kind = "client",
-                http.request.method = %spec.method,
-                url.path = %url.path(),
-                server.address = url.host_str().unwrap_or_default(),
-                mastercard.api = self.api.name(),
-                mastercard.operation = spec.operation,
-                mastercard.attempt = attempt,
-                mastercard.breaker_state = self.breaker.state().name(),
-                http.response.status_code = tracing::field::Empty,
-                mastercard.correlation_id = tracing::field::Empty,
-                error.type = tracing::field::Empty,
-            );
-            let attempt_started = std::time::Instant::now();
+            let observer =
+                AttemptObserver::start(self.api, &spec, &url, attempt, self.breaker.state());
             let outcome = self
                 .attempt(&spec, &url, &body, attempt_timeout)
-                .instrument(span.clone())
+                .instrument(observer.span().clone())
                 .await;
-            let outcome_name = match &outcome {
-                Ok(_) => "ok",
-                Err(f) => error_type(&f.kind),
-            };
-            let reason = match &outcome {
-                Err(AttemptFailure {
-                    kind:
-                        UpstreamErrorKind::Rejected { reason, .. }
-                        | UpstreamErrorKind::ServerError { reason, .. },
-                    ..
-                }) => reason.code.clone().unwrap_or_default(),
-                _ => String::new(),
-            };
-            // A 2xx is counted once opened and decoded (record_answer).
-            if outcome.is_err() {
-                crate::metrics::upstream_attempt(
-                    self.api.name(),
-                    spec.operation,
-                    outcome_name,
-                    &reason,
-                    attempt_started,
-                );
-            }
-            tracing::debug!(
-                api = self.api.name(),
-                operation = spec.operation,
-                attempt,
-                outcome = outcome_name,
-                "mastercard call finished"
-            );
+            let outcome = observer.finished(outcome);
+            permit.record(match &outcome {
+                Ok(_) => false,
+                Err(f) => counts_against_api(&f.kind),
+            });
+            observer.breaker_state(self.breaker.state());
             let failure = match outcome {
-                Ok(mut response) => {
-                    response.started = attempt_started;
-                    permit.record(false);
-                    crate::metrics::breaker_state(self.api.name(), self.breaker.state().gauge());
-                    span.record("http.response.status_code", response.status);
-                    if let Some(id) = response.correlation.best() {
-                        span.record("mastercard.correlation_id", id);
-                    }
-                    return self.open_response(spec.operation, response, attempt);
-                }
+                Ok(response) => return self.open_response(spec.operation, response, attempt),
                 Err(f) => f,
             };
-            permit.record(counts_against_api(&failure.kind));
-            crate::metrics::breaker_state(self.api.name(), self.breaker.state().gauge());
-            span.record("error.type", error_type(&failure.kind));
-            if let Some(id) = failure.correlation.best() {
-                span.record("mastercard.correlation_id", id);
-            }
-            if let UpstreamErrorKind::Rejected { status, .. }
-            | UpstreamErrorKind::ServerError { status, .. } = &failure.kind
-            {
-                span.record("http.response.status_code", *status);
-            }
 
             let mut error = self.error(spec.operation, failure.kind, failure.correlation, attempt);
             if !retryable(&error.kind, spec.idempotency) || attempt >= self.policy.max_attempts {
@@ -415,8 +363,7 @@ impl ApiClient {
                 error.budget_exhausted = true;
                 return Err(error);
             }
-            tracing::debug!(api = %self.api, operation = spec.operation, attempt, ?delay, "retrying");
-            crate::metrics::upstream_retry(self.api.name(), spec.operation);
+            observer.retrying(delay);
             tokio::time::sleep(delay).await;
         }
     }
@@ -551,27 +498,6 @@ impl ApiClient {
     }
 }
 
-/// One warn line per failed call: what, why (type and Mastercard's reason code), which
-/// correlation id to quote to Mastercard; no URL query, no body, no card data.
-pub(crate) fn log_failure(e: &UpstreamError) {
-    let reason = match &e.kind {
-        UpstreamErrorKind::Rejected { reason, .. }
-        | UpstreamErrorKind::ServerError { reason, .. } => {
-            reason.code.as_deref().map(crate::text::excerpt)
-        }
-        _ => None,
-    };
-    tracing::warn!(
-        api = e.api.name(),
-        operation = e.operation,
-        error.type = error_type(&e.kind),
-        mastercard.reason = reason.as_deref().unwrap_or(""),
-        mastercard.correlation_id = e.correlation.best().map(crate::text::excerpt).as_deref().unwrap_or(""),
-        attempts = e.attempts,
-        "mastercard call failed"
-    );
-}
-
 /// Connect failures happened before anything was sent; anything else after sending began.
 fn classify(e: &reqwest::Error) -> UpstreamErrorKind {
     if e.is_connect() {
@@ -616,20 +542,6 @@ fn counts_against_api(kind: &UpstreamErrorKind) -> bool {
             | UpstreamErrorKind::ServerError { .. }
             | UpstreamErrorKind::Rejected { status: 429, .. }
     )
-}
-
-fn error_type(kind: &UpstreamErrorKind) -> &'static str {
-    match kind {
-        UpstreamErrorKind::ConnectFailed => "connect_failed",
-        UpstreamErrorKind::SendFailed => "send_failed",
-        UpstreamErrorKind::Timeout => "timeout",
-        UpstreamErrorKind::Rejected { .. } => "rejected",
-        UpstreamErrorKind::ServerError { .. } => "server_error",
-        UpstreamErrorKind::Decode(_) => "decode",
-        UpstreamErrorKind::Decrypt(_) => "decrypt",
-        UpstreamErrorKind::CircuitOpen { .. } => "circuit_open",
-        UpstreamErrorKind::Request(_) => "request",
-    }
 }
 
 /// The `Date` header, Unix ms: when Mastercard answered, by Mastercard's clock.
