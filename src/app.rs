@@ -19,7 +19,7 @@ pub use notifications::IngestOutcome;
 pub use reconcile::ReconcileReport;
 pub use status::Source;
 
-use crate::store::EnrollmentStore;
+use ports::EnrollmentStore;
 use std::sync::Arc;
 use std::time::Duration;
 

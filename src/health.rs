@@ -3,8 +3,8 @@
 //! Both the overall service (`""`) and `c2p.enrollment.v1.EnrollmentService` report SERVING only
 //! while the store answers; once draining starts they report NOT_SERVING for good.
 
+use crate::app::ports::EnrollmentStore;
 use crate::proto::SERVICE_NAME;
-use crate::store::EnrollmentStore;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;

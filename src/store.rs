@@ -1,5 +1,6 @@
-//! The `EnrollmentStore` port and its adapters: Redis (standalone or Cluster, shared by all
-//! replicas) and in-memory (the embedded default), with the same semantics.
+//! The adapters of the app's `EnrollmentStore` port (`app::ports`): Redis (standalone or
+//! Cluster, shared by all replicas) and in-memory (the embedded default), with the same
+//! semantics.
 
 mod access;
 mod feed;
@@ -14,160 +15,13 @@ pub use memory::MemoryStore;
 pub use redis::RedisStore;
 pub use settings::RedisSettings;
 
-use crate::domain::{Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, TokenEvent};
-use std::pin::Pin;
+pub use crate::app::ports::{
+    ChangeStream, EnrollmentStore, NotificationResult, PutMode, StoreError,
+};
+
+use crate::domain::{EnrollmentRecord, TokenEvent};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Why a store operation failed. Messages never carry record contents.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The store could not be reached or did not answer in time; a retry may succeed.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    /// A stored value could not be decoded.
-    #[error("stored record is unreadable: {0}")]
-    Corrupt(String),
-    /// A value the store cannot keep exactly: a time at or past 5138-11-16T09:46:40Z (see
-    /// [`crate::domain::STORE_INTEGER_LIMIT`]). Nothing was written; a retry does not help.
-    #[error("not stored: {0}")]
-    Refused(String),
-    /// The store's settings cannot be used (a bad URL, an unreadable password or CA file).
-    /// Messages name the setting, never a password.
-    #[error("store settings: {0}")]
-    Settings(String),
-}
-
-/// What applying a notification did.
-// Short-lived return value, one per notification.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NotificationResult {
-    /// Merged; the record is now this.
-    Applied(EnrollmentRecord),
-    /// This notification id was seen before (within the dedup retention), with this content.
-    Duplicate,
-    /// This notification id was seen before with other content: nothing was written.
-    Conflict,
-    /// Older than what the record holds for the token: nothing changed, nothing was written.
-    Stale,
-}
-
-/// How `put_enrollment` treats an existing record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PutMode {
-    /// Write the enrollment fields, keeping (merging) the existing token.
-    Merge,
-    /// Write only when no record exists (cache fill); otherwise return the existing one.
-    IfAbsent,
-}
-
-/// Changes of one card's record, as they are written (on any replica).
-pub type ChangeStream = Pin<Box<dyn tokio_stream::Stream<Item = EnrollmentRecord> + Send>>;
-
-/// Where enrollment records, idempotency records and dedup markers live.
-#[async_trait::async_trait]
-pub trait EnrollmentStore: Send + Sync + 'static {
-    /// The record of `card`, if one is stored and not expired.
-    async fn get(&self, card: CardContractId) -> Result<Option<EnrollmentRecord>, StoreError>;
-
-    /// Writes `record` atomically with the existing one (see [`PutMode`]), keeps it for `ttl`,
-    /// publishes the change, and returns what is stored now. The store sets the record's times
-    /// and revision on its own clock (`EnrollmentRecord::stamped`); a write that would change
-    /// nothing else is not made.
-    async fn put_enrollment(
-        &self,
-        record: &EnrollmentRecord,
-        mode: PutMode,
-        ttl: Duration,
-    ) -> Result<EnrollmentRecord, StoreError>;
-
-    /// [`EnrollmentStore::put_enrollment`] (merge) only while `lock_owner` holds the card's
-    /// lock: the fence of an enrollment attempt, so that one that stalled past its lock cannot
-    /// write over the attempt that took over. `None` when fenced out (nothing written).
-    async fn put_enrollment_fenced(
-        &self,
-        record: &EnrollmentRecord,
-        ttl: Duration,
-        lock_owner: &str,
-    ) -> Result<Option<EnrollmentRecord>, StoreError>;
-
-    /// Atomically: dedup by notification id (and content hash), merge by event time, stamp,
-    /// write, publish.
-    async fn apply_notification(
-        &self,
-        event: &TokenEvent,
-    ) -> Result<NotificationResult, StoreError>;
-
-    /// Starts (or resumes, or replays) the call with this idempotency `scope` (caller and key).
-    async fn idempotency_begin(
-        &self,
-        scope: &str,
-        proposal: &IdempotencyRecord,
-        now_ms: i64,
-    ) -> Result<Begin, StoreError>;
-
-    /// Replaces the idempotency record, only if `record.owner` still holds it. `false` when
-    /// another owner took over.
-    async fn idempotency_update(
-        &self,
-        scope: &str,
-        record: &IdempotencyRecord,
-    ) -> Result<bool, StoreError>;
-
-    /// Takes (or renews) the card's enrollment lock for `owner` for `ttl`: `false` when another
-    /// owner holds it. One enrollment of a card runs at a time, whatever the idempotency key.
-    async fn lock_card(
-        &self,
-        card: CardContractId,
-        owner: &str,
-        ttl: Duration,
-    ) -> Result<bool, StoreError>;
-
-    /// Extends the card's lock for `ttl` only if `owner` still holds it: `false` once it was
-    /// lost (expired or taken), never taking a free lock again. The heartbeat's call, so that
-    /// an attempt that stalled past its lock cannot pick it up after another finished the card.
-    async fn renew_card(
-        &self,
-        card: CardContractId,
-        owner: &str,
-        ttl: Duration,
-    ) -> Result<bool, StoreError>;
-
-    /// Releases the card's lock if `owner` holds it.
-    async fn unlock_card(&self, card: CardContractId, owner: &str) -> Result<(), StoreError>;
-
-    /// Every later change of `card`'s record, wherever it is written.
-    async fn watch(&self, card: CardContractId) -> Result<ChangeStream, StoreError>;
-
-    /// Succeeds when the store is reachable; drives the gRPC health status.
-    async fn ping(&self) -> Result<(), StoreError>;
-
-    /// Notes that `card` has an IN_PROGRESS enrollment since `since_ms` (kept if already noted),
-    /// for the reconciler.
-    async fn track_in_progress(
-        &self,
-        card: CardContractId,
-        since_ms: i64,
-    ) -> Result<(), StoreError>;
-
-    /// Forgets `card` in the IN_PROGRESS index (its enrollment ended).
-    async fn untrack_in_progress(&self, card: CardContractId) -> Result<(), StoreError>;
-
-    /// Up to `limit` cards noted IN_PROGRESS before `before_ms`, oldest first.
-    async fn in_progress_before(
-        &self,
-        before_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<CardContractId>, StoreError>;
-
-    /// Takes or renews the lease `name` for `owner` for `ttl`: `false` while another owner holds
-    /// it. One replica at a time runs the reconciler.
-    async fn lead(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError>;
-
-    /// A short name for logs: `memory` or `redis`.
-    fn kind(&self) -> &'static str;
-}
 
 /// Refuses a notification whose event time the store could not keep exactly (every adapter
 /// refuses the same ones).

@@ -318,8 +318,8 @@ impl AppError {
     }
 }
 
-impl From<crate::store::StoreError> for AppError {
-    fn from(e: crate::store::StoreError) -> Self {
+impl From<super::ports::StoreError> for AppError {
+    fn from(e: super::ports::StoreError) -> Self {
         AppError::StoreUnavailable(e.to_string())
     }
 }

@@ -2,8 +2,8 @@
 //! publish), then its outcome.
 
 use super::App;
+use super::ports::{NotificationResult, StoreError};
 use crate::domain::TokenEvent;
-use crate::store::{NotificationResult, StoreError};
 
 /// What was done with a notification.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,12 +2,12 @@
 //! list for the card, the Click to Pay token picked out, the record rebuilt and cached.
 
 use super::enroll::map_upstream;
+use super::ports::{NotificationResult, PutMode};
 use super::{App, AppError, Step};
 use crate::domain::{
     CardContractId, EnrollmentRecord, EnrollmentState, Token, TokenEvent, TokenEventKind, Version,
     merge_tokens, now_ms,
 };
-use crate::store::{NotificationResult, PutMode};
 use tokio::time::Instant;
 
 /// Where an answer came from.

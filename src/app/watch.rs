@@ -1,8 +1,8 @@
 //! `WatchEnrollment`: the current record, then every change, wherever it was written.
 
+use super::ports::ChangeStream;
 use super::{App, AppError};
 use crate::domain::{CardContractId, EnrollmentRecord};
-use crate::store::ChangeStream;
 use tokio::time::Instant;
 
 impl App {

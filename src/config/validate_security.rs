@@ -251,8 +251,9 @@ pub(super) fn validate_auth(
         );
     }
     let mesh_header = Checker::text(&raw.mesh_header, defaults::MESH_HEADER).to_ascii_lowercase();
-    if tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(mesh_header.as_bytes())
-        .is_err()
+    // gRPC metadata names are HTTP/2 header names; `-bin` ones hold bytes, not an identity.
+    if http::HeaderName::from_bytes(mesh_header.as_bytes()).is_err()
+        || mesh_header.ends_with("-bin")
     {
         c.problem("auth.mesh_header", "is not a valid gRPC metadata name");
     }

@@ -83,7 +83,11 @@ impl EnrollmentService for EnrollmentApi {
         let started = Instant::now();
         let result = self.enroll_card_inner(request).await;
         trace::record_status(&result);
-        metrics::rpc("EnrollCard", trace::code_of(&result), started);
+        metrics::rpc(
+            "EnrollCard",
+            format!("{:?}", trace::code_of(&result)),
+            started,
+        );
         result
     }
 
@@ -94,7 +98,11 @@ impl EnrollmentService for EnrollmentApi {
         let started = Instant::now();
         let result = self.status_inner(request).await;
         trace::record_status(&result);
-        metrics::rpc("GetEnrollmentStatus", trace::code_of(&result), started);
+        metrics::rpc(
+            "GetEnrollmentStatus",
+            format!("{:?}", trace::code_of(&result)),
+            started,
+        );
         result
     }
 
@@ -134,7 +142,7 @@ impl EnrollmentService for EnrollmentApi {
             // A stream that could not be opened counts as a failed call; an opened one is
             // counted (Ok) by its OpenStream guard.
             trace::record_status(&result);
-            metrics::rpc("WatchEnrollment", status.code(), started);
+            metrics::rpc("WatchEnrollment", format!("{:?}", status.code()), started);
         }
         result
     }

@@ -3,10 +3,10 @@
 //! UNAVAILABLE `SERVER_DRAINING` end when the server drains (never OK).
 
 use super::{convert, status};
+use crate::app::ports::ChangeStream;
 use crate::app::{AppError, Source};
 use crate::domain::EnrollmentRecord;
 use crate::proto::v1::{WatchEnrollmentResponse, WatchHeartbeat, watch_enrollment_response};
-use crate::store::ChangeStream;
 use futures::{Stream, StreamExt as _};
 use std::pin::Pin;
 use std::time::Duration;
