@@ -4,7 +4,10 @@ pub mod auth;
 pub mod codec;
 pub mod convert;
 mod deadline;
+pub mod envelope;
 mod ingest;
+#[cfg(test)]
+mod reasons;
 mod service;
 pub mod status;
 pub mod streams;
