@@ -18,7 +18,6 @@ pub use notifications::IngestOutcome;
 pub use reconcile::ReconcileReport;
 pub use status::Source;
 
-use crate::config::Settings;
 use crate::mastercard::setup::Upstream;
 use crate::store::EnrollmentStore;
 use std::sync::Arc;
@@ -35,18 +34,6 @@ pub struct AppSettings {
     pub lease: Duration,
     /// The key of the idempotency fingerprints.
     pub fingerprint_key: FingerprintKey,
-}
-
-impl AppSettings {
-    /// From the service settings and the fingerprint key read from `enroll.fingerprint_key_file`.
-    pub fn from_settings(settings: &Settings, fingerprint_key: FingerprintKey) -> Self {
-        Self {
-            enrollment_ttl: settings.store.enrollment_ttl,
-            not_enrolled_ttl: settings.store.not_enrolled_ttl,
-            lease: settings.enroll.lease,
-            fingerprint_key,
-        }
-    }
 }
 
 /// The application: the store and the Mastercard clients.

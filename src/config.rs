@@ -8,9 +8,14 @@ mod validate;
 mod validate_api;
 mod validate_security;
 
-use crate::mastercard::breaker::BreakerConfig;
-use crate::mastercard::http::HttpPolicy;
-use crate::mastercard::oauth1::SignatureMethod;
+pub use crate::domain::DEFAULT_PROGRAM;
+pub use crate::grpc::policy::{AuthSettings, CallerPolicy, IdentitySource, Rpc};
+pub use crate::mastercard::settings::{
+    ApiCredentials, ApiSettings, KeyFile, MastercardSettings, PayloadEncryptionFiles,
+    ProgramSettings,
+};
+pub use crate::store::RedisSettings;
+pub use crate::transport::TlsSettings;
 use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use raw::RawSettings;
@@ -92,20 +97,6 @@ pub struct GrpcSettings {
     pub limits: GrpcLimits,
 }
 
-/// `grpc.tls.*`: the listener's certificate, and the client CA that turns on mutual TLS.
-#[derive(Debug, Clone)]
-pub struct TlsSettings {
-    /// `grpc.tls.cert_file`: the server certificate chain (PEM).
-    pub cert_file: PathBuf,
-    /// `grpc.tls.key_file`: its private key (PEM: PKCS#8, PKCS#1 or SEC1).
-    pub key_file: PathBuf,
-    /// `grpc.tls.client_ca_file`: CA certificates (PEM); when set, every client must present a
-    /// certificate they signed.
-    pub client_ca_file: Option<PathBuf>,
-    /// `grpc.tls.reload_interval`: how often the files are checked for changes.
-    pub reload_interval: Duration,
-}
-
 /// `grpc.limits.*`: what one client can make the process hold.
 #[derive(Debug, Clone)]
 pub struct GrpcLimits {
@@ -138,66 +129,6 @@ pub struct GrpcLimits {
     pub max_connection_age_grace: Duration,
 }
 
-/// Where a caller's identity comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdentitySource {
-    /// Nobody is identified: every caller is `anonymous` and may do everything (sandbox mode only).
-    None,
-    /// The client certificate (mutual TLS): its SPIFFE URI SAN, else its first DNS SAN.
-    Certificate,
-    /// A header set by a service mesh that terminated mutual TLS in front of the listener.
-    MeshHeader,
-}
-
-/// An RPC that the policy can allow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Rpc {
-    /// `EnrollCard`.
-    EnrollCard,
-    /// `GetEnrollmentStatus`.
-    GetEnrollmentStatus,
-    /// `WatchEnrollment`.
-    WatchEnrollment,
-    /// `NotificationIngest`.
-    NotificationIngest,
-}
-
-impl Rpc {
-    /// Every RPC, in the order of the contract.
-    pub const ALL: [Rpc; 4] = [
-        Rpc::EnrollCard,
-        Rpc::GetEnrollmentStatus,
-        Rpc::WatchEnrollment,
-        Rpc::NotificationIngest,
-    ];
-
-    /// The method name, as in the proto.
-    pub fn name(self) -> &'static str {
-        match self {
-            Rpc::EnrollCard => "EnrollCard",
-            Rpc::GetEnrollmentStatus => "GetEnrollmentStatus",
-            Rpc::WatchEnrollment => "WatchEnrollment",
-            Rpc::NotificationIngest => "NotificationIngest",
-        }
-    }
-
-    /// The RPC of a method name.
-    pub fn from_name(name: &str) -> Option<Rpc> {
-        Rpc::ALL.into_iter().find(|r| r.name() == name)
-    }
-}
-
-/// `auth.callers.<name>`: what one identity may do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallerPolicy {
-    /// `identity`: the SPIFFE id, DNS name or mesh header value.
-    pub identity: String,
-    /// `rpcs`: the RPCs it may call.
-    pub rpcs: std::collections::BTreeSet<Rpc>,
-    /// `programs`: the programs it may enroll under; `None` = any (`"*"`).
-    pub programs: Option<std::collections::BTreeSet<String>>,
-}
-
 /// `notifications.*`.
 #[derive(Debug, Clone)]
 pub struct NotificationSettings {
@@ -205,40 +136,6 @@ pub struct NotificationSettings {
     pub max_future_skew: Duration,
     /// `notifications.max_age`: how far in the past an `event_time` may be.
     pub max_age: Duration,
-}
-
-/// `auth.*`.
-#[derive(Debug, Clone)]
-pub struct AuthSettings {
-    /// `auth.identity`.
-    pub identity: IdentitySource,
-    /// `auth.mesh_header`: the metadata a mesh sets to the caller's identity.
-    pub mesh_header: String,
-    /// `auth.callers.<name>`, keyed by name.
-    pub callers: std::collections::BTreeMap<String, CallerPolicy>,
-}
-
-/// `redis.*`: the shared store. No URL means the embedded in-memory store.
-#[derive(Debug, Clone)]
-pub struct RedisSettings {
-    /// `redis.url`: `redis://` or `rediss://`; `None` selects the in-memory store. It may hold
-    /// a password, so its `Debug` is redacted.
-    pub url: Option<secrecy::SecretString>,
-    /// `redis.username`: the ACL user (the `default` user when unset).
-    pub username: Option<String>,
-    /// `redis.password_file`: a file holding the password (overrides one in the URL).
-    pub password_file: Option<PathBuf>,
-    /// `redis.ca_file`: CA certificates (PEM) that `rediss://` servers are checked against,
-    /// instead of the system's roots.
-    pub ca_file: Option<PathBuf>,
-    /// `redis.key_prefix`: prepended to every key, so that several deployments can share a Redis.
-    pub key_prefix: String,
-    /// `redis.connect_timeout`: the bound on establishing a connection.
-    pub connect_timeout: Duration,
-    /// `redis.response_timeout`: the bound on one command's answer.
-    pub response_timeout: Duration,
-    /// `redis.cluster`: `redis.url` names the seed nodes (comma-separated) of a Redis Cluster.
-    pub cluster: bool,
 }
 
 /// `store.*`: retention of the records.
@@ -305,95 +202,12 @@ pub struct LogSettings {
     pub format: LogFormat,
 }
 
-/// `mastercard.*`: the two upstream APIs.
-#[derive(Debug, Clone)]
-pub struct MastercardSettings {
-    /// `mastercard.processing.*`: Mastercard Processing Digital.
-    pub processing: ApiSettings,
-    /// `mastercard.enroll.*`: the Click to Pay Enroll API.
-    pub enroll: ApiSettings,
-}
-
-/// The name of the program used when a request names none.
-pub const DEFAULT_PROGRAM: &str = "default";
-
 /// Mastercard's Click to Pay privacy notice (en-US), the default `privacy_uri`.
 pub const DEFAULT_PRIVACY_URI: &str =
     "https://www.mastercard.com/global/click-to-pay/en-us/privacy-notice.html";
 /// Mastercard's Click to Pay terms of use (en-US), the default `terms_uri`.
 pub const DEFAULT_TERMS_URI: &str =
     "https://www.mastercard.com/global/click-to-pay/en-us/terms-of-use.html";
-
-/// `programs.<name>.*`: one Click to Pay program from onboarding.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProgramSettings {
-    /// `src_client_id`: the program's `srcClientId` (UUID).
-    pub src_client_id: String,
-    /// `service_id`: the program's `serviceId`.
-    pub service_id: String,
-    /// `enroll_encryption_certificate_file`: the Enroll client encryption certificate (PEM or
-    /// DER), sent to Processing in `Enroll-Client-Encryption-Key`.
-    pub enroll_encryption_certificate_file: PathBuf,
-    /// `privacy_uri`: `complianceSettings.privacy.latestVersionUri`.
-    pub privacy_uri: url::Url,
-    /// `terms_uri`: `complianceSettings.tnc.latestVersionUri`.
-    pub terms_uri: url::Url,
-}
-
-/// The settings of one Mastercard API.
-#[derive(Debug, Clone)]
-pub struct ApiSettings {
-    /// Where and as whom to call: required in mastercard mode, `None` in sandbox mode (the
-    /// simulator provides them).
-    pub credentials: Option<ApiCredentials>,
-    /// `signature_method`: `rsa-sha256` (default) or `rsa-pss`.
-    pub signature_method: SignatureMethod,
-    /// `attempt_timeout`, `connect_timeout`, `budget`, `max_attempts`, `initial_backoff`,
-    /// `max_backoff`.
-    pub policy: HttpPolicy,
-    /// `breaker.*`.
-    pub breaker: BreakerConfig,
-    /// `payload_encryption.enabled`: seal requests / open responses as `{"encryptedValue":…}`.
-    pub payload_encryption_enabled: bool,
-    /// `payload_encryption.*` files (mastercard mode, when enabled).
-    pub payload_encryption: Option<PayloadEncryptionFiles>,
-    /// `extra_ca_file`: an extra trusted CA certificate (PEM or DER).
-    pub extra_ca_file: Option<PathBuf>,
-}
-
-/// Base URL and OAuth credentials of one API. Secrets are paths to files, never values.
-#[derive(Debug, Clone)]
-pub struct ApiCredentials {
-    /// `base_url`: the API's base URL (https, or http on a loopback host for the simulator).
-    pub base_url: url::Url,
-    /// `consumer_key`: the OAuth 1.0a consumer key from Mastercard Developers.
-    pub consumer_key: String,
-    /// `signing_key_file`: the signing key, PKCS#12 (`.p12`/`.pfx`) or PEM.
-    pub signing_key_file: PathBuf,
-    /// `signing_key_password_file`: a file holding the signing key's password.
-    pub signing_key_password_file: Option<PathBuf>,
-}
-
-/// `payload_encryption.*`: the files of Mastercard payload encryption.
-#[derive(Debug, Clone)]
-pub struct PayloadEncryptionFiles {
-    /// `encryption_certificate_file`: Mastercard's certificate that requests are encrypted for.
-    pub encryption_certificate_file: PathBuf,
-    /// `decryption_key_file` (+ `decryption_key_password_file`): the key responses are
-    /// encrypted for.
-    pub decryption_key: KeyFile,
-    /// `previous_decryption_key_file` (+ password): the key being rotated out, still accepted.
-    pub previous_decryption_key: Option<KeyFile>,
-}
-
-/// A private key file and its optional password file.
-#[derive(Debug, Clone)]
-pub struct KeyFile {
-    /// The key (PKCS#12 or PEM).
-    pub file: PathBuf,
-    /// Its password.
-    pub password_file: Option<PathBuf>,
-}
 
 /// Every problem found while loading the settings.
 #[derive(Debug, thiserror::Error)]

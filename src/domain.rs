@@ -1,6 +1,9 @@
 //! Domain types: the enrollment record, notifications and how they merge. No I/O, no transport
 //! types.
 
+/// The name of the program used when a request names none (stored as the empty program).
+pub const DEFAULT_PROGRAM: &str = "default";
+
 mod enrollment;
 mod idempotency;
 mod notification;

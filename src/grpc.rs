@@ -6,6 +6,7 @@ pub mod convert;
 mod deadline;
 pub mod envelope;
 mod ingest;
+pub mod policy;
 #[cfg(test)]
 mod reasons;
 mod service;

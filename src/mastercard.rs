@@ -9,4 +9,5 @@ pub mod jwe;
 pub mod keys;
 pub mod oauth1;
 pub mod processing;
+pub mod settings;
 pub mod setup;

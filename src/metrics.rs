@@ -138,13 +138,24 @@ pub fn upstream_retry(api: &'static str, operation: &'static str) {
     counter!("c2p_upstream_retries_total", "api" => api, "operation" => operation).increment(1);
 }
 
+/// The gauge values of a circuit breaker's states (`c2p_upstream_breaker_state`). Metrics own
+/// this vocabulary so that they depend on no adapter type (the breaker maps its state to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerGauge {
+    /// 0: calls flow.
+    Closed,
+    /// 1: probe calls flow.
+    HalfOpen,
+    /// 2: calls are refused.
+    Open,
+}
+
 /// The breaker state of an API.
-pub fn breaker_state(api: &'static str, state: crate::mastercard::breaker::BreakerState) {
-    use crate::mastercard::breaker::BreakerState;
+pub fn breaker_state(api: &'static str, state: BreakerGauge) {
     let value = match state {
-        BreakerState::Closed => 0.0,
-        BreakerState::HalfOpen => 1.0,
-        BreakerState::Open => 2.0,
+        BreakerGauge::Closed => 0.0,
+        BreakerGauge::HalfOpen => 1.0,
+        BreakerGauge::Open => 2.0,
     };
     gauge!("c2p_upstream_breaker_state", "api" => api).set(value);
 }

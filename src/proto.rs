@@ -13,3 +13,13 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 /// The fully qualified gRPC name of the service, as health checks and reflection name it.
 pub const SERVICE_NAME: &str = "c2p.enrollment.v1.EnrollmentService";
+
+impl v1::WatchEnrollmentResponse {
+    /// The enrollment this message carries, or `None` for a heartbeat.
+    pub fn into_enrollment(self) -> Option<v1::Enrollment> {
+        match self.event {
+            Some(v1::watch_enrollment_response::Event::Enrollment(e)) => Some(e),
+            _ => None,
+        }
+    }
+}

@@ -140,13 +140,27 @@ impl Drop for RunningServer {
     }
 }
 
+/// The store the settings ask for (see [`store::open`]), with their retention.
+pub fn open_store(
+    settings: &Settings,
+) -> Result<Arc<dyn EnrollmentStore>, crate::store::StoreError> {
+    store::open(
+        &settings.redis,
+        store::Retention {
+            enrollment: settings.store.enrollment_ttl,
+            notification_dedup: settings.store.notification_dedup_ttl,
+            idempotency: settings.store.idempotency_ttl,
+        },
+    )
+}
+
 /// Binds `grpc.listen` (and `health.listen`) and serves the enrollment, health and reflection
 /// services.
 pub async fn start(
     settings: &Settings,
     upstream: Arc<Upstream>,
 ) -> Result<RunningServer, StartError> {
-    let store = store::from_settings(settings)?;
+    let store = open_store(settings)?;
     let limits = &settings.grpc.limits;
     let drain = CancellationToken::new();
     let tls = settings
@@ -198,7 +212,12 @@ pub async fn start(
     let app = Arc::new(App::new(
         store.clone(),
         upstream,
-        AppSettings::from_settings(settings, fingerprint_key),
+        AppSettings {
+            enrollment_ttl: settings.store.enrollment_ttl,
+            not_enrolled_ttl: settings.store.not_enrolled_ttl,
+            lease: settings.enroll.lease,
+            fingerprint_key,
+        },
     ));
     tokio::spawn(app.clone().reconcile_forever(
         settings.enroll.reconcile_interval,

@@ -7,12 +7,13 @@ mod keys;
 mod memory;
 mod redis;
 mod scripts;
+mod settings;
 
 pub use keys::KeySpace;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
+pub use settings::RedisSettings;
 
-use crate::config::Settings;
 use crate::domain::{Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, TokenEvent};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -204,21 +205,19 @@ pub struct Retention {
     pub idempotency: Duration,
 }
 
-/// The store the settings ask for: Redis when `redis.url` is set, otherwise in-memory.
+/// The store `redis` asks for: Redis when `redis.url` is set, otherwise in-memory.
 ///
 /// The Redis connection is established lazily and re-established by itself, so the service
 /// starts (NOT_SERVING) even while Redis is down.
-pub fn from_settings(settings: &Settings) -> Result<Arc<dyn EnrollmentStore>, StoreError> {
-    let retention = Retention {
-        enrollment: settings.store.enrollment_ttl,
-        notification_dedup: settings.store.notification_dedup_ttl,
-        idempotency: settings.store.idempotency_ttl,
-    };
-    let keys = KeySpace::new(&settings.redis.key_prefix);
-    match &settings.redis.url {
+pub fn open(
+    redis: &RedisSettings,
+    retention: Retention,
+) -> Result<Arc<dyn EnrollmentStore>, StoreError> {
+    let keys = KeySpace::new(&redis.key_prefix);
+    match &redis.url {
         Some(url) => Ok(Arc::new(RedisStore::connect_lazy(
             secrecy::ExposeSecret::expose_secret(url),
-            &settings.redis,
+            redis,
             keys,
             retention,
         )?)),

@@ -5,9 +5,11 @@
 mod accept;
 mod conn;
 mod identity;
+mod settings;
 mod tls;
 
 pub use accept::{AcceptLimits, incoming};
 pub use conn::{Conn, Peer};
 pub use identity::identity_of;
+pub use settings::TlsSettings;
 pub use tls::{TlsError, TlsReloader};

@@ -9,7 +9,7 @@
 //! `version` and is documented here and in the proto's `EnrollCardRequest` comment.
 
 use super::EnrollCommand;
-use crate::config::DEFAULT_PROGRAM;
+use crate::domain::DEFAULT_PROGRAM;
 use serde::Serialize;
 
 /// The version of the canonical form, part of the fingerprinted bytes.

@@ -2,7 +2,7 @@
 //! `/cards/searches`, `POST /cards` and the enrollment record.
 
 use super::{App, AppError, Step, past};
-use crate::config::DEFAULT_PROGRAM;
+use crate::domain::DEFAULT_PROGRAM;
 use crate::domain::{
     Begin, CardContractId, EnrollmentRecord, EnrollmentState, Failure, IdempotencyRecord,
     MaskedCard, Phase, StoredOutcome, last_four, now_ms,

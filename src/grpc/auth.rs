@@ -3,8 +3,8 @@
 //! policy before any handler runs, so a refused call costs no upstream call and no store write.
 //! The program check of `EnrollCard` needs the decoded request and happens in its handler.
 
+use super::policy::{AuthSettings, IdentitySource, Rpc};
 use crate::app::ErrorParts;
-use crate::config::{AuthSettings, IdentitySource, Rpc};
 use crate::transport::Peer;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -29,7 +29,7 @@ impl Caller {
     /// configured name; empty = default).
     pub fn may_use(&self, program: &str) -> bool {
         let program = if program.is_empty() {
-            crate::config::DEFAULT_PROGRAM
+            crate::domain::DEFAULT_PROGRAM
         } else {
             program
         };
@@ -283,7 +283,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::CallerPolicy;
+    use crate::grpc::policy::CallerPolicy;
 
     fn settings(source: IdentitySource) -> AuthSettings {
         let caller = |identity: &str, rpcs: &[Rpc], programs: Option<&[&str]>| CallerPolicy {

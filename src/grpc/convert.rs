@@ -145,7 +145,7 @@ pub fn enroll_command(
             idempotency_key: req.idempotency_key,
             card_contract_id,
             // One name for the default program, in the record and in the fingerprint.
-            program: if req.program == crate::config::DEFAULT_PROGRAM {
+            program: if req.program == crate::domain::DEFAULT_PROGRAM {
                 String::new()
             } else {
                 req.program

@@ -2,10 +2,10 @@
 //! in one place. Spans skip the arguments and record chosen fields only.
 
 use super::auth::{Caller, Denied};
+use super::policy::Rpc;
 use super::streams::StreamLimits;
 use super::{convert, deadline, status, trace};
 use crate::app::{App, AppError, Source};
-use crate::config::Rpc;
 use crate::metrics;
 use crate::proto::v1::{
     EnrollCardRequest, EnrollCardResponse, GetEnrollmentStatusRequest, GetEnrollmentStatusResponse,

@@ -50,6 +50,15 @@ pub enum BreakerState {
 }
 
 impl BreakerState {
+    /// The metrics' name of this state.
+    pub fn gauge(self) -> crate::metrics::BreakerGauge {
+        match self {
+            BreakerState::Closed => crate::metrics::BreakerGauge::Closed,
+            BreakerState::HalfOpen => crate::metrics::BreakerGauge::HalfOpen,
+            BreakerState::Open => crate::metrics::BreakerGauge::Open,
+        }
+    }
+
     /// `closed`, `open` or `half_open` (span attribute, metric label).
     pub fn name(self) -> &'static str {
         match self {

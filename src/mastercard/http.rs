@@ -379,7 +379,7 @@ impl ApiClient {
                 Ok(mut response) => {
                     response.started = attempt_started;
                     permit.record(false);
-                    crate::metrics::breaker_state(self.api.name(), self.breaker.state());
+                    crate::metrics::breaker_state(self.api.name(), self.breaker.state().gauge());
                     span.record("http.response.status_code", response.status);
                     if let Some(id) = response.correlation.best() {
                         span.record("mastercard.correlation_id", id);
@@ -389,7 +389,7 @@ impl ApiClient {
                 Err(f) => f,
             };
             permit.record(counts_against_api(&failure.kind));
-            crate::metrics::breaker_state(self.api.name(), self.breaker.state());
+            crate::metrics::breaker_state(self.api.name(), self.breaker.state().gauge());
             span.record("error.type", error_type(&failure.kind));
             if let Some(id) = failure.correlation.best() {
                 span.record("mastercard.correlation_id", id);

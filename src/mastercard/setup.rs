@@ -7,7 +7,8 @@ use super::http::{ApiClient, ApiClientConfig, PayloadEncryption};
 use super::jwe::{JweDecryptor, JweEncryptor};
 use super::keys::{Certificate, KeyError, KeyProblem, SigningKey};
 use super::processing::ProcessingClient;
-use crate::config::{ApiSettings, DEFAULT_PROGRAM, KeyFile, MastercardSettings, ProgramSettings};
+use super::settings::{ApiSettings, KeyFile, MastercardSettings, ProgramSettings};
+use crate::domain::DEFAULT_PROGRAM;
 use std::collections::BTreeMap;
 
 /// Certificates expiring within this window are warned about at startup.

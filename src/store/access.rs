@@ -3,8 +3,8 @@
 //! (`redis.password_file`, read once at startup) and, for `rediss://`, the CA the server
 //! certificate is checked against (`redis.ca_file`, instead of the system's roots).
 
+use super::RedisSettings;
 use super::StoreError;
-use crate::config::RedisSettings;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, TlsCertificates};
 use rustls::pki_types::CertificateDer;

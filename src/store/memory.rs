@@ -6,7 +6,7 @@ use crate::domain::{
     Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, Merge, TokenEvent, merge,
 };
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_stream::StreamExt as _;
@@ -28,7 +28,8 @@ struct Maps {
 /// Everything in maps behind one lock (each operation is one critical section: atomic).
 pub struct MemoryStore {
     retention: Retention,
-    maps: Mutex<Maps>,
+    // Shared with the watch streams, which re-read a record after they lagged.
+    maps: Arc<Mutex<Maps>>,
     changes: broadcast::Sender<EnrollmentRecord>,
 }
 
@@ -43,7 +44,7 @@ impl MemoryStore {
     pub fn new(retention: Retention) -> Self {
         Self {
             retention,
-            maps: Mutex::new(Maps::default()),
+            maps: Arc::new(Mutex::new(Maps::default())),
             changes: broadcast::channel(1024).0,
         }
     }
@@ -301,9 +302,15 @@ impl EnrollmentStore for MemoryStore {
 
     async fn watch(&self, card: CardContractId) -> Result<ChangeStream, StoreError> {
         let changes = tokio_stream::wrappers::BroadcastStream::new(self.changes.subscribe());
+        let maps = self.maps.clone();
         Ok(Box::pin(changes.filter_map(move |r| match r {
             Ok(record) if record.card_contract_id == card => Some(record),
-            _ => None,
+            Ok(_) => None,
+            // A watcher too slow for the channel missed changes, perhaps the card's last one:
+            // it gets the record as it is now (the watch sends it if its revision is newer).
+            Err(_lagged) => {
+                Self::live_record(&mut maps.lock().unwrap_or_else(|p| p.into_inner()), card)
+            }
         })))
     }
 
@@ -353,5 +360,67 @@ impl EnrollmentStore for MemoryStore {
     ) -> Result<bool, StoreError> {
         // One process holds the whole store: it always leads.
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{EnrollmentState, TokenEventKind};
+    use std::time::Duration;
+
+    fn retention() -> Retention {
+        let day = Duration::from_secs(86_400);
+        Retention {
+            enrollment: day,
+            notification_dedup: day,
+            idempotency: day,
+        }
+    }
+
+    fn tcn(id: &str, card: i64, at_ms: i64) -> TokenEvent {
+        TokenEvent {
+            notification_id: id.into(),
+            event_at_ms: at_ms,
+            card_contract_id: CardContractId::new(card).unwrap(),
+            token_unique_reference: format!("DM{card}"),
+            token_requestor_id: crate::domain::CLICK_TO_PAY_TOKEN_REQUESTOR_ID.into(),
+            wallet_name: crate::domain::CLICK_TO_PAY_WALLET_NAME.into(),
+            kind: TokenEventKind::Complete,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_lagged_gets_its_cards_latest_record() {
+        let store = MemoryStore::new(retention());
+        let card = CardContractId::new(70001).unwrap();
+        let mut changes = store.watch(card).await.unwrap();
+        store
+            .put_enrollment(
+                &EnrollmentRecord::new(card, String::new(), EnrollmentState::Enrolled, 0),
+                PutMode::Merge,
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        let NotificationResult::Applied(last) = store
+            .apply_notification(&tcn("n-last", 70001, 1_800_000_000_000))
+            .await
+            .unwrap()
+        else {
+            panic!("applied")
+        };
+        // More changes of other cards than the channel holds: the card's own are pushed out.
+        for i in 0..2_000 {
+            store
+                .apply_notification(&tcn(&format!("o-{i}"), 80_000 + i, 1_800_000_000_000))
+                .await
+                .unwrap();
+        }
+        let seen = tokio::time::timeout(Duration::from_secs(5), changes.next())
+            .await
+            .expect("a record, not silence")
+            .unwrap();
+        assert_eq!(seen, last);
     }
 }

@@ -1,13 +1,13 @@
 //! The Redis store, standalone (a `ConnectionManager` that reconnects by itself) or Cluster
 //! (`redis.cluster`), every update one atomic script on one card's slot.
 
+use super::RedisSettings;
 use super::access::{Access, bad_url};
 use super::feed::{Feed, Nodes};
 use super::scripts;
 use super::{
     ChangeStream, EnrollmentStore, KeySpace, NotificationResult, PutMode, Retention, StoreError,
 };
-use crate::config::RedisSettings;
 use crate::domain::{Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, TokenEvent};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;

@@ -2,7 +2,7 @@
 //! rotates a Secret in place): new handshakes get the new certificate, open connections keep
 //! theirs. A change that cannot be loaded is logged and the last good configuration stays.
 
-use crate::config::TlsSettings;
+use super::TlsSettings;
 use arc_swap::ArcSwap;
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject as _;

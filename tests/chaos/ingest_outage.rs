@@ -21,12 +21,17 @@ const BATCH: usize = 50;
 /// because both outages are over, not at this cap.
 const MAX_MESSAGES: usize = 15_000;
 
-/// Message `i`: a TAR for a card of its own, so that its resend is a DUPLICATE, never STALE.
+/// Message `i`: a TAR for a card of its own, so that its resend is a DUPLICATE, never STALE. A
+/// resend is the same message byte for byte (one event time for the run): the same id with
+/// other content would be REJECTED as a reused id.
 fn message(i: usize) -> NotificationIngestRequest {
+    static AT: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let at = *AT.get_or_init(t0);
     NotificationIngestRequest {
         notification_id: format!("b-{i}"),
+        sequence: 0,
         event_time: Some(prost_types::Timestamp {
-            seconds: t0(),
+            seconds: at,
             nanos: 0,
         }),
         event: Some(Event::TokenizationAuthorization(

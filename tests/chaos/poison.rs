@@ -16,6 +16,7 @@ use tonic::Code;
 fn tar(id: &str, card: i64, seconds: i64, nanos: i32) -> NotificationIngestRequest {
     NotificationIngestRequest {
         notification_id: id.into(),
+        sequence: 0,
         event_time: Some(prost_types::Timestamp { seconds, nanos }),
         event: Some(Event::TokenizationAuthorization(
             TokenizationAuthorization {
@@ -83,13 +84,13 @@ async fn poison_leaves_no_card_unusable() {
     let corrupt: [(i64, &str); 5] = [
         (
             70_001,
-            r#"{"card_contract_id":70001,"state":"in_progress","created_at_ms":1e+14"#,
+            r#"{"card_contract_id":70001,"state":"in_progress","create_time_ms":1e+14"#,
         ),
         (70_002, ""),
         (70_010, "null"),
         (
             70_011,
-            r#"{"card_contract_id":70011,"state":"bogus","created_at_ms":-1}"#,
+            r#"{"card_contract_id":70011,"state":"bogus","create_time_ms":-1}"#,
         ),
         (70_012, "\u{0}\u{1}garbage\u{ff}"),
     ];

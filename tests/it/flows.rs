@@ -3,9 +3,9 @@
 
 use crate::harness::{RedisCluster, RedisServer, TestService, settings, start_sandbox, t0};
 use c2p_enroll::proto::v1::{
-    Consumer, Enrollment, EnrollmentSource, EnrollmentState, GetEnrollmentStatusRequest,
-    NotificationIngestRequest, NotificationOutcome, TokenStatus, TokenizationAuthorization,
-    TokenizationDecision, WatchEnrollmentRequest,
+    Consumer, Enrollment, EnrollmentSource, EnrollmentState, ErrorReason,
+    GetEnrollmentStatusRequest, NotificationIngestRequest, NotificationOutcome, TokenStatus,
+    TokenizationAuthorization, TokenizationDecision, WatchEnrollmentRequest,
     enrollment_service_client::EnrollmentServiceClient, notification_ingest_request::Event,
 };
 use c2p_enroll::sandbox::faults::{
@@ -181,10 +181,13 @@ async fn ineligible_and_unknown_cards_end_in_their_codes_with_nothing_half_writt
             .unwrap_err();
         assert_eq!(err.code(), Code::FailedPrecondition, "{card}: {err:?}");
         assert_eq!(reason(&err), "CARD_NOT_ELIGIBLE");
-        assert_eq!(metadata(&err, "decline_reason").as_deref(), Some(why));
+        assert_eq!(metadata(&err, "declineReason").as_deref(), Some(why));
         let record = status_of(&mut client, card, false).await.unwrap();
         assert_eq!(record.state(), EnrollmentState::Failed, "{card}");
-        assert_eq!(record.failure.unwrap().reason, "CARD_NOT_ELIGIBLE");
+        assert_eq!(
+            record.failure.unwrap().reason(),
+            ErrorReason::CardNotEligible
+        );
     }
     let err = client
         .enroll_card(request("k-unknown", 79999))
@@ -282,7 +285,11 @@ async fn idempotency_replays_refuses_reuse_and_reports_an_enrolled_card() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(first, again, "the stored answer is replayed");
+    assert_eq!(
+        first.enrollment, again.enrollment,
+        "the stored answer is replayed"
+    );
+    assert!(!first.replayed && again.replayed, "and says so");
     assert_eq!(service.sandbox.count(Route::EnrollCards), 1);
 
     let mut different = request("k-1", 70001);
@@ -380,8 +387,12 @@ async fn fifty_concurrent_calls(env: &[(&str, &str)]) {
         aborted += a;
     }
     assert!(aborted > 0, "the calls did overlap");
+    // One call did the work; every other answer is its replay (or the same record, found
+    // by a call that resumed the key): the same enrollment.
     assert!(
-        answers.iter().all(|a| a == &answers[0]),
+        answers
+            .iter()
+            .all(|a| a.enrollment == answers[0].enrollment),
         "identical answers"
     );
     assert_eq!(
@@ -422,11 +433,18 @@ async fn watcher_across_instances(env: &[(&str, &str)], mut conn: redis::Connect
         .client()
         .watch_enrollment(WatchEnrollmentRequest {
             card_contract_id: 70001,
+            start_after_revision: 0,
         })
         .await
         .unwrap()
         .into_inner();
-    let first = watch.message().await.unwrap().unwrap().enrollment.unwrap();
+    let first = watch
+        .message()
+        .await
+        .unwrap()
+        .unwrap()
+        .into_enrollment()
+        .unwrap();
     assert_eq!(first.state(), EnrollmentState::NotEnrolled);
 
     b.client()
@@ -436,7 +454,9 @@ async fn watcher_across_instances(env: &[(&str, &str)], mut conn: redis::Connect
     let mut states = Vec::new();
     let seen = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(m) = watch.message().await.unwrap() {
-            let e = m.enrollment.unwrap();
+            let Some(e) = m.into_enrollment() else {
+                continue;
+            };
             states.push(e.state());
             if active(&e) {
                 return e;
@@ -527,11 +547,18 @@ async fn a_watcher_on_a_redis_cluster_survives_the_loss_of_the_node_its_feed_sub
     let mut watch = client
         .watch_enrollment(WatchEnrollmentRequest {
             card_contract_id: 70001,
+            start_after_revision: 0,
         })
         .await
         .unwrap()
         .into_inner();
-    let first = watch.message().await.unwrap().unwrap().enrollment.unwrap();
+    let first = watch
+        .message()
+        .await
+        .unwrap()
+        .unwrap()
+        .into_enrollment()
+        .unwrap();
     assert_eq!(first.state(), EnrollmentState::NotEnrolled);
 
     let dead = subscribed_node(&cluster).expect("one node holds the feed's subscription");
@@ -583,7 +610,9 @@ async fn a_watcher_on_a_redis_cluster_survives_the_loss_of_the_node_its_feed_sub
     );
     let seen = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(m) = watch.message().await.unwrap() {
-            let e = m.enrollment.unwrap();
+            let Some(e) = m.into_enrollment() else {
+                continue;
+            };
             if active(&e) {
                 return e;
             }
@@ -624,7 +653,8 @@ async fn status_is_rebuilt_from_the_token_list_on_a_miss_and_cached() {
         let mut client = other.client();
         let rebuilt = status_of(&mut client, 70001, false).await.unwrap();
         assert_eq!(rebuilt.source(), EnrollmentSource::Upstream);
-        assert_eq!(rebuilt.state(), EnrollmentState::Enrolled);
+        // This instance's store knows of no enrollment: a token made elsewhere, to it.
+        assert_eq!(rebuilt.state(), EnrollmentState::TokenizedElsewhere);
         assert_eq!(rebuilt.token.clone().unwrap().status(), TokenStatus::Active);
         let cached = status_of(&mut client, 70001, false).await.unwrap();
         assert_eq!(cached.source(), EnrollmentSource::Store);
@@ -653,6 +683,7 @@ async fn status_is_rebuilt_from_the_token_list_on_a_miss_and_cached() {
 pub fn tar(id: &str, card: i64, at_s: i64, trid: &str) -> NotificationIngestRequest {
     NotificationIngestRequest {
         notification_id: id.into(),
+        sequence: 0,
         event_time: Some(prost_types::Timestamp {
             seconds: at_s,
             nanos: 0,
@@ -766,7 +797,7 @@ async fn far_event_times_read_back_exactly_or_are_rejected() {
     let mut client = service.client();
     let record = status_of(&mut client, 70030, false).await.unwrap();
     assert_eq!(
-        record.token.unwrap().updated_at,
+        record.token.unwrap().event_time,
         Some(at(99_999_999_999, 999_000_000))
     );
 }
@@ -865,12 +896,13 @@ async fn two_keys_for_one_card_at_once_send_one_post_cards() {
 }
 
 #[tokio::test]
-async fn draining_ends_watch_streams_cleanly() {
+async fn draining_ends_watch_streams_unavailable_server_draining() {
     let service = TestService::start(&settings(&[])).await;
     let mut watch = service
         .client()
         .watch_enrollment(WatchEnrollmentRequest {
             card_contract_id: 70001,
+            start_after_revision: 0,
         })
         .await
         .unwrap()
@@ -881,7 +913,16 @@ async fn draining_ends_watch_streams_cleanly() {
     let end = tokio::time::timeout(Duration::from_secs(5), watch.message())
         .await
         .expect("the stream ended");
-    assert!(matches!(end, Ok(None)), "ended with OK: {end:?}");
+    // Never OK: the watcher must know to resume elsewhere.
+    let status = end.expect_err("a drained watch ends with an error");
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::Unavailable, "SERVER_DRAINING")
+    );
+    assert!(
+        status.get_error_details().retry_info().is_some(),
+        "RetryInfo: {status:?}"
+    );
 }
 
 #[tokio::test]
@@ -939,7 +980,8 @@ async fn a_watcher_keeps_following_across_a_redis_restart() {
     let mut watch = service
         .client()
         .watch_enrollment(WatchEnrollmentRequest {
-            card_contract_id: 70011,
+            card_contract_id: 70004,
+            start_after_revision: 0,
         })
         .await
         .unwrap()
@@ -950,7 +992,7 @@ async fn a_watcher_keeps_following_across_a_redis_restart() {
             .await
             .unwrap()
             .unwrap()
-            .enrollment
+            .into_enrollment()
             .unwrap()
             .state(),
         EnrollmentState::NotEnrolled
@@ -975,7 +1017,7 @@ async fn a_watcher_keeps_following_across_a_redis_restart() {
             .client()
             .notification_ingest(tokio_stream::iter([tar(
                 &format!("n-restart-{n}"),
-                70011,
+                70004,
                 t0() + n,
                 "50123197928",
             )]))
@@ -987,7 +1029,10 @@ async fn a_watcher_keeps_following_across_a_redis_restart() {
             && let Ok(Ok(Some(m))) =
                 tokio::time::timeout(Duration::from_secs(1), watch.message()).await
         {
-            break m.enrollment.unwrap();
+            if let Some(e) = m.into_enrollment() {
+                break e;
+            }
+            continue;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -995,7 +1040,8 @@ async fn a_watcher_keeps_following_across_a_redis_restart() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(seen.state(), EnrollmentState::InProgress);
+    // A card this service never enrolled, now with a Click to Pay token.
+    assert_eq!(seen.state(), EnrollmentState::TokenizedElsewhere);
     assert_eq!(
         seen.token.unwrap().decision(),
         TokenizationDecision::Approved

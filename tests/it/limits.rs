@@ -144,6 +144,7 @@ async fn fields_over_their_bounds_are_named_and_never_echoed() {
     // A notification with a 1,000-character reason and one with control characters.
     let notification = |id: &str, reason: String| NotificationIngestRequest {
         notification_id: id.into(),
+        sequence: 0,
         event_time: Some(prost_types::Timestamp {
             seconds: t0(),
             nanos: 0,
@@ -199,6 +200,7 @@ async fn watch_streams_past_the_cap_are_refused() {
             .client()
             .watch_enrollment(WatchEnrollmentRequest {
                 card_contract_id: 70001,
+                start_after_revision: 0,
             })
             .await
         {
@@ -219,6 +221,7 @@ async fn watch_streams_past_the_cap_are_refused() {
             .client()
             .watch_enrollment(WatchEnrollmentRequest {
                 card_contract_id: 70001,
+                start_after_revision: 0,
             })
             .await;
         if attempt.is_ok() {
@@ -260,6 +263,7 @@ async fn five_thousand_watch_attempts_stay_under_the_rss_bound() {
                 client
                     .watch_enrollment(WatchEnrollmentRequest {
                         card_contract_id: 70001,
+                        start_after_revision: 0,
                     })
                     .await
             });

@@ -7,6 +7,7 @@ mod http_stub;
 mod wire;
 
 mod adapter;
+mod contract;
 mod crash;
 mod flows;
 mod health;

@@ -129,6 +129,7 @@ async fn an_enrollment_is_traced_logged_and_counted_without_card_data() {
     let refused = client
         .watch_enrollment(c2p_enroll::proto::v1::WatchEnrollmentRequest {
             card_contract_id: 0,
+            start_after_revision: 0,
         })
         .await
         .unwrap_err();

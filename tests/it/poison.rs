@@ -100,7 +100,7 @@ async fn an_unreadable_record_is_set_aside_and_the_card_keeps_working() {
     let service = TestService::start(&settings(&[("C2P_REDIS__URL", &redis.url())])).await;
     let mut conn = redis.connection();
     // What an older version's Lua wrote for an event time in year 5138: JSON it cannot read.
-    let garbage = r#"{"card_contract_id":70001,"state":"in_progress","created_at_ms":1e+14"#;
+    let garbage = r#"{"card_contract_id":70001,"state":"in_progress","create_time_ms":1e+14"#;
     for card in [70001, 70012] {
         let _: () = redis::cmd("SET")
             .arg(format!("c2p:{{card:{card}}}:enrollment"))

@@ -105,7 +105,10 @@ async fn a_card_never_tokenized_becomes_a_retryable_failure_and_the_same_key_the
     let finished = until_not_in_progress(&service, 70001).await;
     assert_eq!(finished.state(), EnrollmentState::Failed);
     let failure = finished.failure.unwrap();
-    assert_eq!(failure.reason, "ENROLLMENT_NOT_CONFIRMED");
+    assert_eq!(
+        failure.reason(),
+        c2p_enroll::proto::v1::ErrorReason::EnrollmentNotConfirmed
+    );
     assert!(failure.retryable);
     // The caller's retry with its key resumes and enrolls.
     let enrolled = service
@@ -169,7 +172,7 @@ async fn refreshes_write_one_dedup_marker_per_change_not_per_call() {
         let token = refresh().await.token.unwrap();
         assert_eq!(token.status(), TokenStatus::Suspended);
         // Dated by the simulator's Date header (whole seconds), not the replica's clock.
-        assert_eq!(token.updated_at.unwrap().nanos, 0);
+        assert_eq!(token.event_time.unwrap().nanos, 0);
     }
     println!(
         "20 unchanged refreshes + 5 after one change: {} marker(s)",

@@ -11,7 +11,6 @@ use crate::harness::{
 };
 use c2p_enroll::config::Settings;
 use c2p_enroll::proto::v1::EnrollmentState;
-use c2p_enroll::store;
 use redis::Commands as _;
 use std::path::Path;
 use std::time::Duration;
@@ -100,7 +99,7 @@ async fn enroll_card_over_rediss_with_an_acl_user_on_a_redis_cluster() {
 async fn redis_store_over_rediss_passes_the_suite() {
     let tls = RedisTls::generate();
     let redis = RedisServer::start_tls(&tls);
-    let store = store::from_settings(&tls_settings(&redis.url(), &tls, &[])).unwrap();
+    let store = c2p_enroll::server::open_store(&tls_settings(&redis.url(), &tls, &[])).unwrap();
     crate::store::suite(store).await;
 }
 
@@ -108,7 +107,7 @@ async fn redis_store_over_rediss_passes_the_suite() {
 async fn redis_cluster_store_over_rediss_passes_the_suite() {
     let tls = RedisTls::generate();
     let cluster = RedisCluster::start_tls(&tls);
-    let store = store::from_settings(&tls_settings(
+    let store = c2p_enroll::server::open_store(&tls_settings(
         &cluster.urls(),
         &tls,
         &[("C2P_REDIS__CLUSTER", "true")],

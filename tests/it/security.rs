@@ -292,6 +292,7 @@ async fn the_policy_decides_before_any_work() {
     let status = gateway
         .watch_enrollment(WatchEnrollmentRequest {
             card_contract_id: 70001,
+            start_after_revision: 0,
         })
         .await
         .unwrap_err();
@@ -402,6 +403,7 @@ async fn certificates_replaced_on_disk_are_used_by_new_handshakes_and_open_strea
     let mut watch = EnrollmentServiceClient::new(channel.clone())
         .watch_enrollment(WatchEnrollmentRequest {
             card_contract_id: 70001,
+            start_after_revision: 0,
         })
         .await
         .unwrap()

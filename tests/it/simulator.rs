@@ -673,7 +673,8 @@ impl EnrollmentService for Receiver {
                     .send(Ok(NotificationIngestResponse {
                         notification_id: n.notification_id,
                         outcome: outcome as i32,
-                        message: String::new(),
+                        sequence: n.sequence,
+                        ..Default::default()
                     }))
                     .await;
             }

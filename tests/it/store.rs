@@ -127,7 +127,8 @@ pub(crate) async fn suite(store: Arc<dyn EnrollmentStore>) {
         )
     );
 
-    // A notification before any record creates one, IN_PROGRESS, that the enrollment merges into.
+    // A notification before any record creates one, TOKENIZED_ELSEWHERE (a token this service
+    // did not enroll, so far), that the enrollment merges into.
     let early = event(
         "n-early",
         1_800_000_003_000,
@@ -137,13 +138,15 @@ pub(crate) async fn suite(store: Arc<dyn EnrollmentStore>) {
     let NotificationResult::Applied(r) = store.apply_notification(&early).await.unwrap() else {
         panic!()
     };
-    assert_eq!(r.state, EnrollmentState::InProgress);
+    assert_eq!(r.state, EnrollmentState::TokenizedElsewhere);
     let merged = store
         .put_enrollment(&enrolled(70002), PutMode::Merge, TTL)
         .await
         .unwrap();
     assert_eq!(merged.state, EnrollmentState::Enrolled);
     assert_eq!(merged.token.unwrap().status, Some(TokenStatus::Active));
+
+    stamps(&store).await;
 
     // Idempotency: new, in flight, reused, resumed after the lease, fenced, replayed. Real
     // time and a short lease: Redis measures leases on its own clock, not the caller's `now`.
@@ -319,6 +322,123 @@ async fn expiry(store: Arc<dyn EnrollmentStore>) {
     assert_eq!(store.get(card(70009)).await.unwrap(), None);
 }
 
+/// The store stamps records on its own clock: `create_time` is set once and never moves (not
+/// by backdated or future-dated notifications, not by later writes), `update_time` is when the
+/// store changed the record, the revision grows with every change and only then; a stale
+/// notification, a duplicate, an id reused with other content and a write that changes nothing
+/// leave the record as it was, revision included.
+async fn stamps(store: &Arc<dyn EnrollmentStore>) {
+    let c = 70040;
+    let before = now_ms();
+    let NotificationResult::Applied(first) = store
+        .apply_notification(&event(
+            "s-1",
+            1_800_000_001_000,
+            c,
+            TokenEventKind::Complete,
+        ))
+        .await
+        .unwrap()
+    else {
+        panic!("applied")
+    };
+    let after = now_ms();
+    // Redis' clock and ours are the same machine's here; a little slack for rounding.
+    assert!(
+        (before - 5..=after + 5).contains(&first.create_time_ms),
+        "{first:?}"
+    );
+    assert_eq!(first.create_time_ms, first.update_time_ms);
+    assert!(first.revision >= first.create_time_ms);
+    let mut last = first.clone();
+    // A backdated and a far-future-dated notification change the token, not create_time.
+    // (The TAR is the first write of the decision register, so its old time still applies.)
+    for (id, at, kind) in [
+        (
+            "s-2",
+            1_000,
+            TokenEventKind::Authorization(TokenizationDecision::Approved),
+        ),
+        (
+            "s-3",
+            99_999_999_999_000,
+            TokenEventKind::StatusChanged(TokenStatus::Inactive),
+        ),
+    ] {
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        let NotificationResult::Applied(r) = store
+            .apply_notification(&event(id, at, c, kind))
+            .await
+            .unwrap()
+        else {
+            panic!("{id} applied")
+        };
+        assert_eq!(r.create_time_ms, first.create_time_ms, "{id}");
+        assert!(r.update_time_ms > last.update_time_ms, "{id}");
+        assert!(
+            r.update_time_ms < 99_999_999_999_000,
+            "{id}: the event time leaked"
+        );
+        assert!(r.revision > last.revision, "{id}");
+        last = r;
+    }
+    // Nothing changes: stale, duplicate, reused id, a write of the same content.
+    assert_eq!(
+        store
+            .apply_notification(&event(
+                "s-4",
+                1_800_000_000_000,
+                c,
+                TokenEventKind::StatusChanged(TokenStatus::Active)
+            ))
+            .await
+            .unwrap(),
+        NotificationResult::Stale
+    );
+    assert_eq!(
+        store
+            .apply_notification(&event(
+                "s-1",
+                1_800_000_001_000,
+                c,
+                TokenEventKind::Complete
+            ))
+            .await
+            .unwrap(),
+        NotificationResult::Duplicate
+    );
+    assert_eq!(
+        store
+            .apply_notification(&event(
+                "s-1",
+                1_800_000_001_001,
+                c,
+                TokenEventKind::Complete
+            ))
+            .await
+            .unwrap(),
+        NotificationResult::Conflict
+    );
+    assert_eq!(store.get(card(c)).await.unwrap().as_ref(), Some(&last));
+    let mut same = last.clone();
+    same.create_time_ms = 1;
+    same.update_time_ms = 2;
+    same.revision = 3;
+    let unchanged = store
+        .put_enrollment(&same, PutMode::Merge, TTL)
+        .await
+        .unwrap();
+    assert_eq!(unchanged, last);
+    // An enrollment write changes the record: same create_time, a new revision.
+    let enrolled = store
+        .put_enrollment(&enrolled(c), PutMode::Merge, TTL)
+        .await
+        .unwrap();
+    assert_eq!(enrolled.create_time_ms, first.create_time_ms);
+    assert!(enrolled.revision > last.revision);
+    assert_eq!(enrolled.state, EnrollmentState::Enrolled);
+}
+
 /// The largest event time the store keeps (5138-11-16T09:46:39.999Z) is written and read back
 /// to the millisecond; a later one is refused and leaves the record readable (Redis's Lua JSON
 /// used to write `1e+14`, a record that no longer read).
@@ -334,7 +454,9 @@ async fn large_event_times_read_back_exactly(store: Arc<dyn EnrollmentStore>) {
     let read = store.get(card(70020)).await.unwrap().unwrap();
     assert_eq!(read, applied);
     let version = read.token.as_ref().unwrap().status_version.clone().unwrap();
-    assert_eq!((version.at_ms, read.updated_at_ms), (last, last));
+    assert_eq!(version.at_ms, last);
+    // The record's own times are the store's clock, not the event's.
+    assert!(read.update_time_ms < last && read.create_time_ms <= read.update_time_ms);
     // A later time on the same card is refused; the record still reads, unchanged.
     for far in [
         c2p_enroll::domain::STORE_INTEGER_LIMIT,
@@ -365,7 +487,7 @@ async fn large_event_times_read_back_exactly(store: Arc<dyn EnrollmentStore>) {
     assert_eq!(merged.token, read.token);
     assert_eq!(store.get(card(70020)).await.unwrap(), Some(merged));
     let mut far = enrolled(70021);
-    far.updated_at_ms = c2p_enroll::domain::STORE_INTEGER_LIMIT;
+    far.update_time_ms = c2p_enroll::domain::STORE_INTEGER_LIMIT;
     let err = store
         .put_enrollment(&far, PutMode::Merge, TTL)
         .await
@@ -402,6 +524,12 @@ async fn permutations_converge(store: Arc<dyn EnrollmentStore>, card_base: i64) 
         }
         let mut record = store.get(card(card_id)).await.unwrap().unwrap();
         record.card_contract_id = card(card_base);
+        // The store's stamps differ per card (its clock); the content must not.
+        (
+            record.create_time_ms,
+            record.update_time_ms,
+            record.revision,
+        ) = (0, 0, 0);
         finals.push(record);
     }
     assert_eq!(finals.len(), 24);
@@ -508,6 +636,12 @@ async fn converge_set(
         }
         let mut record = store.get(card(card_id)).await.unwrap().unwrap();
         record.card_contract_id = card(card_base);
+        // The store's stamps differ per card (its clock); the content must not.
+        (
+            record.create_time_ms,
+            record.update_time_ms,
+            record.revision,
+        ) = (0, 0, 0);
         match &first {
             None => first = Some(record),
             Some(first) => assert_eq!(
@@ -537,7 +671,7 @@ fn permutations(n: usize) -> Vec<Vec<usize>> {
 
 #[tokio::test]
 async fn memory_store_passes_the_suite() {
-    let store = store::from_settings(&settings(&[])).unwrap();
+    let store = c2p_enroll::server::open_store(&settings(&[])).unwrap();
     assert_eq!(store.kind(), "memory");
     suite(store.clone()).await;
     expiry(store.clone()).await;
@@ -549,7 +683,8 @@ async fn memory_store_passes_the_suite() {
 #[tokio::test]
 async fn redis_store_passes_the_suite() {
     let redis = RedisServer::start();
-    let store = store::from_settings(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
+    let store =
+        c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
     assert_eq!(store.kind(), "redis");
     suite(store.clone()).await;
     expiry(store.clone()).await;
@@ -561,7 +696,7 @@ async fn redis_store_passes_the_suite() {
 #[tokio::test]
 async fn redis_cluster_store_passes_the_suite() {
     let cluster = RedisCluster::start();
-    let store = store::from_settings(&settings(&[
+    let store = c2p_enroll::server::open_store(&settings(&[
         ("C2P_REDIS__URL", &cluster.urls()),
         ("C2P_REDIS__CLUSTER", "true"),
     ]))
@@ -580,7 +715,7 @@ async fn redis_keys_carry_the_prefix_and_the_card_hash_tag_and_no_card_number() 
         ("C2P_REDIS__URL", &redis.url()),
         ("C2P_REDIS__KEY_PREFIX", "bank7:"),
     ]);
-    let store = store::from_settings(&s).unwrap();
+    let store = c2p_enroll::server::open_store(&s).unwrap();
     store
         .put_enrollment(&enrolled(70001), PutMode::Merge, TTL)
         .await
@@ -620,7 +755,8 @@ async fn redis_keys_carry_the_prefix_and_the_card_hash_tag_and_no_card_number() 
 #[tokio::test]
 async fn redis_store_reports_unavailable_then_recovers() {
     let mut redis = RedisServer::start();
-    let store = store::from_settings(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
+    let store =
+        c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
     store.ping().await.unwrap();
     redis.stop();
     let err = store.get(card(70001)).await.unwrap_err();
@@ -651,7 +787,8 @@ async fn redis_store_reports_unavailable_then_recovers() {
 #[tokio::test]
 async fn redis_scripts_refuse_numbers_cjson_would_round() {
     let redis = RedisServer::start();
-    let store = store::from_settings(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
+    let store =
+        c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
     let far = c2p_enroll::domain::STORE_INTEGER_LIMIT;
     let scope = "caller-a\u{0}key-far";
     assert!(matches!(
@@ -682,8 +819,9 @@ async fn redis_scripts_refuse_numbers_cjson_would_round() {
 #[tokio::test]
 async fn redis_in_a_natural_language_locale_merges_as_rust_does() {
     let redis = RedisServer::start_in_collating_locale();
-    let in_locale = store::from_settings(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
-    let memory = store::from_settings(&settings(&[])).unwrap();
+    let in_locale =
+        c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
+    let memory = c2p_enroll::server::open_store(&settings(&[])).unwrap();
     const T: i64 = 1_800_000_000_000;
     let suspended = TokenEventKind::StatusChanged(TokenStatus::Suspended);
     let approved = TokenEventKind::Authorization(TokenizationDecision::Approved);
@@ -723,7 +861,8 @@ async fn redis_in_a_natural_language_locale_merges_as_rust_does() {
 #[tokio::test]
 async fn leases_are_measured_on_the_redis_clock_not_the_replicas() {
     let redis = RedisServer::start();
-    let store = store::from_settings(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
+    let store =
+        c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
     let lease = 15_000;
     for (name, skew) in [("slow", -3_600_000i64), ("fast", 3_600_000)] {
         let scope = format!("caller\u{0}key-{name}");

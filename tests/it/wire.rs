@@ -23,6 +23,7 @@ pub fn request(key: &str, card: i64) -> EnrollCardRequest {
         cardholder_full_name: "Jane Doe".into(),
         billing_address: None,
         src_correlation_id: String::new(),
+        validate_only: false,
     }
 }
 
