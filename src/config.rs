@@ -3,6 +3,7 @@
 //! Loading goes through a lenient raw layer ([`raw`]) so that validation ([`validate`]) can name
 //! every missing or bad setting in one message instead of stopping at the first.
 
+mod checker;
 mod raw;
 mod validate;
 mod validate_api;

@@ -1,6 +1,7 @@
 //! A Mastercard simulator: Processing Digital and the Click to Pay Enroll API under Mastercard's
 //! paths, a CMS, tokenization with TAR/TCN notifications, gateway checks and fault injection.
-//! It is what sandbox mode, the tests and the benchmarks talk to. It is not Mastercard.
+//! It is what sandbox mode, the tests and the benchmarks talk to. It is not Mastercard: what it
+//! assumes of Mastercard, and which of it is confirmed, is in `docs/mastercard.md`.
 
 pub mod cms;
 mod enroll_api;

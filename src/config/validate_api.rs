@@ -1,8 +1,8 @@
 //! `mastercard.processing.*` and `mastercard.enroll.*`: credentials, key files, timeouts,
 //! retries, breaker and payload encryption of one API.
 
+use super::checker::Checker;
 use super::raw::{RawApi, RawProgram, Scalar};
-use super::validate::Checker;
 use super::{
     ApiCredentials, ApiSettings, DEFAULT_PRIVACY_URI, DEFAULT_PROGRAM, DEFAULT_TERMS_URI, KeyFile,
     Mode, PayloadEncryptionFiles, ProgramSettings,

@@ -1,10 +1,10 @@
 //! The settings that decide who can reach the service and what one client can make it hold:
 //! `grpc.*` (TLS, limits, reflection), `health.listen` and `auth.*`.
 
+use super::checker::Checker;
 use super::{
     AuthSettings, CallerPolicy, GrpcLimits, GrpcSettings, IdentitySource, Mode, Rpc, TlsSettings,
     raw::{RawAuth, RawSettings, Scalar},
-    validate::Checker,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

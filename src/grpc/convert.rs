@@ -127,18 +127,17 @@ pub fn enroll_command(
     };
     v.max_len("cardholder_full_name", &req.cardholder_full_name, MAX_TEXT);
     let billing_address = req.billing_address.map(|a| address(&mut v, a));
-    let src_correlation_id = non_empty(&req.src_correlation_id);
     // Only the hyphenated 36-character form: it goes to Mastercard as given, and the braced,
-    // URN and simple forms that the parser also takes are not what Mastercard expects.
-    if src_correlation_id
-        .as_deref()
-        .is_some_and(|id| id.len() != 36 || uuid::Uuid::try_parse(id).is_err())
-    {
+    // URN and simple forms that the parser also takes are not what Mastercard expects. Checked
+    // as sent, untrimmed, as its `buf.validate` annotation says (`string.uuid`).
+    let id = &req.src_correlation_id;
+    if !id.is_empty() && (id.len() != 36 || uuid::Uuid::try_parse(id).is_err()) {
         v.add(
             "src_correlation_id",
             "must be a UUID in its hyphenated 36-character form",
         );
     }
+    let src_correlation_id = non_empty(id);
     match (v.0.is_empty(), card, consumer) {
         (true, Some(card_contract_id), Some(consumer)) => Ok(EnrollCommand {
             caller,
@@ -160,13 +159,13 @@ pub fn enroll_command(
 }
 
 fn consumer(v: &mut Violations, c: pb::Consumer) -> ConsumerInput {
-    let email = non_empty(&c.email);
-    if let Some(e) = &email
-        && (!is_email(e) || e.len() > MAX_TEXT || crate::text::has_control(e))
-    {
+    // Checked as sent, untrimmed, as its `buf.validate` annotation says: an e-mail address has
+    // no spaces, so only the empty one is absent.
+    let e = &c.email;
+    if !e.is_empty() && (!is_email(e) || e.len() > MAX_TEXT || crate::text::has_control(e)) {
         v.add(
             "consumer.email",
-            "must be an e-mail address of at most 255 characters",
+            "must be an e-mail address of at most 255 bytes",
         );
     }
     let mobile = c.mobile_number.map(|m| {
@@ -184,7 +183,8 @@ fn consumer(v: &mut Violations, c: pb::Consumer) -> ConsumerInput {
         }
         (m.country_code, m.phone_number)
     });
-    if email.is_none() && mobile.is_none() {
+    let email = non_empty(&c.email);
+    if c.email.is_empty() && mobile.is_none() {
         v.add(
             "consumer.email",
             "consumer.email or consumer.mobile_number is required",
@@ -250,6 +250,27 @@ pub fn card_id(id: i64) -> Result<CardContractId, Vec<FieldViolation>> {
             description: "required, from 1 to 99999999999999".into(),
         }]
     })
+}
+
+/// A validated `WatchEnrollmentRequest`: the card and `start_after_revision`, or the violations.
+pub fn watch_request(
+    req: &pb::WatchEnrollmentRequest,
+) -> Result<(CardContractId, i64), Vec<FieldViolation>> {
+    let card = card_id(req.card_contract_id);
+    let start_after = req.start_after_revision;
+    match (card, start_after >= 0) {
+        (Ok(card), true) => Ok((card, start_after)),
+        (card, start_ok) => {
+            let mut violations = card.err().unwrap_or_default();
+            if !start_ok {
+                violations.push(FieldViolation {
+                    field: "start_after_revision".into(),
+                    description: "must be 0 or a revision received before".into(),
+                });
+            }
+            Err(violations)
+        }
+    }
 }
 
 /// How far from now a notification's `event_time` may be: a time far in the future would win

@@ -147,22 +147,8 @@ impl EnrollmentApi {
     ) -> Result<Response<ResponseStream<WatchEnrollmentResponse>>, Status> {
         let deadline = deadline::of(&request, self.default_deadline);
         let caller = caller(&request, Rpc::WatchEnrollment)?;
-        let req = request.get_ref();
-        let card = convert::card_id(req.card_contract_id);
-        let start_after = req.start_after_revision;
-        let card = match (card, start_after >= 0) {
-            (Ok(card), true) => card,
-            (card, start_ok) => {
-                let mut violations = card.err().unwrap_or_default();
-                if !start_ok {
-                    violations.push(crate::app::FieldViolation {
-                        field: "start_after_revision".into(),
-                        description: "must be 0 or a revision received before".into(),
-                    });
-                }
-                return Err(status::to_status(&AppError::InvalidArgument(violations)));
-            }
-        };
+        let (card, start_after) = convert::watch_request(request.get_ref())
+            .map_err(|v| status::to_status(&AppError::InvalidArgument(v)))?;
         tracing::Span::current().record("card", card.get());
         let permit = self.streams.watch()?;
         let (current, changes) = self

@@ -1,6 +1,6 @@
 //! `UpstreamError`: every way a Mastercard call can fail, kept apart because each maps to its own
 //! gRPC code and retry decision. It carries Mastercard's reason code, source and correlation ids,
-//! never a request or response body.
+//! never a request or response body. The error body shapes: `docs/mastercard.md#error-bodies`.
 
 use super::jwe::JweError;
 use serde::Deserialize;

@@ -1,5 +1,5 @@
-//! Mastercard "client-encryption" JWE (`mastercard-contracts.md` §G) with josekit: encryption
-//! RSA-OAEP-256 + A256GCM with `kid` = lowercase hex SHA-256 of the public key's DER
+//! Mastercard "client-encryption" JWE (`docs/mastercard.md#payload-encryption`) with josekit:
+//! encryption RSA-OAEP-256 + A256GCM with `kid` = lowercase hex SHA-256 of the public key's DER
 //! SubjectPublicKeyInfo and `cty: application/json`; decryption of A128GCM, A192GCM, A256GCM and
 //! A128CBC-HS256 with 12- or 16-byte IVs. A known `kid` picks its key; an unknown or absent one
 //! (Mastercard's own libraries ignore `kid`) makes every configured key try in turn, current

@@ -1,6 +1,6 @@
 //! Mastercard's OAuth 1.0a with body hash, byte for byte as Mastercard's signer libraries do it
-//! (`mastercard-contracts.md` §D), as pure functions with the clock and the nonce injected, plus
-//! the verifying side the simulator's gateway uses.
+//! (`docs/mastercard.md#oauth-signing`), as pure functions with the clock and the nonce
+//! injected, plus the verifying side the simulator's gateway uses.
 
 use super::keys::{PublicKey, SigningKey};
 use base64::Engine as _;

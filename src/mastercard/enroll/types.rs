@@ -1,4 +1,4 @@
-//! The Enroll API's wire types (`mastercard-contracts.md` §B), tolerant on the way in.
+//! The Enroll API's wire types (`docs/mastercard.md#enroll-api`), tolerant on the way in.
 
 use super::super::processing::types::EncryptedCard;
 use serde::{Deserialize, Serialize, Serializer};

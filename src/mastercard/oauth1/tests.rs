@@ -1,4 +1,4 @@
-//! The vectors of `mastercard-contracts.md` §D (from Mastercard's OAuthTest.java), plus
+//! The vectors of Mastercard's OAuthTest.java (`docs/mastercard.md#oauth-signing`), plus
 //! sign/verify round trips.
 
 use super::*;

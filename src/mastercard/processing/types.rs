@@ -1,5 +1,6 @@
-//! Processing Digital's wire types (`mastercard-contracts.md` §A). Responses are tolerant:
-//! unknown fields are ignored, optional fields are optional, statuses match without regard to case.
+//! Processing Digital's wire types (`docs/mastercard.md#card-search` and `#token-lists`).
+//! Responses are tolerant: unknown fields are ignored, optional fields are optional, statuses
+//! match without regard to case.
 
 use crate::domain::TokenStatus;
 use secrecy::{ExposeSecret, SecretString};
@@ -29,7 +30,7 @@ pub struct SynchronousRequest {
     pub billing_address: Option<BillingAddress>,
 }
 
-/// EMVCo SRC address shape (unverified for this API, per the contracts file).
+/// EMVCo SRC address shape (unverified for this API: `docs/mastercard.md#card-search`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BillingAddress {

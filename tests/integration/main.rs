@@ -1,0 +1,10 @@
+//! The integrator material of `integration/` and `examples/`, run against the real service
+//! (issue 12, item 8): the gRPC service config under an independent gRPC implementation
+//! (grpcio), and the reference NotificationIngest gateway across drains, restarts and cut
+//! connections. Its own test target, sharing nothing with `tests/it`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod gateway;
+mod service_config;
+mod support;
