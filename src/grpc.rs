@@ -4,11 +4,15 @@ pub mod auth;
 pub mod codec;
 pub mod convert;
 mod deadline;
+pub mod envelope;
 /// The contract's field annotations against this validation (a test).
 #[cfg(test)]
 mod field_rules;
 mod ingest;
 pub mod policy;
+/// The error vocabulary: the proto's ErrorReason, the README's table and the code (a test).
+#[cfg(test)]
+mod reasons;
 mod service;
 pub mod status;
 pub mod streams;

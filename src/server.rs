@@ -4,6 +4,7 @@ use crate::app::{App, AppSettings, FingerprintKey};
 use crate::config::{GrpcLimits, Settings};
 use crate::grpc::EnrollmentApi;
 use crate::grpc::auth::{AuthLayer, Policy};
+use crate::grpc::envelope::EnvelopeLayer;
 use crate::grpc::streams::StreamLimits;
 use crate::health::CappedHealth;
 use crate::health::{self, HealthGate};
@@ -86,6 +87,14 @@ impl RunningServer {
     /// The store the service uses.
     pub fn store(&self) -> Arc<dyn EnrollmentStore> {
         self.store.clone()
+    }
+
+    /// Starts the drain of calls without closing the listener or the connections: long-lived
+    /// streams end UNAVAILABLE `SERVER_DRAINING`, and so does every new call that still reaches
+    /// the service. [`RunningServer::shutdown`] does this too, then closes; tests call this
+    /// alone to see that window, which is otherwise as short as the connections' GOAWAY.
+    pub fn begin_drain(&self) {
+        self.drain.cancel();
     }
 
     /// Drains: health turns NOT_SERVING (and health watchers see it), the listener stops
@@ -249,8 +258,8 @@ pub async fn start(
     };
     let enrollment =
         EnrollmentServiceServer::new(api).max_decoding_message_size(limits.max_message_bytes);
+    // No `trace_fn`: the envelope layer makes the RPC span, with the request id it chose.
     let mut builder = tonic::transport::Server::builder()
-        .trace_fn(crate::grpc::trace::rpc_span)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout));
@@ -260,7 +269,9 @@ pub async fn start(
             .max_connection_age(age)
             .max_connection_age_grace(limits.max_connection_age_grace);
     }
+    // The first layer is the outermost: the envelope sees every answer, the auth layer's too.
     let router = builder
+        .layer(EnvelopeLayer::new(drain.clone()))
         .layer(AuthLayer::new(Policy::from_settings(&settings.auth)))
         .add_service(health_service)
         .add_service(enrollment)

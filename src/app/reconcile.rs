@@ -22,9 +22,6 @@ pub struct ReconcileReport {
     pub pruned: usize,
 }
 
-/// The reason of an enrollment the reconciler found not tokenized.
-pub const UNCONFIRMED: &str = "ENROLLMENT_NOT_CONFIRMED";
-
 impl App {
     /// One pass over at most `limit` cards IN_PROGRESS for longer than `older_than`.
     pub async fn reconcile_once(
@@ -123,7 +120,10 @@ impl App {
         let mut failed = record;
         failed.state = EnrollmentState::Failed;
         failed.failure = Some(Failure {
-            reason: UNCONFIRMED.into(),
+            // The proto's name, so that the failure's reason is an `ErrorReason` by construction.
+            reason: crate::proto::v1::ErrorReason::EnrollmentNotConfirmed
+                .as_str_name()
+                .into(),
             message: "Mastercard's token list shows no Click to Pay token for this card; retry the enrollment with the same idempotency key".into(),
             retryable: true,
             metadata: std::collections::BTreeMap::from([(

@@ -14,7 +14,17 @@ pub fn of<T>(request: &tonic::Request<T>, default: Duration) -> Option<Instant> 
 
 /// The deadline of a request, if the caller set one.
 fn caller_deadline<T>(request: &tonic::Request<T>) -> Option<Instant> {
-    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let timeout = timeout(request.metadata().get("grpc-timeout")?.to_str().ok()?)?;
+    Some(Instant::now() + timeout.saturating_sub(MARGIN))
+}
+
+/// The caller's timeout in the request headers (`grpc-timeout`), as sent.
+pub fn of_headers(headers: &http::HeaderMap) -> Option<Duration> {
+    timeout(headers.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// A `grpc-timeout` value: an integer and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
+fn timeout(value: &str) -> Option<Duration> {
     let (amount, unit) = value.split_at(value.len().checked_sub(1)?);
     let amount: u64 = amount.parse().ok()?;
     let timeout = match unit {
@@ -26,7 +36,7 @@ fn caller_deadline<T>(request: &tonic::Request<T>) -> Option<Instant> {
         "n" => Duration::from_nanos(amount),
         _ => return None,
     };
-    Some(Instant::now() + timeout.saturating_sub(MARGIN))
+    Some(timeout)
 }
 
 #[cfg(test)]

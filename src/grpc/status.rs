@@ -5,6 +5,7 @@
 
 use super::convert;
 use crate::app::{AppError, ErrorParts, Source};
+use crate::proto::v1::ErrorReason;
 use prost::Message as _;
 use tonic_types::pb;
 
@@ -20,10 +21,24 @@ const DRAIN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 pub fn draining() -> tonic::Status {
     from_parts(ErrorParts {
         code: tonic::Code::Unavailable as i32,
-        reason: "SERVER_DRAINING".into(),
+        reason: ErrorReason::ServerDraining.as_str_name().into(),
         message: "this server is shutting down; retry on a new connection (another replica)".into(),
         metadata: Default::default(),
         retry_after: Some(DRAIN_RETRY),
+        violations: Vec::new(),
+        enrollment: None,
+    })
+}
+
+/// DEADLINE_EXCEEDED `DEADLINE_EXCEEDED` without a step: the caller's `grpc-timeout` ran out
+/// before the call answered (the envelope layer's answer, in place of tonic's bare CANCELLED).
+pub fn deadline_passed() -> tonic::Status {
+    from_parts(ErrorParts {
+        code: tonic::Code::DeadlineExceeded as i32,
+        reason: ErrorReason::DeadlineExceeded.as_str_name().into(),
+        message: "the caller's deadline passed before the call could answer".into(),
+        metadata: Default::default(),
+        retry_after: None,
         violations: Vec::new(),
         enrollment: None,
     })
@@ -40,7 +55,7 @@ fn any<M: prost::Message>(type_name: &str, message: &M) -> prost_types::Any {
 pub fn malformed(message: &str) -> tonic::Status {
     from_parts(ErrorParts {
         code: tonic::Code::InvalidArgument as i32,
-        reason: "MALFORMED_REQUEST".into(),
+        reason: ErrorReason::MalformedRequest.as_str_name().into(),
         message: message.into(),
         metadata: Default::default(),
         retry_after: None,

@@ -1,6 +1,7 @@
 //! The span of every RPC: W3C trace context (`traceparent`, `tracestate`) taken from the request
-//! metadata so the caller's trace continues here, a `request_id` (the caller's `x-request-id`, or
-//! a new one) and the `trace_id`, which every log line inside the call carries.
+//! metadata so the caller's trace continues here, a `request_id` (chosen by the envelope layer:
+//! the caller's `x-request-id`, or a new one, the same the response carries) and the
+//! `trace_id`, which every log line inside the call carries.
 
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TraceContextExt as _;
@@ -28,16 +29,11 @@ fn traceparent_trace_id(headers: &http::HeaderMap) -> Option<String> {
         .then(|| id.to_ascii_lowercase())
 }
 
-/// The span of one RPC; handlers record `card`, `program`, `refresh`, `outcome` and the status.
-pub fn rpc_span(request: &http::Request<()>) -> tracing::Span {
-    let path = request.uri().path().trim_start_matches('/');
+/// The span of one RPC to `path` (`/service/method`) with request `headers`; handlers record
+/// `card`, `program`, `refresh`, `outcome` and the status.
+pub fn rpc_span(path: &str, headers: &http::HeaderMap, request_id: &str) -> tracing::Span {
+    let path = path.trim_start_matches('/');
     let (service, method) = path.split_once('/').unwrap_or((path, ""));
-    let headers = request.headers();
-    let request_id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
     let span = tracing::info_span!(
         "rpc",
         otel.name = path,

@@ -9,6 +9,7 @@ mod wire;
 mod adapter;
 mod contract;
 mod crash;
+mod envelope;
 mod flows;
 mod health;
 mod limits;
