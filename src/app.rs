@@ -13,7 +13,7 @@ mod status;
 mod watch;
 
 pub use enroll::{ConsumerInput, EnrollCommand, Enrolled};
-pub use error::{AppError, ErrorParts, FieldViolation, Step};
+pub use error::{AppError, ErrorParts, FieldViolation, Reason, Step};
 pub use fingerprint::FingerprintKey;
 pub use notifications::IngestOutcome;
 pub use reconcile::ReconcileReport;

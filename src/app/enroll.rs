@@ -366,7 +366,7 @@ impl App {
                 deadline,
             )
             .await
-            .map_err(|e| map_upstream(Step::Search, e, deadline))?;
+            .map_err(|e| map_upstream(Step::Search, cmd.card_contract_id, e, deadline))?;
         if attempt.phase().await < Phase::Searched {
             attempt.advance(Phase::Searched).await?;
         }
@@ -405,13 +405,13 @@ impl App {
                 Ok(stored)
             }
             Err(e) => {
-                let error = map_upstream(Step::Enroll, e, deadline);
+                let error = map_upstream(Step::Enroll, cmd.card_contract_id, e, deadline);
                 if !error.is_transient() {
                     let mut failed = in_progress;
                     failed.state = EnrollmentState::Failed;
                     let parts = error.parts();
                     failed.failure = Some(Failure {
-                        reason: parts.reason,
+                        reason: parts.reason.name().to_owned(),
                         message: parts.message,
                         retryable: false,
                         metadata: parts.metadata,
@@ -462,6 +462,7 @@ fn enrolled_record(mut record: EnrollmentRecord, enrolled: EnrolledCard) -> Enro
 /// new kind of failure must be placed here.
 pub(super) fn map_upstream(
     step: Step,
+    card: CardContractId,
     failure: UpstreamFailure,
     deadline: Option<Instant>,
 ) -> AppError {
@@ -475,9 +476,12 @@ pub(super) fn map_upstream(
             context,
             retry_after,
         },
-        UpstreamFailure::ContractNotFound(context) => AppError::CardContractNotFound(context),
+        UpstreamFailure::ContractNotFound(upstream) => {
+            AppError::CardContractNotFound { card, upstream }
+        }
         UpstreamFailure::Declined { reason, context } => AppError::CardNotEligible {
             reason,
+            card,
             upstream: context,
         },
         UpstreamFailure::Rejected(context) => AppError::UpstreamRejected(step, context),

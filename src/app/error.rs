@@ -66,11 +66,18 @@ pub enum AppError {
     /// The card is enrolled already.
     CardAlreadyEnrolled(Box<EnrollmentRecord>),
     /// Mastercard Processing knows no such card contract.
-    CardContractNotFound(UpstreamContext),
+    CardContractNotFound {
+        /// The card.
+        card: CardContractId,
+        /// The upstream call.
+        upstream: UpstreamContext,
+    },
     /// Tokenization was declined; `reason` is Mastercard's (CARD_BLOCKED, ...).
     CardNotEligible {
         /// Mastercard's reason.
         reason: String,
+        /// The card.
+        card: CardContractId,
         /// The upstream call.
         upstream: UpstreamContext,
     },
@@ -97,13 +104,97 @@ pub enum AppError {
     Internal(String),
 }
 
-/// The gRPC-facing parts of an error.
+/// Why a use case failed, in the app's words: the reasons of the contract's `ErrorReason` that
+/// the app can give (the gRPC layer adds its own: access, limits, drain, malformed requests).
+/// `grpc/status.rs` is the one place that picks a gRPC code for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Invalid fields.
+    InvalidRequest,
+    /// The idempotency key belongs to another request.
+    IdempotencyKeyReused,
+    /// A call with the key is running.
+    RequestInProgress,
+    /// Another enrollment of the card is running.
+    EnrollmentInProgress,
+    /// The card is enrolled.
+    CardAlreadyEnrolled,
+    /// Processing knows no such card contract.
+    CardContractNotFound,
+    /// The tokenization was declined.
+    CardNotEligible,
+    /// Mastercard refused the request otherwise.
+    UpstreamRejected,
+    /// Mastercard is unavailable.
+    UpstreamUnavailable,
+    /// Mastercard's answer could not be read.
+    UpstreamInvalidResponse,
+    /// The caller's deadline passed.
+    DeadlineExceeded,
+    /// The store is unavailable.
+    StoreUnavailable,
+    /// The reconciler found no token for an enrollment left IN_PROGRESS (a record's failure).
+    EnrollmentNotConfirmed,
+    /// A bug.
+    Internal,
+}
+
+impl Reason {
+    /// Every reason.
+    pub const ALL: [Reason; 14] = [
+        Reason::InvalidRequest,
+        Reason::IdempotencyKeyReused,
+        Reason::RequestInProgress,
+        Reason::EnrollmentInProgress,
+        Reason::CardAlreadyEnrolled,
+        Reason::CardContractNotFound,
+        Reason::CardNotEligible,
+        Reason::UpstreamRejected,
+        Reason::UpstreamUnavailable,
+        Reason::UpstreamInvalidResponse,
+        Reason::DeadlineExceeded,
+        Reason::StoreUnavailable,
+        Reason::EnrollmentNotConfirmed,
+        Reason::Internal,
+    ];
+
+    /// The `ErrorInfo.reason` string (the `ErrorReason` value's name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::InvalidRequest => "INVALID_REQUEST",
+            Reason::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            Reason::RequestInProgress => "REQUEST_IN_PROGRESS",
+            Reason::EnrollmentInProgress => "ENROLLMENT_IN_PROGRESS",
+            Reason::CardAlreadyEnrolled => "CARD_ALREADY_ENROLLED",
+            Reason::CardContractNotFound => "CARD_CONTRACT_NOT_FOUND",
+            Reason::CardNotEligible => "CARD_NOT_ELIGIBLE",
+            Reason::UpstreamRejected => "UPSTREAM_REJECTED",
+            Reason::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
+            Reason::UpstreamInvalidResponse => "UPSTREAM_INVALID_RESPONSE",
+            Reason::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Reason::StoreUnavailable => "STORE_UNAVAILABLE",
+            Reason::EnrollmentNotConfirmed => "ENROLLMENT_NOT_CONFIRMED",
+            Reason::Internal => "INTERNAL",
+        }
+    }
+
+    /// The reason of a name (as stored in a failure); `None` for one the app does not give.
+    pub fn from_name(name: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The parts of an error that the gRPC layer turns into a status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorParts {
-    /// `tonic::Code` as i32.
-    pub code: i32,
     /// Stable `ErrorInfo.reason`.
-    pub reason: String,
+    pub reason: Reason,
     /// Human-readable message (no card data).
     pub message: String,
     /// `ErrorInfo.metadata`.
@@ -136,12 +227,10 @@ fn card_metadata(card: CardContractId) -> BTreeMap<String, String> {
 }
 
 impl AppError {
-    /// The stable parts; one exhaustive match decides every code and reason.
+    /// The stable parts; one exhaustive match decides every reason.
     pub fn parts(&self) -> ErrorParts {
-        use tonic::Code;
-        let plain = |code: Code, reason: &str, message: String| ErrorParts {
-            code: code as i32,
-            reason: reason.into(),
+        let plain = |reason: Reason, message: String| ErrorParts {
+            reason,
             message,
             metadata: BTreeMap::new(),
             retry_after: None,
@@ -152,8 +241,7 @@ impl AppError {
             AppError::InvalidArgument(violations) => ErrorParts {
                 violations: violations.clone(),
                 ..plain(
-                    Code::InvalidArgument,
-                    "INVALID_REQUEST",
+                    Reason::InvalidRequest,
                     format!("{} invalid field(s)", violations.len()),
                 )
             },
@@ -163,8 +251,7 @@ impl AppError {
                 ErrorParts {
                     metadata,
                     ..plain(
-                        Code::FailedPrecondition,
-                        "IDEMPOTENCY_KEY_REUSED",
+                        Reason::IdempotencyKeyReused,
                         "the idempotency key was used for a different request".into(),
                     )
                 }
@@ -172,8 +259,7 @@ impl AppError {
             AppError::RequestInFlight { retry_after } => ErrorParts {
                 retry_after: Some(*retry_after),
                 ..plain(
-                    Code::Aborted,
-                    "REQUEST_IN_PROGRESS",
+                    Reason::RequestInProgress,
                     "a call with this idempotency key is in progress".into(),
                 )
             },
@@ -181,8 +267,7 @@ impl AppError {
                 retry_after: Some(*retry_after),
                 metadata: card_metadata(*card),
                 ..plain(
-                    Code::Aborted,
-                    "ENROLLMENT_IN_PROGRESS",
+                    Reason::EnrollmentInProgress,
                     "another enrollment of this card is in progress".into(),
                 )
             },
@@ -190,27 +275,33 @@ impl AppError {
                 enrollment: Some((**record).clone()),
                 metadata: card_metadata(record.card_contract_id),
                 ..plain(
-                    Code::AlreadyExists,
-                    "CARD_ALREADY_ENROLLED",
+                    Reason::CardAlreadyEnrolled,
                     "the card is already enrolled in Click to Pay".into(),
                 )
             },
-            AppError::CardContractNotFound(e) => ErrorParts {
-                metadata: upstream_metadata(Some(Step::Search), e),
+            AppError::CardContractNotFound { card, upstream } => ErrorParts {
+                metadata: {
+                    let mut m = upstream_metadata(Some(Step::Search), upstream);
+                    m.extend(card_metadata(*card));
+                    m
+                },
                 ..plain(
-                    Code::NotFound,
-                    "CARD_CONTRACT_NOT_FOUND",
+                    Reason::CardContractNotFound,
                     "Mastercard Processing has no such card contract".into(),
                 )
             },
-            AppError::CardNotEligible { reason, upstream } => {
+            AppError::CardNotEligible {
+                reason,
+                card,
+                upstream,
+            } => {
                 let mut metadata = upstream_metadata(Some(Step::Enroll), upstream);
                 metadata.insert("declineReason".into(), reason.clone());
+                metadata.extend(card_metadata(*card));
                 ErrorParts {
                     metadata,
                     ..plain(
-                        Code::FailedPrecondition,
-                        "CARD_NOT_ELIGIBLE",
+                        Reason::CardNotEligible,
                         format!("tokenization declined: {reason}"),
                     )
                 }
@@ -218,8 +309,7 @@ impl AppError {
             AppError::UpstreamRejected(step, e) => ErrorParts {
                 metadata: upstream_metadata(Some(*step), e),
                 ..plain(
-                    Code::FailedPrecondition,
-                    "UPSTREAM_REJECTED",
+                    Reason::UpstreamRejected,
                     format!("Mastercard refused the request: {}", e.description),
                 )
             },
@@ -231,23 +321,20 @@ impl AppError {
                 metadata: upstream_metadata(Some(*step), context),
                 retry_after: Some(*retry_after),
                 ..plain(
-                    Code::Unavailable,
-                    "UPSTREAM_UNAVAILABLE",
+                    Reason::UpstreamUnavailable,
                     format!("Mastercard is not available: {}", context.description),
                 )
             },
             AppError::UpstreamInvalid(step, e) => ErrorParts {
                 metadata: upstream_metadata(Some(*step), e),
                 ..plain(
-                    Code::Internal,
-                    "UPSTREAM_INVALID_RESPONSE",
+                    Reason::UpstreamInvalidResponse,
                     format!("Mastercard's answer could not be read: {}", e.description),
                 )
             },
             AppError::DeadlineExceeded(step) => {
                 let mut p = plain(
-                    Code::DeadlineExceeded,
-                    "DEADLINE_EXCEEDED",
+                    Reason::DeadlineExceeded,
                     "the caller's deadline passed".into(),
                 );
                 p.metadata.insert("step".into(), step.name().into());
@@ -256,20 +343,17 @@ impl AppError {
             AppError::StoreUnavailable(why) => ErrorParts {
                 retry_after: Some(Duration::from_secs(1)),
                 ..plain(
-                    Code::Unavailable,
-                    "STORE_UNAVAILABLE",
+                    Reason::StoreUnavailable,
                     format!("the enrollment store is unavailable: {why}"),
                 )
             },
             AppError::Replayed(StoredOutcome::Failure {
-                code,
                 reason,
                 message,
                 metadata,
                 enrollment,
             }) => ErrorParts {
-                code: *code,
-                reason: reason.clone(),
+                reason: Reason::from_name(reason).unwrap_or(Reason::Internal),
                 message: message.clone(),
                 // The stored answer of an earlier call: said so, so that a client can tell.
                 metadata: {
@@ -281,12 +365,10 @@ impl AppError {
                 violations: Vec::new(),
                 enrollment: enrollment.clone(),
             },
-            AppError::Replayed(StoredOutcome::Success { .. }) => plain(
-                Code::Internal,
-                "INTERNAL",
-                "replay of a success as an error".into(),
-            ),
-            AppError::Internal(why) => plain(Code::Internal, "INTERNAL", why.clone()),
+            AppError::Replayed(StoredOutcome::Success { .. }) => {
+                plain(Reason::Internal, "replay of a success as an error".into())
+            }
+            AppError::Internal(why) => plain(Reason::Internal, why.clone()),
         }
     }
 
@@ -309,8 +391,7 @@ impl AppError {
     pub fn to_stored(&self) -> StoredOutcome {
         let p = self.parts();
         StoredOutcome::Failure {
-            code: p.code,
-            reason: p.reason,
+            reason: p.reason.name().to_owned(),
             message: p.message,
             metadata: p.metadata,
             enrollment: p.enrollment,

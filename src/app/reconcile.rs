@@ -120,10 +120,7 @@ impl App {
         let mut failed = record;
         failed.state = EnrollmentState::Failed;
         failed.failure = Some(Failure {
-            // The proto's name, so that the failure's reason is an `ErrorReason` by construction.
-            reason: crate::proto::v1::ErrorReason::EnrollmentNotConfirmed
-                .as_str_name()
-                .into(),
+            reason: super::Reason::EnrollmentNotConfirmed.name().into(),
             message: "Mastercard's token list shows no Click to Pay token for this card; retry the enrollment with the same idempotency key".into(),
             retryable: true,
             metadata: std::collections::BTreeMap::from([(

@@ -47,7 +47,7 @@ impl App {
             .upstream
             .tokens(card, deadline)
             .await
-            .map_err(|e| map_upstream(Step::Tokens, e, deadline))?;
+            .map_err(|e| map_upstream(Step::Tokens, card, e, deadline))?;
         let observed_at = observation.observed_at_ms;
         // The newest Click to Pay token, if the card has any.
         let token = observation

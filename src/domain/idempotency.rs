@@ -29,11 +29,10 @@ pub enum StoredOutcome {
         /// The record as returned.
         enrollment: EnrollmentRecord,
     },
-    /// A terminal error, replayed as the same status.
+    /// A terminal error, replayed as the same status (the gRPC layer picks the code from the
+    /// reason, as for a fresh error).
     Failure {
-        /// gRPC code number.
-        code: i32,
-        /// Stable reason.
+        /// Stable reason (an `ErrorReason` name).
         reason: String,
         /// Message (no card data).
         message: String,

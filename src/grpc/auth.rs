@@ -5,6 +5,7 @@
 
 use super::policy::{AuthSettings, IdentitySource, Rpc};
 use crate::app::ErrorParts;
+use crate::proto::v1::ErrorReason;
 use crate::transport::Peer;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -86,28 +87,23 @@ impl Denied {
         let (code, reason, message) = match self {
             Denied::Unauthenticated => (
                 tonic::Code::Unauthenticated,
-                "CALLER_UNKNOWN",
+                ErrorReason::CallerUnknown,
                 "the caller's identity is missing or not in the access policy",
             ),
             Denied::RpcNotAllowed => (
                 tonic::Code::PermissionDenied,
-                "RPC_NOT_ALLOWED",
+                ErrorReason::RpcNotAllowed,
                 "the access policy does not allow this caller this RPC",
             ),
             Denied::ProgramNotAllowed => (
                 tonic::Code::PermissionDenied,
-                "PROGRAM_NOT_ALLOWED",
+                ErrorReason::ProgramNotAllowed,
                 "the access policy does not allow this caller this card's program",
             ),
         };
-        super::status::from_parts(ErrorParts {
-            code: code as i32,
-            reason: reason.into(),
-            message: message.into(),
+        super::status::build(super::status::Problem {
             metadata: BTreeMap::from([("rpc".to_owned(), rpc.name().to_owned())]),
-            retry_after: None,
-            violations: Vec::new(),
-            enrollment: None,
+            ..super::status::Problem::new(code, reason, message)
         })
     }
 
@@ -413,7 +409,7 @@ mod tests {
         assert!(app.redact(already("default")).enrollment.is_some());
         let redacted = app.redact(already("premium"));
         assert!(redacted.enrollment.is_none());
-        assert_eq!(redacted.reason, "CARD_ALREADY_ENROLLED");
+        assert_eq!(redacted.reason, crate::app::Reason::CardAlreadyEnrolled);
     }
 
     #[test]

@@ -18,8 +18,8 @@ mod tests;
 
 pub use details::fallback_reason;
 
+use super::policy::Rpc;
 use super::{deadline, status, trace};
-use crate::config::Rpc;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -186,7 +186,7 @@ where
             .record("rpc.grpc.status_code", answer.code() as i32);
         this.span.record("outcome", "error");
         if let Some(rpc) = this.rpc {
-            crate::metrics::rpc(rpc.name(), answer.code(), *this.started);
+            crate::metrics::rpc(rpc.name(), format!("{:?}", answer.code()), *this.started);
         }
         let (parts, ()) = answer.into_http::<()>().into_parts();
         let empty = Response::from_parts(parts, None);

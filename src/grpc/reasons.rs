@@ -4,12 +4,12 @@
 
 use super::auth::Denied;
 use super::envelope::fallback_reason;
+use super::policy::Rpc;
 use super::status::{self, ERROR_DOMAIN};
 use super::streams::StreamLimits;
+use crate::app::ports::UpstreamContext;
 use crate::app::{AppError, FieldViolation, Step};
-use crate::config::Rpc;
 use crate::domain::{CardContractId, EnrollmentRecord, EnrollmentState, StoredOutcome};
-use crate::mastercard::error::{Api, Correlation, UpstreamError, UpstreamErrorKind};
 use crate::proto::v1::ErrorReason;
 use prost::Message as _;
 use std::collections::{BTreeMap, BTreeSet};
@@ -130,17 +130,12 @@ fn the_readme_error_table_is_the_error_reason_enum() {
     assert_eq!(codeless.len(), 1, "{codeless:?}");
 }
 
-fn upstream(kind: UpstreamErrorKind) -> UpstreamError {
-    UpstreamError {
-        api: Api::Enroll,
-        operation: "enrollCard",
-        kind,
-        correlation: Correlation {
-            mc_correlation_id: Some("mc-1".into()),
-            correlation_id: None,
-        },
-        attempts: 1,
-        budget_exhausted: false,
+fn upstream() -> UpstreamContext {
+    UpstreamContext {
+        api: "enroll",
+        reason_code: Some("INVALID_STATE".into()),
+        correlation_id: Some("mc-1".into()),
+        description: "HTTP 400".into(),
     }
 }
 
@@ -152,10 +147,10 @@ fn variant(e: &AppError) -> usize {
         AppError::RequestInFlight { .. } => 2,
         AppError::CardBusy { .. } => 3,
         AppError::CardAlreadyEnrolled(_) => 4,
-        AppError::CardContractNotFound(_) => 5,
+        AppError::CardContractNotFound { .. } => 5,
         AppError::CardNotEligible { .. } => 6,
         AppError::UpstreamRejected(..) => 7,
-        AppError::UpstreamUnavailable(..) => 8,
+        AppError::UpstreamUnavailable { .. } => 8,
         AppError::UpstreamInvalid(..) => 9,
         AppError::DeadlineExceeded(_) => 10,
         AppError::StoreUnavailable(_) => 11,
@@ -170,7 +165,8 @@ fn sample_app_errors() -> Vec<AppError> {
     let record = EnrollmentRecord::new(card, String::new(), EnrollmentState::Enrolled, 0);
     let declined = AppError::CardNotEligible {
         reason: "CARD_BLOCKED".into(),
-        upstream: upstream(UpstreamErrorKind::Timeout),
+        card,
+        upstream: upstream(),
     };
     let samples = vec![
         AppError::InvalidArgument(vec![FieldViolation {
@@ -189,13 +185,17 @@ fn sample_app_errors() -> Vec<AppError> {
             retry_after: Duration::from_secs(1),
         },
         AppError::CardAlreadyEnrolled(Box::new(record.clone())),
-        AppError::CardContractNotFound(upstream(UpstreamErrorKind::Timeout)),
-        AppError::UpstreamRejected(Step::Search, upstream(UpstreamErrorKind::Timeout)),
-        AppError::UpstreamUnavailable(Step::Tokens, upstream(UpstreamErrorKind::ConnectFailed)),
-        AppError::UpstreamInvalid(
-            Step::Enroll,
-            upstream(UpstreamErrorKind::Decode("x".into())),
-        ),
+        AppError::CardContractNotFound {
+            card,
+            upstream: upstream(),
+        },
+        AppError::UpstreamRejected(Step::Search, upstream()),
+        AppError::UpstreamUnavailable {
+            step: Step::Tokens,
+            context: upstream(),
+            retry_after: Duration::from_secs(1),
+        },
+        AppError::UpstreamInvalid(Step::Enroll, upstream()),
         AppError::DeadlineExceeded(Step::Enroll),
         AppError::StoreUnavailable("down".into()),
         // A stored failure replays what an earlier call answered.
@@ -263,6 +263,21 @@ fn every_reason_the_service_makes_is_an_error_reason_with_its_documented_code() 
                 "{}: metadata key {key}",
                 info.reason
             );
+        }
+    }
+}
+
+#[test]
+fn every_app_reason_is_an_error_reason_and_gets_its_documented_code() {
+    let documented = enum_codes();
+    for reason in crate::app::Reason::ALL {
+        assert!(
+            ErrorReason::from_str_name(reason.name()).is_some(),
+            "{reason} is not an ErrorReason value"
+        );
+        // ENROLLMENT_NOT_CONFIRMED is a record's failure, never an RPC error: no code documented.
+        if let Some(code) = documented[reason.name()].as_deref() {
+            assert_eq!(code, code_name(status::code_of(reason)), "{reason}");
         }
     }
 }

@@ -2,7 +2,6 @@
 //! `NotificationIngest` holds a permit; past the cap a new one is refused with
 //! `RESOURCE_EXHAUSTED` instead of growing memory without bound.
 
-use crate::app::ErrorParts;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,14 +40,14 @@ fn take(
 ) -> Result<OwnedSemaphorePermit, tonic::Status> {
     semaphore.clone().try_acquire_owned().map_err(|_| {
         crate::metrics::stream_refused(rpc);
-        super::status::from_parts(ErrorParts {
-            code: tonic::Code::ResourceExhausted as i32,
-            reason: "TOO_MANY_STREAMS".into(),
-            message: format!("this server holds as many {rpc} streams as it may; retry later or on another replica"),
+        super::status::build(super::status::Problem {
             metadata: BTreeMap::from([("rpc".to_owned(), rpc.to_owned())]),
             retry_after: Some(Duration::from_secs(1)),
-            violations: Vec::new(),
-            enrollment: None,
+            ..super::status::Problem::new(
+                tonic::Code::ResourceExhausted,
+                crate::proto::v1::ErrorReason::TooManyStreams,
+                format!("this server holds as many {rpc} streams as it may; retry later or on another replica"),
+            )
         })
     })
 }
