@@ -81,13 +81,13 @@ fn callers_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
     usable.then(|| value.clone())
 }
 
-/// The request id of a call: the caller's, or a new UUID that replaces an unusable one in the
-/// request headers (so that the handlers read the id the response carries).
-fn request_id(headers: &mut HeaderMap) -> HeaderValue {
+/// The request id of a call: the caller's, or `call`'s UUID that replaces an unusable one in
+/// the request headers (so that the handlers read the id the response carries).
+fn request_id(headers: &mut HeaderMap, call: trace::CallId) -> HeaderValue {
     if let Some(id) = callers_request_id(headers) {
         return id;
     }
-    let id = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+    let id = HeaderValue::from_str(&call.request_id())
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
     headers.insert(X_REQUEST_ID, id.clone());
     id
@@ -106,9 +106,16 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let id = request_id(request.headers_mut());
+        // One random draw per call for the ids it makes itself.
+        let call = trace::CallId::draw();
+        let id = request_id(request.headers_mut(), call);
         let path = request.uri().path();
-        let span = trace::rpc_span(path, request.headers(), id.to_str().unwrap_or_default());
+        let span = trace::rpc_span(
+            path,
+            request.headers(),
+            id.to_str().unwrap_or_default(),
+            call,
+        );
         let rpc = path.strip_prefix(SERVICE_PREFIX).and_then(Rpc::from_name);
         let (state, deadline) = if self.drain.is_cancelled() && !path.starts_with(HEALTH_PREFIX) {
             let status = Some(status::draining());

@@ -2,6 +2,11 @@
 //! metadata so the caller's trace continues here, a `request_id` (chosen by the envelope layer:
 //! the caller's `x-request-id`, or a new one, the same the response carries) and the
 //! `trace_id`, which every log line inside the call carries.
+//!
+//! A call draws one random 128-bit id ([`CallId`], from the thread's generator: no system call)
+//! and makes both ids from it when it needs them: the request id when the caller sent none, the
+//! trace id when neither an exporter nor a `traceparent` gives one (then the trace id is the
+//! request id's hex digits, so the two find each other).
 
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TraceContextExt as _;
@@ -29,9 +34,36 @@ fn traceparent_trace_id(headers: &http::HeaderMap) -> Option<String> {
         .then(|| id.to_ascii_lowercase())
 }
 
+/// The random id of one call, drawn once: the source of the ids the call makes itself.
+#[derive(Debug, Clone, Copy)]
+pub struct CallId(uuid::Uuid);
+
+impl CallId {
+    /// A fresh id (a version 4 UUID from the thread's random generator).
+    pub fn draw() -> Self {
+        Self(uuid::Builder::from_random_bytes(rand::random()).into_uuid())
+    }
+
+    /// As a request id: the hyphenated UUID.
+    pub fn request_id(self) -> String {
+        self.0.hyphenated().to_string()
+    }
+
+    /// As a trace id: 32 lowercase hex digits.
+    pub fn trace_id(self) -> String {
+        self.0.simple().to_string()
+    }
+}
+
 /// The span of one RPC to `path` (`/service/method`) with request `headers`; handlers record
-/// `card`, `program`, `refresh`, `outcome` and the status.
-pub fn rpc_span(path: &str, headers: &http::HeaderMap, request_id: &str) -> tracing::Span {
+/// `card`, `program`, `refresh`, `outcome` and the status. `call` makes the trace id when
+/// neither the exporter nor the caller's `traceparent` gives one.
+pub fn rpc_span(
+    path: &str,
+    headers: &http::HeaderMap,
+    request_id: &str,
+    call: CallId,
+) -> tracing::Span {
     let path = path.trim_start_matches('/');
     let (service, method) = path.split_once('/').unwrap_or((path, ""));
     let span = tracing::info_span!(
@@ -56,7 +88,7 @@ pub fn rpc_span(path: &str, headers: &http::HeaderMap, request_id: &str) -> trac
     let trace_id = if exported != opentelemetry::trace::TraceId::INVALID {
         exported.to_string()
     } else {
-        traceparent_trace_id(headers).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+        traceparent_trace_id(headers).unwrap_or_else(|| call.trace_id())
     };
     span.record("trace_id", trace_id.as_str());
     span

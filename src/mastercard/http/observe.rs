@@ -28,7 +28,9 @@ impl AttemptObserver {
         attempt: u32,
         breaker: BreakerState,
     ) -> Self {
-        let span = tracing::info_span!(
+        // A debug span: the exporter takes it (see `telemetry`); at the default log level with
+        // no exporter it is never built.
+        let span = tracing::debug_span!(
             "mastercard.http",
             otel.kind = "client",
             http.request.method = %spec.method,
