@@ -8,6 +8,7 @@ pub mod http;
 pub mod jwe;
 pub mod keys;
 pub mod oauth1;
+pub mod offload;
 pub mod ports;
 pub mod processing;
 pub mod settings;

@@ -1,15 +1,17 @@
 //! One pooled HTTP client per Mastercard API: signing, optional payload encryption, per-attempt
 //! timeout, an overall budget bounded by the caller's deadline, retries only where safe, and the
-//! API's circuit breaker.
+//! API's circuit breaker. Signing and payload encryption run off the async workers
+//! ([`offload`](super::offload)).
 
 use super::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use super::error::{Api, Correlation, UpstreamError, UpstreamErrorKind, parse_error_body};
-use super::jwe::{JweDecryptor, JweEncryptor, open_envelope, seal_envelope};
+use super::jwe::{JweDecryptor, JweEncryptor, JweError, open_envelope, seal_envelope};
 use super::keys::{Certificate, SigningKey};
 use super::oauth1::{
     Clock, Credentials, NonceSource, RandomNonce, SignatureMethod, SystemClock,
     authorization_header,
 };
+use super::offload;
 use backon::BackoffBuilder as _;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -139,7 +141,7 @@ pub struct ApiClient {
     signature_method: SignatureMethod,
     policy: HttpPolicy,
     breaker: Arc<CircuitBreaker>,
-    encryption: Option<PayloadEncryption>,
+    encryption: Option<Arc<PayloadEncryption>>,
     http: reqwest::Client,
     clock: Arc<dyn Clock>,
     nonces: Arc<dyn NonceSource>,
@@ -182,7 +184,7 @@ impl ApiClient {
             signature_method: config.signature_method,
             policy: config.policy,
             breaker: CircuitBreaker::new(config.breaker),
-            encryption: config.encryption,
+            encryption: config.encryption.map(Arc::new),
             http,
             clock: Arc::new(SystemClock),
             nonces: Arc::new(RandomNonce),
@@ -285,16 +287,22 @@ impl ApiClient {
         let url = self.url(&spec)?;
         // Serialise (and seal) once: these bytes are hashed, signed and sent on every attempt.
         let body: Bytes = match (&spec.body, &self.encryption) {
-            (Some(plain), Some(enc)) => seal_envelope(&enc.encryptor, plain)
-                .map(Bytes::from)
-                .map_err(|e| {
-                    self.error(
-                        spec.operation,
-                        UpstreamErrorKind::Request(e.to_string()),
-                        Correlation::default(),
-                        0,
-                    )
-                })?,
+            (Some(plain), Some(enc)) => {
+                let (enc, plain) = (enc.clone(), plain.clone());
+                offload::run(move || seal_envelope(&enc.encryptor, &plain))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|sealed| sealed.map_err(|e| e.to_string()))
+                    .map(Bytes::from)
+                    .map_err(|e| {
+                        self.error(
+                            spec.operation,
+                            UpstreamErrorKind::Request(e),
+                            Correlation::default(),
+                            0,
+                        )
+                    })?
+            }
             (Some(plain), None) => plain.clone(),
             (None, _) => Bytes::new(),
         };
@@ -344,7 +352,9 @@ impl ApiClient {
             });
             observer.breaker_state(self.breaker.state());
             let failure = match outcome {
-                Ok(response) => return self.open_response(spec.operation, response, attempt),
+                Ok(response) => {
+                    return self.open_response(spec.operation, response, attempt).await;
+                }
                 Err(f) => f,
             };
 
@@ -395,20 +405,10 @@ impl ApiClient {
             kind,
             correlation: Correlation::default(),
         };
-        let credentials = Credentials {
-            consumer_key: &self.consumer_key,
-            key: &self.signing_key,
-            method: self.signature_method,
-        };
-        let authorization = authorization_header(
-            spec.method.as_str(),
-            url,
-            body,
-            &credentials,
-            self.clock.as_ref(),
-            self.nonces.as_ref(),
-        )
-        .map_err(|e| no_correlation(UpstreamErrorKind::Request(e.to_string())))?;
+        let authorization = self
+            .authorization(&spec.method, url, body)
+            .await
+            .map_err(|e| no_correlation(UpstreamErrorKind::Request(e)))?;
         let mut request = self
             .http
             .request(spec.method.clone(), url.clone())
@@ -469,7 +469,42 @@ impl ApiClient {
         }
     }
 
-    fn open_response(
+    /// The `Authorization` header of one attempt, signed on the signing pool: the same bytes
+    /// as [`authorization_header`] on the caller's thread, without holding an async worker.
+    async fn authorization(
+        &self,
+        method: &reqwest::Method,
+        url: &url::Url,
+        body: &Bytes,
+    ) -> Result<String, String> {
+        let (method, url, body) = (method.clone(), url.clone(), body.clone());
+        let (consumer_key, key, signature_method) = (
+            self.consumer_key.clone(),
+            self.signing_key.clone(),
+            self.signature_method,
+        );
+        let (clock, nonces) = (self.clock.clone(), self.nonces.clone());
+        offload::run(move || {
+            let credentials = Credentials {
+                consumer_key: &consumer_key,
+                key: &key,
+                method: signature_method,
+            };
+            authorization_header(
+                method.as_str(),
+                &url,
+                &body,
+                &credentials,
+                clock.as_ref(),
+                nonces.as_ref(),
+            )
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+    }
+
+    async fn open_response(
         &self,
         operation: &'static str,
         mut response: UpstreamResponse,
@@ -481,7 +516,11 @@ impl ApiClient {
             .as_ref()
             .filter(|_| !response.body.is_empty())
         {
-            let plain = open_envelope(&enc.decryptor, &response.body).map_err(|e| {
+            let (enc, body) = (enc.clone(), response.body.clone());
+            let opened = offload::run(move || open_envelope(&enc.decryptor, &body))
+                .await
+                .unwrap_or(Err(JweError::DecryptFailed));
+            let plain = opened.map_err(|e| {
                 self.record_answer(operation, &response, "decrypt");
                 let error = self.error(
                     operation,
