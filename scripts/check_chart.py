@@ -100,6 +100,7 @@ TOML_ALLOWED = {
     "redis.ca_file", "redis.connect_timeout", "redis.response_timeout",
     "enroll.reconcile_interval", "enroll.reconcile_after",
     "store.enrollment_ttl", "store.not_enrolled_ttl", "store.notification_dedup_ttl", "store.idempotency_ttl",
+    "store.cache_size", "store.cache_max_age",
     "notifications.max_future_skew", "notifications.max_age",
     "log.format", "log.filter", "shutdown.grace_period", "enroll.lease", "enroll.fingerprint_key_file",
 } | {f"grpc.limits.{k}" for k in LIMITS_INT + LIMITS_DURATION}
@@ -232,6 +233,8 @@ EXPECTED_SETTINGS: dict[str, dict[str, Any]] = {
         "store.not_enrolled_ttl": "2m",
         "store.notification_dedup_ttl": "96h",
         "store.idempotency_ttl": "48h",
+        "store.cache_size": 20000,
+        "store.cache_max_age": "1s",
         "notifications.max_future_skew": "2m",
         "notifications.max_age": "14d",
         "grpc.limits.max_connections": 512,

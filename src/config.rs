@@ -150,6 +150,11 @@ pub struct StoreSettings {
     pub notification_dedup_ttl: Duration,
     /// `store.idempotency_ttl`: how long an idempotency record is kept (>= 24 h).
     pub idempotency_ttl: Duration,
+    /// `store.cache_size`: enrollment records the Redis store keeps in process memory for
+    /// status reads (0: none).
+    pub cache_size: usize,
+    /// `store.cache_max_age`: how long a cached record is served without news of it.
+    pub cache_max_age: Duration,
 }
 
 /// `enroll.*`: the enrollment flow.

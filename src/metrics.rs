@@ -84,6 +84,10 @@ fn describe() {
         "IN_PROGRESS enrollments finished by the reconciler, by result (enrolled, failed, error)"
     );
     metrics::describe_counter!(
+        "c2p_record_cache_reads_total",
+        "status reads of the Redis store's record cache by result (hit, load, bypass)"
+    );
+    metrics::describe_counter!(
         "c2p_streams_refused_total",
         "streams refused because the process holds its limit of them, by RPC"
     );
@@ -188,6 +192,12 @@ pub fn tls_reload(result: &'static str) {
 /// One card finished (or not) by the reconciler: `enrolled`, `failed` or `error`.
 pub fn reconciled(result: &'static str) {
     counter!("c2p_reconciled_total", "result" => result).increment(1);
+}
+
+/// A status read of the Redis store's record cache: `hit` (answered from memory), `load` (read
+/// from Redis into the cache), `bypass` (read from Redis, the card not subscribed yet).
+pub fn record_cache(result: &'static str) {
+    counter!("c2p_record_cache_reads_total", "result" => result).increment(1);
 }
 
 /// An unreadable enrollment record set aside.

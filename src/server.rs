@@ -151,6 +151,10 @@ pub fn open_store(
             notification_dedup: settings.store.notification_dedup_ttl,
             idempotency: settings.store.idempotency_ttl,
         },
+        store::RecordCacheSettings {
+            capacity: settings.store.cache_size,
+            max_age: settings.store.cache_max_age,
+        },
     )
 }
 

@@ -3,6 +3,7 @@
 //! semantics.
 
 mod access;
+mod cache;
 mod feed;
 mod keys;
 mod memory;
@@ -10,6 +11,7 @@ mod redis;
 mod scripts;
 mod settings;
 
+pub use cache::RecordCacheSettings;
 pub use keys::KeySpace;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
@@ -59,13 +61,15 @@ pub struct Retention {
     pub idempotency: Duration,
 }
 
-/// The store `redis` asks for: Redis when `redis.url` is set, otherwise in-memory.
+/// The store `redis` asks for: Redis when `redis.url` is set (with a record cache of status
+/// reads sized by `cache`), otherwise in-memory.
 ///
 /// The Redis connection is established lazily and re-established by itself, so the service
 /// starts (NOT_SERVING) even while Redis is down.
 pub fn open(
     redis: &RedisSettings,
     retention: Retention,
+    cache: RecordCacheSettings,
 ) -> Result<Arc<dyn EnrollmentStore>, StoreError> {
     let keys = KeySpace::new(&redis.key_prefix);
     match &redis.url {
@@ -74,6 +78,7 @@ pub fn open(
             redis,
             keys,
             retention,
+            cache,
         )?)),
         None => Ok(Arc::new(MemoryStore::new(retention))),
     }

@@ -39,10 +39,18 @@ impl App {
         deadline: Option<Instant>,
         lock_owner: Option<&str>,
     ) -> Result<(EnrollmentRecord, Source), AppError> {
-        let cached = self.store.get(card).await?;
-        if let (false, Some(record)) = (refresh, &cached) {
-            return Ok((record.clone(), Source::Store));
-        }
+        // A plain read may come from the store's cache; a refresh reads the store itself,
+        // since what it reads decides a write.
+        let cached = if refresh {
+            self.store.get(card).await?
+        } else {
+            match self.store.get_cached(card).await? {
+                // The hit: the stored record as it is, moved out (no copy).
+                Some(record) => return Ok((record, Source::Store)),
+                // Nothing cached is ever absent: this read went to the store.
+                None => None,
+            }
+        };
         let observation = self
             .upstream
             .tokens(card, deadline)

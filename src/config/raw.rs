@@ -195,6 +195,8 @@ pub(super) struct RawStore {
     pub not_enrolled_ttl: Option<Scalar>,
     pub notification_dedup_ttl: Option<Scalar>,
     pub idempotency_ttl: Option<Scalar>,
+    pub cache_size: Option<Scalar>,
+    pub cache_max_age: Option<Scalar>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

@@ -21,6 +21,8 @@ pub(super) mod defaults {
     pub const STORE_NOT_ENROLLED_TTL: &str = "60s";
     pub const STORE_NOTIFICATION_DEDUP_TTL: &str = "72h";
     pub const STORE_IDEMPOTENCY_TTL: &str = "24h";
+    pub const STORE_CACHE_SIZE: usize = 10_000;
+    pub const STORE_CACHE_MAX_AGE: &str = "2s";
     pub const ENROLL_LEASE: &str = "15s";
     pub const ENROLL_RECONCILE_INTERVAL: &str = "30s";
     pub const ENROLL_RECONCILE_AFTER: &str = "2m";
@@ -91,7 +93,22 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
             &raw.store.idempotency_ttl,
             defaults::STORE_IDEMPOTENCY_TTL,
         ),
+        cache_size: c.number(
+            "store.cache_size",
+            &raw.store.cache_size,
+            defaults::STORE_CACHE_SIZE,
+            0..=10_000_000,
+        ),
+        cache_max_age: c.duration(
+            "store.cache_max_age",
+            &raw.store.cache_max_age,
+            defaults::STORE_CACHE_MAX_AGE,
+        ),
     };
+    // The staleness bound of status reads: an hour would defeat its purpose.
+    if store.cache_max_age > Duration::from_secs(3600) {
+        c.problem("store.cache_max_age", "must be at most 1h");
+    }
     // Webhook senders retry for days and callers retry the next day: shorter would break dedup
     // and idempotency.
     if store.notification_dedup_ttl < Duration::from_secs(72 * 3600) {

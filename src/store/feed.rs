@@ -7,9 +7,14 @@
 //! feed subscribes again through the next node that answers — the seed nodes of `redis.url`
 //! in turn, then the nodes learned from `CLUSTER NODES` — and every watcher reads its record
 //! again, since changes published meanwhile were missed.
+//!
+//! The record cache (`cache.rs`) subscribes the channels of the cards it holds through the
+//! same connection ([`Feed::track`]), is told when each subscription is in force, receives
+//! every record published, and is emptied the moment the connection is lost.
 
 use super::StoreError;
-use crate::domain::EnrollmentRecord;
+use super::cache::RecordCache;
+use crate::domain::{CardContractId, EnrollmentRecord};
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -21,7 +26,14 @@ use tokio_stream::{Stream, StreamExt as _};
 enum Command {
     Subscribe(String, oneshot::Sender<()>),
     Unsubscribe(String),
+    /// The cache holds the card in this slot: subscribe its channel.
+    Track(String, CardContractId, u64),
+    /// The cache let the slot go.
+    Untrack(String, u64),
 }
+
+/// The channels the cache holds, with their card and slot (owned by the subscriber task).
+type Tracked = HashMap<String, (CardContractId, u64)>;
 
 /// What a watcher receives: a new version of the record, or word that changes may have been
 /// missed (a reconnect, a slow watcher) and the record must be read again.
@@ -91,12 +103,24 @@ fn lock(
 }
 
 impl Feed {
-    /// Starts the subscriber task on `nodes` (connects when the first card is watched).
-    pub fn start(nodes: Nodes) -> Self {
+    /// Starts the subscriber task on `nodes` (connects when the first card is watched or
+    /// cached), feeding `cache` if there is one.
+    pub fn start(nodes: Nodes, cache: Option<Arc<RecordCache>>) -> Self {
         let (commands, rx) = mpsc::unbounded_channel();
         let watchers: Watchers = Arc::default();
-        tokio::spawn(run(nodes, rx, watchers.clone()));
+        tokio::spawn(run(nodes, rx, watchers.clone(), cache));
         Self { commands, watchers }
+    }
+
+    /// Subscribes `channel` for the cache's `slot` of `card`; the cache is told once it is in
+    /// force ([`RecordCache::subscribed`]). Does not wait.
+    pub fn track(&self, channel: String, card: CardContractId, slot: u64) {
+        let _ = self.commands.send(Command::Track(channel, card, slot));
+    }
+
+    /// The cache let `slot` go: its channel is unsubscribed unless a watcher follows it.
+    pub fn untrack(&self, channel: String, slot: u64) {
+        let _ = self.commands.send(Command::Untrack(channel, slot));
     }
 
     /// The changes published on `channel` from now on.
@@ -263,15 +287,22 @@ fn live_nodes(answer: &str) -> Vec<String> {
         .collect()
 }
 
-async fn run(nodes: Nodes, mut commands: mpsc::UnboundedReceiver<Command>, watchers: Watchers) {
+async fn run(
+    nodes: Nodes,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    watchers: Watchers,
+    cache: Option<Arc<RecordCache>>,
+) {
+    let cache = cache.as_deref();
+    let mut tracked = Tracked::new();
     let mut pending: Vec<Command> = Vec::new();
     // Whether a connection was lost: the next one tells the watchers to read again.
     let mut lost = false;
     let mut next = 0;
     let learned: Arc<Mutex<Vec<redis::Client>>> = Arc::default();
     loop {
-        // Connect only when someone watches.
-        if pending.is_empty() && lock(&watchers).is_empty() {
+        // Connect only when someone watches, or the cache holds a card.
+        if pending.is_empty() && lock(&watchers).is_empty() && tracked.is_empty() {
             match commands.recv().await {
                 Some(c) => pending.push(c),
                 None => return,
@@ -283,10 +314,18 @@ async fn run(nodes: Nodes, mut commands: mpsc::UnboundedReceiver<Command>, watch
             continue;
         };
         let (mut sink, mut stream) = pubsub.split();
-        let channels: Vec<String> = lock(&watchers).keys().cloned().collect();
+        let mut channels: std::collections::HashSet<String> =
+            lock(&watchers).keys().cloned().collect();
+        channels.extend(tracked.keys().cloned());
+        let channels: Vec<String> = channels.into_iter().collect();
         if !channels.is_empty() {
             if sink.subscribe(&channels).await.is_err() {
                 continue;
+            }
+            if let Some(cache) = cache {
+                for (card, slot) in tracked.values() {
+                    cache.subscribed(*card, *slot);
+                }
             }
             // Changes published while the connection was down were missed.
             if lost {
@@ -301,7 +340,7 @@ async fn run(nodes: Nodes, mut commands: mpsc::UnboundedReceiver<Command>, watch
             tracing::info!(node = %address(&client), "change feed subscribed");
         }
         for command in pending.drain(..) {
-            apply(&mut sink, command, &watchers).await;
+            apply(&mut sink, command, &watchers, &mut tracked, cache).await;
         }
         if let Some(make) = &nodes.learn {
             tokio::spawn(learn(
@@ -316,13 +355,16 @@ async fn run(nodes: Nodes, mut commands: mpsc::UnboundedReceiver<Command>, watch
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
-                    Some(c) => apply(&mut sink, c, &watchers).await,
+                    Some(c) => apply(&mut sink, c, &watchers, &mut tracked, cache).await,
                     None => return,
                 },
                 message = stream.next() => match message {
-                    Some(m) => deliver(&m, &watchers),
+                    Some(m) => deliver(&m, &watchers, cache),
                     None => {
                         tracing::warn!(node = %address(&client), "change feed connection lost; subscribing through another node");
+                        if let Some(cache) = cache {
+                            cache.disconnected();
+                        }
                         lost = true;
                         break;
                     }
@@ -335,6 +377,9 @@ async fn run(nodes: Nodes, mut commands: mpsc::UnboundedReceiver<Command>, watch
                     .await;
                     if !matches!(pong, Ok(Ok(_))) {
                         tracing::warn!(node = %address(&client), "change feed node does not answer PING; subscribing through another node");
+                        if let Some(cache) = cache {
+                            cache.disconnected();
+                        }
                         lost = true;
                         break;
                     }
@@ -344,7 +389,13 @@ async fn run(nodes: Nodes, mut commands: mpsc::UnboundedReceiver<Command>, watch
     }
 }
 
-async fn apply(sink: &mut redis::aio::PubSubSink, command: Command, watchers: &Watchers) {
+async fn apply(
+    sink: &mut redis::aio::PubSubSink,
+    command: Command,
+    watchers: &Watchers,
+    tracked: &mut Tracked,
+    cache: Option<&RecordCache>,
+) {
     match command {
         Command::Subscribe(channel, done) => {
             if sink.subscribe(&channel).await.is_ok() {
@@ -352,15 +403,33 @@ async fn apply(sink: &mut redis::aio::PubSubSink, command: Command, watchers: &W
             }
         }
         Command::Unsubscribe(channel) => {
-            // A watcher may have come back meanwhile.
-            if !lock(watchers).contains_key(&channel) {
+            // A watcher may have come back meanwhile, or the cache may hold the card.
+            if !lock(watchers).contains_key(&channel) && !tracked.contains_key(&channel) {
                 let _ = sink.unsubscribe(&channel).await;
+            }
+        }
+        Command::Track(channel, card, slot) => {
+            tracked.insert(channel.clone(), (card, slot));
+            // A failure here is a lost connection, which the stream reports.
+            if sink.subscribe(&channel).await.is_ok()
+                && let Some(cache) = cache
+            {
+                cache.subscribed(card, slot);
+            }
+        }
+        Command::Untrack(channel, slot) => {
+            // Only the slot's own release: the card may be cached again in a newer slot.
+            if tracked.get(&channel).is_some_and(|(_, s)| *s == slot) {
+                tracked.remove(&channel);
+                if !lock(watchers).contains_key(&channel) {
+                    let _ = sink.unsubscribe(&channel).await;
+                }
             }
         }
     }
 }
 
-fn deliver(message: &redis::Msg, watchers: &Watchers) {
+fn deliver(message: &redis::Msg, watchers: &Watchers, cache: Option<&RecordCache>) {
     let channel = message.get_channel_name().to_owned();
     let Ok(payload) = message.get_payload::<String>() else {
         return;
@@ -369,6 +438,9 @@ fn deliver(message: &redis::Msg, watchers: &Watchers) {
         tracing::warn!("change feed: unreadable record");
         return;
     };
+    if let Some(cache) = cache {
+        cache.published(&record);
+    }
     if let Some((sender, _)) = lock(watchers).get(&channel) {
         let _ = sender.send(FeedItem::Record(record));
     }

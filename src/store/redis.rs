@@ -1,8 +1,10 @@
 //! The Redis store, standalone (a `ConnectionManager` that reconnects by itself) or Cluster
-//! (`redis.cluster`), every update one atomic script on one card's slot.
+//! (`redis.cluster`), every update one atomic script on one card's slot. Status reads may be
+//! answered from the process's record cache (`cache.rs`), kept coherent by the change feed.
 
 use super::RedisSettings;
 use super::access::{Access, bad_url};
+use super::cache::{ForgetOnDrop, Lookup, RecordCache, RecordCacheSettings};
 use super::feed::{Feed, Nodes};
 use super::scripts;
 use super::{
@@ -12,6 +14,7 @@ use crate::domain::{Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
@@ -64,6 +67,7 @@ pub struct RedisStore {
     keys: KeySpace,
     retention: Retention,
     feed: Feed,
+    cache: Option<Arc<RecordCache>>,
     apply_notification: Script,
     put_enrollment: Script,
     idempotency_begin: Script,
@@ -114,12 +118,15 @@ impl RedisStore {
     /// With `settings.cluster`, `url` is a comma-separated list of seed nodes. Every client
     /// (the store's and the change feed's) logs in as `redis.username` with the password of
     /// `redis.password_file`, and checks a `rediss://` server against `redis.ca_file`.
+    /// `cache` sizes the record cache of status reads (size 0: none).
     pub fn connect_lazy(
         url: &str,
         settings: &RedisSettings,
         keys: KeySpace,
         retention: Retention,
+        cache: RecordCacheSettings,
     ) -> Result<Self, StoreError> {
+        let cache = RecordCache::new(cache).map(Arc::new);
         // One set of credentials and trust for every client: the store's and the feed's.
         let access = Access::from_settings(settings)?;
         let nodes: Vec<&str> = url
@@ -163,22 +170,26 @@ impl RedisStore {
                 "redis"
             };
             let access = std::sync::Arc::new(access);
-            Feed::start(Nodes::cluster(
-                seeds,
-                move |at| access.client(&format!("{scheme}://{at}/")).ok(),
-                settings.connect_timeout,
-            ))
+            Feed::start(
+                Nodes::cluster(
+                    seeds,
+                    move |at| access.client(&format!("{scheme}://{at}/")).ok(),
+                    settings.connect_timeout,
+                ),
+                cache.clone(),
+            )
         } else {
-            Feed::start(Nodes::single(
-                access.client(first)?,
-                settings.connect_timeout,
-            ))
+            Feed::start(
+                Nodes::single(access.client(first)?, settings.connect_timeout),
+                cache.clone(),
+            )
         };
         Ok(Self {
             target: std::sync::Arc::new(target),
             keys,
             retention,
             feed,
+            cache,
             apply_notification: Script::new(&scripts::apply_notification()),
             put_enrollment: Script::new(&scripts::put_enrollment()),
             idempotency_begin: Script::new(&scripts::idempotency_begin()),
@@ -192,6 +203,38 @@ impl RedisStore {
 
     async fn connection(&self) -> Result<Connection, StoreError> {
         connect(&self.target).await
+    }
+
+    /// Forgets `card`'s cached record once the write this guard is held across returns.
+    fn forget_on_return(&self, card: CardContractId) -> ForgetOnDrop<'_> {
+        ForgetOnDrop::new(self.cache.as_deref(), card)
+    }
+
+    /// The card's record and its key's TTL, read to fill the cache; `None` when the key holds
+    /// nothing readable (absent, or unreadable: [`get`](EnrollmentStore::get) then decides).
+    async fn read_with_ttl(
+        &self,
+        card: CardContractId,
+    ) -> Result<Option<(EnrollmentRecord, Option<Duration>)>, StoreError> {
+        let key = self.keys.enrollment(card);
+        let mut conn = self.connection().await?;
+        let read: Result<(Option<String>, i64), _> = redis::pipe()
+            .get(&key)
+            .pttl(&key)
+            .query_async(&mut conn)
+            .await;
+        match read {
+            Ok((Some(json), ttl_ms)) => Ok(serde_json::from_str(&json).ok().map(|record| {
+                let ttl = u64::try_from(ttl_ms).ok().map(Duration::from_millis);
+                (record, ttl)
+            })),
+            Ok((None, _)) => Ok(None),
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                Err(unavailable(e))
+            }
+            // Not a string (WRONGTYPE): the plain read sets it aside.
+            Err(_) => Ok(None),
+        }
     }
 
     /// Takes (or renews) the lock or lease `key` for `owner` for `ttl`; `false` while another
@@ -220,6 +263,7 @@ impl RedisStore {
         super::check_record(record)?;
         let json = serde_json::to_string(record).map_err(corrupt)?;
         let card = record.card_contract_id;
+        let _forget = self.forget_on_return(card);
         let mut conn = self.connection().await?;
         let stored: Option<String> = self
             .put_enrollment
@@ -328,12 +372,47 @@ async fn read_record(target: &Target, key: &str) -> Result<Option<EnrollmentReco
 
 #[async_trait::async_trait]
 impl EnrollmentStore for RedisStore {
-    #[tracing::instrument(name = "redis.script", skip_all, fields(db.system = "redis", db.operation = "get"))]
+    #[tracing::instrument(name = "redis.script", level = "debug", skip_all, fields(db.system = "redis", db.operation = "get"))]
     async fn get(&self, card: CardContractId) -> Result<Option<EnrollmentRecord>, StoreError> {
         self.get_or_quarantine(card).await.map(|(record, _)| record)
     }
 
-    #[tracing::instrument(name = "redis.script", skip_all, fields(db.system = "redis", db.operation = "put_enrollment"))]
+    async fn get_cached(
+        &self,
+        card: CardContractId,
+    ) -> Result<Option<EnrollmentRecord>, StoreError> {
+        let Some(cache) = &self.cache else {
+            return self.get(card).await;
+        };
+        match cache.lookup(card) {
+            Lookup::Hit(record) => {
+                crate::metrics::record_cache("hit");
+                Ok(Some(record))
+            }
+            Lookup::Load(ticket) => {
+                crate::metrics::record_cache("load");
+                match self.read_with_ttl(card).await? {
+                    Some((record, ttl)) => {
+                        cache.fill(ticket, &record, ttl);
+                        Ok(Some(record))
+                    }
+                    None => self.get(card).await,
+                }
+            }
+            Lookup::Bypass { track, evicted } => {
+                crate::metrics::record_cache("bypass");
+                if let Some((card, slot)) = evicted {
+                    self.feed.untrack(self.keys.changes(card), slot);
+                }
+                if let Some(slot) = track {
+                    self.feed.track(self.keys.changes(card), card, slot);
+                }
+                self.get(card).await
+            }
+        }
+    }
+
+    #[tracing::instrument(name = "redis.script", level = "debug", skip_all, fields(db.system = "redis", db.operation = "put_enrollment"))]
     async fn put_enrollment(
         &self,
         record: &EnrollmentRecord,
@@ -345,7 +424,7 @@ impl EnrollmentStore for RedisStore {
             .ok_or_else(|| StoreError::Corrupt("an unfenced write was fenced".into()))
     }
 
-    #[tracing::instrument(name = "redis.script", skip_all, fields(db.system = "redis", db.operation = "put_enrollment_fenced"))]
+    #[tracing::instrument(name = "redis.script", level = "debug", skip_all, fields(db.system = "redis", db.operation = "put_enrollment_fenced"))]
     async fn put_enrollment_fenced(
         &self,
         record: &EnrollmentRecord,
@@ -355,11 +434,12 @@ impl EnrollmentStore for RedisStore {
         self.put(record, PutMode::Merge, ttl, lock_owner).await
     }
 
-    #[tracing::instrument(name = "redis.script", skip_all, fields(db.system = "redis", db.operation = "apply_notification"))]
+    #[tracing::instrument(name = "redis.script", level = "debug", skip_all, fields(db.system = "redis", db.operation = "apply_notification"))]
     async fn apply_notification(
         &self,
         event: &TokenEvent,
     ) -> Result<NotificationResult, StoreError> {
+        let _forget = self.forget_on_return(event.card_contract_id);
         super::check_event(event)?;
         let token = serde_json::to_string(&event.as_token()).map_err(corrupt)?;
         let card = event.card_contract_id;
@@ -401,7 +481,7 @@ impl EnrollmentStore for RedisStore {
         }
     }
 
-    #[tracing::instrument(name = "redis.script", skip_all, fields(db.system = "redis", db.operation = "idempotency_begin"))]
+    #[tracing::instrument(name = "redis.script", level = "debug", skip_all, fields(db.system = "redis", db.operation = "idempotency_begin"))]
     async fn idempotency_begin(
         &self,
         scope: &str,
@@ -433,7 +513,7 @@ impl EnrollmentStore for RedisStore {
         }
     }
 
-    #[tracing::instrument(name = "redis.script", skip_all, fields(db.system = "redis", db.operation = "idempotency_update"))]
+    #[tracing::instrument(name = "redis.script", level = "debug", skip_all, fields(db.system = "redis", db.operation = "idempotency_update"))]
     async fn idempotency_update(
         &self,
         scope: &str,
@@ -463,7 +543,7 @@ impl EnrollmentStore for RedisStore {
         Ok(written == 1)
     }
 
-    #[tracing::instrument(name = "redis.script", skip_all, fields(db.system = "redis", db.operation = "lock_card"))]
+    #[tracing::instrument(name = "redis.script", level = "debug", skip_all, fields(db.system = "redis", db.operation = "lock_card"))]
     async fn lock_card(
         &self,
         card: CardContractId,
@@ -473,7 +553,7 @@ impl EnrollmentStore for RedisStore {
         self.take(self.keys.lock(card), owner, ttl).await
     }
 
-    #[tracing::instrument(name = "redis.script", skip_all, fields(db.system = "redis", db.operation = "renew_card"))]
+    #[tracing::instrument(name = "redis.script", level = "debug", skip_all, fields(db.system = "redis", db.operation = "renew_card"))]
     async fn renew_card(
         &self,
         card: CardContractId,
@@ -492,7 +572,7 @@ impl EnrollmentStore for RedisStore {
         Ok(held == 1)
     }
 
-    #[tracing::instrument(name = "redis.script", skip_all, fields(db.system = "redis", db.operation = "unlock_card"))]
+    #[tracing::instrument(name = "redis.script", level = "debug", skip_all, fields(db.system = "redis", db.operation = "unlock_card"))]
     async fn unlock_card(&self, card: CardContractId, owner: &str) -> Result<(), StoreError> {
         let mut conn = self.connection().await?;
         let _: i64 = self

@@ -18,6 +18,7 @@ mod observability;
 mod oracles;
 mod poison;
 mod reconcile;
+mod record_cache;
 mod redis_tls;
 mod reflection;
 mod security;

@@ -58,6 +58,16 @@ pub trait EnrollmentStore: Send + Sync + 'static {
     /// The record of `card`, if one is stored and not expired.
     async fn get(&self, card: CardContractId) -> Result<Option<EnrollmentRecord>, StoreError>;
 
+    /// The record of `card` for a plain status read: [`get`](Self::get), or a copy kept in
+    /// process memory that may lag a change made elsewhere by the store's documented bound
+    /// (the Redis store's record cache). Never for a read that decides a write.
+    async fn get_cached(
+        &self,
+        card: CardContractId,
+    ) -> Result<Option<EnrollmentRecord>, StoreError> {
+        self.get(card).await
+    }
+
     /// Writes `record` atomically with the existing one (see [`PutMode`]), keeps it for `ttl`,
     /// publishes the change, and returns what is stored now. The store sets the record's times
     /// and revision on its own clock (`EnrollmentRecord::stamped`); a write that would change
