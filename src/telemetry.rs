@@ -257,6 +257,12 @@ impl Visit for JsonAppender<'_> {
 /// `value` as a JSON string literal.
 fn json_string(out: &mut String, value: &str) {
     out.push('"');
+    // Ids, names and numbers as text need no escape: copied whole.
+    if !value.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(value);
+        out.push('"');
+        return;
+    }
     for c in value.chars() {
         match c {
             '"' => out.push_str("\\\""),

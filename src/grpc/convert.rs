@@ -522,6 +522,11 @@ pub fn timestamp(ms: i64) -> prost_types::Timestamp {
 
 /// The `Enrollment` message of a record.
 pub fn enrollment(r: &EnrollmentRecord, source: Source) -> pb::Enrollment {
+    into_enrollment(r.clone(), source)
+}
+
+/// [`enrollment`] of a record the caller no longer needs: its strings move into the message.
+pub fn into_enrollment(r: EnrollmentRecord, source: Source) -> pb::Enrollment {
     let state = match r.state {
         EnrollmentState::NotEnrolled => pb::EnrollmentState::NotEnrolled,
         EnrollmentState::InProgress => pb::EnrollmentState::InProgress,
@@ -531,21 +536,21 @@ pub fn enrollment(r: &EnrollmentRecord, source: Source) -> pb::Enrollment {
     };
     pb::Enrollment {
         card_contract_id: r.card_contract_id.get(),
-        program: r.program.clone(),
+        program: r.program,
         state: state as i32,
-        src_digital_card_id: r.src_digital_card_id.clone().unwrap_or_default(),
-        src_consumer_id: r.src_consumer_id.clone().unwrap_or_default(),
-        src_correlation_id: r.src_correlation_id.clone().unwrap_or_default(),
-        masked_card: r.masked_card.as_ref().map(|m| pb::MaskedCard {
-            pan_last_four: m.pan_last_four.clone(),
-            pan_expiration_month: m.pan_expiration_month.clone(),
-            pan_expiration_year: m.pan_expiration_year.clone(),
-            payment_card_descriptor: m.payment_card_descriptor.clone().unwrap_or_default(),
-            payment_card_type: m.payment_card_type.clone().unwrap_or_default(),
-            digital_card_status: m.digital_card_status.clone().unwrap_or_default(),
+        src_digital_card_id: r.src_digital_card_id.unwrap_or_default(),
+        src_consumer_id: r.src_consumer_id.unwrap_or_default(),
+        src_correlation_id: r.src_correlation_id.unwrap_or_default(),
+        masked_card: r.masked_card.map(|m| pb::MaskedCard {
+            pan_last_four: m.pan_last_four,
+            pan_expiration_month: m.pan_expiration_month,
+            pan_expiration_year: m.pan_expiration_year,
+            payment_card_descriptor: m.payment_card_descriptor.unwrap_or_default(),
+            payment_card_type: m.payment_card_type.unwrap_or_default(),
+            digital_card_status: m.digital_card_status.unwrap_or_default(),
         }),
-        token: r.token.as_ref().map(|t| pb::Token {
-            token_unique_reference: t.token_unique_reference.clone(),
+        token: r.token.map(|t| pb::Token {
+            event_time: t.event_time_ms().map(timestamp),
             status: t.status.map_or(pb::TokenStatus::Unspecified, |s| match s {
                 TokenStatus::Pending => pb::TokenStatus::Pending,
                 TokenStatus::Active => pb::TokenStatus::Active,
@@ -562,15 +567,15 @@ pub fn enrollment(r: &EnrollmentRecord, source: Source) -> pb::Enrollment {
                         pb::TokenizationDecision::RequireAdditionalAuthentication
                     }
                 }) as i32,
-            token_requestor_id: t.token_requestor_id.clone(),
-            event_time: t.event_time_ms().map(timestamp),
+            token_unique_reference: t.token_unique_reference,
+            token_requestor_id: t.token_requestor_id,
         }),
-        failure: r.failure.as_ref().map(|f| pb::Failure {
+        failure: r.failure.map(|f| pb::Failure {
             reason: pb::ErrorReason::from_str_name(&f.reason)
                 .unwrap_or(pb::ErrorReason::Unspecified) as i32,
-            message: f.message.clone(),
+            message: f.message,
             retryable: f.retryable,
-            metadata: f.metadata.clone().into_iter().collect(),
+            metadata: f.metadata.into_iter().collect(),
         }),
         create_time: Some(timestamp(r.create_time_ms)),
         update_time: Some(timestamp(r.update_time_ms)),

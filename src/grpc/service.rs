@@ -247,7 +247,7 @@ impl EnrollmentApi {
             .map_err(|e| status::to_status(&e))?;
         caller.may_see(&record.program, Rpc::GetEnrollmentStatus)?;
         Ok(Response::new(GetEnrollmentStatusResponse {
-            enrollment: Some(convert::enrollment(&record, source)),
+            enrollment: Some(convert::into_enrollment(record, source)),
         }))
     }
 }
