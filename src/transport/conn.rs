@@ -108,8 +108,13 @@ impl AsyncWrite for Conn {
         Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
     }
 
+    // Not vectored, on purpose: h2 then copies DATA payloads up to 1 KiB into its write buffer
+    // (vectored: only up to 256 bytes, and a larger payload is chained, so that the frames after
+    // it wait for the next write). A unary answer (headers, a few hundred bytes of message,
+    // trailers) then leaves in one write instead of two (issue 14: a status answer took two
+    // `writev` calls, a health answer one).
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        false
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
