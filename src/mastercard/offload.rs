@@ -1,11 +1,13 @@
 //! Where the adapter's private-key work runs: every OAuth signature and every JWE sealed or
-//! opened goes to Tokio's blocking threads, at most [`width`] at once, so that the async workers
-//! never run RSA (an enrollment burst would otherwise hold them for ~0.25 ms per signature and
-//! stretch every other call, status reads included) and RSA never has more threads than the
-//! cores it shares with them.
+//! opened goes to a small pool of threads of its own, [`width`] of them, so that the async
+//! workers never run RSA (an enrollment burst would otherwise hold them for ~0.25 ms per
+//! signature and stretch every other call, status reads included) and RSA never has more
+//! threads than the cores it shares with them. The threads take the work from one queue: under
+//! load they go from one signature to the next without sleeping (Tokio's blocking pool would
+//! wake a thread, often a new one, for each).
 
-use std::sync::{Arc, OnceLock};
-use tokio::sync::Semaphore;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
 /// How many private-key operations run at once: the cores less one for the async workers, at
 /// least one (on 2 cores: one signing thread beside the two workers).
@@ -16,35 +18,62 @@ pub fn width() -> usize {
         .max(1)
 }
 
-fn permits() -> &'static Arc<Semaphore> {
-    static PERMITS: OnceLock<Arc<Semaphore>> = OnceLock::new();
-    PERMITS.get_or_init(|| Arc::new(Semaphore::new(width())))
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The queue of the pool's threads; `None` when not one of them could be started.
+fn queue() -> Option<&'static mpsc::Sender<Job>> {
+    static QUEUE: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
+    QUEUE
+        .get_or_init(|| {
+            let (jobs, queue) = mpsc::channel::<Job>();
+            let queue = Arc::new(Mutex::new(queue));
+            let started = (0..width())
+                .filter(|i| {
+                    let queue = queue.clone();
+                    std::thread::Builder::new()
+                        .name(format!("c2p-signing-{i}"))
+                        .spawn(move || work_from(&queue))
+                        .is_ok()
+                })
+                .count();
+            (started > 0).then_some(jobs)
+        })
+        .as_ref()
 }
 
-/// The work could not run to its end (its thread panicked, or the runtime is shutting down).
+/// A pool thread: runs jobs until the queue is gone; a job that panics is dropped (its caller
+/// gets [`OffloadError`]) and the thread goes on.
+fn work_from(queue: &Mutex<mpsc::Receiver<Job>>) {
+    loop {
+        let job = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        match job {
+            Ok(job) => {
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// The work could not run to its end (it panicked, or the pool could not be started).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the signing pool could not run the operation")]
 pub struct OffloadError;
 
-/// Runs `work` on a blocking thread once a permit is free. The permit goes with the work, so a
-/// caller that gives up (a deadline) does not let more operations run at once than the width.
+/// Runs `work` on the pool and waits for its result without holding an async worker.
 pub async fn run<T, F>(work: F) -> Result<T, OffloadError>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    let permit = permits()
-        .clone()
-        .acquire_owned()
-        .await
+    let queue = queue().ok_or(OffloadError)?;
+    let (done, result) = tokio::sync::oneshot::channel();
+    queue
+        .send(Box::new(move || {
+            let _ = done.send(work());
+        }))
         .map_err(|_| OffloadError)?;
-    tokio::task::spawn_blocking(move || {
-        let out = work();
-        drop(permit);
-        out
-    })
-    .await
-    .map_err(|_| OffloadError)
+    result.await.map_err(|_| OffloadError)
 }
 
 #[cfg(test)]
@@ -71,6 +100,12 @@ mod tests {
             work.await.unwrap().unwrap(),
             "the work held the async worker"
         );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_operation_fails_alone() {
+        assert_eq!(run(|| panic!("boom")).await, Err::<(), _>(OffloadError));
+        assert_eq!(run(|| 7).await, Ok(7));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
