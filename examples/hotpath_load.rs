@@ -6,8 +6,9 @@
 //! cargo run --release --example hotpath_load -- ADDR MODE CONCURRENCY SECONDS [PID] [CARD_FROM CARD_TO]
 //! ```
 //! MODE: `health`, `status` (GetEnrollmentStatus of the cards CARD_FROM..=CARD_TO in turn),
-//! `enroll` (EnrollCard with unique keys over the cards), or `mixed` (enroll at CONCURRENCY
-//! plus one status call every 2 ms on one card, whose latencies are reported apart).
+//! `enroll` (EnrollCard with unique keys, each card of the range once, or until SECONDS), or
+//! `mixed` (enroll at CONCURRENCY plus one status call of card 70001 every 2 ms, whose latencies
+//! are reported apart).
 //! With PID, the service's CPU time (utime + stime from /proc) per call is printed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -113,6 +114,10 @@ async fn main() {
             let mut api = EnrollmentServiceClient::new(channel);
             while Instant::now() < end {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
+                // Each card is enrolled once: the run ends with the range.
+                if mode != "status" && mode != "health" && n as i64 >= cards {
+                    break;
+                }
                 let card = card_from + (n as i64 % cards);
                 let t = Instant::now();
                 let ok = match mode.as_str() {
