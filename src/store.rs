@@ -16,7 +16,7 @@ pub use redis::RedisStore;
 pub use settings::RedisSettings;
 
 pub use crate::app::ports::{
-    ChangeStream, EnrollmentStore, NotificationResult, PutMode, StoreError,
+    ChangeStream, EnrollmentStore, NotificationEffect, NotificationResult, PutMode, StoreError,
 };
 
 use crate::domain::{EnrollmentRecord, TokenEvent};
