@@ -12,6 +12,7 @@ mod crash;
 mod envelope;
 mod flows;
 mod health;
+mod ingest_pipelined;
 mod limits;
 mod merge_props;
 mod observability;
