@@ -317,8 +317,15 @@ impl RedisStore {
     ) -> Result<Vec<ScriptReply>, StoreError> {
         let mut pipe = redis::pipe();
         for chunk in notes.chunks(SCRIPT_BATCH) {
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(self.apply_notification.get_hash())
+            // Sized up front: a call of 64 carries some 30 KB of arguments.
+            let bytes: usize = chunk
+                .iter()
+                .flat_map(|note| note.keys.iter().chain(&note.args))
+                .map(String::len)
+                .sum();
+            let mut cmd = Cmd::with_capacity(6 + chunk.len() * 6, bytes + 128);
+            cmd.arg("EVALSHA")
+                .arg(self.apply_notification.get_hash())
                 .arg(chunk.len() * 2);
             for note in chunk {
                 cmd.arg(&note.keys[..]);

@@ -9,13 +9,26 @@
 /// a write fails with `C2P_REFUSED` instead, and nothing is written. The Rust side refuses the
 /// same values before calling (`domain::STORE_INTEGER_LIMIT`); this is the backstop.
 const ENCODE: &str = r#"
+-- Hot (every record written): the globals it calls are locals, numbers checked in the loop.
+local floor, lua_type = math.floor, type
+local function check_number(x)
+  if x ~= floor(x) or x >= 1e14 or x <= -1e14 then
+    error({err = 'C2P_REFUSED a number cjson would round: ' .. string.format('%.17g', x)})
+  end
+end
 local function check_numbers(v)
-  if type(v) == 'number' then
-    if v ~= math.floor(v) or v >= 1e14 or v <= -1e14 then
-      error({err = 'C2P_REFUSED a number cjson would round: ' .. string.format('%.17g', v)})
+  local t = lua_type(v)
+  if t == 'number' then
+    check_number(v)
+  elseif t == 'table' then
+    for _, x in pairs(v) do
+      local tx = lua_type(x)
+      if tx == 'number' then
+        if x ~= floor(x) or x >= 1e14 or x <= -1e14 then check_number(x) end
+      elseif tx == 'table' then
+        check_numbers(x)
+      end
     end
-  elseif type(v) == 'table' then
-    for _, x in pairs(v) do check_numbers(x) end
   end
 end
 local function encode(v)

@@ -27,3 +27,4 @@ mod shutdown;
 mod simulator;
 mod standalone;
 mod store;
+mod store_batch;
