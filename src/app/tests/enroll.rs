@@ -1031,3 +1031,54 @@ async fn a_store_error_after_the_search_resumes_from_the_search() {
     w.app.enroll(cmd, None).await.unwrap();
     assert_eq!(w.mc.calls().counts(), (2, 1, 0));
 }
+
+#[tokio::test]
+async fn a_store_error_on_the_card_lock_gives_the_key_back() {
+    let w = world();
+    let cmd = command("k1", 1804);
+    w.store.fault(Op::LockCard, 1, Fault::Unavailable);
+    let e = w.app.enroll(cmd.clone(), None).await.unwrap_err();
+    assert_eq!(reason(&e), "STORE_UNAVAILABLE");
+    assert_released(&w, &cmd, Phase::Started);
+    // A retry after the advised second goes on, rather than REQUEST_IN_PROGRESS for a lease.
+    let done = w.app.enroll(cmd, None).await.unwrap();
+    assert!(!done.replayed);
+}
+
+#[tokio::test]
+async fn a_store_error_storing_the_answer_gives_the_key_back_with_the_answer() {
+    let w = world();
+    let cmd = command("k1", 1805);
+    // advance(Searched), advance(EnrollSent), finish: the third fails, the release saves it.
+    w.store.fault(Op::IdempotencyUpdate, 3, Fault::Unavailable);
+    let e = w.app.enroll(cmd.clone(), None).await.unwrap_err();
+    assert_eq!(reason(&e), "STORE_UNAVAILABLE");
+    assert!(e.is_transient());
+    let enrolled = w.record(card(1805)).await.unwrap();
+    assert_eq!(enrolled.state, EnrollmentState::Enrolled);
+    let key = w.key_of(&cmd).unwrap();
+    assert_eq!(key.lease_until_ms, 0, "not held until the lease runs out");
+
+    // The retry (after the advised second) gets the enrollment, not REQUEST_IN_PROGRESS.
+    let done = w.app.enroll(cmd, None).await.unwrap();
+    assert_eq!(done.record, enrolled);
+    assert_eq!(w.mc.calls().counts(), (1, 1, 0), "not sent again");
+}
+
+#[tokio::test]
+async fn a_store_error_storing_a_terminal_failure_gives_the_key_back_with_the_failure() {
+    let w = world();
+    let cmd = command("k1", 1806);
+    w.mc.enroll(Err(UpstreamFailure::Declined {
+        reason: "CARD_BLOCKED".into(),
+        context: context("enroll"),
+    }));
+    w.store.fault(Op::IdempotencyUpdate, 3, Fault::Unavailable);
+    let e = w.app.enroll(cmd.clone(), None).await.unwrap_err();
+    assert_eq!(reason(&e), "STORE_UNAVAILABLE");
+    assert_eq!(w.key_of(&cmd).unwrap().lease_until_ms, 0);
+
+    let again = w.app.enroll(cmd, None).await.unwrap_err();
+    assert_eq!(reason(&again), "CARD_NOT_ELIGIBLE");
+    assert_eq!(w.mc.calls().counts(), (1, 1, 0));
+}
