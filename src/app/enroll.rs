@@ -498,9 +498,11 @@ pub(super) fn map_upstream(
             context,
             retry_after,
         },
-        UpstreamFailure::ContractNotFound(upstream) => {
-            AppError::CardContractNotFound { card, upstream }
-        }
+        UpstreamFailure::ContractNotFound(upstream) => AppError::CardContractNotFound {
+            step,
+            card,
+            upstream,
+        },
         UpstreamFailure::Declined { reason, context } => AppError::CardNotEligible {
             reason,
             card,

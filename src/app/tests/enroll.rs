@@ -33,7 +33,7 @@ fn in_progress(card_id: i64, correlation: &str) -> EnrollmentRecord {
 }
 
 fn reason(e: &AppError) -> String {
-    e.parts().reason
+    e.parts().reason.to_string()
 }
 
 /// The key's record is unfinished, released (lease 0) and at `phase`.
@@ -671,7 +671,9 @@ async fn search_contract_not_found_is_card_contract_not_found() {
         None,
     )
     .await;
-    assert!(matches!(e, AppError::CardContractNotFound(ref c) if *c == context("processing")));
+    assert!(
+        matches!(e, AppError::CardContractNotFound { ref upstream, .. } if *upstream == context("processing"))
+    );
     let p = e.parts();
     assert_eq!(p.reason, "CARD_CONTRACT_NOT_FOUND");
     assert_eq!(p.metadata["step"], "search");
@@ -865,7 +867,7 @@ async fn enroll_contract_not_found_is_card_contract_not_found_with_a_failed_reco
         None,
     )
     .await;
-    assert!(matches!(e, AppError::CardContractNotFound(_)), "{e:?}");
+    assert!(matches!(e, AppError::CardContractNotFound { .. }), "{e:?}");
     assert_failed_record(&w, &cmd, &e).await;
     assert_terminal(&w, &cmd, &e).await;
 }

@@ -21,6 +21,7 @@ fn enrolled() -> EnrollmentRecord {
 fn table() -> Vec<(AppError, &'static str, Vec<&'static str>, Option<Duration>)> {
     let stored = AppError::CardNotEligible {
         reason: "CARD_BLOCKED".into(),
+        card: card(3001),
         upstream: context("enroll"),
     }
     .to_stored();
@@ -67,19 +68,30 @@ fn table() -> Vec<(AppError, &'static str, Vec<&'static str>, Option<Duration>)>
             None,
         ),
         (
-            AppError::CardContractNotFound(context("processing")),
+            AppError::CardContractNotFound {
+                step: Step::Tokens,
+                card: card(3001),
+                upstream: context("processing"),
+            },
             "CARD_CONTRACT_NOT_FOUND",
-            UPSTREAM_KEYS.to_vec(),
+            {
+                let mut keys = UPSTREAM_KEYS.to_vec();
+                keys.push("cardContractId");
+                keys.sort();
+                keys
+            },
             None,
         ),
         (
             AppError::CardNotEligible {
                 reason: "CARD_BLOCKED".into(),
+                card: card(3001),
                 upstream: context("enroll"),
             },
             "CARD_NOT_ELIGIBLE",
             vec![
                 "api",
+                "cardContractId",
                 "declineReason",
                 "mastercardCorrelationId",
                 "step",
@@ -126,6 +138,7 @@ fn table() -> Vec<(AppError, &'static str, Vec<&'static str>, Option<Duration>)>
             "CARD_NOT_ELIGIBLE",
             vec![
                 "api",
+                "cardContractId",
                 "declineReason",
                 "mastercardCorrelationId",
                 "replayed",
@@ -180,6 +193,7 @@ fn metadata_values_say_what_happened() {
 
     let p = AppError::CardNotEligible {
         reason: "CARD_BLOCKED".into(),
+        card: card(3001),
         upstream: context("enroll"),
     }
     .parts();
@@ -192,6 +206,14 @@ fn metadata_values_say_what_happened() {
 
     for step in [Step::Search, Step::Enroll, Step::Tokens] {
         let p = AppError::UpstreamRejected(step, context("processing")).parts();
+        assert_eq!(p.metadata["step"], step.name());
+        // An unknown card is found by a search or by a token list: the step says which.
+        let p = AppError::CardContractNotFound {
+            step,
+            card: card(3001),
+            upstream: context("processing"),
+        }
+        .parts();
         assert_eq!(p.metadata["step"], step.name());
         assert_eq!(
             AppError::DeadlineExceeded(step).parts().metadata["step"],
@@ -322,10 +344,10 @@ fn every_upstream_failure_maps_to_one_error() {
             (UpstreamFailure::RequestNotBuilt(ctx()), "INTERNAL"),
         ];
         for (failure, reason) in cases {
-            let e = map_upstream(step, failure.clone(), None);
+            let e = map_upstream(step, card(3001), failure.clone(), None);
             assert_eq!(e.parts().reason, reason, "{step:?} {failure:?}");
             // With the caller's deadline gone, only an outage becomes DEADLINE_EXCEEDED.
-            let late = map_upstream(step, failure.clone(), Some(Instant::now()));
+            let late = map_upstream(step, card(3001), failure.clone(), Some(Instant::now()));
             match failure {
                 UpstreamFailure::Unavailable { .. } => {
                     assert!(matches!(late, AppError::DeadlineExceeded(s) if s == step));
@@ -335,6 +357,7 @@ fn every_upstream_failure_maps_to_one_error() {
         }
         let e = map_upstream(
             step,
+            card(3001),
             UpstreamFailure::Unavailable {
                 retry_after: Duration::from_secs(6),
                 context: ctx(),
@@ -345,7 +368,12 @@ fn every_upstream_failure_maps_to_one_error() {
             matches!(e, AppError::UpstreamUnavailable { step: s, retry_after, .. } if s == step && retry_after == Duration::from_secs(6)),
             "{e:?}"
         );
-        let e = map_upstream(step, UpstreamFailure::RequestNotBuilt(ctx()), None);
+        let e = map_upstream(
+            step,
+            card(3001),
+            UpstreamFailure::RequestNotBuilt(ctx()),
+            None,
+        );
         assert!(matches!(e, AppError::Internal(ref m) if m == "enroll said no"));
     }
 }
