@@ -80,6 +80,10 @@ pub struct BenchArgs {
     /// The service's process id: its CPU time and RSS over the window, from /proc.
     #[arg(long)]
     pid: Option<u32>,
+    /// Another process whose CPU time over the window is reported beside the target's
+    /// (`simulator=1234`; repeatable): where the rest of the machine went.
+    #[arg(long, value_name = "NAME=PID", value_parser = parse_other_pid)]
+    other_pid: Vec<(String, u32)>,
     /// First wait until Health/Check answers SERVING, for at most this long.
     #[arg(long, value_parser = humantime::parse_duration)]
     wait_ready: Option<Duration>,
@@ -89,6 +93,24 @@ pub struct BenchArgs {
     /// A name for the run in the report.
     #[arg(long)]
     label: Option<String>,
+}
+
+fn parse_other_pid(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s}: NAME=PID expected"))?;
+    let pid = pid
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s}: the pid must be a number"))?;
+    Ok((name.trim().to_owned(), pid))
+}
+
+fn sample_others(others: &[(String, u32)], ticks: u64) -> Vec<Option<Duration>> {
+    others
+        .iter()
+        .map(|(_, pid)| procfs::sample(&pid.to_string(), ticks).ok().map(|s| s.cpu))
+        .collect()
 }
 
 /// Runs the benchmark on its own runtime.
@@ -316,13 +338,24 @@ async fn bench(args: &BenchArgs) -> Result<String, String> {
         }
         let begin = Instant::now();
         let before = sample(args.pid, ticks);
+        let others_before = sample_others(&args.other_pid, ticks);
         let client_before = procfs::sample("self", ticks).ok();
         tokio::select! {
             _ = tokio::time::sleep_until(end) => {}
             _ = ctx.issuing_done.cancelled() => {}
         }
         let after = sample(args.pid, ticks);
+        let others_after = sample_others(&args.other_pid, ticks);
         let client_after = procfs::sample("self", ticks).ok();
+        proc.others = args
+            .other_pid
+            .iter()
+            .zip(others_before.iter().zip(&others_after))
+            .map(|((name, pid), (b, a))| {
+                let cpu = b.zip(*a).map(|(b, a)| a.saturating_sub(b));
+                (name.clone(), *pid, cpu)
+            })
+            .collect();
         measured = Instant::now().min(end).saturating_duration_since(begin);
         if load.await.is_err() {
             return Err("the load task failed".into());

@@ -132,6 +132,8 @@ pub struct ProcFigures {
     pub rss_peak_kb: Option<u64>,
     pub client_cpu: Option<Duration>,
     pub note: Option<String>,
+    /// Other processes (name, pid, CPU time over the window).
+    pub others: Vec<(String, u32, Option<Duration>)>,
 }
 
 /// What describes a run besides its figures.
@@ -227,6 +229,17 @@ pub fn to_json(info: &RunInfo, stats: &Stats, proc: &ProcFigures, loadavg: [f64;
             "note": proc.note,
         },
         "client_cpu_s": proc.client_cpu.map(|c| c.as_secs_f64()),
+        "other_processes": proc.others.iter().map(|(name, pid, cpu)| {
+            let cpu_s = cpu.map(|c| c.as_secs_f64());
+            (name.clone(), json!({
+                "pid": pid,
+                "cpu_s": cpu_s,
+                "cpu_cores": cpu_s.map(|c| if secs > 0.0 { c / secs } else { 0.0 }),
+                "cpu_ms_per_ok": cpu_s
+                    .filter(|_| total_ok_completed > 0)
+                    .map(|c| c * 1000.0 / total_ok_completed as f64),
+            }))
+        }).collect::<serde_json::Map<String, Value>>(),
         "watch": info.watch.map(|w| json!({
             "opened": w.opened,
             "messages": w.messages,
@@ -362,6 +375,30 @@ pub fn to_table(info: &RunInfo, stats: &Stats, proc: &ProcFigures, loadavg: [f64
                     "target pid {pid}: {}",
                     proc.note.as_deref().unwrap_or("not readable")
                 );
+            }
+        }
+    }
+    let total_ok: u64 = total.as_ref().map_or_else(
+        || stats.rpcs.values().map(|s| s.completed_in_window).sum(),
+        |t| t.completed_in_window,
+    );
+    for (name, pid, cpu) in &proc.others {
+        match cpu {
+            Some(cpu) => {
+                let c = cpu.as_secs_f64();
+                let per = if total_ok > 0 {
+                    format!(", {:.3} ms per OK answer", c * 1000.0 / total_ok as f64)
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    out,
+                    "{name} pid {pid}: CPU {c:.2} s ({:.2} cores){per}",
+                    if secs > 0.0 { c / secs } else { 0.0 }
+                );
+            }
+            None => {
+                let _ = writeln!(out, "{name} pid {pid}: not readable");
             }
         }
     }
