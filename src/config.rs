@@ -150,6 +150,9 @@ pub struct StoreSettings {
     pub notification_dedup_ttl: Duration,
     /// `store.idempotency_ttl`: how long an idempotency record is kept (>= 24 h).
     pub idempotency_ttl: Duration,
+    /// `store.memory_max_entries`: the in-memory store's bound on records, on dedup markers and
+    /// on idempotency records (each); the oldest are evicted past it.
+    pub memory_max_entries: usize,
 }
 
 /// `enroll.*`: the enrollment flow.

@@ -151,6 +151,7 @@ pub fn open_store(
             notification_dedup: settings.store.notification_dedup_ttl,
             idempotency: settings.store.idempotency_ttl,
         },
+        settings.store.memory_max_entries,
     )
 }
 

@@ -3,6 +3,7 @@
 //! semantics.
 
 mod access;
+mod bounded;
 mod feed;
 mod keys;
 mod memory;
@@ -11,7 +12,7 @@ mod scripts;
 mod settings;
 
 pub use keys::KeySpace;
-pub use memory::MemoryStore;
+pub use memory::{DEFAULT_MAX_ENTRIES as DEFAULT_MEMORY_MAX_ENTRIES, MemoryStore};
 pub use redis::RedisStore;
 pub use settings::RedisSettings;
 
@@ -66,6 +67,7 @@ pub struct Retention {
 pub fn open(
     redis: &RedisSettings,
     retention: Retention,
+    memory_max_entries: usize,
 ) -> Result<Arc<dyn EnrollmentStore>, StoreError> {
     let keys = KeySpace::new(&redis.key_prefix);
     match &redis.url {
@@ -75,6 +77,9 @@ pub fn open(
             keys,
             retention,
         )?)),
-        None => Ok(Arc::new(MemoryStore::new(retention))),
+        None => Ok(Arc::new(MemoryStore::with_capacity(
+            retention,
+            memory_max_entries,
+        ))),
     }
 }

@@ -91,6 +91,12 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
             &raw.store.idempotency_ttl,
             defaults::STORE_IDEMPOTENCY_TTL,
         ),
+        memory_max_entries: c.number(
+            "store.memory_max_entries",
+            &raw.store.memory_max_entries,
+            crate::store::DEFAULT_MEMORY_MAX_ENTRIES,
+            1_000..=100_000_000,
+        ),
     };
     // Webhook senders retry for days and callers retry the next day: shorter would break dedup
     // and idempotency.
