@@ -28,8 +28,9 @@
 //!
 //! So the gateway keeps every message until its answer arrives, keyed by sequence, and never
 //! acknowledges a notification to its own source (a queue, a file, MDES) before the service
-//! answered it. At most `window` messages are unanswered on a stream (the service works on 32
-//! at a time; the rest wait in the transport, which is its backpressure).
+//! answered it. At most `window` messages are unanswered on a stream (the service reads up to
+//! 2,048 ahead and applies them in batches; the rest wait in the transport, which is its
+//! backpressure).
 //!
 //! This file is also run by CI (`tests/integration/gateway.rs`), against the service binary
 //! drained, restarted and cutting connections mid-way: every notification must end answered

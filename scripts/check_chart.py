@@ -101,6 +101,7 @@ TOML_ALLOWED = {
     "enroll.reconcile_interval", "enroll.reconcile_after",
     "store.enrollment_ttl", "store.not_enrolled_ttl", "store.notification_dedup_ttl", "store.idempotency_ttl",
     "store.cache_size", "store.cache_max_age",
+    "store.memory_max_entries",
     "notifications.max_future_skew", "notifications.max_age",
     "log.format", "log.filter", "shutdown.grace_period", "enroll.lease", "enroll.fingerprint_key_file",
 } | {f"grpc.limits.{k}" for k in LIMITS_INT + LIMITS_DURATION}

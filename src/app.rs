@@ -69,3 +69,6 @@ impl App {
 fn past(deadline: Option<tokio::time::Instant>) -> bool {
     deadline.is_some_and(|d| tokio::time::Instant::now() + Duration::from_millis(20) >= d)
 }
+
+#[cfg(test)]
+mod tests;

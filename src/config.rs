@@ -155,6 +155,9 @@ pub struct StoreSettings {
     pub cache_size: usize,
     /// `store.cache_max_age`: how long a cached record is served without news of it.
     pub cache_max_age: Duration,
+    /// `store.memory_max_entries`: the in-memory store's bound on records, on dedup markers and
+    /// on idempotency records (each); the oldest are evicted past it.
+    pub memory_max_entries: usize,
 }
 
 /// `enroll.*`: the enrollment flow.

@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod bench;
+
 #[derive(Parser)]
 #[command(
     version,
@@ -29,6 +31,9 @@ enum Command {
     /// Write a development CA, a localhost server certificate, two client certificates and
     /// an `mtls.toml` settings file that turns on mutual TLS with them.
     DevCerts(c2p_enroll::devcerts::DevCertsArgs),
+    /// Load-test a running service over gRPC (loopback only): one RPC or a mix, closed or
+    /// open loop; throughput, latency percentiles, errors by code, the service's CPU and RSS.
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +42,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::DevCerts(args)) = &cli.command {
         return c2p_enroll::devcerts::run(args);
+    }
+    // The load generator reads no settings: it is a client of a service configured elsewhere.
+    if let Some(Command::Bench(args)) = &cli.command {
+        return bench::run(args);
     }
     let settings = match Settings::load(cli.config.as_deref(), config::env_pairs()) {
         Ok(s) => s,
@@ -63,7 +72,7 @@ fn main() -> ExitCode {
     let code = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(run::serve(settings)),
         Command::Sandbox(args) => runtime.block_on(run::sandbox(args)),
-        Command::DevCerts(_) => ExitCode::SUCCESS,
+        Command::DevCerts(_) | Command::Bench(_) => ExitCode::SUCCESS,
     };
     {
         let _guard = runtime.enter();

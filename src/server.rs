@@ -155,8 +155,26 @@ pub fn open_store(
             capacity: settings.store.cache_size,
             max_age: settings.store.cache_max_age,
         },
+        settings.store.memory_max_entries,
     )
 }
+
+/// The HTTP/2 receive window of each stream: 64 KiB (the protocol's default; hyper's is 1 MiB).
+///
+/// h2 closes a whole connection (`GOAWAY ENHANCE_YOUR_CALM`, "too_many_data_frames") once the
+/// small DATA frames it holds unread cost more than a budget of half the connection window,
+/// each frame under 256 bytes costing 256 minus its size; a gateway pipelining notifications
+/// sends one ~100-byte frame per message. `NotificationIngest` reads ahead into its own
+/// bounded queue (`grpc::ingest::INGEST_WINDOW`), so frames stay unread only while that queue
+/// is full, and then at most a stream window of them: 64 KiB in frames of 29 bytes or more
+/// costs at most 512 KiB, the budget of [`CONNECTION_WINDOW`]. With 1 MiB per stream, some
+/// 3,500 unread 100-byte frames (350 KB, well inside the window the client was given) closed
+/// the connection and cut every stream on it.
+const STREAM_WINDOW: u32 = 64 * 1024;
+
+/// The HTTP/2 receive window of a connection (hyper's default, stated): h2's budget for
+/// unread small DATA frames is half of it (see [`STREAM_WINDOW`]).
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
 
 /// Binds `grpc.listen` (and `health.listen`) and serves the enrollment, health and reflection
 /// services.
@@ -264,6 +282,8 @@ pub async fn start(
         EnrollmentServiceServer::new(api).max_decoding_message_size(limits.max_message_bytes);
     // No `trace_fn`: the envelope layer makes the RPC span, with the request id it chose.
     let mut builder = tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout));

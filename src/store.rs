@@ -3,6 +3,7 @@
 //! semantics.
 
 mod access;
+mod bounded;
 mod cache;
 mod feed;
 mod keys;
@@ -13,12 +14,12 @@ mod settings;
 
 pub use cache::RecordCacheSettings;
 pub use keys::KeySpace;
-pub use memory::MemoryStore;
+pub use memory::{DEFAULT_MAX_ENTRIES as DEFAULT_MEMORY_MAX_ENTRIES, MemoryStore};
 pub use redis::RedisStore;
 pub use settings::RedisSettings;
 
 pub use crate::app::ports::{
-    ChangeStream, EnrollmentStore, NotificationResult, PutMode, StoreError,
+    ChangeStream, EnrollmentStore, NotificationEffect, NotificationResult, PutMode, StoreError,
 };
 
 use crate::domain::{EnrollmentRecord, TokenEvent};
@@ -70,6 +71,7 @@ pub fn open(
     redis: &RedisSettings,
     retention: Retention,
     cache: RecordCacheSettings,
+    memory_max_entries: usize,
 ) -> Result<Arc<dyn EnrollmentStore>, StoreError> {
     let keys = KeySpace::new(&redis.key_prefix);
     match &redis.url {
@@ -80,6 +82,9 @@ pub fn open(
             retention,
             cache,
         )?)),
-        None => Ok(Arc::new(MemoryStore::new(retention))),
+        None => Ok(Arc::new(MemoryStore::with_capacity(
+            retention,
+            memory_max_entries,
+        ))),
     }
 }

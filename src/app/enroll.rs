@@ -98,6 +98,18 @@ impl Attempt<'_> {
         save(self.app, &self.scope, &record).await
     }
 
+    /// [`Attempt::finish`]; when the answer could not be stored, the key is given back (a
+    /// second save of the finished record, lease 0) rather than held until its lease runs out:
+    /// the error is transient, and a retry then replays the answer or, if this save failed too
+    /// and the lease ran out, resumes and finds the enrollment by its srcCorrelationId.
+    async fn finish_or_release(&self, outcome: StoredOutcome) -> Result<(), AppError> {
+        let finished = self.finish(outcome).await;
+        if finished.is_err() {
+            self.release().await;
+        }
+        finished
+    }
+
     /// Gives the key back without an answer: the next call with it resumes from the phase reached.
     async fn release(&self) {
         let mut record = self.record.lock().await;
@@ -202,11 +214,21 @@ impl App {
         };
         // One enrollment of a card at a time, whatever its key: two keys must not send two
         // POST /cards with different srcCorrelationIds.
-        if !self
+        let locked = match self
             .store
             .lock_card(card, &owner, self.settings.lease)
-            .await?
+            .await
         {
+            Ok(locked) => locked,
+            Err(e) => {
+                // Transient, as every store error: the key is given back like on every other
+                // transient failure, so that a retry resumes rather than meet REQUEST_IN_PROGRESS
+                // until the lease runs out.
+                attempt.release().await;
+                return Err(e.into());
+            }
+        };
+        if !locked {
             attempt.release().await;
             return Err(AppError::CardBusy {
                 card,
@@ -243,7 +265,7 @@ impl App {
         match result {
             Ok(record) => {
                 attempt
-                    .finish(StoredOutcome::Success {
+                    .finish_or_release(StoredOutcome::Success {
                         enrollment: record.clone(),
                     })
                     .await?;
@@ -257,7 +279,7 @@ impl App {
                 Err(e)
             }
             Err(e) => {
-                attempt.finish(e.to_stored()).await?;
+                attempt.finish_or_release(e.to_stored()).await?;
                 Err(e)
             }
         }
@@ -476,9 +498,11 @@ pub(super) fn map_upstream(
             context,
             retry_after,
         },
-        UpstreamFailure::ContractNotFound(upstream) => {
-            AppError::CardContractNotFound { card, upstream }
-        }
+        UpstreamFailure::ContractNotFound(upstream) => AppError::CardContractNotFound {
+            step,
+            card,
+            upstream,
+        },
         UpstreamFailure::Declined { reason, context } => AppError::CardNotEligible {
             reason,
             card,

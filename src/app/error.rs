@@ -67,6 +67,8 @@ pub enum AppError {
     CardAlreadyEnrolled(Box<EnrollmentRecord>),
     /// Mastercard Processing knows no such card contract.
     CardContractNotFound {
+        /// The call that found it unknown (a search, or a token list).
+        step: Step,
         /// The card.
         card: CardContractId,
         /// The upstream call.
@@ -190,6 +192,19 @@ impl std::fmt::Display for Reason {
     }
 }
 
+// A reason compares with its name, so that tests and logs can write the contract's strings.
+impl PartialEq<&str> for Reason {
+    fn eq(&self, other: &&str) -> bool {
+        self.name() == *other
+    }
+}
+
+impl PartialEq<Reason> for String {
+    fn eq(&self, other: &Reason) -> bool {
+        self == other.name()
+    }
+}
+
 /// The parts of an error that the gRPC layer turns into a status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorParts {
@@ -279,9 +294,13 @@ impl AppError {
                     "the card is already enrolled in Click to Pay".into(),
                 )
             },
-            AppError::CardContractNotFound { card, upstream } => ErrorParts {
+            AppError::CardContractNotFound {
+                step,
+                card,
+                upstream,
+            } => ErrorParts {
                 metadata: {
-                    let mut m = upstream_metadata(Some(Step::Search), upstream);
+                    let mut m = upstream_metadata(Some(*step), upstream);
                     m.extend(card_metadata(*card));
                     m
                 },

@@ -193,6 +193,7 @@ pub(super) struct RawRedis {
 pub(super) struct RawStore {
     pub enrollment_ttl: Option<Scalar>,
     pub not_enrolled_ttl: Option<Scalar>,
+    pub memory_max_entries: Option<Scalar>,
     pub notification_dedup_ttl: Option<Scalar>,
     pub idempotency_ttl: Option<Scalar>,
     pub cache_size: Option<Scalar>,

@@ -104,6 +104,12 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
             &raw.store.cache_max_age,
             defaults::STORE_CACHE_MAX_AGE,
         ),
+        memory_max_entries: c.number(
+            "store.memory_max_entries",
+            &raw.store.memory_max_entries,
+            crate::store::DEFAULT_MEMORY_MAX_ENTRIES,
+            1_000..=100_000_000,
+        ),
     };
     // The staleness bound of status reads: an hour would defeat its purpose.
     if store.cache_max_age > Duration::from_secs(3600) {

@@ -1,8 +1,11 @@
-//! `NotificationIngest`'s answers: each message validated, applied and answered (in completion
-//! order, at most [`INGEST_WINDOW`] in progress), with its `sequence` echoed. A message that
-//! cannot be decoded ends the stream with its error status (`INVALID_ARGUMENT`) after every
-//! message before it has been answered, and a drain ends it `UNAVAILABLE` likewise, so a
-//! gateway never mistakes a cut stream for a finished one.
+//! `NotificationIngest`'s answers: each message validated, applied and answered, with its
+//! `sequence` echoed. The stream is read ahead of the answers (up to [`INGEST_WINDOW`] messages
+//! and [`READ_AHEAD_BYTES`] held), and what was read while the store was busy is applied
+//! together: one store call per batch (pipelined script calls on Redis), at most
+//! [`BATCHES_IN_FLIGHT`] at a time. Each message is answered once its batch's writes returned,
+//! in completion order. A message that cannot be decoded ends the stream with its error status
+//! (`INVALID_ARGUMENT`) after every message before it has been answered, and a drain ends it
+//! `UNAVAILABLE` likewise, so a gateway never mistakes a cut stream for a finished one.
 
 use super::convert::{self, EventTimeBounds};
 use crate::app::{App, FieldViolation, IngestOutcome};
@@ -11,14 +14,32 @@ use crate::proto::v1::{
     self as pb, NotificationIngestRequest, NotificationIngestResponse, NotificationOutcome,
     NotificationRejectReason,
 };
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt as _};
+use prost::Message as _;
+use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::Instrument as _;
 
-/// Unacknowledged notifications one stream may have in progress: the gateway's backpressure.
-pub const INGEST_WINDOW: usize = 32;
+/// Messages one stream holds at most (read ahead, being applied, or answered and not yet
+/// sent): the gateway's backpressure. Beyond it the server stops reading, and the stream's
+/// HTTP/2 window (`server::STREAM_WINDOW`) holds the rest.
+pub const INGEST_WINDOW: usize = 2048;
+
+/// Bytes of messages one stream holds at most, read ahead and not yet applied (messages may be
+/// up to `grpc.limits.max_message_bytes`).
+pub const READ_AHEAD_BYTES: usize = 1 << 20;
+
+/// Store calls one stream has in flight; what is read meanwhile makes the next batch.
+pub const BATCHES_IN_FLIGHT: usize = 2;
+
+/// The most notifications in one store call.
+pub const MAX_BATCH: usize = 512;
 
 /// The status that ends a stream whose input broke. tonic reports a stream that ends inside a
 /// message as `INTERNAL`; from the request side that is the caller's malformed input.
@@ -62,10 +83,18 @@ pub fn answers(
             std::future::ready(ok)
         })
         .filter_map(|item| std::future::ready(item.ok()));
-    let answered = good
-        .map(move |n| answer(app.clone(), n, bounds, rpc_span.clone()))
-        .buffer_unordered(INGEST_WINDOW)
-        .map(Ok);
+    let answered = Batches {
+        input: Some(Box::pin(good)),
+        app,
+        bounds,
+        rpc_span,
+        waiting: VecDeque::new(),
+        waiting_bytes: 0,
+        in_flight: FuturesUnordered::new(),
+        in_flight_messages: 0,
+        done: VecDeque::new(),
+    }
+    .map(Ok);
     // Runs only once every earlier message has its answer.
     let end =
         futures::stream::once(
@@ -73,6 +102,98 @@ pub fn answers(
         )
         .filter_map(|e| std::future::ready(e.map(Err)));
     answered.chain(end)
+}
+
+type Input = Pin<Box<dyn Stream<Item = NotificationIngestRequest> + Send>>;
+
+/// The read-ahead and the batches of one stream.
+struct Batches {
+    /// `None` once it ended.
+    input: Option<Input>,
+    app: Arc<App>,
+    bounds: EventTimeBounds,
+    rpc_span: tracing::Span,
+    /// Read, not yet applied, with their encoded sizes.
+    waiting: VecDeque<(NotificationIngestRequest, usize)>,
+    /// Their encoded size.
+    waiting_bytes: usize,
+    /// Batches being applied: each gives its messages' answers.
+    in_flight: FuturesUnordered<BoxFuture<'static, Vec<NotificationIngestResponse>>>,
+    in_flight_messages: usize,
+    /// Answers not sent yet.
+    done: VecDeque<NotificationIngestResponse>,
+}
+
+impl Batches {
+    fn held(&self) -> usize {
+        self.waiting.len() + self.in_flight_messages + self.done.len()
+    }
+
+    /// Takes in whatever the transport has, up to the bounds: the stream's DATA frames keep
+    /// being consumed while the store works (h2 closes a connection that holds too many small
+    /// DATA frames unread), and what arrives makes the next batch.
+    fn read_ahead(&mut self, cx: &mut Context<'_>) {
+        while self.held() < INGEST_WINDOW && self.waiting_bytes < READ_AHEAD_BYTES {
+            let Some(input) = self.input.as_mut() else {
+                return;
+            };
+            match input.poll_next_unpin(cx) {
+                Poll::Ready(Some(n)) => {
+                    let size = n.encoded_len();
+                    self.waiting_bytes += size;
+                    self.waiting.push_back((n, size));
+                }
+                Poll::Ready(None) => self.input = None,
+                Poll::Pending => return,
+            }
+        }
+    }
+
+    /// Starts a batch of what is waiting while fewer than [`BATCHES_IN_FLIGHT`] run.
+    fn start_batches(&mut self) {
+        while self.in_flight.len() < BATCHES_IN_FLIGHT && !self.waiting.is_empty() {
+            let take = self.waiting.len().min(MAX_BATCH);
+            let batch: Vec<_> = self
+                .waiting
+                .drain(..take)
+                .map(|(n, size)| {
+                    self.waiting_bytes -= size;
+                    n
+                })
+                .collect();
+            self.in_flight_messages += batch.len();
+            self.in_flight.push(Box::pin(answer_batch(
+                self.app.clone(),
+                batch,
+                self.bounds,
+                self.rpc_span.clone(),
+            )));
+        }
+    }
+}
+
+impl Stream for Batches {
+    type Item = NotificationIngestResponse;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            this.read_ahead(cx);
+            this.start_batches();
+            if let Some(answer) = this.done.pop_front() {
+                return Poll::Ready(Some(answer));
+            }
+            if let Poll::Ready(Some(answers)) = this.in_flight.poll_next_unpin(cx) {
+                this.in_flight_messages = this.in_flight_messages.saturating_sub(answers.len());
+                this.done.extend(answers);
+                continue;
+            }
+            if this.input.is_none() && this.waiting.is_empty() && this.in_flight.is_empty() {
+                return Poll::Ready(None);
+            }
+            return Poll::Pending;
+        }
+    }
 }
 
 fn response(
@@ -110,71 +231,105 @@ fn rejected(
     }
 }
 
-fn answer(
+/// Validates the messages of `batch` and applies the valid ones in one store call: an answer
+/// per message, in order, once the writes returned. One span per batch; each message's
+/// outcome is a debug event (with its id, bounded and escaped: it is the caller's).
+fn answer_batch(
     app: Arc<App>,
-    n: NotificationIngestRequest,
+    batch: Vec<NotificationIngestRequest>,
     bounds: EventTimeBounds,
     rpc_span: tracing::Span,
-) -> impl std::future::Future<Output = NotificationIngestResponse> + Send + 'static {
-    // The id is the caller's: bounded and escaped before it reaches a span.
-    let id_field = crate::text::bounded(&n.notification_id, 255);
-    let span = tracing::info_span!(parent: &rpc_span, "notification", notification.id = %id_field, notification.sequence = n.sequence, card = tracing::field::Empty, outcome = tracing::field::Empty);
+) -> impl std::future::Future<Output = Vec<NotificationIngestResponse>> + Send + 'static {
+    let span = tracing::info_span!(parent: &rpc_span, "notifications", count = batch.len());
     async move {
-        let event = match convert::token_event(&n, bounds) {
-            Ok(e) => e,
-            Err(rejection) => {
-                tracing::Span::current().record("outcome", "rejected");
-                metrics::notification("rejected");
-                let message = rejection.message();
-                return rejected(&n, rejection.reason, message, rejection.violations);
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut events = Vec::with_capacity(batch.len());
+        for n in &batch {
+            match convert::token_event(n, bounds) {
+                Ok(event) => {
+                    events.push(event);
+                    answers.push(None);
+                }
+                Err(rejection) => {
+                    answered(n, "rejected");
+                    let message = rejection.message();
+                    answers.push(Some(rejected(
+                        n,
+                        rejection.reason,
+                        message,
+                        rejection.violations,
+                    )));
+                }
             }
-        };
-        tracing::Span::current().record("card", event.card_contract_id.get());
-        let outcome = app.ingest(&event).await;
-        let name = match &outcome {
-            IngestOutcome::Applied => "applied",
-            IngestOutcome::Duplicate => "duplicate",
-            IngestOutcome::Stale => "stale",
-            IngestOutcome::Ignored => "ignored",
-            IngestOutcome::IdReused | IngestOutcome::RecordUnreadable(_) => "rejected",
-            IngestOutcome::Failed(_) => "failed",
-        };
-        tracing::Span::current().record("outcome", name);
-        metrics::notification(name);
-        match outcome {
-            IngestOutcome::Applied => response(&n, NotificationOutcome::Applied, String::new()),
-            IngestOutcome::Duplicate => response(
-                &n,
-                NotificationOutcome::Duplicate,
-                "already applied".into(),
-            ),
-            IngestOutcome::Stale => response(
-                &n,
-                NotificationOutcome::Stale,
-                "older than the stored state".into(),
-            ),
-            IngestOutcome::Ignored => response(
-                &n,
-                NotificationOutcome::Ignored,
-                "not a Click to Pay token".into(),
-            ),
-            IngestOutcome::IdReused => rejected(
-                &n,
-                NotificationRejectReason::IdReusedWithDifferentContent,
-                "this notification_id was seen before for this card with different content; nothing changed".into(),
-                vec![FieldViolation {
-                    field: "notification_id".into(),
-                    description: "reused with different content".into(),
-                }],
-            ),
-            IngestOutcome::RecordUnreadable(why) => rejected(
-                &n,
-                NotificationRejectReason::RecordUnreadable,
-                why,
-                Vec::new(),
-            ),
-            IngestOutcome::Failed(why) => response(&n, NotificationOutcome::Failed, why),
         }
+        let mut outcomes = app.ingest_all(events).await.into_iter();
+        batch
+            .iter()
+            .zip(answers)
+            .map(|(n, ready)| {
+                ready.unwrap_or_else(|| {
+                    let outcome = outcomes.next().unwrap_or_else(|| {
+                        IngestOutcome::Failed("not applied, resend: no outcome".into())
+                    });
+                    answer(n, outcome)
+                })
+            })
+            .collect()
     }
     .instrument(span)
+}
+
+/// Counts and traces one message's outcome.
+fn answered(n: &NotificationIngestRequest, outcome: &'static str) {
+    metrics::notification(outcome);
+    tracing::debug!(
+        notification.id = %crate::text::bounded(&n.notification_id, 255),
+        notification.sequence = n.sequence,
+        outcome,
+        "notification answered"
+    );
+}
+
+fn answer(n: &NotificationIngestRequest, outcome: IngestOutcome) -> NotificationIngestResponse {
+    let name = match &outcome {
+        IngestOutcome::Applied => "applied",
+        IngestOutcome::Duplicate => "duplicate",
+        IngestOutcome::Stale => "stale",
+        IngestOutcome::Ignored => "ignored",
+        IngestOutcome::IdReused | IngestOutcome::RecordUnreadable(_) => "rejected",
+        IngestOutcome::Failed(_) => "failed",
+    };
+    answered(n, name);
+    match outcome {
+        IngestOutcome::Applied => response(n, NotificationOutcome::Applied, String::new()),
+        IngestOutcome::Duplicate => {
+            response(n, NotificationOutcome::Duplicate, "already applied".into())
+        }
+        IngestOutcome::Stale => response(
+            n,
+            NotificationOutcome::Stale,
+            "older than the stored state".into(),
+        ),
+        IngestOutcome::Ignored => response(
+            n,
+            NotificationOutcome::Ignored,
+            "not a Click to Pay token".into(),
+        ),
+        IngestOutcome::IdReused => rejected(
+            n,
+            NotificationRejectReason::IdReusedWithDifferentContent,
+            "this notification_id was seen before for this card with different content; nothing changed".into(),
+            vec![FieldViolation {
+                field: "notification_id".into(),
+                description: "reused with different content".into(),
+            }],
+        ),
+        IngestOutcome::RecordUnreadable(why) => rejected(
+            n,
+            NotificationRejectReason::RecordUnreadable,
+            why,
+            Vec::new(),
+        ),
+        IngestOutcome::Failed(why) => response(n, NotificationOutcome::Failed, why),
+    }
 }

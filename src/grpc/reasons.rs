@@ -186,6 +186,7 @@ fn sample_app_errors() -> Vec<AppError> {
         },
         AppError::CardAlreadyEnrolled(Box::new(record.clone())),
         AppError::CardContractNotFound {
+            step: Step::Search,
             card,
             upstream: upstream(),
         },

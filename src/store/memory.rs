@@ -1,6 +1,7 @@
 //! The in-memory store: the embedded default. Same semantics as Redis (merging, dedup, leases,
 //! TTLs, change events); state is lost when the process exits and is not shared between replicas.
 
+use super::bounded::Bounded;
 use super::{ChangeStream, EnrollmentStore, NotificationResult, PutMode, Retention, StoreError};
 use crate::domain::{
     Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, Merge, TokenEvent, merge,
@@ -14,15 +15,30 @@ use tokio_stream::StreamExt as _;
 /// Expired entries are swept every this many writes, so that the maps do not grow for ever.
 const SWEEP_EVERY: u64 = 1024;
 
-#[derive(Default)]
+/// The default of `store.memory_max_entries`.
+pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
+
 struct Maps {
     writes: u64,
-    records: HashMap<CardContractId, (EnrollmentRecord, Instant)>,
+    records: Bounded<CardContractId, (EnrollmentRecord, Instant)>,
     /// (card, notification id) → (content hash, expiry).
-    dedup: HashMap<(CardContractId, String), (String, Instant)>,
-    idempotency: HashMap<String, (IdempotencyRecord, Instant)>,
+    dedup: Bounded<(CardContractId, String), (String, Instant)>,
+    idempotency: Bounded<String, (IdempotencyRecord, Instant)>,
     locks: HashMap<CardContractId, (String, Instant)>,
     in_progress: HashMap<CardContractId, i64>,
+}
+
+impl Maps {
+    fn new(max_entries: usize) -> Self {
+        Self {
+            writes: 0,
+            records: Bounded::new(max_entries),
+            dedup: Bounded::new(max_entries),
+            idempotency: Bounded::new(max_entries),
+            locks: HashMap::new(),
+            in_progress: HashMap::new(),
+        }
+    }
 }
 
 /// Everything in maps behind one lock (each operation is one critical section: atomic).
@@ -40,11 +56,18 @@ impl std::fmt::Debug for MemoryStore {
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store holding at most [`DEFAULT_MAX_ENTRIES`] of each kind of entry.
     pub fn new(retention: Retention) -> Self {
+        Self::with_capacity(retention, DEFAULT_MAX_ENTRIES)
+    }
+
+    /// An empty store holding at most `max_entries` records, as many dedup markers and as many
+    /// idempotency records: past that the oldest are evicted (a development store; evicting a
+    /// dedup marker forgets that notification id early).
+    pub fn with_capacity(retention: Retention, max_entries: usize) -> Self {
         Self {
             retention,
-            maps: Arc::new(Mutex::new(Maps::default())),
+            maps: Arc::new(Mutex::new(Maps::new(max_entries))),
             changes: broadcast::channel(1024).0,
         }
     }
@@ -422,5 +445,28 @@ mod tests {
             .expect("a record, not silence")
             .unwrap();
         assert_eq!(seen, last);
+    }
+
+    #[tokio::test]
+    async fn the_store_stays_within_its_capacity() {
+        let store = MemoryStore::with_capacity(retention(), 1_000);
+        for i in 0..5_000 {
+            store
+                .apply_notification(&tcn(&format!("n-{i}"), 90_000 + i, 1_800_000_000_000))
+                .await
+                .unwrap();
+        }
+        let maps = store.lock();
+        assert_eq!((maps.records.len(), maps.dedup.len()), (1_000, 1_000));
+        assert_eq!(
+            (maps.records.evicted(), maps.dedup.evicted()),
+            (4_000, 4_000)
+        );
+        // The newest are kept.
+        assert!(
+            maps.records
+                .get(&CardContractId::new(94_999).unwrap())
+                .is_some()
+        );
     }
 }

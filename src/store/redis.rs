@@ -8,12 +8,15 @@ use super::cache::{ForgetOnDrop, Lookup, RecordCache, RecordCacheSettings};
 use super::feed::{Feed, Nodes};
 use super::scripts;
 use super::{
-    ChangeStream, EnrollmentStore, KeySpace, NotificationResult, PutMode, Retention, StoreError,
+    ChangeStream, EnrollmentStore, KeySpace, NotificationEffect, NotificationResult, PutMode,
+    Retention, StoreError,
 };
 use crate::domain::{Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, TokenEvent};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
 use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OnceCell;
@@ -111,6 +114,50 @@ fn corrupt(e: serde_json::Error) -> StoreError {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The most notifications in one call of the apply script. A call holds Redis for its whole
+/// run (some 10 µs per notification), so a longer batch is cut into calls of this many, sent
+/// in one pipeline.
+const SCRIPT_BATCH: usize = 64;
+
+/// One notification's part of an apply script call.
+struct Prepared {
+    /// Its card's record, its dedup marker.
+    keys: [String; 2],
+    /// The token JSON, card id, change channel, content hash.
+    args: [String; 4],
+}
+
+/// What the apply script answered for one notification.
+enum ScriptReply {
+    /// Its effect, with the record's JSON when asked for and applied.
+    Done(NotificationEffect, Option<String>),
+    /// Not applied, nothing of it written: the script's message.
+    Failed(String),
+}
+
+fn script_reply(reply: Vec<String>) -> Result<ScriptReply, StoreError> {
+    let mut parts = reply.into_iter();
+    let (kind, detail) = (parts.next(), parts.next());
+    Ok(match kind.as_deref() {
+        Some("applied") => ScriptReply::Done(NotificationEffect::Applied, detail),
+        Some("duplicate") => ScriptReply::Done(NotificationEffect::Duplicate, None),
+        Some("stale") => ScriptReply::Done(NotificationEffect::Stale, None),
+        Some("conflict") => ScriptReply::Done(NotificationEffect::Conflict, None),
+        Some("error") => ScriptReply::Failed(detail.unwrap_or_default()),
+        _ => return Err(StoreError::Corrupt("unexpected script reply".into())),
+    })
+}
+
+/// The error of a notification the script could not apply: a number cjson would round is
+/// `Refused` (as [`unavailable`] maps `C2P_REFUSED`), anything else a failed command.
+fn script_failure(message: &str) -> StoreError {
+    if let Some(detail) = message.strip_prefix("C2P_REFUSED") {
+        return StoreError::Refused(detail.trim().into());
+    }
+    crate::metrics::redis_error("command");
+    StoreError::Unavailable(format!("the notification script failed: {message}"))
 }
 
 impl RedisStore {
@@ -285,6 +332,184 @@ impl RedisStore {
             .transpose()
     }
 
+    /// One notification's keys and arguments for the apply script.
+    fn prepare(&self, event: &TokenEvent) -> Result<Prepared, StoreError> {
+        super::check_event(event)?;
+        let token = serde_json::to_string(&event.as_token()).map_err(corrupt)?;
+        let card = event.card_contract_id;
+        Ok(Prepared {
+            keys: [
+                self.keys.enrollment(card),
+                self.keys.notification(card, &event.notification_id),
+            ],
+            args: [
+                token,
+                card.get().to_string(),
+                self.keys.changes(card),
+                event.content_hash(),
+            ],
+        })
+    }
+
+    /// Runs the apply script over `notes` (on one slot, on a Cluster): [`SCRIPT_BATCH`] per
+    /// call, the calls in one pipeline (one round trip); a reply per notification, in order.
+    async fn run_apply(
+        &self,
+        conn: &mut Connection,
+        notes: &[&Prepared],
+        with_record: bool,
+    ) -> Result<Vec<ScriptReply>, StoreError> {
+        let mut pipe = redis::pipe();
+        for chunk in notes.chunks(SCRIPT_BATCH) {
+            // Sized up front: a call of 64 carries some 30 KB of arguments.
+            let bytes: usize = chunk
+                .iter()
+                .flat_map(|note| note.keys.iter().chain(&note.args))
+                .map(String::len)
+                .sum();
+            let mut cmd = Cmd::with_capacity(6 + chunk.len() * 6, bytes + 128);
+            cmd.arg("EVALSHA")
+                .arg(self.apply_notification.get_hash())
+                .arg(chunk.len() * 2);
+            for note in chunk {
+                cmd.arg(&note.keys[..]);
+            }
+            cmd.arg(millis(self.retention.enrollment))
+                .arg(millis(self.retention.notification_dedup))
+                .arg(if with_record { "record" } else { "outcome" });
+            for note in chunk {
+                cmd.arg(&note.args[..]);
+            }
+            pipe.add_command(cmd);
+        }
+        let replies: Vec<Vec<Vec<String>>> = match pipe.query_async(conn).await {
+            Ok(replies) => replies,
+            // Not in the server's script cache yet (a new or restarted server): load it, again.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.apply_notification
+                    .load_async(conn)
+                    .await
+                    .map_err(unavailable)?;
+                pipe.query_async(conn).await.map_err(unavailable)?
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        let replies = replies
+            .into_iter()
+            .flatten()
+            .map(script_reply)
+            .collect::<Result<Vec<_>, _>>()?;
+        if replies.len() != notes.len() {
+            return Err(StoreError::Corrupt("unexpected script reply".into()));
+        }
+        Ok(replies)
+    }
+
+    /// Applies `events`: one pipeline (one round trip) on a standalone server, one per slot on
+    /// a Cluster (those run concurrently); each notification's effect, and its record's JSON
+    /// when `with_record` and applied, in the order of `events`.
+    async fn apply_all(
+        &self,
+        events: &[&TokenEvent],
+        with_record: bool,
+    ) -> Vec<Result<(NotificationEffect, Option<String>), StoreError>> {
+        let mut results: Vec<Option<Result<_, StoreError>>> = events.iter().map(|_| None).collect();
+        let mut prepared = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            match self.prepare(event) {
+                Ok(note) => prepared.push((i, note)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        let groups: Vec<Vec<(usize, Prepared)>> = if matches!(*self.target, Target::Cluster(..)) {
+            // A script's keys must share a slot; a card's keys do (its hash tag).
+            let mut slots: HashMap<Slot, Vec<(usize, Prepared)>> = HashMap::new();
+            for (i, note) in prepared {
+                slots
+                    .entry(Slot::for_key(&note.keys[0]))
+                    .or_default()
+                    .push((i, note));
+            }
+            slots.into_values().collect()
+        } else {
+            vec![prepared]
+        };
+        let groups: Vec<_> = groups.into_iter().filter(|g| !g.is_empty()).collect();
+        match self.connection().await {
+            Err(e) => {
+                for (i, _) in groups.iter().flatten() {
+                    results[*i] = Some(Err(e.clone()));
+                }
+            }
+            Ok(conn) => {
+                let runs = groups.iter().map(|group| {
+                    let mut conn = conn.clone();
+                    async move {
+                        let notes: Vec<&Prepared> = group.iter().map(|(_, note)| note).collect();
+                        self.run_apply(&mut conn, &notes, with_record).await
+                    }
+                });
+                let replies = futures::future::join_all(runs).await;
+                let mut failed = Vec::new();
+                for (group, replies) in groups.iter().zip(replies) {
+                    match replies {
+                        Ok(replies) => {
+                            for ((i, _), reply) in group.iter().zip(replies) {
+                                match reply {
+                                    ScriptReply::Done(effect, json) => {
+                                        results[*i] = Some(Ok((effect, json)));
+                                    }
+                                    ScriptReply::Failed(message) => failed.push((*i, message)),
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            for (i, _) in group {
+                                results[*i] = Some(Err(e.clone()));
+                            }
+                        }
+                    }
+                }
+                for (i, message) in failed {
+                    let mut conn = conn.clone();
+                    let settled = self
+                        .settle(&mut conn, events[i], &message, with_record)
+                        .await;
+                    results[i] = Some(settled);
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| Err(StoreError::Corrupt("unexpected script reply".into())))
+            })
+            .collect()
+    }
+
+    /// A notification the script could not apply (nothing of it written). A number cjson would
+    /// round stays refused; a stored record the script could not read is set aside and the
+    /// notification applied once more (to an empty record, rebuilt later from the token list).
+    async fn settle(
+        &self,
+        conn: &mut Connection,
+        event: &TokenEvent,
+        message: &str,
+        with_record: bool,
+    ) -> Result<(NotificationEffect, Option<String>), StoreError> {
+        if message.starts_with("C2P_REFUSED")
+            || !self.get_or_quarantine(event.card_contract_id).await?.1
+        {
+            return Err(script_failure(message));
+        }
+        let note = self.prepare(event)?;
+        match self.run_apply(conn, &[&note], with_record).await?.pop() {
+            Some(ScriptReply::Done(effect, json)) => Ok((effect, json)),
+            Some(ScriptReply::Failed(message)) => Err(script_failure(&message)),
+            None => Err(StoreError::Corrupt("unexpected script reply".into())),
+        }
+    }
+
     /// The card's record; one that cannot be read is renamed aside
     /// (`…:enrollment:quarantined:<ms>`, same slot, same TTL), logged and counted, and reads as
     /// absent so that the card is rebuilt from the token list instead of failing for 30 days.
@@ -440,45 +665,38 @@ impl EnrollmentStore for RedisStore {
         event: &TokenEvent,
     ) -> Result<NotificationResult, StoreError> {
         let _forget = self.forget_on_return(event.card_contract_id);
-        super::check_event(event)?;
-        let token = serde_json::to_string(&event.as_token()).map_err(corrupt)?;
-        let card = event.card_contract_id;
-        let mut conn = self.connection().await?;
-        let mut invocation = self.apply_notification.prepare_invoke();
-        invocation
-            .key(self.keys.enrollment(card))
-            .key(self.keys.notification(card, &event.notification_id))
-            .arg(token)
-            .arg(event.event_at_ms)
-            .arg(card.get())
-            .arg(millis(self.retention.enrollment))
-            .arg(millis(self.retention.notification_dedup))
-            .arg(self.keys.changes(card))
-            .arg(event.content_hash());
-        let reply: Vec<String> = match invocation.invoke_async(&mut conn).await {
-            Ok(reply) => reply,
-            // The script could not read the stored record: set it aside and apply once more
-            // (to an empty record, rebuilt later from the token list).
-            Err(e) if !e.is_io_error() && !e.is_timeout() && !e.is_connection_dropped() => {
-                if !self.get_or_quarantine(card).await?.1 {
-                    return Err(unavailable(e));
-                }
-                invocation
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(unavailable)?
-            }
-            Err(e) => return Err(unavailable(e)),
-        };
-        match reply.as_slice() {
-            [kind] if kind == "duplicate" => Ok(NotificationResult::Duplicate),
-            [kind] if kind == "stale" => Ok(NotificationResult::Stale),
-            [kind] if kind == "conflict" => Ok(NotificationResult::Conflict),
-            [kind, json] if kind == "applied" => Ok(NotificationResult::Applied(
-                serde_json::from_str(json).map_err(corrupt)?,
-            )),
-            _ => Err(StoreError::Corrupt("unexpected script reply".into())),
-        }
+        let unexpected = || StoreError::Corrupt("unexpected script reply".into());
+        let (effect, json) = self
+            .apply_all(&[event], true)
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(unexpected()))?;
+        Ok(match effect {
+            NotificationEffect::Applied => NotificationResult::Applied(
+                serde_json::from_str(&json.ok_or_else(unexpected)?).map_err(corrupt)?,
+            ),
+            NotificationEffect::Duplicate => NotificationResult::Duplicate,
+            NotificationEffect::Stale => NotificationResult::Stale,
+            NotificationEffect::Conflict => NotificationResult::Conflict,
+        })
+    }
+
+    #[tracing::instrument(name = "redis.script", level = "debug", skip_all, fields(db.system = "redis", db.operation = "apply_notifications", count = events.len()))]
+    async fn apply_notifications(
+        &self,
+        events: &[TokenEvent],
+    ) -> Vec<Result<NotificationEffect, StoreError>> {
+        // Every card of the batch is forgotten by the cache once the batch returned.
+        let _forget: Vec<ForgetOnDrop<'_>> = events
+            .iter()
+            .map(|e| self.forget_on_return(e.card_contract_id))
+            .collect();
+        let events: Vec<&TokenEvent> = events.iter().collect();
+        self.apply_all(&events, false)
+            .await
+            .into_iter()
+            .map(|r| r.map(|(effect, _)| effect))
+            .collect()
     }
 
     #[tracing::instrument(name = "redis.script", level = "debug", skip_all, fields(db.system = "redis", db.operation = "idempotency_begin"))]

@@ -9,13 +9,26 @@
 /// a write fails with `C2P_REFUSED` instead, and nothing is written. The Rust side refuses the
 /// same values before calling (`domain::STORE_INTEGER_LIMIT`); this is the backstop.
 const ENCODE: &str = r#"
+-- Hot (every record written): the globals it calls are locals, numbers checked in the loop.
+local floor, lua_type = math.floor, type
+local function check_number(x)
+  if x ~= floor(x) or x >= 1e14 or x <= -1e14 then
+    error({err = 'C2P_REFUSED a number cjson would round: ' .. string.format('%.17g', x)})
+  end
+end
 local function check_numbers(v)
-  if type(v) == 'number' then
-    if v ~= math.floor(v) or v >= 1e14 or v <= -1e14 then
-      error({err = 'C2P_REFUSED a number cjson would round: ' .. string.format('%.17g', v)})
+  local t = lua_type(v)
+  if t == 'number' then
+    check_number(v)
+  elseif t == 'table' then
+    for _, x in pairs(v) do
+      local tx = lua_type(x)
+      if tx == 'number' then
+        if x ~= floor(x) or x >= 1e14 or x <= -1e14 then check_number(x) end
+      elseif tx == 'table' then
+        check_numbers(x)
+      end
     end
-  elseif type(v) == 'table' then
-    for _, x in pairs(v) do check_numbers(x) end
   end
 end
 local function encode(v)
@@ -173,50 +186,75 @@ local function same_content(a, b)
 end
 "#;
 
-/// KEYS: record, dedup marker. ARGV: the event's token JSON, event time (ms), card id, record
-/// TTL (ms), dedup TTL (ms), change channel, the event's content hash. The marker keeps the
-/// hash: the same id with other content is a `conflict`, not a duplicate. A notification for a
-/// card with no record, or a NOT_ENROLLED one, makes it TOKENIZED_ELSEWHERE (as
-/// `domain::merge`). Returns {'duplicate'} | {'conflict'} | {'stale'} | {'applied', json}.
+/// KEYS: per notification, its card's record and its dedup marker. ARGV: record TTL (ms), dedup
+/// TTL (ms), the reply wanted (`record`: each applied record's JSON too; `outcome`: the outcome
+/// only), then per notification: the event's token JSON, card id, change channel, content hash.
+///
+/// Applies the notifications in the order given, each as `domain::merge` does: the marker
+/// keeps the hash, so the same id with other content is a `conflict`, not a duplicate; a
+/// notification for a card with no record, or a NOT_ENROLLED one, makes it TOKENIZED_ELSEWHERE.
+/// Redis' clock is read once per call. One reply per notification: {'duplicate'} |
+/// {'conflict'} | {'stale'} | {'applied'} (`{'applied', json}` with `record`) | {'error',
+/// message} when that notification could not be applied (its stored record is unreadable, or a
+/// number would be rounded: `C2P_REFUSED ...`); nothing of it was written, and the others are
+/// applied all the same. All the keys of one call are on one Cluster slot (the caller groups).
 pub fn apply_notification() -> String {
     format!(
         "{ENCODE}{REDIS_NOW}{TOKEN_MERGE}{STAMP}{}",
         r#"
-local seen = redis.call('GET', KEYS[2])
-if seen then
-  if seen == ARGV[7] then return {'duplicate'} end
-  return {'conflict'}
-end
-local incoming = cjson.decode(ARGV[1])
-local raw = redis.call('GET', KEYS[1])
-local record, existing
-if not raw then
-  record = {
-    card_contract_id = tonumber(ARGV[3]), program = '', state = 'TOKENIZED_ELSEWHERE',
-    src_digital_card_id = cjson.null, src_consumer_id = cjson.null, src_correlation_id = cjson.null,
-    masked_card = cjson.null, token = incoming, failure = cjson.null
-  }
-else
-  existing = cjson.decode(raw)
-  record = cjson.decode(raw)
-  local token_changed = true
-  if present(record.token) then
-    record.token, token_changed = merge_tokens(record.token, incoming)
+local function apply(record_key, marker_key, token, card, channel, hash, now, with_record)
+  local seen = redis.call('GET', marker_key)
+  if seen then
+    if seen == hash then return {'duplicate'} end
+    return {'conflict'}
+  end
+  local incoming = cjson.decode(token)
+  local raw = redis.call('GET', record_key)
+  local record, existing
+  if not raw then
+    record = {
+      card_contract_id = tonumber(card), program = '', state = 'TOKENIZED_ELSEWHERE',
+      src_digital_card_id = cjson.null, src_consumer_id = cjson.null, src_correlation_id = cjson.null,
+      masked_card = cjson.null, token = incoming, failure = cjson.null
+    }
   else
-    record.token = incoming
+    record = cjson.decode(raw)
+    -- What `stamp` reads of the record as it was.
+    existing = {create_time_ms = record.create_time_ms, revision = record.revision}
+    local token_changed = true
+    if present(record.token) then
+      record.token, token_changed = merge_tokens(record.token, incoming)
+    else
+      record.token = incoming
+    end
+    if not token_changed then
+      redis.call('SET', marker_key, hash, 'PX', ARGV[2])
+      return {'stale'}
+    end
+    if record.state == 'NOT_ENROLLED' then record.state = 'TOKENIZED_ELSEWHERE' end
   end
-  if not token_changed then
-    redis.call('SET', KEYS[2], ARGV[7], 'PX', ARGV[5])
-    return {'stale'}
-  end
-  if record.state == 'NOT_ENROLLED' then record.state = 'TOKENIZED_ELSEWHERE' end
+  stamp(record, existing, now)
+  local out = encode(record)
+  redis.call('SET', record_key, out, 'PX', ARGV[1])
+  redis.call('SET', marker_key, hash, 'PX', ARGV[2])
+  redis.call('PUBLISH', channel, out)
+  if with_record then return {'applied', out} end
+  return {'applied'}
 end
-stamp(record, existing, redis_now())
-local out = encode(record)
-redis.call('SET', KEYS[1], out, 'PX', ARGV[4])
-redis.call('SET', KEYS[2], ARGV[7], 'PX', ARGV[5])
-redis.call('PUBLISH', ARGV[6], out)
-return {'applied', out}
+local now = redis_now()
+local with_record = ARGV[3] == 'record'
+local replies = {}
+for i = 1, #KEYS / 2 do
+  local a = 3 + (i - 1) * 4
+  local ok, reply = pcall(apply, KEYS[2 * i - 1], KEYS[2 * i], ARGV[a + 1], ARGV[a + 2],
+    ARGV[a + 3], ARGV[a + 4], now, with_record)
+  if not ok then
+    if type(reply) == 'table' and reply.err then reply = reply.err end
+    reply = {'error', tostring(reply)}
+  end
+  replies[i] = reply
+end
+return replies
 "#
     )
 }

@@ -4,7 +4,10 @@
 //! bytes and as words) delivered in a random order to each store must give byte-identical
 //! records: the in-memory store, a standalone Redis, a Redis whose C library collates as
 //! `en_US.UTF-8`, a 3-master Redis Cluster, and the pure fold of `domain::merge` in the order
-//! generated. The servers start once; each case writes its own card.
+//! generated. Each store gets the deliveries cut into random batches: a batch of one through
+//! `apply_notification`, a longer one through `apply_notifications` (Redis: one script call,
+//! copies of a notification within it included). The servers start once; each case writes its
+//! own card.
 //!
 //! `C2P_MERGE_PROP_CASES` sets the number of cases (default 200). The figures are printed
 //! (`cargo test --test it merge_props -- --nocapture` shows them).
@@ -14,7 +17,7 @@ use c2p_enroll::domain::{
     CardContractId, EnrollmentRecord, EnrollmentState, MaskedCard, Merge, STORE_INTEGER_LIMIT,
     TokenEvent, TokenEventKind, TokenStatus, TokenizationDecision, merge,
 };
-use c2p_enroll::store::{EnrollmentStore, NotificationResult, PutMode};
+use c2p_enroll::store::{EnrollmentStore, NotificationEffect, PutMode};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -97,6 +100,8 @@ struct Case {
     notes: Vec<Note>,
     /// Per store: the arrival order, as indexes into `notes`, duplicates included.
     orders: Vec<Vec<usize>>,
+    /// Per store: the sizes of the batches the arrivals come in (the rest in batches of one).
+    batches: Vec<Vec<usize>>,
     enrollment: Enrollment,
 }
 
@@ -138,11 +143,16 @@ fn case() -> impl Strategy<Value = Case> {
                 .iter()
                 .map(|_| Just(deliveries.clone()).prop_shuffle())
                 .collect();
-            (Just(notes), orders, Just(enrollment))
+            let batches: Vec<_> = STORES
+                .iter()
+                .map(|_| vec(1..=4usize, deliveries.len()))
+                .collect();
+            (Just(notes), orders, batches, Just(enrollment))
         })
-        .prop_map(|(notes, orders, enrollment)| Case {
+        .prop_map(|(notes, orders, batches, enrollment)| Case {
             notes,
             orders,
+            batches,
             enrollment,
         })
 }
@@ -194,11 +204,12 @@ struct Figures {
     mismatches: AtomicU64,
 }
 
-/// Delivers the case to `store` in `order`; returns the record as JSON.
+/// Delivers the case to `store` in `order`, in batches of `batches`; returns the record as JSON.
 async fn run_on(
     store: &Arc<dyn EnrollmentStore>,
     case: &Case,
     order: &[usize],
+    batches: &[usize],
     card: CardContractId,
     figures: &Figures,
 ) -> Result<String, String> {
@@ -209,18 +220,37 @@ async fn run_on(
             .await
             .map_err(|e| e.to_string())?;
     }
-    for i in order {
-        let counter = match store
-            .apply_notification(&case.notes[*i].event(card))
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            NotificationResult::Applied(_) => &figures.applied,
-            NotificationResult::Duplicate => &figures.duplicate,
-            NotificationResult::Stale => &figures.stale,
-            NotificationResult::Conflict => return Err("an id unique in its set conflicted".into()),
+    let mut rest = order;
+    for size in batches.iter().chain(std::iter::repeat(&1)) {
+        if rest.is_empty() {
+            break;
+        }
+        let (batch, after) = rest.split_at((*size).min(rest.len()));
+        rest = after;
+        let events: Vec<TokenEvent> = batch.iter().map(|i| case.notes[*i].event(card)).collect();
+        let effects = if let [event] = &events[..] {
+            vec![store.apply_notification(event).await.map(|r| r.effect())]
+        } else {
+            store.apply_notifications(&events).await
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        if effects.len() != events.len() {
+            return Err(format!(
+                "{} effects for {} events",
+                effects.len(),
+                events.len()
+            ));
+        }
+        for effect in effects {
+            let counter = match effect.map_err(|e| e.to_string())? {
+                NotificationEffect::Applied => &figures.applied,
+                NotificationEffect::Duplicate => &figures.duplicate,
+                NotificationEffect::Stale => &figures.stale,
+                NotificationEffect::Conflict => {
+                    return Err("an id unique in its set conflicted".into());
+                }
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
     }
     if case.enrollment == Enrollment::After {
         store
@@ -285,9 +315,9 @@ fn random_notification_sets_give_byte_identical_records_in_every_store() {
         let card = CardContractId::new(90_000 + i64::try_from(n).unwrap()).unwrap();
         let expected = serde_json::to_string(&model(&case, card)).unwrap();
         let mut got = Vec::new();
-        for (store, order) in stores.iter().zip(&case.orders) {
+        for ((store, order), batches) in stores.iter().zip(&case.orders).zip(&case.batches) {
             got.push(
-                rt.block_on(run_on(store, &case, order, card, &figures))
+                rt.block_on(run_on(store, &case, order, batches, card, &figures))
                     .map_err(TestCaseError::fail)?,
             );
         }

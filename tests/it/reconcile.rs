@@ -56,7 +56,9 @@ fn reconciler_settings(redis: &RedisServer) -> c2p_enroll::config::Settings {
     settings(&[
         ("C2P_REDIS__URL", &redis.url()),
         ("C2P_ENROLL__LEASE", "1s"),
-        ("C2P_ENROLL__RECONCILE_AFTER", "1s"),
+        // Longer than the abandoned caller's 1.5 s deadline: the check that the record was left
+        // IN_PROGRESS must not race the reconciler on a loaded machine.
+        ("C2P_ENROLL__RECONCILE_AFTER", "2s"),
         ("C2P_ENROLL__RECONCILE_INTERVAL", "200ms"),
     ])
 }

@@ -82,3 +82,79 @@ pub async fn raw_ingest(
     }
     (answers, status)
 }
+
+/// How a pipelined ingest stream went: the answers, the final grpc-status (`none` when the
+/// server sent none) and how the connection ended (`None`: still fine when the stream ended).
+pub struct Pipelined {
+    pub answers: Vec<NotificationIngestResponse>,
+    pub status: String,
+    pub connection_error: Option<String>,
+}
+
+/// Sends each of `messages` (encoded requests) as its own small DATA frame on one raw HTTP/2
+/// NotificationIngest stream, all of them at once, as fast as the server's flow-control window
+/// lets them go, without waiting for a single answer (a gateway that keeps no window); reads
+/// the answers meanwhile.
+pub async fn pipelined_ingest(addr: std::net::SocketAddr, messages: Vec<Vec<u8>>) -> Pipelined {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{addr}/c2p.enrollment.v1.EnrollmentService/NotificationIngest"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut send) = client.send_request(request, false).unwrap();
+    // h2 queues every message as its own frame and sends each as soon as the window has room.
+    for m in messages {
+        if send.send_data(Bytes::from(frame(&m)), false).is_err() {
+            break;
+        }
+    }
+    let _ = send.send_data(Bytes::new(), true);
+    let mut answers = Vec::new();
+    let mut status = "none".to_owned();
+    if let Ok(response) = response.await {
+        if let Some(s) = response.headers().get("grpc-status") {
+            status = s.to_str().unwrap().to_owned();
+        }
+        let mut body = response.into_body();
+        let mut pending = bytes::BytesMut::new();
+        while let Some(chunk) = body.data().await {
+            let Ok(chunk) = chunk else { break };
+            let _ = body.flow_control().release_capacity(chunk.len());
+            pending.extend_from_slice(&chunk);
+            while pending.len() >= 5 {
+                let len = u32::from_be_bytes([pending[1], pending[2], pending[3], pending[4]]);
+                if pending.len() < 5 + len as usize {
+                    break;
+                }
+                let mut message = pending.split_to(5 + len as usize);
+                message.advance(5);
+                answers.push(NotificationIngestResponse::decode(message.freeze()).unwrap());
+            }
+        }
+        if let Ok(Some(trailers)) = body.trailers().await
+            && let Some(s) = trailers.get("grpc-status")
+        {
+            status = s.to_str().unwrap().to_owned();
+        }
+    }
+    drop(client);
+    let connection_error =
+        match tokio::time::timeout(std::time::Duration::from_secs(1), connection).await {
+            Ok(Ok(Err(e))) => Some(e.to_string()),
+            _ => None,
+        };
+    Pipelined {
+        answers,
+        status,
+        connection_error,
+    }
+}

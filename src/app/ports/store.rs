@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 /// Why a store operation failed. Messages never carry record contents.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store could not be reached or did not answer in time; a retry may succeed.
     #[error("store unavailable: {0}")]
@@ -32,6 +32,32 @@ pub enum StoreError {
 pub enum NotificationResult {
     /// Merged; the record is now this.
     Applied(EnrollmentRecord),
+    /// This notification id was seen before (within the dedup retention), with this content.
+    Duplicate,
+    /// This notification id was seen before with other content: nothing was written.
+    Conflict,
+    /// Older than what the record holds for the token: nothing changed, nothing was written.
+    Stale,
+}
+
+impl NotificationResult {
+    /// What was done, without the record.
+    pub fn effect(&self) -> NotificationEffect {
+        match self {
+            NotificationResult::Applied(_) => NotificationEffect::Applied,
+            NotificationResult::Duplicate => NotificationEffect::Duplicate,
+            NotificationResult::Conflict => NotificationEffect::Conflict,
+            NotificationResult::Stale => NotificationEffect::Stale,
+        }
+    }
+}
+
+/// What applying a notification did, as [`NotificationResult`] says it, without the record: the
+/// answer of [`EnrollmentStore::apply_notifications`], whose caller only acknowledges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotificationEffect {
+    /// Merged and written.
+    Applied,
     /// This notification id was seen before (within the dedup retention), with this content.
     Duplicate,
     /// This notification id was seen before with other content: nothing was written.
@@ -95,6 +121,21 @@ pub trait EnrollmentStore: Send + Sync + 'static {
         &self,
         event: &TokenEvent,
     ) -> Result<NotificationResult, StoreError>;
+
+    /// [`EnrollmentStore::apply_notification`] for each of `events`, each on its own (one
+    /// failing does not stop the others), those of one card in the order given; each result,
+    /// in the order of `events`, only once its write returned. Without the records: an adapter
+    /// can apply a batch in one round trip. The default applies them one by one.
+    async fn apply_notifications(
+        &self,
+        events: &[TokenEvent],
+    ) -> Vec<Result<NotificationEffect, StoreError>> {
+        let mut results = Vec::with_capacity(events.len());
+        for event in events {
+            results.push(self.apply_notification(event).await.map(|r| r.effect()));
+        }
+        results
+    }
 
     /// Starts (or resumes, or replays) the call with this idempotency `scope` (caller and key).
     async fn idempotency_begin(

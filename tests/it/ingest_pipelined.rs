@@ -1,0 +1,56 @@
+//! A gateway that pipelines small notifications much faster than the service applies them,
+//! keeping no window of its own, must never trip HTTP/2 flood protection: h2 closes a
+//! connection with `GOAWAY ENHANCE_YOUR_CALM "too_many_data_frames"` once the small DATA frames
+//! it holds unread cost more than its budget, losing every message in flight.
+
+use crate::flows::tar;
+use crate::harness::{RedisServer, TestService, settings, t0};
+use crate::wire::pipelined_ingest;
+use c2p_enroll::proto::v1::NotificationOutcome;
+use prost::Message as _;
+use std::collections::BTreeSet;
+
+const MESSAGES: u64 = 50_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_thousand_small_notifications_pipelined_without_a_window_are_all_answered() {
+    let redis = RedisServer::start();
+    let service = TestService::start(&settings(&[("C2P_REDIS__URL", &redis.url())])).await;
+    let messages: Vec<Vec<u8>> = (0..MESSAGES)
+        .map(|i| {
+            let mut n = tar(
+                &format!("n-{i}"),
+                70_100 + (i % 100) as i64,
+                t0(),
+                "50123197928",
+            );
+            n.sequence = i;
+            n.encode_to_vec()
+        })
+        .collect();
+    let size = messages[0].len();
+    let started = std::time::Instant::now();
+    let run = pipelined_ingest(service.running.local_addr(), messages).await;
+    println!(
+        "{} of {MESSAGES} answers ({size}-byte messages, one DATA frame each) in {:?}, \
+         grpc-status {}, connection {:?}",
+        run.answers.len(),
+        started.elapsed(),
+        run.status,
+        run.connection_error
+    );
+    assert_eq!(run.connection_error, None, "the connection was closed");
+    assert_eq!(run.status, "0");
+    assert_eq!(run.answers.len() as u64, MESSAGES);
+    let sequences: BTreeSet<u64> = run.answers.iter().map(|a| a.sequence).collect();
+    assert_eq!(
+        sequences.len() as u64,
+        MESSAGES,
+        "each message answered once"
+    );
+    // 100 cards, the same token and time: each applied or stale (ties go to the greater id).
+    assert!(run.answers.iter().all(|a| matches!(
+        a.outcome(),
+        NotificationOutcome::Applied | NotificationOutcome::Stale
+    )));
+}

@@ -1,0 +1,219 @@
+//! `EnrollmentStore::apply_notifications`, the ingest path's batch: each notification of a
+//! batch gets the effect it would get on its own, in the order given, whatever the others do
+//! (a copy within the batch, an id reused, an older one, a time the store refuses, a stored
+//! record the script cannot read), on the memory store, a standalone Redis and a Cluster; and
+//! the writes are those one-by-one application makes, change events included.
+
+use crate::harness::{RedisCluster, RedisServer, settings};
+use c2p_enroll::domain::{
+    CardContractId, STORE_INTEGER_LIMIT, TokenEvent, TokenEventKind, TokenStatus,
+    TokenizationDecision,
+};
+use c2p_enroll::store::{EnrollmentStore, NotificationEffect, StoreError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_stream::StreamExt as _;
+
+const T: i64 = 1_800_000_000_000;
+
+fn card(id: i64) -> CardContractId {
+    CardContractId::new(id).unwrap()
+}
+
+fn event(id: &str, at_ms: i64, card_id: i64, kind: TokenEventKind) -> TokenEvent {
+    TokenEvent {
+        notification_id: id.into(),
+        event_at_ms: at_ms,
+        card_contract_id: card(card_id),
+        token_unique_reference: "DM4MMC0000000001".into(),
+        token_requestor_id: "50123197928".into(),
+        wallet_name: "MDES for Merchants".into(),
+        kind,
+    }
+}
+
+fn effects(results: Vec<Result<NotificationEffect, StoreError>>) -> Vec<String> {
+    results
+        .into_iter()
+        .map(|r| match r {
+            Ok(effect) => format!("{effect:?}"),
+            Err(StoreError::Refused(_)) => "Refused".into(),
+            Err(e) => format!("error: {e}"),
+        })
+        .collect()
+}
+
+async fn batch_suite(store: Arc<dyn EnrollmentStore>, base: i64) {
+    let (a, b) = (base, base + 1);
+    let mut changes = store.watch(card(a)).await.unwrap();
+    // Give the feed its subscription before the writes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let active = TokenEventKind::StatusChanged(TokenStatus::Active);
+    let approved = TokenEventKind::Authorization(TokenizationDecision::Approved);
+    let batch = vec![
+        event("n-1", T, a, approved),
+        // The same notification again, within the batch.
+        event("n-1", T, a, approved),
+        // Its id again with other content.
+        event("n-1", T + 5, a, approved),
+        event("n-2", T + 10, a, active),
+        // Older than n-2's status: nothing changes.
+        event(
+            "n-3",
+            T + 1,
+            a,
+            TokenEventKind::StatusChanged(TokenStatus::Suspended),
+        ),
+        // A time the store cannot keep exactly.
+        event("n-4", STORE_INTEGER_LIMIT, b, active),
+        event("n-5", T, b, active),
+    ];
+    let got = effects(store.apply_notifications(&batch).await);
+    assert_eq!(
+        got,
+        [
+            "Applied",
+            "Duplicate",
+            "Conflict",
+            "Applied",
+            "Stale",
+            "Refused",
+            "Applied"
+        ],
+        "{}",
+        store.kind()
+    );
+    // Applied one by one, the record is the same: the batch wrote what each would have.
+    let record = store.get(card(a)).await.unwrap().unwrap();
+    let token = record.token.unwrap();
+    assert_eq!(token.status, Some(TokenStatus::Active));
+    assert_eq!(token.decision, Some(TokenizationDecision::Approved));
+    assert_eq!(token.status_version.unwrap().by, "n-2");
+    // Each applied change of the card was published, in order.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let change = tokio::time::timeout(Duration::from_secs(5), changes.next())
+            .await
+            .expect("a change event")
+            .unwrap();
+        seen.push(change.revision);
+    }
+    assert!(seen[0] < seen[1], "{seen:?}");
+    assert_eq!(seen[1], record.revision);
+    // Again: all seen before (the refused one was never remembered).
+    let again = effects(store.apply_notifications(&batch).await);
+    assert_eq!(
+        again,
+        [
+            "Duplicate",
+            "Duplicate",
+            "Conflict",
+            "Duplicate",
+            "Duplicate",
+            "Refused",
+            "Duplicate"
+        ],
+        "{}",
+        store.kind()
+    );
+    assert!(store.apply_notifications(&[]).await.is_empty());
+}
+
+#[tokio::test]
+async fn memory_store_applies_batches_as_one_by_one() {
+    batch_suite(
+        c2p_enroll::server::open_store(&settings(&[])).unwrap(),
+        60_000,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn redis_store_applies_batches_as_one_by_one() {
+    let redis = RedisServer::start();
+    let store =
+        c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
+    batch_suite(store.clone(), 60_000).await;
+
+    // A record the script cannot read, in the middle of a batch: set aside, the notification
+    // applied to a fresh record; the others around it applied as usual.
+    let mut conn = redis.connection();
+    let _: () = redis::cmd("SET")
+        .arg("c2p:{card:60011}:enrollment")
+        .arg(r#"{"card_contract_id":60011,"create_time_ms":1e+14"#)
+        .query(&mut conn)
+        .unwrap();
+    let active = TokenEventKind::StatusChanged(TokenStatus::Active);
+    let batch = vec![
+        event("q-1", T, 60_010, active),
+        event("q-2", T, 60_011, active),
+        event("q-3", T, 60_012, active),
+    ];
+    let got = effects(store.apply_notifications(&batch).await);
+    assert_eq!(got, ["Applied", "Applied", "Applied"]);
+    let aside: Vec<String> = redis::cmd("KEYS")
+        .arg("c2p:{card:60011}:enrollment:quarantined:*")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(aside.len(), 1);
+    assert!(store.get(card(60_011)).await.unwrap().is_some());
+
+    // A stored revision at 10^14: the next one would be written rounded, so the script's guard
+    // refuses that notification (nothing written); the next in the batch is applied.
+    let key = "c2p:{card:60010}:enrollment";
+    let raw: String = redis::cmd("GET").arg(key).query(&mut conn).unwrap();
+    let mut stored: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    stored["revision"] = serde_json::json!(100_000_000_000_000i64);
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(stored.to_string())
+        .query(&mut conn)
+        .unwrap();
+    let batch = vec![
+        event("g-1", T + 1, 60_010, approved()),
+        event("g-2", T + 1, 60_012, approved()),
+    ];
+    let got = effects(store.apply_notifications(&batch).await);
+    assert_eq!(got, ["Refused", "Applied"]);
+    let after: String = redis::cmd("GET").arg(key).query(&mut conn).unwrap();
+    assert_eq!(
+        after,
+        stored.to_string(),
+        "the refused write left the record as it was"
+    );
+}
+
+fn approved() -> TokenEventKind {
+    TokenEventKind::Authorization(TokenizationDecision::Approved)
+}
+
+#[tokio::test]
+async fn redis_cluster_store_applies_batches_as_one_by_one() {
+    let cluster = RedisCluster::start();
+    let store = c2p_enroll::server::open_store(&settings(&[
+        ("C2P_REDIS__URL", &cluster.urls()),
+        ("C2P_REDIS__CLUSTER", "true"),
+    ]))
+    .unwrap();
+    batch_suite(store.clone(), 60_000).await;
+    // Cards on many slots in one batch: each group on its own node, every effect in place.
+    let events: Vec<_> = (0..200)
+        .map(|i| {
+            event(
+                &format!("s-{i}"),
+                T,
+                61_000 + i,
+                TokenEventKind::StatusChanged(TokenStatus::Active),
+            )
+        })
+        .collect();
+    let got = effects(store.apply_notifications(&events).await);
+    assert!(got.iter().all(|e| e == "Applied"), "{got:?}");
+    for i in [0, 99, 199] {
+        let record = store.get(card(61_000 + i)).await.unwrap().unwrap();
+        assert_eq!(
+            record.token.unwrap().status_version.unwrap().by,
+            format!("s-{i}")
+        );
+    }
+}
