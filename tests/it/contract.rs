@@ -2,7 +2,7 @@
 //! replica), drains that end streams UNAVAILABLE, matchable and coded ingest acks, honest
 //! timestamps and states, `validate_only`, replays and the normalised fingerprint.
 
-use crate::flows::tar;
+use crate::flows::{reason, tar};
 use crate::harness::{RedisServer, TestService, settings, start_sandbox, t0};
 use c2p_enroll::proto::v1::{
     Enrollment, EnrollmentSource, EnrollmentState, GetEnrollmentStatusRequest,
@@ -20,14 +20,6 @@ use tonic::transport::Channel;
 use tonic_types::StatusExt as _;
 
 type Client = EnrollmentServiceClient<Channel>;
-
-fn reason(status: &tonic::Status) -> String {
-    status
-        .get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-        .unwrap_or_default()
-}
 
 async fn get(client: &mut Client, card: i64, refresh: bool) -> Result<Enrollment, tonic::Status> {
     client
@@ -63,7 +55,13 @@ async fn next(stream: &mut tonic::Streaming<WatchEnrollmentResponse>) -> WatchEn
         .expect("the stream is open")
 }
 
-fn status_change(id: &str, card: i64, at_s: i64, status: TokenStatus) -> NotificationIngestRequest {
+/// A token status change of the test token, for `card`.
+pub(crate) fn status_change(
+    id: &str,
+    card: i64,
+    at_s: i64,
+    status: TokenStatus,
+) -> NotificationIngestRequest {
     NotificationIngestRequest {
         notification_id: id.into(),
         sequence: 0,

@@ -21,7 +21,7 @@ type Client = EnrollmentServiceClient<Channel>;
 
 pub use crate::wire::request;
 
-fn reason(status: &tonic::Status) -> String {
+pub(crate) fn reason(status: &tonic::Status) -> String {
     status
         .get_error_details()
         .error_info()

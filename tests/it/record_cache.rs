@@ -6,37 +6,12 @@
 
 use crate::flows::tar;
 use crate::harness::{RedisServer, TestService, settings, start_sandbox, t0};
-use c2p_enroll::proto::v1::notification_ingest_request::Event;
 use c2p_enroll::proto::v1::{
     Enrollment, EnrollmentState, GetEnrollmentStatusRequest, NotificationIngestRequest,
-    NotificationOutcome, TokenStatus, TokenStatusChanged,
+    NotificationOutcome, TokenStatus,
 };
 use std::time::Duration;
 use tokio::time::Instant;
-
-fn status_changed(
-    id: &str,
-    card: i64,
-    at_s: i64,
-    status: TokenStatus,
-) -> NotificationIngestRequest {
-    NotificationIngestRequest {
-        notification_id: id.into(),
-        sequence: 0,
-        event_time: Some(prost_types::Timestamp {
-            seconds: at_s,
-            nanos: 0,
-        }),
-        event: Some(Event::TokenStatusChanged(TokenStatusChanged {
-            card_contract_id: card,
-            token_unique_reference: "DM4MMC0000000042".into(),
-            token_requestor_id: "50123197928".into(),
-            wallet_name: "MDES for Merchants".into(),
-            status: status as i32,
-            reason: String::new(),
-        })),
-    }
-}
 
 async fn ingest(service: &TestService, notification: NotificationIngestRequest) {
     let mut answers = service
@@ -151,7 +126,7 @@ async fn replicas_caches_follow_changes_and_a_restart_or_flush_leaves_nothing_st
     // A change through the writer: the reader's cached answer follows through the feed.
     ingest(
         &writer,
-        status_changed("n-2", 70001, t0() + 1, TokenStatus::Suspended),
+        crate::contract::status_change("n-2", 70001, t0() + 1, TokenStatus::Suspended),
     )
     .await;
     let changed = eventually(
