@@ -94,7 +94,7 @@ fn describe() {
 }
 
 /// One finished unary call; `code` is the gRPC code's name (`Ok`, `NotFound`, ...).
-pub fn rpc(rpc: &'static str, code: String, started: Instant) {
+pub fn rpc(rpc: &'static str, code: &'static str, started: Instant) {
     counter!("c2p_grpc_requests_total", "rpc" => rpc, "code" => code).increment(1);
     histogram!("c2p_grpc_request_duration_seconds", "rpc" => rpc)
         .record(started.elapsed().as_secs_f64());

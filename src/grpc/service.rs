@@ -85,7 +85,7 @@ impl EnrollmentService for EnrollmentApi {
         trace::record_status(&result);
         metrics::rpc(
             "EnrollCard",
-            format!("{:?}", trace::code_of(&result)),
+            trace::code_name(trace::code_of(&result)),
             started,
         );
         result
@@ -100,7 +100,7 @@ impl EnrollmentService for EnrollmentApi {
         trace::record_status(&result);
         metrics::rpc(
             "GetEnrollmentStatus",
-            format!("{:?}", trace::code_of(&result)),
+            trace::code_name(trace::code_of(&result)),
             started,
         );
         result
@@ -142,7 +142,7 @@ impl EnrollmentService for EnrollmentApi {
             // A stream that could not be opened counts as a failed call; an opened one is
             // counted (Ok) by its OpenStream guard.
             trace::record_status(&result);
-            metrics::rpc("WatchEnrollment", format!("{:?}", status.code()), started);
+            metrics::rpc("WatchEnrollment", trace::code_name(status.code()), started);
         }
         result
     }
