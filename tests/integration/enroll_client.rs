@@ -8,12 +8,12 @@
 
 #[allow(dead_code)] // its `main` and command line are the example's, not the test's
 #[path = "../../examples/enroll_client.rs"]
-mod enroll_client;
+mod example;
 
 use crate::support::{Service, Simulator, free_port};
 use c2p_enroll::proto::v1::EnrollmentState;
 use c2p_enroll::proto::v1::enrollment_service_client::EnrollmentServiceClient;
-use enroll_client::{ClientConfig, connect, enroll, request, watch_until_final};
+use example::{ClientConfig, connect, enroll, request, watch_until_final};
 use std::time::Duration;
 use tonic::Code;
 
