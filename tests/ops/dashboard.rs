@@ -414,8 +414,9 @@ async fn every_dashboard_query_and_rule_evaluates_on_the_services_metrics_in_a_r
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     drop(watches);
+    let exported = prometheus.metric_names().await;
     println!(
-        "OPS dashboard on {version}: {panels} panels, {} queries evaluated, {} non-empty ({series} series), {} metric names checked against {} exported, {variable_queries} variable queries; rules: {rules} evaluated healthy, {recorded}/{recording} recording rules non-empty; alerts pending or firing: {alerts:?}; {:.1} s",
+        "OPS dashboard on {version}: {panels} panels, {} queries evaluated, {} non-empty ({series} series), {} metric names checked against the {} names Prometheus holds, {variable_queries} variable queries; rules: {rules} evaluated healthy, {recorded}/{recording} recording rules non-empty; alerts pending or firing: {alerts:?}; {:.1} s",
         queries.len(),
         queries.len() - failures.len(),
         names_checked.len(),
