@@ -3,17 +3,18 @@
 For every value set in helm/values/: the values schema, `helm lint --strict` and a render for
 the oldest Kubernetes version the chart claims (Chart.yaml kubeVersion) and the newest one the
 installed kubernetes-validate bundles, with every rendered manifest validated by
-`kubernetes-validate --strict` for that version (except the ServiceMonitor and the cert-manager
-Certificate, whose CRDs have no bundled schema; they are checked by hand), then assertions on
+`kubernetes-validate --strict` for that version (except the ServiceMonitor, the PrometheusRule and
+the cert-manager Certificate, whose CRDs have no bundled schema; they are checked by hand, the
+PrometheusRule's rules also by `promtool check rules`), then assertions on
 what was rendered: among them that config.toml parses as TOML, holds only settings the service
 knows, points every *_file setting at a file a read-only volume provides, and holds the settings
 each value set implies (EXPECTED_SETTINGS lists them outright for the sets that introduce them).
 Then the negative cases: values the schema must reject and values whose rendering must fail with
 a given message (NEGATIVE_SCHEMA, NEGATIVE_RENDER, each a change to helm/values/defaults.yaml),
 and further single-purpose renders (POSITIVE_RENDER and the functions after them: selectors that
-replace the defaults, durations with units, the PDB's bounds, the ServiceMonitor's capability
-check, the except ranges). Prints one line per check and ends with `chart checks: N passed, M
-failed`; exits 1 when a check failed.
+replace the defaults, durations with units, the PDB's bounds, the ServiceMonitor's and the
+PrometheusRule's capability checks, the except ranges). Prints one line per check and ends with
+`chart checks: N passed, M failed`; exits 1 when a check failed.
 
 Helm is helm-python-sdk (import helm_python), which embeds Helm v4 as a C library:
 - helm_python.lint(path, values, strict=, namespace=, kube_version=) -> {"messages", "errors"}
@@ -62,7 +63,16 @@ MISSING_SECRET_MESSAGE = "keys.existingSecret is required in mastercard mode"
 MISSING_FINGERPRINT_MESSAGE = "enroll.fingerprintKey.existingSecret is required in mastercard mode"
 KUBE_VALIDATE = Path(sys.executable).with_name("kubernetes-validate")
 # Kinds of CRDs kubernetes-validate bundles no schema for: checked by hand instead.
-UNVALIDATED_KINDS = {"ServiceMonitor": "monitoring.coreos.com", "Certificate": "cert-manager.io"}
+UNVALIDATED_KINDS = {"ServiceMonitor": "monitoring.coreos.com", "PrometheusRule": "monitoring.coreos.com",
+                     "Certificate": "cert-manager.io"}
+# The chart's monitoring files, rendered from the files themselves (one source).
+RULES_FILE = CHART / "files" / "prometheus" / "rules.yaml"
+DASHBOARD_FILE = CHART / "files" / "grafana" / "c2p-enroll.json"
+# monitoring.coreos.com/v1 PrometheusRule: the fields of a rule group and of a rule.
+RULE_GROUP_FIELDS = {"name", "interval", "rules", "limit", "partial_response_strategy"}
+RULE_FIELDS = {"record", "alert", "expr", "for", "keep_firing_for", "labels", "annotations"}
+# A Prometheus duration (the CRD's `for`, `interval`): units from years to milliseconds, in order.
+PROM_DURATION = re.compile(r"^(0|([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?)$")
 RPCS = {"EnrollCard", "GetEnrollmentStatus", "WatchEnrollment", "NotificationIngest"}
 LIMITS_INT = ("max_message_bytes", "max_connections", "max_concurrent_streams", "max_watch_streams", "max_ingest_streams")
 LIMITS_DURATION = ("handshake_timeout", "keepalive_interval", "keepalive_timeout", "default_deadline",
@@ -71,6 +81,8 @@ LIMITS_DURATION = ("handshake_timeout", "keepalive_interval", "keepalive_timeout
 # `helm template --api-versions` per value set (the cluster's APIs at install time).
 API_VERSIONS: dict[str, list[str]] = {
     "servicemonitor-on.yaml": ["monitoring.coreos.com/v1", "monitoring.coreos.com/v1/ServiceMonitor"],
+    "monitoring.yaml": ["monitoring.coreos.com/v1", "monitoring.coreos.com/v1/ServiceMonitor",
+                        "monitoring.coreos.com/v1/PrometheusRule"],
 }
 # The chart's defaults for the NetworkPolicy selectors left null in values.yaml.
 DEFAULT_GRPC_CLIENTS = {"matchLabels": {"c2p-enroll-client": "true"}}
@@ -432,6 +444,12 @@ NEGATIVE_RENDER: list[tuple[str, list[Callable[[dict[str, Any]], None]], str]] =
     ("serviceMonitor.enabled with the metrics listener off",
      [_with("serviceMonitor.enabled", True), _with("config.metrics.listen", "")],
      "serviceMonitor.enabled needs the metrics listener"),
+    ("prometheusRule.enabled with the metrics listener off",
+     [_with("prometheusRule.enabled", True), _with("config.metrics.listen", "")],
+     "prometheusRule.enabled needs the metrics listener"),
+    ("grafanaDashboard.enabled with the metrics listener off",
+     [_with("grafanaDashboard.enabled", True), _with("config.metrics.listen", "")],
+     "grafanaDashboard.enabled needs the metrics listener"),
     # Replicas and disruption budget.
     ("autoscaling.minReplicas above maxReplicas", [_with("autoscaling.minReplicas", 7)],
      "autoscaling.minReplicas (7) must not exceed autoscaling.maxReplicas (6)"),
@@ -493,6 +511,10 @@ NEGATIVE_SCHEMA: list[tuple[str, list[Callable[[dict[str, Any]], None]]]] = [
     ("keys.csi without a driver", [_with("keys.csi", {"readOnly": True})]),
     ("DNS ports as text", [_with("networkPolicy.egress.dns.ports", ["53"])]),
     ("a Mastercard CIDR that is no CIDR", [_with("networkPolicy.egress.mastercard.cidrs", ["api.mastercard.com"])]),
+    ("a runbook URL that is no http(s) URL", [_with("prometheusRule.runbookUrl", "docs/runbook.md")]),
+    ("a runbook URL with an anchor of its own", [_with("prometheusRule.runbookUrl", "https://git.bank.example/runbook.md#top")]),
+    ("an unknown key under grafanaDashboard", [_with("grafanaDashboard.folder", "Payments")]),
+    ("a dashboard label that is no string", [_with("grafanaDashboard.labels", {"grafana_dashboard": 1})]),
 ]
 
 
@@ -588,6 +610,14 @@ def one(docs: list[tuple[str, dict[str, Any]]], kind: str) -> dict[str, Any]:
     found = by_kind(docs, kind)
     if len(found) != 1:
         raise AssertionError(f"expected one {kind}, rendered {len(found)}")
+    return found[0]
+
+
+def config_map(docs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The ConfigMap holding config.toml (the dashboard's is another)."""
+    found = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == RELEASE]
+    if len(found) != 1:
+        raise AssertionError(f"expected one ConfigMap {RELEASE}, rendered {len(found)}")
     return found[0]
 
 
@@ -785,7 +815,7 @@ def check_env(docs: list[tuple[str, dict[str, Any]]], merged: dict[str, Any]) ->
 
 
 def check_config(docs: list[tuple[str, dict[str, Any]]], merged: dict[str, Any]) -> str | None:
-    cm = one(docs, "ConfigMap")
+    cm = config_map(docs)
     settings = flatten(tomllib.loads(cm["data"]["config.toml"]))
     problems = []
     unknown = sorted(k for k in set(settings) - TOML_ALLOWED if not CALLER_SETTING.match(k) and not PROGRAM_SETTING.match(k))
@@ -858,7 +888,7 @@ def check_config(docs: list[tuple[str, dict[str, Any]]], merged: dict[str, Any])
 
 
 def settings_of(docs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    return flatten(tomllib.loads(one(docs, "ConfigMap")["data"]["config.toml"]))
+    return flatten(tomllib.loads(config_map(docs)["data"]["config.toml"]))
 
 
 def expect_setting(problems: list[str], settings: dict[str, Any], key: str, want: Any) -> None:
@@ -945,7 +975,7 @@ def check_auth(docs: list[tuple[str, dict[str, Any]]], merged: dict[str, Any]) -
     auth = merged["auth"]
     expect_setting(problems, settings, "auth.identity", auth.get("identity") or None)
     expect_setting(problems, settings, "auth.mesh_header", auth.get("meshHeader") or None)
-    callers = tomllib.loads(one(docs, "ConfigMap")["data"]["config.toml"]).get("auth", {}).get("callers", {})
+    callers = tomllib.loads(config_map(docs)["data"]["config.toml"]).get("auth", {}).get("callers", {})
     want = {name: {k: v for k, v in c.items() if v} for name, c in (auth.get("callers") or {}).items()}
     if callers != want:
         problems.append(f"auth.callers = {callers}, want {want}")
@@ -1287,6 +1317,111 @@ def check_service_monitor(docs: list[tuple[str, dict[str, Any]]], merged: dict[s
     return None
 
 
+def prometheus_rule_expected(merged: dict[str, Any], api_versions: list[str]) -> bool:
+    pr = merged["prometheusRule"]
+    return bool(pr["enabled"] and metrics_on(merged) and (pr["force"] or "monitoring.coreos.com/v1" in api_versions))
+
+
+def expected_rules(merged: dict[str, Any]) -> dict[str, Any]:
+    """The rules file as the chart must render it: runbook_url moved to prometheusRule.runbookUrl."""
+    text = RULES_FILE.read_text()
+    url = merged["prometheusRule"].get("runbookUrl")
+    if url:
+        text = text.replace("runbook_url: docs/runbook.md#", f"runbook_url: {url}#")
+    return yaml.safe_load(text)
+
+
+def promtool_check(groups: dict[str, Any]) -> str | None:
+    """`promtool check rules` on the rendered rules (Debian's prometheus: scripts/debian-deps
+    prometheus)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump(groups, f)
+        f.flush()
+        try:
+            proc = subprocess.run(["promtool", "check", "rules", f.name], capture_output=True, text=True, check=False)
+        except FileNotFoundError:
+            return "promtool not found: scripts/debian-deps prometheus installs it"
+    return None if proc.returncode == 0 else f"promtool check rules: {proc.stdout}{proc.stderr}"
+
+
+def check_prometheus_rule(docs: list[tuple[str, dict[str, Any]]], merged: dict[str, Any],
+                          api_versions: list[str]) -> str | None:
+    """The PrometheusRule (no schema is bundled for its CRD): present exactly when expected, its
+    spec the chart's rules file (runbook URLs moved), only the CRD's fields, labels from the
+    values, and accepted by promtool."""
+    found = by_kind(docs, "PrometheusRule")
+    if not prometheus_rule_expected(merged, api_versions):
+        return f"{len(found)} PrometheusRule(s) rendered (disabled, metrics off or no monitoring.coreos.com/v1)" \
+            if found else None
+    if len(found) != 1:
+        return f"{len(found)} PrometheusRule(s) rendered"
+    pr = found[0]
+    values = merged["prometheusRule"]
+    problems = []
+    if pr["apiVersion"] != "monitoring.coreos.com/v1":
+        problems.append(f"apiVersion {pr['apiVersion']}")
+    if set(pr) != {"apiVersion", "kind", "metadata", "spec"} or set(pr["spec"]) != {"groups"}:
+        problems.append(f"fields {sorted(pr)}, spec {sorted(pr['spec'])}")
+    if pr["metadata"].get("namespace") != (values["namespace"] or NAMESPACE):
+        problems.append(f"namespace {pr['metadata'].get('namespace')}")
+    labels = pr["metadata"].get("labels", {})
+    if any(labels.get(k) != v for k, v in values["labels"].items()) or "app.kubernetes.io/name" not in labels:
+        problems.append(f"labels {labels}, want the chart's and {values['labels']}")
+    want = expected_rules(merged)
+    if pr["spec"] != want:
+        problems.append("spec is not files/prometheus/rules.yaml (with prometheusRule.runbookUrl)")
+    for group in pr["spec"].get("groups", []):
+        if not set(group) <= RULE_GROUP_FIELDS:
+            problems.append(f"group {group.get('name')}: fields {sorted(set(group) - RULE_GROUP_FIELDS)}")
+        if not isinstance(group.get("name"), str) or not PROM_DURATION.match(str(group.get("interval", "0"))):
+            problems.append(f"group {group.get('name')!r}: name or interval")
+        for rule in group.get("rules", []):
+            name = rule.get("alert") or rule.get("record")
+            maps = [rule.get(k, {}) for k in ("labels", "annotations")]
+            if not set(rule) <= RULE_FIELDS or not isinstance(rule.get("expr"), str) \
+                    or ("alert" in rule) == ("record" in rule) or not isinstance(name, str):
+                problems.append(f"rule {name}: fields {sorted(rule)}")
+            if not PROM_DURATION.match(str(rule.get("for", "0"))):
+                problems.append(f"rule {name}: for {rule.get('for')!r} is no duration")
+            if not all(isinstance(m, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in m.items())
+                       for m in maps):
+                problems.append(f"rule {name}: labels and annotations must map strings to strings")
+            url = (rule.get("annotations") or {}).get("runbook_url")
+            prefix = (values.get("runbookUrl") or "docs/runbook.md") + "#"
+            if "alert" in rule and not (url or "").startswith(prefix):
+                problems.append(f"{rule['alert']}: runbook_url {url!r} is not under {prefix}")
+    problems.append(promtool_check(pr["spec"]) or "")
+    return "; ".join(p for p in problems if p) or None
+
+
+def check_dashboard(docs: list[tuple[str, dict[str, Any]]], merged: dict[str, Any]) -> str | None:
+    """The dashboard ConfigMap: present exactly when enabled (with metrics), labelled for the
+    sidecar, holding files/grafana/c2p-enroll.json unchanged."""
+    found = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == f"{RELEASE}-dashboard"]
+    values = merged["grafanaDashboard"]
+    if not (values["enabled"] and metrics_on(merged)):
+        return f"{len(found)} dashboard ConfigMap(s) rendered while disabled" if found else None
+    if len(found) != 1:
+        return f"{len(found)} dashboard ConfigMap(s) rendered"
+    cm = found[0]
+    problems = []
+    if cm["metadata"].get("namespace") != (values["namespace"] or NAMESPACE):
+        problems.append(f"namespace {cm['metadata'].get('namespace')}")
+    labels = cm["metadata"].get("labels", {})
+    if any(labels.get(k) != v for k, v in values["labels"].items()):
+        problems.append(f"labels {labels}, want {values['labels']}")
+    if "grafana_dashboard" in values["labels"] and labels.get("grafana_dashboard") != "1":
+        problems.append("the sidecar label grafana_dashboard is not \"1\"")
+    if (cm["metadata"].get("annotations") or {}) != values["annotations"]:
+        problems.append(f"annotations {cm['metadata'].get('annotations')}")
+    data = cm.get("data", {})
+    if list(data) != ["c2p-enroll.json"]:
+        problems.append(f"data keys {list(data)}")
+    elif json.loads(data["c2p-enroll.json"]) != json.loads(DASHBOARD_FILE.read_text()):
+        problems.append("data is not files/grafana/c2p-enroll.json")
+    return "; ".join(problems) or None
+
+
 def main() -> int:
     checks = Checks()
     oldest, newest = oldest_kube_version(), newest_kube_version()
@@ -1380,6 +1515,12 @@ def main() -> int:
                 checks.run(f"{label}: ServiceMonitor monitoring.coreos.com/v1 on metrics /metrics ({sm_state}; API "
                            f"versions {api_versions or 'none'})",
                            lambda: check_service_monitor(docs, merged, api_versions))
+                pr_state = "expected" if prometheus_rule_expected(merged, api_versions) else "absent"
+                checks.run(f"{label}: PrometheusRule monitoring.coreos.com/v1 = files/prometheus/rules.yaml, promtool "
+                           f"check rules ({pr_state})", lambda: check_prometheus_rule(docs, merged, api_versions))
+                dash_state = "expected" if merged["grafanaDashboard"]["enabled"] and metrics_on(merged) else "absent"
+                checks.run(f"{label}: Grafana dashboard ConfigMap with the sidecar label = files/grafana/c2p-enroll.json "
+                           f"({dash_state})", lambda: check_dashboard(docs, merged))
 
         base = yaml.safe_load((VALUES_DIR / "defaults.yaml").read_text())
 
@@ -1414,7 +1555,7 @@ def main() -> int:
         def sandbox_without_secret() -> str | None:
             docs = documents(render(chart, {"config": {"mode": "sandbox"}}, newest))
             pod = one(docs, "Deployment")["spec"]["template"]["spec"]
-            settings = flatten(tomllib.loads(one(docs, "ConfigMap")["data"]["config.toml"]))
+            settings = flatten(tomllib.loads(config_map(docs)["data"]["config.toml"]))
             if any("secret" in v for v in pod["volumes"]):
                 return "a Secret volume is mounted"
             files = [k for k in settings if k.endswith("_file")]
@@ -1552,6 +1693,34 @@ def main() -> int:
             return all_of(*problems)
         checks.run("ServiceMonitor only when the cluster serves monitoring.coreos.com/v1 (or serviceMonitor.force)",
                    service_monitor_capability)
+
+        def prometheus_rule_capability() -> str | None:
+            values = changed([_with("prometheusRule.enabled", True)])
+            problems = []
+            docs = render_docs(values)
+            notes_text = next(t for p, t in render(chart, values, newest).items() if p.endswith("NOTES.txt"))
+            if by_kind(docs, "PrometheusRule") or "no\nPrometheusRule was rendered" not in notes_text:
+                problems.append("without monitoring.coreos.com/v1: a PrometheusRule rendered, or NOTES silent")
+            with_api = render_docs(values, ["monitoring.coreos.com/v1"])
+            if len(by_kind(with_api, "PrometheusRule")) != 1:
+                problems.append("with monitoring.coreos.com/v1: no PrometheusRule")
+            problems.append(check_prometheus_rule(with_api, chart.merge_values(values), ["monitoring.coreos.com/v1"]) or "")
+            forced = changed([_with("prometheusRule.enabled", True), _with("prometheusRule.force", True)])
+            if len(by_kind(render_docs(forced), "PrometheusRule")) != 1:
+                problems.append("with prometheusRule.force: no PrometheusRule")
+            return all_of(*problems)
+        checks.run("PrometheusRule only when the cluster serves monitoring.coreos.com/v1 (or prometheusRule.force); "
+                   "runbook_url left as docs/runbook.md#<alert> without runbookUrl", prometheus_rule_capability)
+
+        def monitoring_in_sandbox() -> str | None:
+            values = {"config": {"mode": "sandbox"}, "prometheusRule": {"enabled": True, "force": True},
+                      "grafanaDashboard": {"enabled": True, "namespace": "grafana"}}
+            docs = render_docs(values)
+            merged = chart.merge_values(values)
+            return all_of(check_prometheus_rule(docs, merged, []), check_dashboard(docs, merged),
+                          check_config(docs, merged), validated(docs, "monitoring-sandbox"))
+        checks.run("sandbox mode with the PrometheusRule (forced) and the dashboard in Grafana's namespace renders "
+                   "(validated; config.toml still found beside the dashboard's ConfigMap)", monitoring_in_sandbox)
 
         def redis_url_from_env() -> str | None:
             env = [{"name": "C2P_REDIS__URL", "valueFrom": {"secretKeyRef": {"name": "redis-url", "key": "url"}}}]

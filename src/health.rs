@@ -93,6 +93,8 @@ impl HealthGate {
         reporter
             .set_service_status(LIVENESS, ServingStatus::Serving)
             .await;
+        // Down until the first probe answers, as health says.
+        crate::metrics::store_up(false);
         let gate = Arc::new(Self {
             inner: Mutex::new(Inner {
                 reporter,
@@ -105,6 +107,7 @@ impl HealthGate {
 
     /// Records a probe result; flips the status when it changed, unless draining.
     pub async fn store_reachable(&self, ok: bool, store_kind: &str) {
+        crate::metrics::store_up(ok);
         let mut inner = self.inner.lock().await;
         if inner.draining || inner.store_ok == Some(ok) {
             return;

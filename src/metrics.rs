@@ -1,5 +1,10 @@
 //! Prometheus metrics, served in text format on their own listener (`metrics.listen`), which
 //! stops with the gRPC listener. Labels never hold card data: RPC and API names, codes, reasons.
+//! The process's own CPU, memory and file descriptors are read from `/proc` at each scrape
+//! ([`process`]). `helm/c2p-enroll/files/` holds the alert rules and the dashboard built on
+//! these names (`docs/runbook.md` explains each alert).
+
+mod process;
 
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -33,7 +38,7 @@ pub fn handle() -> Option<PrometheusHandle> {
 fn describe() {
     metrics::describe_counter!(
         "c2p_grpc_requests_total",
-        "gRPC calls by RPC and status code"
+        "gRPC calls by RPC, status code and ErrorInfo reason (empty for OK)"
     );
     metrics::describe_histogram!(
         "c2p_grpc_request_duration_seconds",
@@ -41,6 +46,10 @@ fn describe() {
         "gRPC unary call latency"
     );
     metrics::describe_gauge!("c2p_grpc_open_streams", "open server streams by RPC");
+    metrics::describe_gauge!(
+        "c2p_grpc_stream_limit",
+        "open server streams the process allows by RPC (grpc.limits.max_watch_streams, max_ingest_streams)"
+    );
     metrics::describe_counter!(
         "c2p_upstream_requests_total",
         "Mastercard HTTP attempts by API, operation and outcome"
@@ -58,7 +67,10 @@ fn describe() {
         "c2p_upstream_breaker_state",
         "circuit breaker state by API: 0 closed, 1 half-open, 2 open"
     );
-    metrics::describe_counter!("c2p_notifications_total", "notifications by outcome");
+    metrics::describe_counter!(
+        "c2p_notifications_total",
+        "notifications answered by event (tar, tcn, status_change, none) and outcome"
+    );
     metrics::describe_counter!(
         "c2p_redis_errors_total",
         "failed Redis operations by operation"
@@ -91,11 +103,47 @@ fn describe() {
         "c2p_streams_refused_total",
         "streams refused because the process holds its limit of them, by RPC"
     );
+    metrics::describe_gauge!(
+        "c2p_store_up",
+        "1 while the store answers its health probe (health SERVING), 0 while it does not"
+    );
+    metrics::describe_gauge!(
+        "c2p_enrollments_in_progress",
+        "enrollments IN_PROGRESS in the store's index (all replicas', read every enroll.reconcile_interval)"
+    );
+    metrics::describe_gauge!(
+        "c2p_enrollments_in_progress_overdue",
+        "enrollments IN_PROGRESS for longer than enroll.reconcile_after plus two enroll.reconcile_interval: ones the reconciler should have finished"
+    );
 }
 
-/// One finished unary call; `code` is the gRPC code's name (`Ok`, `NotFound`, ...).
-pub fn rpc(rpc: &'static str, code: &'static str, started: Instant) {
-    counter!("c2p_grpc_requests_total", "rpc" => rpc, "code" => code).increment(1);
+/// The reasons of `c2p_reconciled_total`, the outcomes of a Redis error: their series exist
+/// from the start at 0, so that the first increment is seen by `rate()` and alerts on them.
+const RECONCILE_RESULTS: [&str; 3] = ["enrolled", "failed", "error"];
+const REDIS_ERROR_KINDS: [&str; 3] = ["timeout", "connection", "command"];
+
+/// Registers at 0 the series that alerts watch before they first move (a counter that appears
+/// at 1 is invisible to `rate()` and `increase()` until its second increment).
+pub fn register_zero_series() {
+    for result in RECONCILE_RESULTS {
+        counter!("c2p_reconciled_total", "result" => result).increment(0);
+    }
+}
+
+/// Registers the Redis error counters at 0 (a Redis store was opened).
+pub fn register_redis_errors() {
+    for kind in REDIS_ERROR_KINDS {
+        counter!("c2p_redis_errors_total", "operation" => kind).increment(0);
+    }
+}
+
+/// One finished unary call; `code` is the gRPC code's name (`Ok`, `NotFound`, ...), `reason`
+/// its `ErrorInfo` reason (an `ErrorReason` name; empty for OK): the business refusals that an
+/// availability objective leaves out share codes with failures (`FAILED_PRECONDITION` is both
+/// `CARD_NOT_ELIGIBLE` and `UPSTREAM_REJECTED`).
+pub fn rpc(rpc: &'static str, code: &'static str, reason: &'static str, started: Instant) {
+    counter!("c2p_grpc_requests_total", "rpc" => rpc, "code" => code, "reason" => reason)
+        .increment(1);
     histogram!("c2p_grpc_request_duration_seconds", "rpc" => rpc)
         .record(started.elapsed().as_secs_f64());
 }
@@ -106,7 +154,8 @@ pub struct OpenStream(&'static str);
 impl OpenStream {
     /// A stream of `rpc` opened (also counted as a call).
     pub fn open(rpc: &'static str) -> Self {
-        counter!("c2p_grpc_requests_total", "rpc" => rpc, "code" => "Ok").increment(1);
+        counter!("c2p_grpc_requests_total", "rpc" => rpc, "code" => "Ok", "reason" => "")
+            .increment(1);
         gauge!("c2p_grpc_open_streams", "rpc" => rpc).increment(1.0);
         Self(rpc)
     }
@@ -164,9 +213,26 @@ pub fn breaker_state(api: &'static str, state: BreakerGauge) {
     gauge!("c2p_upstream_breaker_state", "api" => api).set(value);
 }
 
-/// One notification's outcome.
-pub fn notification(outcome: &'static str) {
-    counter!("c2p_notifications_total", "outcome" => outcome).increment(1);
+/// The limit of open streams of `rpc` in this process.
+pub fn stream_limit(rpc: &'static str, limit: usize) {
+    gauge!("c2p_grpc_stream_limit", "rpc" => rpc).set(limit as f64);
+}
+
+/// One notification's outcome; `event` is `tar`, `tcn`, `status_change` or `none` (a message
+/// without one).
+pub fn notification(event: &'static str, outcome: &'static str) {
+    counter!("c2p_notifications_total", "event" => event, "outcome" => outcome).increment(1);
+}
+
+/// A result of the store's health probe.
+pub fn store_up(up: bool) {
+    gauge!("c2p_store_up").set(if up { 1.0 } else { 0.0 });
+}
+
+/// The enrollments IN_PROGRESS in the store's index, and those of them overdue.
+pub fn enrollments_in_progress(total: u64, overdue: u64) {
+    gauge!("c2p_enrollments_in_progress").set(total as f64);
+    gauge!("c2p_enrollments_in_progress_overdue").set(overdue as f64);
 }
 
 /// One failed Redis operation.
@@ -224,7 +290,7 @@ pub async fn serve(
                 Some(h) => (
                     axum::http::StatusCode::OK,
                     [("content-type", "text/plain; version=0.0.4")],
-                    h.render(),
+                    h.render() + &process::render(),
                 ),
                 None => (
                     axum::http::StatusCode::SERVICE_UNAVAILABLE,

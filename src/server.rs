@@ -182,6 +182,12 @@ pub async fn start(
     settings: &Settings,
     upstream: Arc<Upstream>,
 ) -> Result<RunningServer, StartError> {
+    if settings.metrics.listen.is_some() {
+        // The recorder first: what the store, the stream limits and health record at start
+        // must not go to the no-op recorder.
+        crate::metrics::handle();
+        crate::metrics::register_zero_series();
+    }
     let store = open_store(settings)?;
     let limits = &settings.grpc.limits;
     let drain = CancellationToken::new();
@@ -260,7 +266,6 @@ pub async fn start(
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let metrics = match settings.metrics.listen {
         Some(listen) => {
-            crate::metrics::handle();
             let (addr, _task) =
                 crate::metrics::serve(listen, drain.clone())
                     .await

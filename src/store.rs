@@ -75,13 +75,16 @@ pub fn open(
 ) -> Result<Arc<dyn EnrollmentStore>, StoreError> {
     let keys = KeySpace::new(&redis.key_prefix);
     match &redis.url {
-        Some(url) => Ok(Arc::new(RedisStore::connect_lazy(
-            secrecy::ExposeSecret::expose_secret(url),
-            redis,
-            keys,
-            retention,
-            cache,
-        )?)),
+        Some(url) => {
+            crate::metrics::register_redis_errors();
+            Ok(Arc::new(RedisStore::connect_lazy(
+                secrecy::ExposeSecret::expose_secret(url),
+                redis,
+                keys,
+                retention,
+                cache,
+            )?))
+        }
         None => Ok(Arc::new(MemoryStore::with_capacity(
             retention,
             memory_max_entries,

@@ -163,20 +163,38 @@ impl App {
                 _ = tick.tick() => {}
             }
             match self.store.lead("reconciler", &owner, interval * 3).await {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::debug!(error = %e, "reconciler: store unavailable");
-                    continue;
-                }
+                Ok(true) => match self.reconcile_once(older_than, 100).await {
+                    Ok(report) if report != ReconcileReport::default() => {
+                        tracing::info!(?report, "reconciler pass");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(reason = %e.parts().reason, "reconciler pass failed");
+                    }
+                },
+                Ok(false) => {}
+                Err(e) => tracing::debug!(error = %e, "reconciler: store unavailable"),
             }
-            match self.reconcile_once(older_than, 100).await {
-                Ok(report) if report != ReconcileReport::default() => {
-                    tracing::info!(?report, "reconciler pass");
-                }
-                Ok(_) => {}
-                Err(e) => tracing::debug!(reason = %e.parts().reason, "reconciler pass failed"),
-            }
+            self.count_in_progress(older_than + interval * 2).await;
+        }
+    }
+
+    /// Sets the gauges of the IN_PROGRESS index: every card in it, and those noted more than
+    /// `overdue_after` ago. Every replica reads the same shared index (the gauges are equal on
+    /// all of them), after the pass when it ran one. A card the reconciler could take is
+    /// finished within `reconcile_after` plus one interval, so `reconcile_after` plus two
+    /// intervals counts only cards it cannot finish (held by an attempt, more than a pass
+    /// takes, or no reconciler running); a card whose pass failed is noted again at the back
+    /// of the index and counted by `c2p_reconciled_total{result="error"}` instead.
+    async fn count_in_progress(&self, overdue_after: Duration) {
+        let after_ms = i64::try_from(overdue_after.as_millis()).unwrap_or(i64::MAX);
+        match self
+            .store
+            .count_in_progress(now_ms().saturating_sub(after_ms))
+            .await
+        {
+            Ok((total, overdue)) => crate::metrics::enrollments_in_progress(total, overdue),
+            Err(e) => tracing::debug!(error = %e, "reconciler: cannot count IN_PROGRESS cards"),
         }
     }
 }

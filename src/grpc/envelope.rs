@@ -193,7 +193,12 @@ where
             .record("rpc.grpc.status_code", answer.code() as i32);
         this.span.record("outcome", "error");
         if let Some(rpc) = this.rpc {
-            crate::metrics::rpc(rpc.name(), trace::code_name(answer.code()), *this.started);
+            crate::metrics::rpc(
+                rpc.name(),
+                trace::code_name(answer.code()),
+                trace::status_reason(&answer),
+                *this.started,
+            );
         }
         let (parts, ()) = answer.into_http::<()>().into_parts();
         let empty = Response::from_parts(parts, None);

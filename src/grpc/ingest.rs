@@ -279,9 +279,20 @@ fn answer_batch(
     .instrument(span)
 }
 
+/// The `event` label of a message: which notification it carries.
+fn event_name(n: &NotificationIngestRequest) -> &'static str {
+    use pb::notification_ingest_request::Event;
+    match n.event {
+        Some(Event::TokenizationAuthorization(_)) => "tar",
+        Some(Event::TokenizationComplete(_)) => "tcn",
+        Some(Event::TokenStatusChanged(_)) => "status_change",
+        None => "none",
+    }
+}
+
 /// Counts and traces one message's outcome.
 fn answered(n: &NotificationIngestRequest, outcome: &'static str) {
-    metrics::notification(outcome);
+    metrics::notification(event_name(n), outcome);
     tracing::debug!(
         notification.id = %crate::text::bounded(&n.notification_id, 255),
         notification.sequence = n.sequence,

@@ -86,6 +86,7 @@ impl EnrollmentService for EnrollmentApi {
         metrics::rpc(
             "EnrollCard",
             trace::code_name(trace::code_of(&result)),
+            trace::reason_of(&result),
             started,
         );
         result
@@ -101,6 +102,7 @@ impl EnrollmentService for EnrollmentApi {
         metrics::rpc(
             "GetEnrollmentStatus",
             trace::code_name(trace::code_of(&result)),
+            trace::reason_of(&result),
             started,
         );
         result
@@ -142,7 +144,12 @@ impl EnrollmentService for EnrollmentApi {
             // A stream that could not be opened counts as a failed call; an opened one is
             // counted (Ok) by its OpenStream guard.
             trace::record_status(&result);
-            metrics::rpc("WatchEnrollment", trace::code_name(status.code()), started);
+            metrics::rpc(
+                "WatchEnrollment",
+                trace::code_name(status.code()),
+                trace::status_reason(status),
+                started,
+            );
         }
         result
     }

@@ -17,6 +17,9 @@ pub struct StreamLimits {
 impl StreamLimits {
     /// At most `watch` open watches and `ingest` open ingest streams.
     pub fn new(watch: usize, ingest: usize) -> Self {
+        // Exported so that an alert can compare the open streams with their limit.
+        crate::metrics::stream_limit("WatchEnrollment", watch);
+        crate::metrics::stream_limit("NotificationIngest", ingest);
         Self {
             watch: Arc::new(Semaphore::new(watch)),
             ingest: Arc::new(Semaphore::new(ingest)),

@@ -127,6 +127,26 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
+/// The `ErrorInfo` reason of a handler's result (an `ErrorReason` name), `""` for OK: the
+/// `reason` label of `c2p_grpc_requests_total`. Every status the service makes carries one; a
+/// status without one (tonic's own) gets the reason the envelope layer will give it.
+pub fn reason_of<T>(result: &Result<T, tonic::Status>) -> &'static str {
+    match result {
+        Ok(_) => "",
+        Err(status) => status_reason(status),
+    }
+}
+
+/// The `ErrorInfo` reason of an error status, as [`reason_of`].
+pub fn status_reason(status: &tonic::Status) -> &'static str {
+    use tonic_types::StatusExt as _;
+    status
+        .get_details_error_info()
+        .and_then(|info| crate::proto::v1::ErrorReason::from_str_name(&info.reason))
+        .unwrap_or_else(|| super::envelope::fallback_reason(status.code()))
+        .as_str_name()
+}
+
 /// Records the outcome of a unary call on the current RPC span.
 pub fn record_status<T>(result: &Result<T, tonic::Status>) {
     let span = tracing::Span::current();

@@ -375,6 +375,16 @@ impl EnrollmentStore for MemoryStore {
         Ok(cards.into_iter().take(limit).map(|(_, c)| c).collect())
     }
 
+    async fn count_in_progress(&self, before_ms: i64) -> Result<(u64, u64), StoreError> {
+        let maps = self.lock();
+        let before = maps
+            .in_progress
+            .values()
+            .filter(|since| **since < before_ms)
+            .count();
+        Ok((maps.in_progress.len() as u64, before as u64))
+    }
+
     async fn lead(
         &self,
         _name: &str,

@@ -882,6 +882,21 @@ impl EnrollmentStore for RedisStore {
         Ok(ids.into_iter().filter_map(CardContractId::new).collect())
     }
 
+    async fn count_in_progress(&self, before_ms: i64) -> Result<(u64, u64), StoreError> {
+        let key = self.keys.in_progress();
+        let mut conn = self.connection().await?;
+        redis::pipe()
+            .cmd("ZCARD")
+            .arg(&key)
+            .cmd("ZCOUNT")
+            .arg(&key)
+            .arg("-inf")
+            .arg(format!("({before_ms}"))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
     async fn lead(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
         // A lease is the card lock's script on another key: take it, or renew it if ours.
         self.take(self.keys.lease(name), owner, ttl).await

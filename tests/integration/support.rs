@@ -185,3 +185,67 @@ pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     std::fs::write(&path, bytes).expect("write a temp file");
     path
 }
+
+/// `c2p-enroll sandbox` alone (the Mastercard simulator) with a faults file, its keys in a
+/// temp dir; killed on drop. A service in mastercard mode talks to it with [`Simulator::env`].
+pub struct Simulator {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Simulator {
+    /// Starts it with `faults` (TOML, README "The Mastercard simulator") and its TAR/TCN going
+    /// to `notify` (a gRPC URL), and waits until it wrote its `service.env`.
+    pub fn start(faults: &str, notify: &str) -> Simulator {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let faults_file = write(dir.path(), "faults.toml", faults.as_bytes());
+        let keys = dir.path().join("keys");
+        let log = std::fs::File::create(dir.path().join("simulator.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_c2p-enroll"))
+            .env_clear()
+            .arg("sandbox")
+            .arg("--dir")
+            .arg(&keys)
+            .args(["--listen", "127.0.0.1:0", "--notify", notify])
+            .arg("--faults")
+            .arg(&faults_file)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn c2p-enroll sandbox");
+        let simulator = Simulator { child, dir };
+        // Debug builds generate the simulator's RSA keys at start.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !simulator.output().contains("SIMULATOR running alone") {
+            assert!(
+                Instant::now() < deadline,
+                "the simulator did not start within 60 s:\n{}",
+                simulator.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        simulator
+    }
+
+    /// The `C2P_*` settings of a service in mastercard mode that talks to it.
+    pub fn env(&self) -> Vec<(String, String)> {
+        std::fs::read_to_string(self.dir.path().join("keys/service.env"))
+            .expect("service.env")
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("simulator.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

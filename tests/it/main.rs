@@ -12,6 +12,7 @@ mod crash;
 mod envelope;
 mod flows;
 mod health;
+mod in_progress_gauges;
 mod ingest_pipelined;
 mod limits;
 mod merge_props;

@@ -442,6 +442,30 @@ async fn stamps(store: &Arc<dyn EnrollmentStore>) {
 /// The largest event time the store keeps (5138-11-16T09:46:39.999Z) is written and read back
 /// to the millisecond; a later one is refused and leaves the record readable (Redis's Lua JSON
 /// used to write `1e+14`, a record that no longer read).
+/// The IN_PROGRESS index the reconciler and the operator's gauges read: noted once (the first
+/// time wins), counted whole and before a time (strictly), forgotten.
+async fn in_progress_index(store: Arc<dyn EnrollmentStore>) {
+    assert_eq!(store.count_in_progress(i64::MAX).await.unwrap(), (0, 0));
+    for (id, since) in [(72001, 1_000), (72002, 2_000), (72003, 3_000)] {
+        store.track_in_progress(card(id), since).await.unwrap();
+    }
+    // Noted again later: the first time stays.
+    store.track_in_progress(card(72001), 9_000).await.unwrap();
+    assert_eq!(store.count_in_progress(2_500).await.unwrap(), (3, 2));
+    assert_eq!(store.count_in_progress(2_000).await.unwrap(), (3, 1));
+    assert_eq!(store.count_in_progress(1_000).await.unwrap(), (3, 0));
+    assert_eq!(
+        store.in_progress_before(2_500, 10).await.unwrap(),
+        vec![card(72001), card(72002)]
+    );
+    store.untrack_in_progress(card(72001)).await.unwrap();
+    assert_eq!(store.count_in_progress(2_500).await.unwrap(), (2, 1));
+    for id in [72002, 72003] {
+        store.untrack_in_progress(card(id)).await.unwrap();
+    }
+    assert_eq!(store.count_in_progress(i64::MAX).await.unwrap(), (0, 0));
+}
+
 async fn large_event_times_read_back_exactly(store: Arc<dyn EnrollmentStore>) {
     let last = c2p_enroll::domain::STORE_INTEGER_LIMIT - 1;
     let NotificationResult::Applied(applied) = store
@@ -677,6 +701,7 @@ async fn memory_store_passes_the_suite() {
     expiry(store.clone()).await;
     permutations_converge(store.clone(), 80_000).await;
     ties_converge(store.clone(), 81_000).await;
+    in_progress_index(store.clone()).await;
     large_event_times_read_back_exactly(store).await;
 }
 
@@ -690,6 +715,7 @@ async fn redis_store_passes_the_suite() {
     expiry(store.clone()).await;
     permutations_converge(store.clone(), 80_000).await;
     ties_converge(store.clone(), 81_000).await;
+    in_progress_index(store.clone()).await;
     large_event_times_read_back_exactly(store).await;
 }
 
@@ -705,6 +731,7 @@ async fn redis_cluster_store_passes_the_suite() {
     expiry(store.clone()).await;
     permutations_converge(store.clone(), 80_000).await;
     ties_converge(store.clone(), 81_000).await;
+    in_progress_index(store.clone()).await;
     large_event_times_read_back_exactly(store).await;
 }
 

@@ -173,6 +173,12 @@ Included by the ConfigMap and the Deployment.
 {{- if and .Values.serviceMonitor.enabled (not $metricsListen) }}
 {{- fail "serviceMonitor.enabled needs the metrics listener: set config.metrics.listen (e.g. 0.0.0.0:9464)" }}
 {{- end }}
+{{- if and .Values.prometheusRule.enabled (not $metricsListen) }}
+{{- fail "prometheusRule.enabled needs the metrics listener: set config.metrics.listen (e.g. 0.0.0.0:9464)" }}
+{{- end }}
+{{- if and .Values.grafanaDashboard.enabled (not $metricsListen) }}
+{{- fail "grafanaDashboard.enabled needs the metrics listener: set config.metrics.listen (e.g. 0.0.0.0:9464)" }}
+{{- end }}
 
 {{- /* Programs (mastercard mode: each complete). */}}
 {{- if $mastercard }}

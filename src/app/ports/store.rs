@@ -199,6 +199,10 @@ pub trait EnrollmentStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<CardContractId>, StoreError>;
 
+    /// How many cards the IN_PROGRESS index holds, and how many of them were noted before
+    /// `before_ms`: what the operator's gauges show (one round trip, no record read).
+    async fn count_in_progress(&self, before_ms: i64) -> Result<(u64, u64), StoreError>;
+
     /// Takes or renews the lease `name` for `owner` for `ttl`: `false` while another owner holds
     /// it. One replica at a time runs the reconciler.
     async fn lead(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError>;

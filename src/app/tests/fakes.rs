@@ -474,6 +474,10 @@ impl EnrollmentStore for FaultyStore {
         self.inner.in_progress_before(before_ms, limit).await
     }
 
+    async fn count_in_progress(&self, before_ms: i64) -> Result<(u64, u64), StoreError> {
+        self.inner.count_in_progress(before_ms).await
+    }
+
     async fn lead(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
         self.inner.lead(name, owner, ttl).await
     }
