@@ -4,7 +4,7 @@
 use super::bounded::Bounded;
 use super::{ChangeStream, EnrollmentStore, NotificationResult, PutMode, Retention, StoreError};
 use crate::domain::{
-    Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, Merge, TokenEvent, merge,
+    Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, Merge, OptOut, TokenEvent, merge,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +26,11 @@ struct Maps {
     idempotency: Bounded<String, (IdempotencyRecord, Instant)>,
     locks: HashMap<CardContractId, (String, Instant)>,
     in_progress: HashMap<CardContractId, i64>,
+    /// ENROLLED cards and when each is due for a check against Click to Pay.
+    enrolled: HashMap<CardContractId, i64>,
+    /// Opt-outs by subject: never evicted (few, and forgetting one would enroll a cardholder
+    /// who said no).
+    opt_outs: HashMap<String, OptOut>,
 }
 
 impl Maps {
@@ -37,6 +42,8 @@ impl Maps {
             idempotency: Bounded::new(max_entries),
             locks: HashMap::new(),
             in_progress: HashMap::new(),
+            enrolled: HashMap::new(),
+            opt_outs: HashMap::new(),
         }
     }
 }
@@ -373,6 +380,58 @@ impl EnrollmentStore for MemoryStore {
             .collect();
         cards.sort();
         Ok(cards.into_iter().take(limit).map(|(_, c)| c).collect())
+    }
+
+    async fn track_enrolled(
+        &self,
+        card: CardContractId,
+        check_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.lock().enrolled.insert(card, check_at_ms);
+        Ok(())
+    }
+
+    async fn untrack_enrolled(&self, card: CardContractId) -> Result<(), StoreError> {
+        self.lock().enrolled.remove(&card);
+        Ok(())
+    }
+
+    async fn enrolled_due(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<CardContractId>, StoreError> {
+        let maps = self.lock();
+        let mut cards: Vec<(i64, CardContractId)> = maps
+            .enrolled
+            .iter()
+            .filter(|(_, due)| **due < before_ms)
+            .map(|(card, due)| (*due, *card))
+            .collect();
+        cards.sort();
+        Ok(cards.into_iter().take(limit).map(|(_, c)| c).collect())
+    }
+
+    async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(), StoreError> {
+        let mut maps = self.lock();
+        for subject in &opt_out.subjects {
+            maps.opt_outs.insert(subject.clone(), opt_out.clone());
+        }
+        Ok(())
+    }
+
+    async fn get_opt_out(&self, subjects: &[String]) -> Result<Option<OptOut>, StoreError> {
+        let maps = self.lock();
+        Ok(subjects.iter().find_map(|s| maps.opt_outs.get(s).cloned()))
+    }
+
+    async fn delete_opt_out(&self, subjects: &[String]) -> Result<bool, StoreError> {
+        let mut maps = self.lock();
+        let mut any = false;
+        for subject in subjects {
+            any |= maps.opt_outs.remove(subject).is_some();
+        }
+        Ok(any)
     }
 
     async fn lead(

@@ -11,7 +11,9 @@ use super::{
     ChangeStream, EnrollmentStore, KeySpace, NotificationEffect, NotificationResult, PutMode,
     Retention, StoreError,
 };
-use crate::domain::{Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, TokenEvent};
+use crate::domain::{
+    Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, OptOut, TokenEvent,
+};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
@@ -880,6 +882,98 @@ impl EnrollmentStore for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(ids.into_iter().filter_map(CardContractId::new).collect())
+    }
+
+    async fn track_enrolled(
+        &self,
+        card: CardContractId,
+        check_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let _: i64 = redis::cmd("ZADD")
+            .arg(self.keys.enrolled())
+            .arg(check_at_ms)
+            .arg(card.get())
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn untrack_enrolled(&self, card: CardContractId) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let _: i64 = redis::cmd("ZREM")
+            .arg(self.keys.enrolled())
+            .arg(card.get())
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn enrolled_due(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<CardContractId>, StoreError> {
+        let mut conn = self.connection().await?;
+        let ids: Vec<i64> = redis::cmd("ZRANGE")
+            .arg(self.keys.enrolled())
+            .arg("-inf")
+            .arg(format!("({before_ms}"))
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(ids.into_iter().filter_map(CardContractId::new).collect())
+    }
+
+    async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(), StoreError> {
+        let json = serde_json::to_string(opt_out).map_err(corrupt)?;
+        let mut conn = self.connection().await?;
+        // One key per subject (each on its own slot in a Cluster); each SET is idempotent, so a
+        // retry after a partial write completes it.
+        for subject in &opt_out.subjects {
+            let _: () = redis::cmd("SET")
+                .arg(self.keys.opt_out(subject))
+                .arg(&json)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn get_opt_out(&self, subjects: &[String]) -> Result<Option<OptOut>, StoreError> {
+        let mut conn = self.connection().await?;
+        for subject in subjects {
+            let json: Option<String> = redis::cmd("GET")
+                .arg(self.keys.opt_out(subject))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if let Some(json) = json {
+                return serde_json::from_str(&json).map(Some).map_err(corrupt);
+            }
+        }
+        Ok(None)
+    }
+
+    async fn delete_opt_out(&self, subjects: &[String]) -> Result<bool, StoreError> {
+        let mut conn = self.connection().await?;
+        let mut deleted = 0;
+        for subject in subjects {
+            let n: i64 = redis::cmd("DEL")
+                .arg(self.keys.opt_out(subject))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            deleted += n;
+        }
+        Ok(deleted > 0)
     }
 
     async fn lead(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
