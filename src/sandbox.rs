@@ -42,6 +42,18 @@ pub const ENROLL_PATH: &str = "/src/api/digital/payments";
 /// The simulator's Credential Directory (`directoryId`).
 pub const DIRECTORY_ID: &str = "c2p-sandbox-directory";
 
+/// How a card leaves Click to Pay behind the service's back ([`Sandbox::delete_card_in_click_to_pay`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardDeletion {
+    /// Its token is deactivated and the TokenStatusChanged (DEACTIVATED) goes out.
+    Notified,
+    /// Its token is deactivated in the token lists; no notification reaches the service.
+    Unnotified,
+    /// Only the profile forgets it: the token stays as it was (what only a look-up of the card
+    /// in Click to Pay notices).
+    TokenKept,
+}
+
 /// How to run the simulator.
 pub struct SandboxConfig {
     /// Listen address (port 0 picks one).
@@ -256,11 +268,14 @@ impl Sandbox {
         self.log().deliveries.clone()
     }
 
-    /// Deletes the card from its Click to Pay profile as if the cardholder had removed it at
-    /// Click to Pay: its token is deactivated and, with `notify`, the TokenStatusChanged goes
-    /// out. Whether the card was there.
-    pub async fn delete_card_in_click_to_pay(&self, card_contract_id: i64, notify: bool) -> bool {
-        lifecycle_api::delete_card_of(&self.state, card_contract_id, notify).await
+    /// Deletes the card from its Click to Pay profile as if it had been removed at Click to Pay
+    /// (by the cardholder, or by Mastercard), as `how` says. Whether the card was there.
+    pub async fn delete_card_in_click_to_pay(
+        &self,
+        card_contract_id: i64,
+        how: CardDeletion,
+    ) -> bool {
+        lifecycle_api::delete_card_of(&self.state, card_contract_id, how).await
     }
 
     /// The profiles Click to Pay holds now (tests).

@@ -251,7 +251,11 @@ async fn deactivate(state: &Arc<State>, cards: Vec<SimCard>, notify: bool) {
 }
 
 /// Deletes a card by its card contract id (the cardholder removing it at Click to Pay).
-pub async fn delete_card_of(state: &Arc<State>, card_contract_id: i64, notify: bool) -> bool {
+pub async fn delete_card_of(
+    state: &Arc<State>,
+    card_contract_id: i64,
+    how: super::CardDeletion,
+) -> bool {
     let removed = {
         let mut profiles = state.profiles.lock().unwrap_or_else(|p| p.into_inner());
         let id = profiles.all().iter().find_map(|p| {
@@ -262,12 +266,13 @@ pub async fn delete_card_of(state: &Arc<State>, card_contract_id: i64, notify: b
         });
         id.and_then(|id| profiles.delete_card(CardKey::Digital(&id)))
     };
-    match removed {
-        Some(card) => {
-            deactivate(state, vec![card], notify).await;
+    match (removed, how) {
+        (Some(_), super::CardDeletion::TokenKept) => true,
+        (Some(card), how) => {
+            deactivate(state, vec![card], how == super::CardDeletion::Notified).await;
             true
         }
-        None => false,
+        (None, _) => false,
     }
 }
 

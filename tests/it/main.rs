@@ -13,6 +13,7 @@ mod envelope;
 mod flows;
 mod health;
 mod ingest_pipelined;
+mod lifecycle;
 mod limits;
 mod merge_props;
 mod observability;
