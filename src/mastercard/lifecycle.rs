@@ -456,3 +456,39 @@ impl ClickToPayLifecycle for Upstream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mastercard::error::{Api, Correlation, parse_error_body};
+
+    fn answered(status: u16, body: &[u8]) -> UpstreamError {
+        UpstreamError {
+            api: Api::Enroll,
+            operation: "deleteCard",
+            kind: UpstreamErrorKind::Rejected {
+                status,
+                reason: parse_error_body(body),
+                retry_after: None,
+            },
+            correlation: Correlation::default(),
+            attempts: 1,
+            budget_exhausted: false,
+        }
+    }
+
+    #[test]
+    fn a_404_is_gone_unless_the_gateway_says_it_routes_no_such_path() {
+        let api = [
+            &br#"{"status":404,"reason":"NOT_FOUND","message":"Card not found"}"#[..],
+            br#"{"Errors":[{"Error":{"Source":"CREDENTIAL_DIRECTORY","ReasonCode":"NOT_FOUND"}}]}"#,
+            b"",
+        ];
+        for body in api {
+            assert!(is_not_found(&answered(404, body)), "{body:?}");
+        }
+        let gateway = br#"{"Errors":{"Error":[{"Source":"Gateway","ReasonCode":"RESOURCE_NOT_FOUND","Recoverable":false}]}}"#;
+        assert!(!is_not_found(&answered(404, gateway)));
+        assert!(!is_not_found(&answered(400, api[0])));
+    }
+}

@@ -302,3 +302,36 @@ impl Mastercard for Upstream {
         name.is_empty() || self.programs.contains_key(name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mastercard::error::{Api, Correlation, parse_error_body};
+
+    fn rejected(status: u16, body: &[u8]) -> UpstreamError {
+        UpstreamError {
+            api: Api::Enroll,
+            operation: "putCard",
+            kind: UpstreamErrorKind::Rejected {
+                status,
+                reason: parse_error_body(body),
+                retry_after: None,
+            },
+            correlation: Correlation::default(),
+            attempts: 1,
+            budget_exhausted: false,
+        }
+    }
+
+    #[test]
+    fn a_decline_reads_the_same_in_both_enroll_error_shapes() {
+        let spec = br#"{"code":400,"status":"INVALID_STATE","message":"m","details":[{"reason":"CARD_BLOCKED","source":"encryptedCard","sourceType":"BODY"}]}"#;
+        let page = br#"{"status":400,"reason":"INVALID_STATE","message":"m","errordetail":[{"reason":"CARD_BLOCKED","source":"encryptedCard","sourceType":"BODY"}]}"#;
+        for body in [&spec[..], &page[..]] {
+            match enroll_failure(rejected(400, body)) {
+                UpstreamFailure::Declined { reason, .. } => assert_eq!(reason, "CARD_BLOCKED"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}
