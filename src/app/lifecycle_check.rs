@@ -11,6 +11,8 @@ use crate::domain::{EnrollmentRecord, EnrollmentState};
 use tokio::time::Instant;
 
 /// What a check found.
+// Short-lived return value, one per check.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Checked {
     /// Click to Pay holds the card (or the record is not ENROLLED: nothing to check).
