@@ -26,8 +26,9 @@ struct Maps {
     idempotency: Bounded<String, (IdempotencyRecord, Instant)>,
     locks: HashMap<CardContractId, (String, Instant)>,
     in_progress: HashMap<CardContractId, i64>,
-    /// ENROLLED cards and when each is due for a check against Click to Pay.
-    enrolled: HashMap<CardContractId, i64>,
+    /// ENROLLED cards and when each is due for a check against Click to Pay (bounded like the
+    /// records: an evicted card is only no longer checked by the reconciler).
+    enrolled: Bounded<CardContractId, i64>,
     /// Opt-outs by subject: never evicted (few, and forgetting one would enroll a cardholder
     /// who said no).
     opt_outs: HashMap<String, OptOut>,
@@ -42,7 +43,7 @@ impl Maps {
             idempotency: Bounded::new(max_entries),
             locks: HashMap::new(),
             in_progress: HashMap::new(),
-            enrolled: HashMap::new(),
+            enrolled: Bounded::new(max_entries),
             opt_outs: HashMap::new(),
         }
     }
@@ -515,6 +516,14 @@ mod tests {
                 .await
                 .unwrap();
         }
+        for i in 0..5_000 {
+            let card = CardContractId::new(90_000 + i).unwrap();
+            store.track_enrolled(card, i).await.unwrap();
+        }
+        // The index of ENROLLED cards too: the newest 1,000, the most overdue first.
+        let due = store.enrolled_due(i64::MAX, 10_000).await.unwrap();
+        assert_eq!(due.len(), 1_000);
+        assert_eq!(due[0], CardContractId::new(94_000).unwrap());
         let maps = store.lock();
         assert_eq!((maps.records.len(), maps.dedup.len()), (1_000, 1_000));
         assert_eq!(
