@@ -350,6 +350,11 @@ impl App {
             )));
         }
         let existing = self.store.get(cmd.card_contract_id).await?;
+        // A card whose earlier enrollment left Click to Pay: a new enrollment, whose first write
+        // does not carry the old (deactivated) token over.
+        let after_removal = existing
+            .as_ref()
+            .is_some_and(|r| r.state == EnrollmentState::Removed);
         if let Some(existing) = existing
             .as_ref()
             .filter(|r| r.state == EnrollmentState::Enrolled)
@@ -435,7 +440,11 @@ impl App {
         self.store
             .track_in_progress(cmd.card_contract_id, now)
             .await?;
-        self.write_fenced(attempt, &in_progress).await?;
+        if after_removal {
+            self.write_fresh(attempt, &in_progress).await?;
+        } else {
+            self.write_fenced(attempt, &in_progress).await?;
+        }
 
         // Recorded before sending: from here on a retry re-sends with the same srcCorrelationId.
         attempt.advance(Phase::EnrollSent).await?;
@@ -498,6 +507,28 @@ impl App {
                     retry_after: Duration::from_secs(1),
                 })
             }
+        }
+    }
+}
+
+impl App {
+    /// [`App::write_fenced`] of the first record of a new enrollment after a removal: the old
+    /// token is not kept.
+    async fn write_fresh(
+        &self,
+        attempt: &Attempt<'_>,
+        record: &EnrollmentRecord,
+    ) -> Result<EnrollmentRecord, AppError> {
+        let owner = attempt.record.lock().await.owner.clone();
+        match self
+            .store
+            .put_fresh_enrollment_fenced(record, self.settings.enrollment_ttl, &owner)
+            .await?
+        {
+            Some(stored) => Ok(stored),
+            None => Err(AppError::RequestInFlight {
+                retry_after: Duration::from_secs(1),
+            }),
         }
     }
 }

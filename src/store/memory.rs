@@ -118,13 +118,14 @@ impl MemoryStore {
 
 impl MemoryStore {
     /// The write of `put_enrollment`; with `fence`, only while that owner holds the card's
-    /// (unexpired) lock, else `None`.
+    /// (unexpired) lock, else `None`; `keep_token`: merge the stored token (else replace it).
     fn put(
         &self,
         record: &EnrollmentRecord,
         mode: PutMode,
         ttl: std::time::Duration,
         fence: Option<&str>,
+        keep_token: bool,
     ) -> Result<Option<EnrollmentRecord>, StoreError> {
         super::check_record(record)?;
         let stored = {
@@ -143,7 +144,11 @@ impl MemoryStore {
             if let (PutMode::IfAbsent, Some(existing)) = (mode, &existing) {
                 return Ok(Some(existing.clone()));
             }
-            let stored = record.clone().with_token_of(existing.as_ref());
+            let stored = if keep_token {
+                record.clone().with_token_of(existing.as_ref())
+            } else {
+                record.clone()
+            };
             if let Some(existing) = existing.as_ref().filter(|e| e.same_content(&stored)) {
                 // Nothing but times would change: no write, the TTL renewed.
                 maps.records.insert(
@@ -176,7 +181,7 @@ impl EnrollmentStore for MemoryStore {
         mode: PutMode,
         ttl: std::time::Duration,
     ) -> Result<EnrollmentRecord, StoreError> {
-        self.put(record, mode, ttl, None)
+        self.put(record, mode, ttl, None, true)
             .map(|stored| stored.unwrap_or_else(|| record.clone()))
     }
 
@@ -186,7 +191,16 @@ impl EnrollmentStore for MemoryStore {
         ttl: std::time::Duration,
         lock_owner: &str,
     ) -> Result<Option<EnrollmentRecord>, StoreError> {
-        self.put(record, PutMode::Merge, ttl, Some(lock_owner))
+        self.put(record, PutMode::Merge, ttl, Some(lock_owner), true)
+    }
+
+    async fn put_fresh_enrollment_fenced(
+        &self,
+        record: &EnrollmentRecord,
+        ttl: std::time::Duration,
+        lock_owner: &str,
+    ) -> Result<Option<EnrollmentRecord>, StoreError> {
+        self.put(record, PutMode::Merge, ttl, Some(lock_owner), false)
     }
 
     async fn apply_notification(

@@ -301,13 +301,15 @@ impl RedisStore {
         Ok(held == 1)
     }
 
-    /// The put script; `fence` empty = no fence. `None` when fenced out.
+    /// The put script; `fence` empty = no fence; `keep_token`: merge the stored token (else
+    /// replace it). `None` when fenced out.
     async fn put(
         &self,
         record: &EnrollmentRecord,
         mode: PutMode,
         ttl: Duration,
         fence: &str,
+        keep_token: bool,
     ) -> Result<Option<EnrollmentRecord>, StoreError> {
         super::check_record(record)?;
         let json = serde_json::to_string(record).map_err(corrupt)?;
@@ -326,6 +328,7 @@ impl RedisStore {
                 PutMode::IfAbsent => "if_absent",
             })
             .arg(fence)
+            .arg(if keep_token { "keep_token" } else { "fresh" })
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -646,7 +649,7 @@ impl EnrollmentStore for RedisStore {
         mode: PutMode,
         ttl: Duration,
     ) -> Result<EnrollmentRecord, StoreError> {
-        self.put(record, mode, ttl, "")
+        self.put(record, mode, ttl, "", true)
             .await?
             .ok_or_else(|| StoreError::Corrupt("an unfenced write was fenced".into()))
     }
@@ -658,7 +661,19 @@ impl EnrollmentStore for RedisStore {
         ttl: Duration,
         lock_owner: &str,
     ) -> Result<Option<EnrollmentRecord>, StoreError> {
-        self.put(record, PutMode::Merge, ttl, lock_owner).await
+        self.put(record, PutMode::Merge, ttl, lock_owner, true)
+            .await
+    }
+
+    #[tracing::instrument(name = "redis.script", level = "debug", skip_all, fields(db.system = "redis", db.operation = "put_fresh_enrollment_fenced"))]
+    async fn put_fresh_enrollment_fenced(
+        &self,
+        record: &EnrollmentRecord,
+        ttl: Duration,
+        lock_owner: &str,
+    ) -> Result<Option<EnrollmentRecord>, StoreError> {
+        self.put(record, PutMode::Merge, ttl, lock_owner, false)
+            .await
     }
 
     #[tracing::instrument(name = "redis.script", level = "debug", skip_all, fields(db.system = "redis", db.operation = "apply_notification"))]

@@ -284,7 +284,9 @@ return replies
 }
 
 /// KEYS: record, card lock. ARGV: record JSON, TTL (ms), change channel, mode (`merge` |
-/// `if_absent`), fence (the lock owner the writer must be, or empty for none).
+/// `if_absent`), fence (the lock owner the writer must be, or empty for none), token
+/// (`keep_token`: merge the stored token, as `EnrollmentRecord::with_token_of`; `fresh`: the
+/// record's own, for a new enrollment of a REMOVED card).
 /// Returns the stored JSON, or nil when fenced out (the lock is someone else's). A write that
 /// changes nothing but times is not made (the record's TTL is renewed).
 pub fn put_enrollment() -> String {
@@ -298,7 +300,7 @@ local record = cjson.decode(ARGV[1])
 local existing
 if raw then
   existing = cjson.decode(raw)
-  if present(existing.token) then
+  if present(existing.token) and ARGV[6] ~= 'fresh' then
     if present(record.token) then
       record.token = merge_tokens(existing.token, record.token)
     else

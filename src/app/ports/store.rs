@@ -117,6 +117,16 @@ pub trait EnrollmentStore: Send + Sync + 'static {
         lock_owner: &str,
     ) -> Result<Option<EnrollmentRecord>, StoreError>;
 
+    /// [`EnrollmentStore::put_enrollment_fenced`] without keeping the stored token: the first
+    /// write of a new enrollment of a card whose earlier enrollment left Click to Pay (REMOVED),
+    /// so that the old, deactivated token does not stand for the new enrollment's.
+    async fn put_fresh_enrollment_fenced(
+        &self,
+        record: &EnrollmentRecord,
+        ttl: Duration,
+        lock_owner: &str,
+    ) -> Result<Option<EnrollmentRecord>, StoreError>;
+
     /// Atomically: dedup by notification id (and content hash), merge by event time, stamp,
     /// write, publish.
     async fn apply_notification(

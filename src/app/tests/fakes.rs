@@ -465,6 +465,23 @@ impl EnrollmentStore for FaultyStore {
             .await
     }
 
+    async fn put_fresh_enrollment_fenced(
+        &self,
+        record: &EnrollmentRecord,
+        ttl: Duration,
+        lock_owner: &str,
+    ) -> Result<Option<EnrollmentRecord>, StoreError> {
+        if self
+            .enter(Op::PutFenced, Some(record.card_contract_id))
+            .await?
+        {
+            return Ok(None);
+        }
+        self.inner
+            .put_fresh_enrollment_fenced(record, ttl, lock_owner)
+            .await
+    }
+
     async fn apply_notification(
         &self,
         event: &TokenEvent,

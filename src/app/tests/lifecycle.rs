@@ -226,6 +226,46 @@ async fn an_enrollment_after_a_removal_is_a_new_one() {
 }
 
 #[tokio::test]
+async fn a_new_enrollment_after_a_deactivated_token_does_not_carry_the_old_token() {
+    let w = world();
+    enrolled(&w, 3008).await;
+    let old_token = |kind, at_ms, id: &str| TokenEvent {
+        notification_id: id.into(),
+        event_at_ms: at_ms,
+        card_contract_id: card(3008),
+        token_unique_reference: "DM4MMCOLD".into(),
+        token_requestor_id: crate::domain::CLICK_TO_PAY_TOKEN_REQUESTOR_ID.into(),
+        wallet_name: crate::domain::CLICK_TO_PAY_WALLET_NAME.into(),
+        kind,
+    };
+    let now = crate::domain::now_ms();
+    let deactivated = old_token(
+        TokenEventKind::StatusChanged(TokenStatus::Deactivated),
+        now - 2_000,
+        "n-1",
+    );
+    w.store.apply_notification(&deactivated).await.unwrap();
+    assert_eq!(
+        w.record(card(3008)).await.unwrap().state,
+        EnrollmentState::Removed
+    );
+    let again = w.app.enroll(command("k2", 3008), None).await.unwrap();
+    assert_eq!(again.record.state, EnrollmentState::Enrolled);
+    assert!(again.record.token.is_none(), "{:?}", again.record.token);
+    // A late notification about the old token does not remove the new enrollment.
+    let late = old_token(
+        TokenEventKind::Authorization(crate::domain::TokenizationDecision::Approved),
+        now - 3_000,
+        "n-late",
+    );
+    w.store.apply_notification(&late).await.unwrap();
+    assert_eq!(
+        w.record(card(3008)).await.unwrap().state,
+        EnrollmentState::Enrolled
+    );
+}
+
+#[tokio::test]
 async fn an_opt_out_deletes_the_profile_and_holds_enroll_card_until_withdrawn() {
     let w = world();
     enrolled(&w, 3010).await;
