@@ -376,7 +376,10 @@ async fn fresh_after_removal(store: Arc<dyn EnrollmentStore>) {
     store.put_opt_out(&opt_out).await.unwrap();
     for subject in &subjects {
         assert_eq!(
-            store.get_opt_out(&[subject.clone()]).await.unwrap(),
+            store
+                .get_opt_out(std::slice::from_ref(subject))
+                .await
+                .unwrap(),
             Some(opt_out.clone())
         );
     }
