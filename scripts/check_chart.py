@@ -73,7 +73,8 @@ RULE_GROUP_FIELDS = {"name", "interval", "rules", "limit", "partial_response_str
 RULE_FIELDS = {"record", "alert", "expr", "for", "keep_firing_for", "labels", "annotations"}
 # A Prometheus duration (the CRD's `for`, `interval`): units from years to milliseconds, in order.
 PROM_DURATION = re.compile(r"^(0|([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?)$")
-RPCS = {"EnrollCard", "GetEnrollmentStatus", "WatchEnrollment", "NotificationIngest"}
+RPCS = {"EnrollCard", "GetEnrollmentStatus", "WatchEnrollment", "NotificationIngest", "RemoveCard",
+        "GetClickToPayProfile", "UpdateConsumer", "UpdateBillingAddress", "OptOut", "WithdrawOptOut"}
 LIMITS_INT = ("max_message_bytes", "max_connections", "max_concurrent_streams", "max_watch_streams", "max_ingest_streams")
 LIMITS_DURATION = ("handshake_timeout", "keepalive_interval", "keepalive_timeout", "default_deadline",
                    "watch_heartbeat_interval",
@@ -110,7 +111,7 @@ TOML_ALLOWED = {
     "auth.identity", "auth.mesh_header",
     "redis.url", "redis.cluster", "redis.key_prefix", "redis.username", "redis.password_file",
     "redis.ca_file", "redis.connect_timeout", "redis.response_timeout",
-    "enroll.reconcile_interval", "enroll.reconcile_after",
+    "enroll.reconcile_interval", "enroll.reconcile_after", "enroll.lifecycle_check_interval",
     "store.enrollment_ttl", "store.not_enrolled_ttl", "store.notification_dedup_ttl", "store.idempotency_ttl",
     "store.cache_size", "store.cache_max_age",
     "store.memory_max_entries",
@@ -119,7 +120,8 @@ TOML_ALLOWED = {
 } | {f"grpc.limits.{k}" for k in LIMITS_INT + LIMITS_DURATION}
 CALLER_SETTING = re.compile(r"^auth\.callers\.[A-Za-z0-9_-]+\.(identity|rpcs|programs)$")
 PROGRAM_SETTING = re.compile(
-    r"^programs\.[A-Za-z0-9_-]+\.(src_client_id|service_id|enroll_encryption_certificate_file|privacy_uri|terms_uri)$")
+    r"^programs\.[A-Za-z0-9_-]+\.(src_client_id|service_id|enroll_encryption_certificate_file|privacy_uri|terms_uri|"
+    r"lifecycle|directory_id)$")
 for _api in ("processing", "enroll"):
     TOML_ALLOWED |= {
         f"mastercard.{_api}.{k}"
@@ -287,6 +289,9 @@ EXPECTED_SETTINGS: dict[str, dict[str, Any]] = {
         "programs.eu.enroll_encryption_certificate_file": f"{KEYS_DIR}/enroll-client-encryption-eu.cert.pem",
         "programs.eu.privacy_uri": "https://bank.example/eu/privacy",
         "programs.eu.terms_uri": "https://bank.example/eu/terms",
+        "programs.eu.lifecycle": "credential_directory",
+        "programs.eu.directory_id": "EXAMPLE_EU_DIRECTORY",
+        "enroll.lifecycle_check_interval": "12h",
         "auth.callers.app_backend.programs": ["default", "eu"],
     },
     "csi-keys-inspecting-proxy.yaml": {
@@ -345,7 +350,7 @@ NEGATIVE_RENDER: list[tuple[str, list[Callable[[dict[str, Any]], None]], str]] =
      "tls.certManager.issuerRef.name is required"),
     ("tls.clientCA secret without a name", [_with("tls.clientCA.source", "secret")], "tls.clientCA.name is required"),
     ("a caller with EnrollCard and no programs", [_without("auth.callers.app_backend.programs")],
-     "programs is required when rpcs has EnrollCard"),
+     "programs is required with every RPC but NotificationIngest"),
     ("two callers with one identity",
      [_with("auth.callers.other", {"identity": "spiffe://bank.example/ns/payments/sa/app-backend",
                                    "rpcs": ["GetEnrollmentStatus"], "programs": ["default"]})],
@@ -363,7 +368,10 @@ NEGATIVE_RENDER: list[tuple[str, list[Callable[[dict[str, Any]], None]], str]] =
      "env C2P_REDIS__URL with a literal value"),
     ("a reader without programs",
      [_with("auth.callers.reader", {"identity": "reader.bank.example", "rpcs": ["GetEnrollmentStatus"]})],
-     "programs is required when rpcs has EnrollCard, GetEnrollmentStatus or WatchEnrollment"),
+     "programs is required with every RPC but NotificationIngest"),
+    ("a remover without programs",
+     [_with("auth.callers.remover", {"identity": "remover.bank.example", "rpcs": ["RemoveCard", "OptOut"]})],
+     "programs is required with every RPC but NotificationIngest"),
     ("a caller naming a program that is not configured",
      [_with("auth.callers.reader", {"identity": "reader.bank.example", "rpcs": ["GetEnrollmentStatus"],
                                     "programs": ["defualt"]})],
@@ -484,6 +492,9 @@ NEGATIVE_RENDER: list[tuple[str, list[Callable[[dict[str, Any]], None]], str]] =
 # Changes to helm/values/defaults.yaml that values.schema.json must reject.
 NEGATIVE_SCHEMA: list[tuple[str, list[Callable[[dict[str, Any]], None]]]] = [
     ("an unknown RPC in a caller's rpcs", [_with("auth.callers.app_backend.rpcs", ["DeleteCard"])]),
+    ("an unknown lifecycle family", [_with("config.programs.default.lifecycle", "modern")]),
+    ("a lifecycle check interval that is no duration",
+     [_with("config.enroll.lifecycle_check_interval", "daily")]),
     ("a caller without identity", [_without("auth.callers.app_backend.identity")]),
     ("an unknown auth.identity", [_with("auth.identity", "mtls")]),
     ("an unknown key under tls", [_with("tls.cert", "tls.crt")]),
@@ -982,8 +993,8 @@ def check_auth(docs: list[tuple[str, dict[str, Any]]], merged: dict[str, Any]) -
     for name, c in callers.items():
         if not set(c.get("rpcs", [])) <= RPCS or not c.get("rpcs"):
             problems.append(f"auth.callers.{name}.rpcs = {c.get('rpcs')}")
-        if "EnrollCard" in c.get("rpcs", []) and not c.get("programs"):
-            problems.append(f"auth.callers.{name} may call EnrollCard with no programs")
+        if set(c.get("rpcs", [])) - {"NotificationIngest"} and not c.get("programs"):
+            problems.append(f"auth.callers.{name} may call {c.get('rpcs')} with no programs")
     identity = settings.get("auth.identity") or ("certificate" if "grpc.tls.client_ca_file" in settings else "none")
     if identity != expected_identity(merged):
         problems.append(f"the service would identify callers by {identity}, want {expected_identity(merged)}")

@@ -1,14 +1,20 @@
-//! The use cases: enroll a card, read its status, take in notifications, watch a card. The app
-//! knows nothing of tonic or reqwest: it speaks domain types, the store port and the Mastercard
-//! clients.
+//! The use cases: enroll a card, read its status, take in notifications, watch a card, and
+//! after the enrollment remove it, read and change the cardholder's Click to Pay profile, opt
+//! the cardholder out and back in. The app knows nothing of tonic or reqwest: it speaks domain
+//! types, the store port and the Mastercard ports.
 
 mod canonical;
 mod enroll;
 mod error;
 mod fingerprint;
+mod lifecycle;
+mod lifecycle_check;
 mod notifications;
+mod opt_out;
 pub mod ports;
+mod profile;
 mod reconcile;
+mod remove;
 mod status;
 mod watch;
 
@@ -16,7 +22,9 @@ pub use enroll::{ConsumerInput, EnrollCommand, Enrolled};
 pub use error::{AppError, ErrorParts, FieldViolation, Reason, Step};
 pub use fingerprint::FingerprintKey;
 pub use notifications::IngestOutcome;
+pub use opt_out::OptedOut;
 pub use reconcile::ReconcileReport;
+pub use remove::{CardRemoved, RemoveCommand};
 pub use status::Source;
 
 use ports::EnrollmentStore;
@@ -32,8 +40,11 @@ pub struct AppSettings {
     pub not_enrolled_ttl: Duration,
     /// Idempotency lease.
     pub lease: Duration,
-    /// The key of the idempotency fingerprints.
+    /// The key of the idempotency fingerprints (and of the consumer references).
     pub fingerprint_key: FingerprintKey,
+    /// How often the reconciler asks Click to Pay whether it still holds an ENROLLED card;
+    /// `None`: never (only `GetEnrollmentStatus` with `refresh` asks).
+    pub lifecycle_check_interval: Option<Duration>,
 }
 
 /// The application: the store and the Mastercard clients.

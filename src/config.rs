@@ -10,6 +10,10 @@ mod validate_api;
 mod validate_security;
 
 pub use crate::domain::DEFAULT_PROGRAM;
+
+/// The simulator's second program in sandbox mode: the same Click to Pay program as `default`,
+/// its cards managed through the Credential Directory instead of the legacy APIs.
+pub const SANDBOX_DIRECTORY_PROGRAM: &str = "directory";
 pub use crate::grpc::policy::{AuthSettings, CallerPolicy, IdentitySource, Rpc};
 pub use crate::mastercard::settings::{
     ApiCredentials, ApiSettings, KeyFile, MastercardSettings, PayloadEncryptionFiles,
@@ -174,6 +178,9 @@ pub struct EnrollSettings {
     /// `enroll.reconcile_after`: how long an enrollment stays IN_PROGRESS before the
     /// reconciler finishes it from the token list.
     pub reconcile_after: Duration,
+    /// `enroll.lifecycle_check_interval`: how often the reconciler asks Click to Pay whether it
+    /// still holds each ENROLLED card; `None` ("off"): never.
+    pub lifecycle_check_interval: Option<Duration>,
 }
 
 /// `metrics.*`: the Prometheus listener.

@@ -171,8 +171,9 @@ identity = "certificate"
 
 [auth.callers.app_backend]
 identity = {app:?}
-rpcs = ["EnrollCard", "GetEnrollmentStatus", "WatchEnrollment"]
-programs = ["default"]
+rpcs = ["EnrollCard", "GetEnrollmentStatus", "WatchEnrollment", "RemoveCard",
+  "GetClickToPayProfile", "UpdateConsumer", "UpdateBillingAddress", "OptOut", "WithdrawOptOut"]
+programs = ["default", "directory"]
 
 [auth.callers.notification_gateway]
 identity = {gateway:?}

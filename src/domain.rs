@@ -6,6 +6,7 @@ pub const DEFAULT_PROGRAM: &str = "default";
 
 mod enrollment;
 mod idempotency;
+mod lifecycle;
 mod notification;
 
 pub use enrollment::{
@@ -14,6 +15,7 @@ pub use enrollment::{
     next_revision, now_ms,
 };
 pub use idempotency::{Begin, IdempotencyRecord, Phase, StoredOutcome};
+pub use lifecycle::{OptOut, Removal, RemovalReason, card_subject, consumer_subject, follow_token};
 pub use notification::{
     CLICK_TO_PAY_TOKEN_REQUESTOR_ID, CLICK_TO_PAY_WALLET_NAME, Merge, TokenEvent, TokenEventKind,
     merge,

@@ -9,6 +9,7 @@ pub mod envelope;
 #[cfg(test)]
 mod field_rules;
 mod ingest;
+mod lifecycle;
 pub mod policy;
 /// The error vocabulary: the proto's ErrorReason, the README's table and the code (a test).
 #[cfg(test)]

@@ -119,7 +119,7 @@ fn describe() {
 
 /// The reasons of `c2p_reconciled_total`, the outcomes of a Redis error: their series exist
 /// from the start at 0, so that the first increment is seen by `rate()` and alerts on them.
-const RECONCILE_RESULTS: [&str; 3] = ["enrolled", "failed", "error"];
+const RECONCILE_RESULTS: [&str; 4] = ["enrolled", "failed", "removed", "error"];
 const REDIS_ERROR_KINDS: [&str; 3] = ["timeout", "connection", "command"];
 
 /// Registers at 0 the series that alerts watch before they first move (a counter that appears

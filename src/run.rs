@@ -220,6 +220,24 @@ fn service_env(sandbox: &Sandbox, dir: &Path, payload_encryption: bool) -> Strin
             "C2P_PROGRAMS__DEFAULT__ENROLL_ENCRYPTION_CERTIFICATE_FILE={}",
             path(files::ENROLL_ENCRYPTION_CERT)
         ),
+        // The same program, its cards managed through the simulator's Credential Directory.
+        format!(
+            "C2P_PROGRAMS__DIRECTORY__SRC_CLIENT_ID={}",
+            keys.program.src_client_id
+        ),
+        format!(
+            "C2P_PROGRAMS__DIRECTORY__SERVICE_ID={}",
+            keys.program.service_id
+        ),
+        format!(
+            "C2P_PROGRAMS__DIRECTORY__ENROLL_ENCRYPTION_CERTIFICATE_FILE={}",
+            path(files::ENROLL_ENCRYPTION_CERT)
+        ),
+        "C2P_PROGRAMS__DIRECTORY__LIFECYCLE=credential_directory".to_owned(),
+        format!(
+            "C2P_PROGRAMS__DIRECTORY__DIRECTORY_ID={}",
+            crate::sandbox::DIRECTORY_ID
+        ),
     ];
     if payload_encryption {
         lines.push("C2P_MASTERCARD__PROCESSING__PAYLOAD_ENCRYPTION__ENABLED=true".into());

@@ -1,5 +1,6 @@
-//! A Mastercard simulator: Processing Digital and the Click to Pay Enroll API under Mastercard's
-//! paths, a CMS, tokenization with TAR/TCN notifications, gateway checks and fault injection.
+//! A Mastercard simulator: Processing Digital, the Click to Pay Enroll API and Click to Pay's
+//! lifecycle APIs (both families) under Mastercard's paths, a CMS, tokenization with TAR/TCN
+//! notifications, profiles whose deletes deactivate tokens, gateway checks and fault injection.
 //! It is what sandbox mode, the tests and the benchmarks talk to. It is not Mastercard: what it
 //! assumes of Mastercard, and which of it is confirmed, is in `docs/mastercard.md`.
 
@@ -8,8 +9,10 @@ mod enroll_api;
 pub mod faults;
 mod gateway;
 pub mod keys;
+mod lifecycle_api;
 mod notifier;
 mod processing_api;
+pub mod profiles;
 pub mod requests;
 mod server;
 mod state;
@@ -17,7 +20,7 @@ mod tokens;
 
 use crate::mastercard::jwe::{JweDecryptor, JweEncryptor};
 use crate::mastercard::keys::KeyError;
-use axum::extract::{Path, Request, State as AxumState};
+pub(crate) use axum::extract::{Path, Request, State as AxumState};
 use axum::http::Method;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -34,8 +37,22 @@ use tokio_util::sync::CancellationToken;
 
 /// Processing Digital's base path.
 pub const PROCESSING_PATH: &str = "/global-processing/digital";
-/// The Enroll API's base path.
+/// The Enroll API's base path (the lifecycle APIs of both families hang off it too).
 pub const ENROLL_PATH: &str = "/src/api/digital/payments";
+/// The simulator's Credential Directory (`directoryId`).
+pub const DIRECTORY_ID: &str = "c2p-sandbox-directory";
+
+/// How a card leaves Click to Pay behind the service's back ([`Sandbox::delete_card_in_click_to_pay`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardDeletion {
+    /// Its token is deactivated and the TokenStatusChanged (DEACTIVATED) goes out.
+    Notified,
+    /// Its token is deactivated in the token lists; no notification reaches the service.
+    Unnotified,
+    /// Only the profile forgets it: the token stays as it was (what only a look-up of the card
+    /// in Click to Pay notices).
+    TokenKept,
+}
 
 /// How to run the simulator.
 pub struct SandboxConfig {
@@ -143,6 +160,7 @@ impl Sandbox {
             response_encryptor,
             card_decryptor,
             registry: Mutex::new(tokens::Registry::default()),
+            profiles: Mutex::new(profiles::Profiles::default()),
             faults: Mutex::new(config.faults),
             log,
             notifier,
@@ -250,6 +268,26 @@ impl Sandbox {
         self.log().deliveries.clone()
     }
 
+    /// Deletes the card from its Click to Pay profile as if it had been removed at Click to Pay
+    /// (by the cardholder, or by Mastercard), as `how` says. Whether the card was there.
+    pub async fn delete_card_in_click_to_pay(
+        &self,
+        card_contract_id: i64,
+        how: CardDeletion,
+    ) -> bool {
+        lifecycle_api::delete_card_of(&self.state, card_contract_id, how).await
+    }
+
+    /// The profiles Click to Pay holds now (tests).
+    pub fn profiles(&self) -> Vec<profiles::SimProfile> {
+        self.state
+            .profiles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .all()
+            .to_vec()
+    }
+
     /// Changes a token's status in the token lists (lifecycle tests).
     pub fn set_token_status(&self, token_unique_reference: &str, status: &str) -> bool {
         self.state
@@ -260,7 +298,7 @@ impl Sandbox {
     }
 }
 
-async fn incoming(request: Request) -> Incoming {
+pub(crate) async fn incoming(request: Request) -> Incoming {
     let (parts, body) = request.into_parts();
     let conn = parts
         .extensions
@@ -305,6 +343,7 @@ fn router(state: Arc<State>) -> axum::Router {
                 enroll_api::enroll(s, incoming(r).await).await
             }),
         )
+        .merge(lifecycle_api::routes())
         .fallback(|method: Method| async move { not_found(method) })
         .with_state(state)
 }
@@ -325,6 +364,7 @@ impl Sandbox {
     ) -> Result<crate::mastercard::setup::Upstream, crate::mastercard::setup::SetupError> {
         use crate::mastercard::error::Api;
         use crate::mastercard::http::PayloadEncryption;
+        use crate::mastercard::settings::LifecycleFamily;
         use crate::mastercard::setup::{Endpoint, SetupError, Upstream, build_client};
         let keys = &self.state.keys;
         let setup = |e: String| SetupError::Missing(e);
@@ -373,11 +413,26 @@ impl Sandbox {
             enroll_certificate: keys.enroll_encryption_certificate.clone(),
             privacy_uri: crate::config::DEFAULT_PRIVACY_URI.into(),
             terms_uri: crate::config::DEFAULT_TERMS_URI.into(),
+            lifecycle: LifecycleFamily::Legacy,
+        };
+        // The same Click to Pay program, its cards managed through the Credential Directory.
+        let directory = crate::mastercard::setup::Program {
+            lifecycle: LifecycleFamily::CredentialDirectory {
+                directory_id: DIRECTORY_ID.into(),
+            },
+            ..program.clone()
         };
         Ok(Upstream {
             processing: crate::mastercard::processing::ProcessingClient::new(processing),
             enroll: crate::mastercard::enroll::EnrollClient::new(enroll),
-            programs: [(crate::config::DEFAULT_PROGRAM.to_owned(), program)].into(),
+            programs: [
+                (crate::config::DEFAULT_PROGRAM.to_owned(), program),
+                (
+                    crate::config::SANDBOX_DIRECTORY_PROGRAM.to_owned(),
+                    directory,
+                ),
+            ]
+            .into(),
         })
     }
 }

@@ -245,6 +245,7 @@ pub async fn start(
             not_enrolled_ttl: settings.store.not_enrolled_ttl,
             lease: settings.enroll.lease,
             fingerprint_key,
+            lifecycle_check_interval: settings.enroll.lifecycle_check_interval,
         },
     ));
     tokio::spawn(app.clone().reconcile_forever(

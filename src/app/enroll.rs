@@ -62,10 +62,10 @@ impl EnrollCommand {
 
 /// One running call: the idempotency record it owns, shared with its lease heartbeat. Every
 /// save happens under the lock, so a heartbeat can never write back an older phase.
-struct Attempt<'a> {
-    app: &'a App,
-    scope: String,
-    record: std::sync::Arc<tokio::sync::Mutex<IdempotencyRecord>>,
+pub(super) struct Attempt<'a> {
+    pub(super) app: &'a App,
+    pub(super) scope: String,
+    pub(super) record: std::sync::Arc<tokio::sync::Mutex<IdempotencyRecord>>,
 }
 
 impl Attempt<'_> {
@@ -102,7 +102,7 @@ impl Attempt<'_> {
     /// second save of the finished record, lease 0) rather than held until its lease runs out:
     /// the error is transient, and a retry then replays the answer or, if this save failed too
     /// and the lease ran out, resumes and finds the enrollment by its srcCorrelationId.
-    async fn finish_or_release(&self, outcome: StoredOutcome) -> Result<(), AppError> {
+    pub(super) async fn finish_or_release(&self, outcome: StoredOutcome) -> Result<(), AppError> {
         let finished = self.finish(outcome).await;
         if finished.is_err() {
             self.release().await;
@@ -111,7 +111,7 @@ impl Attempt<'_> {
     }
 
     /// Gives the key back without an answer: the next call with it resumes from the phase reached.
-    async fn release(&self) {
+    pub(super) async fn release(&self) {
         let mut record = self.record.lock().await;
         record.lease_until_ms = 0;
         if let Err(e) = save(self.app, &self.scope, &record).await {
@@ -131,7 +131,7 @@ async fn save(app: &App, scope: &str, record: &IdempotencyRecord) -> Result<(), 
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(super) struct AbortOnDrop(pub(super) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -139,7 +139,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn lease_ms(app: &App) -> i64 {
+pub(super) fn lease_ms(app: &App) -> i64 {
     i64::try_from(app.settings.lease.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -212,6 +212,26 @@ impl App {
             scope,
             record: std::sync::Arc::new(tokio::sync::Mutex::new(record)),
         };
+        // A cardholder who opted out is not enrolled. Checked on every new or resumed call and
+        // never stored as the key's answer: once the opt-out is withdrawn, the key works.
+        let consumer_ref =
+            super::fingerprint::consumer_ref(&self.settings.fingerprint_key, &cmd.consumer)
+                .map_err(AppError::Internal);
+        let opted_out = match &consumer_ref {
+            Ok(reference) => self.opted_out(card, reference).await,
+            Err(e) => Err(e.clone()),
+        };
+        match opted_out {
+            Ok(None) => {}
+            Ok(Some(since_ms)) => {
+                attempt.release().await;
+                return Err(AppError::ConsumerOptedOut { card, since_ms });
+            }
+            Err(e) => {
+                attempt.release().await;
+                return Err(e);
+            }
+        }
         // One enrollment of a card at a time, whatever its key: two keys must not send two
         // POST /cards with different srcCorrelationIds.
         let locked = match self
@@ -287,7 +307,7 @@ impl App {
 
     /// Renews the lease while the call runs (a crashed process stops renewing it); cancels
     /// `lost` when the lease or the card lock turns out to be someone else's.
-    fn heartbeat(
+    pub(super) fn heartbeat(
         &self,
         scope: String,
         record: std::sync::Arc<tokio::sync::Mutex<IdempotencyRecord>>,
@@ -330,6 +350,11 @@ impl App {
             )));
         }
         let existing = self.store.get(cmd.card_contract_id).await?;
+        // A card whose earlier enrollment left Click to Pay: a new enrollment, whose first write
+        // does not carry the old (deactivated) token over.
+        let after_removal = existing
+            .as_ref()
+            .is_some_and(|r| r.state == EnrollmentState::Removed);
         if let Some(existing) = existing
             .as_ref()
             .filter(|r| r.state == EnrollmentState::Enrolled)
@@ -401,12 +426,25 @@ impl App {
             now,
         );
         in_progress.src_correlation_id = Some(correlation.clone());
+        // Both id sets, for either lifecycle family: the Credential Directory's are the issuer's
+        // own (the card id, the consumer reference), assigned here.
+        let consumer_ref =
+            super::fingerprint::consumer_ref(&self.settings.fingerprint_key, &cmd.consumer)
+                .map_err(AppError::Internal)?;
+        let credential_id = cmd.card_contract_id.get().to_string();
+        in_progress.external_consumer_id = Some(consumer_ref.clone());
+        in_progress.external_credential_id = Some(credential_id.clone());
+        in_progress.consumer_ref = Some(consumer_ref.clone());
         // Noted for the reconciler before the record says IN_PROGRESS: a crash between the two
         // must not leave a card it never looks at (it prunes cards that are not IN_PROGRESS).
         self.store
             .track_in_progress(cmd.card_contract_id, now)
             .await?;
-        self.write_fenced(attempt, &in_progress).await?;
+        if after_removal {
+            self.write_fresh(attempt, &in_progress).await?;
+        } else {
+            self.write_fenced(attempt, &in_progress).await?;
+        }
 
         // Recorded before sending: from here on a retry re-sends with the same srcCorrelationId.
         attempt.advance(Phase::EnrollSent).await?;
@@ -415,6 +453,7 @@ impl App {
             src_correlation_id: &correlation,
             consumer: &cmd.consumer,
             card,
+            external_ids: (consumer_ref.as_str(), credential_id.as_str()),
         };
         match self.upstream.enroll(request, deadline).await {
             Ok(enrolled) => {
@@ -424,6 +463,7 @@ impl App {
                     // The reconciler prunes it when it finds the record finished.
                     tracing::debug!(error = %e, "could not drop the card from the IN_PROGRESS index");
                 }
+                self.track_enrolled(cmd.card_contract_id).await;
                 Ok(stored)
             }
             Err(e) => {
@@ -467,6 +507,28 @@ impl App {
                     retry_after: Duration::from_secs(1),
                 })
             }
+        }
+    }
+}
+
+impl App {
+    /// [`App::write_fenced`] of the first record of a new enrollment after a removal: the old
+    /// token is not kept.
+    async fn write_fresh(
+        &self,
+        attempt: &Attempt<'_>,
+        record: &EnrollmentRecord,
+    ) -> Result<EnrollmentRecord, AppError> {
+        let owner = attempt.record.lock().await.owner.clone();
+        match self
+            .store
+            .put_fresh_enrollment_fenced(record, self.settings.enrollment_ttl, &owner)
+            .await?
+        {
+            Some(stored) => Ok(stored),
+            None => Err(AppError::RequestInFlight {
+                retry_after: Duration::from_secs(1),
+            }),
         }
     }
 }

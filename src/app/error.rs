@@ -2,7 +2,7 @@
 //! retry advice) so that a failure can be stored and replayed byte for byte.
 
 use super::ports::UpstreamContext;
-use crate::domain::{CardContractId, EnrollmentRecord, StoredOutcome};
+use crate::domain::{CardContractId, EnrollmentRecord, EnrollmentState, StoredOutcome};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -24,6 +24,8 @@ pub enum Step {
     Enroll,
     /// The token lists.
     Tokens,
+    /// A lifecycle call to Click to Pay (remove, profile, updates, opt-out).
+    Lifecycle,
 }
 
 impl Step {
@@ -33,6 +35,7 @@ impl Step {
             Step::Search => "search",
             Step::Enroll => "enroll",
             Step::Tokens => "tokens",
+            Step::Lifecycle => "lifecycle",
         }
     }
 }
@@ -100,6 +103,27 @@ pub enum AppError {
     DeadlineExceeded(Step),
     /// The store is unreachable.
     StoreUnavailable(String),
+    /// The cardholder opted out of Click to Pay.
+    ConsumerOptedOut {
+        /// The card.
+        card: CardContractId,
+        /// When the opt-out was recorded, Unix ms.
+        since_ms: i64,
+    },
+    /// The card has no Click to Pay enrollment to act on.
+    CardNotEnrolled {
+        /// The card.
+        card: CardContractId,
+        /// Its record's state (`None`: no record).
+        state: Option<EnrollmentState>,
+    },
+    /// Click to Pay no longer holds the card or its profile.
+    NotInClickToPay {
+        /// The card.
+        card: CardContractId,
+        /// The call that found it gone.
+        upstream: UpstreamContext,
+    },
     /// A stored failure, replayed as it was.
     Replayed(StoredOutcome),
     /// A bug.
@@ -139,11 +163,17 @@ pub enum Reason {
     EnrollmentNotConfirmed,
     /// A bug.
     Internal,
+    /// The cardholder opted out.
+    ConsumerOptedOut,
+    /// No Click to Pay enrollment to act on.
+    CardNotEnrolled,
+    /// Click to Pay no longer holds the card or its profile.
+    NotInClickToPay,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 17] = [
         Reason::InvalidRequest,
         Reason::IdempotencyKeyReused,
         Reason::RequestInProgress,
@@ -158,6 +188,9 @@ impl Reason {
         Reason::StoreUnavailable,
         Reason::EnrollmentNotConfirmed,
         Reason::Internal,
+        Reason::ConsumerOptedOut,
+        Reason::CardNotEnrolled,
+        Reason::NotInClickToPay,
     ];
 
     /// The `ErrorInfo.reason` string (the `ErrorReason` value's name).
@@ -177,6 +210,9 @@ impl Reason {
             Reason::StoreUnavailable => "STORE_UNAVAILABLE",
             Reason::EnrollmentNotConfirmed => "ENROLLMENT_NOT_CONFIRMED",
             Reason::Internal => "INTERNAL",
+            Reason::ConsumerOptedOut => "CONSUMER_OPTED_OUT",
+            Reason::CardNotEnrolled => "CARD_NOT_ENROLLED",
+            Reason::NotInClickToPay => "NOT_IN_CLICK_TO_PAY",
         }
     }
 
@@ -235,6 +271,28 @@ fn upstream_metadata(step: Option<Step>, e: &UpstreamContext) -> BTreeMap<String
         m.insert("mastercardCorrelationId".into(), id.clone());
     }
     m
+}
+
+/// A state's name as the contract writes it (without the enum's prefix).
+fn state_name(state: EnrollmentState) -> &'static str {
+    match state {
+        EnrollmentState::NotEnrolled => "NOT_ENROLLED",
+        EnrollmentState::InProgress => "IN_PROGRESS",
+        EnrollmentState::Enrolled => "ENROLLED",
+        EnrollmentState::Failed => "FAILED",
+        EnrollmentState::TokenizedElsewhere => "TOKENIZED_ELSEWHERE",
+        EnrollmentState::Removed => "REMOVED",
+    }
+}
+
+/// Unix ms as RFC 3339 UTC with milliseconds, e.g. `2026-11-27T11:21:52.364Z`.
+fn rfc3339(ms: i64) -> String {
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    at.format(&format).unwrap_or_default()
 }
 
 fn card_metadata(card: CardContractId) -> BTreeMap<String, String> {
@@ -364,6 +422,42 @@ impl AppError {
                 ..plain(
                     Reason::StoreUnavailable,
                     format!("the enrollment store is unavailable: {why}"),
+                )
+            },
+            AppError::ConsumerOptedOut { card, since_ms } => {
+                let mut metadata = card_metadata(*card);
+                metadata.insert("optOutTime".into(), rfc3339(*since_ms));
+                ErrorParts {
+                    metadata,
+                    ..plain(
+                        Reason::ConsumerOptedOut,
+                        "the cardholder opted out of Click to Pay; EnrollCard is refused until the opt-out is withdrawn".into(),
+                    )
+                }
+            }
+            AppError::CardNotEnrolled { card, state } => {
+                let mut metadata = card_metadata(*card);
+                let state = state.map_or("NONE", state_name);
+                metadata.insert("state".into(), state.into());
+                ErrorParts {
+                    metadata,
+                    ..plain(
+                        Reason::CardNotEnrolled,
+                        format!(
+                            "the card has no Click to Pay enrollment to act on (state {state})"
+                        ),
+                    )
+                }
+            }
+            AppError::NotInClickToPay { card, upstream } => ErrorParts {
+                metadata: {
+                    let mut m = upstream_metadata(Some(Step::Lifecycle), upstream);
+                    m.extend(card_metadata(*card));
+                    m
+                },
+                ..plain(
+                    Reason::NotInClickToPay,
+                    "Click to Pay no longer holds the card or its consumer profile".into(),
                 )
             },
             AppError::Replayed(StoredOutcome::Failure {

@@ -50,6 +50,23 @@ impl FingerprintKey {
     }
 }
 
+/// The consumer reference of a consumer: the keyed hash (HMAC-SHA256, hex) of the identity
+/// Click to Pay files the profile under, the e-mail address (trimmed, lower case) or, without
+/// one, the mobile number (country code and number). The same cardholder gives the same
+/// reference on every card; nothing of the identity can be read back from it. It is the
+/// Credential Directory `externalConsumerId` the service assigns and an opt-out subject.
+pub fn consumer_ref(
+    key: &FingerprintKey,
+    consumer: &super::ConsumerInput,
+) -> Result<String, String> {
+    let identity = match (&consumer.email, &consumer.mobile) {
+        (Some(email), _) => format!("email:{}", email.trim().to_lowercase()),
+        (None, Some((cc, number))) => format!("mobile:{cc}:{number}"),
+        (None, None) => return Err("a consumer without e-mail address or mobile number".into()),
+    };
+    key.fingerprint(format!("c2p-consumer-v1|{identity}").as_bytes())
+}
+
 fn hmac_sha256(key: &[u8], data: &[u8]) -> Result<Vec<u8>, openssl::error::ErrorStack> {
     let key = openssl::pkey::PKey::hmac(key)?;
     let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key)?;
@@ -69,6 +86,38 @@ mod tests {
             hex::encode(mac),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn a_consumer_ref_names_the_identity_click_to_pay_files_the_profile_under() {
+        let key = FingerprintKey::from_bytes(vec![3; 32]).unwrap();
+        let consumer =
+            |email: Option<&str>, mobile: Option<(&str, &str)>| super::super::ConsumerInput {
+                email: email.map(str::to_owned),
+                mobile: mobile.map(|(c, n)| (c.to_owned(), n.to_owned())),
+                first_name: None,
+                last_name: None,
+                country_code: "US".into(),
+                language_code: "en".into(),
+            };
+        let jane = consumer_ref(&key, &consumer(Some("Jane@Example.com"), None)).unwrap();
+        // The e-mail address decides (case aside), whatever the mobile number.
+        assert_eq!(
+            jane,
+            consumer_ref(
+                &key,
+                &consumer(Some("jane@example.com"), Some(("1", "555")))
+            )
+            .unwrap()
+        );
+        let mobile = consumer_ref(&key, &consumer(None, Some(("1", "5551234567")))).unwrap();
+        assert_ne!(jane, mobile);
+        assert_ne!(
+            mobile,
+            consumer_ref(&key, &consumer(None, Some(("15", "551234567")))).unwrap()
+        );
+        assert!(!jane.contains("jane") && jane.len() == 64);
+        assert!(consumer_ref(&key, &consumer(None, None)).is_err());
     }
 
     #[test]

@@ -20,6 +20,10 @@ pub struct ReconcileReport {
     pub pending: usize,
     /// No longer IN_PROGRESS (finished meanwhile): dropped from the index.
     pub pruned: usize,
+    /// ENROLLED cards looked up in Click to Pay (`enroll.lifecycle_check_interval`).
+    pub lifecycle_checked: usize,
+    /// Of those, cards Click to Pay no longer holds: now REMOVED (`NOT_IN_CLICK_TO_PAY`).
+    pub removed: usize,
 }
 
 impl App {
@@ -69,7 +73,50 @@ impl App {
             };
             crate::metrics::reconciled(name);
         }
+        self.check_enrolled(limit, &mut report).await?;
         Ok(report)
+    }
+
+    /// The ENROLLED cards due for a look-up in Click to Pay (`lifecycle_check_interval` after
+    /// their enrollment or last look-up): one Click to Pay no longer holds is REMOVED; the others
+    /// are due again an interval later, also after a failed look-up.
+    async fn check_enrolled(
+        &self,
+        limit: usize,
+        report: &mut ReconcileReport,
+    ) -> Result<(), AppError> {
+        if self.settings.lifecycle_check_interval.is_none() {
+            return Ok(());
+        }
+        for card in self.store.enrolled_due(now_ms(), limit).await? {
+            let Some(record) = self
+                .store
+                .get(card)
+                .await?
+                .filter(|r| r.state == EnrollmentState::Enrolled)
+            else {
+                self.untrack_enrolled(card).await;
+                continue;
+            };
+            report.lifecycle_checked += 1;
+            let deadline = tokio::time::Instant::now() + self.settings.lease / 2;
+            match self.check_held(&record, Some(deadline)).await {
+                Ok(super::lifecycle_check::Checked::Removed(_)) => {
+                    report.removed += 1;
+                    tracing::info!(
+                        card = card.get(),
+                        "reconciler: Click to Pay no longer holds the card; REMOVED"
+                    );
+                    crate::metrics::reconciled("removed");
+                }
+                Ok(_) => self.track_enrolled(card).await,
+                Err(e) => {
+                    tracing::warn!(card = card.get(), reason = %e.parts().reason, "reconciler: could not look the card up in Click to Pay; due again later");
+                    self.track_enrolled(card).await;
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn reconcile_card(&self, card: CardContractId) -> Result<Outcome, AppError> {

@@ -20,14 +20,29 @@ pub enum Source {
 }
 
 impl App {
-    /// Runs `GetEnrollmentStatus`.
+    /// Runs `GetEnrollmentStatus`. With `refresh`, an ENROLLED card is also looked up in Click
+    /// to Pay, and one it no longer holds is REMOVED; that look-up is an extra: when it cannot be
+    /// made (Click to Pay unavailable, the card busy), the token list's answer stands.
     pub async fn status(
         &self,
         card: CardContractId,
         refresh: bool,
         deadline: Option<Instant>,
     ) -> Result<(EnrollmentRecord, Source), AppError> {
-        self.status_as(card, refresh, deadline, None).await
+        let (record, source) = self.status_as(card, refresh, deadline, None).await?;
+        if !refresh || record.state != EnrollmentState::Enrolled {
+            return Ok((record, source));
+        }
+        match self.check_held(&record, deadline).await {
+            Ok(super::lifecycle_check::Checked::Removed(removed)) => {
+                Ok((removed, Source::Upstream))
+            }
+            Ok(_) => Ok((record, source)),
+            Err(e) => {
+                tracing::warn!(reason = %e.parts().reason, "refresh: could not ask Click to Pay whether it holds the card; the token list's answer stands");
+                Ok((record, source))
+            }
+        }
     }
 
     /// [`App::status`] for a caller that already holds the card lock as `lock_owner` (a
@@ -93,10 +108,15 @@ impl App {
         };
         // An enrolled card's record is only corrected in its token, by the same atomic merge
         // as a notification: a full rewrite could undo a concurrent write of the enrollment.
+        // A REMOVED record too: its token's news may bring it back (a removal that followed the
+        // token) or only update the token (a removal someone asked for).
         if let (Some(record), Some(status)) = (
-            cached
-                .as_ref()
-                .filter(|r| r.state == EnrollmentState::Enrolled),
+            cached.as_ref().filter(|r| {
+                matches!(
+                    r.state,
+                    EnrollmentState::Enrolled | EnrollmentState::Removed
+                )
+            }),
             token.status,
         ) {
             let tur = token.token_unique_reference.clone();
@@ -151,6 +171,9 @@ impl App {
             EnrollmentState::NotEnrolled | EnrollmentState::TokenizedElsewhere => {
                 EnrollmentState::TokenizedElsewhere
             }
+            // Not reached (a REMOVED record with a token status takes the merge above); a token
+            // without a status does not bring a removed card back.
+            EnrollmentState::Removed => EnrollmentState::Removed,
         };
         if record.state == EnrollmentState::Enrolled {
             record.failure = None;

@@ -5,4 +5,5 @@
 mod enroll;
 mod errors;
 mod fakes;
+mod lifecycle;
 mod status;

@@ -73,6 +73,8 @@ pub(super) struct RawProgram {
     pub enroll_encryption_certificate_file: Option<Scalar>,
     pub privacy_uri: Option<Scalar>,
     pub terms_uri: Option<Scalar>,
+    pub lifecycle: Option<Scalar>,
+    pub directory_id: Option<Scalar>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -209,6 +211,7 @@ pub(super) struct RawEnroll {
     pub fingerprint_key_file: Option<Scalar>,
     pub reconcile_interval: Option<Scalar>,
     pub reconcile_after: Option<Scalar>,
+    pub lifecycle_check_interval: Option<Scalar>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

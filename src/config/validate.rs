@@ -26,6 +26,7 @@ pub(super) mod defaults {
     pub const ENROLL_LEASE: &str = "15s";
     pub const ENROLL_RECONCILE_INTERVAL: &str = "30s";
     pub const ENROLL_RECONCILE_AFTER: &str = "2m";
+    pub const ENROLL_LIFECYCLE_CHECK_INTERVAL: &str = "24h";
     pub const HEALTH_CHECK_INTERVAL: &str = "1s";
     pub const HEALTH_CHECK_TIMEOUT: &str = "1s";
     pub const SHUTDOWN_GRACE_PERIOD: &str = "10s";
@@ -139,6 +140,15 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
             &raw.enroll.reconcile_after,
             defaults::ENROLL_RECONCILE_AFTER,
         ),
+        // "off": the reconciler never asks; only GetEnrollmentStatus with refresh does.
+        lifecycle_check_interval: match Checker::optional(&raw.enroll.lifecycle_check_interval) {
+            Some(text) if text.eq_ignore_ascii_case("off") => None,
+            _ => Some(c.duration(
+                "enroll.lifecycle_check_interval",
+                &raw.enroll.lifecycle_check_interval,
+                defaults::ENROLL_LIFECYCLE_CHECK_INTERVAL,
+            )),
+        },
     };
     // A running attempt renews its lease; finishing its card before the lease could run out
     // would race it (the card lock keeps it out, but the answer would then be the reconciler's).

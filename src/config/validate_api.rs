@@ -11,6 +11,7 @@ use crate::mastercard::breaker::BreakerConfig;
 use crate::mastercard::http::HttpPolicy;
 use crate::mastercard::keys::is_pkcs12;
 use crate::mastercard::oauth1::SignatureMethod;
+use crate::mastercard::settings::LifecycleFamily;
 use std::collections::BTreeMap;
 
 /// Defaults of every API's tuning, one place for the README table.
@@ -318,6 +319,38 @@ pub(super) fn validate_programs(
         };
         let privacy_uri = uri("privacy_uri", &p.privacy_uri, DEFAULT_PRIVACY_URI);
         let terms_uri = uri("terms_uri", &p.terms_uri, DEFAULT_TERMS_URI);
+        let directory_id = Checker::optional(&p.directory_id);
+        let lifecycle = match Checker::text(&p.lifecycle, "legacy").as_str() {
+            "legacy" => {
+                if directory_id.is_some() {
+                    c.problem(
+                        &key("directory_id"),
+                        "only with lifecycle = \"credential_directory\"",
+                    );
+                }
+                LifecycleFamily::Legacy
+            }
+            "credential_directory" => match directory_id {
+                Some(directory_id) => LifecycleFamily::CredentialDirectory { directory_id },
+                None => {
+                    c.problem(
+                        &key("directory_id"),
+                        "required with lifecycle = \"credential_directory\" (the issuer's directory from onboarding)",
+                    );
+                    LifecycleFamily::Legacy
+                }
+            },
+            other => {
+                c.problem(
+                    &key("lifecycle"),
+                    format!(
+                        "{:?} is not a lifecycle family; use \"legacy\" or \"credential_directory\"",
+                        crate::text::excerpt(other)
+                    ),
+                );
+                LifecycleFamily::Legacy
+            }
+        };
         if c.problems.len() > before {
             continue;
         }
@@ -342,6 +375,7 @@ pub(super) fn validate_programs(
                     enroll_encryption_certificate_file: certificate,
                     privacy_uri,
                     terms_uri,
+                    lifecycle,
                 },
             );
         }

@@ -319,8 +319,9 @@ fn validate_callers(
                 None => c.problem(
                     &key("rpcs"),
                     format!(
-                        "{:?} is not an RPC; use EnrollCard, GetEnrollmentStatus, WatchEnrollment or NotificationIngest",
-                        super::super::text::excerpt(text)
+                        "{:?} is not an RPC; use {}",
+                        super::super::text::excerpt(text),
+                        Rpc::ALL.map(Rpc::name).join(", ")
                     ),
                 ),
             }
@@ -333,17 +334,11 @@ fn validate_callers(
             Some(list) => Some(list.iter().cloned().collect::<BTreeSet<_>>()),
             None => Some(BTreeSet::new()),
         };
-        let uses_programs = [
-            Rpc::EnrollCard,
-            Rpc::GetEnrollmentStatus,
-            Rpc::WatchEnrollment,
-        ]
-        .iter()
-        .any(|r| rpcs.contains(r));
+        let uses_programs = rpcs.iter().any(|r| r.uses_programs());
         if uses_programs && programs.as_ref().is_some_and(BTreeSet::is_empty) {
             c.problem(
                 &key("programs"),
-                "required with EnrollCard, GetEnrollmentStatus or WatchEnrollment: the programs whose cards it may enroll and see (\"*\" for any)",
+                "required with every RPC but NotificationIngest: the programs whose cards it may enroll, see and change (\"*\" for any)",
             );
         }
         callers.insert(
@@ -359,7 +354,7 @@ fn validate_callers(
 }
 
 /// Every program a caller names must exist: a typo would otherwise refuse everything silently.
-/// In sandbox mode the simulator's one program is `default`.
+/// In sandbox mode the simulator's programs are `default` and `directory`.
 pub(super) fn check_caller_programs(
     c: &mut Checker,
     auth: &AuthSettings,
@@ -369,7 +364,9 @@ pub(super) fn check_caller_programs(
     for (name, caller) in &auth.callers {
         for program in caller.programs.iter().flatten() {
             let known = match mode {
-                Mode::Sandbox => program == super::DEFAULT_PROGRAM,
+                Mode::Sandbox => {
+                    program == super::DEFAULT_PROGRAM || program == super::SANDBOX_DIRECTORY_PROGRAM
+                }
                 Mode::Mastercard => programs.contains_key(program),
             };
             if !known {

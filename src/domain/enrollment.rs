@@ -72,6 +72,8 @@ pub enum EnrollmentState {
     /// Not enrolled through this service, but Click to Pay has a token for the card (or a
     /// tokenization was attempted): a notification or the token list named one.
     TokenizedElsewhere,
+    /// Enrolled, and left Click to Pay since; the record's `removal` says why and when.
+    Removed,
 }
 
 /// A token's lifecycle status (MDES statuses).
@@ -241,6 +243,26 @@ pub struct EnrollmentRecord {
     /// record never stored.
     #[serde(default)]
     pub revision: i64,
+    /// Why and when the card left Click to Pay, when `state` is `Removed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removal: Option<super::Removal>,
+    /// The Credential Directory's `externalConsumerId` the service assigned (a keyed hash of the
+    /// consumer identity at enrollment); also an opt-out subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_consumer_id: Option<String>,
+    /// The Credential Directory's `externalCredentialId` the service assigned (the card id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_credential_id: Option<String>,
+    /// The keyed hash of the consumer identity the profile holds now (changed by
+    /// UpdateConsumer); an opt-out subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_ref: Option<String>,
+    /// When UpdateConsumer last changed the profile, Unix milliseconds (the replica's clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_update_time_ms: Option<i64>,
+    /// When UpdateBillingAddress last changed the card, Unix milliseconds (the replica's clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing_address_update_time_ms: Option<i64>,
 }
 
 impl EnrollmentRecord {
@@ -284,6 +306,12 @@ impl EnrollmentRecord {
             create_time_ms: now_ms,
             update_time_ms: now_ms,
             revision: 0,
+            removal: None,
+            external_consumer_id: None,
+            external_credential_id: None,
+            consumer_ref: None,
+            consumer_update_time_ms: None,
+            billing_address_update_time_ms: None,
         }
     }
 

@@ -112,8 +112,11 @@ pub enum Merge {
 /// Merges `event` into `existing`: the token by [`merge_tokens`] (a join: any order of arrival
 /// gives the same token). A notification for a card with no record, or one recorded
 /// NOT_ENROLLED, shows a Click to Pay token this service did not enroll: the record is then
-/// TOKENIZED_ELSEWHERE. Other states are the enrollment flow's and stay. The Lua twin is
+/// TOKENIZED_ELSEWHERE. An ENROLLED record follows its token ([`follow_token`]: DEACTIVATED
+/// makes it REMOVED). Other states are the enrollment flow's and stay. The Lua twin is
 /// `apply_notification` in `store/scripts.rs`.
+///
+/// [`follow_token`]: super::follow_token
 pub fn merge(existing: Option<&EnrollmentRecord>, event: &TokenEvent) -> Merge {
     let incoming = event.as_token();
     let Some(existing) = existing else {
@@ -137,5 +140,8 @@ pub fn merge(existing: Option<&EnrollmentRecord>, event: &TokenEvent) -> Merge {
     if record.state == EnrollmentState::NotEnrolled {
         record.state = EnrollmentState::TokenizedElsewhere;
     }
+    // An enrolled card whose token is deactivated has left Click to Pay (and comes back only
+    // when a later write of its token says otherwise): a function of the merged token.
+    super::lifecycle::follow_token(&mut record);
     Merge::Applied(record)
 }

@@ -1,10 +1,11 @@
 //! proto ⇄ domain: request validation (every bad field named at once) and the `Enrollment`
 //! message.
 
-use crate::app::{ConsumerInput, EnrollCommand, FieldViolation, Source};
+use crate::app::ports::ClickToPayProfile;
+use crate::app::{ConsumerInput, EnrollCommand, FieldViolation, RemoveCommand, Source};
 use crate::domain::{
-    CardContractId, EnrollmentRecord, EnrollmentState, STORE_INTEGER_LIMIT, TokenEvent,
-    TokenEventKind, TokenStatus, TokenizationDecision,
+    CardContractId, EnrollmentRecord, EnrollmentState, RemovalReason, STORE_INTEGER_LIMIT,
+    TokenEvent, TokenEventKind, TokenStatus, TokenizationDecision,
 };
 use crate::proto::v1 as pb;
 
@@ -85,6 +86,99 @@ fn is_email(s: &str) -> bool {
     }
 }
 
+/// An idempotency key: 1 to 255 characters without control characters.
+fn idempotency_key(v: &mut Violations, key: &str) {
+    let len = key.chars().count();
+    if len == 0 || len > MAX_TEXT || crate::text::has_control(key) {
+        v.add(
+            "idempotency_key",
+            "required, 1 to 255 characters without control characters",
+        );
+    }
+}
+
+/// Validates a `RemoveCardRequest`.
+pub fn remove_command(
+    req: pb::RemoveCardRequest,
+    caller: String,
+) -> Result<RemoveCommand, Vec<FieldViolation>> {
+    let mut v = Violations::default();
+    idempotency_key(&mut v, &req.idempotency_key);
+    let card = CardContractId::new(req.card_contract_id);
+    if card.is_none() {
+        v.add("card_contract_id", "required, from 1 to 99999999999999");
+    }
+    use pb::RemovalReason as R;
+    let reason = match R::try_from(req.reason) {
+        Ok(R::CardClosed) => Some(RemovalReason::CardClosed),
+        Ok(R::CardReplaced) => Some(RemovalReason::CardReplaced),
+        Ok(R::Fraud) => Some(RemovalReason::Fraud),
+        Ok(R::CardholderRequest) => Some(RemovalReason::CardholderRequest),
+        Ok(R::Other) => Some(RemovalReason::Other),
+        Ok(R::Unspecified | R::TokenDeactivated | R::ConsumerOptedOut | R::NotInClickToPay)
+        | Err(_) => None,
+    };
+    if reason.is_none() {
+        v.add(
+            "reason",
+            "required: CARD_CLOSED, CARD_REPLACED, FRAUD, CARDHOLDER_REQUEST or OTHER",
+        );
+    }
+    match (v.0.is_empty(), card, reason) {
+        (true, Some(card_contract_id), Some(reason)) => Ok(RemoveCommand {
+            caller,
+            idempotency_key: req.idempotency_key,
+            card_contract_id,
+            reason,
+        }),
+        _ => Err(v.0),
+    }
+}
+
+/// Validates an `UpdateConsumerRequest`.
+pub fn update_consumer_request(
+    req: pb::UpdateConsumerRequest,
+) -> Result<(CardContractId, ConsumerInput), Vec<FieldViolation>> {
+    let mut v = Violations::default();
+    let card = CardContractId::new(req.card_contract_id);
+    if card.is_none() {
+        v.add("card_contract_id", "required, from 1 to 99999999999999");
+    }
+    let consumer = match req.consumer {
+        None => {
+            v.add("consumer", "required");
+            None
+        }
+        Some(c) => Some(consumer(&mut v, c)),
+    };
+    match (v.0.is_empty(), card, consumer) {
+        (true, Some(card), Some(consumer)) => Ok((card, consumer)),
+        _ => Err(v.0),
+    }
+}
+
+/// Validates an `UpdateBillingAddressRequest`.
+pub fn update_billing_address_request(
+    req: pb::UpdateBillingAddressRequest,
+) -> Result<(CardContractId, crate::app::ports::Address), Vec<FieldViolation>> {
+    let mut v = Violations::default();
+    let card = CardContractId::new(req.card_contract_id);
+    if card.is_none() {
+        v.add("card_contract_id", "required, from 1 to 99999999999999");
+    }
+    let billing_address = match req.billing_address {
+        None => {
+            v.add("billing_address", "required");
+            None
+        }
+        Some(a) => Some(address(&mut v, a)),
+    };
+    match (v.0.is_empty(), card, billing_address) {
+        (true, Some(card), Some(address)) => Ok((card, address)),
+        _ => Err(v.0),
+    }
+}
+
 /// Validates an `EnrollCardRequest`; `has_program` says which program names are configured.
 pub fn enroll_command(
     req: pb::EnrollCardRequest,
@@ -92,13 +186,7 @@ pub fn enroll_command(
     has_program: impl Fn(&str) -> bool,
 ) -> Result<EnrollCommand, Vec<FieldViolation>> {
     let mut v = Violations::default();
-    let key_len = req.idempotency_key.chars().count();
-    if key_len == 0 || key_len > MAX_TEXT || crate::text::has_control(&req.idempotency_key) {
-        v.add(
-            "idempotency_key",
-            "required, 1 to 255 characters without control characters",
-        );
-    }
+    idempotency_key(&mut v, &req.idempotency_key);
     let card = CardContractId::new(req.card_contract_id);
     if card.is_none() {
         v.add("card_contract_id", "required, from 1 to 99999999999999");
@@ -533,6 +621,7 @@ pub fn into_enrollment(r: EnrollmentRecord, source: Source) -> pb::Enrollment {
         EnrollmentState::Enrolled => pb::EnrollmentState::Enrolled,
         EnrollmentState::Failed => pb::EnrollmentState::Failed,
         EnrollmentState::TokenizedElsewhere => pb::EnrollmentState::TokenizedElsewhere,
+        EnrollmentState::Removed => pb::EnrollmentState::Removed,
     };
     pb::Enrollment {
         card_contract_id: r.card_contract_id.get(),
@@ -584,6 +673,66 @@ pub fn into_enrollment(r: EnrollmentRecord, source: Source) -> pb::Enrollment {
             Source::Store => pb::EnrollmentSource::Store,
             Source::Upstream => pb::EnrollmentSource::Upstream,
         } as i32,
+        removal: r.removal.map(|removal| pb::Removal {
+            reason: removal_reason(removal.reason) as i32,
+            remove_time: Some(timestamp(removal.time_ms)),
+        }),
+        consumer_update_time: r.consumer_update_time_ms.map(timestamp),
+        billing_address_update_time: r.billing_address_update_time_ms.map(timestamp),
+        external_consumer_id: r.external_consumer_id.unwrap_or_default(),
+        external_credential_id: r.external_credential_id.unwrap_or_default(),
+    }
+}
+
+/// The contract's value of a removal reason.
+pub fn removal_reason(reason: RemovalReason) -> pb::RemovalReason {
+    match reason {
+        RemovalReason::CardClosed => pb::RemovalReason::CardClosed,
+        RemovalReason::CardReplaced => pb::RemovalReason::CardReplaced,
+        RemovalReason::Fraud => pb::RemovalReason::Fraud,
+        RemovalReason::CardholderRequest => pb::RemovalReason::CardholderRequest,
+        RemovalReason::Other => pb::RemovalReason::Other,
+        RemovalReason::TokenDeactivated => pb::RemovalReason::TokenDeactivated,
+        RemovalReason::ConsumerOptedOut => pb::RemovalReason::ConsumerOptedOut,
+        RemovalReason::NotInClickToPay => pb::RemovalReason::NotInClickToPay,
+    }
+}
+
+/// The `ClickToPayProfile` message of a profile.
+pub fn profile(p: ClickToPayProfile) -> pb::ClickToPayProfile {
+    pb::ClickToPayProfile {
+        src_consumer_id: p.src_consumer_id.unwrap_or_default(),
+        external_consumer_id: p.external_consumer_id.unwrap_or_default(),
+        masked_email: p.masked_email.unwrap_or_default(),
+        masked_mobile_number: p.masked_mobile_number.unwrap_or_default(),
+        masked_full_name: p.masked_full_name.unwrap_or_default(),
+        country_code: p.country_code.unwrap_or_default(),
+        language_code: p.language_code.unwrap_or_default(),
+        status: p.status.unwrap_or_default(),
+        cards: p
+            .cards
+            .into_iter()
+            .map(|c| pb::ProfileCard {
+                src_digital_card_id: c.src_digital_card_id.unwrap_or_default(),
+                external_credential_id: c.external_credential_id.unwrap_or_default(),
+                card_contract_id: c.card.map_or(0, CardContractId::get),
+                masked_card: c.masked_card.map(|m| pb::MaskedCard {
+                    pan_last_four: m.pan_last_four,
+                    pan_expiration_month: m.pan_expiration_month,
+                    pan_expiration_year: m.pan_expiration_year,
+                    payment_card_descriptor: m.payment_card_descriptor.unwrap_or_default(),
+                    payment_card_type: m.payment_card_type.unwrap_or_default(),
+                    digital_card_status: m.digital_card_status.unwrap_or_default(),
+                }),
+                masked_billing_address: c.masked_billing_address.map(|a| pb::MaskedAddress {
+                    line1: a.line1.unwrap_or_default(),
+                    city: a.city.unwrap_or_default(),
+                    state: a.state.unwrap_or_default(),
+                    zip: a.zip.unwrap_or_default(),
+                    country_code: a.country_code.unwrap_or_default(),
+                }),
+            })
+            .collect(),
     }
 }
 

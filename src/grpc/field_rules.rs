@@ -601,6 +601,39 @@ fn server_verdict(message: &DynamicMessage) -> BTreeSet<String> {
                 .map(fields)
                 .unwrap_or_default()
         }
+        "RemoveCardRequest" => {
+            let req = pb::RemoveCardRequest::decode(bytes.as_slice()).expect("decode");
+            convert::remove_command(req, "caller".into())
+                .err()
+                .map(fields)
+                .unwrap_or_default()
+        }
+        "GetClickToPayProfileRequest" => {
+            let req = pb::GetClickToPayProfileRequest::decode(bytes.as_slice()).expect("decode");
+            card_verdict(req.card_contract_id)
+        }
+        "OptOutRequest" => {
+            let req = pb::OptOutRequest::decode(bytes.as_slice()).expect("decode");
+            card_verdict(req.card_contract_id)
+        }
+        "WithdrawOptOutRequest" => {
+            let req = pb::WithdrawOptOutRequest::decode(bytes.as_slice()).expect("decode");
+            card_verdict(req.card_contract_id)
+        }
+        "UpdateConsumerRequest" => {
+            let req = pb::UpdateConsumerRequest::decode(bytes.as_slice()).expect("decode");
+            convert::update_consumer_request(req)
+                .err()
+                .map(fields)
+                .unwrap_or_default()
+        }
+        "UpdateBillingAddressRequest" => {
+            let req = pb::UpdateBillingAddressRequest::decode(bytes.as_slice()).expect("decode");
+            convert::update_billing_address_request(req)
+                .err()
+                .map(fields)
+                .unwrap_or_default()
+        }
         "NotificationIngestRequest" => {
             let req = pb::NotificationIngestRequest::decode(bytes.as_slice()).expect("decode");
             match convert::token_event(&req, ANY_TIME) {
@@ -614,6 +647,14 @@ fn server_verdict(message: &DynamicMessage) -> BTreeSet<String> {
         }
         other => panic!("no server validation known for {other}"),
     }
+}
+
+/// The fields the server names for a request of a card id only.
+fn card_verdict(id: i64) -> BTreeSet<String> {
+    convert::card_id(id)
+        .err()
+        .map(|v| v.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
 }
 
 /// Valid requests of every RPC (message name, encoding): each field of each is probed in turn.
@@ -680,7 +721,90 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
         )
     };
     let (tur, trid, wallet) = ("DM4MMC0000000001", "50123197928", "MDES for Merchants");
+    let address = |full: bool| pb::Address {
+        line1: if full {
+            "1 Main St".into()
+        } else {
+            String::new()
+        },
+        line2: if full { "Apt 2".into() } else { String::new() },
+        line3: if full {
+            "c/o Smith".into()
+        } else {
+            String::new()
+        },
+        city: if full {
+            "Springfield".into()
+        } else {
+            String::new()
+        },
+        state: if full { "IL".into() } else { String::new() },
+        zip: if full { "62701".into() } else { String::new() },
+        country_code: "US".into(),
+    };
     vec![
+        (
+            "RemoveCardRequest",
+            pb::RemoveCardRequest {
+                idempotency_key: "key-1".into(),
+                card_contract_id: 70001,
+                reason: pb::RemovalReason::CardClosed as i32,
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "GetClickToPayProfileRequest",
+            pb::GetClickToPayProfileRequest {
+                card_contract_id: 70001,
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "UpdateConsumerRequest",
+            pb::UpdateConsumerRequest {
+                card_contract_id: 70001,
+                consumer: Some(consumer("jane.doe@example.com", true)),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "UpdateConsumerRequest",
+            pb::UpdateConsumerRequest {
+                card_contract_id: 70001,
+                consumer: Some(consumer("", true)),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "UpdateBillingAddressRequest",
+            pb::UpdateBillingAddressRequest {
+                card_contract_id: 70001,
+                billing_address: Some(address(true)),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "UpdateBillingAddressRequest",
+            pb::UpdateBillingAddressRequest {
+                card_contract_id: 70001,
+                billing_address: Some(address(false)),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "OptOutRequest",
+            pb::OptOutRequest {
+                card_contract_id: 70001,
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "WithdrawOptOutRequest",
+            pb::WithdrawOptOutRequest {
+                card_contract_id: 70001,
+            }
+            .encode_to_vec(),
+        ),
         enroll("jane.doe@example.com", true, true),
         enroll("jane.doe@example.com", false, false),
         enroll("", true, false),

@@ -23,15 +23,33 @@ pub enum Rpc {
     WatchEnrollment,
     /// `NotificationIngest`.
     NotificationIngest,
+    /// `RemoveCard`.
+    RemoveCard,
+    /// `GetClickToPayProfile`.
+    GetClickToPayProfile,
+    /// `UpdateConsumer`.
+    UpdateConsumer,
+    /// `UpdateBillingAddress`.
+    UpdateBillingAddress,
+    /// `OptOut`.
+    OptOut,
+    /// `WithdrawOptOut`.
+    WithdrawOptOut,
 }
 
 impl Rpc {
     /// Every RPC, in the order of the contract.
-    pub const ALL: [Rpc; 4] = [
+    pub const ALL: [Rpc; 10] = [
         Rpc::EnrollCard,
         Rpc::GetEnrollmentStatus,
         Rpc::WatchEnrollment,
         Rpc::NotificationIngest,
+        Rpc::RemoveCard,
+        Rpc::GetClickToPayProfile,
+        Rpc::UpdateConsumer,
+        Rpc::UpdateBillingAddress,
+        Rpc::OptOut,
+        Rpc::WithdrawOptOut,
     ];
 
     /// The method name, as in the proto.
@@ -41,7 +59,18 @@ impl Rpc {
             Rpc::GetEnrollmentStatus => "GetEnrollmentStatus",
             Rpc::WatchEnrollment => "WatchEnrollment",
             Rpc::NotificationIngest => "NotificationIngest",
+            Rpc::RemoveCard => "RemoveCard",
+            Rpc::GetClickToPayProfile => "GetClickToPayProfile",
+            Rpc::UpdateConsumer => "UpdateConsumer",
+            Rpc::UpdateBillingAddress => "UpdateBillingAddress",
+            Rpc::OptOut => "OptOut",
+            Rpc::WithdrawOptOut => "WithdrawOptOut",
         }
+    }
+
+    /// Whether the RPC acts on a card of a program, so that the caller's `programs` apply.
+    pub fn uses_programs(self) -> bool {
+        !matches!(self, Rpc::NotificationIngest)
     }
 
     /// The RPC of a method name.
@@ -57,7 +86,7 @@ pub struct CallerPolicy {
     pub identity: String,
     /// `rpcs`: the RPCs it may call.
     pub rpcs: std::collections::BTreeSet<Rpc>,
-    /// `programs`: the programs it may enroll under; `None` = any (`"*"`).
+    /// `programs`: the programs whose cards it may enroll, see and change; `None` = any (`"*"`).
     pub programs: Option<std::collections::BTreeSet<String>>,
 }
 

@@ -156,9 +156,12 @@ fn variant(e: &AppError) -> usize {
         AppError::StoreUnavailable(_) => 11,
         AppError::Replayed(_) => 12,
         AppError::Internal(_) => 13,
+        AppError::ConsumerOptedOut { .. } => 14,
+        AppError::CardNotEnrolled { .. } => 15,
+        AppError::NotInClickToPay { .. } => 16,
     }
 }
-const VARIANTS: usize = 14;
+const VARIANTS: usize = 17;
 
 fn sample_app_errors() -> Vec<AppError> {
     let card = CardContractId::new(70001).unwrap();
@@ -203,6 +206,19 @@ fn sample_app_errors() -> Vec<AppError> {
         AppError::Replayed(declined.to_stored()),
         AppError::Replayed(StoredOutcome::Success { enrollment: record }),
         AppError::Internal("bug".into()),
+        AppError::ConsumerOptedOut {
+            card,
+            since_ms: 1_800_000_000_000,
+        },
+        AppError::CardNotEnrolled {
+            card,
+            state: Some(EnrollmentState::Failed),
+        },
+        AppError::CardNotEnrolled { card, state: None },
+        AppError::NotInClickToPay {
+            card,
+            upstream: upstream(),
+        },
         declined,
     ];
     let covered: BTreeSet<usize> = samples.iter().map(variant).collect();

@@ -8,9 +8,13 @@ use super::{convert, deadline, status, trace};
 use crate::app::{App, AppError, Source};
 use crate::metrics;
 use crate::proto::v1::{
-    EnrollCardRequest, EnrollCardResponse, GetEnrollmentStatusRequest, GetEnrollmentStatusResponse,
-    NotificationIngestRequest, NotificationIngestResponse, WatchEnrollmentRequest,
-    WatchEnrollmentResponse, enrollment_service_server::EnrollmentService,
+    EnrollCardRequest, EnrollCardResponse, GetClickToPayProfileRequest,
+    GetClickToPayProfileResponse, GetEnrollmentStatusRequest, GetEnrollmentStatusResponse,
+    NotificationIngestRequest, NotificationIngestResponse, OptOutRequest, OptOutResponse,
+    RemoveCardRequest, RemoveCardResponse, UpdateBillingAddressRequest,
+    UpdateBillingAddressResponse, UpdateConsumerRequest, UpdateConsumerResponse,
+    WatchEnrollmentRequest, WatchEnrollmentResponse, WithdrawOptOutRequest, WithdrawOptOutResponse,
+    enrollment_service_server::EnrollmentService,
 };
 use futures::StreamExt as _;
 use std::pin::Pin;
@@ -27,10 +31,10 @@ pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send
 /// The service; cheap to clone.
 #[derive(Clone)]
 pub struct EnrollmentApi {
-    app: Arc<App>,
+    pub(super) app: Arc<App>,
     drain: CancellationToken,
     streams: StreamLimits,
-    default_deadline: std::time::Duration,
+    pub(super) default_deadline: std::time::Duration,
     event_time_bounds: convert::EventTimeBounds,
     watch_heartbeat: std::time::Duration,
 }
@@ -61,7 +65,7 @@ impl EnrollmentApi {
 
 /// The caller named by the auth layer. Every route of the service sits behind that layer, so
 /// a request without one was not checked and is refused.
-fn caller<T>(request: &Request<T>, rpc: Rpc) -> Result<Caller, Status> {
+pub(super) fn caller<T>(request: &Request<T>, rpc: Rpc) -> Result<Caller, Status> {
     request
         .extensions()
         .get::<Caller>()
@@ -70,6 +74,23 @@ fn caller<T>(request: &Request<T>, rpc: Rpc) -> Result<Caller, Status> {
             Denied::Unauthenticated.record(rpc, None);
             Denied::Unauthenticated.status(rpc)
         })
+}
+
+/// A unary call with its status recorded on the RPC span and counted.
+async fn unary<T>(
+    rpc: Rpc,
+    call: impl std::future::Future<Output = Result<Response<T>, Status>>,
+) -> Result<Response<T>, Status> {
+    let started = Instant::now();
+    let result = call.await;
+    trace::record_status(&result);
+    metrics::rpc(
+        rpc.name(),
+        trace::code_name(trace::code_of(&result)),
+        trace::reason_of(&result),
+        started,
+    );
+    result
 }
 
 #[tonic::async_trait]
@@ -106,6 +127,52 @@ impl EnrollmentService for EnrollmentApi {
             started,
         );
         result
+    }
+
+    async fn remove_card(
+        &self,
+        request: Request<RemoveCardRequest>,
+    ) -> Result<Response<RemoveCardResponse>, Status> {
+        unary(Rpc::RemoveCard, self.remove_card_inner(request)).await
+    }
+
+    async fn get_click_to_pay_profile(
+        &self,
+        request: Request<GetClickToPayProfileRequest>,
+    ) -> Result<Response<GetClickToPayProfileResponse>, Status> {
+        unary(Rpc::GetClickToPayProfile, self.profile_inner(request)).await
+    }
+
+    async fn update_consumer(
+        &self,
+        request: Request<UpdateConsumerRequest>,
+    ) -> Result<Response<UpdateConsumerResponse>, Status> {
+        unary(Rpc::UpdateConsumer, self.update_consumer_inner(request)).await
+    }
+
+    async fn update_billing_address(
+        &self,
+        request: Request<UpdateBillingAddressRequest>,
+    ) -> Result<Response<UpdateBillingAddressResponse>, Status> {
+        unary(
+            Rpc::UpdateBillingAddress,
+            self.update_billing_address_inner(request),
+        )
+        .await
+    }
+
+    async fn opt_out(
+        &self,
+        request: Request<OptOutRequest>,
+    ) -> Result<Response<OptOutResponse>, Status> {
+        unary(Rpc::OptOut, self.opt_out_inner(request)).await
+    }
+
+    async fn withdraw_opt_out(
+        &self,
+        request: Request<WithdrawOptOutRequest>,
+    ) -> Result<Response<WithdrawOptOutResponse>, Status> {
+        unary(Rpc::WithdrawOptOut, self.withdraw_opt_out_inner(request)).await
     }
 
     type NotificationIngestStream = ResponseStream<NotificationIngestResponse>;

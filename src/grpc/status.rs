@@ -61,6 +61,8 @@ pub fn code_of(reason: Reason) -> tonic::Code {
         Reason::CardAlreadyEnrolled => Code::AlreadyExists,
         Reason::CardContractNotFound => Code::NotFound,
         Reason::CardNotEligible | Reason::UpstreamRejected => Code::FailedPrecondition,
+        Reason::ConsumerOptedOut | Reason::CardNotEnrolled => Code::FailedPrecondition,
+        Reason::NotInClickToPay => Code::NotFound,
         Reason::UpstreamUnavailable | Reason::StoreUnavailable => Code::Unavailable,
         Reason::UpstreamInvalidResponse | Reason::Internal => Code::Internal,
         Reason::DeadlineExceeded => Code::DeadlineExceeded,

@@ -32,9 +32,14 @@ impl EnrollClient {
         Self { http, client_id }
     }
 
-    /// The underlying HTTP client (breaker state).
+    /// The underlying HTTP client (breaker state; the lifecycle calls share it).
     pub fn http(&self) -> &ApiClient {
         &self.http
+    }
+
+    /// `x-openapi-clientid`.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
     }
 
     /// `POST /cards`. Not retried once it may have reached Mastercard: the enrollment flow

@@ -218,10 +218,23 @@ struct ProcessingWrapper {
     errors: ProcessingErrors,
 }
 
+/// `Errors` as Processing and most Mastercard pages print it (`{"Error": [...]}` or one
+/// object), or as the issuer-enrollment "Error Handling" page prints it (an array of
+/// `{"Error": {...}}`).
 #[derive(Deserialize)]
-struct ProcessingErrors {
+#[serde(untagged)]
+enum ProcessingErrors {
+    Wrapped {
+        #[serde(rename = "Error")]
+        error: OneOrMany<ProcessingError>,
+    },
+    Listed(Vec<ListedError>),
+}
+
+#[derive(Deserialize)]
+struct ListedError {
     #[serde(rename = "Error")]
-    error: OneOrMany<ProcessingError>,
+    error: ProcessingError,
 }
 
 #[derive(Deserialize)]
@@ -241,12 +254,27 @@ struct ProcessingError {
     recoverable: Option<bool>,
 }
 
+/// The Enroll API's and SRC's application errors: `status` is the category (`INVALID_STATE`)
+/// in the spec's example, the HTTP status (`400`, `404`) on the "Code and Formats" page and in
+/// SRC answers, where `reason` is then the category (`NOT_FOUND`); some APIs name it
+/// `errorCode`.
 #[derive(Deserialize)]
 struct EnrollErrorBody {
-    status: Option<String>,
+    status: Option<StatusField>,
     reason: Option<String>,
+    #[serde(alias = "ErrorCode")]
+    #[serde(rename = "errorCode")]
+    error_code: Option<String>,
     #[serde(alias = "errordetail", alias = "errorDetails")]
     details: Option<Vec<EnrollErrorDetail>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StatusField {
+    Text(String),
+    // The HTTP status: its type alone tells the shapes apart; its value is the answer's own.
+    Number(#[allow(dead_code)] serde_json::Number),
 }
 
 #[derive(Deserialize)]
@@ -258,9 +286,14 @@ struct EnrollErrorDetail {
 /// Mastercard's reason from an error body of either shape; empty when it is neither.
 pub fn parse_error_body(body: &[u8]) -> UpstreamReason {
     if let Ok(w) = serde_json::from_slice::<ProcessingWrapper>(body) {
-        let first = match w.errors.error {
-            OneOrMany::Many(v) => v.into_iter().next(),
-            OneOrMany::One(e) => Some(e),
+        let first = match w.errors {
+            ProcessingErrors::Wrapped {
+                error: OneOrMany::Many(v),
+            } => v.into_iter().next(),
+            ProcessingErrors::Wrapped {
+                error: OneOrMany::One(e),
+            } => Some(e),
+            ProcessingErrors::Listed(v) => v.into_iter().next().map(|l| l.error),
         };
         if let Some(e) = first {
             return UpstreamReason {
@@ -273,11 +306,11 @@ pub fn parse_error_body(body: &[u8]) -> UpstreamReason {
     }
     if let Ok(e) = serde_json::from_slice::<EnrollErrorBody>(body) {
         let first = e.details.and_then(|d| d.into_iter().next());
-        // Shape one: status = INVALID_ARGUMENT with details[].reason; shape two may also (or
-        // only) carry a top-level reason.
-        let (code, top_reason) = match (e.status, e.reason) {
-            (Some(status), reason) => (Some(status), reason),
-            (None, reason) => (reason, None),
+        // A text `status` is the category, with the top-level reason as a detail; a numeric
+        // one is the HTTP status, and the category is `reason` (or `errorCode`).
+        let (code, top_reason) = match (e.status, e.reason, e.error_code) {
+            (Some(StatusField::Text(status)), reason, code) => (Some(status), reason.or(code)),
+            (Some(StatusField::Number(_)) | None, reason, code) => (reason.or(code), None),
         };
         let (detail, source) = match first {
             Some(d) => (d.reason.or(top_reason), d.source),
@@ -324,6 +357,30 @@ mod tests {
         assert_eq!(r.code.as_deref(), Some("INVALID_STATE"));
         assert_eq!(r.detail.as_deref(), Some("INVALID_VALUE"));
         assert_eq!(r.source.as_deref(), Some("serviceId"));
+    }
+
+    #[test]
+    fn the_error_handling_pages_errors_array_and_numeric_statuses_parse_too() {
+        // The issuer-enrollment "Error Handling" page: `Errors` is an array of `{"Error": {}}`.
+        let listed = br#"{"Errors":[{"Error":{"Source":"Gateway","ReasonCode":"INVALID_CLIENT_ID","Description":"d","Recoverable":false,"Details":null}}]}"#;
+        let r = parse_error_body(listed);
+        assert_eq!(r.code.as_deref(), Some("INVALID_CLIENT_ID"));
+        assert_eq!(r.source.as_deref(), Some("Gateway"));
+        // The "Code and Formats" page and SRC: `status` is the HTTP status, `reason` the
+        // category, the first detail's reason the detail.
+        let coded = br#"{"status":400,"reason":"INVALID_ARGUMENT","message":"m","errordetail":[{"reason":"CANNOT_BE_NULL","sourceType":"BODY","source":"srcClientId","message":"x"}]}"#;
+        let r = parse_error_body(coded);
+        assert_eq!(r.code.as_deref(), Some("INVALID_ARGUMENT"));
+        assert_eq!(r.detail.as_deref(), Some("CANNOT_BE_NULL"));
+        assert_eq!(r.source.as_deref(), Some("srcClientId"));
+        // A card already deleted, as a third-party SRC client saw it.
+        let gone = br#"{"status":404,"reason":"NOT_FOUND","message":"Card not found"}"#;
+        assert_eq!(parse_error_body(gone).code.as_deref(), Some("NOT_FOUND"));
+        let error_code = br#"{"status":404,"errorCode":"NOT_FOUND"}"#;
+        assert_eq!(
+            parse_error_body(error_code).code.as_deref(),
+            Some("NOT_FOUND")
+        );
     }
 
     #[test]

@@ -31,6 +31,8 @@ enum Call {
     Processing,
     /// The Enroll API's `POST /cards`: a 400 `INVALID_STATE` on `encryptedCard` is a decline.
     Enroll,
+    /// A lifecycle call (`mastercard::lifecycle`): its 404s were taken apart before.
+    Lifecycle,
 }
 
 /// The app's failure of an error of Processing (searches, token lists).
@@ -43,14 +45,25 @@ pub fn enroll_failure(e: UpstreamError) -> UpstreamFailure {
     translate(e, Call::Enroll)
 }
 
-/// The app's failure of a Mastercard error; every kind is placed explicitly.
-fn translate(e: UpstreamError, call: Call) -> UpstreamFailure {
-    let context = UpstreamContext {
+/// The app's failure of an error of a lifecycle call.
+pub fn lifecycle_failure(e: UpstreamError) -> UpstreamFailure {
+    translate(e, Call::Lifecycle)
+}
+
+/// What the app is told of a Mastercard call: codes, correlation id, a description without
+/// bodies.
+pub fn context_of(e: &UpstreamError) -> UpstreamContext {
+    UpstreamContext {
         api: e.api.name(),
         reason_code: e.reason_code().map(str::to_owned),
         correlation_id: e.correlation.best().map(str::to_owned),
         description: e.to_string(),
-    };
+    }
+}
+
+/// The app's failure of a Mastercard error; every kind is placed explicitly.
+fn translate(e: UpstreamError, call: Call) -> UpstreamFailure {
+    let context = context_of(&e);
     let unavailable = |retry_after: Duration, context| UpstreamFailure::Unavailable {
         retry_after,
         context,
@@ -101,7 +114,7 @@ fn translate(e: UpstreamError, call: Call) -> UpstreamFailure {
 
 impl Upstream {
     /// The program of that name ("" = the default).
-    fn program(&self, name: &str) -> Result<&Program, UpstreamFailure> {
+    pub(super) fn program(&self, name: &str) -> Result<&Program, UpstreamFailure> {
         let name = if name.is_empty() {
             DEFAULT_PROGRAM
         } else {
@@ -156,13 +169,39 @@ impl CardSearch for Upstream {
     }
 }
 
-fn enroll_request(program: &Program, request: &EnrollmentRequest<'_>) -> EnrollCardRequest {
-    let c = request.consumer;
+/// The Enroll API's consumer object of a consumer (also the legacy profile update's).
+pub fn consumer_of(c: &crate::app::ConsumerInput) -> Consumer {
     let (identity_type, identity_value) = match (&c.email, &c.mobile) {
         (Some(email), _) => ("EMAIL_ADDRESS", email.clone()),
         (None, Some((cc, number))) => ("MOBILE_PHONE_NUMBER", format!("{cc}{number}")),
         (None, None) => ("EMAIL_ADDRESS", String::new()),
     };
+    Consumer {
+        consumer_identity: ConsumerIdentity {
+            identity_type: identity_type.into(),
+            identity_value,
+        },
+        mobile_number: c.mobile.as_ref().map(|(cc, n)| MobileNumber {
+            country_code: cc.clone(),
+            phone_number: n.clone(),
+        }),
+        country_code: c.country_code.clone(),
+        language_code: c.language_code.clone(),
+        first_name: c.first_name.clone(),
+        last_name: c.last_name.clone(),
+    }
+}
+
+fn enroll_request(program: &Program, request: &EnrollmentRequest<'_>) -> EnrollCardRequest {
+    // The Credential Directory's ids go only to a program it manages (an assumption of
+    // docs/lifecycle.md); a legacy program's request is the Enroll API's as documented.
+    let directory_id = match &program.lifecycle {
+        super::settings::LifecycleFamily::CredentialDirectory { directory_id } => {
+            Some(directory_id.clone())
+        }
+        super::settings::LifecycleFamily::Legacy => None,
+    };
+    let (external_consumer_id, external_credential_id) = request.external_ids;
     EnrollCardRequest {
         src_client_id: program.src_client_id.clone(),
         service_id: program.service_id.clone(),
@@ -171,20 +210,7 @@ fn enroll_request(program: &Program, request: &EnrollmentRequest<'_>) -> EnrollC
             request.card.expose().to_owned(),
         ),
         card_source: "ISSUER",
-        consumer: Consumer {
-            consumer_identity: ConsumerIdentity {
-                identity_type: identity_type.into(),
-                identity_value,
-            },
-            mobile_number: c.mobile.as_ref().map(|(cc, n)| MobileNumber {
-                country_code: cc.clone(),
-                phone_number: n.clone(),
-            }),
-            country_code: c.country_code.clone(),
-            language_code: c.language_code.clone(),
-            first_name: c.first_name.clone(),
-            last_name: c.last_name.clone(),
-        },
+        consumer: consumer_of(request.consumer),
         compliance_settings: ComplianceSettings {
             privacy: ComplianceResource {
                 latest_version_uri: program.privacy_uri.clone(),
@@ -193,6 +219,13 @@ fn enroll_request(program: &Program, request: &EnrollmentRequest<'_>) -> EnrollC
                 latest_version_uri: program.terms_uri.clone(),
             },
         },
+        external_consumer_id: directory_id
+            .as_ref()
+            .map(|_| external_consumer_id.to_owned()),
+        external_credential_id: directory_id
+            .as_ref()
+            .map(|_| external_credential_id.to_owned()),
+        directory_id,
     }
 }
 
@@ -267,5 +300,38 @@ impl TokenList for Upstream {
 impl Mastercard for Upstream {
     fn has_program(&self, name: &str) -> bool {
         name.is_empty() || self.programs.contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mastercard::error::{Api, Correlation, parse_error_body};
+
+    fn rejected(status: u16, body: &[u8]) -> UpstreamError {
+        UpstreamError {
+            api: Api::Enroll,
+            operation: "putCard",
+            kind: UpstreamErrorKind::Rejected {
+                status,
+                reason: parse_error_body(body),
+                retry_after: None,
+            },
+            correlation: Correlation::default(),
+            attempts: 1,
+            budget_exhausted: false,
+        }
+    }
+
+    #[test]
+    fn a_decline_reads_the_same_in_both_enroll_error_shapes() {
+        let spec = br#"{"code":400,"status":"INVALID_STATE","message":"m","details":[{"reason":"CARD_BLOCKED","source":"encryptedCard","sourceType":"BODY"}]}"#;
+        let page = br#"{"status":400,"reason":"INVALID_STATE","message":"m","errordetail":[{"reason":"CARD_BLOCKED","source":"encryptedCard","sourceType":"BODY"}]}"#;
+        for body in [&spec[..], &page[..]] {
+            match enroll_failure(rejected(400, body)) {
+                UpstreamFailure::Declined { reason, .. } => assert_eq!(reason, "CARD_BLOCKED"),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }

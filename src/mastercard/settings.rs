@@ -29,6 +29,23 @@ pub struct ProgramSettings {
     pub privacy_uri: url::Url,
     /// `terms_uri`: `complianceSettings.tnc.latestVersionUri`.
     pub terms_uri: url::Url,
+    /// `lifecycle` (+ `directory_id`): which of Click to Pay's lifecycle API families manages
+    /// the program's enrolled cards.
+    pub lifecycle: LifecycleFamily,
+}
+
+/// Which family of Click to Pay's lifecycle APIs manages a program's cards
+/// (`docs/lifecycle.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LifecycleFamily {
+    /// `legacy`: the APIs keyed by Click to Pay's ids (`srcConsumerId`, `srcDigitalCardId`).
+    Legacy,
+    /// `credential_directory`: the Credential Directory, keyed by the issuer's ids
+    /// (`externalConsumerId`, `externalCredentialId`) within the issuer's directory.
+    CredentialDirectory {
+        /// `directory_id`: the issuer's directory, from onboarding.
+        directory_id: String,
+    },
 }
 
 /// The settings of one Mastercard API.

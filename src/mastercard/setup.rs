@@ -7,7 +7,7 @@ use super::http::{ApiClient, ApiClientConfig, PayloadEncryption};
 use super::jwe::{JweDecryptor, JweEncryptor};
 use super::keys::{Certificate, KeyError, KeyProblem, SigningKey};
 use super::processing::ProcessingClient;
-use super::settings::{ApiSettings, KeyFile, MastercardSettings, ProgramSettings};
+use super::settings::{ApiSettings, KeyFile, LifecycleFamily, MastercardSettings, ProgramSettings};
 use crate::domain::DEFAULT_PROGRAM;
 use std::collections::BTreeMap;
 
@@ -57,6 +57,8 @@ pub struct Program {
     pub privacy_uri: String,
     /// `complianceSettings.tnc.latestVersionUri`.
     pub terms_uri: String,
+    /// The family of lifecycle APIs that manages its cards.
+    pub lifecycle: LifecycleFamily,
 }
 
 /// What a client needs besides its settings: where and as whom.
@@ -93,6 +95,7 @@ impl Upstream {
                         enroll_certificate: certificate,
                         privacy_uri: p.privacy_uri.to_string(),
                         terms_uri: p.terms_uri.to_string(),
+                        lifecycle: p.lifecycle.clone(),
                     },
                 );
             }

@@ -5,6 +5,7 @@
 use super::cms::CardContract;
 use super::faults::{NotificationFaults, NotificationTiming, Route};
 use super::notifier::Notification;
+use super::profiles::{SimCard, SimConsumer};
 use super::state::{Answer, Incoming, State};
 use super::tokens::{SimToken, StoredEnrollment};
 use crate::mastercard::processing::types::{
@@ -22,13 +23,18 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 /// One problem found in a request: `details[]` of the error body.
-struct Detail {
-    reason: &'static str,
-    source: &'static str,
-    message: String,
+pub(super) struct Detail {
+    pub(super) reason: &'static str,
+    pub(super) source: &'static str,
+    pub(super) message: String,
 }
 
-fn enroll_error(status: &str, details: Vec<Detail>, src_correlation_id: Option<String>) -> Answer {
+/// A 400 in the Enroll API's error shape (`code`, `status`, `message`, `details[]`).
+pub(super) fn enroll_error(
+    status: &str,
+    details: Vec<Detail>,
+    src_correlation_id: Option<String>,
+) -> Answer {
     let message = details
         .first()
         .map(|d| d.message.clone())
@@ -172,6 +178,19 @@ pub async fn enroll(state: Arc<State>, req: Incoming) -> Response {
             message: "serviceId is not registered".into(),
         });
     }
+    // The Credential Directory's ids, as the service assumes Enroll takes them: all or none,
+    // in the simulator's directory.
+    let directory = ["directoryId", "externalConsumerId", "externalCredentialId"]
+        .map(|f| str_field(&body, &[f]));
+    if directory.iter().any(Option::is_some)
+        && (directory.iter().any(Option::is_none) || directory[0] != Some(super::DIRECTORY_ID))
+    {
+        unknown.push(Detail {
+            reason: "INVALID_VALUE",
+            source: "directoryId",
+            message: "directoryId, externalConsumerId and externalCredentialId go together, in a registered directory".into(),
+        });
+    }
     if !unknown.is_empty() {
         return state.respond(
             Route::EnrollCards,
@@ -253,7 +272,12 @@ pub async fn enroll(state: Arc<State>, req: Incoming) -> Response {
         .await
 }
 
-async fn send(state: &State, mut notifications: Vec<Notification>, faults: &NotificationFaults) {
+/// Delivers `notifications` as the notification faults say (delay, reorder, duplicates).
+pub(super) async fn send(
+    state: &State,
+    mut notifications: Vec<Notification>,
+    faults: &NotificationFaults,
+) {
     if let Some(delay) = faults.delay {
         tokio::time::sleep(delay).await;
     }
@@ -269,7 +293,7 @@ async fn send(state: &State, mut notifications: Vec<Notification>, faults: &Noti
     state.notifier.deliver_all(notifications).await;
 }
 
-fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
+pub(super) fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.unix_timestamp(),
         nanos: i32::try_from(t.nanosecond()).unwrap_or(0),
@@ -345,6 +369,7 @@ fn tokenize(
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
         });
+    let tur_of_card = tur.clone();
     notifications.push(Notification {
         kind: "TCN",
         request: NotificationIngestRequest {
@@ -361,12 +386,41 @@ fn tokenize(
     });
     let identity_type = str_field(body, &["consumer", "consumerIdentity", "identityType"])
         .unwrap_or("EMAIL_ADDRESS");
+    // The card joins its consumer's profile (one per identity, or per directory id).
+    let src_digital_card_id = uuid::Uuid::new_v4().to_string();
+    let directory = match (
+        str_field(body, &["directoryId"]),
+        str_field(body, &["externalConsumerId"]),
+    ) {
+        (Some(d), Some(c)) => Some((d.to_owned(), c.to_owned())),
+        _ => None,
+    };
+    let src_consumer_id = state
+        .profiles
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .enroll(
+            SimConsumer::from_enroll(body.get("consumer").unwrap_or(&Value::Null)),
+            directory,
+            SimCard {
+                src_digital_card_id: src_digital_card_id.clone(),
+                external_credential_id: str_field(body, &["externalCredentialId"])
+                    .map(str::to_owned),
+                card_contract_id: card.card_contract_id,
+                token_unique_reference: tur_of_card.clone(),
+                last_four: card.last_four(),
+                expiry_month: card.expiry_month.clone(),
+                expiry_year: card.expiry_year.clone(),
+                card_type: card.card_type.clone(),
+                billing_address: None,
+            },
+        );
     let answer = Answer {
         status: StatusCode::OK,
         body: json!({
             "srcCorrelationId": correlation,
             "maskedCard": {
-                "srcDigitalCardId": uuid::Uuid::new_v4().to_string(),
+                "srcDigitalCardId": src_digital_card_id,
                 "panBin": &card.pan[..6.min(card.pan.len())],
                 "panLastFour": card.last_four(),
                 "panExpirationMonth": card.expiry_month,
@@ -378,7 +432,7 @@ fn tokenize(
                 "digitalCardData": { "status": "ACTIVE", "descriptorName": "Mastercard", "artUri": "https://sandbox.invalid/card-art.png" }
             },
             "maskedConsumer": {
-                "srcConsumerId": uuid::Uuid::new_v4().to_string(),
+                "srcConsumerId": src_consumer_id,
                 "maskedConsumerIdentity": { "identityType": identity_type, "maskedIdentityValue": "j***@e***.com" },
                 "status": "ACTIVE"
             }

@@ -17,6 +17,14 @@ pub enum Route {
     ClientTokens,
     /// `POST /src/api/digital/payments/cards`.
     EnrollCards,
+    /// Legacy lifecycle: `GET`, `PUT`, `DELETE /src/api/digital/payments/cards/{srcDigitalCardId}`.
+    LifecycleCards,
+    /// Legacy lifecycle: `GET`, `PUT /…/profiles/{srcConsumerId}`, `DELETE /…/profiles`.
+    LifecycleProfiles,
+    /// Credential Directory: `GET`, `PUT`, `DELETE /…/directories/{d}/consumers/{c}`.
+    DirectoryConsumers,
+    /// Credential Directory: `GET`, `PUT`, `DELETE /…/consumers/{c}/credentials/{id}`.
+    DirectoryCredentials,
 }
 
 impl Route {
@@ -27,6 +35,10 @@ impl Route {
             Route::CardTokens => "card_tokens",
             Route::ClientTokens => "client_tokens",
             Route::EnrollCards => "enroll_cards",
+            Route::LifecycleCards => "lifecycle_cards",
+            Route::LifecycleProfiles => "lifecycle_profiles",
+            Route::DirectoryConsumers => "directory_consumers",
+            Route::DirectoryCredentials => "directory_credentials",
         }
     }
 }

@@ -6,6 +6,7 @@ use super::faults::{Faults, Route, RouteFault};
 use super::gateway::{self, Gateway};
 use super::keys::SandboxKeys;
 use super::notifier::Notifier;
+use super::profiles::Profiles;
 use super::requests::{GatewayOutcome, LoggedRequest, RequestLog};
 use super::tokens::Registry;
 use crate::mastercard::jwe::{JweDecryptor, JweEncryptor, open_envelope, seal_envelope};
@@ -34,6 +35,8 @@ pub struct State {
     /// Opens `encryptedCard` (Click to Pay's private key).
     pub card_decryptor: JweDecryptor,
     pub registry: Mutex<Registry>,
+    /// Click to Pay's consumer profiles and their cards.
+    pub profiles: Mutex<Profiles>,
     pub faults: Mutex<Faults>,
     pub log: Arc<Mutex<RequestLog>>,
     pub notifier: Notifier,

@@ -38,6 +38,10 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
         self.map.remove(key)
     }
 
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.map.iter()
+    }
+
     pub(super) fn retain(&mut self, keep: impl FnMut(&K, &mut V) -> bool) {
         self.map.retain(keep);
     }

@@ -57,6 +57,19 @@ impl KeySpace {
         format!("{}in_progress", self.prefix)
     }
 
+    /// `<prefix>enrolled`: the sorted set of ENROLLED cards (score: when each is due for a check
+    /// against Click to Pay, ms), read by the reconciler.
+    pub fn enrolled(&self) -> String {
+        format!("{}enrolled", self.prefix)
+    }
+
+    /// `<prefix>optout:{<subject>}`: an opt-out kept under one subject (`card:<id>` shares the
+    /// card's hash tag; `consumer:<ref>` is a keyed hash in hex). Subjects are the service's own
+    /// text, never caller input.
+    pub fn opt_out(&self, subject: &str) -> String {
+        format!("{}optout:{{{subject}}}", self.prefix)
+    }
+
     /// `<prefix>lease:<name>`: a lease that one replica holds at a time.
     pub fn lease(&self, name: &str) -> String {
         format!("{}lease:{name}", self.prefix)
@@ -91,6 +104,10 @@ mod tests {
         );
         assert_eq!(k.changes(card), "c2p:changes:{card:70001}");
         assert_eq!(k.card_of_channel(&k.changes(card)), Some(card));
+        assert_eq!(
+            k.opt_out(&crate::domain::card_subject(card)),
+            "c2p:optout:{card:70001}"
+        );
         assert!(
             k.idempotency("caller\u{0}key{}")
                 .starts_with("c2p:idempotency:{")

@@ -4,7 +4,7 @@
 use super::bounded::Bounded;
 use super::{ChangeStream, EnrollmentStore, NotificationResult, PutMode, Retention, StoreError};
 use crate::domain::{
-    Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, Merge, TokenEvent, merge,
+    Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, Merge, OptOut, TokenEvent, merge,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +26,12 @@ struct Maps {
     idempotency: Bounded<String, (IdempotencyRecord, Instant)>,
     locks: HashMap<CardContractId, (String, Instant)>,
     in_progress: HashMap<CardContractId, i64>,
+    /// ENROLLED cards and when each is due for a check against Click to Pay (bounded like the
+    /// records: an evicted card is only no longer checked by the reconciler).
+    enrolled: Bounded<CardContractId, i64>,
+    /// Opt-outs by subject: never evicted (few, and forgetting one would enroll a cardholder
+    /// who said no).
+    opt_outs: HashMap<String, OptOut>,
 }
 
 impl Maps {
@@ -37,6 +43,8 @@ impl Maps {
             idempotency: Bounded::new(max_entries),
             locks: HashMap::new(),
             in_progress: HashMap::new(),
+            enrolled: Bounded::new(max_entries),
+            opt_outs: HashMap::new(),
         }
     }
 }
@@ -110,13 +118,14 @@ impl MemoryStore {
 
 impl MemoryStore {
     /// The write of `put_enrollment`; with `fence`, only while that owner holds the card's
-    /// (unexpired) lock, else `None`.
+    /// (unexpired) lock, else `None`; `keep_token`: merge the stored token (else replace it).
     fn put(
         &self,
         record: &EnrollmentRecord,
         mode: PutMode,
         ttl: std::time::Duration,
         fence: Option<&str>,
+        keep_token: bool,
     ) -> Result<Option<EnrollmentRecord>, StoreError> {
         super::check_record(record)?;
         let stored = {
@@ -135,7 +144,11 @@ impl MemoryStore {
             if let (PutMode::IfAbsent, Some(existing)) = (mode, &existing) {
                 return Ok(Some(existing.clone()));
             }
-            let stored = record.clone().with_token_of(existing.as_ref());
+            let stored = if keep_token {
+                record.clone().with_token_of(existing.as_ref())
+            } else {
+                record.clone()
+            };
             if let Some(existing) = existing.as_ref().filter(|e| e.same_content(&stored)) {
                 // Nothing but times would change: no write, the TTL renewed.
                 maps.records.insert(
@@ -168,7 +181,7 @@ impl EnrollmentStore for MemoryStore {
         mode: PutMode,
         ttl: std::time::Duration,
     ) -> Result<EnrollmentRecord, StoreError> {
-        self.put(record, mode, ttl, None)
+        self.put(record, mode, ttl, None, true)
             .map(|stored| stored.unwrap_or_else(|| record.clone()))
     }
 
@@ -178,7 +191,16 @@ impl EnrollmentStore for MemoryStore {
         ttl: std::time::Duration,
         lock_owner: &str,
     ) -> Result<Option<EnrollmentRecord>, StoreError> {
-        self.put(record, PutMode::Merge, ttl, Some(lock_owner))
+        self.put(record, PutMode::Merge, ttl, Some(lock_owner), true)
+    }
+
+    async fn put_fresh_enrollment_fenced(
+        &self,
+        record: &EnrollmentRecord,
+        ttl: std::time::Duration,
+        lock_owner: &str,
+    ) -> Result<Option<EnrollmentRecord>, StoreError> {
+        self.put(record, PutMode::Merge, ttl, Some(lock_owner), false)
     }
 
     async fn apply_notification(
@@ -385,6 +407,58 @@ impl EnrollmentStore for MemoryStore {
         Ok((maps.in_progress.len() as u64, before as u64))
     }
 
+    async fn track_enrolled(
+        &self,
+        card: CardContractId,
+        check_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.lock().enrolled.insert(card, check_at_ms);
+        Ok(())
+    }
+
+    async fn untrack_enrolled(&self, card: CardContractId) -> Result<(), StoreError> {
+        self.lock().enrolled.remove(&card);
+        Ok(())
+    }
+
+    async fn enrolled_due(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<CardContractId>, StoreError> {
+        let maps = self.lock();
+        let mut cards: Vec<(i64, CardContractId)> = maps
+            .enrolled
+            .iter()
+            .filter(|(_, due)| **due < before_ms)
+            .map(|(card, due)| (*due, *card))
+            .collect();
+        cards.sort();
+        Ok(cards.into_iter().take(limit).map(|(_, c)| c).collect())
+    }
+
+    async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(), StoreError> {
+        let mut maps = self.lock();
+        for subject in &opt_out.subjects {
+            maps.opt_outs.insert(subject.clone(), opt_out.clone());
+        }
+        Ok(())
+    }
+
+    async fn get_opt_out(&self, subjects: &[String]) -> Result<Option<OptOut>, StoreError> {
+        let maps = self.lock();
+        Ok(subjects.iter().find_map(|s| maps.opt_outs.get(s).cloned()))
+    }
+
+    async fn delete_opt_out(&self, subjects: &[String]) -> Result<bool, StoreError> {
+        let mut maps = self.lock();
+        let mut any = false;
+        for subject in subjects {
+            any |= maps.opt_outs.remove(subject).is_some();
+        }
+        Ok(any)
+    }
+
     async fn lead(
         &self,
         _name: &str,
@@ -466,6 +540,14 @@ mod tests {
                 .await
                 .unwrap();
         }
+        for i in 0..5_000 {
+            let card = CardContractId::new(90_000 + i).unwrap();
+            store.track_enrolled(card, i).await.unwrap();
+        }
+        // The index of ENROLLED cards too: the newest 1,000, the most overdue first.
+        let due = store.enrolled_due(i64::MAX, 10_000).await.unwrap();
+        assert_eq!(due.len(), 1_000);
+        assert_eq!(due[0], CardContractId::new(94_000).unwrap());
         let maps = store.lock();
         assert_eq!((maps.records.len(), maps.dedup.len()), (1_000, 1_000));
         assert_eq!(

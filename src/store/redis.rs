@@ -11,7 +11,9 @@ use super::{
     ChangeStream, EnrollmentStore, KeySpace, NotificationEffect, NotificationResult, PutMode,
     Retention, StoreError,
 };
-use crate::domain::{Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, TokenEvent};
+use crate::domain::{
+    Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, OptOut, TokenEvent,
+};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
@@ -299,13 +301,15 @@ impl RedisStore {
         Ok(held == 1)
     }
 
-    /// The put script; `fence` empty = no fence. `None` when fenced out.
+    /// The put script; `fence` empty = no fence; `keep_token`: merge the stored token (else
+    /// replace it). `None` when fenced out.
     async fn put(
         &self,
         record: &EnrollmentRecord,
         mode: PutMode,
         ttl: Duration,
         fence: &str,
+        keep_token: bool,
     ) -> Result<Option<EnrollmentRecord>, StoreError> {
         super::check_record(record)?;
         let json = serde_json::to_string(record).map_err(corrupt)?;
@@ -324,6 +328,7 @@ impl RedisStore {
                 PutMode::IfAbsent => "if_absent",
             })
             .arg(fence)
+            .arg(if keep_token { "keep_token" } else { "fresh" })
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -644,7 +649,7 @@ impl EnrollmentStore for RedisStore {
         mode: PutMode,
         ttl: Duration,
     ) -> Result<EnrollmentRecord, StoreError> {
-        self.put(record, mode, ttl, "")
+        self.put(record, mode, ttl, "", true)
             .await?
             .ok_or_else(|| StoreError::Corrupt("an unfenced write was fenced".into()))
     }
@@ -656,7 +661,19 @@ impl EnrollmentStore for RedisStore {
         ttl: Duration,
         lock_owner: &str,
     ) -> Result<Option<EnrollmentRecord>, StoreError> {
-        self.put(record, PutMode::Merge, ttl, lock_owner).await
+        self.put(record, PutMode::Merge, ttl, lock_owner, true)
+            .await
+    }
+
+    #[tracing::instrument(name = "redis.script", level = "debug", skip_all, fields(db.system = "redis", db.operation = "put_fresh_enrollment_fenced"))]
+    async fn put_fresh_enrollment_fenced(
+        &self,
+        record: &EnrollmentRecord,
+        ttl: Duration,
+        lock_owner: &str,
+    ) -> Result<Option<EnrollmentRecord>, StoreError> {
+        self.put(record, PutMode::Merge, ttl, lock_owner, false)
+            .await
     }
 
     #[tracing::instrument(name = "redis.script", level = "debug", skip_all, fields(db.system = "redis", db.operation = "apply_notification"))]
@@ -895,6 +912,98 @@ impl EnrollmentStore for RedisStore {
             .query_async(&mut conn)
             .await
             .map_err(unavailable)
+    }
+
+    async fn track_enrolled(
+        &self,
+        card: CardContractId,
+        check_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let _: i64 = redis::cmd("ZADD")
+            .arg(self.keys.enrolled())
+            .arg(check_at_ms)
+            .arg(card.get())
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn untrack_enrolled(&self, card: CardContractId) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let _: i64 = redis::cmd("ZREM")
+            .arg(self.keys.enrolled())
+            .arg(card.get())
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn enrolled_due(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<CardContractId>, StoreError> {
+        let mut conn = self.connection().await?;
+        let ids: Vec<i64> = redis::cmd("ZRANGE")
+            .arg(self.keys.enrolled())
+            .arg("-inf")
+            .arg(format!("({before_ms}"))
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(ids.into_iter().filter_map(CardContractId::new).collect())
+    }
+
+    async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(), StoreError> {
+        let json = serde_json::to_string(opt_out).map_err(corrupt)?;
+        let mut conn = self.connection().await?;
+        // One key per subject (each on its own slot in a Cluster); each SET is idempotent, so a
+        // retry after a partial write completes it.
+        for subject in &opt_out.subjects {
+            let _: () = redis::cmd("SET")
+                .arg(self.keys.opt_out(subject))
+                .arg(&json)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn get_opt_out(&self, subjects: &[String]) -> Result<Option<OptOut>, StoreError> {
+        let mut conn = self.connection().await?;
+        for subject in subjects {
+            let json: Option<String> = redis::cmd("GET")
+                .arg(self.keys.opt_out(subject))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if let Some(json) = json {
+                return serde_json::from_str(&json).map(Some).map_err(corrupt);
+            }
+        }
+        Ok(None)
+    }
+
+    async fn delete_opt_out(&self, subjects: &[String]) -> Result<bool, StoreError> {
+        let mut conn = self.connection().await?;
+        let mut deleted = 0;
+        for subject in subjects {
+            let n: i64 = redis::cmd("DEL")
+                .arg(self.keys.opt_out(subject))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            deleted += n;
+        }
+        Ok(deleted > 0)
     }
 
     async fn lead(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {

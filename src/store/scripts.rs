@@ -151,6 +151,28 @@ local function merge_tokens(base, other)
 end
 "#;
 
+/// The Lua twin of `domain::follow_token`: an ENROLLED record with a DEACTIVATED token is
+/// REMOVED (reason TOKEN_DEACTIVATED, at the status write's event time), and one REMOVED for that
+/// reason alone is ENROLLED again when its token no longer shows DEACTIVATED. Needs `present`
+/// (`TOKEN_MERGE`).
+const FOLLOW_TOKEN: &str = r#"
+local function follow_token(record)
+  local removed_by_token = record.state == 'REMOVED' and present(record.removal)
+    and record.removal.reason == 'TOKEN_DEACTIVATED'
+  if record.state ~= 'ENROLLED' and not removed_by_token then return end
+  local t = record.token
+  if present(t) and t.status == 'DEACTIVATED' then
+    local at = 0
+    if present(t.status_version) then at = t.status_version.at_ms end
+    record.state = 'REMOVED'
+    record.removal = {reason = 'TOKEN_DEACTIVATED', time_ms = at}
+  else
+    record.state = 'ENROLLED'
+    record.removal = nil
+  end
+end
+"#;
+
 /// The Lua twin of `EnrollmentRecord::stamped` and `same_content`: the store's clock sets the
 /// record's times and revision; a write that changes nothing else is not made.
 const STAMP: &str = r#"
@@ -192,7 +214,8 @@ end
 ///
 /// Applies the notifications in the order given, each as `domain::merge` does: the marker
 /// keeps the hash, so the same id with other content is a `conflict`, not a duplicate; a
-/// notification for a card with no record, or a NOT_ENROLLED one, makes it TOKENIZED_ELSEWHERE.
+/// notification for a card with no record, or a NOT_ENROLLED one, makes it TOKENIZED_ELSEWHERE;
+/// an ENROLLED record follows its token (`follow_token`).
 /// Redis' clock is read once per call. One reply per notification: {'duplicate'} |
 /// {'conflict'} | {'stale'} | {'applied'} (`{'applied', json}` with `record`) | {'error',
 /// message} when that notification could not be applied (its stored record is unreadable, or a
@@ -200,7 +223,7 @@ end
 /// applied all the same. All the keys of one call are on one Cluster slot (the caller groups).
 pub fn apply_notification() -> String {
     format!(
-        "{ENCODE}{REDIS_NOW}{TOKEN_MERGE}{STAMP}{}",
+        "{ENCODE}{REDIS_NOW}{TOKEN_MERGE}{FOLLOW_TOKEN}{STAMP}{}",
         r#"
 local function apply(record_key, marker_key, token, card, channel, hash, now, with_record)
   local seen = redis.call('GET', marker_key)
@@ -232,6 +255,7 @@ local function apply(record_key, marker_key, token, card, channel, hash, now, wi
       return {'stale'}
     end
     if record.state == 'NOT_ENROLLED' then record.state = 'TOKENIZED_ELSEWHERE' end
+    follow_token(record)
   end
   stamp(record, existing, now)
   local out = encode(record)
@@ -260,7 +284,9 @@ return replies
 }
 
 /// KEYS: record, card lock. ARGV: record JSON, TTL (ms), change channel, mode (`merge` |
-/// `if_absent`), fence (the lock owner the writer must be, or empty for none).
+/// `if_absent`), fence (the lock owner the writer must be, or empty for none), token
+/// (`keep_token`: merge the stored token, as `EnrollmentRecord::with_token_of`; `fresh`: the
+/// record's own, for a new enrollment of a REMOVED card).
 /// Returns the stored JSON, or nil when fenced out (the lock is someone else's). A write that
 /// changes nothing but times is not made (the record's TTL is renewed).
 pub fn put_enrollment() -> String {
@@ -274,7 +300,7 @@ local record = cjson.decode(ARGV[1])
 local existing
 if raw then
   existing = cjson.decode(raw)
-  if present(existing.token) then
+  if present(existing.token) and ARGV[6] ~= 'fresh' then
     if present(record.token) then
       record.token = merge_tokens(existing.token, record.token)
     else

@@ -60,7 +60,7 @@ fn service_config_matches_the_contract_and_the_upstream_budgets() {
             (m.name().to_owned(), streaming)
         })
         .collect();
-    assert_eq!(methods.len(), 4, "{methods:?}");
+    assert_eq!(methods.len(), 10, "{methods:?}");
 
     // Every name is a method of the contract; no streaming RPC has a retry policy or timeout.
     for entry in config["methodConfig"].as_array().expect("methodConfig") {
@@ -114,6 +114,22 @@ fn service_config_matches_the_contract_and_the_upstream_budgets() {
         status_timeout >= processing && status_timeout < enroll_card_timeout,
         "GetEnrollmentStatus's timeout {status_timeout}s: at least a token list's budget ({processing}s), under EnrollCard's"
     );
+    // The RPCs after an enrollment: each one lifecycle call of the Enroll API's budget.
+    for method in [
+        "RemoveCard",
+        "GetClickToPayProfile",
+        "UpdateConsumer",
+        "UpdateBillingAddress",
+        "OptOut",
+        "WithdrawOptOut",
+    ] {
+        let config = method_config(&config, method).unwrap_or_else(|| panic!("{method}'s config"));
+        let timeout = seconds(&config["timeout"]);
+        assert!(
+            timeout >= enroll,
+            "{method}'s timeout {timeout}s is under the Enroll API's budget ({enroll}s)"
+        );
+    }
     let codes = &enroll_card["retryPolicy"]["retryableStatusCodes"];
     assert!(
         codes

@@ -918,6 +918,9 @@ pub fn mastercard_enroll_request(
                 latest_version_uri: c2p_enroll::config::DEFAULT_TERMS_URI.into(),
             },
         },
+        directory_id: None,
+        external_consumer_id: None,
+        external_credential_id: None,
     }
 }
 

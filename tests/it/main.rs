@@ -14,6 +14,7 @@ mod flows;
 mod health;
 mod in_progress_gauges;
 mod ingest_pipelined;
+mod lifecycle;
 mod limits;
 mod merge_props;
 mod observability;

@@ -9,13 +9,18 @@
 //! copies of a notification within it included). The servers start once; each case writes its
 //! own card.
 //!
+//! The card's enrollment record is written before the notifications, after them, or never; it
+//! is ENROLLED (which follows its token: a DEACTIVATED token makes it REMOVED, and a later
+//! write of the token makes it ENROLLED again) or REMOVED by a caller (which stays). Enough
+//! cases must end REMOVED by their token for the derivation to be exercised.
+//!
 //! `C2P_MERGE_PROP_CASES` sets the number of cases (default 200). The figures are printed
 //! (`cargo test --test it merge_props -- --nocapture` shows them).
 
 use crate::harness::{RedisCluster, RedisServer, settings};
 use c2p_enroll::domain::{
-    CardContractId, EnrollmentRecord, EnrollmentState, MaskedCard, Merge, STORE_INTEGER_LIMIT,
-    TokenEvent, TokenEventKind, TokenStatus, TokenizationDecision, merge,
+    CardContractId, EnrollmentRecord, EnrollmentState, MaskedCard, Merge, Removal, RemovalReason,
+    STORE_INTEGER_LIMIT, TokenEvent, TokenEventKind, TokenStatus, TokenizationDecision, merge,
 };
 use c2p_enroll::store::{EnrollmentStore, NotificationEffect, PutMode};
 use proptest::collection::vec;
@@ -93,6 +98,8 @@ enum Enrollment {
     Never,
     Before,
     After,
+    /// Removed by a caller (RemoveCard) before the notifications: it does not follow its token.
+    RemovedBefore,
 }
 
 #[derive(Debug, Clone)]
@@ -130,7 +137,14 @@ fn case() -> impl Strategy<Value = Case> {
                 (0..n).map(note).collect::<Vec<_>>(),
                 // Each notification is delivered 1 to 3 times.
                 vec(1..=3usize, n),
-                select(&[Enrollment::Never, Enrollment::Before, Enrollment::After][..]),
+                select(
+                    &[
+                        Enrollment::Never,
+                        Enrollment::Before,
+                        Enrollment::After,
+                        Enrollment::RemovedBefore,
+                    ][..],
+                ),
             )
         })
         .prop_flat_map(|(notes, copies, enrollment)| {
@@ -171,9 +185,28 @@ fn enrolled(card: CardContractId) -> EnrollmentRecord {
     r
 }
 
+fn removed(card: CardContractId) -> EnrollmentRecord {
+    let mut r = enrolled(card);
+    r.state = EnrollmentState::Removed;
+    r.removal = Some(Removal {
+        reason: RemovalReason::CardClosed,
+        time_ms: T,
+    });
+    r
+}
+
+/// The record written before the notifications, if any.
+fn written_before(case: &Case, card: CardContractId) -> Option<EnrollmentRecord> {
+    match case.enrollment {
+        Enrollment::Before => Some(enrolled(card)),
+        Enrollment::RemovedBefore => Some(removed(card)),
+        Enrollment::Never | Enrollment::After => None,
+    }
+}
+
 /// The record by the domain alone: `merge` over the notifications in the order generated.
 fn model(case: &Case, card: CardContractId) -> Option<EnrollmentRecord> {
-    let mut record = (case.enrollment == Enrollment::Before).then(|| enrolled(card));
+    let mut record = written_before(case, card);
     for note in &case.notes {
         match merge(record.as_ref(), &note.event(card)) {
             Merge::Applied(r) => record = Some(r),
@@ -202,6 +235,8 @@ struct Figures {
     duplicate: AtomicU64,
     stale: AtomicU64,
     mismatches: AtomicU64,
+    /// Cases whose record ended REMOVED by its token.
+    removed_by_token: AtomicU64,
 }
 
 /// Delivers the case to `store` in `order`, in batches of `batches`; returns the record as JSON.
@@ -214,9 +249,9 @@ async fn run_on(
     figures: &Figures,
 ) -> Result<String, String> {
     let ttl = Duration::from_secs(3600);
-    if case.enrollment == Enrollment::Before {
+    if let Some(before) = written_before(case, card) {
         store
-            .put_enrollment(&enrolled(card), PutMode::Merge, ttl)
+            .put_enrollment(&before, PutMode::Merge, ttl)
             .await
             .map_err(|e| e.to_string())?;
     }
@@ -313,7 +348,15 @@ fn random_notification_sets_give_byte_identical_records_in_every_store() {
         // A card of its own per case (shrinking re-runs cases).
         let n = next_card.fetch_add(1, Ordering::Relaxed);
         let card = CardContractId::new(90_000 + i64::try_from(n).unwrap()).unwrap();
-        let expected = serde_json::to_string(&model(&case, card)).unwrap();
+        let modelled = model(&case, card);
+        if modelled
+            .as_ref()
+            .and_then(|r| r.removal.as_ref())
+            .is_some_and(|r| r.reason == RemovalReason::TokenDeactivated)
+        {
+            figures.removed_by_token.fetch_add(1, Ordering::Relaxed);
+        }
+        let expected = serde_json::to_string(&modelled).unwrap();
         let mut got = Vec::new();
         for ((store, order), batches) in stores.iter().zip(&case.orders).zip(&case.batches) {
             got.push(
@@ -340,10 +383,11 @@ fn random_notification_sets_give_byte_identical_records_in_every_store() {
     let applied = figures.applied.load(Ordering::Relaxed);
     let duplicate = figures.duplicate.load(Ordering::Relaxed);
     let stale = figures.stale.load(Ordering::Relaxed);
+    let removed_by_token = figures.removed_by_token.load(Ordering::Relaxed);
     println!(
         "merge properties: {} cases run ({cases} asked, shrinking included) on {} stores, {} \
-         notifications delivered ({applied} applied, {duplicate} duplicate, {stale} stale), {} \
-         mismatching cases, {:.1} s",
+         notifications delivered ({applied} applied, {duplicate} duplicate, {stale} stale), \
+         {removed_by_token} cases ended REMOVED by their token, {} mismatching cases, {:.1} s",
         figures.cases.load(Ordering::Relaxed),
         STORES.len(),
         applied + duplicate + stale,
@@ -352,5 +396,11 @@ fn random_notification_sets_give_byte_identical_records_in_every_store() {
     );
     if let Err(e) = result {
         panic!("{e}");
+    }
+    if cases >= 100 {
+        assert!(
+            removed_by_token > 0,
+            "no case ended REMOVED by its token: the derivation was not exercised"
+        );
     }
 }

@@ -289,6 +289,126 @@ async fn the_library_verifies_every_request_the_adapter_signs_rsa_sha256_and_rsa
     }
 }
 
+/// Every lifecycle request of both families, as the service's adapter (the app's port over
+/// `Upstream`) sends them: DELETE and GET without a body, PUT with one, queries with and without
+/// `%`-escapes (a service id with a space), ids escaped in the path.
+#[tokio::test]
+async fn the_library_verifies_every_lifecycle_request_of_both_families() {
+    use c2p_enroll::app::ConsumerInput;
+    use c2p_enroll::app::ports::{Address, ClickToPayKeys, ClickToPayLifecycle};
+    use c2p_enroll::domain::CardContractId;
+    use c2p_enroll::mastercard::settings::LifecycleFamily;
+    use c2p_enroll::mastercard::setup::{Program, Upstream};
+    let certificate = Certificate::load(&fixture_key("signing.cert.pem")).unwrap();
+    for method in METHODS {
+        let stub = HttpStub::start(vec![Reply::json(200, "{}")]).await;
+        let legacy = Program {
+            src_client_id: "7f2b8a4e-5c1d-4e8f-9a3b-1c2d3e4f5a6b".into(),
+            service_id: "SRC TEST SERVICE".into(),
+            enroll_certificate: certificate.clone(),
+            privacy_uri: "https://example.com/privacy".into(),
+            terms_uri: "https://example.com/terms".into(),
+            lifecycle: LifecycleFamily::Legacy,
+        };
+        let directory = Program {
+            lifecycle: LifecycleFamily::CredentialDirectory {
+                directory_id: "dir-1".into(),
+            },
+            ..legacy.clone()
+        };
+        let upstream = Upstream {
+            processing: ProcessingClient::new(client(
+                Api::Processing,
+                stub.url("/global-processing/digital"),
+                method,
+                None,
+            )),
+            enroll: EnrollClient::new(client(
+                Api::Enroll,
+                stub.url("/src/api/digital/payments"),
+                method,
+                None,
+            )),
+            programs: [
+                ("default".to_owned(), legacy),
+                ("directory".to_owned(), directory),
+            ]
+            .into(),
+        };
+        let consumer = ConsumerInput {
+            email: Some("zoe@example.com".into()),
+            mobile: Some(("44".into(), "7700900123".into())),
+            first_name: Some("Zoë".into()),
+            last_name: Some("Ångström".into()),
+            country_code: "GB".into(),
+            language_code: "en_GB".into(),
+        };
+        let address = Address {
+            line1: Some("1 Rue de l'Église".into()),
+            city: Some("Besançon".into()),
+            zip: Some("25000".into()),
+            country_code: Some("FR".into()),
+            ..Address::default()
+        };
+        for program in ["", "directory"] {
+            let keys = ClickToPayKeys {
+                program: program.into(),
+                card: CardContractId::new(70001).unwrap(),
+                src_consumer_id: Some("consumer 1".into()),
+                src_digital_card_id: Some("dc/1".into()),
+                external_consumer_id: Some("a1b2c3".into()),
+                external_credential_id: Some("70001".into()),
+            };
+            upstream.remove_card(&keys, None).await.unwrap();
+            upstream.holds_card(&keys, None).await.unwrap();
+            upstream.profile(&keys, None).await.unwrap();
+            upstream
+                .update_consumer(&keys, &consumer, None)
+                .await
+                .unwrap();
+            upstream
+                .update_billing_address(&keys, &address, None)
+                .await
+                .unwrap();
+            upstream.delete_profile(&keys, None).await.unwrap();
+        }
+        let recorded = stub.requests();
+        let requests: Vec<Value> = recorded.iter().map(|r| as_signed(&stub, r)).collect();
+        let lines: Vec<String> = recorded
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.target))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "DELETE /src/api/digital/payments/cards/dc%2F1?srcClientId=7f2b8a4e-5c1d-4e8f-9a3b-1c2d3e4f5a6b&serviceId=SRC%20TEST%20SERVICE",
+                "GET /src/api/digital/payments/cards/dc%2F1",
+                "GET /src/api/digital/payments/profiles/consumer%201",
+                "PUT /src/api/digital/payments/profiles/consumer%201",
+                "PUT /src/api/digital/payments/cards/dc%2F1",
+                "DELETE /src/api/digital/payments/profiles?srcClientId=7f2b8a4e-5c1d-4e8f-9a3b-1c2d3e4f5a6b&serviceId=SRC%20TEST%20SERVICE&srcConsumerId=consumer%201",
+                "DELETE /src/api/digital/payments/directories/dir-1/consumers/a1b2c3/credentials/70001",
+                "GET /src/api/digital/payments/directories/dir-1/consumers/a1b2c3/credentials/70001",
+                "GET /src/api/digital/payments/directories/dir-1/consumers/a1b2c3",
+                "PUT /src/api/digital/payments/directories/dir-1/consumers/a1b2c3",
+                "PUT /src/api/digital/payments/directories/dir-1/consumers/a1b2c3/credentials/70001",
+                "DELETE /src/api/digital/payments/directories/dir-1/consumers/a1b2c3",
+            ]
+        );
+        for r in &recorded {
+            assert_eq!(r.header("x-openapi-clientid"), Some("oracle-consumer-key"));
+            assert_eq!(
+                r.body.is_empty(),
+                r.method != "PUT",
+                "{} {}",
+                r.method,
+                r.target
+            );
+        }
+        assert_library_accepts(&requests, method);
+    }
+}
+
 #[tokio::test]
 async fn the_library_verifies_signatures_over_urls_its_base_string_rules_touch() {
     // Each URL exercises one rule of Mastercard's base string: host case, default ports, an

@@ -67,7 +67,13 @@ async fn v1_lists_services_and_serves_descriptors() {
             "EnrollCard",
             "GetEnrollmentStatus",
             "NotificationIngest",
-            "WatchEnrollment"
+            "WatchEnrollment",
+            "RemoveCard",
+            "GetClickToPayProfile",
+            "UpdateConsumer",
+            "UpdateBillingAddress",
+            "OptOut",
+            "WithdrawOptOut"
         ]
     );
 }

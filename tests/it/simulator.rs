@@ -694,6 +694,45 @@ impl EnrollmentService for Receiver {
     ) -> Result<tonic::Response<Self::WatchEnrollmentStream>, tonic::Status> {
         Err(tonic::Status::unimplemented(""))
     }
+    // A notification receiver only: the calls after an enrollment are the service's.
+    async fn remove_card(
+        &self,
+        _: tonic::Request<c2p_enroll::proto::v1::RemoveCardRequest>,
+    ) -> Result<tonic::Response<c2p_enroll::proto::v1::RemoveCardResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented(""))
+    }
+    async fn get_click_to_pay_profile(
+        &self,
+        _: tonic::Request<c2p_enroll::proto::v1::GetClickToPayProfileRequest>,
+    ) -> Result<tonic::Response<c2p_enroll::proto::v1::GetClickToPayProfileResponse>, tonic::Status>
+    {
+        Err(tonic::Status::unimplemented(""))
+    }
+    async fn update_consumer(
+        &self,
+        _: tonic::Request<c2p_enroll::proto::v1::UpdateConsumerRequest>,
+    ) -> Result<tonic::Response<c2p_enroll::proto::v1::UpdateConsumerResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented(""))
+    }
+    async fn update_billing_address(
+        &self,
+        _: tonic::Request<c2p_enroll::proto::v1::UpdateBillingAddressRequest>,
+    ) -> Result<tonic::Response<c2p_enroll::proto::v1::UpdateBillingAddressResponse>, tonic::Status>
+    {
+        Err(tonic::Status::unimplemented(""))
+    }
+    async fn opt_out(
+        &self,
+        _: tonic::Request<c2p_enroll::proto::v1::OptOutRequest>,
+    ) -> Result<tonic::Response<c2p_enroll::proto::v1::OptOutResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented(""))
+    }
+    async fn withdraw_opt_out(
+        &self,
+        _: tonic::Request<c2p_enroll::proto::v1::WithdrawOptOutRequest>,
+    ) -> Result<tonic::Response<c2p_enroll::proto::v1::WithdrawOptOutResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented(""))
+    }
 }
 
 use std::pin::Pin;

@@ -309,6 +309,90 @@ async fn fenced_writes(store: Arc<dyn EnrollmentStore>) {
         .unwrap()
         .expect("the holder writes");
     assert_eq!(store.get(card(70020)).await.unwrap(), Some(written));
+    fresh_after_removal(store).await;
+}
+
+/// The lifecycle's records in the store: a DEACTIVATED token makes an ENROLLED record REMOVED;
+/// the first write of a new enrollment after it does not keep the old token (a fenced write
+/// does), and opt-outs are kept under each subject until withdrawn.
+async fn fresh_after_removal(store: Arc<dyn EnrollmentStore>) {
+    use c2p_enroll::domain::{OptOut, RemovalReason};
+    let ttl = Duration::from_secs(60);
+    let owner = "lifecycle-owner";
+    store
+        .put_enrollment(&enrolled(70121), PutMode::Merge, ttl)
+        .await
+        .unwrap();
+    let deactivated = event(
+        "n-deactivated",
+        1_800_000_000_500,
+        70121,
+        TokenEventKind::StatusChanged(TokenStatus::Deactivated),
+    );
+    let NotificationResult::Applied(removed) =
+        store.apply_notification(&deactivated).await.unwrap()
+    else {
+        panic!("not applied")
+    };
+    assert_eq!(removed.state, EnrollmentState::Removed);
+    let removal = removed.removal.clone().unwrap();
+    assert_eq!(
+        (removal.reason, removal.time_ms),
+        (RemovalReason::TokenDeactivated, 1_800_000_000_500)
+    );
+    assert!(store.lock_card(card(70121), owner, ttl).await.unwrap());
+    let mut again =
+        EnrollmentRecord::new(card(70121), String::new(), EnrollmentState::InProgress, 0);
+    again.src_correlation_id = Some("0b9a3c2e-1f4d-4a6b-8c7d-9e0f1a2b3c4e".into());
+    let merged = store
+        .put_enrollment_fenced(&again, ttl, owner)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(merged.token.is_some(), "a fenced write keeps the token");
+    let fresh = store
+        .put_fresh_enrollment_fenced(&again, ttl, owner)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (fresh.state, fresh.token),
+        (EnrollmentState::InProgress, None)
+    );
+    assert!(fresh.revision > merged.revision);
+    assert_eq!(
+        store
+            .put_fresh_enrollment_fenced(&again, ttl, "not-the-owner")
+            .await
+            .unwrap(),
+        None
+    );
+
+    let subjects = vec!["card:70121".to_owned(), "consumer:abc".to_owned()];
+    let opt_out = OptOut {
+        since_ms: 1_800_000_000_000,
+        subjects: subjects.clone(),
+    };
+    store.put_opt_out(&opt_out).await.unwrap();
+    for subject in &subjects {
+        assert_eq!(
+            store
+                .get_opt_out(std::slice::from_ref(subject))
+                .await
+                .unwrap(),
+            Some(opt_out.clone())
+        );
+    }
+    assert!(
+        store
+            .get_opt_out(&["card:70122".into()])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.delete_opt_out(&subjects).await.unwrap());
+    assert!(!store.delete_opt_out(&subjects).await.unwrap());
+    assert!(store.get_opt_out(&subjects).await.unwrap().is_none());
 }
 
 /// Records vanish after their TTL.

@@ -58,13 +58,13 @@ Included by the ConfigMap and the Deployment.
 {{- if and (eq $identity "mesh_header") $tls.enabled (not (include "c2p-enroll.clientCAFile" .)) }}
 {{- fail "auth.identity mesh_header with server-only TLS lets any client that reaches the port set the header: add tls.clientCA so only the mesh's certificate is accepted, or serve plaintext to the mesh sidecar" }}
 {{- end }}
-{{- $programs := list "default" }}
+{{- $programs := list "default" "directory" }}
 {{- if $mastercard }}{{ $programs = keys .Values.config.programs }}{{ end }}
 {{- $identities := dict }}
 {{- range $name, $caller := .Values.auth.callers }}
-{{- $readsOrEnrolls := or (has "EnrollCard" $caller.rpcs) (has "GetEnrollmentStatus" $caller.rpcs) (has "WatchEnrollment" $caller.rpcs) }}
-{{- if and $readsOrEnrolls (not $caller.programs) }}
-{{- fail (printf "auth.callers.%s: programs is required when rpcs has EnrollCard, GetEnrollmentStatus or WatchEnrollment: the programs whose cards it may enroll and see ([\"*\"] allows any program)" $name) }}
+{{- $usesPrograms := gt (len (without ($caller.rpcs | default list) "NotificationIngest")) 0 }}
+{{- if and $usesPrograms (not $caller.programs) }}
+{{- fail (printf "auth.callers.%s: programs is required with every RPC but NotificationIngest: the programs whose cards it may enroll, see and change ([\"*\"] allows any program)" $name) }}
 {{- end }}
 {{- range $caller.programs }}
 {{- if and (ne . "*") (not (has . $programs)) }}

@@ -70,6 +70,9 @@ pub struct EnrollmentRequest<'a> {
     pub consumer: &'a ConsumerInput,
     /// The card object from [`CardSearch::encrypted_card`].
     pub card: EncryptedCard,
+    /// The Credential Directory's ids the service assigned (`externalConsumerId`,
+    /// `externalCredentialId`): sent only for a program that uses the Credential Directory.
+    pub external_ids: (&'a str, &'a str),
 }
 
 /// What Click to Pay answered to an enrollment.
@@ -208,7 +211,7 @@ pub trait TokenList: Send + Sync {
 }
 
 /// Everything the use cases need from Mastercard, and which programs it serves.
-pub trait Mastercard: CardSearch + CardEnrollment + TokenList {
+pub trait Mastercard: CardSearch + CardEnrollment + TokenList + super::ClickToPayLifecycle {
     /// Whether `name` is a configured program ("" = the default).
     fn has_program(&self, name: &str) -> bool;
 }

@@ -2,7 +2,9 @@
 //! idempotency records, dedup markers, card locks and change feed. The adapters (`store::`
 //! Redis and in-memory) implement it with the same semantics.
 
-use crate::domain::{Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, TokenEvent};
+use crate::domain::{
+    Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, OptOut, TokenEvent,
+};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -115,6 +117,16 @@ pub trait EnrollmentStore: Send + Sync + 'static {
         lock_owner: &str,
     ) -> Result<Option<EnrollmentRecord>, StoreError>;
 
+    /// [`EnrollmentStore::put_enrollment_fenced`] without keeping the stored token: the first
+    /// write of a new enrollment of a card whose earlier enrollment left Click to Pay (REMOVED),
+    /// so that the old, deactivated token does not stand for the new enrollment's.
+    async fn put_fresh_enrollment_fenced(
+        &self,
+        record: &EnrollmentRecord,
+        ttl: Duration,
+        lock_owner: &str,
+    ) -> Result<Option<EnrollmentRecord>, StoreError>;
+
     /// Atomically: dedup by notification id (and content hash), merge by event time, stamp,
     /// write, publish.
     async fn apply_notification(
@@ -202,6 +214,33 @@ pub trait EnrollmentStore: Send + Sync + 'static {
     /// How many cards the IN_PROGRESS index holds, and how many of them were noted before
     /// `before_ms`: what the operator's gauges show (one round trip, no record read).
     async fn count_in_progress(&self, before_ms: i64) -> Result<(u64, u64), StoreError>;
+
+    /// Notes that `card` is ENROLLED and is due for a check against Click to Pay at
+    /// `check_at_ms` (replacing an earlier note), for the reconciler.
+    async fn track_enrolled(
+        &self,
+        card: CardContractId,
+        check_at_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Forgets `card` in the ENROLLED index (it is no longer enrolled).
+    async fn untrack_enrolled(&self, card: CardContractId) -> Result<(), StoreError>;
+
+    /// Up to `limit` ENROLLED cards due for a check before `before_ms`, the most overdue first.
+    async fn enrolled_due(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<CardContractId>, StoreError>;
+
+    /// Keeps `opt_out` under each of its subjects, until withdrawn (no expiry).
+    async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(), StoreError>;
+
+    /// The opt-out kept under any of `subjects` (the first found), if any.
+    async fn get_opt_out(&self, subjects: &[String]) -> Result<Option<OptOut>, StoreError>;
+
+    /// Forgets whatever opt-out is kept under each of `subjects`; whether there was one.
+    async fn delete_opt_out(&self, subjects: &[String]) -> Result<bool, StoreError>;
 
     /// Takes or renews the lease `name` for `owner` for `ttl`: `false` while another owner holds
     /// it. One replica at a time runs the reconciler.

@@ -4,13 +4,15 @@
 
 use crate::app::canonical::canonical_bytes;
 use crate::app::ports::{
-    CardEnrollment, CardSearch, Cardholder, EncryptedCard, EnrolledCard, EnrollmentRequest,
-    Mastercard, ObservedToken, TokenList, TokenObservation, UpstreamContext, UpstreamFailure,
+    Address, CardEnrollment, CardSearch, Cardholder, ClickToPayKeys, ClickToPayLifecycle,
+    ClickToPayProfile, Deleted, EncryptedCard, EnrolledCard, EnrollmentRequest, Found, Mastercard,
+    ObservedToken, TokenList, TokenObservation, Updated, UpstreamContext, UpstreamFailure,
 };
 use crate::app::{App, AppSettings, ConsumerInput, EnrollCommand, FingerprintKey};
 use crate::domain::{
     Begin, CLICK_TO_PAY_TOKEN_REQUESTOR_ID, CLICK_TO_PAY_WALLET_NAME, CardContractId,
-    EnrollmentRecord, IdempotencyRecord, MaskedCard, Phase, TokenEvent, TokenStatus, now_ms,
+    EnrollmentRecord, IdempotencyRecord, MaskedCard, OptOut, Phase, TokenEvent, TokenStatus,
+    now_ms,
 };
 use crate::store::{
     ChangeStream, EnrollmentStore, MemoryStore, NotificationResult, PutMode, Retention, StoreError,
@@ -66,12 +68,20 @@ pub struct EnrollCall {
     pub email: Option<String>,
 }
 
+/// One lifecycle call: its operation and the ids it was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleCall {
+    pub operation: &'static str,
+    pub keys: ClickToPayKeys,
+}
+
 /// Every call the fake answered.
 #[derive(Debug, Clone, Default)]
 pub struct Calls {
     pub searches: Vec<SearchCall>,
     pub enrolls: Vec<EnrollCall>,
     pub token_lists: Vec<CardContractId>,
+    pub lifecycle: Vec<LifecycleCall>,
 }
 
 impl Calls {
@@ -100,6 +110,10 @@ pub struct FakeMastercard {
     searches: Mutex<VecDeque<Scripted<()>>>,
     enrolls: Mutex<VecDeque<Scripted<EnrolledCard>>>,
     token_lists: Mutex<VecDeque<Scripted<TokenObservation>>>,
+    removals: Mutex<VecDeque<Scripted<Deleted>>>,
+    holds: Mutex<VecDeque<Scripted<bool>>>,
+    profile_deletions: Mutex<VecDeque<Scripted<Deleted>>>,
+    updates: Mutex<VecDeque<Scripted<Updated>>>,
     calls: Mutex<Calls>,
 }
 
@@ -124,6 +138,33 @@ impl FakeMastercard {
     /// The next token list answers `outcome`.
     pub fn tokens(&self, outcome: Result<TokenObservation, UpstreamFailure>) {
         push(&self.token_lists, None, outcome);
+    }
+
+    /// The next card removal answers `outcome`.
+    pub fn remove(&self, outcome: Result<Deleted, UpstreamFailure>) {
+        push(&self.removals, None, outcome);
+    }
+
+    /// The next "does Click to Pay hold the card" answers `outcome`.
+    pub fn holds(&self, outcome: Result<bool, UpstreamFailure>) {
+        push(&self.holds, None, outcome);
+    }
+
+    /// The next profile deletion answers `outcome`.
+    pub fn delete_profile(&self, outcome: Result<Deleted, UpstreamFailure>) {
+        push(&self.profile_deletions, None, outcome);
+    }
+
+    /// The next update (consumer or billing address) answers `outcome`.
+    pub fn update(&self, outcome: Result<Updated, UpstreamFailure>) {
+        push(&self.updates, None, outcome);
+    }
+
+    fn log_lifecycle(&self, operation: &'static str, keys: &ClickToPayKeys) {
+        self.calls.lock().unwrap().lifecycle.push(LifecycleCall {
+            operation,
+            keys: keys.clone(),
+        });
     }
 
     /// What was called so far.
@@ -211,6 +252,68 @@ impl TokenList for FakeMastercard {
     }
 }
 
+#[async_trait::async_trait]
+impl ClickToPayLifecycle for FakeMastercard {
+    async fn remove_card(
+        &self,
+        keys: &ClickToPayKeys,
+        _deadline: Option<Instant>,
+    ) -> Result<Deleted, UpstreamFailure> {
+        self.log_lifecycle("remove_card", keys);
+        play(&self.removals, || Deleted::Deleted).await
+    }
+
+    async fn holds_card(
+        &self,
+        keys: &ClickToPayKeys,
+        _deadline: Option<Instant>,
+    ) -> Result<bool, UpstreamFailure> {
+        self.log_lifecycle("holds_card", keys);
+        play(&self.holds, || true).await
+    }
+
+    async fn profile(
+        &self,
+        keys: &ClickToPayKeys,
+        _deadline: Option<Instant>,
+    ) -> Result<Found<ClickToPayProfile>, UpstreamFailure> {
+        self.log_lifecycle("profile", keys);
+        Ok(Found::Found(ClickToPayProfile {
+            src_consumer_id: keys.src_consumer_id.clone(),
+            ..ClickToPayProfile::default()
+        }))
+    }
+
+    async fn update_consumer(
+        &self,
+        keys: &ClickToPayKeys,
+        _consumer: &ConsumerInput,
+        _deadline: Option<Instant>,
+    ) -> Result<Updated, UpstreamFailure> {
+        self.log_lifecycle("update_consumer", keys);
+        play(&self.updates, || Updated::Updated).await
+    }
+
+    async fn update_billing_address(
+        &self,
+        keys: &ClickToPayKeys,
+        _address: &Address,
+        _deadline: Option<Instant>,
+    ) -> Result<Updated, UpstreamFailure> {
+        self.log_lifecycle("update_billing_address", keys);
+        play(&self.updates, || Updated::Updated).await
+    }
+
+    async fn delete_profile(
+        &self,
+        keys: &ClickToPayKeys,
+        _deadline: Option<Instant>,
+    ) -> Result<Deleted, UpstreamFailure> {
+        self.log_lifecycle("delete_profile", keys);
+        play(&self.profile_deletions, || Deleted::Deleted).await
+    }
+}
+
 impl Mastercard for FakeMastercard {
     fn has_program(&self, name: &str) -> bool {
         matches!(name, "" | "default" | "premium")
@@ -234,6 +337,7 @@ pub enum Op {
     UnlockCard,
     TrackInProgress,
     UntrackInProgress,
+    PutOptOut,
 }
 
 /// What happens to a chosen call.
@@ -361,6 +465,23 @@ impl EnrollmentStore for FaultyStore {
             .await
     }
 
+    async fn put_fresh_enrollment_fenced(
+        &self,
+        record: &EnrollmentRecord,
+        ttl: Duration,
+        lock_owner: &str,
+    ) -> Result<Option<EnrollmentRecord>, StoreError> {
+        if self
+            .enter(Op::PutFenced, Some(record.card_contract_id))
+            .await?
+        {
+            return Ok(None);
+        }
+        self.inner
+            .put_fresh_enrollment_fenced(record, ttl, lock_owner)
+            .await
+    }
+
     async fn apply_notification(
         &self,
         event: &TokenEvent,
@@ -478,6 +599,39 @@ impl EnrollmentStore for FaultyStore {
         self.inner.count_in_progress(before_ms).await
     }
 
+    async fn track_enrolled(
+        &self,
+        card: CardContractId,
+        check_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.inner.track_enrolled(card, check_at_ms).await
+    }
+
+    async fn untrack_enrolled(&self, card: CardContractId) -> Result<(), StoreError> {
+        self.inner.untrack_enrolled(card).await
+    }
+
+    async fn enrolled_due(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<CardContractId>, StoreError> {
+        self.inner.enrolled_due(before_ms, limit).await
+    }
+
+    async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(), StoreError> {
+        self.enter(Op::PutOptOut, None).await?;
+        self.inner.put_opt_out(opt_out).await
+    }
+
+    async fn get_opt_out(&self, subjects: &[String]) -> Result<Option<OptOut>, StoreError> {
+        self.inner.get_opt_out(subjects).await
+    }
+
+    async fn delete_opt_out(&self, subjects: &[String]) -> Result<bool, StoreError> {
+        self.inner.delete_opt_out(subjects).await
+    }
+
     async fn lead(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
         self.inner.lead(name, owner, ttl).await
     }
@@ -519,6 +673,7 @@ pub fn world_with_lease(lease: Duration) -> World {
             not_enrolled_ttl: Duration::from_secs(3_600),
             lease,
             fingerprint_key: key.clone(),
+            lifecycle_check_interval: Some(Duration::from_secs(3_600)),
         },
     );
     World {

@@ -22,6 +22,17 @@ pub struct EnrollCardRequest {
     pub consumer: Consumer,
     /// Privacy notice and terms URIs.
     pub compliance_settings: ComplianceSettings,
+    /// Only for a program whose cards the Credential Directory manages: the issuer's directory.
+    /// **Assumed** (`docs/lifecycle.md`): that Enroll API-Synchronous takes the Credential
+    /// Directory's ids this way; never sent for a legacy program.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub directory_id: Option<String>,
+    /// With `directory_id`: the issuer's id of the cardholder's profile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_consumer_id: Option<String>,
+    /// With `directory_id`: the issuer's id of the card.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_credential_id: Option<String>,
 }
 
 fn expose_card<S: Serializer>(card: &EncryptedCard, s: S) -> Result<S::Ok, S::Error> {

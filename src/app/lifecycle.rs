@@ -1,0 +1,146 @@
+//! What the use cases after an enrollment share: the card lock held for one call, the fenced
+//! write, the record Click to Pay knows the card by, the opt-out check, and the index of
+//! ENROLLED cards the reconciler checks against Click to Pay.
+
+use super::enroll::map_upstream;
+use super::ports::UpstreamFailure;
+use super::{App, AppError, Step};
+use crate::domain::{
+    CardContractId, EnrollmentRecord, EnrollmentState, card_subject, consumer_subject, now_ms,
+};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The error of a failed lifecycle call.
+pub(super) fn lifecycle_error(
+    card: CardContractId,
+    failure: UpstreamFailure,
+    deadline: Option<Instant>,
+) -> AppError {
+    map_upstream(Step::Lifecycle, card, failure, deadline)
+}
+
+/// The opt-out subjects of a record: its card, and the consumer references it holds.
+pub(super) fn subjects_of(card: CardContractId, record: Option<&EnrollmentRecord>) -> Vec<String> {
+    let mut subjects = vec![card_subject(card)];
+    if let Some(r) = record {
+        for reference in [&r.external_consumer_id, &r.consumer_ref]
+            .into_iter()
+            .flatten()
+        {
+            let subject = consumer_subject(reference);
+            if !subjects.contains(&subject) {
+                subjects.push(subject);
+            }
+        }
+    }
+    subjects
+}
+
+impl App {
+    /// The program of the card's record, if it has one: what the caller's `programs` decide on
+    /// before a call after the enrollment acts on the card.
+    pub async fn program_of(&self, card: CardContractId) -> Result<Option<String>, AppError> {
+        Ok(self.store.get(card).await?.map(|r| r.program))
+    }
+
+    /// When the opt-out covering `card` or the consumer `consumer_ref` was recorded, if any.
+    pub(super) async fn opted_out(
+        &self,
+        card: CardContractId,
+        consumer_ref: &str,
+    ) -> Result<Option<i64>, AppError> {
+        let subjects = [card_subject(card), consumer_subject(consumer_ref)];
+        Ok(self.store.get_opt_out(&subjects).await?.map(|o| o.since_ms))
+    }
+
+    /// Notes the card ENROLLED for the reconciler's check against Click to Pay (best effort: a
+    /// card missing from the index is only checked when someone asks, with `refresh`).
+    pub(super) async fn track_enrolled(&self, card: CardContractId) {
+        let Some(interval) = self.settings.lifecycle_check_interval else {
+            return;
+        };
+        let due = now_ms().saturating_add(i64::try_from(interval.as_millis()).unwrap_or(i64::MAX));
+        if let Err(e) = self.store.track_enrolled(card, due).await {
+            tracing::debug!(error = %e, "could not note the card for the lifecycle check");
+        }
+    }
+
+    /// Forgets the card in the index of ENROLLED cards (best effort: the reconciler prunes
+    /// cards it finds not ENROLLED).
+    pub(super) async fn untrack_enrolled(&self, card: CardContractId) {
+        if let Err(e) = self.store.untrack_enrolled(card).await {
+            tracing::debug!(error = %e, "could not drop the card from the ENROLLED index");
+        }
+    }
+
+    /// Takes the card's lock for one call under a fresh owner: one change of a card at a time
+    /// (an enrollment, a removal, an update). `CardBusy` while someone else holds it.
+    pub(super) async fn hold_card(&self, card: CardContractId) -> Result<String, AppError> {
+        let owner = format!("{}/lifecycle/{}", self.instance, uuid::Uuid::new_v4());
+        if self
+            .store
+            .lock_card(card, &owner, self.settings.lease)
+            .await?
+        {
+            Ok(owner)
+        } else {
+            Err(AppError::CardBusy {
+                card,
+                retry_after: Duration::from_secs(1),
+            })
+        }
+    }
+
+    /// Releases what [`App::hold_card`] took (it expires by itself otherwise).
+    pub(super) async fn release_card(&self, card: CardContractId, owner: &str) {
+        if let Err(e) = self.store.unlock_card(card, owner).await {
+            tracing::warn!(error = %e, "could not release the card lock; it expires by itself");
+        }
+    }
+
+    /// Writes `record` (merging the stored token) only while `owner` holds the card's lock.
+    pub(super) async fn write_held(
+        &self,
+        record: &EnrollmentRecord,
+        owner: &str,
+    ) -> Result<EnrollmentRecord, AppError> {
+        match self
+            .store
+            .put_enrollment_fenced(record, self.settings.enrollment_ttl, owner)
+            .await?
+        {
+            Some(stored) => Ok(stored),
+            None => {
+                tracing::warn!("the card lock was lost: this call's write was refused");
+                Err(AppError::RequestInFlight {
+                    retry_after: Duration::from_secs(1),
+                })
+            }
+        }
+    }
+
+    /// The record of a card enrolled in Click to Pay through this service (ENROLLED, or also
+    /// REMOVED when `removed_too`): the one that holds the ids Click to Pay knows it by.
+    /// `CardBusy` for an enrollment left IN_PROGRESS (the reconciler finishes it), else
+    /// `CardNotEnrolled`.
+    pub(super) async fn known_record(
+        &self,
+        card: CardContractId,
+        removed_too: bool,
+    ) -> Result<EnrollmentRecord, AppError> {
+        let record = self.store.get(card).await?;
+        match record.as_ref().map(|r| r.state) {
+            Some(EnrollmentState::Enrolled) => {}
+            Some(EnrollmentState::Removed) if removed_too => {}
+            Some(EnrollmentState::InProgress) => {
+                return Err(AppError::CardBusy {
+                    card,
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+            state => return Err(AppError::CardNotEnrolled { card, state }),
+        }
+        record.ok_or(AppError::CardNotEnrolled { card, state: None })
+    }
+}

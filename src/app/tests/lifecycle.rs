@@ -1,0 +1,412 @@
+//! The use cases after an enrollment: RemoveCard (idempotent by key), the profile and its
+//! updates, OptOut and its hold on EnrollCard, WithdrawOptOut, and noticing cards Click to Pay
+//! no longer holds (refresh, reconciler).
+
+use super::fakes::{World, card, command, context, world};
+use crate::app::ports::{Deleted, Updated, UpstreamFailure};
+use crate::app::{AppError, RemoveCommand};
+use crate::domain::{EnrollmentState, RemovalReason, TokenEvent, TokenEventKind, TokenStatus};
+use crate::store::EnrollmentStore as _;
+use std::time::Duration;
+
+fn remove(key: &str, card_id: i64, reason: RemovalReason) -> RemoveCommand {
+    RemoveCommand {
+        caller: "spiffe://bank.example/ns/payments/sa/app".into(),
+        idempotency_key: key.into(),
+        card_contract_id: card(card_id),
+        reason,
+    }
+}
+
+fn reason(e: &AppError) -> String {
+    e.parts().reason.to_string()
+}
+
+fn unavailable() -> UpstreamFailure {
+    UpstreamFailure::Unavailable {
+        retry_after: Duration::from_secs(1),
+        context: context("enroll"),
+    }
+}
+
+async fn enrolled(w: &World, card_id: i64) {
+    let done = w
+        .app
+        .enroll(command(&format!("enroll-{card_id}"), card_id), None)
+        .await
+        .unwrap();
+    assert_eq!(done.record.state, EnrollmentState::Enrolled);
+}
+
+fn lifecycle_ops(w: &World) -> Vec<&'static str> {
+    w.mc.calls().lifecycle.iter().map(|c| c.operation).collect()
+}
+
+#[tokio::test]
+async fn an_enrollment_records_both_id_sets() {
+    let w = world();
+    enrolled(&w, 3001).await;
+    let r = w.record(card(3001)).await.unwrap();
+    assert_eq!(r.src_digital_card_id.as_deref(), Some("src-digital-card-1"));
+    assert_eq!(r.external_credential_id.as_deref(), Some("3001"));
+    let reference = r.external_consumer_id.clone().unwrap();
+    assert_eq!(reference.len(), 64, "a keyed hash, not the e-mail address");
+    assert_eq!(r.consumer_ref.as_deref(), Some(reference.as_str()));
+}
+
+#[tokio::test]
+async fn remove_card_deletes_the_card_records_removed_and_replays_with_its_key() {
+    let w = world();
+    enrolled(&w, 3002).await;
+    let done = w
+        .app
+        .remove_card(remove("r1", 3002, RemovalReason::CardClosed), None)
+        .await
+        .unwrap();
+    assert!(!done.replayed);
+    assert_eq!(done.record.state, EnrollmentState::Removed);
+    let removal = done.record.removal.clone().unwrap();
+    assert_eq!(removal.reason, RemovalReason::CardClosed);
+    assert!(removal.time_ms > 0);
+    let calls = w.mc.calls().lifecycle;
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].operation, "remove_card");
+    assert_eq!(
+        calls[0].keys.src_digital_card_id.as_deref(),
+        Some("src-digital-card-1")
+    );
+    assert_eq!(w.record(card(3002)).await.unwrap(), done.record);
+
+    // The same key and request: the stored answer, nothing sent again.
+    let again = w
+        .app
+        .remove_card(remove("r1", 3002, RemovalReason::CardClosed), None)
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.record, done.record);
+    assert_eq!(w.mc.calls().lifecycle.len(), 1);
+
+    // The same key for another request (another reason, or an EnrollCard's key).
+    let reused = w
+        .app
+        .remove_card(remove("r1", 3002, RemovalReason::Fraud), None)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&reused), "IDEMPOTENCY_KEY_REUSED");
+    let enroll_key = w
+        .app
+        .remove_card(remove("enroll-3002", 3002, RemovalReason::CardClosed), None)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&enroll_key), "IDEMPOTENCY_KEY_REUSED");
+
+    // Another key: removed already by a request, so done without a call.
+    let other = w
+        .app
+        .remove_card(remove("r2", 3002, RemovalReason::Other), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        other.record.removal.unwrap().reason,
+        RemovalReason::CardClosed
+    );
+    assert_eq!(w.mc.calls().lifecycle.len(), 1);
+}
+
+#[tokio::test]
+async fn a_card_click_to_pay_no_longer_holds_is_removed_all_the_same() {
+    let w = world();
+    enrolled(&w, 3003).await;
+    w.mc.remove(Ok(Deleted::AlreadyGone));
+    let done = w
+        .app
+        .remove_card(remove("r1", 3003, RemovalReason::CardReplaced), None)
+        .await
+        .unwrap();
+    assert_eq!(done.record.state, EnrollmentState::Removed);
+    assert_eq!(
+        done.record.removal.unwrap().reason,
+        RemovalReason::CardReplaced
+    );
+}
+
+#[tokio::test]
+async fn a_failed_delete_gives_the_key_back_and_the_retry_removes() {
+    let w = world();
+    enrolled(&w, 3004).await;
+    w.mc.remove(Err(unavailable()));
+    let e = w
+        .app
+        .remove_card(remove("r1", 3004, RemovalReason::Fraud), None)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "UPSTREAM_UNAVAILABLE");
+    assert_eq!(e.parts().metadata["step"], "lifecycle");
+    assert_eq!(
+        w.record(card(3004)).await.unwrap().state,
+        EnrollmentState::Enrolled
+    );
+    let done = w
+        .app
+        .remove_card(remove("r1", 3004, RemovalReason::Fraud), None)
+        .await
+        .unwrap();
+    assert!(!done.replayed, "resumed, not replayed");
+    assert_eq!(done.record.state, EnrollmentState::Removed);
+    assert_eq!(lifecycle_ops(&w), ["remove_card", "remove_card"]);
+}
+
+#[tokio::test]
+async fn removing_a_card_never_enrolled_is_refused_and_that_answer_is_kept() {
+    let w = world();
+    let e = w
+        .app
+        .remove_card(remove("r1", 3005, RemovalReason::CardClosed), None)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "CARD_NOT_ENROLLED");
+    assert_eq!(e.parts().metadata["state"], "NONE");
+    let replay = w
+        .app
+        .remove_card(remove("r1", 3005, RemovalReason::CardClosed), None)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&replay), "CARD_NOT_ENROLLED");
+    assert_eq!(replay.parts().metadata["replayed"], "true");
+    assert!(w.mc.calls().lifecycle.is_empty());
+}
+
+#[tokio::test]
+async fn a_deactivated_token_removes_the_card_and_remove_card_then_succeeds() {
+    let w = world();
+    enrolled(&w, 3006).await;
+    let event = TokenEvent {
+        notification_id: "n-deactivated".into(),
+        event_at_ms: crate::domain::now_ms(),
+        card_contract_id: card(3006),
+        token_unique_reference: "DM4MMC1".into(),
+        token_requestor_id: crate::domain::CLICK_TO_PAY_TOKEN_REQUESTOR_ID.into(),
+        wallet_name: crate::domain::CLICK_TO_PAY_WALLET_NAME.into(),
+        kind: TokenEventKind::StatusChanged(TokenStatus::Deactivated),
+    };
+    w.store.apply_notification(&event).await.unwrap();
+    let r = w.record(card(3006)).await.unwrap();
+    assert_eq!(r.state, EnrollmentState::Removed);
+    assert_eq!(r.removal.unwrap().reason, RemovalReason::TokenDeactivated);
+
+    // Click to Pay deleted the card with its token: 404 on the delete, success here.
+    w.mc.remove(Ok(Deleted::AlreadyGone));
+    let done = w
+        .app
+        .remove_card(remove("r1", 3006, RemovalReason::CardClosed), None)
+        .await
+        .unwrap();
+    assert_eq!(done.record.state, EnrollmentState::Removed);
+    assert_eq!(
+        done.record.removal.unwrap().reason,
+        RemovalReason::CardClosed
+    );
+}
+
+#[tokio::test]
+async fn an_enrollment_after_a_removal_is_a_new_one() {
+    let w = world();
+    enrolled(&w, 3007).await;
+    let first = w.record(card(3007)).await.unwrap();
+    w.app
+        .remove_card(remove("r1", 3007, RemovalReason::CardholderRequest), None)
+        .await
+        .unwrap();
+    let again = w.app.enroll(command("k2", 3007), None).await.unwrap();
+    assert_eq!(again.record.state, EnrollmentState::Enrolled);
+    assert!(again.record.removal.is_none());
+    assert_ne!(again.record.src_correlation_id, first.src_correlation_id);
+    assert_eq!(w.mc.calls().enrolls.len(), 2);
+}
+
+#[tokio::test]
+async fn a_new_enrollment_after_a_deactivated_token_does_not_carry_the_old_token() {
+    let w = world();
+    enrolled(&w, 3008).await;
+    let old_token = |kind, at_ms, id: &str| TokenEvent {
+        notification_id: id.into(),
+        event_at_ms: at_ms,
+        card_contract_id: card(3008),
+        token_unique_reference: "DM4MMCOLD".into(),
+        token_requestor_id: crate::domain::CLICK_TO_PAY_TOKEN_REQUESTOR_ID.into(),
+        wallet_name: crate::domain::CLICK_TO_PAY_WALLET_NAME.into(),
+        kind,
+    };
+    let now = crate::domain::now_ms();
+    let deactivated = old_token(
+        TokenEventKind::StatusChanged(TokenStatus::Deactivated),
+        now - 2_000,
+        "n-1",
+    );
+    w.store.apply_notification(&deactivated).await.unwrap();
+    assert_eq!(
+        w.record(card(3008)).await.unwrap().state,
+        EnrollmentState::Removed
+    );
+    let again = w.app.enroll(command("k2", 3008), None).await.unwrap();
+    assert_eq!(again.record.state, EnrollmentState::Enrolled);
+    assert!(again.record.token.is_none(), "{:?}", again.record.token);
+    // A late notification about the old token does not remove the new enrollment.
+    let late = old_token(
+        TokenEventKind::Authorization(crate::domain::TokenizationDecision::Approved),
+        now - 3_000,
+        "n-late",
+    );
+    w.store.apply_notification(&late).await.unwrap();
+    assert_eq!(
+        w.record(card(3008)).await.unwrap().state,
+        EnrollmentState::Enrolled
+    );
+}
+
+#[tokio::test]
+async fn an_opt_out_deletes_the_profile_and_holds_enroll_card_until_withdrawn() {
+    let w = world();
+    enrolled(&w, 3010).await;
+    let opted = w.app.opt_out(card(3010), None).await.unwrap();
+    assert_eq!(opted.record.state, EnrollmentState::Removed);
+    assert_eq!(
+        opted.record.removal.as_ref().unwrap().reason,
+        RemovalReason::ConsumerOptedOut
+    );
+    assert_eq!(lifecycle_ops(&w), ["delete_profile"]);
+
+    // Again: idempotent, the first time kept.
+    let again = w.app.opt_out(card(3010), None).await.unwrap();
+    assert_eq!(again.since_ms, opted.since_ms);
+
+    // The same card, and another card of the same e-mail address: refused before any call.
+    let searches = w.mc.calls().searches.len();
+    for (key, card_id) in [("k-a", 3010), ("k-b", 3011)] {
+        let e = w.app.enroll(command(key, card_id), None).await.unwrap_err();
+        assert_eq!(reason(&e), "CONSUMER_OPTED_OUT", "{card_id}");
+        assert!(e.parts().metadata.contains_key("optOutTime"));
+    }
+    assert_eq!(w.mc.calls().searches.len(), searches);
+    // Another cardholder is not held.
+    let mut other = command("k-c", 3012);
+    other.consumer.email = Some("john@example.com".into());
+    w.app.enroll(other, None).await.unwrap();
+
+    assert!(w.app.withdraw_opt_out(card(3010)).await.unwrap());
+    assert!(!w.app.withdraw_opt_out(card(3010)).await.unwrap());
+    // The refused key was not spent: it enrolls now.
+    let done = w.app.enroll(command("k-b", 3011), None).await.unwrap();
+    assert_eq!(done.record.state, EnrollmentState::Enrolled);
+}
+
+#[tokio::test]
+async fn an_opt_out_is_remembered_when_the_profile_delete_fails() {
+    let w = world();
+    enrolled(&w, 3013).await;
+    w.mc.delete_profile(Err(unavailable()));
+    let e = w.app.opt_out(card(3013), None).await.unwrap_err();
+    assert_eq!(reason(&e), "UPSTREAM_UNAVAILABLE");
+    let refused = w.app.enroll(command("k2", 3013), None).await.unwrap_err();
+    assert_eq!(reason(&refused), "CONSUMER_OPTED_OUT");
+    // The retry finishes the deletion.
+    let done = w.app.opt_out(card(3013), None).await.unwrap();
+    assert_eq!(done.record.state, EnrollmentState::Removed);
+}
+
+#[tokio::test]
+async fn updates_note_their_time_and_a_card_gone_is_removed() {
+    let w = world();
+    enrolled(&w, 3020).await;
+    let before = w.record(card(3020)).await.unwrap();
+    let mut consumer = command("x", 3020).consumer;
+    consumer.email = Some("jane.new@example.com".into());
+    let updated = w
+        .app
+        .update_consumer(card(3020), consumer, None)
+        .await
+        .unwrap();
+    assert!(updated.consumer_update_time_ms.is_some());
+    assert_ne!(updated.consumer_ref, before.consumer_ref);
+    assert_eq!(
+        updated.external_consumer_id, before.external_consumer_id,
+        "the directory's id of the profile does not change"
+    );
+    assert!(updated.revision > before.revision);
+
+    let address = crate::app::ports::Address {
+        country_code: Some("US".into()),
+        city: Some("Springfield".into()),
+        ..Default::default()
+    };
+    let updated = w
+        .app
+        .update_billing_address(card(3020), address.clone(), None)
+        .await
+        .unwrap();
+    assert!(updated.billing_address_update_time_ms.is_some());
+
+    w.mc.update(Ok(Updated::NotFound(context("enroll"))));
+    let e = w
+        .app
+        .update_billing_address(card(3020), address, None)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "NOT_IN_CLICK_TO_PAY");
+    let r = w.record(card(3020)).await.unwrap();
+    assert_eq!(r.state, EnrollmentState::Removed);
+    assert_eq!(r.removal.unwrap().reason, RemovalReason::NotInClickToPay);
+}
+
+#[tokio::test]
+async fn lifecycle_calls_on_a_card_never_enrolled_are_refused_without_a_call() {
+    let w = world();
+    let profile = w.app.click_to_pay_profile(card(3030), None).await;
+    assert_eq!(reason(&profile.unwrap_err()), "CARD_NOT_ENROLLED");
+    let opt_out = w.app.opt_out(card(3030), None).await;
+    assert_eq!(reason(&opt_out.unwrap_err()), "CARD_NOT_ENROLLED");
+    assert!(w.mc.calls().lifecycle.is_empty());
+    assert!(!w.app.withdraw_opt_out(card(3030)).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_refresh_and_the_reconciler_notice_cards_click_to_pay_no_longer_holds() {
+    let w = world();
+    enrolled(&w, 3040).await;
+    enrolled(&w, 3041).await;
+    // Held: the refresh keeps the answer.
+    let (r, _) = w.app.status(card(3040), true, None).await.unwrap();
+    assert_eq!(r.state, EnrollmentState::Enrolled);
+    // Not held any more.
+    w.mc.holds(Ok(false));
+    let (r, source) = w.app.status(card(3040), true, None).await.unwrap();
+    assert_eq!(r.state, EnrollmentState::Removed);
+    assert_eq!(source, crate::app::Source::Upstream);
+    assert_eq!(r.removal.unwrap().reason, RemovalReason::NotInClickToPay);
+    // A look-up that fails leaves the token list's answer.
+    w.mc.holds(Err(unavailable()));
+    let (r, _) = w.app.status(card(3041), true, None).await.unwrap();
+    assert_eq!(r.state, EnrollmentState::Enrolled);
+
+    // The reconciler: 3041 is due (made due now), Click to Pay no longer holds it.
+    w.store.track_enrolled(card(3041), 0).await.unwrap();
+    w.mc.holds(Ok(false));
+    let report = w
+        .app
+        .reconcile_once(Duration::from_secs(3600), 100)
+        .await
+        .unwrap();
+    assert_eq!((report.lifecycle_checked, report.removed), (1, 1));
+    assert_eq!(
+        w.record(card(3041)).await.unwrap().state,
+        EnrollmentState::Removed
+    );
+    // Nothing is due any more: removed cards leave the index, held ones are due later.
+    let report = w
+        .app
+        .reconcile_once(Duration::from_secs(3600), 100)
+        .await
+        .unwrap();
+    assert_eq!(report.lifecycle_checked, 0);
+}

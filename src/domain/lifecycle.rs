@@ -1,0 +1,175 @@
+//! What happens to an enrollment after it: a card leaving Click to Pay (why and when), the
+//! state a record's token implies for an enrolled card, and a cardholder's opt-out.
+
+use super::enrollment::{EnrollmentRecord, EnrollmentState, TokenStatus};
+use serde::{Deserialize, Serialize};
+
+/// Why a card left Click to Pay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RemovalReason {
+    /// RemoveCard: the card was closed.
+    CardClosed,
+    /// RemoveCard: the card was replaced.
+    CardReplaced,
+    /// RemoveCard: the card was compromised.
+    Fraud,
+    /// RemoveCard: the cardholder asked.
+    CardholderRequest,
+    /// RemoveCard: another reason.
+    Other,
+    /// The card's Click to Pay token was deactivated (a notification or the token list).
+    TokenDeactivated,
+    /// OptOut deleted the cardholder's profile.
+    ConsumerOptedOut,
+    /// A check found that Click to Pay no longer holds the card.
+    NotInClickToPay,
+}
+
+impl RemovalReason {
+    /// Whether a caller gave it (RemoveCard), rather than the service's own finding.
+    pub fn is_requested(self) -> bool {
+        matches!(
+            self,
+            RemovalReason::CardClosed
+                | RemovalReason::CardReplaced
+                | RemovalReason::Fraud
+                | RemovalReason::CardholderRequest
+                | RemovalReason::Other
+        )
+    }
+}
+
+/// Why and when a card left Click to Pay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removal {
+    /// Why.
+    pub reason: RemovalReason,
+    /// When, Unix milliseconds: the replica's clock for a request or a check, Mastercard's
+    /// event time for a deactivated token.
+    pub time_ms: i64,
+}
+
+/// Makes an enrolled record follow its token: ENROLLED with a DEACTIVATED token is REMOVED
+/// (reason `TOKEN_DEACTIVATED`, at the deactivation's event time), and a record REMOVED for that
+/// reason alone is ENROLLED again when its token no longer shows DEACTIVATED. A function of the
+/// token only, so that the merge stays a join (any order of notifications gives the same
+/// record). Records of other states, and removals for other reasons, are left as they are. The
+/// Lua twin is in `store/scripts.rs` (`follow_token`).
+pub fn follow_token(record: &mut EnrollmentRecord) {
+    let removed_by_token = record.state == EnrollmentState::Removed
+        && record
+            .removal
+            .as_ref()
+            .is_some_and(|r| r.reason == RemovalReason::TokenDeactivated);
+    if record.state != EnrollmentState::Enrolled && !removed_by_token {
+        return;
+    }
+    let deactivated = record
+        .token
+        .as_ref()
+        .filter(|t| t.status == Some(TokenStatus::Deactivated));
+    match deactivated {
+        Some(token) => {
+            record.state = EnrollmentState::Removed;
+            record.removal = Some(Removal {
+                reason: RemovalReason::TokenDeactivated,
+                time_ms: token.status_version.as_ref().map_or(0, |v| v.at_ms),
+            });
+        }
+        None => {
+            record.state = EnrollmentState::Enrolled;
+            record.removal = None;
+        }
+    }
+}
+
+/// A cardholder's opt-out of Click to Pay: kept under each of its subjects (`card:<id>`,
+/// `consumer:<ref>`), so that an enrollment of any of them is refused until it is withdrawn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OptOut {
+    /// When it was first recorded, Unix milliseconds (the replica's clock).
+    pub since_ms: i64,
+    /// Every subject it is kept under.
+    pub subjects: Vec<String>,
+}
+
+/// The opt-out subject of a card.
+pub fn card_subject(card: super::CardContractId) -> String {
+    format!("card:{card}")
+}
+
+/// The opt-out subject of a consumer reference (see `app::fingerprint::consumer_ref`).
+pub fn consumer_subject(consumer_ref: &str) -> String {
+    format!("consumer:{consumer_ref}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{CardContractId, Token, Version};
+
+    fn enrolled(status: Option<TokenStatus>, at_ms: i64) -> EnrollmentRecord {
+        let mut r = EnrollmentRecord::new(
+            CardContractId::new(70001).unwrap(),
+            String::new(),
+            EnrollmentState::Enrolled,
+            1,
+        );
+        r.token = Some(Token {
+            token_unique_reference: "DM1".into(),
+            token_requestor_id: "50123197928".into(),
+            status,
+            status_version: status.map(|_| Version {
+                at_ms,
+                by: "n".into(),
+            }),
+            decision: None,
+            decision_version: None,
+            superseded: None,
+        });
+        r
+    }
+
+    #[test]
+    fn an_enrolled_record_follows_its_token_both_ways() {
+        let mut r = enrolled(Some(TokenStatus::Deactivated), 42);
+        follow_token(&mut r);
+        assert_eq!(r.state, EnrollmentState::Removed);
+        assert_eq!(
+            r.removal,
+            Some(Removal {
+                reason: RemovalReason::TokenDeactivated,
+                time_ms: 42
+            })
+        );
+        // The token shows ACTIVE again (a later write won): ENROLLED again, no removal.
+        r.token.as_mut().unwrap().status = Some(TokenStatus::Active);
+        follow_token(&mut r);
+        assert_eq!((r.state, r.removal), (EnrollmentState::Enrolled, None));
+    }
+
+    #[test]
+    fn other_states_and_requested_removals_do_not_follow() {
+        let mut closed = enrolled(Some(TokenStatus::Active), 1);
+        closed.state = EnrollmentState::Removed;
+        closed.removal = Some(Removal {
+            reason: RemovalReason::CardClosed,
+            time_ms: 7,
+        });
+        let before = closed.clone();
+        follow_token(&mut closed);
+        assert_eq!(closed, before);
+        for state in [
+            EnrollmentState::InProgress,
+            EnrollmentState::Failed,
+            EnrollmentState::NotEnrolled,
+            EnrollmentState::TokenizedElsewhere,
+        ] {
+            let mut r = enrolled(Some(TokenStatus::Deactivated), 1);
+            r.state = state;
+            follow_token(&mut r);
+            assert_eq!((r.state, r.removal), (state, None));
+        }
+    }
+}
