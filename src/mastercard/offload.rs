@@ -4,10 +4,7 @@
 //! signature and stretch every other call, status reads included) and RSA never has more
 //! threads than the cores it shares with them. The threads take the work from one queue: under
 //! load they go from one signature to the next without sleeping (Tokio's blocking pool would
-//! wake a thread, often a new one, for each). The threads run at a lower priority (nice
-//! [`NICENESS`]): when the cores are all busy, the scheduler gives a status read or a
-//! notification on an async worker the core before the next signature, so that reads are not
-//! starved by an enrollment burst; when they are not, signing uses every idle cycle as before.
+//! wake a thread, often a new one, for each).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
@@ -20,11 +17,6 @@ pub fn width() -> usize {
         .saturating_sub(1)
         .max(1)
 }
-
-/// How much lower the pool threads' priority is than the async workers' (Linux `nice`, per
-/// thread). At 10 a busy async worker gets about nine times the CPU of a busy signing thread
-/// on a shared core (CFS weights 1024 and 110).
-pub const NICENESS: i32 = 10;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -52,9 +44,6 @@ fn queue() -> Option<&'static mpsc::Sender<Job>> {
 /// A pool thread: runs jobs until the queue is gone; a job that panics is dropped (its caller
 /// gets [`OffloadError`]) and the thread goes on.
 fn work_from(queue: &Mutex<mpsc::Receiver<Job>>) {
-    // On Linux `nice` changes the calling thread only. Where it cannot (a seccomp profile that
-    // forbids it), signing runs at the workers' priority, as it did before.
-    let _ = rustix::process::nice(NICENESS);
     loop {
         let job = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
         match job {
@@ -117,18 +106,6 @@ mod tests {
     async fn a_panicking_operation_fails_alone() {
         assert_eq!(run(|| panic!("boom")).await, Err::<(), _>(OffloadError));
         assert_eq!(run(|| 7).await, Ok(7));
-    }
-
-    // The priority is the thread's own (Linux): the pool's is NICENESS below the caller's, and
-    // the caller's own is left as it was.
-    #[tokio::test]
-    async fn the_pool_threads_run_at_a_lower_priority() {
-        let own = rustix::process::getpriority_process(None).unwrap();
-        let pool = run(|| rustix::process::getpriority_process(None).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(pool, (own + NICENESS).min(19), "pool priority");
-        assert_eq!(rustix::process::getpriority_process(None).unwrap(), own);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
