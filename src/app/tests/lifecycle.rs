@@ -302,6 +302,53 @@ async fn an_opt_out_deletes_the_profile_and_holds_enroll_card_until_withdrawn() 
 }
 
 #[tokio::test]
+async fn an_opt_out_between_enroll_cards_check_and_its_card_lock_holds_it() {
+    use super::fakes::Op;
+    let w = std::sync::Arc::new(world());
+    enrolled(&w, 3014).await;
+    let (searches, enrolls, _) = w.mc.calls().counts();
+    // The card was removed, so EnrollCard may enroll it again, unless the cardholder opts out.
+    let removed = w
+        .app
+        .remove_card(remove("k-rm", 3014, RemovalReason::CardClosed), None)
+        .await
+        .unwrap();
+    assert_eq!(removed.record.state, EnrollmentState::Removed);
+
+    // EnrollCard passes its early opt-out check and stops just before it takes the card lock.
+    let at_lock = w.store.pause(Op::LockCard, 1);
+    let enroll = tokio::spawn({
+        let w = w.clone();
+        async move { w.app.enroll(command("k-again", 3014), None).await }
+    });
+    at_lock.entered().await;
+    // Meanwhile an OptOut takes the lock, records the opt-out and lets the lock go.
+    w.app.opt_out(card(3014), None).await.unwrap();
+    at_lock.open();
+
+    let e = enroll.await.unwrap().unwrap_err();
+    assert_eq!(reason(&e), "CONSUMER_OPTED_OUT");
+    let calls = w.mc.calls();
+    assert_eq!(
+        (calls.searches.len(), calls.enrolls.len()),
+        (searches, enrolls),
+        "no search and no POST /cards after the opt-out"
+    );
+    let record = w.record(card(3014)).await.unwrap();
+    assert_eq!(record.state, EnrollmentState::Removed);
+    assert_eq!(
+        record.removal.unwrap().reason,
+        RemovalReason::CardClosed,
+        "the opt-out found the card removed already"
+    );
+    // The refusal is not the key's answer, and the card lock is free: once the opt-out is
+    // withdrawn, the same key enrolls.
+    assert!(w.app.withdraw_opt_out(card(3014)).await.unwrap());
+    let done = w.app.enroll(command("k-again", 3014), None).await.unwrap();
+    assert_eq!(done.record.state, EnrollmentState::Enrolled);
+}
+
+#[tokio::test]
 async fn an_opt_out_is_remembered_when_the_profile_delete_fails() {
     let w = world();
     enrolled(&w, 3013).await;
