@@ -294,7 +294,7 @@ impl App {
                     replayed: false,
                 })
             }
-            Err(e) if e.is_transient() => {
+            Err(e) if !e.is_key_answer() => {
                 attempt.release().await;
                 Err(e)
             }
@@ -587,5 +587,8 @@ pub(super) fn map_upstream(
         UpstreamFailure::Rejected(context) => AppError::UpstreamRejected(step, context),
         UpstreamFailure::InvalidAnswer(context) => AppError::UpstreamInvalid(step, context),
         UpstreamFailure::RequestNotBuilt(context) => AppError::Internal(context.description),
+        UpstreamFailure::IdsUnknown { missing, .. } => {
+            AppError::ClickToPayIdsUnknown { card, missing }
+        }
     }
 }

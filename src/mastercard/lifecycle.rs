@@ -82,15 +82,20 @@ fn done(
     decode_json::<serde_json::Value>(http, operation, response).map(|_| ())
 }
 
-fn missing(what: &str) -> UpstreamFailure {
-    UpstreamFailure::RequestNotBuilt(UpstreamContext {
-        api: "enroll",
-        description: format!("the enrollment record holds no {what}"),
-        ..Default::default()
-    })
+/// The record lacks an id the call addresses the card or profile by: nothing can be sent (a
+/// stable answer about the record, not a failure of the request's making).
+fn missing(what: &'static str) -> UpstreamFailure {
+    UpstreamFailure::IdsUnknown {
+        missing: what,
+        context: UpstreamContext {
+            api: "enroll",
+            description: format!("the enrollment record holds no {what}"),
+            ..Default::default()
+        },
+    }
 }
 
-fn require<'a>(value: &'a Option<String>, what: &str) -> Result<&'a str, UpstreamFailure> {
+fn require<'a>(value: &'a Option<String>, what: &'static str) -> Result<&'a str, UpstreamFailure> {
     value.as_deref().ok_or_else(|| missing(what))
 }
 
