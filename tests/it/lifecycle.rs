@@ -453,7 +453,8 @@ async fn faults_on_the_lifecycle_routes_are_retried_or_answered_unavailable() {
     let mut client = service.client();
     client.enroll_card(request("k-1", 70001)).await.unwrap();
 
-    // A 503 is retried (a delete is idempotent): one call, two requests.
+    // A 503 on a read (GET /profiles) is retried: one call, two requests. (Every lifecycle
+    // call is retried so, deletes and updates included: repeating one changes nothing more.)
     let fault = |status: u16| RouteFault {
         error: Some(ErrorFault {
             status,

@@ -406,6 +406,60 @@ async fn updates_note_their_time_and_a_card_gone_is_removed() {
     assert_eq!(r.removal.unwrap().reason, RemovalReason::NotInClickToPay);
 }
 
+/// `c2p_reconciled_total{result="lookup_failed"}` now (only this module's test makes it move).
+fn lookups_failed() -> u64 {
+    let page = crate::metrics::handle().unwrap().render();
+    page.lines()
+        .find_map(|l| l.strip_prefix(r#"c2p_reconciled_total{result="lookup_failed"} "#))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn the_reconcilers_failed_look_ups_are_counted_and_a_card_without_ids_leaves_the_index() {
+    let w = world();
+    enrolled(&w, 3042).await;
+    enrolled(&w, 3043).await;
+    let before = lookups_failed();
+    w.store.track_enrolled(card(3042), 0).await.unwrap();
+    w.store.track_enrolled(card(3043), 1).await.unwrap();
+    // 3042's look-up finds Mastercard unavailable; 3043's record lacks the ids to look it up.
+    w.mc.holds(Err(unavailable()));
+    w.mc.holds(Err(UpstreamFailure::IdsUnknown {
+        missing: "srcDigitalCardId",
+        context: context("enroll"),
+    }));
+    let report = w
+        .app
+        .reconcile_once(Duration::from_secs(3600), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            report.lifecycle_checked,
+            report.removed,
+            report.lookup_failed
+        ),
+        (2, 0, 2)
+    );
+    assert_eq!(lookups_failed() - before, 2);
+    for id in [3042, 3043] {
+        assert_eq!(
+            w.record(card(id)).await.unwrap().state,
+            EnrollmentState::Enrolled
+        );
+    }
+    // Both made due again: 3042 is looked up again (and held now); 3043 left the index.
+    w.store.track_enrolled(card(3042), 0).await.unwrap();
+    let due = w.store.enrolled_due(i64::MAX, 100).await.unwrap();
+    assert_eq!(due, [card(3042)]);
+    let report = w
+        .app
+        .reconcile_once(Duration::from_secs(3600), 100)
+        .await
+        .unwrap();
+    assert_eq!((report.lifecycle_checked, report.lookup_failed), (1, 0));
+}
+
 #[tokio::test]
 async fn lifecycle_calls_on_a_card_never_enrolled_are_refused_without_a_call() {
     let w = world();
