@@ -22,6 +22,16 @@
 //!   after an exponential, jittered backoff. Every other code is an answer: never retried
 //!   (`FAILED_PRECONDITION` `CARD_NOT_ELIGIBLE` needs a new key once the card is fixed,
 //!   `INVALID_ARGUMENT` a fixed request, ...).
+//! - **Two rows of the error table this client leaves to its caller** (it reports them and
+//!   stops; the table is the contract): `INTERNAL` `UPSTREAM_INVALID_RESPONSE` with metadata
+//!   `step` = `enroll` (Mastercard's answer to `POST /cards` was unreadable: the enrollment may
+//!   have happened), and an enrollment the watch shows `FAILED` with `failure.reason`
+//!   `ENROLLMENT_NOT_CONFIRMED` (the reconciler found no token for an attempt left IN_PROGRESS).
+//!   The table says: EnrollCard again with the same key, which resumes and never enrolls twice.
+//!   This client only prints them (the status, exiting 1; the FAILED state it watched); both
+//!   are rare and not urgent, so the INTEGRATE: point is the caller's own later retry (e.g. a
+//!   job that re-sends stored keys) rather than this loop, which retries only what a short wait
+//!   can cure.
 //! - Each attempt has its own deadline (65 s, what `integration/service-config.json` gives
 //!   EnrollCard: the search's and `POST /cards`' upstream budgets).
 //! - Then `WatchEnrollment` shows the card's record and each change; a stream that ends is

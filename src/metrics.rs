@@ -93,7 +93,7 @@ fn describe() {
     );
     metrics::describe_counter!(
         "c2p_reconciled_total",
-        "IN_PROGRESS enrollments finished by the reconciler, by result (enrolled, failed, error)"
+        "reconciler results: IN_PROGRESS enrollments finished (enrolled, failed) or left for a later pass (error); ENROLLED cards Click to Pay no longer holds, now REMOVED (removed), and failed look-ups of ENROLLED cards in Click to Pay (lookup_failed)"
     );
     metrics::describe_counter!(
         "c2p_record_cache_reads_total",
@@ -119,7 +119,7 @@ fn describe() {
 
 /// The reasons of `c2p_reconciled_total`, the outcomes of a Redis error: their series exist
 /// from the start at 0, so that the first increment is seen by `rate()` and alerts on them.
-const RECONCILE_RESULTS: [&str; 4] = ["enrolled", "failed", "removed", "error"];
+const RECONCILE_RESULTS: [&str; 5] = ["enrolled", "failed", "removed", "error", "lookup_failed"];
 const REDIS_ERROR_KINDS: [&str; 3] = ["timeout", "connection", "command"];
 
 /// Registers at 0 the series that alerts watch before they first move (a counter that appears
@@ -255,7 +255,9 @@ pub fn tls_reload(result: &'static str) {
     counter!("c2p_tls_reloads_total", "result" => result).increment(1);
 }
 
-/// One card finished (or not) by the reconciler: `enrolled`, `failed` or `error`.
+/// One card the reconciler dealt with. An IN_PROGRESS enrollment: `enrolled`, `failed` or
+/// `error` (left for a later pass). An ENROLLED card looked up in Click to Pay
+/// (`enroll.lifecycle_check_interval`): `removed` (no longer held: REMOVED) or `lookup_failed`.
 pub fn reconciled(result: &'static str) {
     counter!("c2p_reconciled_total", "result" => result).increment(1);
 }

@@ -213,24 +213,15 @@ impl App {
             record: std::sync::Arc::new(tokio::sync::Mutex::new(record)),
         };
         // A cardholder who opted out is not enrolled. Checked on every new or resumed call and
-        // never stored as the key's answer: once the opt-out is withdrawn, the key works.
+        // never stored as the key's answer: once the opt-out is withdrawn, the key works. This
+        // early check spares the lock to a call that would be refused anyway; the decisive one
+        // comes under the card lock, below.
         let consumer_ref =
             super::fingerprint::consumer_ref(&self.settings.fingerprint_key, &cmd.consumer)
                 .map_err(AppError::Internal);
-        let opted_out = match &consumer_ref {
-            Ok(reference) => self.opted_out(card, reference).await,
-            Err(e) => Err(e.clone()),
-        };
-        match opted_out {
-            Ok(None) => {}
-            Ok(Some(since_ms)) => {
-                attempt.release().await;
-                return Err(AppError::ConsumerOptedOut { card, since_ms });
-            }
-            Err(e) => {
-                attempt.release().await;
-                return Err(e);
-            }
+        if let Err(e) = self.refuse_opted_out(card, &consumer_ref).await {
+            attempt.release().await;
+            return Err(e);
         }
         // One enrollment of a card at a time, whatever its key: two keys must not send two
         // POST /cards with different srcCorrelationIds.
@@ -254,6 +245,15 @@ impl App {
                 card,
                 retry_after: Duration::from_secs(1),
             });
+        }
+        // OptOut records the opt-out while it holds this lock: one that completed between the
+        // early check and the lock is seen here, before anything is sent.
+        if let Err(e) = self.refuse_opted_out(card, &consumer_ref).await {
+            if let Err(unlock) = self.store.unlock_card(card, &owner).await {
+                tracing::warn!(error = %unlock, "could not release the card lock; it expires by itself");
+            }
+            attempt.release().await;
+            return Err(e);
         }
         // Aborted on drop too: a cancelled call must stop renewing its lease.
         let lost = tokio_util::sync::CancellationToken::new();
@@ -294,7 +294,7 @@ impl App {
                     replayed: false,
                 })
             }
-            Err(e) if e.is_transient() => {
+            Err(e) if !e.is_key_answer() => {
                 attempt.release().await;
                 Err(e)
             }
@@ -302,6 +302,20 @@ impl App {
                 attempt.finish_or_release(e.to_stored()).await?;
                 Err(e)
             }
+        }
+    }
+
+    /// `ConsumerOptedOut` when an opt-out covers `card` or the consumer reference (a store
+    /// error, or the reference's, as such).
+    async fn refuse_opted_out(
+        &self,
+        card: CardContractId,
+        consumer_ref: &Result<String, AppError>,
+    ) -> Result<(), AppError> {
+        let reference = consumer_ref.as_ref().map_err(Clone::clone)?;
+        match self.opted_out(card, reference).await? {
+            None => Ok(()),
+            Some(since_ms) => Err(AppError::ConsumerOptedOut { card, since_ms }),
         }
     }
 
@@ -573,5 +587,8 @@ pub(super) fn map_upstream(
         UpstreamFailure::Rejected(context) => AppError::UpstreamRejected(step, context),
         UpstreamFailure::InvalidAnswer(context) => AppError::UpstreamInvalid(step, context),
         UpstreamFailure::RequestNotBuilt(context) => AppError::Internal(context.description),
+        UpstreamFailure::IdsUnknown { missing, .. } => {
+            AppError::ClickToPayIdsUnknown { card, missing }
+        }
     }
 }

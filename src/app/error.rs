@@ -124,6 +124,13 @@ pub enum AppError {
         /// The call that found it gone.
         upstream: UpstreamContext,
     },
+    /// The card's record lacks the Click to Pay id a lifecycle call needs; nothing was sent.
+    ClickToPayIdsUnknown {
+        /// The card.
+        card: CardContractId,
+        /// The id's name, e.g. `srcDigitalCardId`.
+        missing: &'static str,
+    },
     /// A stored failure, replayed as it was.
     Replayed(StoredOutcome),
     /// A bug.
@@ -169,11 +176,13 @@ pub enum Reason {
     CardNotEnrolled,
     /// Click to Pay no longer holds the card or its profile.
     NotInClickToPay,
+    /// The record lacks the Click to Pay id a lifecycle call needs.
+    ClickToPayIdsUnknown,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::InvalidRequest,
         Reason::IdempotencyKeyReused,
         Reason::RequestInProgress,
@@ -191,6 +200,7 @@ impl Reason {
         Reason::ConsumerOptedOut,
         Reason::CardNotEnrolled,
         Reason::NotInClickToPay,
+        Reason::ClickToPayIdsUnknown,
     ];
 
     /// The `ErrorInfo.reason` string (the `ErrorReason` value's name).
@@ -213,6 +223,7 @@ impl Reason {
             Reason::ConsumerOptedOut => "CONSUMER_OPTED_OUT",
             Reason::CardNotEnrolled => "CARD_NOT_ENROLLED",
             Reason::NotInClickToPay => "NOT_IN_CLICK_TO_PAY",
+            Reason::ClickToPayIdsUnknown => "CLICK_TO_PAY_IDS_UNKNOWN",
         }
     }
 
@@ -460,6 +471,20 @@ impl AppError {
                     "Click to Pay no longer holds the card or its consumer profile".into(),
                 )
             },
+            AppError::ClickToPayIdsUnknown { card, missing } => {
+                let mut metadata = card_metadata(*card);
+                metadata.insert("step".into(), Step::Lifecycle.name().into());
+                metadata.insert("missingId".into(), (*missing).into());
+                ErrorParts {
+                    metadata,
+                    ..plain(
+                        Reason::ClickToPayIdsUnknown,
+                        format!(
+                            "the enrollment record holds no {missing}, which Click to Pay's lifecycle API of the card's program needs; nothing was sent (see the manual procedure in the runbook)"
+                        ),
+                    )
+                }
+            }
             AppError::Replayed(StoredOutcome::Failure {
                 reason,
                 message,
@@ -498,6 +523,18 @@ impl AppError {
                 | AppError::RequestInFlight { .. }
                 | AppError::CardBusy { .. }
         )
+    }
+
+    /// Whether a failure of a call with an idempotency key (EnrollCard, RemoveCard) is stored as
+    /// the key's answer and replayed: not a transient one (the key resumes), nor a refusal that
+    /// holds only until something outside the call changes (an opt-out withdrawn, the Click to
+    /// Pay ids of a card set right by hand): the same key then works.
+    pub fn is_key_answer(&self) -> bool {
+        !self.is_transient()
+            && !matches!(
+                self,
+                AppError::ConsumerOptedOut { .. } | AppError::ClickToPayIdsUnknown { .. }
+            )
     }
 
     /// The stored form of a terminal failure.

@@ -24,6 +24,9 @@ pub struct ReconcileReport {
     pub lifecycle_checked: usize,
     /// Of those, cards Click to Pay no longer holds: now REMOVED (`NOT_IN_CLICK_TO_PAY`).
     pub removed: usize,
+    /// Of those, look-ups that failed: due again an interval later, except a card whose record
+    /// lacks the Click to Pay ids to look it up by, which leaves the index.
+    pub lookup_failed: usize,
 }
 
 impl App {
@@ -111,8 +114,17 @@ impl App {
                 }
                 Ok(_) => self.track_enrolled(card).await,
                 Err(e) => {
-                    tracing::warn!(card = card.get(), reason = %e.parts().reason, "reconciler: could not look the card up in Click to Pay; due again later");
-                    self.track_enrolled(card).await;
+                    report.lookup_failed += 1;
+                    crate::metrics::reconciled("lookup_failed");
+                    if matches!(e, AppError::ClickToPayIdsUnknown { .. }) {
+                        // No later pass can look it up either (its token's news still can
+                        // make it REMOVED): out of the index rather than failing every interval.
+                        tracing::info!(card = card.get(), reason = %e.parts().reason, "reconciler: the record lacks the ids to look the card up in Click to Pay; no longer checked");
+                        self.untrack_enrolled(card).await;
+                    } else {
+                        tracing::warn!(card = card.get(), reason = %e.parts().reason, "reconciler: could not look the card up in Click to Pay; due again later");
+                        self.track_enrolled(card).await;
+                    }
                 }
             }
         }

@@ -163,7 +163,7 @@ impl App {
                     replayed: false,
                 })
             }
-            Err(e) if e.is_transient() => {
+            Err(e) if !e.is_key_answer() => {
                 attempt.release().await;
                 Err(e)
             }
@@ -201,7 +201,7 @@ impl App {
             Ok(Deleted::AlreadyGone) => tracing::info!("Click to Pay no longer held the card"),
             // Gone already (its token deactivated) and nothing on record to address it by:
             // there is nothing Click to Pay could be asked to delete.
-            Err(UpstreamFailure::RequestNotBuilt(_)) if removed_before => {}
+            Err(UpstreamFailure::IdsUnknown { .. }) if removed_before => {}
             Err(e) => return Err(lifecycle_error(card, e, deadline)),
         }
         let mut removed = record;

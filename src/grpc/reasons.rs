@@ -159,9 +159,10 @@ fn variant(e: &AppError) -> usize {
         AppError::ConsumerOptedOut { .. } => 14,
         AppError::CardNotEnrolled { .. } => 15,
         AppError::NotInClickToPay { .. } => 16,
+        AppError::ClickToPayIdsUnknown { .. } => 17,
     }
 }
-const VARIANTS: usize = 17;
+const VARIANTS: usize = 18;
 
 fn sample_app_errors() -> Vec<AppError> {
     let card = CardContractId::new(70001).unwrap();
@@ -218,6 +219,10 @@ fn sample_app_errors() -> Vec<AppError> {
         AppError::NotInClickToPay {
             card,
             upstream: upstream(),
+        },
+        AppError::ClickToPayIdsUnknown {
+            card,
+            missing: "srcDigitalCardId",
         },
         declined,
     ];

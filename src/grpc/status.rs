@@ -62,6 +62,7 @@ pub fn code_of(reason: Reason) -> tonic::Code {
         Reason::CardContractNotFound => Code::NotFound,
         Reason::CardNotEligible | Reason::UpstreamRejected => Code::FailedPrecondition,
         Reason::ConsumerOptedOut | Reason::CardNotEnrolled => Code::FailedPrecondition,
+        Reason::ClickToPayIdsUnknown => Code::FailedPrecondition,
         Reason::NotInClickToPay => Code::NotFound,
         Reason::UpstreamUnavailable | Reason::StoreUnavailable => Code::Unavailable,
         Reason::UpstreamInvalidResponse | Reason::Internal => Code::Internal,

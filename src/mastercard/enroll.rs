@@ -61,6 +61,7 @@ impl EnrollClient {
                     body: Some(body),
                     headers: vec![(CLIENT_ID_HEADER, self.client_id.clone())],
                     idempotency: Idempotency::Unsafe,
+                    absent_is_answer: false,
                 },
                 deadline,
             )

@@ -117,6 +117,25 @@ pub enum UpstreamErrorKind {
     Request(String),
 }
 
+impl UpstreamErrorKind {
+    /// A 404 of the API itself, not one the gateway answered (its own body, `Source`
+    /// `Gateway`) for a path it does not route. For the lifecycle calls this is the answer
+    /// "Click to Pay does not hold it" (`CallSpec::absent_is_answer`).
+    pub fn is_api_not_found(&self) -> bool {
+        match self {
+            UpstreamErrorKind::Rejected {
+                status: 404,
+                reason,
+                ..
+            } => !reason
+                .source
+                .as_deref()
+                .is_some_and(|s| s.eq_ignore_ascii_case("gateway")),
+            _ => false,
+        }
+    }
+}
+
 /// A failed Mastercard call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamError {

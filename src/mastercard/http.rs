@@ -112,6 +112,11 @@ pub struct CallSpec {
     pub headers: Vec<(&'static str, String)>,
     /// Retry safety.
     pub idempotency: Idempotency,
+    /// A 404 of the API itself ([`UpstreamErrorKind::is_api_not_found`]) is an answer, not a
+    /// failure: the lifecycle calls read it as "Click to Pay does not hold it". Such an attempt
+    /// counts `outcome="not_found"` (not `rejected`, which the error-ratio alert counts) and
+    /// logs no `mastercard call failed` line; the caller still gets the error to read.
+    pub absent_is_answer: bool,
 }
 
 /// A 2xx answer.
@@ -259,8 +264,11 @@ impl ApiClient {
         spec: CallSpec,
         deadline: Option<Instant>,
     ) -> Result<UpstreamResponse, UpstreamError> {
+        let absent_is_answer = spec.absent_is_answer;
         let result = self.call_with_retries(spec, deadline).await;
-        if let Err(e) = &result {
+        if let Err(e) = &result
+            && !(absent_is_answer && e.kind.is_api_not_found())
+        {
             log_failure(e);
         }
         result

@@ -12,7 +12,7 @@ pub mod legacy;
 pub mod types;
 
 use super::enroll::CLIENT_ID_HEADER;
-use super::error::{UpstreamError, UpstreamErrorKind};
+use super::error::UpstreamError;
 use super::http::{ApiClient, CallSpec, Idempotency, UpstreamResponse};
 use super::ports::{context_of, lifecycle_failure};
 use super::processing::decode_json;
@@ -54,6 +54,8 @@ pub async fn send(
         headers: vec![(CLIENT_ID_HEADER, client_id.to_owned())],
         // PUT and DELETE replace or remove: repeating one changes nothing more.
         idempotency: Idempotency::Safe,
+        // Counted `not_found`, not `rejected`: "already gone" is no failure of the API.
+        absent_is_answer: true,
     };
     match http.call(spec, deadline).await {
         Ok(response) => Ok(Answer::Done(response)),
@@ -64,17 +66,7 @@ pub async fn send(
 
 /// A 404 of the API itself: not one the gateway answered for a path it does not route.
 fn is_not_found(e: &UpstreamError) -> bool {
-    match &e.kind {
-        UpstreamErrorKind::Rejected {
-            status: 404,
-            reason,
-            ..
-        } => !reason
-            .source
-            .as_deref()
-            .is_some_and(|s| s.eq_ignore_ascii_case("gateway")),
-        _ => false,
-    }
+    e.kind.is_api_not_found()
 }
 
 /// Counts a 2xx whose body is not needed as `ok`, checking only that a non-empty body is JSON.
@@ -90,15 +82,20 @@ fn done(
     decode_json::<serde_json::Value>(http, operation, response).map(|_| ())
 }
 
-fn missing(what: &str) -> UpstreamFailure {
-    UpstreamFailure::RequestNotBuilt(UpstreamContext {
-        api: "enroll",
-        description: format!("the enrollment record holds no {what}"),
-        ..Default::default()
-    })
+/// The record lacks an id the call addresses the card or profile by: nothing can be sent (a
+/// stable answer about the record, not a failure of the request's making).
+fn missing(what: &'static str) -> UpstreamFailure {
+    UpstreamFailure::IdsUnknown {
+        missing: what,
+        context: UpstreamContext {
+            api: "enroll",
+            description: format!("the enrollment record holds no {what}"),
+            ..Default::default()
+        },
+    }
 }
 
-fn require<'a>(value: &'a Option<String>, what: &str) -> Result<&'a str, UpstreamFailure> {
+fn require<'a>(value: &'a Option<String>, what: &'static str) -> Result<&'a str, UpstreamFailure> {
     value.as_deref().ok_or_else(|| missing(what))
 }
 
@@ -460,7 +457,7 @@ impl ClickToPayLifecycle for Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mastercard::error::{Api, Correlation, parse_error_body};
+    use crate::mastercard::error::{Api, Correlation, UpstreamErrorKind, parse_error_body};
 
     fn answered(status: u16, body: &[u8]) -> UpstreamError {
         UpstreamError {

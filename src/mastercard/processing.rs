@@ -70,6 +70,7 @@ impl ProcessingClient {
                     )],
                     // A search changes nothing upstream, so retrying it is safe.
                     idempotency: Idempotency::Safe,
+                    absent_is_answer: false,
                 },
                 deadline,
             )
@@ -136,6 +137,7 @@ impl ProcessingClient {
                     body: None,
                     headers: Vec::new(),
                     idempotency: Idempotency::Safe,
+                    absent_is_answer: false,
                 },
                 deadline,
             )

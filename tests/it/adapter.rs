@@ -639,3 +639,58 @@ async fn a_token_list_is_dated_by_mastercards_date_header() {
     assert!(tokens.is_empty());
     assert_eq!(observed_at, Some(784_111_777_000));
 }
+
+#[tokio::test]
+async fn a_lifecycle_404_counts_not_found_and_a_gateway_404_rejected() {
+    use c2p_enroll::mastercard::lifecycle::{Answer, legacy};
+    let metrics = c2p_enroll::metrics::handle().unwrap();
+    let stub = HttpStub::start(vec![
+        Reply::json(
+            404,
+            r#"{"status":404,"reason":"NOT_FOUND","message":"Card not found"}"#,
+        ),
+        Reply::json(
+            404,
+            r#"{"Errors":{"Error":[{"Source":"Gateway","ReasonCode":"RESOURCE_NOT_FOUND","Recoverable":false}]}}"#,
+        ),
+    ])
+    .await;
+    let http = client(
+        Api::Enroll,
+        stub.url("/src/api/digital/payments"),
+        fast_policy(),
+        BreakerConfig::default(),
+    );
+    let ids = ("src-client", "SRC_TEST_SERVICE");
+    // The card is gone: an answer, counted apart from the refusals the error-ratio alert counts.
+    let gone = legacy::delete_card(&http, "client-id", ids, "card-gone", None)
+        .await
+        .unwrap();
+    assert!(matches!(gone, Answer::NotFound(_)), "{gone:?}");
+    // The gateway routes no such path: a refusal, counted as one.
+    let refused = legacy::delete_card(&http, "client-id", ids, "card-x", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused.kind,
+            UpstreamErrorKind::Rejected { status: 404, .. }
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(stub.requests().len(), 2, "a 404 is not retried");
+
+    let page = metrics.render();
+    let series = |outcome: &str, reason: &str| {
+        format!(
+            r#"c2p_upstream_requests_total{{api="enroll",operation="deleteCard",outcome="{outcome}",reason="{reason}"}}"#
+        )
+    };
+    assert!(page.contains(&series("not_found", "NOT_FOUND")), "{page}");
+    // No lifecycle 404 of this process (other tests' included) counts as a refusal.
+    assert!(!page.contains(&series("rejected", "NOT_FOUND")), "{page}");
+    assert!(
+        page.contains(&series("rejected", "RESOURCE_NOT_FOUND")),
+        "{page}"
+    );
+}

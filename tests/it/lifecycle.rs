@@ -453,7 +453,8 @@ async fn faults_on_the_lifecycle_routes_are_retried_or_answered_unavailable() {
     let mut client = service.client();
     client.enroll_card(request("k-1", 70001)).await.unwrap();
 
-    // A 503 is retried (a delete is idempotent): one call, two requests.
+    // A 503 on a read (GET /profiles) is retried: one call, two requests. (Every lifecycle
+    // call is retried so, deletes and updates included: repeating one changes nothing more.)
     let fault = |status: u16| RouteFault {
         error: Some(ErrorFault {
             status,
@@ -521,4 +522,102 @@ async fn calls_on_a_card_never_enrolled_are_refused_with_card_not_enrolled() {
         .unwrap_err();
     assert_eq!(invalid.code(), Code::InvalidArgument);
     assert_eq!(service.sandbox.count(Route::LifecycleCards), 0);
+}
+
+#[tokio::test]
+async fn a_card_enrolled_without_click_to_pay_ids_is_refused_precisely_until_removed_there() {
+    use tonic_types::StatusExt as _;
+    let redis = RedisServer::start();
+    let service = TestService::start(&service_settings(
+        &redis,
+        &[
+            ("C2P_ENROLL__LEASE", "1s"),
+            ("C2P_ENROLL__RECONCILE_AFTER", "2s"),
+            ("C2P_ENROLL__RECONCILE_INTERVAL", "200ms"),
+        ],
+    ))
+    .await;
+    let mut client = service.client();
+    // Mastercard processes POST /cards but its answer (with srcDigitalCardId and srcConsumerId)
+    // never arrives; the caller gives up; the record is finished without those ids.
+    service.sandbox.set_fault(
+        Route::EnrollCards,
+        RouteFault {
+            drop_response: true,
+            ..RouteFault::default()
+        },
+    );
+    let mut call = tonic::Request::new(request("k-enroll", 70001));
+    call.set_timeout(Duration::from_millis(1500));
+    client.enroll_card(call).await.unwrap_err();
+    service
+        .sandbox
+        .set_fault(Route::EnrollCards, RouteFault::default());
+    let enrolled = eventually(
+        &mut client,
+        70001,
+        "ENROLLED without POST /cards' answer",
+        |e| e.state() == EnrollmentState::Enrolled,
+    )
+    .await;
+    assert!(
+        enrolled.src_digital_card_id.is_empty() && enrolled.src_consumer_id.is_empty(),
+        "{enrolled:?}"
+    );
+
+    // RemoveCard: a precise refusal, not stored as the key's answer (the same key gets it
+    // again, never as a replay); OptOut likewise (its opt-out is kept).
+    for _ in 0..2 {
+        let refused = client
+            .remove_card(remove("k-remove", 70001, RemovalReason::CardClosed))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert_eq!(reason(&refused), "CLICK_TO_PAY_IDS_UNKNOWN");
+        let info = refused.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(info.metadata["missingId"], "srcDigitalCardId");
+        assert_eq!(info.metadata["cardContractId"], "70001");
+        assert!(!info.metadata.contains_key("replayed"), "{info:?}");
+    }
+    let refused = client
+        .opt_out(OptOutRequest {
+            card_contract_id: 70001,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(reason(&refused), "CLICK_TO_PAY_IDS_UNKNOWN");
+    let info = refused.get_error_details().error_info().cloned().unwrap();
+    assert_eq!(info.metadata["missingId"], "srcConsumerId");
+    assert_eq!(service.sandbox.count(Route::LifecycleCards), 0);
+    assert_eq!(service.sandbox.count(Route::LifecycleProfiles), 0);
+    assert_eq!(
+        status(&mut client, 70001, false).await.state(),
+        EnrollmentState::Enrolled
+    );
+
+    // The manual procedure: Click to Pay deletes the card (Mastercard, asked by hand); its
+    // token's deactivation makes the record REMOVED; the same key then removes.
+    assert!(
+        service
+            .sandbox
+            .delete_card_in_click_to_pay(70001, CardDeletion::Notified)
+            .await
+    );
+    eventually(
+        &mut client,
+        70001,
+        "REMOVED by the token's deactivation",
+        |e| e.state() == EnrollmentState::Removed,
+    )
+    .await;
+    let removed = client
+        .remove_card(remove("k-remove", 70001, RemovalReason::CardClosed))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!removed.replayed);
+    let removed = removed.enrollment.unwrap();
+    assert_eq!(removed.state(), EnrollmentState::Removed);
+    assert_eq!(removal_reason(&removed), RemovalReason::CardClosed);
 }

@@ -551,3 +551,159 @@ async fn mesh_header_mode_takes_the_identity_from_the_header() {
     let status = client.get_enrollment_status(as_stranger).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
 }
+
+/// Mastercard's lifecycle routes of both families: what a change after the enrollment calls.
+fn lifecycle_calls(service: &TestService) -> usize {
+    [
+        Route::LifecycleCards,
+        Route::LifecycleProfiles,
+        Route::DirectoryConsumers,
+        Route::DirectoryCredentials,
+    ]
+    .into_iter()
+    .map(|r| service.sandbox.count(r))
+    .sum()
+}
+
+#[tokio::test]
+async fn the_policy_guards_the_rpcs_after_an_enrollment() {
+    use c2p_enroll::proto::v1::{
+        EnrollmentState, GetClickToPayProfileRequest, OptOutRequest, RemovalReason,
+        RemoveCardRequest, UpdateConsumerRequest, WithdrawOptOutRequest,
+    };
+    let redis = RedisServer::start();
+    let pki = Pki::new();
+    let mut env = pki.env();
+    // A back office that may call every RPC after an enrollment, but only for the `directory`
+    // program's cards.
+    let back_office = "spiffe://bank.test/ns/payments/sa/back-office";
+    env.push((
+        "C2P_AUTH__CALLERS__OFFICE__IDENTITY".into(),
+        back_office.into(),
+    ));
+    env.push((
+        "C2P_AUTH__CALLERS__OFFICE__RPCS".into(),
+        "GetEnrollmentStatus,RemoveCard,GetClickToPayProfile,UpdateConsumer,UpdateBillingAddress,OptOut,WithdrawOptOut".into(),
+    ));
+    env.push((
+        "C2P_AUTH__CALLERS__OFFICE__PROGRAMS".into(),
+        "directory".into(),
+    ));
+    env.push(("C2P_REDIS__URL".into(), redis.url()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let settings = settings(&env);
+    let sandbox = start_sandbox().await;
+    let running = c2p_enroll::server::start(
+        &settings,
+        std::sync::Arc::new(sandbox.upstream(&settings.mastercard).unwrap()),
+    )
+    .await
+    .unwrap();
+    let service = TestService {
+        running,
+        channel: Endpoint::from_static("http://127.0.0.1:9").connect_lazy(),
+        sandbox,
+    };
+    let addr = service.running.local_addr();
+    let connect = |identity: &str| {
+        let issued = pki.client(identity);
+        let ca = pki.ca.cert_pem.clone();
+        async move { EnrollmentServiceClient::new(tls_channel(addr, &ca, Some(&issued)).await.unwrap()) }
+    };
+    let remove = |key: &str| RemoveCardRequest {
+        idempotency_key: key.into(),
+        card_contract_id: 70001,
+        reason: RemovalReason::CardClosed as i32,
+    };
+    let opt_out = OptOutRequest {
+        card_contract_id: 70001,
+    };
+
+    // The app backend enrolls 70001 under `default`; its policy names no RPC after that.
+    let mut app = connect(APP).await;
+    let enrolled = app
+        .enroll_card(request("k-enroll", 70001))
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment
+        .unwrap();
+    assert_eq!(enrolled.state(), EnrollmentState::Enrolled);
+    let keys_after_enrollment = key_count(&redis);
+
+    let status = app.remove_card(remove("k-remove")).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(reason(&status), "RPC_NOT_ALLOWED");
+    let status = app.opt_out(opt_out).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(reason(&status), "RPC_NOT_ALLOWED");
+    let status = app
+        .withdraw_opt_out(WithdrawOptOutRequest {
+            card_contract_id: 70001,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), "RPC_NOT_ALLOWED");
+
+    // The back office may call them, but not on a card of a program outside its list.
+    let mut office = connect(back_office).await;
+    let status = office.remove_card(remove("k-remove")).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(reason(&status), "PROGRAM_NOT_ALLOWED");
+    let status = office.opt_out(opt_out).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(reason(&status), "PROGRAM_NOT_ALLOWED");
+    let status = office
+        .get_click_to_pay_profile(GetClickToPayProfileRequest {
+            card_contract_id: 70001,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), "PROGRAM_NOT_ALLOWED");
+    let status = office
+        .update_consumer(UpdateConsumerRequest {
+            card_contract_id: 70001,
+            consumer: Some(c2p_enroll::proto::v1::Consumer {
+                email: "mary.major@bank.example".into(),
+                mobile_number: None,
+                first_name: "Mary".into(),
+                last_name: "Major".into(),
+                country_code: "GB".into(),
+                language_code: "en_GB".into(),
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), "PROGRAM_NOT_ALLOWED");
+
+    // Nothing changed: no lifecycle call reached Mastercard, nothing was written, the card is
+    // still ENROLLED and may be enrolled again (no opt-out was recorded).
+    assert_eq!(
+        lifecycle_calls(&service),
+        0,
+        "a refused call reached Mastercard"
+    );
+    assert_eq!(
+        key_count(&redis),
+        keys_after_enrollment,
+        "a refused call wrote to Redis"
+    );
+    let now = app
+        .get_enrollment_status(GetEnrollmentStatusRequest {
+            card_contract_id: 70001,
+            refresh: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment
+        .unwrap();
+    assert_eq!(now.state(), EnrollmentState::Enrolled);
+    assert_eq!(now.revision, enrolled.revision);
+    let replay = app
+        .enroll_card(request("k-enroll", 70001))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(replay.replayed);
+}

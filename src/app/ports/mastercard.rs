@@ -159,6 +159,14 @@ pub enum UpstreamFailure {
     InvalidAnswer(UpstreamContext),
     /// The request could not be built (e.g. signing failed); nothing was sent.
     RequestNotBuilt(UpstreamContext),
+    /// The card's record lacks the Click to Pay id (`missing`, e.g. `srcDigitalCardId`) that
+    /// the lifecycle API of its program addresses it by; nothing was sent.
+    IdsUnknown {
+        /// The id's name, as Mastercard's API calls it.
+        missing: &'static str,
+        /// The call.
+        context: UpstreamContext,
+    },
 }
 
 impl UpstreamFailure {
@@ -170,7 +178,8 @@ impl UpstreamFailure {
             | UpstreamFailure::InvalidAnswer(c)
             | UpstreamFailure::RequestNotBuilt(c)
             | UpstreamFailure::Declined { context: c, .. }
-            | UpstreamFailure::Unavailable { context: c, .. } => c,
+            | UpstreamFailure::Unavailable { context: c, .. }
+            | UpstreamFailure::IdsUnknown { context: c, .. } => c,
         }
     }
 }

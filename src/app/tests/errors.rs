@@ -156,6 +156,15 @@ fn table() -> Vec<(AppError, &'static str, Vec<&'static str>, Option<Duration>)>
             None,
         ),
         (AppError::Internal("a bug".into()), "INTERNAL", vec![], None),
+        (
+            AppError::ClickToPayIdsUnknown {
+                card: card(3001),
+                missing: "srcDigitalCardId",
+            },
+            "CLICK_TO_PAY_IDS_UNKNOWN",
+            vec!["cardContractId", "missingId", "step"],
+            None,
+        ),
     ]
 }
 
@@ -293,6 +302,31 @@ fn only_errors_a_retry_may_get_past_are_transient() {
 }
 
 #[test]
+fn a_keyed_call_stores_every_failure_but_the_transient_ones_and_the_refusals_that_pass() {
+    let unstored: Vec<&str> = table()
+        .into_iter()
+        .filter(|(e, ..)| !e.is_key_answer())
+        .map(|(_, reason, ..)| reason)
+        .collect();
+    assert_eq!(
+        unstored,
+        [
+            "REQUEST_IN_PROGRESS",
+            "ENROLLMENT_IN_PROGRESS",
+            "UPSTREAM_UNAVAILABLE",
+            "DEADLINE_EXCEEDED",
+            "STORE_UNAVAILABLE",
+            "CLICK_TO_PAY_IDS_UNKNOWN",
+        ]
+    );
+    let opted_out = AppError::ConsumerOptedOut {
+        card: card(3001),
+        since_ms: 0,
+    };
+    assert!(!opted_out.is_key_answer());
+}
+
+#[test]
 fn a_stored_failure_replays_its_parts_and_says_it_is_a_replay() {
     for (error, ..) in table()
         .into_iter()
@@ -342,6 +376,13 @@ fn every_upstream_failure_maps_to_one_error() {
                 "UPSTREAM_INVALID_RESPONSE",
             ),
             (UpstreamFailure::RequestNotBuilt(ctx()), "INTERNAL"),
+            (
+                UpstreamFailure::IdsUnknown {
+                    missing: "srcConsumerId",
+                    context: ctx(),
+                },
+                "CLICK_TO_PAY_IDS_UNKNOWN",
+            ),
         ];
         for (failure, reason) in cases {
             let e = map_upstream(step, card(3001), failure.clone(), None);

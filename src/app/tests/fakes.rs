@@ -364,6 +364,8 @@ pub struct FaultyStore {
     lock_owners: Mutex<HashMap<CardContractId, String>>,
     /// The idempotency records as last written, by scope.
     keys: Mutex<HashMap<String, IdempotencyRecord>>,
+    /// Calls held at a gate before they run, by (operation, call number).
+    pauses: Mutex<HashMap<(Op, usize), Gate>>,
 }
 
 impl FaultyStore {
@@ -379,7 +381,20 @@ impl FaultyStore {
             faults: Mutex::default(),
             lock_owners: Mutex::default(),
             keys: Mutex::default(),
+            pauses: Mutex::default(),
         }
+    }
+
+    /// The `nth` call of `op` from now on (1 = the next one) waits at the returned gate before
+    /// it runs (and before any fault of it applies).
+    pub fn pause(&self, op: Op, nth: usize) -> Gate {
+        let gate = Gate::default();
+        let done = self.calls(op);
+        self.pauses
+            .lock()
+            .unwrap()
+            .insert((op, done + nth), gate.clone());
+        gate
     }
 
     /// The `nth` call of `op` from now on (1 = the next one) meets `fault`.
@@ -406,6 +421,11 @@ impl FaultyStore {
             *n += 1;
             *n
         };
+        let gate = self.pauses.lock().unwrap().remove(&(op, n));
+        if let Some(gate) = gate {
+            gate.entered.notify_one();
+            gate.release.notified().await;
+        }
         let fault = self.faults.lock().unwrap().remove(&(op, n));
         match fault {
             None => Ok(false),

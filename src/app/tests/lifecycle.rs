@@ -302,6 +302,53 @@ async fn an_opt_out_deletes_the_profile_and_holds_enroll_card_until_withdrawn() 
 }
 
 #[tokio::test]
+async fn an_opt_out_between_enroll_cards_check_and_its_card_lock_holds_it() {
+    use super::fakes::Op;
+    let w = std::sync::Arc::new(world());
+    enrolled(&w, 3014).await;
+    let (searches, enrolls, _) = w.mc.calls().counts();
+    // The card was removed, so EnrollCard may enroll it again, unless the cardholder opts out.
+    let removed = w
+        .app
+        .remove_card(remove("k-rm", 3014, RemovalReason::CardClosed), None)
+        .await
+        .unwrap();
+    assert_eq!(removed.record.state, EnrollmentState::Removed);
+
+    // EnrollCard passes its early opt-out check and stops just before it takes the card lock.
+    let at_lock = w.store.pause(Op::LockCard, 1);
+    let enroll = tokio::spawn({
+        let w = w.clone();
+        async move { w.app.enroll(command("k-again", 3014), None).await }
+    });
+    at_lock.entered().await;
+    // Meanwhile an OptOut takes the lock, records the opt-out and lets the lock go.
+    w.app.opt_out(card(3014), None).await.unwrap();
+    at_lock.open();
+
+    let e = enroll.await.unwrap().unwrap_err();
+    assert_eq!(reason(&e), "CONSUMER_OPTED_OUT");
+    let calls = w.mc.calls();
+    assert_eq!(
+        (calls.searches.len(), calls.enrolls.len()),
+        (searches, enrolls),
+        "no search and no POST /cards after the opt-out"
+    );
+    let record = w.record(card(3014)).await.unwrap();
+    assert_eq!(record.state, EnrollmentState::Removed);
+    assert_eq!(
+        record.removal.unwrap().reason,
+        RemovalReason::CardClosed,
+        "the opt-out found the card removed already"
+    );
+    // The refusal is not the key's answer, and the card lock is free: once the opt-out is
+    // withdrawn, the same key enrolls.
+    assert!(w.app.withdraw_opt_out(card(3014)).await.unwrap());
+    let done = w.app.enroll(command("k-again", 3014), None).await.unwrap();
+    assert_eq!(done.record.state, EnrollmentState::Enrolled);
+}
+
+#[tokio::test]
 async fn an_opt_out_is_remembered_when_the_profile_delete_fails() {
     let w = world();
     enrolled(&w, 3013).await;
@@ -357,6 +404,60 @@ async fn updates_note_their_time_and_a_card_gone_is_removed() {
     let r = w.record(card(3020)).await.unwrap();
     assert_eq!(r.state, EnrollmentState::Removed);
     assert_eq!(r.removal.unwrap().reason, RemovalReason::NotInClickToPay);
+}
+
+/// `c2p_reconciled_total{result="lookup_failed"}` now (only this module's test makes it move).
+fn lookups_failed() -> u64 {
+    let page = crate::metrics::handle().unwrap().render();
+    page.lines()
+        .find_map(|l| l.strip_prefix(r#"c2p_reconciled_total{result="lookup_failed"} "#))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn the_reconcilers_failed_look_ups_are_counted_and_a_card_without_ids_leaves_the_index() {
+    let w = world();
+    enrolled(&w, 3042).await;
+    enrolled(&w, 3043).await;
+    let before = lookups_failed();
+    w.store.track_enrolled(card(3042), 0).await.unwrap();
+    w.store.track_enrolled(card(3043), 1).await.unwrap();
+    // 3042's look-up finds Mastercard unavailable; 3043's record lacks the ids to look it up.
+    w.mc.holds(Err(unavailable()));
+    w.mc.holds(Err(UpstreamFailure::IdsUnknown {
+        missing: "srcDigitalCardId",
+        context: context("enroll"),
+    }));
+    let report = w
+        .app
+        .reconcile_once(Duration::from_secs(3600), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            report.lifecycle_checked,
+            report.removed,
+            report.lookup_failed
+        ),
+        (2, 0, 2)
+    );
+    assert_eq!(lookups_failed() - before, 2);
+    for id in [3042, 3043] {
+        assert_eq!(
+            w.record(card(id)).await.unwrap().state,
+            EnrollmentState::Enrolled
+        );
+    }
+    // Both made due again: 3042 is looked up again (and held now); 3043 left the index.
+    w.store.track_enrolled(card(3042), 0).await.unwrap();
+    let due = w.store.enrolled_due(i64::MAX, 100).await.unwrap();
+    assert_eq!(due, [card(3042)]);
+    let report = w
+        .app
+        .reconcile_once(Duration::from_secs(3600), 100)
+        .await
+        .unwrap();
+    assert_eq!((report.lifecycle_checked, report.lookup_failed), (1, 0));
 }
 
 #[tokio::test]

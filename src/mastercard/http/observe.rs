@@ -13,6 +13,7 @@ use std::time::Duration;
 pub(super) struct AttemptObserver {
     api: Api,
     operation: &'static str,
+    absent_is_answer: bool,
     attempt: u32,
     span: tracing::Span,
     started: std::time::Instant,
@@ -47,6 +48,7 @@ impl AttemptObserver {
         Self {
             api,
             operation: spec.operation,
+            absent_is_answer: spec.absent_is_answer,
             attempt,
             span,
             started: std::time::Instant::now(),
@@ -67,6 +69,7 @@ impl AttemptObserver {
     ) -> Result<UpstreamResponse, AttemptFailure> {
         let outcome_name = match &outcome {
             Ok(_) => "ok",
+            Err(f) if self.absent_is_answer && f.kind.is_api_not_found() => "not_found",
             Err(f) => error_type(&f.kind),
         };
         if let Err(failure) = &outcome {
@@ -102,7 +105,10 @@ impl AttemptObserver {
                 }
             }
             Err(failure) => {
-                self.span.record("error.type", error_type(&failure.kind));
+                // "Not held" is an answer of a lifecycle call, not an error of the span.
+                if outcome_name != "not_found" {
+                    self.span.record("error.type", error_type(&failure.kind));
+                }
                 if let Some(id) = failure.correlation.best() {
                     self.span.record("mastercard.correlation_id", id);
                 }
