@@ -18,7 +18,9 @@ impl App {
         let changes = self.store.watch(card).await?;
         let current = match self.store.get(card).await? {
             Some(record) => record,
-            None => self.status(card, false, deadline).await?.0,
+            // Boxed: inline, the upstream lookup's state (kilobytes) would be part of every
+            // watch's opening, though a card without a record is the exception.
+            None => Box::pin(self.status(card, false, deadline)).await?.0,
         };
         Ok((current, changes))
     }

@@ -1,16 +1,28 @@
 //! The protobuf codec of the generated service and client: prost's, except that a request that
 //! cannot be decoded (bad wire format, invalid UTF-8 in a string) is the caller's fault and answers
 //! `INVALID_ARGUMENT`, not prost's `INTERNAL`, with a fixed message that echoes none of it.
+//! `WatchEnrollment`'s answers get a small encode buffer (see [`WATCH_ENCODE_BUFFER`]).
 
+use crate::proto::v1::WatchEnrollmentResponse;
+use std::any::TypeId;
 use std::marker::PhantomData;
 use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
-use tonic_prost::{ProstCodec, ProstDecoder};
+use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 /// The message of a request that is not valid protobuf for its type.
 pub const MALFORMED: &str = "malformed request: not a valid protobuf message of the expected type";
 
-/// [`ProstCodec`] with [`StrictDecoder`].
+/// The first encode buffer of a `WatchEnrollment` stream, in bytes. tonic allocates one buffer
+/// per response stream and keeps it (the unsent part of it) for the stream's life, so its 8 KiB
+/// default would be most of what an idle watch costs; a watch sends one message at a time, a
+/// record (a few hundred bytes) or a heartbeat, and the buffer grows if one is larger.
+pub const WATCH_ENCODE_BUFFER: usize = 512;
+
+/// tonic's default: a stream's encoded messages are handed on once this many bytes are ready.
+const YIELD_THRESHOLD: usize = 32 * 1024;
+
+/// [`ProstCodec`] with [`StrictDecoder`], and the small encode buffer of watch answers.
 pub struct StrictCodec<T, U>(PhantomData<(T, U)>);
 
 impl<T, U> Default for StrictCodec<T, U> {
@@ -30,7 +42,11 @@ where
     type Decoder = StrictDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstCodec::<T, U>::default().encoder()
+        if TypeId::of::<T>() == TypeId::of::<WatchEnrollmentResponse>() {
+            ProstEncoder::new(BufferSettings::new(WATCH_ENCODE_BUFFER, YIELD_THRESHOLD))
+        } else {
+            ProstCodec::<T, U>::default().encoder()
+        }
     }
 
     fn decoder(&mut self) -> Self::Decoder {

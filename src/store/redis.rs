@@ -804,21 +804,25 @@ impl EnrollmentStore for RedisStore {
     }
 
     async fn watch(&self, card: CardContractId) -> Result<ChangeStream, StoreError> {
+        use futures::future::{Either, FutureExt as _};
+        use std::sync::Arc;
         use tokio_stream::StreamExt as _;
         let items = self.feed.watch(self.keys.changes(card)).await?;
         let target = self.target.clone();
-        let key = self.keys.enrollment(card);
-        // A resync (after a reconnect, or a watcher too slow for the feed) reads the record.
-        let records = items.then(move |item| {
-            let (target, key) = (target.clone(), key.clone());
-            async move {
-                match item {
-                    super::feed::FeedItem::Record(record) => Some(record),
-                    super::feed::FeedItem::Resync => resync(&target, &key).await,
-                }
+        let key: Arc<str> = self.keys.enrollment(card).into();
+        // A resync (after a reconnect, or a watcher too slow for the feed) reads the record. Its
+        // future is boxed only then: held inline, every idle watch would keep room for a Redis
+        // read (about a kilobyte).
+        let records = items.then(move |item| match item {
+            super::feed::FeedItem::Record(record) => Either::Left(std::future::ready(Some(record))),
+            super::feed::FeedItem::Resync => {
+                let (target, key) = (target.clone(), key.clone());
+                Either::Right(async move { resync(&target, &key).await.map(Arc::new) }.boxed())
             }
         });
-        Ok(Box::pin(records.filter_map(|r| r)))
+        Ok(Box::pin(
+            records.filter_map(|r| r.map(Arc::unwrap_or_clone)),
+        ))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
