@@ -42,7 +42,15 @@ pub struct App {
     upstream: Arc<dyn ports::Mastercard>,
     settings: AppSettings,
     instance: String,
+    /// Watches being opened (subscribed, read) at once: [`OPENING_AT_ONCE`].
+    opening: tokio::sync::Semaphore,
 }
+
+/// The most watches being opened at once; more wait their turn. Opening takes two round trips
+/// (the subscription, batched, and the read), so this many keep Redis busy, while each one in
+/// flight holds its read's state (about a kilobyte, freed but not returned to the system after
+/// a burst).
+const OPENING_AT_ONCE: usize = 64;
 
 impl App {
     /// The use cases over `store` and `upstream`.
@@ -56,6 +64,7 @@ impl App {
             upstream,
             settings,
             instance: uuid::Uuid::new_v4().to_string(),
+            opening: tokio::sync::Semaphore::new(OPENING_AT_ONCE),
         }
     }
 

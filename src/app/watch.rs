@@ -15,13 +15,24 @@ impl App {
         card: CardContractId,
         deadline: Option<Instant>,
     ) -> Result<(EnrollmentRecord, ChangeStream), AppError> {
-        let changes = self.store.watch(card).await?;
-        let current = match self.store.get(card).await? {
-            Some(record) => record,
-            // Boxed: inline, the upstream lookup's state (kilobytes) would be part of every
-            // watch's opening, though a card without a record is the exception.
-            None => Box::pin(self.status(card, false, deadline)).await?.0,
+        let changes = {
+            // A burst of watches (a replica's clients all coming back) waits its turn here
+            // instead of holding a store read each in flight at once.
+            let _turn = self
+                .opening
+                .acquire()
+                .await
+                .map_err(|_| AppError::Internal("the watch gate is closed".into()))?;
+            let changes = self.store.watch(card).await?;
+            if let Some(current) = self.store.get(card).await? {
+                return Ok((current, changes));
+            }
+            changes
         };
+        // Boxed, and after the read's record has gone out of scope: otherwise the upstream
+        // lookup's state (kilobytes), or room for a record, would be part of every watch's
+        // opening, though a card without a record is the exception.
+        let (current, _) = Box::pin(self.status(card, false, deadline)).await?;
         Ok((current, changes))
     }
 }

@@ -52,9 +52,9 @@ pub enum FeedItem {
 }
 
 /// The changes of one card held for its slowest watcher. Changes to one card come a few per
-/// enrollment, so a watcher that is polled at all keeps up; one that falls 8 behind re-reads the
+/// enrollment, so a watcher that is polled at all keeps up; one that falls 4 behind re-reads the
 /// record instead (see the module's note on memory).
-pub const CARD_BUFFER: usize = 8;
+pub const CARD_BUFFER: usize = 4;
 
 /// Where the feed subscribes: one server, or any node of a cluster.
 pub struct Nodes {
@@ -346,8 +346,14 @@ async fn run(
         } else {
             tracing::info!(node = %address(&client), "change feed subscribed");
         }
-        let batch: Vec<Command> = pending.drain(..).collect();
-        apply_all(&mut sink, batch, &watchers, &mut tracked, cache).await;
+        apply_all(
+            &mut sink,
+            std::mem::take(&mut pending),
+            &watchers,
+            &mut tracked,
+            cache,
+        )
+        .await;
         if let Some(make) = &nodes.learn {
             tokio::spawn(learn(
                 client.clone(),
@@ -495,7 +501,7 @@ async fn release(
 ) {
     if let Some(slot) = slot {
         // Only the slot's own release: the card may be cached again in a newer slot.
-        if !tracked.get(&channel).is_some_and(|(_, s)| *s == slot) {
+        if tracked.get(&channel).is_none_or(|(_, s)| *s != slot) {
             return;
         }
         tracked.remove(&channel);
