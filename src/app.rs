@@ -42,15 +42,14 @@ pub struct App {
     upstream: Arc<dyn ports::Mastercard>,
     settings: AppSettings,
     instance: String,
-    /// Watches being opened (subscribed, read) at once: [`OPENING_AT_ONCE`].
-    opening: tokio::sync::Semaphore,
+    /// Watches reading their record at once: [`WATCH_READS_AT_ONCE`].
+    watch_reads: tokio::sync::Semaphore,
 }
 
-/// The most watches being opened at once; more wait their turn. Opening takes two round trips
-/// (the subscription, batched, and the read), so this many keep Redis busy, while each one in
-/// flight holds its read's state (about a kilobyte, freed but not returned to the system after
-/// a burst).
-const OPENING_AT_ONCE: usize = 64;
+/// The most watches reading their first record at once; more wait their turn. This many keep
+/// Redis busy (the reads are pipelined), while each read in flight holds about a kilobyte of
+/// state, which after a burst is freed but not returned to the system.
+const WATCH_READS_AT_ONCE: usize = 64;
 
 impl App {
     /// The use cases over `store` and `upstream`.
@@ -64,7 +63,7 @@ impl App {
             upstream,
             settings,
             instance: uuid::Uuid::new_v4().to_string(),
-            opening: tokio::sync::Semaphore::new(OPENING_AT_ONCE),
+            watch_reads: tokio::sync::Semaphore::new(WATCH_READS_AT_ONCE),
         }
     }
 

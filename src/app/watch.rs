@@ -15,20 +15,19 @@ impl App {
         card: CardContractId,
         deadline: Option<Instant>,
     ) -> Result<(EnrollmentRecord, ChangeStream), AppError> {
-        let changes = {
-            // A burst of watches (a replica's clients all coming back) waits its turn here
-            // instead of holding a store read each in flight at once.
+        let changes = self.store.watch(card).await?;
+        {
+            // A burst of watches (a replica's clients all coming back) reads its records a few
+            // at a time instead of holding a store read each in flight at once.
             let _turn = self
-                .opening
+                .watch_reads
                 .acquire()
                 .await
-                .map_err(|_| AppError::Internal("the watch gate is closed".into()))?;
-            let changes = self.store.watch(card).await?;
+                .map_err(|_| AppError::Internal("the gate of watch reads is closed".into()))?;
             if let Some(current) = self.store.get(card).await? {
                 return Ok((current, changes));
             }
-            changes
-        };
+        }
         // Boxed, and after the read's record has gone out of scope: otherwise the upstream
         // lookup's state (kilobytes), or room for a record, would be part of every watch's
         // opening, though a card without a record is the exception.
