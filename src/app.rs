@@ -53,7 +53,14 @@ pub struct App {
     upstream: Arc<dyn ports::Mastercard>,
     settings: AppSettings,
     instance: String,
+    /// Watches reading their record at once: [`WATCH_READS_AT_ONCE`].
+    watch_reads: tokio::sync::Semaphore,
 }
+
+/// The most watches reading their first record at once; more wait their turn. This many keep
+/// Redis busy (the reads are pipelined), while each read in flight holds about a kilobyte of
+/// state, which after a burst is freed but not returned to the system.
+const WATCH_READS_AT_ONCE: usize = 64;
 
 impl App {
     /// The use cases over `store` and `upstream`.
@@ -67,6 +74,7 @@ impl App {
             upstream,
             settings,
             instance: uuid::Uuid::new_v4().to_string(),
+            watch_reads: tokio::sync::Semaphore::new(WATCH_READS_AT_ONCE),
         }
     }
 

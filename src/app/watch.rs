@@ -16,10 +16,22 @@ impl App {
         deadline: Option<Instant>,
     ) -> Result<(EnrollmentRecord, ChangeStream), AppError> {
         let changes = self.store.watch(card).await?;
-        let current = match self.store.get(card).await? {
-            Some(record) => record,
-            None => self.status(card, false, deadline).await?.0,
-        };
+        {
+            // A burst of watches (a replica's clients all coming back) reads its records a few
+            // at a time instead of holding a store read each in flight at once.
+            let _turn = self
+                .watch_reads
+                .acquire()
+                .await
+                .map_err(|_| AppError::Internal("the gate of watch reads is closed".into()))?;
+            if let Some(current) = self.store.get(card).await? {
+                return Ok((current, changes));
+            }
+        }
+        // Boxed, and after the read's record has gone out of scope: otherwise the upstream
+        // lookup's state (kilobytes), or room for a record, would be part of every watch's
+        // opening, though a card without a record is the exception.
+        let (current, _) = Box::pin(self.status(card, false, deadline)).await?;
         Ok((current, changes))
     }
 }

@@ -8,10 +8,13 @@ use crate::app::{AppError, Source};
 use crate::domain::EnrollmentRecord;
 use crate::proto::v1::{WatchEnrollmentResponse, WatchHeartbeat, watch_enrollment_response};
 use futures::{Stream, StreamExt as _};
+use pin_project_lite::pin_project;
+use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
 /// What one watch holds while it is open.
@@ -28,15 +31,22 @@ pub struct Watch {
     pub drain: CancellationToken,
 }
 
-struct State {
-    first: Option<EnrollmentRecord>,
-    changes: ChangeStream,
-    /// The revision of the latest enrollment sent (or the caller's start).
-    last: i64,
-    heartbeat: Duration,
-    next_beat: Pin<Box<Sleep>>,
-    drain: CancellationToken,
-    ended: bool,
+pin_project! {
+    /// The stream of one watch, written out by hand (not `unfold` over an async block) so that
+    /// an idle watch holds only this: its timer and its drain wait inline, the record read at
+    /// the start boxed until it is sent.
+    struct Messages {
+        first: Option<Box<EnrollmentRecord>>,
+        changes: ChangeStream,
+        // The revision of the latest enrollment sent (or the caller's start).
+        last: i64,
+        heartbeat: Duration,
+        #[pin]
+        next_beat: Sleep,
+        #[pin]
+        drained: WaitForCancellationFutureOwned,
+        ended: bool,
+    }
 }
 
 fn enrollment(record: &EnrollmentRecord) -> WatchEnrollmentResponse {
@@ -58,55 +68,58 @@ fn heartbeat(revision: i64) -> WatchEnrollmentResponse {
     }
 }
 
-impl State {
-    fn beat_later(&mut self) {
-        self.next_beat
-            .as_mut()
-            .reset(Instant::now() + self.heartbeat);
-    }
+impl Stream for Messages {
+    type Item = Result<WatchEnrollmentResponse, Status>;
 
-    async fn next(&mut self) -> Option<Result<WatchEnrollmentResponse, Status>> {
-        if self.ended {
-            return None;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut this = self.project();
+        if *this.ended {
+            return Poll::Ready(None);
         }
-        if let Some(first) = self.first.take() {
+        if let Some(first) = this.first.take() {
             // Without a start revision the current state is always sent (even one that was not
             // stored, revision 0); with one, only when newer.
-            if self.last == 0 || first.revision > self.last {
-                self.last = self.last.max(first.revision);
-                self.beat_later();
-                return Some(Ok(enrollment(&first)));
+            if *this.last == 0 || first.revision > *this.last {
+                *this.last = (*this.last).max(first.revision);
+                this.next_beat
+                    .as_mut()
+                    .reset(Instant::now() + *this.heartbeat);
+                return Poll::Ready(Some(Ok(enrollment(&first))));
             }
+        }
+        // In this order: a drain ends the stream before anything else is sent.
+        if this.drained.poll(cx).is_ready() {
+            *this.ended = true;
+            return Poll::Ready(Some(Err(status::draining())));
         }
         loop {
-            tokio::select! {
-                biased;
-                _ = self.drain.cancelled() => {
-                    self.ended = true;
-                    return Some(Err(status::draining()));
+            match this.changes.poll_next_unpin(cx) {
+                // Revisions only grow: an older or repeated state (a re-read after a lag, a
+                // write that changed nothing) is not sent again.
+                Poll::Ready(Some(record)) if record.revision > *this.last => {
+                    *this.last = record.revision;
+                    this.next_beat
+                        .as_mut()
+                        .reset(Instant::now() + *this.heartbeat);
+                    return Poll::Ready(Some(Ok(enrollment(&record))));
                 }
-                item = self.changes.next() => match item {
-                    // Revisions only grow: an older or repeated state (a re-read after a lag,
-                    // a write that changed nothing) is not sent again.
-                    Some(record) if record.revision > self.last => {
-                        self.last = record.revision;
-                        self.beat_later();
-                        return Some(Ok(enrollment(&record)));
-                    }
-                    Some(_) => continue,
-                    None => {
-                        self.ended = true;
-                        return Some(Err(status::to_status(&AppError::StoreUnavailable(
-                            "the change feed ended; watch again with start_after_revision".into(),
-                        ))));
-                    }
-                },
-                _ = self.next_beat.as_mut() => {
-                    self.beat_later();
-                    return Some(Ok(heartbeat(self.last)));
+                Poll::Ready(Some(_)) => continue,
+                Poll::Ready(None) => {
+                    *this.ended = true;
+                    return Poll::Ready(Some(Err(status::to_status(&AppError::StoreUnavailable(
+                        "the change feed ended; watch again with start_after_revision".into(),
+                    )))));
                 }
+                Poll::Pending => break,
             }
         }
+        if this.next_beat.as_mut().poll(cx).is_ready() {
+            this.next_beat
+                .as_mut()
+                .reset(Instant::now() + *this.heartbeat);
+            return Poll::Ready(Some(Ok(heartbeat(*this.last))));
+        }
+        Poll::Pending
     }
 }
 
@@ -114,16 +127,13 @@ impl State {
 pub fn messages(
     watch: Watch,
 ) -> impl Stream<Item = Result<WatchEnrollmentResponse, Status>> + Send + 'static {
-    let state = State {
-        first: Some(watch.current),
+    Messages {
+        first: Some(Box::new(watch.current)),
         changes: watch.changes,
         last: watch.start_after,
         heartbeat: watch.heartbeat,
-        next_beat: Box::pin(tokio::time::sleep(watch.heartbeat)),
-        drain: watch.drain,
+        next_beat: tokio::time::sleep(watch.heartbeat),
+        drained: watch.drain.cancelled_owned(),
         ended: false,
-    };
-    futures::stream::unfold(state, |mut state| async move {
-        state.next().await.map(|item| (item, state))
-    })
+    }
 }

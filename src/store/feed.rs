@@ -11,6 +11,12 @@
 //! The record cache (`cache.rs`) subscribes the channels of the cards it holds through the
 //! same connection ([`Feed::track`]), is told when each subscription is in force, receives
 //! every record published, and is emptied the moment the connection is lost.
+//!
+//! Memory: the watchers of a card share one small broadcast channel of [`CARD_BUFFER`]
+//! records, each behind an `Arc` (a slot is a pointer, not a record): a few hundred bytes per
+//! watched card however many watch it. A watcher that falls further behind than that gets
+//! [`FeedItem::Resync`] and reads the record again, which the watch contract allows (states in
+//! between may be merged; the final state is never missed).
 
 use super::StoreError;
 use super::cache::RecordCache;
@@ -37,15 +43,18 @@ type Tracked = HashMap<String, (CardContractId, u64)>;
 
 /// What a watcher receives: a new version of the record, or word that changes may have been
 /// missed (a reconnect, a slow watcher) and the record must be read again.
-// One per published change, moved straight on to the watcher.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum FeedItem {
-    /// The record as written.
-    Record(EnrollmentRecord),
+    /// The record as written, shared by the card's watchers.
+    Record(Arc<EnrollmentRecord>),
     /// Read the record again.
     Resync,
 }
+
+/// The changes of one card held for its slowest watcher. Changes to one card come a few per
+/// enrollment, so a watcher that is polled at all keeps up; one that falls 4 behind re-reads the
+/// record instead (see the module's note on memory).
+pub const CARD_BUFFER: usize = 4;
 
 /// Where the feed subscribes: one server, or any node of a cluster.
 pub struct Nodes {
@@ -124,15 +133,12 @@ impl Feed {
     }
 
     /// The changes published on `channel` from now on.
-    pub async fn watch(
-        &self,
-        channel: String,
-    ) -> Result<Pin<Box<dyn Stream<Item = FeedItem> + Send>>, StoreError> {
+    pub async fn watch(&self, channel: String) -> Result<Watched, StoreError> {
         let (receiver, first) = {
             let mut watchers = lock(&self.watchers);
             let entry = watchers
                 .entry(channel.clone())
-                .or_insert_with(|| (broadcast::channel(256).0, 0));
+                .or_insert_with(|| (broadcast::channel(CARD_BUFFER).0, 0));
             entry.1 += 1;
             (entry.0.subscribe(), entry.1 == 1)
         };
@@ -154,10 +160,10 @@ impl Feed {
                 }
             }
         }
-        Ok(Box::pin(Watched {
+        Ok(Watched {
             inner: tokio_stream::wrappers::BroadcastStream::new(receiver),
             _guard: guard,
-        }))
+        })
     }
 }
 
@@ -182,7 +188,8 @@ impl Drop for Guard {
     }
 }
 
-struct Watched {
+/// The changes of one channel, as one watcher follows them; leaving the channel when dropped.
+pub struct Watched {
     inner: tokio_stream::wrappers::BroadcastStream<FeedItem>,
     _guard: Guard,
 }
@@ -339,9 +346,14 @@ async fn run(
         } else {
             tracing::info!(node = %address(&client), "change feed subscribed");
         }
-        for command in pending.drain(..) {
-            apply(&mut sink, command, &watchers, &mut tracked, cache).await;
-        }
+        apply_all(
+            &mut sink,
+            std::mem::take(&mut pending),
+            &watchers,
+            &mut tracked,
+            cache,
+        )
+        .await;
         if let Some(make) = &nodes.learn {
             tokio::spawn(learn(
                 client.clone(),
@@ -355,7 +367,18 @@ async fn run(
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
-                    Some(c) => apply(&mut sink, c, &watchers, &mut tracked, cache).await,
+                    Some(c) => {
+                        // Whatever else is queued goes with it: a burst of new watches is
+                        // subscribed in a few round trips, not one each.
+                        let mut batch = vec![c];
+                        while batch.len() < MAX_BATCH {
+                            match commands.try_recv() {
+                                Ok(c) => batch.push(c),
+                                Err(_) => break,
+                            }
+                        }
+                        apply_all(&mut sink, batch, &watchers, &mut tracked, cache).await;
+                    }
                     None => return,
                 },
                 message = stream.next() => match message {
@@ -389,43 +412,102 @@ async fn run(
     }
 }
 
-async fn apply(
+/// The most commands taken off the queue at once (one SUBSCRIBE of at most as many channels).
+const MAX_BATCH: usize = 512;
+
+/// Applies `batch` in order, each run of consecutive subscriptions (watches and cache slots) as
+/// one SUBSCRIBE: each is confirmed once that command is.
+async fn apply_all(
     sink: &mut redis::aio::PubSubSink,
-    command: Command,
+    batch: Vec<Command>,
     watchers: &Watchers,
     tracked: &mut Tracked,
     cache: Option<&RecordCache>,
 ) {
-    match command {
-        Command::Subscribe(channel, done) => {
-            if sink.subscribe(&channel).await.is_ok() {
-                let _ = done.send(());
+    let mut run = Subscriptions::default();
+    for command in batch {
+        match command {
+            Command::Subscribe(channel, done) => {
+                run.add(channel);
+                run.done.push(done);
+            }
+            Command::Track(channel, card, slot) => {
+                tracked.insert(channel.clone(), (card, slot));
+                run.add(channel);
+                run.tracked.push((card, slot));
+            }
+            Command::Unsubscribe(channel) => {
+                run.subscribe(sink, cache).await;
+                release(sink, channel, None, watchers, tracked).await;
+            }
+            Command::Untrack(channel, slot) => {
+                run.subscribe(sink, cache).await;
+                release(sink, channel, Some(slot), watchers, tracked).await;
             }
         }
-        Command::Unsubscribe(channel) => {
-            // A watcher may have come back meanwhile, or the cache may hold the card.
-            if !lock(watchers).contains_key(&channel) && !tracked.contains_key(&channel) {
-                let _ = sink.unsubscribe(&channel).await;
-            }
+    }
+    run.subscribe(sink, cache).await;
+}
+
+/// A run of subscriptions waiting to be sent as one SUBSCRIBE.
+#[derive(Default)]
+struct Subscriptions {
+    channels: Vec<String>,
+    /// The same channels, to name each once.
+    named: std::collections::HashSet<String>,
+    /// The watches waiting for the command.
+    done: Vec<oneshot::Sender<()>>,
+    /// The cache's slots waiting for it.
+    tracked: Vec<(CardContractId, u64)>,
+}
+
+impl Subscriptions {
+    fn add(&mut self, channel: String) {
+        if self.named.insert(channel.clone()) {
+            self.channels.push(channel);
         }
-        Command::Track(channel, card, slot) => {
-            tracked.insert(channel.clone(), (card, slot));
-            // A failure here is a lost connection, which the stream reports.
-            if sink.subscribe(&channel).await.is_ok()
-                && let Some(cache) = cache
-            {
+    }
+
+    /// Sends the SUBSCRIBE and tells those waiting; on failure (a lost connection, which the
+    /// stream reports) they are not told: a watch then gives up, the cache's slot stays
+    /// unconfirmed until the feed subscribes again.
+    async fn subscribe(&mut self, sink: &mut redis::aio::PubSubSink, cache: Option<&RecordCache>) {
+        if self.channels.is_empty() {
+            return;
+        }
+        let run = std::mem::take(self);
+        if sink.subscribe(&run.channels).await.is_err() {
+            return;
+        }
+        for done in run.done {
+            let _ = done.send(());
+        }
+        if let Some(cache) = cache {
+            for (card, slot) in run.tracked {
                 cache.subscribed(card, slot);
             }
         }
-        Command::Untrack(channel, slot) => {
-            // Only the slot's own release: the card may be cached again in a newer slot.
-            if tracked.get(&channel).is_some_and(|(_, s)| *s == slot) {
-                tracked.remove(&channel);
-                if !lock(watchers).contains_key(&channel) {
-                    let _ = sink.unsubscribe(&channel).await;
-                }
-            }
+    }
+}
+
+/// A watch or a cache slot let `channel` go: it is unsubscribed unless a watcher follows it
+/// still (or again) or the cache holds it; `slot`: the cache's release of that slot.
+async fn release(
+    sink: &mut redis::aio::PubSubSink,
+    channel: String,
+    slot: Option<u64>,
+    watchers: &Watchers,
+    tracked: &mut Tracked,
+) {
+    if let Some(slot) = slot {
+        // Only the slot's own release: the card may be cached again in a newer slot.
+        if tracked.get(&channel).is_none_or(|(_, s)| *s != slot) {
+            return;
         }
+        tracked.remove(&channel);
+    }
+    if !lock(watchers).contains_key(&channel) && !tracked.contains_key(&channel) {
+        let _ = sink.unsubscribe(&channel).await;
     }
 }
 
@@ -442,7 +524,7 @@ fn deliver(message: &redis::Msg, watchers: &Watchers, cache: Option<&RecordCache
         cache.published(&record);
     }
     if let Some((sender, _)) = lock(watchers).get(&channel) {
-        let _ = sender.send(FeedItem::Record(record));
+        let _ = sender.send(FeedItem::Record(Arc::new(record)));
     }
 }
 

@@ -54,7 +54,9 @@ pub struct MemoryStore {
     retention: Retention,
     // Shared with the watch streams, which re-read a record after they lagged.
     maps: Arc<Mutex<Maps>>,
-    changes: broadcast::Sender<EnrollmentRecord>,
+    /// Every change of every card (watchers pick their card's): each behind an `Arc`, so that a
+    /// slot of the channel is a pointer and a watcher clones only its own card's records.
+    changes: broadcast::Sender<Arc<EnrollmentRecord>>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -112,7 +114,7 @@ impl MemoryStore {
 
     fn publish(&self, record: &EnrollmentRecord) {
         // No receivers is fine: nobody watches.
-        let _ = self.changes.send(record.clone());
+        let _ = self.changes.send(Arc::new(record.clone()));
     }
 }
 
@@ -349,7 +351,7 @@ impl EnrollmentStore for MemoryStore {
         let changes = tokio_stream::wrappers::BroadcastStream::new(self.changes.subscribe());
         let maps = self.maps.clone();
         Ok(Box::pin(changes.filter_map(move |r| match r {
-            Ok(record) if record.card_contract_id == card => Some(record),
+            Ok(record) if record.card_contract_id == card => Some(Arc::unwrap_or_clone(record)),
             Ok(_) => None,
             // A watcher too slow for the channel missed changes, perhaps the card's last one:
             // it gets the record as it is now (the watch sends it if its revision is newer).

@@ -540,20 +540,9 @@ impl RedisStore {
                 ),
                 Err(e) => return Err(unavailable(e)),
             };
-            let aside = format!("{key}:quarantined:{}", crate::domain::now_ms());
-            // Renamed only if it still holds what was read: a good record another replica just
-            // wrote is never set aside.
-            let renamed: i64 = self
-                .quarantine
-                .key(&key)
-                .key(&aside)
-                .arg(&seen)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            if renamed == 1 {
-                crate::metrics::record_quarantined();
-                tracing::error!(card = card.get(), error = %why, aside = %aside, "unreadable enrollment record set aside; the card is rebuilt from the token list");
+            // Boxed: inline, the script call's state would be part of every read (a watch's
+            // opening among them), though an unreadable record is the exception.
+            if Box::pin(self.set_aside(&mut conn, card, &key, why, &seen)).await? {
                 return Ok((None, true));
             }
         }
@@ -561,16 +550,48 @@ impl RedisStore {
             "the record kept changing while being read".into(),
         ))
     }
+
+    /// Renames the unreadable record `seen` under `key` aside (`why`: what is wrong with it);
+    /// false when the key no longer holds it.
+    async fn set_aside(
+        &self,
+        conn: &mut Connection,
+        card: CardContractId,
+        key: &str,
+        why: StoreError,
+        seen: &str,
+    ) -> Result<bool, StoreError> {
+        let aside = format!("{key}:quarantined:{}", crate::domain::now_ms());
+        // Renamed only if it still holds what was read: a good record another replica just
+        // wrote is never set aside.
+        let renamed: i64 = self
+            .quarantine
+            .key(key)
+            .key(&aside)
+            .arg(seen)
+            .invoke_async(conn)
+            .await
+            .map_err(unavailable)?;
+        if renamed == 1 {
+            crate::metrics::record_quarantined();
+            tracing::error!(card = card.get(), error = %why, aside = %aside, "unreadable enrollment record set aside; the card is rebuilt from the token list");
+        }
+        Ok(renamed == 1)
+    }
 }
 
 async fn connect(target: &Target) -> Result<Connection, StoreError> {
     match target {
         Target::Single(c) => Ok(Connection::Single(c.clone())),
-        Target::Cluster(client, cell) => cell
-            .get_or_try_init(|| client.get_async_connection())
-            .await
-            .map(|c| Connection::Cluster(c.clone()))
-            .map_err(unavailable),
+        Target::Cluster(client, cell) => match cell.get() {
+            Some(c) => Ok(Connection::Cluster(c.clone())),
+            // Boxed: the first connection's state (hundreds of bytes) would otherwise be part
+            // of every operation's future, held while the operation runs.
+            None => Box::pin(cell.get_or_try_init(|| client.get_async_connection()))
+                .await
+                .map(|c| Connection::Cluster(c.clone()))
+                .map_err(unavailable),
+        },
     }
 }
 
@@ -821,21 +842,25 @@ impl EnrollmentStore for RedisStore {
     }
 
     async fn watch(&self, card: CardContractId) -> Result<ChangeStream, StoreError> {
+        use futures::future::{Either, FutureExt as _};
+        use std::sync::Arc;
         use tokio_stream::StreamExt as _;
         let items = self.feed.watch(self.keys.changes(card)).await?;
         let target = self.target.clone();
-        let key = self.keys.enrollment(card);
-        // A resync (after a reconnect, or a watcher too slow for the feed) reads the record.
-        let records = items.then(move |item| {
-            let (target, key) = (target.clone(), key.clone());
-            async move {
-                match item {
-                    super::feed::FeedItem::Record(record) => Some(record),
-                    super::feed::FeedItem::Resync => resync(&target, &key).await,
-                }
+        let key: Arc<str> = self.keys.enrollment(card).into();
+        // A resync (after a reconnect, or a watcher too slow for the feed) reads the record. Its
+        // future is boxed only then: held inline, every idle watch would keep room for a Redis
+        // read (about a kilobyte).
+        let records = items.then(move |item| match item {
+            super::feed::FeedItem::Record(record) => Either::Left(std::future::ready(Some(record))),
+            super::feed::FeedItem::Resync => {
+                let (target, key) = (target.clone(), key.clone());
+                Either::Right(async move { resync(&target, &key).await.map(Arc::new) }.boxed())
             }
         });
-        Ok(Box::pin(records.filter_map(|r| r)))
+        Ok(Box::pin(
+            records.filter_map(|r| r.map(Arc::unwrap_or_clone)),
+        ))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

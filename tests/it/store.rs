@@ -819,6 +819,101 @@ async fn redis_cluster_store_passes_the_suite() {
     large_event_times_read_back_exactly(store).await;
 }
 
+/// A watcher that reads nothing while its card changes many times holds only a few of the
+/// changes (each watched card's buffer is small: `store/feed.rs`, `CARD_BUFFER`), and when it
+/// reads it is not left behind: it gets the record as it is now, read again, before anything
+/// older; every change it is given is of its card.
+#[tokio::test]
+async fn redis_a_watcher_that_lags_gets_the_final_state_not_the_backlog() {
+    const CHANGES: usize = 50;
+    let redis = RedisServer::start();
+    let store =
+        c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
+    let mut changes = store.watch(card(70101)).await.unwrap();
+    let mut last = None;
+    for i in 0..CHANGES {
+        let mut record = enrolled(70101);
+        record.src_correlation_id = Some(format!("correlation-{i}"));
+        last = Some(
+            store
+                .put_enrollment(&record, PutMode::Merge, TTL)
+                .await
+                .unwrap(),
+        );
+        // Another card's changes go elsewhere.
+        store
+            .put_enrollment(&enrolled(70102 + i as i64), PutMode::Merge, TTL)
+            .await
+            .unwrap();
+    }
+    let last = last.unwrap();
+    // Let the feed take in every published change before the watcher reads.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut seen = Vec::new();
+    while seen.last() != Some(&last) {
+        let record = tokio::time::timeout(Duration::from_secs(5), changes.next())
+            .await
+            .expect("the final state, not silence")
+            .expect("the stream goes on");
+        assert_eq!(record.card_contract_id, card(70101));
+        seen.push(record);
+    }
+    assert_eq!(
+        seen.len(),
+        1,
+        "the record read again comes first, not the backlog: revisions {:?}",
+        seen.iter().map(|r| r.revision).collect::<Vec<_>>()
+    );
+}
+
+/// Watches opened all at once (their subscriptions go to Redis in batches) each get their own
+/// card's changes, and leave no subscription behind when dropped.
+#[tokio::test]
+async fn redis_watches_opened_at_once_each_follow_their_card_and_leave_nothing_behind() {
+    const WATCHES: i64 = 300;
+    let redis = RedisServer::start();
+    let store = c2p_enroll::server::open_store(&settings(&[
+        ("C2P_REDIS__URL", &redis.url()),
+        // The record cache subscribes cards of its own; off, so that what is left is the watches'.
+        ("C2P_STORE__CACHE_SIZE", "0"),
+    ]))
+    .unwrap();
+    let opened =
+        futures::future::join_all((0..WATCHES).map(|i| store.watch(card(70_200 + i)))).await;
+    let mut watches: Vec<_> = opened.into_iter().map(Result::unwrap).collect();
+    for i in (0..WATCHES).rev() {
+        store
+            .put_enrollment(&enrolled(70_200 + i), PutMode::Merge, TTL)
+            .await
+            .unwrap();
+    }
+    for (i, changes) in watches.iter_mut().enumerate() {
+        let seen = tokio::time::timeout(Duration::from_secs(5), changes.next())
+            .await
+            .expect("each watch gets its card's change")
+            .unwrap();
+        assert_eq!(seen.card_contract_id, card(70_200 + i as i64));
+    }
+    drop(watches);
+    let mut conn = redis.connection();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let channels: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .query(&mut conn)
+            .unwrap();
+        if channels.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} channel(s) left subscribed",
+            channels.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn redis_keys_carry_the_prefix_and_the_card_hash_tag_and_no_card_number() {
     let redis = RedisServer::start();
