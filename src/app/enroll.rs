@@ -110,6 +110,32 @@ impl Attempt<'_> {
         finished
     }
 
+    /// Settles the key with the call's result: a record or an error that is the key's answer is
+    /// stored as it ([`Attempt::finish_or_release`]), any other error gives the key back so that a
+    /// retry with it runs again. Returns the result.
+    pub(super) async fn settle(
+        &self,
+        result: Result<EnrollmentRecord, AppError>,
+    ) -> Result<EnrollmentRecord, AppError> {
+        match result {
+            Ok(record) => {
+                self.finish_or_release(StoredOutcome::Success {
+                    enrollment: record.clone(),
+                })
+                .await?;
+                Ok(record)
+            }
+            Err(e) if !e.is_key_answer() => {
+                self.release().await;
+                Err(e)
+            }
+            Err(e) => {
+                self.finish_or_release(e.to_stored()).await?;
+                Err(e)
+            }
+        }
+    }
+
     /// Gives the key back without an answer: the next call with it resumes from the phase reached.
     pub(super) async fn release(&self) {
         let mut record = self.record.lock().await;
@@ -282,27 +308,11 @@ impl App {
             Ok(record) => tracing::debug!(state = ?record.state, "enrollment finished"),
             Err(e) => tracing::debug!(reason = %e.parts().reason, "enrollment failed"),
         }
-        match result {
-            Ok(record) => {
-                attempt
-                    .finish_or_release(StoredOutcome::Success {
-                        enrollment: record.clone(),
-                    })
-                    .await?;
-                Ok(Enrolled {
-                    record,
-                    replayed: false,
-                })
-            }
-            Err(e) if !e.is_key_answer() => {
-                attempt.release().await;
-                Err(e)
-            }
-            Err(e) => {
-                attempt.finish_or_release(e.to_stored()).await?;
-                Err(e)
-            }
-        }
+        let record = attempt.settle(result).await?;
+        Ok(Enrolled {
+            record,
+            replayed: false,
+        })
     }
 
     /// `ConsumerOptedOut` when an opt-out covers `card` or the consumer reference (a store

@@ -151,27 +151,11 @@ impl App {
         };
         drop(heartbeat);
         self.release_card(card, &owner).await;
-        match result {
-            Ok(record) => {
-                attempt
-                    .finish_or_release(StoredOutcome::Success {
-                        enrollment: record.clone(),
-                    })
-                    .await?;
-                Ok(CardRemoved {
-                    record,
-                    replayed: false,
-                })
-            }
-            Err(e) if !e.is_key_answer() => {
-                attempt.release().await;
-                Err(e)
-            }
-            Err(e) => {
-                attempt.finish_or_release(e.to_stored()).await?;
-                Err(e)
-            }
-        }
+        let record = attempt.settle(result).await?;
+        Ok(CardRemoved {
+            record,
+            replayed: false,
+        })
     }
 
     async fn run_remove(

@@ -171,6 +171,21 @@ impl MemoryStore {
     }
 }
 
+/// Up to `limit` cards of an index (card -> time) whose time is before `before_ms`, the earliest
+/// first: the memory twin of the Redis indexes' `ZRANGE ... BYSCORE LIMIT`.
+fn earliest_before<'a>(
+    index: impl Iterator<Item = (&'a CardContractId, &'a i64)>,
+    before_ms: i64,
+    limit: usize,
+) -> Vec<CardContractId> {
+    let mut cards: Vec<(i64, CardContractId)> = index
+        .filter(|(_, at)| **at < before_ms)
+        .map(|(card, at)| (*at, *card))
+        .collect();
+    cards.sort();
+    cards.into_iter().take(limit).map(|(_, c)| c).collect()
+}
+
 #[async_trait::async_trait]
 impl EnrollmentStore for MemoryStore {
     async fn get(&self, card: CardContractId) -> Result<Option<EnrollmentRecord>, StoreError> {
@@ -388,15 +403,11 @@ impl EnrollmentStore for MemoryStore {
         before_ms: i64,
         limit: usize,
     ) -> Result<Vec<CardContractId>, StoreError> {
-        let maps = self.lock();
-        let mut cards: Vec<(i64, CardContractId)> = maps
-            .in_progress
-            .iter()
-            .filter(|(_, since)| **since < before_ms)
-            .map(|(card, since)| (*since, *card))
-            .collect();
-        cards.sort();
-        Ok(cards.into_iter().take(limit).map(|(_, c)| c).collect())
+        Ok(earliest_before(
+            self.lock().in_progress.iter(),
+            before_ms,
+            limit,
+        ))
     }
 
     async fn count_in_progress(&self, before_ms: i64) -> Result<(u64, u64), StoreError> {
@@ -428,15 +439,11 @@ impl EnrollmentStore for MemoryStore {
         before_ms: i64,
         limit: usize,
     ) -> Result<Vec<CardContractId>, StoreError> {
-        let maps = self.lock();
-        let mut cards: Vec<(i64, CardContractId)> = maps
-            .enrolled
-            .iter()
-            .filter(|(_, due)| **due < before_ms)
-            .map(|(card, due)| (*due, *card))
-            .collect();
-        cards.sort();
-        Ok(cards.into_iter().take(limit).map(|(_, c)| c).collect())
+        Ok(earliest_before(
+            self.lock().enrolled.iter(),
+            before_ms,
+            limit,
+        ))
     }
 
     async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(), StoreError> {

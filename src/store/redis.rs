@@ -250,6 +250,41 @@ impl RedisStore {
         })
     }
 
+    /// Up to `limit` cards of the sorted-set index `key` scored before `before_ms`, the lowest
+    /// score first (the IN_PROGRESS and ENROLLED indexes).
+    async fn index_before(
+        &self,
+        key: String,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<CardContractId>, StoreError> {
+        let mut conn = self.connection().await?;
+        let ids: Vec<i64> = redis::cmd("ZRANGE")
+            .arg(key)
+            .arg("-inf")
+            .arg(format!("({before_ms}"))
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(ids.into_iter().filter_map(CardContractId::new).collect())
+    }
+
+    /// Takes `card` out of the sorted-set index `key`.
+    async fn index_remove(&self, key: String, card: CardContractId) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let _: i64 = redis::cmd("ZREM")
+            .arg(key)
+            .arg(card.get())
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn connection(&self) -> Result<Connection, StoreError> {
         connect(&self.target).await
     }
@@ -894,14 +929,7 @@ impl EnrollmentStore for RedisStore {
     }
 
     async fn untrack_in_progress(&self, card: CardContractId) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
-        let _: i64 = redis::cmd("ZREM")
-            .arg(self.keys.in_progress())
-            .arg(card.get())
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        self.index_remove(self.keys.in_progress(), card).await
     }
 
     async fn in_progress_before(
@@ -909,19 +937,8 @@ impl EnrollmentStore for RedisStore {
         before_ms: i64,
         limit: usize,
     ) -> Result<Vec<CardContractId>, StoreError> {
-        let mut conn = self.connection().await?;
-        let ids: Vec<i64> = redis::cmd("ZRANGE")
-            .arg(self.keys.in_progress())
-            .arg("-inf")
-            .arg(format!("({before_ms}"))
-            .arg("BYSCORE")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit)
-            .query_async(&mut conn)
+        self.index_before(self.keys.in_progress(), before_ms, limit)
             .await
-            .map_err(unavailable)?;
-        Ok(ids.into_iter().filter_map(CardContractId::new).collect())
     }
 
     async fn count_in_progress(&self, before_ms: i64) -> Result<(u64, u64), StoreError> {
@@ -956,14 +973,7 @@ impl EnrollmentStore for RedisStore {
     }
 
     async fn untrack_enrolled(&self, card: CardContractId) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
-        let _: i64 = redis::cmd("ZREM")
-            .arg(self.keys.enrolled())
-            .arg(card.get())
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        self.index_remove(self.keys.enrolled(), card).await
     }
 
     async fn enrolled_due(
@@ -971,19 +981,8 @@ impl EnrollmentStore for RedisStore {
         before_ms: i64,
         limit: usize,
     ) -> Result<Vec<CardContractId>, StoreError> {
-        let mut conn = self.connection().await?;
-        let ids: Vec<i64> = redis::cmd("ZRANGE")
-            .arg(self.keys.enrolled())
-            .arg("-inf")
-            .arg(format!("({before_ms}"))
-            .arg("BYSCORE")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit)
-            .query_async(&mut conn)
+        self.index_before(self.keys.enrolled(), before_ms, limit)
             .await
-            .map_err(unavailable)?;
-        Ok(ids.into_iter().filter_map(CardContractId::new).collect())
     }
 
     async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(), StoreError> {

@@ -60,8 +60,9 @@ async fn status_of(
         .map(|r| r.into_inner().enrollment.unwrap())
 }
 
-/// Polls the status until `check` holds.
-async fn eventually(
+/// Polls the stored status until `check` holds (an error answer is polled again); fails
+/// after 10 s with the last answer.
+pub(crate) async fn eventually(
     client: &mut Client,
     card: i64,
     what: &str,
@@ -69,14 +70,12 @@ async fn eventually(
 ) -> Enrollment {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(e) = status_of(client, card, false).await {
-            if check(&e) {
-                return e;
-            }
-            assert!(
+        match status_of(client, card, false).await {
+            Ok(e) if check(&e) => return e,
+            answer => assert!(
                 tokio::time::Instant::now() < deadline,
-                "never {what}: {e:?}"
-            );
+                "never {what}: {answer:?}"
+            ),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

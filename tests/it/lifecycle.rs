@@ -4,7 +4,7 @@
 //! withdrawal; RemoveCard replays by key and succeeds on a card already gone; a refresh and the
 //! reconciler notice a card Click to Pay no longer holds; faults on the lifecycle routes.
 
-use crate::flows::{reason, request};
+use crate::flows::{eventually, reason, request};
 use crate::harness::{RedisServer, TestService, settings};
 use c2p_enroll::proto::v1::{
     Address, Consumer, Enrollment, EnrollmentState, GetClickToPayProfileRequest,
@@ -39,27 +39,6 @@ async fn status(client: &mut Client, card: i64, refresh: bool) -> Enrollment {
         .into_inner()
         .enrollment
         .unwrap()
-}
-
-/// Polls the stored status until `check` holds.
-async fn eventually(
-    client: &mut Client,
-    card: i64,
-    what: &str,
-    check: impl Fn(&Enrollment) -> bool,
-) -> Enrollment {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let e = status(client, card, false).await;
-        if check(&e) {
-            return e;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never {what}: {e:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn removal_reason(e: &Enrollment) -> RemovalReason {
