@@ -190,8 +190,9 @@ mod tests {
             card(70004).ineligibility(now),
             Some(Ineligibility::ProductNotEligible)
         );
-        assert!(cms.get(70005).is_none());
-        assert_eq!(cms.of_client(40000).count(), 4);
+        assert_eq!(card(70005).ineligibility(now), None);
+        assert!(cms.get(70006).is_none());
+        assert_eq!(cms.of_client(40000).count(), 5);
         assert_eq!(card(70001).masked_number(), "518600______9726");
         assert_eq!(card(70001).last_four(), "9726");
         assert!(!format!("{:?}", card(70001)).contains("5186001700009726"));

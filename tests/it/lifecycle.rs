@@ -309,6 +309,88 @@ async fn an_opt_out_blocks_enrollment_until_it_is_withdrawn() {
     assert_ne!(second.src_consumer_id, first.src_consumer_id);
 }
 
+/// Two cards of one cardholder (70001 and 70005, one e-mail address) share a Click to Pay
+/// profile: an opt-out given through one deletes the profile, both cards end REMOVED (the other
+/// through the token deactivation the deletion causes), neither can be enrolled, and a
+/// withdrawal through the other card lifts it for both.
+#[tokio::test]
+async fn an_opt_out_covers_every_card_of_the_cardholders_profile() {
+    let redis = RedisServer::start();
+    let service = TestService::start(&service_settings(&redis, &[])).await;
+    let mut client = service.client();
+    for (key, card) in [("k-1", 70001), ("k-5", 70005)] {
+        let enrolled = client
+            .enroll_card(request(key, card))
+            .await
+            .unwrap()
+            .into_inner()
+            .enrollment
+            .unwrap();
+        assert_eq!(enrolled.state(), EnrollmentState::Enrolled, "{card}");
+    }
+    let profile = client
+        .get_click_to_pay_profile(GetClickToPayProfileRequest {
+            card_contract_id: 70005,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .profile
+        .unwrap();
+    assert_eq!(
+        profile.cards.len(),
+        2,
+        "one profile, both cards: {profile:?}"
+    );
+    assert!(profile.cards.iter().any(|c| c.card_contract_id == 70005));
+    let held = service.sandbox.profiles();
+    assert_eq!(held.len(), 1, "{held:?}");
+
+    client
+        .opt_out(OptOutRequest {
+            card_contract_id: 70001,
+        })
+        .await
+        .unwrap();
+    assert!(
+        service.sandbox.profiles().is_empty(),
+        "the profile is deleted"
+    );
+    eventually(
+        &mut client,
+        70005,
+        "REMOVED by its token's deactivation",
+        |e| e.state() == EnrollmentState::Removed,
+    )
+    .await;
+    for (key, card) in [("k-1b", 70001), ("k-5b", 70005)] {
+        let refused = client.enroll_card(request(key, card)).await.unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{card}");
+        assert_eq!(reason(&refused), "CONSUMER_OPTED_OUT", "{card}");
+    }
+    assert_eq!(service.sandbox.count(Route::EnrollCards), 2, "nothing sent");
+
+    let withdrawn = client
+        .withdraw_opt_out(WithdrawOptOutRequest {
+            card_contract_id: 70005,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(withdrawn.withdrawn);
+    for (key, card) in [("k-1b", 70001), ("k-5b", 70005)] {
+        let again = client
+            .enroll_card(request(key, card))
+            .await
+            .unwrap()
+            .into_inner()
+            .enrollment
+            .unwrap();
+        assert_eq!(again.state(), EnrollmentState::Enrolled, "{card}");
+    }
+    assert_eq!(service.sandbox.profiles().len(), 1, "a new profile");
+}
+
 #[tokio::test]
 async fn remove_card_twice_with_one_key_replays() {
     let redis = RedisServer::start();
