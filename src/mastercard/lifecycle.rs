@@ -64,6 +64,28 @@ pub async fn send(
     }
 }
 
+/// [`send`] of a `PUT` with `body` as JSON (the update calls of both families).
+pub async fn put_json<T: serde::Serialize>(
+    http: &ApiClient,
+    client_id: &str,
+    operation: &'static str,
+    path: String,
+    body: &T,
+    deadline: Option<Instant>,
+) -> Result<Answer, UpstreamError> {
+    let body = http.json_body(operation, body)?;
+    send(
+        http,
+        client_id,
+        operation,
+        reqwest::Method::PUT,
+        path,
+        Some(body),
+        deadline,
+    )
+    .await
+}
+
 /// A 404 of the API itself: not one the gateway answered for a path it does not route.
 fn is_not_found(e: &UpstreamError) -> bool {
     e.kind.is_api_not_found()
@@ -221,6 +243,34 @@ fn failed(e: UpstreamError) -> UpstreamFailure {
     lifecycle_failure(e)
 }
 
+/// A delete's answer: done, or already gone (a 404 of the API itself).
+fn deleted(
+    http: &ApiClient,
+    op: &'static str,
+    answer: Result<Answer, UpstreamError>,
+) -> Result<Deleted, UpstreamFailure> {
+    match answer.map_err(failed)? {
+        Answer::Done(response) => done(http, op, response)
+            .map(|()| Deleted::Deleted)
+            .map_err(failed),
+        Answer::NotFound(_) => Ok(Deleted::AlreadyGone),
+    }
+}
+
+/// An update's answer: done, or not held by Click to Pay (a 404 of the API itself).
+fn updated(
+    http: &ApiClient,
+    op: &'static str,
+    answer: Result<Answer, UpstreamError>,
+) -> Result<Updated, UpstreamFailure> {
+    match answer.map_err(failed)? {
+        Answer::Done(response) => done(http, op, response)
+            .map(|()| Updated::Updated)
+            .map_err(failed),
+        Answer::NotFound(e) => Ok(Updated::NotFound(context_of(&e))),
+    }
+}
+
 #[async_trait::async_trait]
 impl ClickToPayLifecycle for Upstream {
     async fn remove_card(
@@ -247,12 +297,7 @@ impl ClickToPayLifecycle for Upstream {
                 )
             }
         };
-        match answer.map_err(failed)? {
-            Answer::Done(response) => done(http, op, response)
-                .map(|()| Deleted::Deleted)
-                .map_err(failed),
-            Answer::NotFound(_) => Ok(Deleted::AlreadyGone),
-        }
+        deleted(http, op, answer)
     }
 
     async fn holds_card(
@@ -374,12 +419,7 @@ impl ClickToPayLifecycle for Upstream {
                 )
             }
         };
-        match answer.map_err(failed)? {
-            Answer::Done(response) => done(http, op, response)
-                .map(|()| Updated::Updated)
-                .map_err(failed),
-            Answer::NotFound(e) => Ok(Updated::NotFound(context_of(&e))),
-        }
+        updated(http, op, answer)
     }
 
     async fn update_billing_address(
@@ -417,12 +457,7 @@ impl ClickToPayLifecycle for Upstream {
                 )
             }
         };
-        match answer.map_err(failed)? {
-            Answer::Done(response) => done(http, op, response)
-                .map(|()| Updated::Updated)
-                .map_err(failed),
-            Answer::NotFound(e) => Ok(Updated::NotFound(context_of(&e))),
-        }
+        updated(http, op, answer)
     }
 
     async fn delete_profile(
@@ -445,12 +480,7 @@ impl ClickToPayLifecycle for Upstream {
                 directory::delete_consumer(http, client_id, &place, deadline).await,
             ),
         };
-        match answer.map_err(failed)? {
-            Answer::Done(response) => done(http, op, response)
-                .map(|()| Deleted::Deleted)
-                .map_err(failed),
-            Answer::NotFound(_) => Ok(Deleted::AlreadyGone),
-        }
+        deleted(http, op, answer)
     }
 }
 

@@ -4,7 +4,7 @@
 //! this module (with `types.rs`) is the one place that says so in code.
 
 use super::types::{Address, MaskedCard, MaskedConsumer};
-use super::{Answer, send};
+use super::{Answer, put_json, send};
 use crate::mastercard::error::UpstreamError;
 use crate::mastercard::http::ApiClient;
 use crate::mastercard::oauth1::pct;
@@ -161,19 +161,8 @@ pub async fn update_credential(
     body: &UpdateCredentialRequest,
     deadline: Option<Instant>,
 ) -> Result<Answer, UpstreamError> {
-    const OP: &str = "updateCredential";
     let path = place.credential(external_credential_id);
-    let body = http.json_body(OP, body)?;
-    send(
-        http,
-        client_id,
-        OP,
-        reqwest::Method::PUT,
-        path,
-        Some(body),
-        deadline,
-    )
-    .await
+    put_json(http, client_id, "updateCredential", path, body, deadline).await
 }
 
 /// Retrieve consumer profile.
@@ -203,15 +192,12 @@ pub async fn update_consumer(
     body: &UpdateConsumerRequest,
     deadline: Option<Instant>,
 ) -> Result<Answer, UpstreamError> {
-    const OP: &str = "updateConsumer";
-    let body = http.json_body(OP, body)?;
-    send(
+    put_json(
         http,
         client_id,
-        OP,
-        reqwest::Method::PUT,
+        "updateConsumer",
         place.consumer(),
-        Some(body),
+        body,
         deadline,
     )
     .await

@@ -3,7 +3,7 @@
 //! is seen and which assumed. Same host, keys and `x-openapi-clientid` as the Enroll API.
 
 use super::types::{Address, MaskedCard, MaskedConsumer};
-use super::{Answer, send};
+use super::{Answer, put_json, send};
 use crate::mastercard::enroll::types::Consumer;
 use crate::mastercard::error::UpstreamError;
 use crate::mastercard::http::ApiClient;
@@ -116,19 +116,8 @@ pub async fn update_card(
     body: &UpdateCardRequest,
     deadline: Option<Instant>,
 ) -> Result<Answer, UpstreamError> {
-    const OP: &str = "updateCard";
     let path = format!("/cards/{}", pct(src_digital_card_id));
-    let body = http.json_body(OP, body)?;
-    send(
-        http,
-        client_id,
-        OP,
-        reqwest::Method::PUT,
-        path,
-        Some(body),
-        deadline,
-    )
-    .await
+    put_json(http, client_id, "updateCard", path, body, deadline).await
 }
 
 /// `GET /profiles/{srcConsumerId}` (seen).
@@ -159,19 +148,8 @@ pub async fn update_profile(
     body: &UpdateProfileRequest,
     deadline: Option<Instant>,
 ) -> Result<Answer, UpstreamError> {
-    const OP: &str = "updateProfile";
     let path = format!("/profiles/{}", pct(src_consumer_id));
-    let body = http.json_body(OP, body)?;
-    send(
-        http,
-        client_id,
-        OP,
-        reqwest::Method::PUT,
-        path,
-        Some(body),
-        deadline,
-    )
-    .await
+    put_json(http, client_id, "updateProfile", path, body, deadline).await
 }
 
 /// `DELETE /profiles` (seen, without its parameters). **Assumed**: the ids in the query, as
