@@ -96,6 +96,10 @@ fn describe() {
         "reconciler results: IN_PROGRESS enrollments finished (enrolled, failed) or left for a later pass (error); ENROLLED cards Click to Pay no longer holds, now REMOVED (removed), and failed look-ups of ENROLLED cards in Click to Pay (lookup_failed)"
     );
     metrics::describe_counter!(
+        "c2p_notification_merge_retries_total",
+        "notifications the Redis store merged in the service but wrote with its Lua merge instead: the record changed between the read and the write (another writer), or could not be merged there"
+    );
+    metrics::describe_counter!(
         "c2p_record_cache_reads_total",
         "status reads of the Redis store's record cache by result (hit, load, bypass)"
     );
@@ -266,6 +270,12 @@ pub fn reconciled(result: &'static str) {
 /// from Redis into the cache), `bypass` (read from Redis, the card not subscribed yet).
 pub fn record_cache(result: &'static str) {
     counter!("c2p_record_cache_reads_total", "result" => result).increment(1);
+}
+
+/// Notifications of a batch the Redis store applied with its Lua merge after planning them in
+/// the service failed (`store/merge_plan.rs`).
+pub fn notification_merge_retries(count: usize) {
+    counter!("c2p_notification_merge_retries_total").increment(count as u64);
 }
 
 /// An unreadable enrollment record set aside.

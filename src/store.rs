@@ -8,6 +8,7 @@ mod cache;
 mod feed;
 mod keys;
 mod memory;
+mod merge_plan;
 mod redis;
 mod scripts;
 mod settings;

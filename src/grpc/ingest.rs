@@ -23,6 +23,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tonic::Status;
 use tracing::Instrument as _;
 
@@ -36,7 +37,7 @@ pub const INGEST_WINDOW: usize = 2048;
 pub const READ_AHEAD_BYTES: usize = 1 << 20;
 
 /// Store calls one stream has in flight; what is read meanwhile makes the next batch.
-pub const BATCHES_IN_FLIGHT: usize = 2;
+pub const BATCHES_IN_FLIGHT: usize = 4;
 
 /// The most notifications in one store call.
 pub const MAX_BATCH: usize = 512;
@@ -162,12 +163,24 @@ impl Batches {
                 })
                 .collect();
             self.in_flight_messages += batch.len();
-            self.in_flight.push(Box::pin(answer_batch(
+            // Each batch on a task of its own: its store round trips and merging go on (on
+            // either worker) while the connection's task reads and answers; polled inside the
+            // response stream, a stream's batches moved only when hyper polled it (measured:
+            // ~45,900 vs ~44,300 acks/s, scripts/bench's ingest on 2 cores). Aborted when the
+            // stream is dropped, as the batch's future would have been.
+            let sent: Vec<(u64, String)> = batch
+                .iter()
+                .map(|n| (n.sequence, n.notification_id.chars().take(255).collect()))
+                .collect();
+            let task = AbortOnDropHandle::new(tokio::spawn(answer_batch(
                 self.app.clone(),
                 batch,
                 self.bounds,
                 self.rpc_span.clone(),
             )));
+            self.in_flight.push(Box::pin(async move {
+                task.await.unwrap_or_else(|_| lost(sent))
+            }));
         }
     }
 }
@@ -194,6 +207,24 @@ impl Stream for Batches {
             return Poll::Pending;
         }
     }
+}
+
+/// The answers of a batch whose task ended without them (it cannot panic: the store's errors
+/// are outcomes; this is the guard that still answers every message).
+fn lost(sent: Vec<(u64, String)>) -> Vec<NotificationIngestResponse> {
+    sent.into_iter()
+        .map(|(sequence, notification_id)| {
+            metrics::notification("none", "failed");
+            NotificationIngestResponse {
+                notification_id,
+                outcome: NotificationOutcome::Failed as i32,
+                message: "not applied, resend: the batch's task ended".into(),
+                sequence,
+                reject_reason: NotificationRejectReason::Unspecified as i32,
+                field_violations: Vec::new(),
+            }
+        })
+        .collect()
 }
 
 fn response(

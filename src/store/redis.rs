@@ -6,6 +6,7 @@ use super::RedisSettings;
 use super::access::{Access, bad_url};
 use super::cache::{ForgetOnDrop, Lookup, RecordCache, RecordCacheSettings};
 use super::feed::{Feed, Nodes};
+use super::merge_plan;
 use super::scripts;
 use super::{
     ChangeStream, EnrollmentStore, KeySpace, NotificationEffect, NotificationResult, PutMode,
@@ -20,6 +21,7 @@ use redis::cluster_routing::Slot;
 use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
@@ -74,6 +76,10 @@ pub struct RedisStore {
     feed: Feed,
     cache: Option<Arc<RecordCache>>,
     apply_notification: Script,
+    write_merged: Script,
+    /// Notifications planned in the service but applied by `apply_notification` (see
+    /// [`RedisStore::merge_retries`]).
+    merge_retries: AtomicU64,
     put_enrollment: Script,
     idempotency_begin: Script,
     idempotency_update: Script,
@@ -240,6 +246,8 @@ impl RedisStore {
             feed,
             cache,
             apply_notification: Script::new(&scripts::apply_notification()),
+            write_merged: Script::new(scripts::WRITE_MERGED),
+            merge_retries: AtomicU64::new(0),
             put_enrollment: Script::new(&scripts::put_enrollment()),
             idempotency_begin: Script::new(&scripts::idempotency_begin()),
             idempotency_update: Script::new(&scripts::idempotency_update()),
@@ -445,6 +453,158 @@ impl RedisStore {
         Ok(replies)
     }
 
+    /// Applies `batch` (on one slot, on a Cluster) merged in the service: one round trip reads
+    /// the records and Redis' clock, [`merge_plan::plan`] merges, one round trip writes each
+    /// merged record if its card's record is still the one read ([`scripts::WRITE_MERGED`]).
+    /// What could not be planned, or was not written because the record changed meanwhile, is
+    /// then applied by the Lua merge ([`Self::run_apply`]), in the batch's order. A reply per
+    /// notification, in order.
+    async fn run_merged(
+        &self,
+        conn: &mut Connection,
+        batch: &[(&TokenEvent, &Prepared)],
+    ) -> Result<Vec<ScriptReply>, StoreError> {
+        let mut cards: Vec<CardContractId> = Vec::new();
+        let mut keys: Vec<&str> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (event, note) in batch {
+            if seen.insert(event.card_contract_id) {
+                cards.push(event.card_contract_id);
+                keys.push(&note.keys[0]);
+            }
+        }
+        // One MGET (the batch is on one slot): one command for Redis, not one per card.
+        let read: Result<((i64, i64), Vec<Value>), _> = redis::pipe()
+            .cmd("TIME")
+            .cmd("MGET")
+            .arg(&keys)
+            .query_async(conn)
+            .await;
+        let (now_ms, values) = match read {
+            Ok(((secs, micros), values)) => (Some(secs * 1000 + micros / 1000), values),
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                return Err(unavailable(e));
+            }
+            // Not the replies a standalone server or a slot gives: the Lua merge decides.
+            Err(_) => (None, Vec::new()),
+        };
+        let plan = match now_ms {
+            Some(now_ms) => {
+                // A key of another type reads as nil in an MGET: the plan then sees no
+                // record, and the write's compare (GET fails) hands it to the Lua merge.
+                let stored = cards
+                    .iter()
+                    .zip(values)
+                    .filter_map(|(card, v)| {
+                        redis::from_redis_value::<Option<String>>(v)
+                            .ok()
+                            .map(|raw| (*card, raw))
+                    })
+                    .collect();
+                let events: Vec<&TokenEvent> = batch.iter().map(|(e, _)| *e).collect();
+                merge_plan::plan(&events, stored, now_ms)
+            }
+            None => merge_plan::Plan {
+                entries: Vec::new(),
+                to_script: (0..batch.len()).collect(),
+            },
+        };
+        let mut replies: Vec<Option<ScriptReply>> = batch.iter().map(|_| None).collect();
+        let mut to_script = plan.to_script;
+        if !plan.entries.is_empty() {
+            let written = self.write_merged(conn, batch, &plan.entries).await?;
+            for (entry, reply) in plan.entries.iter().zip(written) {
+                match reply {
+                    Some(effect) => replies[entry.index] = Some(ScriptReply::Done(effect, None)),
+                    None => to_script.push(entry.index),
+                }
+            }
+        }
+        if !to_script.is_empty() {
+            to_script.sort_unstable();
+            self.merge_retries
+                .fetch_add(to_script.len() as u64, Ordering::Relaxed);
+            crate::metrics::notification_merge_retries(to_script.len());
+            let notes: Vec<&Prepared> = to_script.iter().map(|i| batch[*i].1).collect();
+            let applied = self.run_apply(conn, &notes, false).await?;
+            for (i, reply) in to_script.into_iter().zip(applied) {
+                replies[i] = Some(reply);
+            }
+        }
+        replies
+            .into_iter()
+            .map(|r| r.ok_or_else(|| StoreError::Corrupt("unexpected script reply".into())))
+            .collect()
+    }
+
+    /// Runs [`scripts::WRITE_MERGED`] over `entries` ([`SCRIPT_BATCH`] per call, one
+    /// pipeline); per entry its effect, or `None` when it was not written (apply it again).
+    async fn write_merged(
+        &self,
+        conn: &mut Connection,
+        batch: &[(&TokenEvent, &Prepared)],
+        entries: &[merge_plan::Entry],
+    ) -> Result<Vec<Option<NotificationEffect>>, StoreError> {
+        let mut pipe = redis::pipe();
+        for chunk in entries.chunks(SCRIPT_BATCH) {
+            let bytes: usize = chunk
+                .iter()
+                .map(|e| e.expected.len() + e.new.len() + 256)
+                .sum();
+            let mut cmd = Cmd::with_capacity(6 + chunk.len() * 6, bytes + 128);
+            cmd.arg("EVALSHA")
+                .arg(self.write_merged.get_hash())
+                .arg(chunk.len() * 2);
+            for entry in chunk {
+                cmd.arg(&batch[entry.index].1.keys[..]);
+            }
+            cmd.arg(millis(self.retention.enrollment))
+                .arg(millis(self.retention.notification_dedup));
+            for entry in chunk {
+                let note = batch[entry.index].1;
+                // The hash and the channel (`Prepared::args` 3 and 2).
+                cmd.arg(&entry.expected)
+                    .arg(&entry.new)
+                    .arg(&note.args[3])
+                    .arg(&note.args[2]);
+            }
+            pipe.add_command(cmd);
+        }
+        let replies: Vec<Vec<String>> = match pipe.query_async(conn).await {
+            Ok(replies) => replies,
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.write_merged
+                    .load_async(conn)
+                    .await
+                    .map_err(unavailable)?;
+                pipe.query_async(conn).await.map_err(unavailable)?
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        let replies: Vec<Option<NotificationEffect>> = replies
+            .into_iter()
+            .flatten()
+            .map(|reply| match reply.as_str() {
+                "applied" => Some(NotificationEffect::Applied),
+                "stale" => Some(NotificationEffect::Stale),
+                "duplicate" => Some(NotificationEffect::Duplicate),
+                "conflict" => Some(NotificationEffect::Conflict),
+                _ => None,
+            })
+            .collect();
+        if replies.len() != entries.len() {
+            return Err(StoreError::Corrupt("unexpected script reply".into()));
+        }
+        Ok(replies)
+    }
+
+    /// Notifications the service merged but then applied with the Lua merge, since this store
+    /// was made: the record changed between the read and the write (another writer), or could
+    /// not be merged in the service. Counted in `c2p_notification_merge_retries_total` too.
+    pub fn merge_retries(&self) -> u64 {
+        self.merge_retries.load(Ordering::Relaxed)
+    }
+
     /// Applies `events`: one pipeline (one round trip) on a standalone server, one per slot on
     /// a Cluster (those run concurrently); each notification's effect, and its record's JSON
     /// when `with_record` and applied, in the order of `events`.
@@ -485,8 +645,14 @@ impl RedisStore {
                 let runs = groups.iter().map(|group| {
                     let mut conn = conn.clone();
                     async move {
-                        let notes: Vec<&Prepared> = group.iter().map(|(_, note)| note).collect();
-                        self.run_apply(&mut conn, &notes, with_record).await
+                        let batch: Vec<(&TokenEvent, &Prepared)> =
+                            group.iter().map(|(i, note)| (events[*i], note)).collect();
+                        if with_record {
+                            let notes: Vec<&Prepared> = batch.iter().map(|(_, n)| *n).collect();
+                            self.run_apply(&mut conn, &notes, true).await
+                        } else {
+                            self.run_merged(&mut conn, &batch).await
+                        }
                     }
                 });
                 let replies = futures::future::join_all(runs).await;

@@ -283,6 +283,43 @@ return replies
     )
 }
 
+/// The compare-and-set write of notifications merged by the service (`merge_plan.rs`).
+/// KEYS: per notification, its card's record and its dedup marker. ARGV: record TTL (ms), dedup
+/// TTL (ms), then per notification: the record it was merged onto ("" for none), the record to
+/// write ("" when it changes nothing), content hash, change channel.
+///
+/// Per notification, in order, as `apply_notification` decides it: a marker already there is a
+/// `duplicate` (same hash) or a `conflict`; a stored record that is no longer the one it was
+/// merged onto is `retry` (nothing written: the caller applies it with `apply_notification`);
+/// else the marker is set and the record written and published (`applied`), or not (`stale`).
+/// No JSON is read or made here: that is what makes it cheap. A command that fails (a key of
+/// another type) is `retry` as well, for `apply_notification` to settle.
+pub const WRITE_MERGED: &str = r#"
+local function write(record_key, marker_key, expected, new, hash, channel)
+  local seen = redis.call('GET', marker_key)
+  if seen then
+    if seen == hash then return 'duplicate' end
+    return 'conflict'
+  end
+  local raw = redis.call('GET', record_key)
+  if (raw or '') ~= expected then return 'retry' end
+  redis.call('SET', marker_key, hash, 'PX', ARGV[2])
+  if new == '' then return 'stale' end
+  redis.call('SET', record_key, new, 'PX', ARGV[1])
+  redis.call('PUBLISH', channel, new)
+  return 'applied'
+end
+local replies = {}
+for i = 1, #KEYS / 2 do
+  local a = 2 + (i - 1) * 4
+  local ok, reply = pcall(write, KEYS[2 * i - 1], KEYS[2 * i], ARGV[a + 1], ARGV[a + 2],
+    ARGV[a + 3], ARGV[a + 4])
+  if not ok then reply = 'retry' end
+  replies[i] = reply
+end
+return replies
+"#;
+
 /// KEYS: record, card lock. ARGV: record JSON, TTL (ms), change channel, mode (`merge` |
 /// `if_absent`), fence (the lock owner the writer must be, or empty for none), token
 /// (`keep_token`: merge the stored token, as `EnrollmentRecord::with_token_of`; `fresh`: the

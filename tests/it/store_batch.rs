@@ -217,3 +217,100 @@ async fn redis_cluster_store_applies_batches_as_one_by_one() {
         );
     }
 }
+
+/// The Redis store merges a batch in the service and writes each record only if it is still
+/// the one it read (`store/merge_plan.rs`); a record another replica changed in between is
+/// applied again by the Lua merge. Two replicas apply interleaved batches of the same few cards
+/// at once, until such retries happened: every notification got one effect, and each card's
+/// record is the one the memory store makes of all of them (the merge is a join: the order of
+/// arrival does not matter).
+#[tokio::test]
+async fn replicas_racing_on_the_same_cards_end_where_one_store_ends() {
+    use c2p_enroll::store::{KeySpace, RecordCacheSettings, RedisSettings, RedisStore};
+    let redis = RedisServer::start();
+    let s = settings(&[("C2P_REDIS__URL", &redis.url())]);
+    let open = |r: &RedisSettings| {
+        Arc::new(
+            RedisStore::connect_lazy(
+                &redis.url(),
+                r,
+                KeySpace::new("race:"),
+                c2p_enroll::store::Retention {
+                    enrollment: Duration::from_secs(3600),
+                    notification_dedup: Duration::from_secs(3600),
+                    idempotency: Duration::from_secs(3600),
+                },
+                RecordCacheSettings {
+                    capacity: 0,
+                    max_age: Duration::from_secs(1),
+                },
+            )
+            .unwrap(),
+        )
+    };
+    let (one, two) = (open(&s.redis), open(&s.redis));
+    let memory = c2p_enroll::server::open_store(&settings(&[])).unwrap();
+    let statuses = [
+        TokenStatus::Active,
+        TokenStatus::Suspended,
+        TokenStatus::Inactive,
+        TokenStatus::Active,
+    ];
+    let cards = 4;
+    let (mut sent, mut answered, mut retries) = (0usize, 0usize, 0u64);
+    let mut all = Vec::new();
+    // Bounded: rounds until both replicas retried, at most 200 (each takes milliseconds).
+    for round in 0..200i64 {
+        let batch = |replica: i64| -> Vec<TokenEvent> {
+            (0..16)
+                .map(|i| {
+                    let at = T + round * 1000 + i * 10 + replica;
+                    event(
+                        &format!("r{round}-{replica}-{i}"),
+                        at,
+                        70_000 + (i % cards),
+                        TokenEventKind::StatusChanged(statuses[(i as usize + round as usize) % 4]),
+                    )
+                })
+                .collect()
+        };
+        let (a, b) = (batch(0), batch(1));
+        let (ra, rb) = tokio::join!(one.apply_notifications(&a), two.apply_notifications(&b));
+        for (events, results) in [(&a, ra), (&b, rb)] {
+            assert_eq!(results.len(), events.len());
+            sent += events.len();
+            for r in effects(results) {
+                assert!(r == "Applied" || r == "Stale", "{r}");
+                answered += 1;
+            }
+        }
+        all.extend(a);
+        all.extend(b);
+        retries = one.merge_retries().min(two.merge_retries());
+        if retries > 0 && round >= 20 {
+            break;
+        }
+    }
+    for e in &all {
+        memory.apply_notification(e).await.unwrap();
+    }
+    let mut differ = 0;
+    for c in 0..cards {
+        let got = one.get(card(70_000 + c)).await.unwrap().unwrap();
+        let want = memory.get(card(70_000 + c)).await.unwrap().unwrap();
+        if (got.state, &got.token) != (want.state, &want.token) {
+            differ += 1;
+        }
+    }
+    println!(
+        "RACE sent {sent} answered {answered} merge retries {} + {} cards differing {differ}",
+        one.merge_retries(),
+        two.merge_retries()
+    );
+    assert_eq!(answered, sent);
+    assert_eq!(differ, 0, "a write was lost");
+    assert!(
+        retries > 0,
+        "the replicas never raced: the retry path was not exercised"
+    );
+}
