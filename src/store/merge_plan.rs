@@ -13,15 +13,17 @@
 
 use crate::domain::{CardContractId, EnrollmentRecord, Merge, TokenEvent, merge};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// One planned write: the notification at `index` of the batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Entry {
     pub index: usize,
-    /// The stored record it was merged onto, as read ("" for none).
-    pub expected: String,
+    /// The stored record it was merged onto, as read ("" for none). Shared, not copied: the
+    /// same JSON is the next entry's `expected` and the card's `raw`.
+    pub expected: Arc<str>,
     /// The record to write ("" when the notification changes nothing: stale).
-    pub new: String,
+    pub new: Arc<str>,
 }
 
 /// The writes to try, and the notifications (by index) left to the Lua script.
@@ -36,7 +38,7 @@ pub(super) struct Plan {
 enum Card {
     /// As read (or as this batch's planned writes left it).
     Known {
-        raw: Option<String>,
+        raw: Option<Arc<str>>,
         record: Option<EnrollmentRecord>,
     },
     /// Its notifications from here on go to the script.
@@ -53,11 +55,14 @@ pub(super) fn plan(
     let mut cards: HashMap<CardContractId, Card> = stored
         .into_iter()
         .map(|(card, raw)| {
-            let state = match &raw {
-                None => Card::Known { raw, record: None },
-                Some(json) => match serde_json::from_str::<EnrollmentRecord>(json) {
+            let state = match raw {
+                None => Card::Known {
+                    raw: None,
+                    record: None,
+                },
+                Some(json) => match serde_json::from_str::<EnrollmentRecord>(&json) {
                     Ok(record) => Card::Known {
-                        raw,
+                        raw: Some(json.into()),
                         record: Some(record),
                     },
                     // The script sets an unreadable record aside (`settle`).
@@ -80,19 +85,19 @@ pub(super) fn plan(
             plan.to_script.push(index);
             continue;
         };
-        let expected = raw.clone().unwrap_or_default();
+        let expected = raw.clone().unwrap_or_else(|| Arc::from(""));
         match merge(record.as_ref(), event) {
             Merge::Stale => plan.entries.push(Entry {
                 index,
                 expected,
-                new: String::new(),
+                new: Arc::from(""),
             }),
             Merge::Applied(merged) => {
                 let merged = merged.stamped(record.as_ref(), now_ms);
                 // A number the Lua scripts would round when they next read the record: the
                 // script refuses it (its guard, with its message).
                 let json = match merged.unstorable_time() {
-                    None => serde_json::to_string(&merged).ok(),
+                    None => serde_json::to_string(&merged).ok().map(Arc::<str>::from),
                     Some(_) => None,
                 };
                 match json {
@@ -144,7 +149,7 @@ mod tests {
         let plan = plan(&[&a, &b], HashMap::from([(card(7), None)]), 5_000);
         assert!(plan.to_script.is_empty());
         assert_eq!(plan.entries.len(), 2);
-        assert_eq!(plan.entries[0].expected, "");
+        assert_eq!(&*plan.entries[0].expected, "");
         // The second is merged onto what the first writes, in the batch's order.
         assert_eq!(plan.entries[1].expected, plan.entries[0].new);
         let second: EnrollmentRecord = serde_json::from_str(&plan.entries[1].new).unwrap();
@@ -158,7 +163,7 @@ mod tests {
         let a = event("n1", 7, 2_000, TokenStatus::Active);
         let b = event("n2", 7, 1_000, TokenStatus::Suspended);
         let plan = plan(&[&a, &b], HashMap::from([(card(7), None)]), 5_000);
-        assert_eq!(plan.entries[1].new, "");
+        assert_eq!(&*plan.entries[1].new, "");
         assert_eq!(plan.entries[1].expected, plan.entries[0].new);
     }
 

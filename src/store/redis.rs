@@ -380,10 +380,15 @@ impl RedisStore {
             .transpose()
     }
 
-    /// One notification's keys and arguments for the apply script.
-    fn prepare(&self, event: &TokenEvent) -> Result<Prepared, StoreError> {
+    /// One notification's keys and arguments for the apply script; the token's JSON only
+    /// `for_script` (the service's merge does not need it).
+    fn prepare(&self, event: &TokenEvent, for_script: bool) -> Result<Prepared, StoreError> {
         super::check_event(event)?;
-        let token = serde_json::to_string(&event.as_token()).map_err(corrupt)?;
+        let token = if for_script {
+            serde_json::to_string(&event.as_token()).map_err(corrupt)?
+        } else {
+            String::new()
+        };
         let card = event.card_contract_id;
         Ok(Prepared {
             keys: [
@@ -525,7 +530,11 @@ impl RedisStore {
             self.merge_retries
                 .fetch_add(to_script.len() as u64, Ordering::Relaxed);
             crate::metrics::notification_merge_retries(to_script.len());
-            let notes: Vec<&Prepared> = to_script.iter().map(|i| batch[*i].1).collect();
+            let notes = to_script
+                .iter()
+                .map(|i| self.prepare(batch[*i].0, true))
+                .collect::<Result<Vec<_>, _>>()?;
+            let notes: Vec<&Prepared> = notes.iter().collect();
             let applied = self.run_apply(conn, &notes, false).await?;
             for (i, reply) in to_script.into_iter().zip(applied) {
                 replies[i] = Some(reply);
@@ -563,8 +572,8 @@ impl RedisStore {
             for entry in chunk {
                 let note = batch[entry.index].1;
                 // The hash and the channel (`Prepared::args` 3 and 2).
-                cmd.arg(&entry.expected)
-                    .arg(&entry.new)
+                cmd.arg(&*entry.expected)
+                    .arg(&*entry.new)
                     .arg(&note.args[3])
                     .arg(&note.args[2]);
             }
@@ -616,7 +625,7 @@ impl RedisStore {
         let mut results: Vec<Option<Result<_, StoreError>>> = events.iter().map(|_| None).collect();
         let mut prepared = Vec::with_capacity(events.len());
         for (i, event) in events.iter().enumerate() {
-            match self.prepare(event) {
+            match self.prepare(event, with_record) {
                 Ok(note) => prepared.push((i, note)),
                 Err(e) => results[i] = Some(Err(e)),
             }
@@ -708,7 +717,7 @@ impl RedisStore {
         {
             return Err(script_failure(message));
         }
-        let note = self.prepare(event)?;
+        let note = self.prepare(event, true)?;
         match self.run_apply(conn, &[&note], with_record).await?.pop() {
             Some(ScriptReply::Done(effect, json)) => Ok((effect, json)),
             Some(ScriptReply::Failed(message)) => Err(script_failure(&message)),
