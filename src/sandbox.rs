@@ -159,6 +159,7 @@ impl Sandbox {
             request_decryptor,
             response_encryptor,
             card_decryptor,
+            card_encryptors: Mutex::default(),
             registry: Mutex::new(tokens::Registry::default()),
             profiles: Mutex::new(profiles::Profiles::default()),
             faults: Mutex::new(config.faults),

@@ -7,14 +7,19 @@ use crate::mastercard::keys::PublicKey;
 use crate::mastercard::oauth1::{self, VerifyError};
 use axum::http::{HeaderMap, StatusCode, header};
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Mutex;
 use std::time::Duration;
+
+/// The timestamp of each (consumer key, nonce) seen.
+type Nonces = HashMap<(String, String), u64>;
 
 /// The registered consumers and the replay cache.
 pub struct Gateway {
     consumers: HashMap<String, PublicKey>,
     window: Duration,
-    nonces: Mutex<HashMap<(String, String), u64>>,
+    /// Nonces seen (with their timestamps), and the second they were last swept.
+    nonces: Mutex<(Nonces, u64)>,
 }
 
 impl Gateway {
@@ -23,7 +28,7 @@ impl Gateway {
         Self {
             consumers,
             window,
-            nonces: Mutex::new(HashMap::new()),
+            nonces: Mutex::new((HashMap::new(), 0)),
         }
     }
 
@@ -70,17 +75,29 @@ impl Gateway {
         if now.abs_diff(signed.timestamp) > self.window.as_secs() {
             return Err(GatewayOutcome::TimestampOutOfWindow);
         }
-        // Nonces are remembered only for signed requests, and only as long as the window.
-        let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        // Nonces are remembered only for signed requests, and only as long as the window. The
+        // expired ones are swept once a second, not on every request (that was a walk over
+        // every nonce of the window per request: quadratic under load).
+        let mut guard = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        let (nonces, swept_at) = &mut *guard;
         let window = self.window.as_secs();
-        nonces.retain(|_, ts| now.abs_diff(*ts) <= window);
-        if nonces
-            .insert((signed.consumer_key, signed.nonce), signed.timestamp)
-            .is_some()
-        {
-            return Err(GatewayOutcome::NonceReplayed);
+        if *swept_at != now {
+            nonces.retain(|_, ts| now.abs_diff(*ts) <= window);
+            *swept_at = now;
         }
-        Ok(())
+        match nonces.entry((signed.consumer_key, signed.nonce)) {
+            Entry::Occupied(seen) if now.abs_diff(*seen.get()) <= window => {
+                Err(GatewayOutcome::NonceReplayed)
+            }
+            Entry::Occupied(mut expired) => {
+                expired.insert(signed.timestamp);
+                Ok(())
+            }
+            Entry::Vacant(new) => {
+                new.insert(signed.timestamp);
+                Ok(())
+            }
+        }
     }
 }
 

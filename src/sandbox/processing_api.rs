@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use base64::Engine as _;
 use serde::Deserialize;
+use std::sync::Arc;
 
 fn processing_error(status: StatusCode, code: &str, description: &str) -> Answer {
     Answer {
@@ -61,7 +62,7 @@ fn search_answer(state: &State, req: &Incoming, body: &[u8]) -> Answer {
             "Invalid field cardContractId: must not be null",
         );
     };
-    let certificate = req
+    let der = req
         .headers
         .get(ENROLL_KEY_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -69,8 +70,19 @@ fn search_answer(state: &State, req: &Incoming, body: &[u8]) -> Answer {
             base64::engine::general_purpose::STANDARD
                 .decode(b64.trim())
                 .ok()
-        })
-        .and_then(|der| Certificate::from_pem_or_der(&der).ok());
+        });
+    let certificate = der.as_deref().and_then(|der| {
+        let known = state
+            .card_encryptors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(der)
+            .cloned();
+        match known {
+            Some(encryptor) => Some(Ok(encryptor)),
+            None => Certificate::from_pem_or_der(der).ok().map(Err),
+        }
+    });
     let Some(certificate) = certificate else {
         return processing_error(
             StatusCode::BAD_REQUEST,
@@ -98,16 +110,32 @@ fn search_answer(state: &State, req: &Incoming, body: &[u8]) -> Answer {
             object.insert(field.into(), value.clone());
         }
     }
-    let encrypted = certificate
-        .public_key()
-        .ok()
-        .and_then(|k| JweEncryptor::new(&k).ok())
-        .map(JweEncryptor::a128gcm)
-        .and_then(|e| {
-            serde_json::to_vec(&object)
-                .ok()
-                .and_then(|plain| e.encrypt(&plain).ok())
-        });
+    let encryptor = match certificate {
+        Ok(known) => Some(known),
+        Err(certificate) => certificate
+            .public_key()
+            .ok()
+            .and_then(|k| JweEncryptor::new(&k).ok())
+            .map(|e| {
+                let e = Arc::new(e.a128gcm());
+                let mut cache = state
+                    .card_encryptors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if cache.len() >= 16 {
+                    cache.clear();
+                }
+                if let Some(der) = der {
+                    cache.insert(der, e.clone());
+                }
+                e
+            }),
+    };
+    let encrypted = encryptor.and_then(|e| {
+        serde_json::to_vec(&object)
+            .ok()
+            .and_then(|plain| e.encrypt(&plain).ok())
+    });
     match encrypted {
         Some(card_data) => Answer::ok(serde_json::json!({ "cardData": card_data })),
         None => processing_error(

@@ -13,6 +13,7 @@ use crate::mastercard::jwe::{JweDecryptor, JweEncryptor, open_envelope, seal_env
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
@@ -34,6 +35,10 @@ pub struct State {
     pub response_encryptor: JweEncryptor,
     /// Opens `encryptedCard` (Click to Pay's private key).
     pub card_decryptor: JweDecryptor,
+    /// The card encryptor of each `Enroll-Client-Encryption-Key` certificate seen (by its DER):
+    /// loading an RSA key through OpenSSL 3's decoders took more of the simulator's CPU than the
+    /// encryption itself, on every search. A few entries: cleared when it holds 16.
+    pub card_encryptors: Mutex<HashMap<Vec<u8>, Arc<JweEncryptor>>>,
     pub registry: Mutex<Registry>,
     /// Click to Pay's consumer profiles and their cards.
     pub profiles: Mutex<Profiles>,
