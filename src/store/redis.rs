@@ -168,6 +168,23 @@ fn script_failure(message: &str) -> StoreError {
     StoreError::Unavailable(format!("the notification script failed: {message}"))
 }
 
+/// Runs `pipe`, a pipeline of `EVALSHA` calls of `script`: when the server does not have the
+/// script yet (a new or restarted server), loads it and runs the pipeline again.
+async fn run_script_calls<T: redis::FromRedisValue>(
+    script: &Script,
+    pipe: &Pipeline,
+    conn: &mut Connection,
+) -> Result<T, StoreError> {
+    match pipe.query_async(conn).await {
+        Ok(replies) => Ok(replies),
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.load_async(conn).await.map_err(unavailable)?;
+            pipe.query_async(conn).await.map_err(unavailable)
+        }
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
 impl RedisStore {
     /// A store whose first connection is made on first use, and remade after every loss.
     /// With `settings.cluster`, `url` is a comma-separated list of seed nodes. Every client
@@ -435,18 +452,8 @@ impl RedisStore {
             }
             pipe.add_command(cmd);
         }
-        let replies: Vec<Vec<Vec<String>>> = match pipe.query_async(conn).await {
-            Ok(replies) => replies,
-            // Not in the server's script cache yet (a new or restarted server): load it, again.
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                self.apply_notification
-                    .load_async(conn)
-                    .await
-                    .map_err(unavailable)?;
-                pipe.query_async(conn).await.map_err(unavailable)?
-            }
-            Err(e) => return Err(unavailable(e)),
-        };
+        let replies: Vec<Vec<Vec<String>>> =
+            run_script_calls(&self.apply_notification, &pipe, conn).await?;
         let replies = replies
             .into_iter()
             .flatten()
@@ -579,17 +586,7 @@ impl RedisStore {
             }
             pipe.add_command(cmd);
         }
-        let replies: Vec<Vec<String>> = match pipe.query_async(conn).await {
-            Ok(replies) => replies,
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                self.write_merged
-                    .load_async(conn)
-                    .await
-                    .map_err(unavailable)?;
-                pipe.query_async(conn).await.map_err(unavailable)?
-            }
-            Err(e) => return Err(unavailable(e)),
-        };
+        let replies: Vec<Vec<String>> = run_script_calls(&self.write_merged, &pipe, conn).await?;
         let replies: Vec<Option<NotificationEffect>> = replies
             .into_iter()
             .flatten()
