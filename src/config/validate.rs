@@ -112,6 +112,15 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
             1_000..=100_000_000,
         ),
     };
+    // Redis keeps TTLs in whole milliseconds and refuses 0: under a second is a mistake anyway.
+    for (key, ttl) in [
+        ("store.enrollment_ttl", store.enrollment_ttl),
+        ("store.not_enrolled_ttl", store.not_enrolled_ttl),
+    ] {
+        if ttl < Duration::from_secs(1) {
+            c.problem(key, "must be at least 1s");
+        }
+    }
     // The staleness bound of status reads: an hour would defeat its purpose.
     if store.cache_max_age > Duration::from_secs(3600) {
         c.problem("store.cache_max_age", "must be at most 1h");
@@ -342,6 +351,23 @@ mod tests {
         assert_eq!(s.shutdown.grace_period, Duration::from_secs(10));
         assert_eq!(s.log.format, LogFormat::Text);
         assert!(s.mastercard.processing.credentials.is_none());
+    }
+
+    #[test]
+    fn record_ttls_under_a_second_are_refused() {
+        // Redis would be asked for `PX 0` (whole milliseconds), which it refuses.
+        let err = Settings::load(
+            None,
+            env(&[
+                ("C2P_STORE__ENROLLMENT_TTL", "500us"),
+                ("C2P_STORE__NOT_ENROLLED_TTL", "10ms"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            keys(&err),
+            ["store.enrollment_ttl", "store.not_enrolled_ttl"]
+        );
     }
 
     #[test]

@@ -10,6 +10,11 @@
 //! compare failed (another writer came between) and, after it, every later notification of that
 //! card: the script applies them in the batch's order, so each card's notifications still apply
 //! in the order given.
+//!
+//! The record is rewritten from `EnrollmentRecord`: a field a newer version added to the stored
+//! JSON is not kept (the Lua merge kept it), as the enrollment flow's own writes do not keep it.
+//! A rolling upgrade that adds a record field must tolerate its loss until every replica runs
+//! the new version.
 
 use crate::domain::{CardContractId, EnrollmentRecord, Merge, TokenEvent, merge};
 use std::collections::{HashMap, HashSet};

@@ -475,7 +475,7 @@ impl RedisStore {
         &self,
         conn: &mut Connection,
         batch: &[(&TokenEvent, &Prepared)],
-    ) -> Result<Vec<ScriptReply>, StoreError> {
+    ) -> Result<Vec<Result<ScriptReply, StoreError>>, StoreError> {
         let mut cards: Vec<CardContractId> = Vec::new();
         let mut keys: Vec<&str> = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -521,13 +521,16 @@ impl RedisStore {
                 to_script: (0..batch.len()).collect(),
             },
         };
-        let mut replies: Vec<Option<ScriptReply>> = batch.iter().map(|_| None).collect();
+        let mut replies: Vec<Option<Result<ScriptReply, StoreError>>> =
+            batch.iter().map(|_| None).collect();
         let mut to_script = plan.to_script;
         if !plan.entries.is_empty() {
             let written = self.write_merged(conn, batch, &plan.entries).await?;
             for (entry, reply) in plan.entries.iter().zip(written) {
                 match reply {
-                    Some(effect) => replies[entry.index] = Some(ScriptReply::Done(effect, None)),
+                    Some(effect) => {
+                        replies[entry.index] = Some(Ok(ScriptReply::Done(effect, None)));
+                    }
                     None => to_script.push(entry.index),
                 }
             }
@@ -540,17 +543,35 @@ impl RedisStore {
             let notes = to_script
                 .iter()
                 .map(|i| self.prepare(batch[*i].0, true))
-                .collect::<Result<Vec<_>, _>>()?;
-            let notes: Vec<&Prepared> = notes.iter().collect();
-            let applied = self.run_apply(conn, &notes, false).await?;
-            for (i, reply) in to_script.into_iter().zip(applied) {
-                replies[i] = Some(reply);
+                .collect::<Result<Vec<_>, _>>();
+            let applied = match notes {
+                Ok(notes) => {
+                    let notes: Vec<&Prepared> = notes.iter().collect();
+                    self.run_apply(conn, &notes, false).await
+                }
+                Err(e) => Err(e),
+            };
+            // A failed fallback fails only its own notifications: the others' writes stand and
+            // keep their answers.
+            match applied {
+                Ok(applied) => {
+                    for (i, reply) in to_script.into_iter().zip(applied) {
+                        replies[i] = Some(Ok(reply));
+                    }
+                }
+                Err(e) => {
+                    for i in to_script {
+                        replies[i] = Some(Err(e.clone()));
+                    }
+                }
             }
         }
-        replies
+        Ok(replies
             .into_iter()
-            .map(|r| r.ok_or_else(|| StoreError::Corrupt("unexpected script reply".into())))
-            .collect()
+            .map(|r| {
+                r.unwrap_or_else(|| Err(StoreError::Corrupt("unexpected script reply".into())))
+            })
+            .collect())
     }
 
     /// Runs [`scripts::WRITE_MERGED`] over `entries` ([`SCRIPT_BATCH`] per call, one
@@ -655,7 +676,9 @@ impl RedisStore {
                             group.iter().map(|(i, note)| (events[*i], note)).collect();
                         if with_record {
                             let notes: Vec<&Prepared> = batch.iter().map(|(_, n)| *n).collect();
-                            self.run_apply(&mut conn, &notes, true).await
+                            self.run_apply(&mut conn, &notes, true)
+                                .await
+                                .map(|replies| replies.into_iter().map(Ok).collect())
                         } else {
                             self.run_merged(&mut conn, &batch).await
                         }
@@ -668,10 +691,11 @@ impl RedisStore {
                         Ok(replies) => {
                             for ((i, _), reply) in group.iter().zip(replies) {
                                 match reply {
-                                    ScriptReply::Done(effect, json) => {
+                                    Ok(ScriptReply::Done(effect, json)) => {
                                         results[*i] = Some(Ok((effect, json)));
                                     }
-                                    ScriptReply::Failed(message) => failed.push((*i, message)),
+                                    Ok(ScriptReply::Failed(message)) => failed.push((*i, message)),
+                                    Err(e) => results[*i] = Some(Err(e)),
                                 }
                             }
                         }

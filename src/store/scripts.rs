@@ -303,10 +303,14 @@ local function write(record_key, marker_key, expected, new, hash, channel)
   end
   local raw = redis.call('GET', record_key)
   if (raw or '') ~= expected then return 'retry' end
+  -- The record before its marker, as `apply_notification` writes them: a write that fails
+  -- leaves no marker behind to answer a later try `duplicate`.
+  if new ~= '' then
+    redis.call('SET', record_key, new, 'PX', ARGV[1])
+    redis.call('PUBLISH', channel, new)
+  end
   redis.call('SET', marker_key, hash, 'PX', ARGV[2])
   if new == '' then return 'stale' end
-  redis.call('SET', record_key, new, 'PX', ARGV[1])
-  redis.call('PUBLISH', channel, new)
   return 'applied'
 end
 local replies = {}

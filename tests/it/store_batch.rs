@@ -314,3 +314,41 @@ async fn replicas_racing_on_the_same_cards_end_where_one_store_ends() {
         "the replicas never raced: the retry path was not exercised"
     );
 }
+
+/// A record write Redis refuses (here a TTL that rounds to `PX 0`, which the settings no longer
+/// allow) leaves no dedup marker behind: the notification is answered failed, and applies when
+/// it is sent again, instead of being answered duplicate without ever being written.
+#[tokio::test]
+async fn a_refused_record_write_leaves_no_marker_behind() {
+    use c2p_enroll::store::{KeySpace, RecordCacheSettings, RedisStore};
+    let redis = RedisServer::start();
+    let s = settings(&[("C2P_REDIS__URL", &redis.url())]);
+    let open = |enrollment: Duration| {
+        RedisStore::connect_lazy(
+            &redis.url(),
+            &s.redis,
+            KeySpace::new("refused:"),
+            c2p_enroll::store::Retention {
+                enrollment,
+                notification_dedup: Duration::from_secs(3600),
+                idempotency: Duration::from_secs(3600),
+            },
+            RecordCacheSettings {
+                capacity: 0,
+                max_age: Duration::from_secs(1),
+            },
+        )
+        .unwrap()
+    };
+    let active = TokenEventKind::StatusChanged(TokenStatus::Active);
+    let batch = vec![
+        event("f-1", T, 71_000, active),
+        event("f-2", T, 71_001, active),
+    ];
+    let refused = open(Duration::from_micros(500));
+    let got = effects(refused.apply_notifications(&batch).await);
+    assert!(got.iter().all(|e| e.starts_with("error")), "{got:?}");
+    let fine = open(Duration::from_secs(3600));
+    let got = effects(fine.apply_notifications(&batch).await);
+    assert_eq!(got, ["Applied", "Applied"]);
+}
