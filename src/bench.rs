@@ -5,6 +5,7 @@
 //! and RSS from `/proc`. A table, or JSON with `--json`. Loopback targets only.
 
 mod load;
+mod pacer;
 mod procfs;
 mod rpc;
 mod stats;

@@ -4,6 +4,7 @@
 //! coordinated omission), for unary RPCs, one or more NotificationIngest streams, or idle
 //! WatchEnrollment streams.
 
+use super::pacer;
 use super::rpc::{self, Clients, Mix, Requests};
 use super::stats::{Stats, Window};
 use c2p_enroll::proto::v1::WatchEnrollmentRequest;
@@ -75,11 +76,6 @@ impl Ctx {
     }
 }
 
-/// The `n`-th fixed-interval slot after `t0`.
-fn slot(t0: Instant, interval: Duration, n: u64) -> Instant {
-    t0 + interval.mul_f64(n as f64)
-}
-
 /// Unary RPCs, closed or open loop; returns when every request sent has its answer.
 pub async fn unary(ctx: Arc<Ctx>) {
     match ctx.rate {
@@ -114,13 +110,8 @@ async fn open_unary(ctx: Arc<Ctx>, rate: f64) {
     let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
     let in_flight = Arc::new(Semaphore::new(ctx.concurrency.max(1)));
     let mut tasks = JoinSet::new();
-    let mut n = 0u64;
-    loop {
-        let due = slot(ctx.t0, interval, n);
-        if due >= ctx.end() {
-            break;
-        }
-        tokio::time::sleep_until(due).await;
+    let mut schedule = pacer::slots(ctx.t0, interval, ctx.end());
+    while let Some(due) = schedule.recv().await {
         // Waiting here for a free slot delays the send, not the latency's start: `due` stays.
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break;
@@ -135,7 +126,6 @@ async fn open_unary(ctx: Arc<Ctx>, rate: f64) {
             drop(permit);
         });
         while tasks.try_join_next().is_some() {}
-        n += 1;
     }
     ctx.issuing_done.cancel();
     while tasks.join_next().await.is_some() {}
@@ -185,17 +175,13 @@ async fn ingest_stream(ctx: Arc<Ctx>, stream: usize) {
         tokio::spawn(async move {
             let per_stream = ctx.rate.map(|r| r / ctx.streams.max(1) as f64);
             let interval = per_stream.map(|r| Duration::from_secs_f64(1.0 / r.max(1e-3)));
-            let mut n = 0u64;
+            let mut schedule = interval.map(|i| pacer::slots(ctx.t0, i, ctx.end()));
             loop {
-                let scheduled = match interval {
-                    Some(interval) => {
-                        let due = slot(ctx.t0, interval, n);
-                        if due >= ctx.end() {
-                            break;
-                        }
-                        tokio::time::sleep_until(due).await;
-                        due
-                    }
+                let scheduled = match schedule.as_mut() {
+                    Some(schedule) => match schedule.recv().await {
+                        Some(due) => due,
+                        None => break,
+                    },
                     None => Instant::now(),
                 };
                 // A slot in the window, given back when the answer arrives.
@@ -225,7 +211,6 @@ async fn ingest_stream(ctx: Arc<Ctx>, stream: usize) {
                 {
                     break;
                 }
-                n += 1;
             }
             // Dropping `tx` ends the request stream: the server answers the rest, then ends OK.
         })
