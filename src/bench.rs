@@ -6,6 +6,7 @@
 
 mod load;
 mod pacer;
+mod probe;
 mod procfs;
 mod rpc;
 mod stats;

@@ -278,6 +278,8 @@ impl Requests {
 pub struct Clients {
     pub service: EnrollmentServiceClient<Channel>,
     pub health: HealthClient<Channel>,
+    /// For [`super::probe::status_source`].
+    pub channel: Channel,
 }
 
 impl Clients {
@@ -285,7 +287,8 @@ impl Clients {
         Self {
             service: EnrollmentServiceClient::new(channel.clone())
                 .max_decoding_message_size(4 * 1024 * 1024),
-            health: HealthClient::new(channel),
+            health: HealthClient::new(channel.clone()),
+            channel,
         }
     }
 }
@@ -339,18 +342,17 @@ pub async fn unary(
                         }
                     })
             }
-            Rpc::GetEnrollmentStatus => {
-                let mut c = clients.service.clone();
-                c.get_enrollment_status(with_timeout(requests.status(i), timeout))
-                    .await
-                    .map(|r| {
-                        let source = r.into_inner().enrollment.map_or(0, |e| e.source);
-                        EnrollmentSource::try_from(source).map_or_else(
-                            |_| format!("source {source}"),
-                            |s| s.as_str_name().to_owned(),
-                        )
-                    })
-            }
+            Rpc::GetEnrollmentStatus => super::probe::status_source(
+                &clients.channel,
+                with_timeout(requests.status(i), timeout),
+            )
+            .await
+            .map(|source| {
+                EnrollmentSource::try_from(source).map_or_else(
+                    |_| format!("source {source}"),
+                    |s| s.as_str_name().to_owned(),
+                )
+            }),
             Rpc::Health => {
                 let mut c = clients.health.clone();
                 c.check(with_timeout(
