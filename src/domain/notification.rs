@@ -54,24 +54,39 @@ impl TokenEvent {
     /// form: the dedup marker keeps it, so that an id seen again with other content is told
     /// apart from a resend. Holds no card data (card id, times, token ids and the event only).
     pub fn content_hash(&self) -> String {
-        let kind = match self.kind {
-            TokenEventKind::Authorization(d) => format!("tar:{d:?}"),
-            TokenEventKind::Complete => "tcn".to_owned(),
-            TokenEventKind::StatusChanged(s) => format!("status:{s:?}"),
+        use std::fmt::Write as _;
+        // Written into two buffers, no string per field: every notification is hashed on the
+        // ingest path (format! per field and hex's char iterator were ~7% of its CPU).
+        let mut canonical = String::with_capacity(160);
+        canonical.push_str("c2p-notification-v1");
+        let mut value = String::with_capacity(48);
+        let field = |canonical: &mut String, value: &str| {
+            // Length-prefixed fields: no value can forge a separator.
+            let _ = write!(canonical, "|{}:", value.len());
+            canonical.push_str(value);
         };
-        // Length-prefixed fields: no value can forge a separator.
-        let mut canonical = String::from("c2p-notification-v1");
-        for field in [
-            self.card_contract_id.get().to_string(),
-            self.event_at_ms.to_string(),
-            kind,
-            self.token_unique_reference.clone(),
-            self.token_requestor_id.clone(),
-            self.wallet_name.clone(),
-        ] {
-            canonical.push_str(&format!("|{}:{field}", field.len()));
+        let _ = write!(value, "{}", self.card_contract_id.get());
+        field(&mut canonical, &value);
+        value.clear();
+        let _ = write!(value, "{}", self.event_at_ms);
+        field(&mut canonical, &value);
+        value.clear();
+        let _ = match self.kind {
+            TokenEventKind::Authorization(d) => write!(value, "tar:{d:?}"),
+            TokenEventKind::Complete => write!(value, "tcn"),
+            TokenEventKind::StatusChanged(s) => write!(value, "status:{s:?}"),
+        };
+        field(&mut canonical, &value);
+        field(&mut canonical, &self.token_unique_reference);
+        field(&mut canonical, &self.token_requestor_id);
+        field(&mut canonical, &self.wallet_name);
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = String::with_capacity(64);
+        for byte in openssl::sha::sha256(canonical.as_bytes()) {
+            hex.push(char::from(HEX[usize::from(byte >> 4)]));
+            hex.push(char::from(HEX[usize::from(byte & 0x0f)]));
         }
-        hex::encode(openssl::sha::sha256(canonical.as_bytes()))
+        hex
     }
 
     /// The token as this event alone describes it.
@@ -145,3 +160,6 @@ pub fn merge(existing: Option<&EnrollmentRecord>, event: &TokenEvent) -> Merge {
     super::lifecycle::follow_token(&mut record);
     Merge::Applied(record)
 }
+
+#[cfg(test)]
+mod tests;

@@ -19,26 +19,25 @@ impl KeySpace {
 
     /// `<prefix>{card:<id>}:enrollment`: the enrollment record of a card.
     pub fn enrollment(&self, card: CardContractId) -> String {
-        format!("{}{}:enrollment", self.prefix, Self::card_tag(card))
+        format!("{}{{card:{card}}}:enrollment", self.prefix)
     }
 
     /// `<prefix>{card:<id>}:notification:<id>`: a notification's dedup marker.
     pub fn notification(&self, card: CardContractId, notification_id: &str) -> String {
         format!(
-            "{}{}:notification:{notification_id}",
-            self.prefix,
-            Self::card_tag(card)
+            "{}{{card:{card}}}:notification:{notification_id}",
+            self.prefix
         )
     }
 
     /// `<prefix>{card:<id>}:lock`: the card's enrollment lock.
     pub fn lock(&self, card: CardContractId) -> String {
-        format!("{}{}:lock", self.prefix, Self::card_tag(card))
+        format!("{}{{card:{card}}}:lock", self.prefix)
     }
 
     /// `<prefix>changes:{card:<id>}`: the pub/sub channel of a card's changes.
     pub fn changes(&self, card: CardContractId) -> String {
-        format!("{}changes:{}", self.prefix, Self::card_tag(card))
+        format!("{}changes:{{card:{card}}}", self.prefix)
     }
 
     /// `<prefix>idempotency:{<sha256 of scope>}`: an idempotency record. The scope (caller and
@@ -75,7 +74,8 @@ impl KeySpace {
         format!("{}lease:{name}", self.prefix)
     }
 
-    /// `{card:<id>}`: the hash tag shared by all keys of a card.
+    /// `{card:<id>}`: the hash tag shared by all keys of a card (the keys above write it in
+    /// place: one allocation a key on the ingest path, not two).
     pub fn card_tag(card: CardContractId) -> String {
         format!("{{card:{card}}}")
     }
