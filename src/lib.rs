@@ -3,6 +3,7 @@
 pub mod app;
 pub mod config;
 pub mod devcerts;
+pub mod digest;
 pub mod domain;
 pub mod grpc;
 pub mod health;

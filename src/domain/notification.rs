@@ -80,13 +80,7 @@ impl TokenEvent {
         field(&mut canonical, &self.token_unique_reference);
         field(&mut canonical, &self.token_requestor_id);
         field(&mut canonical, &self.wallet_name);
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut hex = String::with_capacity(64);
-        for byte in openssl::sha::sha256(canonical.as_bytes()) {
-            hex.push(char::from(HEX[usize::from(byte >> 4)]));
-            hex.push(char::from(HEX[usize::from(byte & 0x0f)]));
-        }
-        hex
+        crate::digest::sha256_hex(canonical.as_bytes())
     }
 
     /// The token as this event alone describes it.

@@ -104,7 +104,7 @@ pub enum SignError {
 
 /// `oauth_body_hash`: standard Base64 (padded) of SHA-256 of the body bytes.
 pub fn body_hash(body: &[u8]) -> String {
-    B64.encode(openssl::sha::sha256(body))
+    B64.encode(crate::digest::sha256(body))
 }
 
 /// The query parameters of `url` for the base string: taken from the decoded query, and

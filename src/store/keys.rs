@@ -46,7 +46,7 @@ impl KeySpace {
         format!(
             "{}idempotency:{{{}}}",
             self.prefix,
-            hex::encode(openssl::sha::sha256(scope.as_bytes()))
+            crate::digest::sha256_hex(scope.as_bytes())
         )
     }
 
