@@ -149,25 +149,34 @@ pub fn register_redis_errors() {
 /// `CARD_NOT_ELIGIBLE` and `UPSTREAM_REJECTED`).
 pub fn rpc(rpc: &'static str, code: &'static str, reason: &'static str, started: Instant) {
     let seconds = started.elapsed().as_secs_f64();
+    let count = |(calls, latency): &RpcHandles| {
+        calls.increment(1);
+        latency.record(seconds);
+    };
     // The recorder's lookup builds and hashes the key on every call (~3% of a status hit's
     // CPU): each worker thread keeps the handles it looked up. Only once our recorder is in:
     // a handle taken before would be a no-op one for good.
     if HANDLE.get().is_some_and(Option::is_some) {
         RPC_HANDLES.with_borrow_mut(|handles| {
-            let (calls, latency) = handles.entry((rpc, code, reason)).or_insert_with(|| {
-                (
-                    counter!("c2p_grpc_requests_total", "rpc" => rpc, "code" => code, "reason" => reason),
-                    histogram!("c2p_grpc_request_duration_seconds", "rpc" => rpc),
-                )
-            });
-            calls.increment(1);
-            latency.record(seconds);
+            count(
+                handles
+                    .entry((rpc, code, reason))
+                    .or_insert_with(|| rpc_handles(rpc, code, reason)),
+            )
         });
-        return;
+    } else {
+        count(&rpc_handles(rpc, code, reason));
     }
-    counter!("c2p_grpc_requests_total", "rpc" => rpc, "code" => code, "reason" => reason)
-        .increment(1);
-    histogram!("c2p_grpc_request_duration_seconds", "rpc" => rpc).record(seconds);
+}
+
+/// The series of one finished call: its count and the RPC's latency histogram.
+type RpcHandles = (metrics::Counter, metrics::Histogram);
+
+fn rpc_handles(rpc: &'static str, code: &'static str, reason: &'static str) -> RpcHandles {
+    (
+        counter!("c2p_grpc_requests_total", "rpc" => rpc, "code" => code, "reason" => reason),
+        histogram!("c2p_grpc_request_duration_seconds", "rpc" => rpc),
+    )
 }
 
 /// A call's labels: (rpc, code, reason).
@@ -176,9 +185,8 @@ type RpcLabels = (&'static str, &'static str, &'static str);
 thread_local! {
     /// [`rpc`]'s handles by labels: a few dozen at most (the names are the code's own
     /// `&'static str`s, so the map is bounded by the code, not by callers).
-    static RPC_HANDLES: std::cell::RefCell<
-        std::collections::HashMap<RpcLabels, (metrics::Counter, metrics::Histogram)>,
-    > = std::cell::RefCell::default();
+    static RPC_HANDLES: std::cell::RefCell<std::collections::HashMap<RpcLabels, RpcHandles>> =
+        std::cell::RefCell::default();
 }
 
 /// Counts an open server stream while alive.
