@@ -385,9 +385,9 @@ mod tests {
         std::thread::spawn(calls).join().unwrap();
         let page = handle.render();
         for series in [
-            r#"c2p_grpc_requests_total{rpc="MetricsTestRpc",code="Ok",reason=""} 6"#,
-            r#"c2p_grpc_requests_total{rpc="MetricsTestRpc",code="NotFound",reason="NOT_IN_CLICK_TO_PAY"} 2"#,
-            r#"c2p_grpc_request_duration_seconds_count{rpc="MetricsTestRpc"} 8"#,
+            "c2p_grpc_requests_total{rpc=\"MetricsTestRpc\",code=\"Ok\",reason=\"\"} 6\n",
+            "c2p_grpc_requests_total{rpc=\"MetricsTestRpc\",code=\"NotFound\",reason=\"NOT_IN_CLICK_TO_PAY\"} 2\n",
+            "c2p_grpc_request_duration_seconds_count{rpc=\"MetricsTestRpc\"} 8\n",
         ] {
             assert!(page.contains(series), "{series} not in:\n{page}");
         }

@@ -55,7 +55,7 @@ impl TokenEvent {
     /// apart from a resend. Holds no card data (card id, times, token ids and the event only).
     pub fn content_hash(&self) -> String {
         use std::fmt::Write as _;
-        // Written into two buffers, no string per field: every notification is hashed on the
+        // Two reused buffers, no string per field: every notification is hashed on the
         // ingest path (format! per field and hex's char iterator were ~7% of its CPU).
         let mut canonical = String::with_capacity(160);
         canonical.push_str("c2p-notification-v1");

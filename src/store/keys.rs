@@ -74,12 +74,6 @@ impl KeySpace {
         format!("{}lease:{name}", self.prefix)
     }
 
-    /// `{card:<id>}`: the hash tag shared by all keys of a card (the keys above write it in
-    /// place: one allocation a key on the ingest path, not two).
-    pub fn card_tag(card: CardContractId) -> String {
-        format!("{{card:{card}}}")
-    }
-
     /// The card of a change channel name.
     pub fn card_of_channel(&self, channel: &str) -> Option<CardContractId> {
         let rest = channel
