@@ -208,9 +208,7 @@ impl PublicKey {
 
     /// Lowercase hex SHA-256 of the DER SubjectPublicKeyInfo: Mastercard's default JWE `kid`.
     pub fn fingerprint(&self) -> Result<String, KeyProblem> {
-        let der = self.to_der()?;
-        let digest = openssl::sha::sha256(&der);
-        Ok(hex::encode(digest))
+        Ok(crate::digest::sha256_hex(&self.to_der()?))
     }
 
     pub(crate) fn pkey(&self) -> &PKey<Public> {

@@ -49,7 +49,7 @@ fn snapshot(settings: &TlsSettings) -> Snapshot {
         .chain([settings.client_ca_file.as_ref()])
         .flatten()
     {
-        bytes.extend(openssl::sha::sha256(
+        bytes.extend(crate::digest::sha256(
             &std::fs::read(path).unwrap_or_default(),
         ));
     }
