@@ -33,6 +33,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // INVALID_ARGUMENT for undecodable requests (prost's own codec says INTERNAL).
         .codec_path("crate::grpc::codec::StrictCodec")
+        // Hand-written: the same message, able to send an answer already encoded (see there).
+        .extern_path(
+            ".c2p.enrollment.v1.GetEnrollmentStatusResponse",
+            "crate::proto::status_response::GetEnrollmentStatusResponse",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

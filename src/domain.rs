@@ -8,6 +8,7 @@ mod enrollment;
 mod idempotency;
 mod lifecycle;
 mod notification;
+mod shared_record;
 
 pub use enrollment::{
     CardContractId, EnrollmentRecord, EnrollmentState, Failure, MaskedCard, STORE_INTEGER_LIMIT,
@@ -20,3 +21,4 @@ pub use notification::{
     CLICK_TO_PAY_TOKEN_REQUESTOR_ID, CLICK_TO_PAY_WALLET_NAME, Merge, TokenEvent, TokenEventKind,
     merge,
 };
+pub use shared_record::SharedRecord;

@@ -2,9 +2,13 @@
 
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
+mod status_response;
+
 /// `c2p.enrollment.v1`: the service contract.
 pub mod v1 {
     tonic::include_proto!("c2p.enrollment.v1");
+    // Written by hand (it can carry an answer already encoded); `build.rs` maps it here.
+    pub use super::status_response::GetEnrollmentStatusResponse;
 }
 
 /// The encoded `FileDescriptorSet` of the contract (for gRPC server reflection).

@@ -414,7 +414,7 @@ impl App {
         if adopted || attempt.phase().await >= Phase::EnrollSent {
             let owner = attempt.record.lock().await.owner.clone();
             let (record, _) = self
-                .status_as(cmd.card_contract_id, true, deadline, Some(&owner))
+                .status_as(cmd.card_contract_id, deadline, Some(&owner))
                 .await?;
             if record.state == EnrollmentState::Enrolled {
                 tracing::info!(

@@ -165,9 +165,7 @@ impl App {
         deadline: tokio::time::Instant,
         owner: &str,
     ) -> Result<Outcome, AppError> {
-        let (current, _) = self
-            .status_as(card, true, Some(deadline), Some(owner))
-            .await?;
+        let (current, _) = self.status_as(card, Some(deadline), Some(owner)).await?;
         if current.state == EnrollmentState::Enrolled {
             self.store.untrack_in_progress(card).await?;
             tracing::info!(

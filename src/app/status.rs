@@ -5,9 +5,10 @@ use super::enroll::map_upstream;
 use super::ports::{NotificationResult, PutMode};
 use super::{App, AppError, Step};
 use crate::domain::{
-    CardContractId, EnrollmentRecord, EnrollmentState, Token, TokenEvent, TokenEventKind, Version,
-    merge_tokens, now_ms,
+    CardContractId, EnrollmentRecord, EnrollmentState, SharedRecord, Token, TokenEvent,
+    TokenEventKind, Version, merge_tokens, now_ms,
 };
+use std::sync::Arc;
 use tokio::time::Instant;
 
 /// Where an answer came from.
@@ -28,44 +29,55 @@ impl App {
         card: CardContractId,
         refresh: bool,
         deadline: Option<Instant>,
-    ) -> Result<(EnrollmentRecord, Source), AppError> {
-        let (record, source) = self.status_as(card, refresh, deadline, None).await?;
-        if !refresh || record.state != EnrollmentState::Enrolled {
-            return Ok((record, source));
-        }
-        match self.check_held(&record, deadline).await {
-            Ok(super::lifecycle_check::Checked::Removed(removed)) => {
-                Ok((removed, Source::Upstream))
+    ) -> Result<(Arc<SharedRecord>, Source), AppError> {
+        if !refresh {
+            // A plain read may come from the store's cache: the hit is the store's own version,
+            // shared as it is (no copy).
+            if let Some(hit) = self.store.get_cached(card).await? {
+                return Ok((hit, Source::Store));
             }
-            Ok(_) => Ok((record, source)),
+            // Nothing cached is ever absent: this read went to the store.
+            let (record, source) = self.observe(card, None, deadline, None).await?;
+            return Ok((SharedRecord::new(record), source));
+        }
+        let (record, source) = self.status_as(card, deadline, None).await?;
+        if record.state != EnrollmentState::Enrolled {
+            return Ok((SharedRecord::new(record), source));
+        }
+        let (record, source) = match self.check_held(&record, deadline).await {
+            Ok(super::lifecycle_check::Checked::Removed(removed)) => (removed, Source::Upstream),
+            Ok(_) => (record, source),
             Err(e) => {
                 tracing::warn!(reason = %e.parts().reason, "refresh: could not ask Click to Pay whether it holds the card; the token list's answer stands");
-                Ok((record, source))
+                (record, source)
             }
-        }
+        };
+        Ok((SharedRecord::new(record), source))
     }
 
-    /// [`App::status`] for a caller that already holds the card lock as `lock_owner` (a
-    /// resuming attempt, the reconciler): its write is fenced by that lock.
+    /// A refreshed status ([`App::status`] with `refresh`, less the Click to Pay look-up) for a
+    /// caller that may already hold the card lock as `lock_owner` (a resuming attempt, the
+    /// reconciler): its write is fenced by that lock.
     pub(super) async fn status_as(
         &self,
         card: CardContractId,
-        refresh: bool,
         deadline: Option<Instant>,
         lock_owner: Option<&str>,
     ) -> Result<(EnrollmentRecord, Source), AppError> {
-        // A plain read may come from the store's cache; a refresh reads the store itself,
-        // since what it reads decides a write.
-        let cached = if refresh {
-            self.store.get(card).await?
-        } else {
-            match self.store.get_cached(card).await? {
-                // The hit: the stored record as it is, moved out (no copy).
-                Some(record) => return Ok((record, Source::Store)),
-                // Nothing cached is ever absent: this read went to the store.
-                None => None,
-            }
-        };
+        // The store itself, not its cache: what it reads decides a write.
+        let stored = self.store.get(card).await?;
+        self.observe(card, stored, deadline, lock_owner).await
+    }
+
+    /// The card's record as Mastercard's token list shows it, built on `cached` (the stored
+    /// record, `None` when there is none) and written when it changed.
+    async fn observe(
+        &self,
+        card: CardContractId,
+        cached: Option<EnrollmentRecord>,
+        deadline: Option<Instant>,
+        lock_owner: Option<&str>,
+    ) -> Result<(EnrollmentRecord, Source), AppError> {
         let observation = self
             .upstream
             .tokens(card, deadline)

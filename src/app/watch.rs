@@ -32,6 +32,6 @@ impl App {
         // lookup's state (kilobytes), or room for a record, would be part of every watch's
         // opening, though a card without a record is the exception.
         let (current, _) = Box::pin(self.status(card, false, deadline)).await?;
-        Ok((current, changes))
+        Ok((current.into_record(), changes))
     }
 }

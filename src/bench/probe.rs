@@ -57,26 +57,24 @@ mod tests {
 
     #[test]
     fn reads_the_source_of_a_whole_answer_as_the_generated_code_does() {
-        let whole = GetEnrollmentStatusResponse {
-            enrollment: Some(Enrollment {
-                card_contract_id: 2_000_123,
-                program: "default".into(),
-                state: EnrollmentState::Enrolled as i32,
-                src_digital_card_id: "a".repeat(36),
-                src_consumer_id: "b".repeat(36),
-                masked_card: Some(MaskedCard {
-                    pan_last_four: "0004".into(),
-                    ..Default::default()
-                }),
-                token: Some(Token {
-                    token_unique_reference: "DM4MMC".into(),
-                    ..Default::default()
-                }),
-                revision: 7,
-                source: EnrollmentSource::Store as i32,
+        let whole = GetEnrollmentStatusResponse::of(Enrollment {
+            card_contract_id: 2_000_123,
+            program: "default".into(),
+            state: EnrollmentState::Enrolled as i32,
+            src_digital_card_id: "a".repeat(36),
+            src_consumer_id: "b".repeat(36),
+            masked_card: Some(MaskedCard {
+                pan_last_four: "0004".into(),
                 ..Default::default()
             }),
-        };
+            token: Some(Token {
+                token_unique_reference: "DM4MMC".into(),
+                ..Default::default()
+            }),
+            revision: 7,
+            source: EnrollmentSource::Store as i32,
+            ..Default::default()
+        });
         let bytes = whole.encode_to_vec();
         let probe = StatusAnswer::decode(bytes.as_slice()).unwrap();
         assert_eq!(

@@ -5,9 +5,11 @@ use crate::app::ports::ClickToPayProfile;
 use crate::app::{ConsumerInput, EnrollCommand, FieldViolation, RemoveCommand, Source};
 use crate::domain::{
     CardContractId, EnrollmentRecord, EnrollmentState, RemovalReason, STORE_INTEGER_LIMIT,
-    TokenEvent, TokenEventKind, TokenStatus, TokenizationDecision,
+    SharedRecord, TokenEvent, TokenEventKind, TokenStatus, TokenizationDecision,
 };
 use crate::proto::v1 as pb;
+use prost::Message as _;
+use std::sync::Arc;
 
 const MAX_TEXT: usize = 255;
 /// Program names are configuration keys: short, no spaces.
@@ -611,6 +613,23 @@ pub fn timestamp(ms: i64) -> prost_types::Timestamp {
 /// The `Enrollment` message of a record.
 pub fn enrollment(r: &EnrollmentRecord, source: Source) -> pb::Enrollment {
     into_enrollment(r.clone(), source)
+}
+
+/// The answer to `GetEnrollmentStatus` about `shared`. A record served as stored is the same
+/// answer on every call until the record changes: its encoding is made once, kept with that
+/// version of the record ([`SharedRecord::memo`]), and sent as those bytes by every later hit.
+pub fn status_answer(shared: Arc<SharedRecord>, source: Source) -> pb::GetEnrollmentStatusResponse {
+    match source {
+        Source::Store => pb::GetEnrollmentStatusResponse::pre_encoded(shared.memo(|record| {
+            pb::GetEnrollmentStatusResponse::of(enrollment(record, Source::Store))
+                .encode_to_vec()
+                .into()
+        })),
+        // Built on this call, for this call only.
+        Source::Upstream => {
+            pb::GetEnrollmentStatusResponse::of(into_enrollment(shared.into_record(), source))
+        }
+    }
 }
 
 /// [`enrollment`] of a record the caller no longer needs: its strings move into the message.

@@ -312,16 +312,17 @@ impl EnrollmentApi {
         let req = request.into_inner();
         let card = convert::card_id(req.card_contract_id)
             .map_err(|v| status::to_status(&AppError::InvalidArgument(v)))?;
-        tracing::Span::current().record("card", card.get());
-        tracing::Span::current().record("refresh", req.refresh);
-        let (record, source) = self
+        tracing::record_all!(
+            tracing::Span::current(),
+            card = card.get(),
+            refresh = req.refresh
+        );
+        let (shared, source) = self
             .app
             .status(card, req.refresh, deadline)
             .await
             .map_err(|e| status::to_status(&e))?;
-        caller.may_see(&record.program, Rpc::GetEnrollmentStatus)?;
-        Ok(Response::new(GetEnrollmentStatusResponse {
-            enrollment: Some(convert::into_enrollment(record, source)),
-        }))
+        caller.may_see(&shared.record().program, Rpc::GetEnrollmentStatus)?;
+        Ok(Response::new(convert::status_answer(shared, source)))
     }
 }

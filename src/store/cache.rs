@@ -25,9 +25,9 @@
 //! The cache holds at most `store.cache_size` cards (one subscribed channel each), evicting by
 //! CLOCK (second chance: a card read since the last pass stays).
 
-use crate::domain::{CardContractId, EnrollmentRecord};
+use crate::domain::{CardContractId, EnrollmentRecord, SharedRecord};
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// `store.cache_size` and `store.cache_max_age`.
@@ -57,12 +57,10 @@ pub(super) struct Ticket {
 }
 
 /// What [`RecordCache::lookup`] says to do.
-// Moved out at once; boxing the hit would cost an allocation per read.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(super) enum Lookup {
-    /// The cached record.
-    Hit(EnrollmentRecord),
+    /// The cached record (the cache's own version: a pointer, not a copy).
+    Hit(Arc<SharedRecord>),
     /// Read Redis and [`RecordCache::fill`] the answer.
     Load(Ticket),
     /// Read Redis, answer, do not cache (not subscribed yet). `track`: subscribe the card's
@@ -74,7 +72,7 @@ pub(super) enum Lookup {
 }
 
 struct Cached {
-    record: EnrollmentRecord,
+    record: Arc<SharedRecord>,
     fresh_until: Instant,
 }
 
@@ -182,7 +180,7 @@ impl RecordCache {
 
     /// Caches what the read of `ticket` returned (`ttl`: the key's TTL as read, if any), unless
     /// the slot changed hands, lost its subscription, or news of the card came meanwhile.
-    pub(super) fn fill(&self, ticket: Ticket, record: &EnrollmentRecord, ttl: Option<Duration>) {
+    pub(super) fn fill(&self, ticket: Ticket, record: &Arc<SharedRecord>, ttl: Option<Duration>) {
         let max_age = ttl.map_or(self.settings.max_age, |t| t.min(self.settings.max_age));
         let mut state = self.lock();
         let Some(slot) = state.slots.get_mut(&ticket.card) else {
@@ -219,10 +217,10 @@ impl RecordCache {
         let newer = slot
             .value
             .as_ref()
-            .is_none_or(|c| record.revision >= c.record.revision);
+            .is_none_or(|c| record.revision >= c.record.record().revision);
         if newer {
             slot.value = Some(Cached {
-                record: record.clone(),
+                record: SharedRecord::new(record.clone()),
                 fresh_until: Instant::now() + self.settings.max_age,
             });
         }
@@ -334,7 +332,7 @@ mod tests {
         let Lookup::Load(ticket) = cache.lookup(card(id)) else {
             panic!("a subscribed card loads")
         };
-        cache.fill(ticket, &record(id, revision), None);
+        cache.fill(ticket, &SharedRecord::new(record(id, revision)), None);
         assert!(matches!(cache.lookup(card(id)), Lookup::Hit(r) if r.revision == revision));
     }
 
@@ -380,7 +378,7 @@ mod tests {
         };
         // The feed delivers revision 7 while the read (which saw 6) is in flight.
         cache.published(&record(1, 7));
-        cache.fill(ticket, &record(1, 6), None);
+        cache.fill(ticket, &SharedRecord::new(record(1, 6)), None);
         assert!(matches!(cache.lookup(card(1)), Lookup::Hit(r) if r.revision == 7));
         // An older message never replaces a newer record.
         cache.published(&record(1, 6));
@@ -391,7 +389,7 @@ mod tests {
             panic!()
         };
         cache.forget(card(1));
-        cache.fill(ticket, &record(1, 7), None);
+        cache.fill(ticket, &SharedRecord::new(record(1, 7)), None);
         assert!(matches!(cache.lookup(card(1)), Lookup::Load(_)));
     }
 
@@ -404,7 +402,7 @@ mod tests {
             panic!()
         };
         cache.disconnected();
-        cache.fill(ticket, &record(1, 5), None);
+        cache.fill(ticket, &SharedRecord::new(record(1, 5)), None);
         cache.published(&record(1, 6));
         assert!(matches!(
             cache.lookup(card(1)),
@@ -429,7 +427,11 @@ mod tests {
         let Lookup::Load(ticket) = cache.lookup(card(1)) else {
             panic!()
         };
-        cache.fill(ticket, &record(1, 1), Some(Duration::ZERO));
+        cache.fill(
+            ticket,
+            &SharedRecord::new(record(1, 1)),
+            Some(Duration::ZERO),
+        );
         assert!(
             matches!(cache.lookup(card(1)), Lookup::Load(_)),
             "a key about to expire is not cached"

@@ -4,7 +4,8 @@
 use super::bounded::Bounded;
 use super::{ChangeStream, EnrollmentStore, NotificationResult, PutMode, Retention, StoreError};
 use crate::domain::{
-    Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, Merge, OptOut, TokenEvent, merge,
+    Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, Merge, OptOut, SharedRecord,
+    TokenEvent, merge,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,7 +21,8 @@ pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
 
 struct Maps {
     writes: u64,
-    records: Bounded<CardContractId, (EnrollmentRecord, Instant)>,
+    /// Each version shared with the status reads that hit it (no copy per read).
+    records: Bounded<CardContractId, (Arc<SharedRecord>, Instant)>,
     /// (card, notification id) → (content hash, expiry).
     dedup: Bounded<(CardContractId, String), (String, Instant)>,
     idempotency: Bounded<String, (IdempotencyRecord, Instant)>,
@@ -102,6 +104,10 @@ impl MemoryStore {
     }
 
     fn live_record(maps: &mut Maps, card: CardContractId) -> Option<EnrollmentRecord> {
+        Self::live_shared(maps, card).map(|shared| shared.record().clone())
+    }
+
+    fn live_shared(maps: &mut Maps, card: CardContractId) -> Option<Arc<SharedRecord>> {
         match maps.records.get(&card) {
             Some((r, expires)) if *expires > Instant::now() => Some(r.clone()),
             Some(_) => {
@@ -142,27 +148,28 @@ impl MemoryStore {
                 }
             }
             Self::sweep(&mut maps);
-            let existing = Self::live_record(&mut maps, record.card_contract_id);
-            if let (PutMode::IfAbsent, Some(existing)) = (mode, &existing) {
+            let shared = Self::live_shared(&mut maps, record.card_contract_id);
+            let existing = shared.as_ref().map(|s| s.record());
+            if let (PutMode::IfAbsent, Some(existing)) = (mode, existing) {
                 return Ok(Some(existing.clone()));
             }
             let stored = if keep_token {
-                record.clone().with_token_of(existing.as_ref())
+                record.clone().with_token_of(existing)
             } else {
                 record.clone()
             };
-            if let Some(existing) = existing.as_ref().filter(|e| e.same_content(&stored)) {
+            if let Some(same) = shared.as_ref().filter(|s| s.record().same_content(&stored)) {
                 // Nothing but times would change: no write, the TTL renewed.
                 maps.records.insert(
                     record.card_contract_id,
-                    (existing.clone(), Instant::now() + ttl),
+                    (same.clone(), Instant::now() + ttl),
                 );
-                return Ok(Some(existing.clone()));
+                return Ok(Some(same.record().clone()));
             }
-            let stored = stored.stamped(existing.as_ref(), crate::domain::now_ms());
+            let stored = stored.stamped(existing, crate::domain::now_ms());
             maps.records.insert(
                 record.card_contract_id,
-                (stored.clone(), Instant::now() + ttl),
+                (SharedRecord::new(stored.clone()), Instant::now() + ttl),
             );
             stored
         };
@@ -190,6 +197,13 @@ fn earliest_before<'a>(
 impl EnrollmentStore for MemoryStore {
     async fn get(&self, card: CardContractId) -> Result<Option<EnrollmentRecord>, StoreError> {
         Ok(Self::live_record(&mut self.lock(), card))
+    }
+
+    async fn get_cached(
+        &self,
+        card: CardContractId,
+    ) -> Result<Option<Arc<SharedRecord>>, StoreError> {
+        Ok(Self::live_shared(&mut self.lock(), card))
     }
 
     async fn put_enrollment(
@@ -253,7 +267,10 @@ impl EnrollmentStore for MemoryStore {
             };
             maps.records.insert(
                 record.card_contract_id,
-                (record.clone(), now + self.retention.enrollment),
+                (
+                    SharedRecord::new(record.clone()),
+                    now + self.retention.enrollment,
+                ),
             );
             (record.clone(), NotificationResult::Applied(record))
         };

@@ -13,7 +13,7 @@ use super::{
     Retention, StoreError,
 };
 use crate::domain::{
-    Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, OptOut, TokenEvent,
+    Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, OptOut, SharedRecord, TokenEvent,
 };
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
@@ -862,9 +862,9 @@ impl EnrollmentStore for RedisStore {
     async fn get_cached(
         &self,
         card: CardContractId,
-    ) -> Result<Option<EnrollmentRecord>, StoreError> {
+    ) -> Result<Option<Arc<SharedRecord>>, StoreError> {
         let Some(cache) = &self.cache else {
-            return self.get(card).await;
+            return Ok(self.get(card).await?.map(SharedRecord::new));
         };
         match cache.lookup(card) {
             Lookup::Hit(record) => {
@@ -875,10 +875,11 @@ impl EnrollmentStore for RedisStore {
                 crate::metrics::record_cache("load");
                 match self.read_with_ttl(card).await? {
                     Some((record, ttl)) => {
-                        cache.fill(ticket, &record, ttl);
-                        Ok(Some(record))
+                        let shared = SharedRecord::new(record);
+                        cache.fill(ticket, &shared, ttl);
+                        Ok(Some(shared))
                     }
-                    None => self.get(card).await,
+                    None => Ok(self.get(card).await?.map(SharedRecord::new)),
                 }
             }
             Lookup::Bypass { track, evicted } => {
@@ -889,7 +890,7 @@ impl EnrollmentStore for RedisStore {
                 if let Some(slot) = track {
                     self.feed.track(self.keys.changes(card), card, slot);
                 }
-                self.get(card).await
+                Ok(self.get(card).await?.map(SharedRecord::new))
             }
         }
     }

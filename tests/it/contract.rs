@@ -100,7 +100,7 @@ async fn ingest(
     }
 }
 
-async fn ingest_one(
+pub(crate) async fn ingest_one(
     client: &mut Client,
     message: NotificationIngestRequest,
 ) -> NotificationOutcome {

@@ -46,7 +46,7 @@ fn enrollment_detail(status: &tonic::Status) -> Option<Enrollment> {
         .and_then(|a| Enrollment::decode(a.value.as_slice()).ok())
 }
 
-async fn status_of(
+pub(crate) async fn status_of(
     client: &mut Client,
     card: i64,
     refresh: bool,

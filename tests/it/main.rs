@@ -29,5 +29,6 @@ mod settings;
 mod shutdown;
 mod simulator;
 mod standalone;
+mod status_hits;
 mod store;
 mod store_batch;

@@ -3,9 +3,10 @@
 //! Redis and in-memory) implement it with the same semantics.
 
 use crate::domain::{
-    Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, OptOut, TokenEvent,
+    Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, OptOut, SharedRecord, TokenEvent,
 };
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why a store operation failed. Messages never carry record contents.
@@ -86,14 +87,15 @@ pub trait EnrollmentStore: Send + Sync + 'static {
     /// The record of `card`, if one is stored and not expired.
     async fn get(&self, card: CardContractId) -> Result<Option<EnrollmentRecord>, StoreError>;
 
-    /// The record of `card` for a plain status read: [`get`](Self::get), or a copy kept in
-    /// process memory that may lag a change made elsewhere by the store's documented bound
-    /// (the Redis store's record cache). Never for a read that decides a write.
+    /// The record of `card` for a plain status read: [`get`](Self::get), or the version kept
+    /// in process memory, shared as it is (no copy), which may lag a change made elsewhere by
+    /// the store's documented bound (the Redis store's record cache). Never for a read that
+    /// decides a write.
     async fn get_cached(
         &self,
         card: CardContractId,
-    ) -> Result<Option<EnrollmentRecord>, StoreError> {
-        self.get(card).await
+    ) -> Result<Option<Arc<SharedRecord>>, StoreError> {
+        Ok(self.get(card).await?.map(SharedRecord::new))
     }
 
     /// Writes `record` atomically with the existing one (see [`PutMode`]), keeps it for `ttl`,

@@ -484,7 +484,10 @@ async fn a_refresh_and_the_reconciler_notice_cards_click_to_pay_no_longer_holds(
     let (r, source) = w.app.status(card(3040), true, None).await.unwrap();
     assert_eq!(r.state, EnrollmentState::Removed);
     assert_eq!(source, crate::app::Source::Upstream);
-    assert_eq!(r.removal.unwrap().reason, RemovalReason::NotInClickToPay);
+    assert_eq!(
+        r.removal.as_ref().unwrap().reason,
+        RemovalReason::NotInClickToPay
+    );
     // A look-up that fails leaves the token list's answer.
     w.mc.holds(Err(unavailable()));
     let (r, _) = w.app.status(card(3041), true, None).await.unwrap();

@@ -35,7 +35,7 @@ async fn a_stored_record_is_answered_from_the_store_without_asking_mastercard() 
     let w = world();
     let stored = w.seed_record(&record(2001, EnrollmentState::Failed)).await;
     let (r, source) = w.app.status(card(2001), false, None).await.unwrap();
-    assert_eq!((r, source), (stored, Source::Store));
+    assert_eq!((r.into_record(), source), (stored, Source::Store));
     assert_eq!(w.mc.calls().counts(), (0, 0, 0));
 }
 
@@ -47,7 +47,11 @@ async fn a_card_without_a_record_or_token_is_not_enrolled_and_cached() {
     assert_eq!(r.state, EnrollmentState::NotEnrolled);
     assert_eq!(r.program, "");
     assert!(r.token.is_none());
-    assert_eq!(w.record(card(2002)).await.as_ref(), Some(&r), "cached");
+    assert_eq!(
+        w.record(card(2002)).await.as_ref(),
+        Some(r.record()),
+        "cached"
+    );
     assert_eq!(w.mc.calls().token_lists, [card(2002)]);
 
     let (again, source) = w.app.status(card(2002), false, None).await.unwrap();
@@ -90,7 +94,7 @@ async fn a_card_without_a_record_but_with_a_click_to_pay_token_was_tokenized_els
     let version = token.status_version.as_ref().unwrap();
     assert_eq!(version.at_ms, at, "Mastercard's time of the answer");
     assert_eq!(version.by, "upstream:token-list");
-    assert_eq!(w.record(card(2004)).await.as_ref(), Some(&r));
+    assert_eq!(w.record(card(2004)).await.as_ref(), Some(r.record()));
 }
 
 #[tokio::test]
@@ -106,7 +110,14 @@ async fn a_token_list_date_far_from_our_clock_is_replaced_by_ours() {
     }));
     let before = now_ms();
     let (r, _) = w.app.status(card(2005), false, None).await.unwrap();
-    let at = r.token.unwrap().status_version.unwrap().at_ms;
+    let at = r
+        .token
+        .as_ref()
+        .unwrap()
+        .status_version
+        .as_ref()
+        .unwrap()
+        .at_ms;
     assert!(at >= before && at <= now_ms(), "{at} is ours");
 }
 
@@ -123,7 +134,7 @@ async fn an_in_progress_record_with_a_token_is_enrolled_on_refresh() {
     )])));
     // Without refresh, the stored record is the answer.
     let (r, source) = w.app.status(card(2006), false, None).await.unwrap();
-    assert_eq!((r, source), (stored.clone(), Source::Store));
+    assert_eq!((r.into_record(), source), (stored.clone(), Source::Store));
 
     let (r, source) = w.app.status(card(2006), true, None).await.unwrap();
     assert_eq!(source, Source::Upstream);
@@ -131,7 +142,7 @@ async fn an_in_progress_record_with_a_token_is_enrolled_on_refresh() {
     assert_eq!(r.src_correlation_id.as_deref(), Some("corr-2006"));
     assert_eq!(r.token.as_ref().unwrap().token_unique_reference, "DM-2006");
     assert!(r.revision > stored.revision);
-    assert_eq!(w.record(card(2006)).await.as_ref(), Some(&r));
+    assert_eq!(w.record(card(2006)).await.as_ref(), Some(r.record()));
 }
 
 #[tokio::test]
@@ -186,7 +197,7 @@ async fn a_refresh_of_an_enrolled_card_whose_token_changed_is_upstream() {
         1,
         "merged as a notification"
     );
-    assert_eq!(w.record(card(2008)).await.as_ref(), Some(&r));
+    assert_eq!(w.record(card(2008)).await.as_ref(), Some(r.record()));
 }
 
 #[tokio::test]
@@ -205,7 +216,7 @@ async fn a_refresh_of_an_enrolled_card_with_nothing_to_change_is_the_store_and_w
         "2030-01-01T00:00:00Z",
     )])));
     let (r, source) = w.app.status(card(2009), true, None).await.unwrap();
-    assert_eq!((r, source), (stored.clone(), Source::Store));
+    assert_eq!((r.into_record(), source), (stored.clone(), Source::Store));
     assert_eq!(w.store.calls(Op::ApplyNotification), 0);
     assert_eq!(w.record(card(2009)).await, Some(stored));
 }
@@ -217,7 +228,7 @@ async fn a_refresh_without_a_token_keeps_the_stored_record() {
         .seed_record(&record(2010, EnrollmentState::Enrolled))
         .await;
     let (r, source) = w.app.status(card(2010), true, None).await.unwrap();
-    assert_eq!((r, source), (stored, Source::Store));
+    assert_eq!((r.into_record(), source), (stored, Source::Store));
     assert_eq!(w.mc.calls().counts(), (0, 0, 1));
 }
 
