@@ -9,9 +9,12 @@ use std::sync::{Arc, OnceLock};
 /// so what is derived from it once stays true for as long as it lives.
 pub struct SharedRecord {
     record: EnrollmentRecord,
-    /// One serialised form a reader makes of this version, made on the first read that asks
-    /// (the gRPC layer's encoded status answer): later hits send it as it is. It lives and dies
-    /// with the version, so it can never be an answer about another one.
+    /// One serialised form of this version, made on the first read that asks: the gRPC
+    /// layer's encoded `GetEnrollmentStatus` answer with source STORE
+    /// (`grpc::convert::status_answer`, its only maker; later hits send it as it is). It lives
+    /// and dies with the version, so it can never be an answer about another one. One slot, one
+    /// kind of memo: a second kind would need a slot of its own. It costs the answer's size
+    /// (~250-400 bytes) per version read at least once, as long as the store keeps the version.
     memo: OnceLock<bytes::Bytes>,
 }
 
@@ -34,7 +37,8 @@ impl SharedRecord {
         Arc::try_unwrap(self).map_or_else(|shared| shared.record.clone(), |own| own.record)
     }
 
-    /// The memo, made by `make` from the record on the first call (and by nobody after).
+    /// The memo, made by `make` from the record on the first call (and by nobody after; see the
+    /// field for its one maker).
     pub fn memo(&self, make: impl FnOnce(&EnrollmentRecord) -> bytes::Bytes) -> bytes::Bytes {
         self.memo.get_or_init(|| make(&self.record)).clone()
     }

@@ -12,14 +12,17 @@ use prost::DecodeError;
 use prost::encoding::{DecodeContext, WireType};
 
 /// GetEnrollmentStatusResponse is the answer to GetEnrollmentStatus.
+/// Equality compares the two forms as they are: an answer built with [`Self::of`] and the same
+/// answer pre-encoded are not equal (compare their encodings).
 #[derive(Clone, PartialEq, Default)]
 pub struct GetEnrollmentStatusResponse {
     /// Always set. The card's enrollment; `state` is ENROLLMENT_STATE_NOT_ENROLLED when
     /// Mastercard knows the card but no Click to Pay token or enrollment exists.
     pub enrollment: Option<Enrollment>,
     /// The whole message, already encoded: when set, these bytes are what is sent and
-    /// `enrollment` is not looked at. Never set by decoding.
-    pub encoded: Option<Bytes>,
+    /// `enrollment` is not looked at. Only [`Self::pre_encoded`] sets it (never decoding), so
+    /// it is private: a struct literal cannot pair it with an enrollment it does not encode.
+    encoded: Option<Bytes>,
 }
 
 impl GetEnrollmentStatusResponse {

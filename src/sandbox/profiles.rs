@@ -7,6 +7,7 @@
 //! four digits; the rest of an identity starred out).
 
 use serde_json::{Value, json};
+use std::collections::HashMap;
 
 /// A consumer's details as the simulator keeps them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -124,6 +125,13 @@ pub struct SimProfile {
 #[derive(Debug, Default)]
 pub struct Profiles {
     profiles: Vec<SimProfile>,
+    /// Where [`Profiles::enroll`] finds a profile without a walk over all of them (once per
+    /// enrollment: the walk made the simulator's CPU per enrollment grow with every consumer it
+    /// had enrolled): the first profile of each directory key, and of each identity among the
+    /// profiles without one, by position. Kept by `enroll`; rebuilt after what moves or re-keys
+    /// profiles (a deletion, a consumer's update), which is rare.
+    by_directory: HashMap<(String, String), usize>,
+    by_identity: HashMap<Option<String>, usize>,
 }
 
 /// Where a profile is looked up.
@@ -156,11 +164,8 @@ impl Profiles {
     ) -> String {
         let identity = consumer.identity();
         let found = match &directory {
-            Some((d, c)) => self.position(ProfileKey::Directory(d, c)),
-            None => self
-                .profiles
-                .iter()
-                .position(|p| p.directory.is_none() && p.consumer.identity() == identity),
+            Some(key) => self.by_directory.get(key).copied(),
+            None => self.by_identity.get(&identity).copied(),
         };
         match found {
             Some(i) => {
@@ -173,6 +178,11 @@ impl Profiles {
             }
             None => {
                 let id = uuid::Uuid::new_v4().to_string();
+                let at = self.profiles.len();
+                match &directory {
+                    Some(key) => self.by_directory.entry(key.clone()).or_insert(at),
+                    None => self.by_identity.entry(identity).or_insert(at),
+                };
                 self.profiles.push(SimProfile {
                     src_consumer_id: id.clone(),
                     directory,
@@ -194,15 +204,32 @@ impl Profiles {
         match self.position(key) {
             Some(i) => {
                 self.profiles[i].consumer = consumer;
+                self.reindex();
                 true
             }
             None => false,
         }
     }
 
+    /// The look-ups of `enroll`, made again from the profiles as they are.
+    fn reindex(&mut self) {
+        self.by_directory.clear();
+        self.by_identity.clear();
+        for (at, p) in self.profiles.iter().enumerate() {
+            match &p.directory {
+                Some(key) => self.by_directory.entry(key.clone()).or_insert(at),
+                None => self.by_identity.entry(p.consumer.identity()).or_insert(at),
+            };
+        }
+    }
+
     /// Deletes the profile at `key`, with its cards.
     pub fn delete(&mut self, key: ProfileKey<'_>) -> Option<SimProfile> {
-        self.position(key).map(|i| self.profiles.remove(i))
+        let removed = self.position(key).map(|i| self.profiles.remove(i));
+        if removed.is_some() {
+            self.reindex();
+        }
+        removed
     }
 
     fn card_position(&self, card: CardKey<'_>) -> Option<(usize, usize)> {
@@ -348,6 +375,71 @@ mod tests {
         assert_eq!(mask_email("jane.doe@example.com"), "j***@e***.com");
         assert_eq!(mask_tail("5551234567", 2), "********67");
         assert_eq!(mask_head("1 Main St", 3), "1 M***");
+    }
+
+    // The index `enroll` uses must find what a walk over the profiles finds, also after a
+    // deletion moved the profiles and an update changed an identity.
+    #[test]
+    fn enroll_finds_the_profile_of_an_identity_after_deletions_and_updates() {
+        let mut profiles = Profiles::default();
+        let person = |email: &str| SimConsumer {
+            email: Some(email.into()),
+            country_code: "US".into(),
+            language_code: "en".into(),
+            ..SimConsumer::default()
+        };
+        let card = |id: i64| SimCard {
+            src_digital_card_id: format!("d{id}"),
+            external_credential_id: None,
+            card_contract_id: id,
+            token_unique_reference: format!("T{id}"),
+            last_four: "9726".into(),
+            expiry_month: "12".into(),
+            expiry_year: "2030".into(),
+            card_type: "CREDIT".into(),
+            billing_address: None,
+        };
+        let ann = profiles.enroll(person("ann@example.com"), None, card(1));
+        let bob = profiles.enroll(person("bob@example.com"), None, card(2));
+        let dir = Some(("dir".to_owned(), "ext-9".to_owned()));
+        let credential = profiles.enroll(person("cy@example.com"), dir.clone(), card(3));
+        assert!(profiles.delete(ProfileKey::Consumer(&ann)).is_some());
+        // Bob's and the directory's profiles moved down a place: still found.
+        assert_eq!(
+            profiles.enroll(person("bob@example.com"), None, card(4)),
+            bob
+        );
+        assert_eq!(
+            profiles.enroll(person("cy@example.com"), dir, card(5)),
+            credential
+        );
+        // Bob becomes Dot: Dot's next card joins that profile, Bob's makes a new one.
+        assert!(profiles.update_consumer(ProfileKey::Consumer(&bob), person("dot@example.com")));
+        assert_eq!(
+            profiles.enroll(person("dot@example.com"), None, card(6)),
+            bob
+        );
+        let new_bob = profiles.enroll(person("bob@example.com"), None, card(7));
+        assert_ne!(new_bob, bob);
+        // And Ann, deleted, starts again.
+        let new_ann = profiles.enroll(person("ann@example.com"), None, card(8));
+        assert_ne!(new_ann, ann);
+        assert_eq!(profiles.all().len(), 4);
+        let cards = |id: &str| {
+            let mut ids: Vec<i64> = profiles
+                .profile(ProfileKey::Consumer(id))
+                .unwrap()
+                .cards
+                .iter()
+                .map(|c| c.card_contract_id)
+                .collect();
+            ids.sort_unstable();
+            ids
+        };
+        assert_eq!(cards(&bob), [2, 4, 6]);
+        assert_eq!(cards(&credential), [3, 5]);
+        assert_eq!(cards(&new_bob), [7]);
+        assert_eq!(cards(&new_ann), [8]);
     }
 
     #[test]

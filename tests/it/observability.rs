@@ -219,6 +219,26 @@ async fn an_enrollment_is_traced_logged_and_counted_without_card_data() {
         "{:?}",
         attribute_texts(rpc)
     );
+    // The fields the handlers record (in one pass each, `record_all!`) are on the RPC spans.
+    let status = spans
+        .iter()
+        .find(|s| s.name == "c2p.enrollment.v1.EnrollmentService/GetEnrollmentStatus")
+        .expect("a GetEnrollmentStatus span");
+    for (span, expected) in [
+        (*rpc, "rpc.grpc.status_code=0"),
+        (*rpc, "outcome=ok"),
+        (status, "rpc.grpc.status_code=0"),
+        (status, "outcome=ok"),
+        (status, "card=70001"),
+        (status, "refresh=BoolValue(true)"),
+    ] {
+        let attrs = attribute_texts(span);
+        assert!(
+            attrs.iter().any(|a| a == expected),
+            "{expected} not on {}: {attrs:?}",
+            span.name
+        );
+    }
     let children = |name: &str| {
         ours.iter()
             .filter(|s| s.name == name && s.parent_span_id == rpc.span_id)
