@@ -377,6 +377,21 @@ mod tests {
         assert_eq!(mask_head("1 Main St", 3), "1 M***");
     }
 
+    /// A card of the profiles' tests: its ids all made from `id`.
+    fn sim_card(id: i64) -> SimCard {
+        SimCard {
+            src_digital_card_id: format!("d{id}"),
+            external_credential_id: Some(id.to_string()),
+            card_contract_id: id,
+            token_unique_reference: format!("T{id}"),
+            last_four: "9726".into(),
+            expiry_month: "12".into(),
+            expiry_year: "2030".into(),
+            card_type: "CREDIT".into(),
+            billing_address: None,
+        }
+    }
+
     // The index `enroll` uses must find what a walk over the profiles finds, also after a
     // deletion moved the profiles and an update changed an identity.
     #[test]
@@ -388,41 +403,30 @@ mod tests {
             language_code: "en".into(),
             ..SimConsumer::default()
         };
-        let card = |id: i64| SimCard {
-            src_digital_card_id: format!("d{id}"),
-            external_credential_id: None,
-            card_contract_id: id,
-            token_unique_reference: format!("T{id}"),
-            last_four: "9726".into(),
-            expiry_month: "12".into(),
-            expiry_year: "2030".into(),
-            card_type: "CREDIT".into(),
-            billing_address: None,
-        };
-        let ann = profiles.enroll(person("ann@example.com"), None, card(1));
-        let bob = profiles.enroll(person("bob@example.com"), None, card(2));
+        let ann = profiles.enroll(person("ann@example.com"), None, sim_card(1));
+        let bob = profiles.enroll(person("bob@example.com"), None, sim_card(2));
         let dir = Some(("dir".to_owned(), "ext-9".to_owned()));
-        let credential = profiles.enroll(person("cy@example.com"), dir.clone(), card(3));
+        let credential = profiles.enroll(person("cy@example.com"), dir.clone(), sim_card(3));
         assert!(profiles.delete(ProfileKey::Consumer(&ann)).is_some());
         // Bob's and the directory's profiles moved down a place: still found.
         assert_eq!(
-            profiles.enroll(person("bob@example.com"), None, card(4)),
+            profiles.enroll(person("bob@example.com"), None, sim_card(4)),
             bob
         );
         assert_eq!(
-            profiles.enroll(person("cy@example.com"), dir, card(5)),
+            profiles.enroll(person("cy@example.com"), dir, sim_card(5)),
             credential
         );
         // Bob becomes Dot: Dot's next card joins that profile, Bob's makes a new one.
         assert!(profiles.update_consumer(ProfileKey::Consumer(&bob), person("dot@example.com")));
         assert_eq!(
-            profiles.enroll(person("dot@example.com"), None, card(6)),
+            profiles.enroll(person("dot@example.com"), None, sim_card(6)),
             bob
         );
-        let new_bob = profiles.enroll(person("bob@example.com"), None, card(7));
+        let new_bob = profiles.enroll(person("bob@example.com"), None, sim_card(7));
         assert_ne!(new_bob, bob);
         // And Ann, deleted, starts again.
-        let new_ann = profiles.enroll(person("ann@example.com"), None, card(8));
+        let new_ann = profiles.enroll(person("ann@example.com"), None, sim_card(8));
         assert_ne!(new_ann, ann);
         assert_eq!(profiles.all().len(), 4);
         let cards = |id: &str| {
@@ -451,23 +455,12 @@ mod tests {
             language_code: "en".into(),
             ..SimConsumer::default()
         };
-        let card = |id: i64| SimCard {
-            src_digital_card_id: format!("d{id}"),
-            external_credential_id: Some(id.to_string()),
-            card_contract_id: id,
-            token_unique_reference: format!("T{id}"),
-            last_four: "9726".into(),
-            expiry_month: "12".into(),
-            expiry_year: "2030".into(),
-            card_type: "CREDIT".into(),
-            billing_address: None,
-        };
-        let first = profiles.enroll(jane.clone(), None, card(1));
+        let first = profiles.enroll(jane.clone(), None, sim_card(1));
         let mut lower = jane.clone();
         lower.email = Some("jane@example.com".into());
-        assert_eq!(profiles.enroll(lower, None, card(2)), first);
+        assert_eq!(profiles.enroll(lower, None, sim_card(2)), first);
         let directory = Some(("dir".to_owned(), "ext-1".to_owned()));
-        let other = profiles.enroll(jane, directory, card(3));
+        let other = profiles.enroll(jane, directory, sim_card(3));
         assert_ne!(other, first);
         assert_eq!(
             profiles
