@@ -178,17 +178,13 @@ impl Profiles {
             }
             None => {
                 let id = uuid::Uuid::new_v4().to_string();
-                let at = self.profiles.len();
-                match &directory {
-                    Some(key) => self.by_directory.entry(key.clone()).or_insert(at),
-                    None => self.by_identity.entry(identity).or_insert(at),
-                };
                 self.profiles.push(SimProfile {
                     src_consumer_id: id.clone(),
                     directory,
                     consumer,
                     cards: vec![card],
                 });
+                self.index(self.profiles.len() - 1);
                 id
             }
         }
@@ -211,15 +207,22 @@ impl Profiles {
         }
     }
 
+    /// Enters the profile at `at` in the look-ups of `enroll`, unless one before it holds its
+    /// key (the first one is the one found).
+    fn index(&mut self, at: usize) {
+        let p = &self.profiles[at];
+        match &p.directory {
+            Some(key) => self.by_directory.entry(key.clone()).or_insert(at),
+            None => self.by_identity.entry(p.consumer.identity()).or_insert(at),
+        };
+    }
+
     /// The look-ups of `enroll`, made again from the profiles as they are.
     fn reindex(&mut self) {
         self.by_directory.clear();
         self.by_identity.clear();
-        for (at, p) in self.profiles.iter().enumerate() {
-            match &p.directory {
-                Some(key) => self.by_directory.entry(key.clone()).or_insert(at),
-                None => self.by_identity.entry(p.consumer.identity()).or_insert(at),
-            };
+        for at in 0..self.profiles.len() {
+            self.index(at);
         }
     }
 
