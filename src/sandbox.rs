@@ -5,6 +5,7 @@
 //! assumes of Mastercard, and which of it is confirmed, is in `docs/mastercard.md`.
 
 pub mod cms;
+mod delay;
 mod enroll_api;
 pub mod faults;
 mod gateway;

@@ -133,7 +133,7 @@ impl State {
                 "simulator: injected fault"
             );
             if let Some(latency) = fault.latency {
-                tokio::time::sleep(latency).await;
+                super::delay::sleep(latency).await;
             }
             if fault.hang {
                 self.record(route, GatewayOutcome::Skipped, 0, None);
