@@ -483,11 +483,15 @@ impl App {
             Ok(enrolled) => {
                 let record = enrolled_record(in_progress, enrolled);
                 let stored = self.write_fenced(attempt, &record).await?;
-                if let Err(e) = self.store.untrack_in_progress(cmd.card_contract_id).await {
+                // Both indexes at once: two keys, best effort each.
+                let (untracked, ()) = tokio::join!(
+                    self.store.untrack_in_progress(cmd.card_contract_id),
+                    self.track_enrolled(cmd.card_contract_id)
+                );
+                if let Err(e) = untracked {
                     // The reconciler prunes it when it finds the record finished.
                     tracing::debug!(error = %e, "could not drop the card from the IN_PROGRESS index");
                 }
-                self.track_enrolled(cmd.card_contract_id).await;
                 Ok(stored)
             }
             Err(e) => {

@@ -393,6 +393,32 @@ async fn fresh_after_removal(store: Arc<dyn EnrollmentStore>) {
     assert!(store.delete_opt_out(&subjects).await.unwrap());
     assert!(!store.delete_opt_out(&subjects).await.unwrap());
     assert!(store.get_opt_out(&subjects).await.unwrap().is_none());
+
+    // Two opt-outs, each under its own subject: the first subject asked for that holds one
+    // answers, whatever the order of the reads behind it.
+    let by_card = OptOut {
+        since_ms: 1_800_000_000_001,
+        subjects: vec!["card:70123".to_owned()],
+    };
+    let by_consumer = OptOut {
+        since_ms: 1_800_000_000_002,
+        subjects: vec!["consumer:def".to_owned()],
+    };
+    store.put_opt_out(&by_card).await.unwrap();
+    store.put_opt_out(&by_consumer).await.unwrap();
+    let both = |first: &str, second: &str| vec![first.to_owned(), second.to_owned()];
+    for (asked, expected) in [
+        (both("card:70123", "consumer:def"), &by_card),
+        (both("consumer:def", "card:70123"), &by_consumer),
+        (both("card:70124", "consumer:def"), &by_consumer),
+        (both("consumer:none", "card:70123"), &by_card),
+    ] {
+        assert_eq!(
+            store.get_opt_out(&asked).await.unwrap().as_ref(),
+            Some(expected),
+            "{asked:?}"
+        );
+    }
 }
 
 /// Records vanish after their TTL.
