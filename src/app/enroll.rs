@@ -301,14 +301,19 @@ impl App {
             }
         };
         drop(heartbeat);
-        if let Err(e) = self.store.unlock_card(card, &owner).await {
-            tracing::warn!(error = %e, "could not release the card lock; it expires by itself");
-        }
         match &result {
             Ok(record) => tracing::debug!(state = ?record.state, "enrollment finished"),
             Err(e) => tracing::debug!(reason = %e.parts().reason, "enrollment failed"),
         }
-        let record = attempt.settle(result).await?;
+        // The card lock and the key's answer are two keys, and either order is safe after a
+        // crash (a lock left behind expires; a key left unanswered resumes): both at once.
+        let unlock = async {
+            if let Err(e) = self.store.unlock_card(card, &owner).await {
+                tracing::warn!(error = %e, "could not release the card lock; it expires by itself");
+            }
+        };
+        let ((), settled) = tokio::join!(unlock, attempt.settle(result));
+        let record = settled?;
         Ok(Enrolled {
             record,
             replayed: false,
@@ -438,10 +443,6 @@ impl App {
             )
             .await
             .map_err(|e| map_upstream(Step::Search, cmd.card_contract_id, e, deadline))?;
-        if attempt.phase().await < Phase::Searched {
-            attempt.advance(Phase::Searched).await?;
-        }
-
         let now = now_ms();
         let mut in_progress = EnrollmentRecord::new(
             cmd.card_contract_id,
@@ -461,9 +462,20 @@ impl App {
         in_progress.consumer_ref = Some(consumer_ref.clone());
         // Noted for the reconciler before the record says IN_PROGRESS: a crash between the two
         // must not leave a card it never looks at (it prunes cards that are not IN_PROGRESS).
-        self.store
-            .track_in_progress(cmd.card_contract_id, now)
-            .await?;
+        // The phase reached goes with it (two keys, no order between them: a crash before the
+        // phase lands only repeats the search).
+        let searched = async {
+            if attempt.phase().await < Phase::Searched {
+                attempt.advance(Phase::Searched).await?;
+            }
+            Ok::<(), AppError>(())
+        };
+        let (searched, tracked) = tokio::join!(
+            searched,
+            self.store.track_in_progress(cmd.card_contract_id, now)
+        );
+        searched?;
+        tracked?;
         if after_removal {
             self.write_fresh(attempt, &in_progress).await?;
         } else {
