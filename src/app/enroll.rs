@@ -1,7 +1,9 @@
 //! `EnrollCard`: idempotency (per caller and key, with a lease and resumable phases), then
 //! `/cards/searches`, `POST /cards` and the enrollment record.
 
-use super::ports::{Address, Cardholder, EnrolledCard, EnrollmentRequest, UpstreamFailure};
+use super::ports::{
+    Address, Cardholder, EnrolledCard, EnrollmentRequest, StoreError, UpstreamFailure,
+};
 use super::{App, AppError, Step, past};
 use crate::domain::{
     Begin, CardContractId, EnrollmentRecord, EnrollmentState, Failure, IdempotencyRecord, Phase,
@@ -273,8 +275,13 @@ impl App {
             });
         }
         // OptOut records the opt-out while it holds this lock: one that completed between the
-        // early check and the lock is seen here, before anything is sent.
-        if let Err(e) = self.refuse_opted_out(card, &consumer_ref).await {
+        // early check and the lock is seen here, before anything is sent. The card's record is
+        // read beside it (under the lock too; one round trip for both): `run` starts from it.
+        let (refused, existing) = tokio::join!(
+            self.refuse_opted_out(card, &consumer_ref),
+            self.store.get(card)
+        );
+        if let Err(e) = refused {
             if let Err(unlock) = self.store.unlock_card(card, &owner).await {
                 tracing::warn!(error = %unlock, "could not release the card lock; it expires by itself");
             }
@@ -292,7 +299,7 @@ impl App {
         // The moment the lease or the card lock is lost, another attempt may own the card:
         // stop here (as a crash would) rather than write over what it writes.
         let result = tokio::select! {
-            result = self.run(&attempt, &cmd, correlation, deadline) => result,
+            result = self.run(&attempt, &cmd, existing, correlation, deadline) => result,
             _ = lost.cancelled() => {
                 tracing::warn!("the lease or the card lock was lost: this attempt stops");
                 Err(AppError::RequestInFlight {
@@ -369,6 +376,7 @@ impl App {
         &self,
         attempt: &Attempt<'_>,
         cmd: &EnrollCommand,
+        existing: Result<Option<EnrollmentRecord>, StoreError>,
         correlation: String,
         deadline: Option<Instant>,
     ) -> Result<EnrollmentRecord, AppError> {
@@ -378,7 +386,8 @@ impl App {
                 crate::text::excerpt(&cmd.program)
             )));
         }
-        let existing = self.store.get(cmd.card_contract_id).await?;
+        // Read under the card lock, beside the decisive opt-out check.
+        let existing = existing?;
         // A card whose earlier enrollment left Click to Pay: a new enrollment, whose first write
         // does not carry the old (deactivated) token over.
         let after_removal = existing
