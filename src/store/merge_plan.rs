@@ -1,4 +1,5 @@
-//! A batch of notifications merged in Rust for the Redis store's ingest path: each
+//! A batch of notifications (two or more: one alone goes to the script, in one round trip
+//! instead of two) merged in Rust for the Redis store's ingest path: each
 //! notification's record is read first, merged here (`domain::merge`, the original the Lua
 //! `apply_notification` twins), and written by `scripts::WRITE_MERGED` only if the stored
 //! record is still, byte for byte, the one it was merged onto (compare and set). Merging here

@@ -7,7 +7,7 @@ use c2p_enroll::domain::{
     Begin, CardContractId, EnrollmentRecord, EnrollmentState, IdempotencyRecord, MaskedCard, Phase,
     StoredOutcome, TokenEvent, TokenEventKind, TokenStatus, TokenizationDecision, now_ms,
 };
-use c2p_enroll::store::{self, EnrollmentStore, NotificationResult, PutMode};
+use c2p_enroll::store::{self, EnrollmentStore, NotificationEffect, NotificationResult, PutMode};
 use redis::Commands;
 use std::sync::Arc;
 use std::time::Duration;
@@ -982,6 +982,83 @@ async fn redis_keys_carry_the_prefix_and_the_card_hash_tag_and_no_card_number() 
     let value: String = conn.get("bank7:{card:70001}:enrollment").unwrap();
     assert!(value.contains("\"pan_last_four\":\"9726\""), "{value}");
     assert!(!value.contains("5186001700009726"));
+}
+
+/// Calls of each command Redis has run so far (`INFO commandstats`; a script's own calls count
+/// under their names too).
+fn command_calls(conn: &mut redis::Connection) -> std::collections::HashMap<String, u64> {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
+    info.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+            Some((name.to_owned(), calls.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A notification alone (an enrollment's TAR or TCN) is merged by the script in one round trip;
+/// a batch is read first (TIME and MGET) and written with one compare-and-set script call.
+#[tokio::test]
+async fn redis_a_lone_notification_is_one_script_call_a_batch_is_read_first() {
+    let redis = RedisServer::start();
+    let store =
+        c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
+    let mut conn = redis.connection();
+    let delta = |before: &std::collections::HashMap<String, u64>,
+                 after: &std::collections::HashMap<String, u64>,
+                 name: &str| {
+        after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0)
+    };
+
+    // Each script is loaded by its first call (NOSCRIPT, SCRIPT LOAD, again): both first.
+    for (i, n) in [1_i64, 2].into_iter().enumerate() {
+        let warm: Vec<TokenEvent> = (0..n)
+            .map(|k| {
+                let id = format!("warm-{i}-{k}");
+                event(&id, 1_800_000_001_000, 70020 + k, TokenEventKind::Complete)
+            })
+            .collect();
+        store.apply_notifications(&warm).await;
+    }
+
+    let before = command_calls(&mut conn);
+    let lone = store
+        .apply_notifications(&[event(
+            "n-1",
+            1_800_000_001_000,
+            70011,
+            TokenEventKind::Complete,
+        )])
+        .await;
+    let after = command_calls(&mut conn);
+    assert!(
+        matches!(lone.as_slice(), [Ok(NotificationEffect::Applied)]),
+        "{lone:?}"
+    );
+    assert_eq!(delta(&before, &after, "evalsha"), 1);
+    assert_eq!(delta(&before, &after, "mget"), 0);
+
+    let before = command_calls(&mut conn);
+    let batch = store
+        .apply_notifications(&[
+            event("n-2", 1_800_000_001_000, 70012, TokenEventKind::Complete),
+            event("n-3", 1_800_000_001_000, 70013, TokenEventKind::Complete),
+        ])
+        .await;
+    let after = command_calls(&mut conn);
+    assert!(
+        matches!(
+            batch.as_slice(),
+            [
+                Ok(NotificationEffect::Applied),
+                Ok(NotificationEffect::Applied)
+            ]
+        ),
+        "{batch:?}"
+    );
+    assert_eq!(delta(&before, &after, "mget"), 1);
+    assert_eq!(delta(&before, &after, "evalsha"), 1);
 }
 
 #[tokio::test]
