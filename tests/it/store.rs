@@ -1059,6 +1059,38 @@ async fn redis_a_lone_notification_is_one_script_call_a_batch_is_read_first() {
     );
     assert_eq!(delta(&before, &after, "mget"), 1);
     assert_eq!(delta(&before, &after, "evalsha"), 1);
+
+    // A record key of another type reads as absent in the plan's MGET: the write script's
+    // compare fails on it and leaves it to the Lua merge, which sets it aside; the batch's
+    // other card is written as usual.
+    let _: () = redis::cmd("HSET")
+        .arg("c2p:{card:70014}:enrollment")
+        .arg("state")
+        .arg("enrolled")
+        .query(&mut conn)
+        .unwrap();
+    let batch = store
+        .apply_notifications(&[
+            event("n-4", 1_800_000_001_000, 70014, TokenEventKind::Complete),
+            event("n-5", 1_800_000_001_000, 70015, TokenEventKind::Complete),
+        ])
+        .await;
+    assert!(
+        matches!(
+            batch.as_slice(),
+            [
+                Ok(NotificationEffect::Applied),
+                Ok(NotificationEffect::Applied)
+            ]
+        ),
+        "{batch:?}"
+    );
+    let aside: Vec<String> = redis::cmd("KEYS")
+        .arg("c2p:{card:70014}:enrollment:quarantined:*")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(aside.len(), 1, "the hash is kept aside for inspection");
+    assert!(store.get(card(70014)).await.unwrap().is_some());
 }
 
 #[tokio::test]
