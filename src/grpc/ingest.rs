@@ -39,14 +39,15 @@ pub const READ_AHEAD_BYTES: usize = 1 << 20;
 /// Store calls one stream has in flight; what is read meanwhile makes the next batch. On Redis
 /// a batch waits on two round trips, so more of them in flight keep Redis and the workers busy:
 /// with 128 messages in flight, 8 gave 51-57 k acks/s where 4 gave 46-54 k and 2 (polled in the
-/// response stream) 40-41 k (3 runs each, 2 cores).
+/// response stream) 40-41 k (3 runs each, 2 cores, batches of up to 512 then); with batches of
+/// 32, 16 gave 43-50 k against 8's 42-45 k (6 runs each): within the noise.
 pub const BATCHES_IN_FLIGHT: usize = 8;
 
 /// The most notifications in one store call. Smaller batches keep more of them in the
 /// pipeline at once, so Redis waits less between them: one stream at 128 in flight, 512 gave
 /// 36-42 k acks/s (Redis 0.68-0.70 of a core) where 32 gave 38-49 k (0.78-0.81), 6 runs each
-/// alternated on 2 cores; at 1,024 in flight both 46-55 k. A batch still costs a round trip or
-/// two whatever its size, which is what a cap much lower would pay for.
+/// alternated on 2 cores; at 1,024 in flight 46-55 k and 51-53 k (3 runs each). A batch still
+/// costs a round trip or two whatever its size, which is what a cap much lower would pay for.
 pub const MAX_BATCH: usize = 32;
 
 /// The status that ends a stream whose input broke. tonic reports a stream that ends inside a
