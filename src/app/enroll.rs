@@ -485,14 +485,23 @@ impl App {
         );
         searched?;
         tracked?;
-        if after_removal {
-            self.write_fresh(attempt, &in_progress).await?;
-        } else {
-            self.write_fenced(attempt, &in_progress).await?;
-        }
-
-        // Recorded before sending: from here on a retry re-sends with the same srcCorrelationId.
-        attempt.advance(Phase::EnrollSent).await?;
+        // The record IN_PROGRESS and the phase "enroll sent" together: two keys, and nothing is
+        // sent before both landed. A crash between them leaves the record with the phase
+        // "searched" (a resumed call searches again) or the phase without the record (a resumed
+        // call asks the token list first, then writes it and sends): no POST /cards went out.
+        // From the phase on, a retry re-sends with the same srcCorrelationId.
+        let write = async {
+            if after_removal {
+                self.write_fresh(attempt, &in_progress).await
+            } else {
+                self.write_fenced(attempt, &in_progress).await
+            }
+        };
+        // Polled in this order: the write reads the owner under the attempt's lock, which
+        // `advance` then holds through its save; the other way round they would not overlap.
+        let (written, sent) = tokio::join!(biased; write, attempt.advance(Phase::EnrollSent));
+        written?;
+        sent?;
         let request = EnrollmentRequest {
             program: &cmd.program,
             src_correlation_id: &correlation,

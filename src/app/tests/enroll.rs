@@ -554,6 +554,26 @@ async fn a_key_stopped_after_sending_without_a_token_sends_again_with_the_same_c
     assert!(w.in_progress().await.is_empty());
 }
 
+/// The record IN_PROGRESS and the phase "enroll sent" are written together: a crash may leave
+/// the phase without the record. Nothing was sent then; the resumed call asks the token list,
+/// then sends once, with the key's correlation id.
+#[tokio::test]
+async fn a_key_stopped_with_the_phase_sent_but_no_record_asks_the_token_list_and_sends_once() {
+    let w = world();
+    let cmd = command("k1", 1406);
+    w.seed_crashed_key(&cmd, Phase::EnrollSent, "corr-1406")
+        .await;
+    w.mc.tokens(Ok(observed(vec![wallet_token("DWSPKOTHER")])));
+
+    let done = w.app.enroll(cmd.clone(), None).await.unwrap();
+    assert_eq!(done.record.state, EnrollmentState::Enrolled);
+    assert_eq!(w.mc.calls().counts(), (1, 1, 1));
+    assert_eq!(w.mc.calls().correlations(), ["corr-1406"]);
+    assert_eq!(done.record.src_correlation_id.as_deref(), Some("corr-1406"));
+    assert_eq!(w.key_of(&cmd).unwrap().phase, Phase::Done);
+    assert!(w.in_progress().await.is_empty());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_crashed_attempts_card_lock_runs_out_and_its_key_resumes() {
     let w = world();
