@@ -202,7 +202,20 @@ impl App {
             outcome: None,
         };
         let scope = cmd.scope();
-        let (record, resumed) = match self.store.idempotency_begin(&scope, &proposal, now).await? {
+        let card = cmd.card_contract_id;
+        // A cardholder who opted out is not enrolled. Checked on every new or resumed call and
+        // never stored as the key's answer: once the opt-out is withdrawn, the key works. This
+        // early check spares the lock to a call that would be refused anyway (the decisive one
+        // comes under the card lock, below); it is read beside the key's lease, in the same
+        // round trip, and its answer is dropped when the key replays or is busy.
+        let consumer_ref =
+            super::fingerprint::consumer_ref(&self.settings.fingerprint_key, &cmd.consumer)
+                .map_err(AppError::Internal);
+        let (begun, early) = tokio::join!(
+            self.store.idempotency_begin(&scope, &proposal, now),
+            self.refuse_opted_out(card, &consumer_ref)
+        );
+        let (record, resumed) = match begun? {
             Begin::Reused => {
                 return Err(AppError::IdempotencyKeyReused {
                     card: cmd.card_contract_id,
@@ -234,20 +247,12 @@ impl App {
         }
         let correlation = record.src_correlation_id.clone();
         let owner = record.owner.clone();
-        let card = cmd.card_contract_id;
         let attempt = Attempt {
             app: self,
             scope,
             record: std::sync::Arc::new(tokio::sync::Mutex::new(record)),
         };
-        // A cardholder who opted out is not enrolled. Checked on every new or resumed call and
-        // never stored as the key's answer: once the opt-out is withdrawn, the key works. This
-        // early check spares the lock to a call that would be refused anyway; the decisive one
-        // comes under the card lock, below.
-        let consumer_ref =
-            super::fingerprint::consumer_ref(&self.settings.fingerprint_key, &cmd.consumer)
-                .map_err(AppError::Internal);
-        if let Err(e) = self.refuse_opted_out(card, &consumer_ref).await {
+        if let Err(e) = early {
             attempt.release().await;
             return Err(e);
         }

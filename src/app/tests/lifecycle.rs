@@ -301,6 +301,25 @@ async fn an_opt_out_deletes_the_profile_and_holds_enroll_card_until_withdrawn() 
     assert_eq!(done.record.state, EnrollmentState::Enrolled);
 }
 
+/// The early opt-out check is read beside the key's lease: a key that answered before the
+/// opt-out still replays its answer (the opt-out is never the key's answer, nor does it undo one).
+#[tokio::test]
+async fn a_key_answered_before_an_opt_out_still_replays_its_answer() {
+    let w = world();
+    let first = w.app.enroll(command("k-first", 3016), None).await.unwrap();
+    w.app.opt_out(card(3016), None).await.unwrap();
+    let again = w.app.enroll(command("k-first", 3016), None).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.record, first.record);
+    // A new key is refused.
+    let e = w
+        .app
+        .enroll(command("k-new", 3016), None)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "CONSUMER_OPTED_OUT");
+}
+
 #[tokio::test]
 async fn an_opt_out_between_enroll_cards_check_and_its_card_lock_holds_it() {
     use super::fakes::Op;
