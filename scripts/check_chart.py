@@ -61,7 +61,9 @@ KEYS_DIR = "/etc/c2p-enroll/keys"
 TLS_DIR = "/etc/c2p-enroll/tls"
 MISSING_SECRET_MESSAGE = "keys.existingSecret is required in mastercard mode"
 MISSING_FINGERPRINT_MESSAGE = "enroll.fingerprintKey.existingSecret is required in mastercard mode"
-KUBE_VALIDATE = Path(sys.executable).with_name("kubernetes-validate")
+# Run as a module of the venv's Python, not through its console script, whose shebang names the
+# venv's absolute path: a moved target/ (another clone reusing it) keeps working.
+KUBE_VALIDATE = [sys.executable, "-m", "kubernetes_validate"]
 # Kinds of CRDs kubernetes-validate bundles no schema for: checked by hand instead.
 UNVALIDATED_KINDS = {"ServiceMonitor": "monitoring.coreos.com", "PrometheusRule": "monitoring.coreos.com",
                      "Certificate": "cert-manager.io"}
@@ -635,7 +637,7 @@ def config_map(docs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
 def kube_validate(files: list[Path], version: str) -> str | None:
     """kubernetes-validate --strict on the files; every one must pass (a missing schema fails)."""
     proc = subprocess.run(
-        [str(KUBE_VALIDATE), "--strict", "--kubernetes-version", version, *map(str, files)],
+        [*KUBE_VALIDATE, "--strict", "--kubernetes-version", version, *map(str, files)],
         capture_output=True, text=True, check=False,
     )
     out = proc.stdout + proc.stderr
