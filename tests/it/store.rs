@@ -1005,6 +1005,15 @@ async fn redis_a_lone_notification_is_one_script_call_a_batch_is_read_first() {
     let store =
         c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
     let mut conn = redis.connection();
+    let both_applied = |b: &[Result<NotificationEffect, store::StoreError>]| {
+        matches!(
+            b,
+            [
+                Ok(NotificationEffect::Applied),
+                Ok(NotificationEffect::Applied)
+            ]
+        )
+    };
     let delta = |before: &std::collections::HashMap<String, u64>,
                  after: &std::collections::HashMap<String, u64>,
                  name: &str| {
@@ -1047,16 +1056,7 @@ async fn redis_a_lone_notification_is_one_script_call_a_batch_is_read_first() {
         ])
         .await;
     let after = command_calls(&mut conn);
-    assert!(
-        matches!(
-            batch.as_slice(),
-            [
-                Ok(NotificationEffect::Applied),
-                Ok(NotificationEffect::Applied)
-            ]
-        ),
-        "{batch:?}"
-    );
+    assert!(both_applied(&batch), "{batch:?}");
     assert_eq!(delta(&before, &after, "mget"), 1);
     assert_eq!(delta(&before, &after, "evalsha"), 1);
 
@@ -1075,16 +1075,7 @@ async fn redis_a_lone_notification_is_one_script_call_a_batch_is_read_first() {
             event("n-5", 1_800_000_001_000, 70015, TokenEventKind::Complete),
         ])
         .await;
-    assert!(
-        matches!(
-            batch.as_slice(),
-            [
-                Ok(NotificationEffect::Applied),
-                Ok(NotificationEffect::Applied)
-            ]
-        ),
-        "{batch:?}"
-    );
+    assert!(both_applied(&batch), "{batch:?}");
     let aside: Vec<String> = redis::cmd("KEYS")
         .arg("c2p:{card:70014}:enrollment:quarantined:*")
         .query(&mut conn)
