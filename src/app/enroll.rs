@@ -304,7 +304,7 @@ impl App {
         // The moment the lease or the card lock is lost, another attempt may own the card:
         // stop here (as a crash would) rather than write over what it writes.
         let result = tokio::select! {
-            result = self.run(&attempt, &cmd, existing, correlation, deadline) => result,
+            result = self.run(&attempt, &cmd, existing, correlation, &consumer_ref, deadline) => result,
             _ = lost.cancelled() => {
                 tracing::warn!("the lease or the card lock was lost: this attempt stops");
                 Err(AppError::RequestInFlight {
@@ -383,6 +383,7 @@ impl App {
         cmd: &EnrollCommand,
         existing: Result<Option<EnrollmentRecord>, StoreError>,
         correlation: String,
+        consumer_ref: &Result<String, AppError>,
         deadline: Option<Instant>,
     ) -> Result<EnrollmentRecord, AppError> {
         if !self.upstream.has_program(&cmd.program) {
@@ -467,9 +468,7 @@ impl App {
         in_progress.src_correlation_id = Some(correlation.clone());
         // Both id sets, for either lifecycle family: the Credential Directory's are the issuer's
         // own (the card id, the consumer reference), assigned here.
-        let consumer_ref =
-            super::fingerprint::consumer_ref(&self.settings.fingerprint_key, &cmd.consumer)
-                .map_err(AppError::Internal)?;
+        let consumer_ref = consumer_ref.clone()?;
         let credential_id = cmd.card_contract_id.get().to_string();
         in_progress.external_consumer_id = Some(consumer_ref.clone());
         in_progress.external_credential_id = Some(credential_id.clone());
