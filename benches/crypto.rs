@@ -1,5 +1,6 @@
 //! The hot crypto of one enrollment: an OAuth 1.0a RSA-SHA256 signature (two per enrollment),
-//! a JWE encrypt and a JWE decrypt (payload encryption, the simulator's card object).
+//! a JWE encrypt and a JWE decrypt (payload encryption, the simulator's card object), and the
+//! HMAC-SHA256 fingerprints (the idempotency fingerprint and the consumer reference).
 
 // A benchmark fails loudly on broken fixtures; it is test code.
 #![allow(clippy::expect_used)]
@@ -70,5 +71,14 @@ fn jwe(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, signing, jwe);
+/// The idempotency fingerprint and the consumer reference: two HMAC-SHA256 per EnrollCard.
+fn fingerprint(c: &mut Criterion) {
+    let key = c2p_enroll::app::FingerprintKey::from_bytes(vec![7; 32]).expect("key");
+    let request = [b'x'; 400]; // about a canonical EnrollCard request's size
+    c.bench_function("idempotency_fingerprint_hmac_sha256_400b", |b| {
+        b.iter(|| key.fingerprint(black_box(&request)))
+    });
+}
+
+criterion_group!(benches, signing, jwe, fingerprint);
 criterion_main!(benches);

@@ -58,7 +58,7 @@ impl EnrollCommand {
     /// HMAC-SHA256 of the request's canonical form (see `canonical`): the record holds
     /// e-mail and address, and a bare hash of them could be reversed by a dictionary.
     fn fingerprint(&self, key: &super::FingerprintKey) -> Result<String, String> {
-        key.fingerprint(&super::canonical::canonical_bytes(self)?)
+        Ok(key.fingerprint(&super::canonical::canonical_bytes(self)?))
     }
 }
 

@@ -51,7 +51,7 @@ impl RemoveCommand {
             reason: self.reason,
         };
         let bytes = serde_json::to_vec(&form).map_err(|e| format!("request fingerprint: {e}"))?;
-        key.fingerprint(&bytes)
+        Ok(key.fingerprint(&bytes))
     }
 }
 

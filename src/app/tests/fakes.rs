@@ -728,10 +728,7 @@ impl World {
         lease_until_ms: i64,
     ) {
         let record = IdempotencyRecord {
-            fingerprint: self
-                .key
-                .fingerprint(&canonical_bytes(cmd).unwrap())
-                .unwrap(),
+            fingerprint: self.key.fingerprint(&canonical_bytes(cmd).unwrap()),
             phase,
             src_correlation_id: correlation.to_owned(),
             owner: CRASHED.to_owned(),
