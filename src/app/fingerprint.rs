@@ -10,8 +10,7 @@ pub const MIN_KEY_BYTES: usize = 32;
 /// An HMAC key, held as ring's precomputed inner and outer pads; its `Debug` shows nothing of
 /// it. OpenSSL 3's EVP HMAC (a `PKey` and a `Signer` per call) fetched the algorithm and built
 /// its contexts every time: 5.6 µs a 400-byte fingerprint against ring's 0.38 µs (`cargo bench
-/// --bench crypto`), and 3% of EnrollCard's service CPU under load (perf), where it also took
-/// OpenSSL's store lock beside the signing thread.
+/// --bench crypto`), and 3% of EnrollCard's service CPU under load (perf).
 #[derive(Clone)]
 pub struct FingerprintKey(ring::hmac::Key);
 
