@@ -38,7 +38,7 @@ pub(super) fn bad_url(e: redis::RedisError) -> StoreError {
 
 /// Every client's sockets: `TCP_NODELAY`, which redis-rs leaves off. With Nagle on, a command
 /// written while an earlier one is unacknowledged waits for that ACK, and a command split over
-/// two writes waits for Redis' delayed ACK (up to 40 ms on Linux) before its tail is sent.
+/// two writes waits for Redis' delayed ACK (40 ms or more on Linux) before its tail is sent.
 fn tcp() -> TcpSettings {
     TcpSettings::default().set_nodelay(true)
 }
