@@ -95,6 +95,10 @@ pub struct BenchArgs {
     /// A name for the run in the report.
     #[arg(long)]
     label: Option<String>,
+    /// Also write every call of the window to this CSV file (`rpc,scheduled_ms,latency_ms,
+    /// result`): when the slow calls happened, not only how many there were.
+    #[arg(long, value_name = "FILE")]
+    timeline: Option<std::path::PathBuf>,
 }
 
 fn parse_other_pid(s: &str) -> Result<(String, u32), String> {
@@ -270,7 +274,13 @@ async fn bench(args: &BenchArgs) -> Result<String, String> {
         max_requests: args.requests,
         timeout: args.timeout,
         seq: AtomicU64::new(0),
-        stats: std::sync::Mutex::new(Stats::new(window, &names)?),
+        stats: std::sync::Mutex::new({
+            let mut stats = Stats::new(window, &names)?;
+            if args.timeline.is_some() {
+                stats.keep_timeline();
+            }
+            stats
+        }),
         issuing_done: CancellationToken::new(),
     });
     let ticks = procfs::clock_ticks();
@@ -398,6 +408,14 @@ async fn bench(args: &BenchArgs) -> Result<String, String> {
         watch: watch_figures,
     };
     let stats = ctx.stats.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(path) = &args.timeline {
+        let write = std::fs::File::create(path).and_then(|f| {
+            let mut out = std::io::BufWriter::new(f);
+            stats.write_timeline(&mut out)?;
+            std::io::Write::flush(&mut out)
+        });
+        write.map_err(|e| format!("--timeline {}: {e}", path.display()))?;
+    }
     Ok(if args.json {
         stats::to_json(&info, &stats, &proc, loadavg).to_string()
     } else {

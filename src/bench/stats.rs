@@ -73,6 +73,18 @@ pub type CallResult = Result<String, String>;
 pub struct Stats {
     pub window: Window,
     pub rpcs: BTreeMap<&'static str, RpcStats>,
+    /// `--timeline`: every call scheduled inside the window, in the order answered (a stall
+    /// shows as a run of slow calls at one moment; a queue as a slope).
+    pub timeline: Option<Vec<TimelineEntry>>,
+}
+
+/// One call of the timeline: when it was scheduled (from the window's start), how long it
+/// took, and what it came to.
+pub struct TimelineEntry {
+    pub rpc: &'static str,
+    pub scheduled_us: u64,
+    pub latency_us: u64,
+    pub result: String,
 }
 
 impl Stats {
@@ -81,7 +93,39 @@ impl Stats {
         for n in names {
             rpcs.insert(*n, RpcStats::new()?);
         }
-        Ok(Self { window, rpcs })
+        Ok(Self {
+            window,
+            rpcs,
+            timeline: None,
+        })
+    }
+
+    /// Keeps every call of the window for [`Stats::write_timeline`].
+    pub fn keep_timeline(&mut self) {
+        self.timeline = Some(Vec::new());
+    }
+
+    /// The timeline as CSV (`rpc,scheduled_ms,latency_ms,result`), calls in the order they
+    /// were scheduled.
+    pub fn write_timeline(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let Some(entries) = &self.timeline else {
+            return Ok(());
+        };
+        let mut order: Vec<&TimelineEntry> = entries.iter().collect();
+        order.sort_by_key(|e| e.scheduled_us);
+        writeln!(out, "rpc,scheduled_ms,latency_ms,result")?;
+        for e in order {
+            // A result is an outcome label or `CODE reason`: no comma of its own to quote.
+            writeln!(
+                out,
+                "{},{:.3},{:.3},{}",
+                e.rpc,
+                e.scheduled_us as f64 / 1e3,
+                e.latency_us as f64 / 1e3,
+                e.result.replace(',', ";")
+            )?;
+        }
+        Ok(())
     }
 
     /// Records a call scheduled at `scheduled` and answered at `done`.
@@ -100,6 +144,23 @@ impl Stats {
             .unwrap_or(u64::MAX)
             .max(1);
         s.latency_us.saturating_record(us);
+        if let Some(timeline) = &mut self.timeline {
+            timeline.push(TimelineEntry {
+                rpc,
+                scheduled_us: u64::try_from(
+                    scheduled
+                        .saturating_duration_since(window.start)
+                        .as_micros(),
+                )
+                .unwrap_or(u64::MAX),
+                latency_us: us,
+                result: match &r {
+                    Ok(o) if o.is_empty() => "OK".to_owned(),
+                    Ok(o) => o.clone(),
+                    Err(k) => k.clone(),
+                },
+            });
+        }
         match r {
             Ok(outcome) => {
                 s.ok += 1;
@@ -446,6 +507,34 @@ mod tests {
         assert_eq!(x.errors["UNAVAILABLE"], 1);
         assert_eq!(x.latency_us.len(), 2);
         assert!(x.latency_us.max() >= 1_299_000);
+    }
+
+    #[test]
+    fn the_timeline_lists_the_window_calls_in_scheduled_order() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let window = Window {
+            start: t0 + ms(1000),
+            end: t0 + ms(2000),
+        };
+        let mut s = Stats::new(window, &["X"]).unwrap();
+        s.keep_timeline();
+        s.record("X", t0, t0 + ms(1500), Ok("a".into())); // warm-up: left out
+        s.record("X", t0 + ms(1300), t0 + ms(1302), Ok(String::new()));
+        s.record(
+            "X",
+            t0 + ms(1100),
+            t0 + ms(1350),
+            Err("UNAVAILABLE x, y".into()),
+        );
+        let mut out = Vec::new();
+        s.write_timeline(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "rpc,scheduled_ms,latency_ms,result\n\
+             X,100.000,250.000,UNAVAILABLE x; y\n\
+             X,300.000,2.000,OK\n"
+        );
     }
 
     #[test]
