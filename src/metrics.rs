@@ -4,7 +4,10 @@
 //! ([`process`]). `helm/c2p-enroll/files/` holds the alert rules and the dashboard built on
 //! these names (`docs/runbook.md` explains each alert).
 
+mod own_time;
 mod process;
+
+pub use own_time::{accounting_upstream_wait, enroll_own_time, upstream_waited};
 
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -25,8 +28,14 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 pub fn handle() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
+            // A full name wins over a suffix (the exporter tries full names first).
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+                .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full(own_time::OWN_TIME.into()),
+                    own_time::OWN_TIME_BUCKETS,
+                )
                 .ok()?
                 .build_recorder();
             let handle = recorder.handle();
@@ -46,6 +55,11 @@ fn describe() {
         "c2p_grpc_request_duration_seconds",
         metrics::Unit::Seconds,
         "gRPC unary call latency"
+    );
+    metrics::describe_histogram!(
+        own_time::OWN_TIME,
+        metrics::Unit::Seconds,
+        "EnrollCard latency less the time its Mastercard HTTP exchanges were waited for: what the service adds"
     );
     metrics::describe_gauge!("c2p_grpc_open_streams", "open server streams by RPC");
     metrics::describe_gauge!(

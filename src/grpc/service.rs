@@ -102,7 +102,9 @@ impl EnrollmentService for EnrollmentApi {
         request: Request<EnrollCardRequest>,
     ) -> Result<Response<EnrollCardResponse>, Status> {
         let started = Instant::now();
-        let result = self.enroll_card_inner(request).await;
+        let (result, upstream) =
+            metrics::accounting_upstream_wait(self.enroll_card_inner(request)).await;
+        metrics::enroll_own_time(started.elapsed(), upstream);
         trace::record_status(&result);
         metrics::rpc(
             "EnrollCard",
@@ -288,15 +290,17 @@ impl EnrollmentApi {
         }
         // Run to the end even if the caller goes away: the call then records its outcome (or
         // releases its lease and card lock) instead of leaving them to expire.
+        // Its Mastercard waits are counted in that task and passed on to this call's account.
         let app = self.app.clone();
-        let call =
-            tokio::spawn(async move { app.enroll(command, deadline).await }.instrument(span));
-        let enrolled = call
-            .await
-            .map_err(|e| {
-                status::to_status(&AppError::Internal(format!("enrollment task failed: {e}")))
-            })?
-            .map_err(|e| status::from_parts(caller.redact(e.parts())))?;
+        let call = tokio::spawn(
+            metrics::accounting_upstream_wait(async move { app.enroll(command, deadline).await })
+                .instrument(span),
+        );
+        let (enrolled, waited) = call.await.map_err(|e| {
+            status::to_status(&AppError::Internal(format!("enrollment task failed: {e}")))
+        })?;
+        metrics::upstream_waited(waited);
+        let enrolled = enrolled.map_err(|e| status::from_parts(caller.redact(e.parts())))?;
         Ok(Response::new(EnrollCardResponse {
             enrollment: Some(convert::enrollment(&enrolled.record, Source::Store)),
             replayed: enrolled.replayed,

@@ -432,6 +432,8 @@ impl ApiClient {
         }
 
         let exchange = async {
+            // Waiting for Mastercard starts here (signing is done) and ends with the body.
+            let _waiting = WaitForUpstream(std::time::Instant::now());
             let response = request
                 .send()
                 .await
@@ -614,6 +616,16 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         at.duration_since(std::time::SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
+}
+
+/// Adds the time from its making to its drop to the call's Mastercard waits: a drop counts the
+/// exchanges that failed or timed out too.
+struct WaitForUpstream(std::time::Instant);
+
+impl Drop for WaitForUpstream {
+    fn drop(&mut self) {
+        crate::metrics::upstream_waited(self.0.elapsed());
+    }
 }
 
 #[cfg(test)]

@@ -8,5 +8,6 @@
 
 mod enroll_client;
 mod gateway;
+mod own_time;
 mod service_config;
 mod support;

@@ -1,0 +1,97 @@
+//! `c2p_enroll_own_duration_seconds`: an EnrollCard whose two Mastercard calls each hold
+//! 400 ms (the standalone simulator's injected latency) is counted with what the service added
+//! only, not with the 800 ms it waited for Mastercard, while the call's own latency histogram
+//! has them all.
+
+use crate::support::{Service, Simulator, free_port};
+use c2p_enroll::proto::v1::enrollment_service_client::EnrollmentServiceClient;
+use c2p_enroll::proto::v1::{Consumer, EnrollCardRequest};
+use std::time::Duration;
+
+const UPSTREAM: f64 = 0.4;
+
+/// `name{labels} value` of a Prometheus page.
+fn sample(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in:\n{page}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_own_time_leaves_out_the_mastercard_waits() {
+    let port = free_port();
+    let simulator = Simulator::start(
+        "[routes.searches]\nlatency = \"400ms\"\n[routes.enroll_cards]\nlatency = \"400ms\"\n",
+        &format!("http://127.0.0.1:{port}"),
+    );
+    let mut env: Vec<(String, String)> = simulator.env();
+    env.push(("C2P_GRPC__LISTEN".into(), format!("127.0.0.1:{port}")));
+    env.push(("C2P_LOG__FORMAT".into(), "json".into()));
+    let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let service = Service::start(&env);
+    let metrics_line = service
+        .output()
+        .lines()
+        .find(|l| l.contains("metrics listening"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no metrics listener:\n{}", service.output()));
+    let metrics_addr = serde_json::from_str::<serde_json::Value>(&metrics_line).unwrap()["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = EnrollmentServiceClient::new(channel);
+    let mut call = tonic::Request::new(EnrollCardRequest {
+        idempotency_key: format!("own-time-{:08x}", rand::random::<u32>()),
+        card_contract_id: 70001,
+        program: String::new(),
+        consumer: Some(Consumer {
+            email: "jane.doe@example.com".into(),
+            mobile_number: None,
+            first_name: "Jane".into(),
+            last_name: "Doe".into(),
+            country_code: "US".into(),
+            language_code: "en_US".into(),
+        }),
+        cardholder_full_name: "Jane Doe".into(),
+        billing_address: None,
+        src_correlation_id: String::new(),
+        validate_only: false,
+    });
+    call.set_timeout(Duration::from_secs(30));
+    client
+        .enroll_card(call)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", service.output()));
+
+    let page = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let total = sample(
+        &page,
+        r#"c2p_grpc_request_duration_seconds_sum{rpc="EnrollCard"}"#,
+    );
+    let own = sample(&page, "c2p_enroll_own_duration_seconds_sum");
+    assert_eq!(sample(&page, "c2p_enroll_own_duration_seconds_count"), 1.0);
+    assert!(total >= 2.0 * UPSTREAM, "the call took {total} s");
+    // What is left once both waits are out: signing, Redis-free memory store work, gRPC.
+    assert!(
+        own < UPSTREAM,
+        "own time {own} s of a {total} s call holds Mastercard waits"
+    );
+    assert!(own > 0.0);
+    // Its buckets reach below the latency buckets, to read a 10 ms objective directly.
+    assert!(page.contains(r#"c2p_enroll_own_duration_seconds_bucket{le="0.01"}"#));
+    assert!(page.contains(r#"c2p_enroll_own_duration_seconds_bucket{le="0.0075"}"#));
+}
