@@ -382,6 +382,8 @@ impl ApiClient {
                 return Err(error);
             }
             observer.retrying(delay);
+            // Waiting to ask Mastercard again is Mastercard's time in the call's account.
+            let _waiting = WaitForUpstream(std::time::Instant::now());
             tokio::time::sleep(delay).await;
         }
     }
@@ -619,7 +621,7 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 }
 
 /// Adds the time from its making to its drop to the call's Mastercard waits: a drop counts the
-/// exchanges that failed or timed out too.
+/// exchanges that failed or timed out too, and a wait before a retry.
 struct WaitForUpstream(std::time::Instant);
 
 impl Drop for WaitForUpstream {

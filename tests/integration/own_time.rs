@@ -1,7 +1,8 @@
 //! `c2p_enroll_own_duration_seconds`: an EnrollCard whose two Mastercard calls each hold
-//! 400 ms (the standalone simulator's injected latency) is counted with what the service added
-//! only, not with the 800 ms it waited for Mastercard, while the call's own latency histogram
-//! has them all.
+//! 400 ms (the standalone simulator's injected latency), or whose search is throttled once
+//! (a 429 with `Retry-After: 1`, retried after that second), is counted with what the service
+//! added only, not with the time it waited for Mastercard, while the call's own latency
+//! histogram has it all.
 
 use crate::support::{Service, Simulator, free_port};
 use c2p_enroll::proto::v1::enrollment_service_client::EnrollmentServiceClient;
@@ -20,13 +21,12 @@ fn sample(page: &str, series: &str) -> f64 {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_service_own_time_leaves_out_the_mastercard_waits() {
+/// One EnrollCard against a simulator with `faults`: the call's latency and its own time, in
+/// seconds, from the service's metrics page (which must hold one own-time sample and buckets
+/// fine enough to read a 10 ms objective).
+async fn enroll_once(faults: &str) -> (f64, f64) {
     let port = free_port();
-    let simulator = Simulator::start(
-        "[routes.searches]\nlatency = \"400ms\"\n[routes.enroll_cards]\nlatency = \"400ms\"\n",
-        &format!("http://127.0.0.1:{port}"),
-    );
+    let simulator = Simulator::start(faults, &format!("http://127.0.0.1:{port}"));
     let mut env: Vec<(String, String)> = simulator.env();
     env.push(("C2P_GRPC__LISTEN".into(), format!("127.0.0.1:{port}")));
     env.push(("C2P_LOG__FORMAT".into(), "json".into()));
@@ -78,20 +78,42 @@ async fn the_service_own_time_leaves_out_the_mastercard_waits() {
         .text()
         .await
         .unwrap();
-    let total = sample(
-        &page,
-        r#"c2p_grpc_request_duration_seconds_sum{rpc="EnrollCard"}"#,
-    );
-    let own = sample(&page, "c2p_enroll_own_duration_seconds_sum");
     assert_eq!(sample(&page, "c2p_enroll_own_duration_seconds_count"), 1.0);
-    assert!(total >= 2.0 * UPSTREAM, "the call took {total} s");
-    // What is left once both waits are out: signing, Redis-free memory store work, gRPC.
-    assert!(
-        own < UPSTREAM,
-        "own time {own} s of a {total} s call holds Mastercard waits"
-    );
-    assert!(own > 0.0);
-    // Its buckets reach below the latency buckets, to read a 10 ms objective directly.
     assert!(page.contains(r#"c2p_enroll_own_duration_seconds_bucket{le="0.01"}"#));
     assert!(page.contains(r#"c2p_enroll_own_duration_seconds_bucket{le="0.0075"}"#));
+    (
+        sample(
+            &page,
+            r#"c2p_grpc_request_duration_seconds_sum{rpc="EnrollCard"}"#,
+        ),
+        sample(&page, "c2p_enroll_own_duration_seconds_sum"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_own_time_leaves_out_the_mastercard_waits() {
+    let (total, own) = enroll_once(
+        "[routes.searches]\nlatency = \"400ms\"\n[routes.enroll_cards]\nlatency = \"400ms\"\n",
+    )
+    .await;
+    assert!(total >= 2.0 * UPSTREAM, "the call took {total} s");
+    // What is left once both waits are out: signing, the memory store, gRPC.
+    assert!(
+        own > 0.0 && own < UPSTREAM,
+        "own time {own} s of a {total} s call holds Mastercard waits"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wait_before_a_retry_is_mastercards_time() {
+    // The first search answers 429 with Retry-After: 1; the service asks again a second later.
+    let (total, own) = enroll_once("[routes.searches]\nthrottle = \"1s\"\ntimes = 1\n").await;
+    assert!(
+        total >= 1.0,
+        "the call took {total} s: no retry after the 429?"
+    );
+    assert!(
+        own > 0.0 && own < UPSTREAM,
+        "own time {own} s of a {total} s call holds the wait before the retry"
+    );
 }
