@@ -8,7 +8,7 @@
 
 #[allow(dead_code)] // its `main` and command line are the example's, not the test's
 #[path = "../../examples/enroll_client.rs"]
-mod example;
+pub(crate) mod example;
 
 use crate::support::{Service, Simulator, free_port};
 use c2p_enroll::proto::v1::EnrollmentState;

@@ -4,9 +4,9 @@
 //! added only, not with the time it waited for Mastercard, while the call's own latency
 //! histogram has it all.
 
+use crate::enroll_client::example::request;
 use crate::support::{Service, Simulator, free_port};
 use c2p_enroll::proto::v1::enrollment_service_client::EnrollmentServiceClient;
-use c2p_enroll::proto::v1::{Consumer, EnrollCardRequest};
 use std::time::Duration;
 
 const UPSTREAM: f64 = 0.4;
@@ -49,23 +49,9 @@ async fn enroll_once(faults: &str) -> (f64, f64) {
         .await
         .unwrap();
     let mut client = EnrollmentServiceClient::new(channel);
-    let mut call = tonic::Request::new(EnrollCardRequest {
-        idempotency_key: format!("own-time-{:08x}", rand::random::<u32>()),
-        card_contract_id: 70001,
-        program: String::new(),
-        consumer: Some(Consumer {
-            email: "jane.doe@example.com".into(),
-            mobile_number: None,
-            first_name: "Jane".into(),
-            last_name: "Doe".into(),
-            country_code: "US".into(),
-            language_code: "en_US".into(),
-        }),
-        cardholder_full_name: "Jane Doe".into(),
-        billing_address: None,
-        src_correlation_id: String::new(),
-        validate_only: false,
-    });
+    // The reference client's request (examples/enroll_client.rs).
+    let key = format!("own-time-{:08x}", rand::random::<u32>());
+    let mut call = tonic::Request::new(request(&key, 70001, "jane.doe@example.com"));
     call.set_timeout(Duration::from_secs(30));
     client
         .enroll_card(call)
