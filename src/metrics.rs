@@ -59,7 +59,7 @@ fn describe() {
     metrics::describe_histogram!(
         own_time::OWN_TIME,
         metrics::Unit::Seconds,
-        "EnrollCard latency less the time its Mastercard HTTP exchanges were waited for: what the service adds"
+        "EnrollCard latency less the time its Mastercard HTTP exchanges and retry waits took (what the service adds), by result (new, replayed, error); calls refused before the enrollment or cancelled by their caller are not counted"
     );
     metrics::describe_gauge!("c2p_grpc_open_streams", "open server streams by RPC");
     metrics::describe_gauge!(

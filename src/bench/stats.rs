@@ -115,7 +115,8 @@ impl Stats {
         order.sort_by_key(|e| e.scheduled_us);
         writeln!(out, "rpc,scheduled_ms,latency_ms,result")?;
         for e in order {
-            // A result is an outcome label or `CODE reason`: no comma of its own to quote.
+            // A result is an outcome label or `CODE reason`; a comma in one would shift the
+            // columns, so it becomes a semicolon rather than be quoted.
             writeln!(
                 out,
                 "{},{:.3},{:.3},{}",

@@ -102,9 +102,7 @@ impl EnrollmentService for EnrollmentApi {
         request: Request<EnrollCardRequest>,
     ) -> Result<Response<EnrollCardResponse>, Status> {
         let started = Instant::now();
-        let (result, upstream) =
-            metrics::accounting_upstream_wait(self.enroll_card_inner(request)).await;
-        metrics::enroll_own_time(started.elapsed(), upstream);
+        let result = self.enroll_card_inner(request, started).await;
         trace::record_status(&result);
         metrics::rpc(
             "EnrollCard",
@@ -262,6 +260,7 @@ impl EnrollmentApi {
     async fn enroll_card_inner(
         &self,
         request: Request<EnrollCardRequest>,
+        started: Instant,
     ) -> Result<Response<EnrollCardResponse>, Status> {
         let deadline = deadline::of(&request, self.default_deadline);
         let caller = caller(&request, Rpc::EnrollCard)?;
@@ -290,7 +289,7 @@ impl EnrollmentApi {
         }
         // Run to the end even if the caller goes away: the call then records its outcome (or
         // releases its lease and card lock) instead of leaving them to expire.
-        // Its Mastercard waits are counted in that task and passed on to this call's account.
+        // Its Mastercard waits are counted in that task: the call's own time is the rest.
         let app = self.app.clone();
         let call = tokio::spawn(
             metrics::accounting_upstream_wait(async move { app.enroll(command, deadline).await })
@@ -299,7 +298,15 @@ impl EnrollmentApi {
         let (enrolled, waited) = call.await.map_err(|e| {
             status::to_status(&AppError::Internal(format!("enrollment task failed: {e}")))
         })?;
-        metrics::upstream_waited(waited);
+        metrics::enroll_own_time(
+            match &enrolled {
+                Ok(e) if e.replayed => "replayed",
+                Ok(_) => "new",
+                Err(_) => "error",
+            },
+            started.elapsed(),
+            waited,
+        );
         let enrolled = enrolled.map_err(|e| status::from_parts(caller.redact(e.parts())))?;
         Ok(Response::new(EnrollCardResponse {
             enrollment: Some(convert::enrollment(&enrolled.record, Source::Store)),

@@ -434,7 +434,8 @@ impl ApiClient {
         }
 
         let exchange = async {
-            // Waiting for Mastercard starts here (signing is done) and ends with the body.
+            // Waiting for Mastercard starts here (signing is done) and ends with the body; the
+            // connection's checkout or set-up is in it too (reqwest does not time it apart).
             let _waiting = WaitForUpstream(std::time::Instant::now());
             let response = request
                 .send()

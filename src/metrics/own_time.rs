@@ -1,11 +1,16 @@
 //! What an EnrollCard call adds to Mastercard's latency: the call's time less the time its
-//! Mastercard HTTP exchanges were waited for (from the request sent to the answer's last byte;
-//! signing and sealing before, decoding after, stay the service's own). The Mastercard adapter
-//! adds each exchange to the call's account ([`upstream_waited`]); the gRPC handler opens the
-//! account ([`accounting_upstream_wait`]) and records the rest ([`enroll_own_time`]).
+//! Mastercard HTTP exchanges were waited for, from the signed request handed to the HTTP client
+//! (a pooled connection taken or a new one set up, which is ours, included) to the answer's last
+//! byte, and the waits before a retry. Signing, sealing, decoding, Redis and gRPC stay the
+//! service's own. The Mastercard adapter adds each exchange to the call's account
+//! ([`upstream_waited`]); the enrollment's task opens the account
+//! ([`accounting_upstream_wait`]) and the gRPC handler records the rest ([`enroll_own_time`]),
+//! for the calls that ran the enrollment: a request refused before it (invalid, not allowed,
+//! `validate_only`) is not counted, nor a call its caller cancelled or let time out (its
+//! handler is gone; the enrollment finishes on its own).
 //!
 //! A task-local, not a parameter: the exchanges happen three layers below the handler, and
-//! the futures that make them are polled by the handler's task (retries and joins included),
+//! the futures that make them are polled by the enrollment's task (retries and joins included),
 //! so the account sees exactly this call's exchanges and no other's.
 
 use metrics::histogram;
@@ -43,10 +48,12 @@ pub fn upstream_waited(exchange: Duration) {
     let _ = UPSTREAM_WAIT.try_with(|w| w.set(w.get().saturating_add(exchange)));
 }
 
-/// Records what one EnrollCard call took beyond its Mastercard exchanges. Exchanges of one call
-/// never overlap (the flow awaits each), so the difference is the service's own time.
-pub fn enroll_own_time(total: Duration, upstream: Duration) {
-    histogram!(OWN_TIME).record(total.saturating_sub(upstream).as_secs_f64());
+/// Records what one EnrollCard call took beyond its Mastercard exchanges, by `result`: `new`
+/// (an enrollment answered), `replayed` (a stored answer), `error`. The flow awaits each
+/// exchange before the next, so the waits add up; were two ever run at once, the sum would
+/// overstate them and the own time would read low (it stops at zero).
+pub fn enroll_own_time(result: &'static str, total: Duration, upstream: Duration) {
+    histogram!(OWN_TIME, "result" => result).record(total.saturating_sub(upstream).as_secs_f64());
 }
 
 #[cfg(test)]

@@ -21,9 +21,9 @@ fn sample(page: &str, series: &str) -> f64 {
         .unwrap()
 }
 
-/// One EnrollCard against a simulator with `faults`: the call's latency and its own time, in
-/// seconds, from the service's metrics page (which must hold one own-time sample and buckets
-/// fine enough to read a 10 ms objective).
+/// One EnrollCard against a simulator with `faults` (after a `validate_only` one): the call's
+/// latency and its own time, in seconds, from the service's metrics page (which must hold one
+/// own-time sample, of a new enrollment, and buckets fine enough to read a 10 ms objective).
 async fn enroll_once(faults: &str) -> (f64, f64) {
     let port = free_port();
     let simulator = Simulator::start(faults, &format!("http://127.0.0.1:{port}"));
@@ -53,6 +53,10 @@ async fn enroll_once(faults: &str) -> (f64, f64) {
     let key = format!("own-time-{:08x}", rand::random::<u32>());
     let mut call = tonic::Request::new(request(&key, 70001, "jane.doe@example.com"));
     call.set_timeout(Duration::from_secs(30));
+    // Checked and refused before any enrollment runs: not counted.
+    let mut checked = request(&key, 70001, "jane.doe@example.com");
+    checked.validate_only = true;
+    client.enroll_card(checked).await.unwrap();
     client
         .enroll_card(call)
         .await
@@ -64,15 +68,25 @@ async fn enroll_once(faults: &str) -> (f64, f64) {
         .text()
         .await
         .unwrap();
-    assert_eq!(sample(&page, "c2p_enroll_own_duration_seconds_count"), 1.0);
-    assert!(page.contains(r#"c2p_enroll_own_duration_seconds_bucket{le="0.01"}"#));
-    assert!(page.contains(r#"c2p_enroll_own_duration_seconds_bucket{le="0.0075"}"#));
+    assert_eq!(
+        sample(
+            &page,
+            r#"c2p_enroll_own_duration_seconds_count{result="new"}"#
+        ),
+        1.0,
+        "one enrollment, the validate_only call not counted:\n{page}"
+    );
+    assert!(page.contains(r#"c2p_enroll_own_duration_seconds_bucket{result="new",le="0.01"}"#));
+    assert!(page.contains(r#"c2p_enroll_own_duration_seconds_bucket{result="new",le="0.0075"}"#));
     (
         sample(
             &page,
             r#"c2p_grpc_request_duration_seconds_sum{rpc="EnrollCard"}"#,
         ),
-        sample(&page, "c2p_enroll_own_duration_seconds_sum"),
+        sample(
+            &page,
+            r#"c2p_enroll_own_duration_seconds_sum{result="new"}"#,
+        ),
     )
 }
 
