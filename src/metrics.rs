@@ -4,9 +4,11 @@
 //! ([`process`]). `helm/c2p-enroll/files/` holds the alert rules and the dashboard built on
 //! these names (`docs/runbook.md` explains each alert).
 
+mod enroll_stage;
 mod own_time;
 mod process;
 
+pub use enroll_stage::{EnrollStage, enroll_stage};
 pub use own_time::{accounting_upstream_wait, enroll_own_time, upstream_waited};
 
 use metrics::{counter, gauge, histogram};
@@ -37,6 +39,11 @@ pub fn handle() -> Option<PrometheusHandle> {
                     own_time::OWN_TIME_BUCKETS,
                 )
                 .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full(enroll_stage::ENROLL_STAGE.into()),
+                    own_time::OWN_TIME_BUCKETS,
+                )
+                .ok()?
                 .build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
@@ -60,6 +67,11 @@ fn describe() {
         own_time::OWN_TIME,
         metrics::Unit::Seconds,
         "EnrollCard latency less the time its Mastercard HTTP exchanges and retry waits took (what the service adds), by result (new, replayed, error); calls refused before the enrollment or cancelled by their caller are not counted"
+    );
+    metrics::describe_histogram!(
+        enroll_stage::ENROLL_STAGE,
+        metrics::Unit::Seconds,
+        "EnrollCard time by step of the flow (begin, lock, read, recover, search, track, write, enroll, record, index, settle), less the Mastercard HTTP waits inside it: where the service's own time goes"
     );
     metrics::describe_gauge!("c2p_grpc_open_streams", "open server streams by RPC");
     metrics::describe_gauge!(

@@ -9,6 +9,7 @@ use crate::domain::{
     Begin, CardContractId, EnrollmentRecord, EnrollmentState, Failure, IdempotencyRecord, Phase,
     StoredOutcome, now_ms,
 };
+use crate::metrics::{EnrollStage, enroll_stage};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -211,10 +212,13 @@ impl App {
         let consumer_ref =
             super::fingerprint::consumer_ref(&self.settings.fingerprint_key, &cmd.consumer)
                 .map_err(AppError::Internal);
-        let (begun, early) = tokio::join!(
-            self.store.idempotency_begin(&scope, &proposal, now),
-            self.refuse_opted_out(card, &consumer_ref)
-        );
+        let (begun, early) = enroll_stage(EnrollStage::Begin, async {
+            tokio::join!(
+                self.store.idempotency_begin(&scope, &proposal, now),
+                self.refuse_opted_out(card, &consumer_ref)
+            )
+        })
+        .await;
         let (record, resumed) = match begun? {
             Begin::Reused => {
                 return Err(AppError::IdempotencyKeyReused {
@@ -258,10 +262,11 @@ impl App {
         }
         // One enrollment of a card at a time, whatever its key: two keys must not send two
         // POST /cards with different srcCorrelationIds.
-        let locked = match self
-            .store
-            .lock_card(card, &owner, self.settings.lease)
-            .await
+        let locked = match enroll_stage(
+            EnrollStage::Lock,
+            self.store.lock_card(card, &owner, self.settings.lease),
+        )
+        .await
         {
             Ok(locked) => locked,
             Err(e) => {
@@ -282,10 +287,13 @@ impl App {
         // OptOut records the opt-out while it holds this lock: one that completed between the
         // early check and the lock is seen here, before anything is sent. The card's record is
         // read beside it (under the lock too; one round trip for both): `run` starts from it.
-        let (refused, existing) = tokio::join!(
-            self.refuse_opted_out(card, &consumer_ref),
-            self.store.get(card)
-        );
+        let (refused, existing) = enroll_stage(EnrollStage::Read, async {
+            tokio::join!(
+                self.refuse_opted_out(card, &consumer_ref),
+                self.store.get(card)
+            )
+        })
+        .await;
         if let Err(e) = refused {
             if let Err(unlock) = self.store.unlock_card(card, &owner).await {
                 tracing::warn!(error = %unlock, "could not release the card lock; it expires by itself");
@@ -324,7 +332,10 @@ impl App {
                 tracing::warn!(error = %e, "could not release the card lock; it expires by itself");
             }
         };
-        let ((), settled) = tokio::join!(unlock, attempt.settle(result));
+        let ((), settled) = enroll_stage(EnrollStage::Settle, async {
+            tokio::join!(unlock, attempt.settle(result))
+        })
+        .await;
         let record = settled?;
         Ok(Enrolled {
             record,
@@ -433,9 +444,11 @@ impl App {
         // tokenized already. Ask the token list before sending it again, and finish from it.
         if adopted || attempt.phase().await >= Phase::EnrollSent {
             let owner = attempt.record.lock().await.owner.clone();
-            let (record, _) = self
-                .status_as(cmd.card_contract_id, deadline, Some(&owner))
-                .await?;
+            let (record, _) = enroll_stage(
+                EnrollStage::Recover,
+                self.status_as(cmd.card_contract_id, deadline, Some(&owner)),
+            )
+            .await?;
             if record.state == EnrollmentState::Enrolled {
                 tracing::info!(
                     "finished from the token list: the interrupted attempt's POST /cards went through"
@@ -445,9 +458,9 @@ impl App {
         }
 
         // The card object is never stored, so a resumed call searches again (it changes nothing).
-        let card = self
-            .upstream
-            .encrypted_card(
+        let card = enroll_stage(
+            EnrollStage::Search,
+            self.upstream.encrypted_card(
                 cmd.card_contract_id,
                 &cmd.program,
                 &Cardholder {
@@ -455,9 +468,10 @@ impl App {
                     billing_address: cmd.billing_address.clone(),
                 },
                 deadline,
-            )
-            .await
-            .map_err(|e| map_upstream(Step::Search, cmd.card_contract_id, e, deadline))?;
+            ),
+        )
+        .await
+        .map_err(|e| map_upstream(Step::Search, cmd.card_contract_id, e, deadline))?;
         let now = now_ms();
         let mut in_progress = EnrollmentRecord::new(
             cmd.card_contract_id,
@@ -483,10 +497,13 @@ impl App {
             }
             Ok::<(), AppError>(())
         };
-        let (searched, tracked) = tokio::join!(
-            searched,
-            self.store.track_in_progress(cmd.card_contract_id, now)
-        );
+        let (searched, tracked) = enroll_stage(EnrollStage::Track, async {
+            tokio::join!(
+                searched,
+                self.store.track_in_progress(cmd.card_contract_id, now)
+            )
+        })
+        .await;
         searched?;
         tracked?;
         // The record IN_PROGRESS and the phase "enroll sent" together: two keys, and nothing is
@@ -503,7 +520,10 @@ impl App {
         };
         // Polled in this order: the write reads the owner under the attempt's lock, which
         // `advance` then holds through its save; the other way round they would not overlap.
-        let (written, sent) = tokio::join!(biased; write, attempt.advance(Phase::EnrollSent));
+        let (written, sent) = enroll_stage(EnrollStage::Write, async {
+            tokio::join!(biased; write, attempt.advance(Phase::EnrollSent))
+        })
+        .await;
         written?;
         sent?;
         let request = EnrollmentRequest {
@@ -513,15 +533,19 @@ impl App {
             card,
             external_ids: (consumer_ref.as_str(), credential_id.as_str()),
         };
-        match self.upstream.enroll(request, deadline).await {
+        match enroll_stage(EnrollStage::Enroll, self.upstream.enroll(request, deadline)).await {
             Ok(enrolled) => {
                 let record = enrolled_record(in_progress, enrolled);
-                let stored = self.write_fenced(attempt, &record).await?;
+                let stored =
+                    enroll_stage(EnrollStage::Record, self.write_fenced(attempt, &record)).await?;
                 // Both indexes at once: two keys, best effort each.
-                let (untracked, ()) = tokio::join!(
-                    self.store.untrack_in_progress(cmd.card_contract_id),
-                    self.track_enrolled(cmd.card_contract_id)
-                );
+                let (untracked, ()) = enroll_stage(EnrollStage::Index, async {
+                    tokio::join!(
+                        self.store.untrack_in_progress(cmd.card_contract_id),
+                        self.track_enrolled(cmd.card_contract_id)
+                    )
+                })
+                .await;
                 if let Err(e) = untracked {
                     // The reconciler prunes it when it finds the record finished.
                     tracing::debug!(error = %e, "could not drop the card from the IN_PROGRESS index");
@@ -540,7 +564,7 @@ impl App {
                         retryable: false,
                         metadata: parts.metadata,
                     });
-                    self.write_fenced(attempt, &failed).await?;
+                    enroll_stage(EnrollStage::Record, self.write_fenced(attempt, &failed)).await?;
                 }
                 Err(error)
             }

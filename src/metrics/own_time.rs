@@ -48,6 +48,11 @@ pub fn upstream_waited(exchange: Duration) {
     let _ = UPSTREAM_WAIT.try_with(|w| w.set(w.get().saturating_add(exchange)));
 }
 
+/// The current call's waits so far (zero outside one).
+pub(super) fn waited_so_far() -> Duration {
+    UPSTREAM_WAIT.try_with(Cell::get).unwrap_or_default()
+}
+
 /// Records what one EnrollCard call took beyond its Mastercard exchanges, by `result`: `new`
 /// (an enrollment answered), `replayed` (a stored answer), `error`. The flow awaits each
 /// exchange before the next, so the waits add up; were two ever run at once, the sum would

@@ -21,10 +21,17 @@ fn sample(page: &str, series: &str) -> f64 {
         .unwrap()
 }
 
+/// The steps of a new enrollment (`c2p_enroll_stage_duration_seconds`); `recover` runs only
+/// when a call resumes one whose POST /cards may have gone out.
+const STEPS: [&str; 10] = [
+    "begin", "lock", "read", "search", "track", "write", "enroll", "record", "index", "settle",
+];
+
 /// One EnrollCard against a simulator with `faults` (after a `validate_only` one): the call's
 /// latency and its own time, in seconds, from the service's metrics page (which must hold one
-/// own-time sample, of a new enrollment, and buckets fine enough to read a 10 ms objective).
-async fn enroll_once(faults: &str) -> (f64, f64) {
+/// own-time sample, of a new enrollment, and buckets fine enough to read a 10 ms objective),
+/// and the page.
+async fn enroll_once(faults: &str) -> (f64, f64, String) {
     let port = free_port();
     let simulator = Simulator::start(faults, &format!("http://127.0.0.1:{port}"));
     let mut env: Vec<(String, String)> = simulator.env();
@@ -87,12 +94,31 @@ async fn enroll_once(faults: &str) -> (f64, f64) {
             &page,
             r#"c2p_enroll_own_duration_seconds_sum{result="new"}"#,
         ),
+        page,
     )
+}
+
+/// Each step's time (`stage` label), in seconds; every step ran once.
+fn steps(page: &str) -> Vec<(&'static str, f64)> {
+    assert!(
+        !page.contains(r#"c2p_enroll_stage_duration_seconds_count{stage="recover"}"#),
+        "a new enrollment recovered nothing:\n{page}"
+    );
+    STEPS
+        .iter()
+        .map(|step| {
+            let series = |part: &str| {
+                format!(r#"c2p_enroll_stage_duration_seconds_{part}{{stage="{step}"}}"#)
+            };
+            assert_eq!(sample(page, &series("count")), 1.0, "{step}");
+            (*step, sample(page, &series("sum")))
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_own_time_leaves_out_the_mastercard_waits() {
-    let (total, own) = enroll_once(
+    let (total, own, page) = enroll_once(
         "[routes.searches]\nlatency = \"400ms\"\n[routes.enroll_cards]\nlatency = \"400ms\"\n",
     )
     .await;
@@ -102,12 +128,26 @@ async fn the_service_own_time_leaves_out_the_mastercard_waits() {
         own > 0.0 && own < UPSTREAM,
         "own time {own} s of a {total} s call holds Mastercard waits"
     );
+    // The steps that hold the two waits count their own part only, and all the steps lie
+    // inside the own time (the handler's decoding and answer are outside them).
+    let steps = steps(&page);
+    for (step, took) in &steps {
+        assert!(
+            *took < UPSTREAM,
+            "{step} took {took} s: a Mastercard wait in it"
+        );
+    }
+    let in_steps: f64 = steps.iter().map(|(_, took)| took).sum();
+    assert!(
+        in_steps > 0.0 && in_steps <= own,
+        "steps {in_steps} s against an own time of {own} s: {steps:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wait_before_a_retry_is_mastercards_time() {
     // The first search answers 429 with Retry-After: 1; the service asks again a second later.
-    let (total, own) = enroll_once("[routes.searches]\nthrottle = \"1s\"\ntimes = 1\n").await;
+    let (total, own, _) = enroll_once("[routes.searches]\nthrottle = \"1s\"\ntimes = 1\n").await;
     assert!(
         total >= 1.0,
         "the call took {total} s: no retry after the 429?"

@@ -1,0 +1,150 @@
+//! Where an EnrollCard's own time goes: each step of the flow timed, less the Mastercard waits
+//! inside it (the account of [`super::own_time`]), so that a slow call can be traced to the
+//! Redis round trip, the signing or the search that held it. The steps' times add up to most
+//! of `c2p_enroll_own_duration_seconds` (the handler's decoding, validation and answer are
+//! outside them).
+
+use metrics::histogram;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// The histogram's name.
+pub const ENROLL_STAGE: &str = "c2p_enroll_stage_duration_seconds";
+
+/// The steps of an enrollment, in the order they run. Each Redis step is one round trip (its
+/// commands are sent together).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnrollStage {
+    /// The idempotency key's lease taken, beside the early opt-out check.
+    Begin,
+    /// The card lock.
+    Lock,
+    /// The decisive opt-out check and the card's record, under the lock.
+    Read,
+    /// The token list asked after an interrupted POST /cards (resumed calls only).
+    Recover,
+    /// `/cards/searches`: signing, sealing and decoding; the HTTP exchange is Mastercard's.
+    Search,
+    /// The phase "searched" and the card noted for the reconciler.
+    Track,
+    /// The IN_PROGRESS record and the phase "enroll sent".
+    Write,
+    /// `POST /cards`: signing, sealing and decoding; the HTTP exchange is Mastercard's.
+    Enroll,
+    /// The final record.
+    Record,
+    /// The IN_PROGRESS and ENROLLED indexes.
+    Index,
+    /// The card lock released and the key's answer stored.
+    Settle,
+}
+
+impl EnrollStage {
+    /// The label value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Begin => "begin",
+            Self::Lock => "lock",
+            Self::Read => "read",
+            Self::Recover => "recover",
+            Self::Search => "search",
+            Self::Track => "track",
+            Self::Write => "write",
+            Self::Enroll => "enroll",
+            Self::Record => "record",
+            Self::Index => "index",
+            Self::Settle => "settle",
+        }
+    }
+
+    /// Every step, in order.
+    pub const ALL: [Self; 11] = [
+        Self::Begin,
+        Self::Lock,
+        Self::Read,
+        Self::Recover,
+        Self::Search,
+        Self::Track,
+        Self::Write,
+        Self::Enroll,
+        Self::Record,
+        Self::Index,
+        Self::Settle,
+    ];
+}
+
+/// Runs one step and records its time less the Mastercard waits it held.
+pub async fn enroll_stage<F: Future>(stage: EnrollStage, step: F) -> F::Output {
+    let started = Instant::now();
+    let waited_before = super::own_time::waited_so_far();
+    let out = step.await;
+    let waited = super::own_time::waited_so_far().saturating_sub(waited_before);
+    record(stage, started.elapsed(), waited);
+    out
+}
+
+fn record(stage: EnrollStage, took: Duration, upstream: Duration) {
+    histogram!(ENROLL_STAGE, "stage" => stage.name())
+        .record(took.saturating_sub(upstream).as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stage_has_its_own_name() {
+        let names: std::collections::BTreeSet<_> =
+            EnrollStage::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(names.len(), EnrollStage::ALL.len());
+    }
+
+    /// Runs `body` under a Prometheus recorder of its own; returns the text page.
+    fn rendered(body: impl FnOnce()) -> String {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets(&[0.001, 1.0])
+            .unwrap()
+            .build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, body);
+        handle.render()
+    }
+
+    /// The `stage` series' sum of seconds and count.
+    fn sum_and_count(page: &str, stage: &str) -> (f64, u64) {
+        let value = |suffix: &str| {
+            let prefix = format!("{ENROLL_STAGE}_{suffix}{{stage=\"{stage}\"}} ");
+            page.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("no {prefix} in {page}"))
+                .to_owned()
+        };
+        (
+            value("sum").parse().unwrap(),
+            value("count").parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_mastercard_waits_inside_a_step_are_not_its_own() {
+        let page = rendered(|| {
+            // The recorder is this thread's only while the closure runs: driven here.
+            futures::executor::block_on(super::super::accounting_upstream_wait(async {
+                // An hour "waited" inside a step that takes microseconds: nothing is its own.
+                enroll_stage(EnrollStage::Search, async {
+                    super::super::upstream_waited(Duration::from_secs(3600));
+                })
+                .await;
+                // A wait before a step is not taken off it: it slept 2 ms of its own.
+                enroll_stage(EnrollStage::Record, async {
+                    std::thread::sleep(Duration::from_millis(2));
+                })
+                .await;
+            }));
+        });
+        assert_eq!(sum_and_count(&page, "search"), (0.0, 1));
+        let (record, calls) = sum_and_count(&page, "record");
+        assert_eq!(calls, 1);
+        assert!((0.002..3600.0).contains(&record), "{record}");
+    }
+}
