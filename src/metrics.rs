@@ -23,6 +23,11 @@ const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// A signature takes ~0.25 ms of a core: the pool's buckets start well below it.
+const SIGNING_POOL_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+];
+
 /// The process-wide recorder, once installed (`None` inside when another was).
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -38,6 +43,8 @@ pub fn handle() -> Option<PrometheusHandle> {
                     Matcher::Full(own_time::OWN_TIME.into()),
                     own_time::OWN_TIME_BUCKETS,
                 )
+                .ok()?
+                .set_buckets_for_metric(Matcher::Full(SIGNING_POOL.into()), SIGNING_POOL_BUCKETS)
                 .ok()?
                 .set_buckets_for_metric(
                     Matcher::Full(enroll_stage::ENROLL_STAGE.into()),
@@ -72,6 +79,11 @@ fn describe() {
         enroll_stage::ENROLL_STAGE,
         metrics::Unit::Seconds,
         "EnrollCard time by step of the flow (begin, lock, read, recover, search, track, write, enroll, record, index, settle), less the Mastercard HTTP waits inside it: where the service's own time goes"
+    );
+    metrics::describe_histogram!(
+        SIGNING_POOL,
+        metrics::Unit::Seconds,
+        "private-key operations (OAuth signatures, JWE) of the signing pool by phase: queued (waiting for a pool thread) and running (on it, wall time); a queue that grows means the pool's cores are short"
     );
     metrics::describe_gauge!("c2p_grpc_open_streams", "open server streams by RPC");
     metrics::describe_gauge!(
@@ -252,6 +264,16 @@ pub fn upstream_attempt(
     histogram!("c2p_upstream_request_duration_seconds", "api" => api, "operation" => operation)
         .record(started.elapsed().as_secs_f64());
 }
+
+/// One private-key operation of the signing pool: how long it waited for a pool thread and how
+/// long it ran there (wall time: a thread that waits for a core mid-signature counts it).
+pub fn signing_pool(queued: std::time::Duration, running: std::time::Duration) {
+    histogram!(SIGNING_POOL, "phase" => "queued").record(queued.as_secs_f64());
+    histogram!(SIGNING_POOL, "phase" => "running").record(running.as_secs_f64());
+}
+
+/// The signing pool's histogram.
+const SIGNING_POOL: &str = "c2p_signing_pool_duration_seconds";
 
 /// One retry of a Mastercard call.
 pub fn upstream_retry(api: &'static str, operation: &'static str) {

@@ -8,6 +8,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::time::Instant;
 
 /// How many private-key operations run at once: the cores less one for the async workers, at
 /// least one (on 2 cores: one signing thread beside the two workers).
@@ -73,9 +74,13 @@ where
 {
     let queue = queue().ok_or(OffloadError)?;
     let (done, result) = tokio::sync::oneshot::channel();
+    let queued = Instant::now();
     queue
         .send(Box::new(move || {
-            let _ = done.send(work());
+            let started = Instant::now();
+            let out = work();
+            crate::metrics::signing_pool(started - queued, started.elapsed());
+            let _ = done.send(out);
         }))
         .map_err(|_| OffloadError)?;
     result.await.map_err(|_| OffloadError)

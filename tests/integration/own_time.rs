@@ -137,6 +137,15 @@ async fn the_service_own_time_leaves_out_the_mastercard_waits() {
             "{step} took {took} s: a Mastercard wait in it"
         );
     }
+    // Both requests were signed on the signing pool, which timed each operation's wait and run.
+    let pool = |phase: &str| {
+        sample(
+            &page,
+            &format!(r#"c2p_signing_pool_duration_seconds_count{{phase="{phase}"}}"#),
+        )
+    };
+    assert!(pool("queued") >= 2.0, "{page}");
+    assert_eq!(pool("queued"), pool("running"));
     let in_steps: f64 = steps.iter().map(|(_, took)| took).sum();
     assert!(
         in_steps > 0.0 && in_steps <= own,
