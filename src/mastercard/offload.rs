@@ -79,8 +79,10 @@ where
         .send(Box::new(move || {
             let started = Instant::now();
             let out = work();
-            crate::metrics::signing_pool(started - queued, started.elapsed());
+            let ran = started.elapsed();
+            // The caller has its answer first; a job that panics is counted in neither phase.
             let _ = done.send(out);
+            crate::metrics::signing_pool(started.saturating_duration_since(queued), ran);
         }))
         .map_err(|_| OffloadError)?;
     result.await.map_err(|_| OffloadError)

@@ -1,8 +1,12 @@
 //! Where an EnrollCard's own time goes: each step of the flow timed, less the Mastercard waits
-//! inside it (the account of [`super::own_time`]), so that a slow call can be traced to the
-//! Redis round trip, the signing or the search that held it. The steps' times add up to most
-//! of `c2p_enroll_own_duration_seconds` (the handler's decoding, validation and answer are
-//! outside them).
+//! inside it (HTTP exchanges and the waits before a retry: the account of
+//! [`super::own_time`]), so that a slow call can be traced to the Redis round trip, the signing
+//! or the search that held it. Recorded only inside such an account (the gRPC handler's
+//! enrollment task), for every call that ran the step whatever its result: a replayed key runs
+//! `begin` only, a busy card `begin` and `lock`. For a new enrollment the steps add up to most
+//! of `c2p_enroll_own_duration_seconds{result="new"}`; outside them lie the handler's decoding,
+//! validation and answer, and the key's release when a call stops early. A step cut off (the
+//! call's lease lost) is not recorded.
 
 use metrics::histogram;
 use std::future::Future;
@@ -73,12 +77,17 @@ impl EnrollStage {
     ];
 }
 
-/// Runs one step and records its time less the Mastercard waits it held.
+/// Runs one step and records its time less the Mastercard waits it held; outside an account
+/// of those waits nothing is recorded (the waits could not be told apart).
 pub async fn enroll_stage<F: Future>(stage: EnrollStage, step: F) -> F::Output {
     let started = Instant::now();
-    let waited_before = super::own_time::waited_so_far();
+    let Some(waited_before) = super::own_time::waited_so_far() else {
+        return step.await;
+    };
     let out = step.await;
-    let waited = super::own_time::waited_so_far().saturating_sub(waited_before);
+    let waited = super::own_time::waited_so_far()
+        .unwrap_or(waited_before)
+        .saturating_sub(waited_before);
     record(stage, started.elapsed(), waited);
     out
 }
@@ -146,5 +155,23 @@ mod tests {
         let (record, calls) = sum_and_count(&page, "record");
         assert_eq!(calls, 1);
         assert!((0.002..3600.0).contains(&record), "{record}");
+    }
+
+    #[test]
+    fn a_step_cut_off_or_outside_an_account_is_not_recorded() {
+        let page = rendered(|| {
+            // No account of Mastercard waits: the step runs, nothing is recorded.
+            let ran = futures::executor::block_on(enroll_stage(EnrollStage::Lock, async { 7 }));
+            assert_eq!(ran, 7);
+            // Polled once, then dropped mid-way (a call whose lease was lost).
+            futures::executor::block_on(super::super::accounting_upstream_wait(async {
+                let mut step = Box::pin(enroll_stage(
+                    EnrollStage::Enroll,
+                    std::future::pending::<()>(),
+                ));
+                assert!(futures::poll!(step.as_mut()).is_pending());
+            }));
+        });
+        assert!(!page.contains(ENROLL_STAGE), "{page}");
     }
 }

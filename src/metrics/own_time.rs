@@ -48,9 +48,9 @@ pub fn upstream_waited(exchange: Duration) {
     let _ = UPSTREAM_WAIT.try_with(|w| w.set(w.get().saturating_add(exchange)));
 }
 
-/// The current call's waits so far (zero outside one).
-pub(super) fn waited_so_far() -> Duration {
-    UPSTREAM_WAIT.try_with(Cell::get).unwrap_or_default()
+/// The current call's waits so far; `None` outside an account.
+pub(super) fn waited_so_far() -> Option<Duration> {
+    UPSTREAM_WAIT.try_with(Cell::get).ok()
 }
 
 /// Records what one EnrollCard call took beyond its Mastercard exchanges, by `result`: `new`
