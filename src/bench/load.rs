@@ -153,15 +153,19 @@ async fn ingest_stream(ctx: Arc<Ctx>, stream: usize) {
     .await
     {
         Ok(Ok(r)) => r.into_inner(),
+        // A stream that did not open, or (below) ended, is an error of the run but no call: no
+        // latency, no timeline row. Counted as of the window's start, so that one refused
+        // during the warm-up is not lost from the report.
         Ok(Err(status)) => {
-            ctx.record(RPC, ctx.window.start.into(), Err(rpc::error_key(&status)));
+            ctx.record_lost(RPC, ctx.window.start.into(), &rpc::error_key(&status), 1);
             return;
         }
         Err(_) => {
-            ctx.record(
+            ctx.record_lost(
                 RPC,
                 ctx.window.start.into(),
-                Err("DEADLINE_EXCEEDED (client)".into()),
+                "DEADLINE_EXCEEDED (client)",
+                1,
             );
             return;
         }
@@ -244,10 +248,11 @@ async fn ingest_stream(ctx: Arc<Ctx>, stream: usize) {
             }
             Ok(Ok(None)) => break,
             Ok(Err(status)) => {
-                ctx.record(
+                ctx.record_lost(
                     RPC,
                     Instant::now(),
-                    Err(format!("stream ended {}", rpc::error_key(&status))),
+                    &format!("stream ended {}", rpc::error_key(&status)),
+                    1,
                 );
                 break;
             }
@@ -257,10 +262,11 @@ async fn ingest_stream(ctx: Arc<Ctx>, stream: usize) {
                 {
                     break;
                 }
-                ctx.record(
+                ctx.record_lost(
                     RPC,
                     Instant::now(),
-                    Err("no answer for the timeout: stream given up".into()),
+                    "no answer for the timeout: stream given up",
+                    1,
                 );
                 break;
             }

@@ -16,6 +16,7 @@ mod in_progress_gauges;
 mod ingest_pipelined;
 mod lifecycle;
 mod limits;
+mod load_generator;
 mod merge_props;
 mod observability;
 mod oracles;
