@@ -29,6 +29,9 @@ const FINE_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0,
 ];
 
+/// The signing pool's histogram ([`signing_pool`]).
+const SIGNING_POOL: &str = "c2p_signing_pool_duration_seconds";
+
 /// The process-wide recorder, once installed (`None` inside when another was).
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -84,7 +87,7 @@ fn describe() {
     metrics::describe_histogram!(
         SIGNING_POOL,
         metrics::Unit::Seconds,
-        "private-key operations (OAuth signatures, JWE) of the signing pool by phase: queued (waiting for a pool thread) and running (on it, wall time); a queue that grows means the pool's cores are short"
+        "private-key operations (OAuth signatures, JWE) of the signing pool by phase: queued (waiting for a pool thread, behind other operations or for a core) and running (on it, wall time)"
     );
     metrics::describe_gauge!("c2p_grpc_open_streams", "open server streams by RPC");
     metrics::describe_gauge!(
@@ -272,9 +275,6 @@ pub fn signing_pool(queued: std::time::Duration, running: std::time::Duration) {
     histogram!(SIGNING_POOL, "phase" => "queued").record(queued.as_secs_f64());
     histogram!(SIGNING_POOL, "phase" => "running").record(running.as_secs_f64());
 }
-
-/// The signing pool's histogram.
-const SIGNING_POOL: &str = "c2p_signing_pool_duration_seconds";
 
 /// One retry of a Mastercard call.
 pub fn upstream_retry(api: &'static str, operation: &'static str) {
