@@ -3,6 +3,7 @@
 //! processes, no sockets, no Redis.
 
 mod enroll;
+mod enroll_steps;
 mod errors;
 mod fakes;
 mod lifecycle;

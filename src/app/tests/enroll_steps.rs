@@ -1,0 +1,97 @@
+//! Which steps of `EnrollCard` each path records (`c2p_enroll_stage_duration_seconds`): every
+//! call that ran a step counts it once, whatever its result.
+
+use super::fakes::{LEASE, THIEF, World, card, command, context, world};
+use crate::app::ports::UpstreamFailure;
+use crate::store::EnrollmentStore as _;
+use std::collections::BTreeMap;
+
+/// Runs `calls` on a runtime of this thread under a Prometheus recorder of its own, each call
+/// inside an account of Mastercard waits (as the gRPC handler runs it); returns each step's
+/// count.
+fn steps_of(calls: impl AsyncFnOnce(&World)) -> BTreeMap<String, u64> {
+    let w = world();
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(crate::metrics::accounting_upstream_wait(calls(&w)))
+    });
+    let prefix = "c2p_enroll_stage_duration_seconds_count{stage=\"";
+    handle
+        .render()
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .filter_map(|l| l.split_once("\"} "))
+        .map(|(step, n)| (step.to_owned(), n.parse().unwrap()))
+        .collect()
+}
+
+fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|(s, n)| ((*s).to_owned(), *n)).collect()
+}
+
+#[test]
+fn a_new_enrollment_runs_every_step_once_and_its_replay_only_begin() {
+    let got = steps_of(async |w| {
+        let cmd = command("k1", 1001);
+        w.app.enroll(cmd.clone(), None).await.unwrap();
+        assert!(w.app.enroll(cmd, None).await.unwrap().replayed);
+    });
+    let mut want = counts(&[
+        ("lock", 1),
+        ("read", 1),
+        ("search", 1),
+        ("track", 1),
+        ("write", 1),
+        ("enroll", 1),
+        ("record", 1),
+        ("index", 1),
+        ("settle", 1),
+    ]);
+    want.insert("begin".into(), 2);
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_busy_card_runs_begin_and_lock() {
+    let got = steps_of(async |w| {
+        assert!(
+            w.store
+                .inner
+                .lock_card(card(1203), THIEF, LEASE)
+                .await
+                .unwrap()
+        );
+        w.app.enroll(command("k1", 1203), None).await.unwrap_err();
+    });
+    assert_eq!(got, counts(&[("begin", 1), ("lock", 1)]));
+}
+
+#[test]
+fn a_declined_enrollment_records_its_failure_once() {
+    let got = steps_of(async |w| {
+        w.mc.enroll(Err(UpstreamFailure::Declined {
+            reason: "CARD_BLOCKED".into(),
+            context: context("enroll"),
+        }));
+        w.app.enroll(command("k1", 1102), None).await.unwrap_err();
+    });
+    assert_eq!(
+        got,
+        counts(&[
+            ("begin", 1),
+            ("lock", 1),
+            ("read", 1),
+            ("search", 1),
+            ("track", 1),
+            ("write", 1),
+            ("enroll", 1),
+            ("record", 1),
+            ("settle", 1),
+        ])
+    );
+}
