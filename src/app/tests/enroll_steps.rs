@@ -34,6 +34,16 @@ fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
     pairs.iter().map(|(s, n)| ((*s).to_owned(), *n)).collect()
 }
 
+/// The steps of a new enrollment, in order (`recover` runs only on a resumed call).
+const NEW: [&str; 10] = [
+    "begin", "lock", "read", "search", "track", "write", "enroll", "record", "index", "settle",
+];
+
+/// Each of `steps` once.
+fn once(steps: impl IntoIterator<Item = &'static str>) -> BTreeMap<String, u64> {
+    steps.into_iter().map(|s| (s.to_owned(), 1)).collect()
+}
+
 #[test]
 fn a_new_enrollment_runs_every_step_once_and_its_replay_only_begin() {
     let got = steps_of(async |w| {
@@ -41,17 +51,7 @@ fn a_new_enrollment_runs_every_step_once_and_its_replay_only_begin() {
         w.app.enroll(cmd.clone(), None).await.unwrap();
         assert!(w.app.enroll(cmd, None).await.unwrap().replayed);
     });
-    let mut want = counts(&[
-        ("lock", 1),
-        ("read", 1),
-        ("search", 1),
-        ("track", 1),
-        ("write", 1),
-        ("enroll", 1),
-        ("record", 1),
-        ("index", 1),
-        ("settle", 1),
-    ]);
+    let mut want = once(NEW);
     want.insert("begin".into(), 2);
     assert_eq!(got, want);
 }
@@ -80,18 +80,6 @@ fn a_declined_enrollment_records_its_failure_once() {
         }));
         w.app.enroll(command("k1", 1102), None).await.unwrap_err();
     });
-    assert_eq!(
-        got,
-        counts(&[
-            ("begin", 1),
-            ("lock", 1),
-            ("read", 1),
-            ("search", 1),
-            ("track", 1),
-            ("write", 1),
-            ("enroll", 1),
-            ("record", 1),
-            ("settle", 1),
-        ])
-    );
+    // The failed record is written; the indexes are not touched.
+    assert_eq!(got, once(NEW.into_iter().filter(|s| *s != "index")));
 }
