@@ -1,8 +1,8 @@
 //! Every branch of `EnrollCard`.
 
 use super::fakes::{
-    CRASHED, Fault, LEASE, Op, THIEF, World, c2p_token, card, command, context, enrolled_card,
-    jwe_of, masked_card, observed, wallet_token, world, world_with_lease,
+    CRASHED, Fault, Op, THIEF, World, c2p_token, card, command, context, enrolled_card, jwe_of,
+    masked_card, observed, wallet_token, world, world_with_lease,
 };
 use crate::app::ports::UpstreamFailure;
 use crate::app::{AppError, Step};
@@ -90,13 +90,7 @@ async fn a_new_key_searches_once_enrolls_once_and_records_the_enrollment() {
         })
     );
     // The card lock is free again.
-    assert!(
-        w.store
-            .inner
-            .lock_card(card(1001), THIEF, LEASE)
-            .await
-            .unwrap()
-    );
+    assert!(w.thief_locks(1001).await);
 }
 
 #[tokio::test]
@@ -295,13 +289,7 @@ async fn a_live_lease_of_another_process_is_request_in_progress_capped_at_five_s
 async fn a_card_locked_by_another_owner_is_enrollment_in_progress_and_the_key_is_given_back() {
     let w = world();
     let cmd = command("k1", 1203);
-    assert!(
-        w.store
-            .inner
-            .lock_card(card(1203), THIEF, LEASE)
-            .await
-            .unwrap()
-    );
+    assert!(w.thief_locks(1203).await);
 
     let e = w.app.enroll(cmd.clone(), None).await.unwrap_err();
     let AppError::CardBusy {
@@ -356,13 +344,7 @@ async fn the_heartbeat_keeps_the_card_lock_of_a_call_longer_than_the_lease() {
     gate.entered().await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     // Without renewals the lock would be free by now.
-    assert!(
-        !w.store
-            .inner
-            .lock_card(card(1205), THIEF, LEASE)
-            .await
-            .unwrap()
-    );
+    assert!(!w.thief_locks(1205).await);
     gate.open();
     let done = running.await.unwrap().unwrap();
     assert_eq!(done.record.state, EnrollmentState::Enrolled);

@@ -1,9 +1,8 @@
 //! Which steps of `EnrollCard` each path records (`c2p_enroll_stage_duration_seconds`): every
 //! call that ran a step counts it once, whatever its result.
 
-use super::fakes::{LEASE, THIEF, World, card, command, context, world};
+use super::fakes::{World, command, context, world};
 use crate::app::ports::UpstreamFailure;
-use crate::store::EnrollmentStore as _;
 use std::collections::BTreeMap;
 
 /// Runs `calls` on a runtime of this thread under a Prometheus recorder of its own, each call
@@ -59,13 +58,7 @@ fn a_new_enrollment_runs_every_step_once_and_its_replay_only_begin() {
 #[test]
 fn a_busy_card_runs_begin_and_lock() {
     let got = steps_of(async |w| {
-        assert!(
-            w.store
-                .inner
-                .lock_card(card(1203), THIEF, LEASE)
-                .await
-                .unwrap()
-        );
+        assert!(w.thief_locks(1203).await);
         w.app.enroll(command("k1", 1203), None).await.unwrap_err();
     });
     assert_eq!(got, counts(&[("begin", 1), ("lock", 1)]));

@@ -713,6 +713,16 @@ impl World {
         format!("{}\u{0}{}", cmd.caller, cmd.idempotency_key)
     }
 
+    /// Whether another attempt ([`THIEF`]) could take `card_id`'s lock for [`LEASE`] (and now
+    /// holds it): the lock was free.
+    pub async fn thief_locks(&self, card_id: i64) -> bool {
+        self.store
+            .inner
+            .lock_card(card(card_id), THIEF, LEASE)
+            .await
+            .unwrap()
+    }
+
     /// The idempotency record of `cmd`'s key as last written.
     pub fn key_of(&self, cmd: &EnrollCommand) -> Option<IdempotencyRecord> {
         self.store.key(&Self::scope(cmd))

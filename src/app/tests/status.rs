@@ -1,14 +1,11 @@
 //! Every branch of `GetEnrollmentStatus`.
 
-use super::fakes::{
-    Fault, LEASE, Op, THIEF, c2p_token, card, context, observed, wallet_token, world,
-};
+use super::fakes::{Fault, Op, c2p_token, card, context, observed, wallet_token, world};
 use crate::app::ports::{TokenObservation, UpstreamFailure};
 use crate::app::{AppError, Source, Step};
 use crate::domain::{
     EnrollmentRecord, EnrollmentState, Failure, Token, TokenStatus, Version, now_ms,
 };
-use crate::store::EnrollmentStore as _;
 use std::time::Duration;
 
 fn record(card_id: i64, state: EnrollmentState) -> EnrollmentRecord {
@@ -235,13 +232,7 @@ async fn a_refresh_without_a_token_keeps_the_stored_record() {
 #[tokio::test]
 async fn while_an_enrollment_holds_the_card_the_rebuilt_record_is_answered_not_stored() {
     let w = world();
-    assert!(
-        w.store
-            .inner
-            .lock_card(card(2011), THIEF, LEASE)
-            .await
-            .unwrap()
-    );
+    assert!(w.thief_locks(2011).await);
     w.mc.tokens(Ok(observed(vec![c2p_token(
         "DM-2011",
         TokenStatus::Active,
