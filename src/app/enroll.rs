@@ -6,8 +6,8 @@ use super::ports::{
 };
 use super::{App, AppError, Step, past};
 use crate::domain::{
-    Begin, CardContractId, EnrollmentRecord, EnrollmentState, Failure, IdempotencyRecord, Phase,
-    StoredOutcome, now_ms,
+    Begin, CardContractId, EnrollmentRecord, EnrollmentState, Failure, IdempotencyRecord, OptOut,
+    Phase, StoredOutcome, consumer_subject, now_ms,
 };
 use crate::metrics::{EnrollStage, enroll_stage};
 use std::time::Duration;
@@ -261,14 +261,25 @@ impl App {
             return Err(e);
         }
         // One enrollment of a card at a time, whatever its key: two keys must not send two
-        // POST /cards with different srcCorrelationIds.
-        let locked = match enroll_stage(
-            EnrollStage::Lock,
-            self.store.lock_card(card, &owner, self.settings.lease),
-        )
-        .await
-        {
-            Ok(locked) => locked,
+        // POST /cards with different srcCorrelationIds. The card's record and the opt-out kept
+        // under the card are read under the lock as it is taken (one round trip: `run` starts
+        // from the record); the opt-out kept under the consumer reference is read beside it.
+        let (locked, by_consumer) = enroll_stage(EnrollStage::Lock, async {
+            tokio::join!(
+                self.store.lock_and_read(card, &owner, self.settings.lease),
+                self.consumer_opt_out(&consumer_ref)
+            )
+        })
+        .await;
+        let locked = match locked {
+            Ok(Some(locked)) => locked,
+            Ok(None) => {
+                attempt.release().await;
+                return Err(AppError::CardBusy {
+                    card,
+                    retry_after: Duration::from_secs(1),
+                });
+            }
             Err(e) => {
                 // Transient, as every store error: the key is given back like on every other
                 // transient failure, so that a retry resumes rather than meet REQUEST_IN_PROGRESS
@@ -277,30 +288,19 @@ impl App {
                 return Err(e.into());
             }
         };
-        if !locked {
-            attempt.release().await;
-            return Err(AppError::CardBusy {
-                card,
-                retry_after: Duration::from_secs(1),
-            });
-        }
-        // OptOut records the opt-out while it holds this lock: one that completed between the
-        // early check and the lock is seen here, before anything is sent. The card's record is
-        // read beside it (under the lock too; one round trip for both): `run` starts from it.
-        let (refused, existing) = enroll_stage(EnrollStage::Read, async {
-            tokio::join!(
-                self.refuse_opted_out(card, &consumer_ref),
-                self.store.get(card)
-            )
-        })
-        .await;
-        if let Err(e) = refused {
+        // The decisive opt-out check. OptOut of this card records the opt-out under the card
+        // while it holds this lock, so one that completed between the early check and the lock
+        // is read by the lock's own script, before anything is sent. An opt-out under the
+        // consumer reference alone comes from another card's OptOut, which never held this
+        // card's lock: read beside the lock, it is as current as it was under it.
+        if let Some(e) = refusal(card, locked.opt_out, by_consumer) {
             if let Err(unlock) = self.store.unlock_card(card, &owner).await {
                 tracing::warn!(error = %unlock, "could not release the card lock; it expires by itself");
             }
             attempt.release().await;
             return Err(e);
         }
+        let existing = locked.record;
         // Aborted on drop too: a cancelled call must stop renewing its lease.
         let lost = tokio_util::sync::CancellationToken::new();
         let heartbeat = AbortOnDrop(self.heartbeat(
@@ -355,6 +355,18 @@ impl App {
             None => Ok(()),
             Some(since_ms) => Err(AppError::ConsumerOptedOut { card, since_ms }),
         }
+    }
+
+    /// The opt-out kept under the consumer reference, if any (the reference's error as such).
+    async fn consumer_opt_out(
+        &self,
+        consumer_ref: &Result<String, AppError>,
+    ) -> Result<Option<OptOut>, AppError> {
+        let reference = consumer_ref.as_ref().map_err(Clone::clone)?;
+        Ok(self
+            .store
+            .get_opt_out(&[consumer_subject(reference)])
+            .await?)
     }
 
     /// Renews the lease while the call runs (a crashed process stops renewing it); cancels
@@ -617,6 +629,26 @@ impl App {
             }),
         }
     }
+}
+
+/// `ConsumerOptedOut` when an opt-out is kept under the card or the consumer reference, the
+/// card's first (as [`App::opted_out`] reads them); a read's error as such, in the same order.
+/// `None`: nothing refuses the enrollment.
+fn refusal(
+    card: CardContractId,
+    by_card: Result<Option<OptOut>, StoreError>,
+    by_consumer: Result<Option<OptOut>, AppError>,
+) -> Option<AppError> {
+    let opt_out = match (by_card, by_consumer) {
+        (Err(e), _) => return Some(e.into()),
+        (Ok(Some(opt_out)), _) | (Ok(None), Ok(Some(opt_out))) => opt_out,
+        (Ok(None), Err(e)) => return Some(e),
+        (Ok(None), Ok(None)) => return None,
+    };
+    Some(AppError::ConsumerOptedOut {
+        card,
+        since_ms: opt_out.since_ms,
+    })
 }
 
 fn enrolled_record(mut record: EnrollmentRecord, enrolled: EnrolledCard) -> EnrollmentRecord {

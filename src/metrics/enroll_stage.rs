@@ -21,10 +21,9 @@ pub const ENROLL_STAGE: &str = "c2p_enroll_stage_duration_seconds";
 pub enum EnrollStage {
     /// The idempotency key's lease taken, beside the early opt-out check.
     Begin,
-    /// The card lock.
+    /// The card lock taken, with the card's record and the decisive opt-out check read under it
+    /// (one round trip).
     Lock,
-    /// The decisive opt-out check and the card's record, under the lock.
-    Read,
     /// The token list asked after an interrupted POST /cards (resumed calls only).
     Recover,
     /// `/cards/searches`: signing, sealing and decoding; the HTTP exchange is Mastercard's.
@@ -49,7 +48,6 @@ impl EnrollStage {
         match self {
             Self::Begin => "begin",
             Self::Lock => "lock",
-            Self::Read => "read",
             Self::Recover => "recover",
             Self::Search => "search",
             Self::Track => "track",
@@ -62,10 +60,9 @@ impl EnrollStage {
     }
 
     /// Every step, in order.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 10] = [
         Self::Begin,
         Self::Lock,
-        Self::Read,
         Self::Recover,
         Self::Search,
         Self::Track,

@@ -9,8 +9,8 @@ use super::feed::{Feed, Nodes};
 use super::merge_plan;
 use super::scripts;
 use super::{
-    ChangeStream, EnrollmentStore, KeySpace, NotificationEffect, NotificationResult, PutMode,
-    Retention, StoreError,
+    ChangeStream, EnrollmentStore, KeySpace, LockedCard, NotificationEffect, NotificationResult,
+    PutMode, Retention, StoreError,
 };
 use crate::domain::{
     Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, OptOut, SharedRecord, TokenEvent,
@@ -84,6 +84,7 @@ pub struct RedisStore {
     idempotency_begin: Script,
     idempotency_update: Script,
     lock_card: Script,
+    lock_and_read: Script,
     renew_card: Script,
     unlock_card: Script,
     quarantine: Script,
@@ -118,6 +119,18 @@ fn unavailable(e: redis::RedisError) -> StoreError {
 fn corrupt(e: serde_json::Error) -> StoreError {
     // serde_json's message gives the category and position, never the value.
     StoreError::Corrupt(format!("{:?} error at column {}", e.classify(), e.column()))
+}
+
+/// One value [`scripts::LOCK_AND_READ`] read: the string, or none; an error when the key held
+/// another Redis type (the script's 0).
+fn read_value(value: &redis::Value) -> Result<Option<&[u8]>, StoreError> {
+    match value {
+        Value::Nil => Ok(None),
+        Value::BulkString(bytes) => Ok(Some(bytes)),
+        _ => Err(StoreError::Corrupt(
+            "the key holds a value of another Redis type".into(),
+        )),
+    }
 }
 
 fn millis(d: Duration) -> u64 {
@@ -269,6 +282,7 @@ impl RedisStore {
             idempotency_begin: Script::new(&scripts::idempotency_begin()),
             idempotency_update: Script::new(&scripts::idempotency_update()),
             lock_card: Script::new(scripts::LOCK_CARD),
+            lock_and_read: Script::new(scripts::LOCK_AND_READ),
             renew_card: Script::new(scripts::RENEW_CARD),
             unlock_card: Script::new(scripts::UNLOCK_CARD),
             quarantine: Script::new(scripts::QUARANTINE),
@@ -1045,6 +1059,49 @@ impl EnrollmentStore for RedisStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         self.take(self.keys.lock(card), owner, ttl).await
+    }
+
+    #[tracing::instrument(name = "redis.script", level = "debug", skip_all, fields(db.system = "redis", db.operation = "lock_and_read"))]
+    async fn lock_and_read(
+        &self,
+        card: CardContractId,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<LockedCard>, StoreError> {
+        let mut conn = self.connection().await?;
+        let answer: Vec<Value> = self
+            .lock_and_read
+            .key(self.keys.lock(card))
+            .key(self.keys.enrollment(card))
+            .key(self.keys.opt_out(&crate::domain::card_subject(card)))
+            .arg(owner)
+            .arg(millis(ttl))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let (record, opt_out) = match answer.as_slice() {
+            [Value::Int(0)] => return Ok(None),
+            [Value::Int(1), record, opt_out] => (record, opt_out),
+            _ => {
+                return Err(StoreError::Unavailable(
+                    "the lock script gave an answer of another shape".into(),
+                ));
+            }
+        };
+        let record = match read_value(record) {
+            Ok(None) => Ok(None),
+            Ok(Some(json)) => match serde_json::from_slice(json) {
+                Ok(record) => Ok(Some(record)),
+                // Unreadable: the usual read sets it aside (a round trip more, only then).
+                Err(_) => self.get(card).await,
+            },
+            Err(_) => self.get(card).await,
+        };
+        let opt_out = read_value(opt_out).and_then(|json| {
+            json.map(|json| serde_json::from_slice(json).map_err(corrupt))
+                .transpose()
+        });
+        Ok(Some(LockedCard { record, opt_out }))
     }
 
     #[tracing::instrument(name = "redis.script", level = "debug", skip_all, fields(db.system = "redis", db.operation = "renew_card"))]

@@ -408,6 +408,24 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 "#;
 
+/// KEYS: card lock, card record, the card's opt-out. ARGV: owner, TTL (ms). [`LOCK_CARD`], then
+/// (only when `owner` holds the lock) both values read under it: `{0}` when another owner holds
+/// it, else `{1, record, opt-out}`, each the string, nil when absent, or 0 when the key holds
+/// another Redis type (a GET would fail the script after the lock was set; the caller reads the
+/// record again the usual way, which sets it aside).
+pub const LOCK_AND_READ: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return {0} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local function read(key)
+  local kind = redis.call('TYPE', key).ok
+  if kind == 'string' then return redis.call('GET', key) end
+  if kind == 'none' then return false end
+  return 0
+end
+return {1, read(KEYS[2]), read(KEYS[3])}
+"#;
+
 /// KEYS: card lock. ARGV: owner, TTL (ms). Extends the lock only if `owner` holds it; 1 then.
 pub const RENEW_CARD: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end

@@ -421,6 +421,66 @@ async fn fresh_after_removal(store: Arc<dyn EnrollmentStore>) {
     }
 }
 
+/// `lock_and_read`: the lock as `lock_card` takes it and, only for its holder, the card's record
+/// and the opt-out kept under the card's own subject (an opt-out under a consumer alone is not
+/// read: the caller reads it beside the lock).
+async fn lock_and_read(store: Arc<dyn EnrollmentStore>) {
+    use c2p_enroll::domain::OptOut;
+    let lease = Duration::from_secs(30);
+    let c = card(70130);
+    let first = store
+        .lock_and_read(c, "A", lease)
+        .await
+        .unwrap()
+        .expect("a free lock is taken");
+    assert_eq!(first.record.unwrap(), None);
+    assert_eq!(first.opt_out.unwrap(), None);
+    assert!(store.lock_and_read(c, "B", lease).await.unwrap().is_none());
+    assert!(!store.lock_card(c, "B", lease).await.unwrap(), "A holds it");
+
+    let stored = store
+        .put_enrollment(&enrolled(70130), PutMode::Merge, TTL)
+        .await
+        .unwrap();
+    let by_consumer = OptOut {
+        since_ms: 1_800_000_000_003,
+        subjects: vec!["consumer:lock-and-read".to_owned()],
+    };
+    store.put_opt_out(&by_consumer).await.unwrap();
+    let renewed = store
+        .lock_and_read(c, "A", lease)
+        .await
+        .unwrap()
+        .expect("its holder renews it");
+    assert_eq!(renewed.record.unwrap(), Some(stored.clone()));
+    assert_eq!(renewed.opt_out.unwrap(), None, "not the card's opt-out");
+
+    let by_card = OptOut {
+        since_ms: 1_800_000_000_004,
+        subjects: vec!["card:70130".to_owned(), "consumer:lock-and-read".to_owned()],
+    };
+    store.put_opt_out(&by_card).await.unwrap();
+    store.unlock_card(c, "A").await.unwrap();
+    let taken = store
+        .lock_and_read(c, "B", lease)
+        .await
+        .unwrap()
+        .expect("released, B takes it");
+    assert_eq!(taken.record.unwrap(), Some(stored));
+    assert_eq!(taken.opt_out.unwrap(), Some(by_card));
+    assert!(store.lock_and_read(c, "A", lease).await.unwrap().is_none());
+
+    // A lock that expired is taken by another owner, as lock_card takes it.
+    let d = card(70131);
+    let short = Duration::from_millis(200);
+    assert!(store.lock_and_read(d, "A", short).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(store.lock_and_read(d, "B", lease).await.unwrap().is_some());
+    assert!(!store.renew_card(d, "A", lease).await.unwrap());
+    store.unlock_card(c, "B").await.unwrap();
+    store.unlock_card(d, "B").await.unwrap();
+}
+
 /// Records vanish after their TTL.
 async fn expiry(store: Arc<dyn EnrollmentStore>) {
     store
@@ -812,6 +872,7 @@ async fn memory_store_passes_the_suite() {
     permutations_converge(store.clone(), 80_000).await;
     ties_converge(store.clone(), 81_000).await;
     in_progress_index(store.clone()).await;
+    lock_and_read(store.clone()).await;
     large_event_times_read_back_exactly(store).await;
 }
 
@@ -826,6 +887,7 @@ async fn redis_store_passes_the_suite() {
     permutations_converge(store.clone(), 80_000).await;
     ties_converge(store.clone(), 81_000).await;
     in_progress_index(store.clone()).await;
+    lock_and_read(store.clone()).await;
     large_event_times_read_back_exactly(store).await;
 }
 
@@ -842,6 +904,7 @@ async fn redis_cluster_store_passes_the_suite() {
     permutations_converge(store.clone(), 80_000).await;
     ties_converge(store.clone(), 81_000).await;
     in_progress_index(store.clone()).await;
+    lock_and_read(store.clone()).await;
     large_event_times_read_back_exactly(store).await;
 }
 
@@ -1082,6 +1145,118 @@ async fn redis_a_lone_notification_is_one_script_call_a_batch_is_read_first() {
         .unwrap();
     assert_eq!(aside.len(), 1, "the hash is kept aside for inspection");
     assert!(store.get(card(70014)).await.unwrap().is_some());
+}
+
+/// EnrollCard's lock and the reads under it are one command of the client (the script; Redis'
+/// slow log, at a threshold of 0, lists every command, a script's own under the client `?:0`), and
+/// what the script cannot read is handled as the plain reads handle it: an unreadable record is
+/// set aside and reads as absent, an opt-out key of another type is an error.
+#[tokio::test]
+async fn redis_lock_and_read_is_one_command_and_sets_an_unreadable_record_aside() {
+    let redis = RedisServer::start();
+    let store =
+        c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
+    let mut conn = redis.connection();
+    let lease = Duration::from_secs(30);
+    let stored = store
+        .put_enrollment(&enrolled(70140), PutMode::Merge, TTL)
+        .await
+        .unwrap();
+    // Loaded once, so that the command counted below is the call itself (not SCRIPT LOAD).
+    let warm = store.lock_and_read(card(70141), "A", lease).await.unwrap();
+    assert!(warm.is_some());
+
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-log-slower-than")
+        .arg("0")
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("SLOWLOG").arg("RESET").query(&mut conn).unwrap();
+    let locked = store
+        .lock_and_read(card(70140), "A", lease)
+        .await
+        .unwrap()
+        .expect("free");
+    let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg("100")
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-log-slower-than")
+        .arg("10000")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(locked.record.unwrap(), Some(stored));
+    let commands: Vec<String> = log
+        .iter()
+        .filter_map(|entry| {
+            let redis::Value::Array(fields) = entry else {
+                return None;
+            };
+            let (Some(redis::Value::Array(args)), Some(client)) = (fields.get(3), fields.get(4))
+            else {
+                return None;
+            };
+            if matches!(client, redis::Value::BulkString(c) if c.as_slice() == b"?:0") {
+                return None;
+            }
+            match args.first() {
+                Some(redis::Value::BulkString(name)) => {
+                    Some(String::from_utf8_lossy(name).to_uppercase())
+                }
+                _ => None,
+            }
+        })
+        .filter(|name| name != "SLOWLOG")
+        .collect();
+    assert_eq!(commands, ["EVALSHA"], "{commands:?}");
+
+    // A record that is not JSON, and one of another Redis type: set aside, read as absent.
+    let _: () = conn
+        .set("c2p:{card:70142}:enrollment", "{not json")
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("c2p:{card:70143}:enrollment")
+        .arg("state")
+        .arg("enrolled")
+        .query(&mut conn)
+        .unwrap();
+    for id in [70142, 70143] {
+        let locked = store
+            .lock_and_read(card(id), "A", lease)
+            .await
+            .unwrap()
+            .expect("free");
+        assert_eq!(locked.record.unwrap(), None, "card {id}");
+        assert_eq!(locked.opt_out.unwrap(), None, "card {id}");
+        let aside: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("c2p:{{card:{id}}}:enrollment:quarantined:*"))
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(aside.len(), 1, "card {id}: kept aside for inspection");
+    }
+
+    // The card's opt-out key of another type: an error of that read alone, the lock held.
+    let _: () = redis::cmd("HSET")
+        .arg("c2p:optout:{card:70144}")
+        .arg("since_ms")
+        .arg("1")
+        .query(&mut conn)
+        .unwrap();
+    let locked = store
+        .lock_and_read(card(70144), "A", lease)
+        .await
+        .unwrap()
+        .expect("free");
+    assert!(
+        matches!(locked.opt_out, Err(store::StoreError::Corrupt(_))),
+        "{:?}",
+        locked.opt_out
+    );
+    assert!(!store.lock_card(card(70144), "B", lease).await.unwrap());
 }
 
 #[tokio::test]

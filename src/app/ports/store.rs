@@ -78,6 +78,17 @@ pub enum PutMode {
     IfAbsent,
 }
 
+/// What [`EnrollmentStore::lock_and_read`] read under the card lock it took. Each read keeps its
+/// own error: the lock is held either way, and the caller releases it.
+#[derive(Debug, Clone)]
+pub struct LockedCard {
+    /// The card's record, as [`EnrollmentStore::get`] reads it (an unreadable one set aside).
+    pub record: Result<Option<EnrollmentRecord>, StoreError>,
+    /// The opt-out kept under the card's own subject, as [`EnrollmentStore::get_opt_out`] reads
+    /// it.
+    pub opt_out: Result<Option<OptOut>, StoreError>,
+}
+
 /// Changes of one card's record, as they are written (on any replica).
 pub type ChangeStream = Pin<Box<dyn tokio_stream::Stream<Item = EnrollmentRecord> + Send>>;
 
@@ -175,6 +186,25 @@ pub trait EnrollmentStore: Send + Sync + 'static {
         owner: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError>;
+
+    /// [`lock_card`](Self::lock_card), and when `owner` holds the lock, what EnrollCard reads
+    /// under it: the card's record and the opt-out kept under the card's own subject. `None`
+    /// when another owner holds the lock (nothing read). The Redis store does it in one script
+    /// (the lock, the record and the card's opt-out share the card's hash slot): one round trip
+    /// where the lock and the reads were two.
+    async fn lock_and_read(
+        &self,
+        card: CardContractId,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<LockedCard>, StoreError> {
+        if !self.lock_card(card, owner, ttl).await? {
+            return Ok(None);
+        }
+        let subject = [crate::domain::card_subject(card)];
+        let (record, opt_out) = tokio::join!(self.get(card), self.get_opt_out(&subject));
+        Ok(Some(LockedCard { record, opt_out }))
+    }
 
     /// Extends the card's lock for `ttl` only if `owner` still holds it: `false` once it was
     /// lost (expired or taken), never taking a free lock again. The heartbeat's call, so that

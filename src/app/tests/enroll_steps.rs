@@ -34,8 +34,8 @@ fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
 }
 
 /// The steps of a new enrollment, in order (`recover` runs only on a resumed call).
-const NEW: [&str; 10] = [
-    "begin", "lock", "read", "search", "track", "write", "enroll", "record", "index", "settle",
+const NEW: [&str; 9] = [
+    "begin", "lock", "search", "track", "write", "enroll", "record", "index", "settle",
 ];
 
 /// Each of `steps` once.
