@@ -325,15 +325,23 @@ impl App {
             Ok(record) => tracing::debug!(state = ?record.state, "enrollment finished"),
             Err(e) => tracing::debug!(reason = %e.parts().reason, "enrollment failed"),
         }
-        // The card lock and the key's answer are two keys, and either order is safe after a
-        // crash (a lock left behind expires; a key left unanswered resumes): both at once.
+        // The card lock, the key's answer and the two indexes are four keys, and any order is
+        // safe after a crash (a lock left behind expires; a key left unanswered resumes; the
+        // reconciler prunes a finished card from the IN_PROGRESS index and drops one that is no
+        // longer ENROLLED from the ENROLLED index): all at once.
         let unlock = async {
             if let Err(e) = self.store.unlock_card(card, &owner).await {
                 tracing::warn!(error = %e, "could not release the card lock; it expires by itself");
             }
         };
-        let ((), settled) = enroll_stage(EnrollStage::Settle, async {
-            tokio::join!(unlock, attempt.settle(result))
+        let enrolled = matches!(&result, Ok(record) if record.state == EnrollmentState::Enrolled);
+        let index = async {
+            if enrolled {
+                self.index_enrolled(card).await;
+            }
+        };
+        let ((), settled, ()) = enroll_stage(EnrollStage::Settle, async {
+            tokio::join!(unlock, attempt.settle(result), index)
         })
         .await;
         let record = settled?;
@@ -354,6 +362,19 @@ impl App {
         match self.opted_out(card, reference).await? {
             None => Ok(()),
             Some(since_ms) => Err(AppError::ConsumerOptedOut { card, since_ms }),
+        }
+    }
+
+    /// An enrollment that ended ENROLLED leaves the IN_PROGRESS index and joins the ENROLLED
+    /// one (both at once: two keys, best effort each).
+    async fn index_enrolled(&self, card: CardContractId) {
+        let (untracked, ()) = tokio::join!(
+            self.store.untrack_in_progress(card),
+            self.track_enrolled(card)
+        );
+        if let Err(e) = untracked {
+            // The reconciler prunes it when it finds the record finished.
+            tracing::debug!(error = %e, "could not drop the card from the IN_PROGRESS index");
         }
     }
 
@@ -470,26 +491,33 @@ impl App {
         }
 
         // The card object is never stored, so a resumed call searches again (it changes nothing).
-        let card = enroll_stage(
-            EnrollStage::Search,
-            self.upstream.encrypted_card(
-                cmd.card_contract_id,
-                &cmd.program,
-                &Cardholder {
-                    full_name: cmd.cardholder_full_name.clone(),
-                    billing_address: cmd.billing_address.clone(),
-                },
-                deadline,
-            ),
-        )
-        .await
-        .map_err(|e| map_upstream(Step::Search, cmd.card_contract_id, e, deadline))?;
-        let now = now_ms();
+        // The card is noted for the reconciler while the search runs, before the record says
+        // IN_PROGRESS: a crash between the two must not leave a card it never looks at (it
+        // prunes cards that are not IN_PROGRESS, as after a declined search).
+        let cardholder = Cardholder {
+            full_name: cmd.cardholder_full_name.clone(),
+            billing_address: cmd.billing_address.clone(),
+        };
+        let (card, tracked) = enroll_stage(EnrollStage::Search, async {
+            tokio::join!(
+                self.upstream.encrypted_card(
+                    cmd.card_contract_id,
+                    &cmd.program,
+                    &cardholder,
+                    deadline
+                ),
+                self.store.track_in_progress(cmd.card_contract_id, now_ms())
+            )
+        })
+        .await;
+        let card =
+            card.map_err(|e| map_upstream(Step::Search, cmd.card_contract_id, e, deadline))?;
+        tracked?;
         let mut in_progress = EnrollmentRecord::new(
             cmd.card_contract_id,
             cmd.program.clone(),
             EnrollmentState::InProgress,
-            now,
+            now_ms(),
         );
         in_progress.src_correlation_id = Some(correlation.clone());
         // Both id sets, for either lifecycle family: the Credential Directory's are the issuer's
@@ -499,25 +527,6 @@ impl App {
         in_progress.external_consumer_id = Some(consumer_ref.clone());
         in_progress.external_credential_id = Some(credential_id.clone());
         in_progress.consumer_ref = Some(consumer_ref.clone());
-        // Noted for the reconciler before the record says IN_PROGRESS: a crash between the two
-        // must not leave a card it never looks at (it prunes cards that are not IN_PROGRESS).
-        // The phase reached goes with it (two keys, no order between them: a crash before the
-        // phase lands only repeats the search).
-        let searched = async {
-            if attempt.phase().await < Phase::Searched {
-                attempt.advance(Phase::Searched).await?;
-            }
-            Ok::<(), AppError>(())
-        };
-        let (searched, tracked) = enroll_stage(EnrollStage::Track, async {
-            tokio::join!(
-                searched,
-                self.store.track_in_progress(cmd.card_contract_id, now)
-            )
-        })
-        .await;
-        searched?;
-        tracked?;
         // The record IN_PROGRESS and the phase "enroll sent" together: two keys, and nothing is
         // sent before both landed. A crash between them leaves the record with the phase
         // "searched" (a resumed call searches again) or the phase without the record (a resumed
@@ -548,21 +557,8 @@ impl App {
         match enroll_stage(EnrollStage::Enroll, self.upstream.enroll(request, deadline)).await {
             Ok(enrolled) => {
                 let record = enrolled_record(in_progress, enrolled);
-                let stored =
-                    enroll_stage(EnrollStage::Record, self.write_fenced(attempt, &record)).await?;
-                // Both indexes at once: two keys, best effort each.
-                let (untracked, ()) = enroll_stage(EnrollStage::Index, async {
-                    tokio::join!(
-                        self.store.untrack_in_progress(cmd.card_contract_id),
-                        self.track_enrolled(cmd.card_contract_id)
-                    )
-                })
-                .await;
-                if let Err(e) = untracked {
-                    // The reconciler prunes it when it finds the record finished.
-                    tracing::debug!(error = %e, "could not drop the card from the IN_PROGRESS index");
-                }
-                Ok(stored)
+                // Indexed as ENROLLED when the call settles.
+                enroll_stage(EnrollStage::Record, self.write_fenced(attempt, &record)).await
             }
             Err(e) => {
                 let error = map_upstream(Step::Enroll, cmd.card_contract_id, e, deadline);

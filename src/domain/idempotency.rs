@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 pub enum Phase {
     /// Accepted, nothing sent yet.
     Started,
-    /// `/cards/searches` answered.
+    /// `/cards/searches` answered. No longer written (a resume searches again from either
+    /// `Started` or this, so the write decided nothing): read from keys an earlier version
+    /// stored, and resumed as `Started` is.
     Searched,
     /// `POST /cards` is about to be, or was, sent: a resume re-sends it with the same
     /// `srcCorrelationId`.

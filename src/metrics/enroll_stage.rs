@@ -26,19 +26,17 @@ pub enum EnrollStage {
     Lock,
     /// The token list asked after an interrupted POST /cards (resumed calls only).
     Recover,
-    /// `/cards/searches`: signing, sealing and decoding; the HTTP exchange is Mastercard's.
+    /// `/cards/searches`: signing, sealing and decoding; the HTTP exchange is Mastercard's. The
+    /// card's note for the reconciler is written during the exchange.
     Search,
-    /// The phase "searched" and the card noted for the reconciler.
-    Track,
     /// The IN_PROGRESS record and the phase "enroll sent".
     Write,
     /// `POST /cards`: signing, sealing and decoding; the HTTP exchange is Mastercard's.
     Enroll,
     /// The final record.
     Record,
-    /// The IN_PROGRESS and ENROLLED indexes.
-    Index,
-    /// The card lock released and the key's answer stored.
+    /// The card lock released and the key's answer stored; for an enrollment that ended
+    /// ENROLLED, the IN_PROGRESS and ENROLLED indexes beside them.
     Settle,
 }
 
@@ -50,26 +48,22 @@ impl EnrollStage {
             Self::Lock => "lock",
             Self::Recover => "recover",
             Self::Search => "search",
-            Self::Track => "track",
             Self::Write => "write",
             Self::Enroll => "enroll",
             Self::Record => "record",
-            Self::Index => "index",
             Self::Settle => "settle",
         }
     }
 
     /// Every step, in order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 8] = [
         Self::Begin,
         Self::Lock,
         Self::Recover,
         Self::Search,
-        Self::Track,
         Self::Write,
         Self::Enroll,
         Self::Record,
-        Self::Index,
         Self::Settle,
     ];
 }

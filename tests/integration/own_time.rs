@@ -23,8 +23,8 @@ fn sample(page: &str, series: &str) -> f64 {
 
 /// The steps of a new enrollment (`c2p_enroll_stage_duration_seconds`); `recover` runs only
 /// when a call resumes one whose POST /cards may have gone out.
-const STEPS: [&str; 9] = [
-    "begin", "lock", "search", "track", "write", "enroll", "record", "index", "settle",
+const STEPS: [&str; 7] = [
+    "begin", "lock", "search", "write", "enroll", "record", "settle",
 ];
 
 /// One EnrollCard against a simulator with `faults` (after a `validate_only` one): the call's

@@ -80,6 +80,11 @@ async fn a_new_key_searches_once_enrolls_once_and_records_the_enrollment() {
 
     assert_eq!(w.record(card(1001)).await.as_ref(), Some(r));
     assert!(w.in_progress().await.is_empty(), "untracked when done");
+    assert_eq!(
+        w.store.enrolled_due(i64::MAX, 100).await.unwrap(),
+        [card(1001)],
+        "due for the lifecycle check"
+    );
     let key = w.key_of(&cmd).unwrap();
     assert_eq!(key.phase, Phase::Done);
     assert_eq!(key.src_correlation_id, sent.src_correlation_id);
@@ -378,8 +383,8 @@ async fn an_attempt_that_loses_its_card_lock_stops_and_writes_nothing_more() {
 async fn an_attempt_whose_key_was_taken_over_stops() {
     let w = world_with_lease(Duration::from_secs(3));
     let _stalled = w.mc.gated_enroll(Ok(enrolled_card()));
-    // advance(Searched), advance(EnrollSent), then the heartbeat's renewal: refused.
-    w.store.fault(Op::IdempotencyUpdate, 3, Fault::Refused);
+    // advance(EnrollSent), then the heartbeat's renewal: refused.
+    w.store.fault(Op::IdempotencyUpdate, 2, Fault::Refused);
     let e = w.app.enroll(command("k1", 1207), None).await.unwrap_err();
     assert!(matches!(e, AppError::RequestInFlight { .. }), "{e:?}");
     assert_eq!(
@@ -389,8 +394,9 @@ async fn an_attempt_whose_key_was_taken_over_stops() {
 }
 
 #[tokio::test]
-async fn a_lost_lease_before_the_search_answer_is_saved_stops_before_enrolling() {
+async fn a_lost_lease_before_the_phase_enroll_sent_is_saved_stops_before_enrolling() {
     let w = world();
+    // The first update of the key after the search: advance(EnrollSent).
     w.store.fault(Op::IdempotencyUpdate, 1, Fault::Refused);
     let e = w.app.enroll(command("k1", 1208), None).await.unwrap_err();
     assert!(matches!(e, AppError::RequestInFlight { .. }), "{e:?}");
@@ -483,6 +489,8 @@ async fn a_key_stopped_after_it_started_resumes_with_its_correlation() {
 async fn a_key_stopped_after_the_search_searches_again_and_enrolls_once() {
     let w = world();
     let cmd = command("k1", 1402);
+    // The phase an earlier version wrote after the search (no longer written): resumed as a key
+    // that is only started.
     w.seed_crashed_key(&cmd, Phase::Searched, "corr-1402").await;
     let done = w.app.enroll(cmd, None).await.unwrap();
     assert_eq!(w.mc.calls().counts(), (1, 1, 0));
@@ -660,6 +668,37 @@ async fn assert_terminal(w: &World, cmd: &crate::app::EnrollCommand, e: &AppErro
     assert!(matches!(again, AppError::Replayed(_)), "{again:?}");
     assert_eq!(again.parts().reason, e.parts().reason);
     assert_eq!(w.mc.calls().counts(), before);
+}
+
+/// The card is noted for the reconciler while the search runs: a declined search leaves the
+/// note, which the reconciler's next pass prunes (no record says IN_PROGRESS), as it prunes the
+/// note of an enrollment POST /cards declined.
+#[tokio::test]
+async fn a_declined_search_leaves_a_note_the_reconciler_prunes() {
+    let w = world();
+    let cmd = command("k1", 1190);
+    let e = failing_search(
+        &w,
+        &cmd,
+        UpstreamFailure::Declined {
+            reason: "CARD_BLOCKED".into(),
+            context: context("search"),
+        },
+        None,
+    )
+    .await;
+    assert_eq!(reason(&e), "CARD_NOT_ELIGIBLE");
+    assert_eq!(w.in_progress().await, [card(1190)]);
+    // Noted before now (the pass takes cards noted strictly before its cut-off, in ms).
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
+    assert_eq!((report.checked, report.pruned), (1, 1));
+    assert!(w.in_progress().await.is_empty());
+    assert_eq!(
+        w.mc.calls().counts(),
+        (1, 0, 0),
+        "nothing asked of Mastercard"
+    );
 }
 
 #[tokio::test]
@@ -1024,10 +1063,12 @@ async fn a_store_error_mid_flow_gives_the_key_and_the_card_back() {
 async fn a_store_error_after_the_search_resumes_from_the_search() {
     let w = world();
     let cmd = command("k1", 1803);
+    // The note for the reconciler, written during the search: the call stops after the search,
+    // before anything else is written, and gives the key back (a retry searches again).
     w.store.fault(Op::TrackInProgress, 1, Fault::Unavailable);
     let e = w.app.enroll(cmd.clone(), None).await.unwrap_err();
     assert_eq!(reason(&e), "STORE_UNAVAILABLE");
-    assert_released(&w, &cmd, Phase::Searched);
+    assert_released(&w, &cmd, Phase::Started);
     assert!(
         w.record(card(1803)).await.is_none(),
         "nothing sent, nothing written"
@@ -1053,8 +1094,8 @@ async fn a_store_error_on_the_card_lock_gives_the_key_back() {
 async fn a_store_error_storing_the_answer_gives_the_key_back_with_the_answer() {
     let w = world();
     let cmd = command("k1", 1805);
-    // advance(Searched), advance(EnrollSent), finish: the third fails, the release saves it.
-    w.store.fault(Op::IdempotencyUpdate, 3, Fault::Unavailable);
+    // advance(EnrollSent), finish: the second fails, the release saves it.
+    w.store.fault(Op::IdempotencyUpdate, 2, Fault::Unavailable);
     let e = w.app.enroll(cmd.clone(), None).await.unwrap_err();
     assert_eq!(reason(&e), "STORE_UNAVAILABLE");
     assert!(e.is_transient());
@@ -1077,7 +1118,8 @@ async fn a_store_error_storing_a_terminal_failure_gives_the_key_back_with_the_fa
         reason: "CARD_BLOCKED".into(),
         context: context("enroll"),
     }));
-    w.store.fault(Op::IdempotencyUpdate, 3, Fault::Unavailable);
+    // advance(EnrollSent), finish: the second fails.
+    w.store.fault(Op::IdempotencyUpdate, 2, Fault::Unavailable);
     let e = w.app.enroll(cmd.clone(), None).await.unwrap_err();
     assert_eq!(reason(&e), "STORE_UNAVAILABLE");
     assert_eq!(w.key_of(&cmd).unwrap().lease_until_ms, 0);
