@@ -207,7 +207,7 @@ impl App {
         // A cardholder who opted out is not enrolled. Checked on every new or resumed call and
         // never stored as the key's answer: once the opt-out is withdrawn, the key works. This
         // early check spares the lock to a call that would be refused anyway (the decisive one
-        // comes under the card lock, below); it is read beside the key's lease, in the same
+        // comes with the card lock, below); it is read beside the key's lease, in the same
         // round trip, and its answer is dropped when the key replays or is busy.
         let consumer_ref =
             super::fingerprint::consumer_ref(&self.settings.fingerprint_key, &cmd.consumer)
@@ -328,20 +328,25 @@ impl App {
         // The card lock, the key's answer and the two indexes are four keys, and any order is
         // safe after a crash (a lock left behind expires; a key left unanswered resumes; the
         // reconciler prunes a finished card from the IN_PROGRESS index and drops one that is no
-        // longer ENROLLED from the ENROLLED index): all at once.
-        let unlock = async {
+        // longer ENROLLED from the ENROLLED index): all at once, except that the card leaves
+        // the IN_PROGRESS index before the lock is released, so that the removal can never
+        // take the note of an attempt that comes after (notes are written under the lock).
+        let enrolled = matches!(&result, Ok(record) if record.state == EnrollmentState::Enrolled);
+        let release = async {
+            if enrolled {
+                self.untrack_in_progress(card).await;
+            }
             if let Err(e) = self.store.unlock_card(card, &owner).await {
                 tracing::warn!(error = %e, "could not release the card lock; it expires by itself");
             }
         };
-        let enrolled = matches!(&result, Ok(record) if record.state == EnrollmentState::Enrolled);
         let index = async {
             if enrolled {
-                self.index_enrolled(card).await;
+                self.track_enrolled(card).await;
             }
         };
         let ((), settled, ()) = enroll_stage(EnrollStage::Settle, async {
-            tokio::join!(unlock, attempt.settle(result), index)
+            tokio::join!(release, attempt.settle(result), index)
         })
         .await;
         let record = settled?;
@@ -365,15 +370,10 @@ impl App {
         }
     }
 
-    /// An enrollment that ended ENROLLED leaves the IN_PROGRESS index and joins the ENROLLED
-    /// one (both at once: two keys, best effort each).
-    async fn index_enrolled(&self, card: CardContractId) {
-        let (untracked, ()) = tokio::join!(
-            self.store.untrack_in_progress(card),
-            self.track_enrolled(card)
-        );
-        if let Err(e) = untracked {
-            // The reconciler prunes it when it finds the record finished.
+    /// Drops the card from the IN_PROGRESS index, best effort: the reconciler prunes it when
+    /// it finds the record finished.
+    async fn untrack_in_progress(&self, card: CardContractId) {
+        if let Err(e) = self.store.untrack_in_progress(card).await {
             tracing::debug!(error = %e, "could not drop the card from the IN_PROGRESS index");
         }
     }
@@ -443,6 +443,10 @@ impl App {
         let after_removal = existing
             .as_ref()
             .is_some_and(|r| r.state == EnrollmentState::Removed);
+        // An earlier attempt's IN_PROGRESS record: its note for the reconciler must stay.
+        let was_in_progress = existing
+            .as_ref()
+            .is_some_and(|r| r.state == EnrollmentState::InProgress);
         if let Some(existing) = existing
             .as_ref()
             .filter(|r| r.state == EnrollmentState::Enrolled)
@@ -510,8 +514,26 @@ impl App {
             )
         })
         .await;
-        let card =
-            card.map_err(|e| map_upstream(Step::Search, cmd.card_contract_id, e, deadline))?;
+        let card = match card {
+            Ok(card) => card,
+            Err(e) => {
+                // Nothing of this call says IN_PROGRESS: its note goes with it, while the card
+                // lock keeps any other attempt from noting the card meanwhile (a failed search
+                // would otherwise leave one note per call for the reconciler to prune: during
+                // a Mastercard outage, thousands).
+                if !was_in_progress
+                    && let Err(e) = self.store.untrack_in_progress(cmd.card_contract_id).await
+                {
+                    tracing::debug!(error = %e, "could not take back the card's IN_PROGRESS note; the reconciler prunes it");
+                }
+                return Err(map_upstream(
+                    Step::Search,
+                    cmd.card_contract_id,
+                    e,
+                    deadline,
+                ));
+            }
+        };
         tracked?;
         let mut in_progress = EnrollmentRecord::new(
             cmd.card_contract_id,
@@ -529,7 +551,7 @@ impl App {
         in_progress.consumer_ref = Some(consumer_ref.clone());
         // The record IN_PROGRESS and the phase "enroll sent" together: two keys, and nothing is
         // sent before both landed. A crash between them leaves the record with the phase
-        // "searched" (a resumed call searches again) or the phase without the record (a resumed
+        // "started" (a resumed call searches again) or the phase without the record (a resumed
         // call asks the token list first, then writes it and sends): no POST /cards went out.
         // From the phase on, a retry re-sends with the same srcCorrelationId.
         let write = async {

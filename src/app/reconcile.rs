@@ -132,16 +132,11 @@ impl App {
     }
 
     async fn reconcile_card(&self, card: CardContractId) -> Result<Outcome, AppError> {
-        let Some(record) = self
-            .store
-            .get(card)
-            .await?
-            .filter(|r| r.state == EnrollmentState::InProgress)
-        else {
-            self.store.untrack_in_progress(card).await?;
-            return Ok(Outcome::Pruned);
-        };
-        // A running attempt holds the card lock and finishes the enrollment itself.
+        // A running attempt holds the card lock and finishes the enrollment itself. The lock is
+        // taken before the record is read, also to prune: an attempt notes the card (keeping an
+        // older note's time) under the lock before it writes IN_PROGRESS, so a note pruned
+        // without it could be that attempt's, and the record it then writes would be in no
+        // index if it crashed.
         let owner = format!("{}/reconciler", self.instance);
         if !self
             .store
@@ -150,8 +145,20 @@ impl App {
         {
             return Ok(Outcome::Busy);
         }
-        let deadline = tokio::time::Instant::now() + self.settings.lease / 2;
-        let result = self.finish(card, record, deadline, &owner).await;
+        let result = async {
+            let Some(record) = self
+                .store
+                .get(card)
+                .await?
+                .filter(|r| r.state == EnrollmentState::InProgress)
+            else {
+                self.store.untrack_in_progress(card).await?;
+                return Ok(Outcome::Pruned);
+            };
+            let deadline = tokio::time::Instant::now() + self.settings.lease / 2;
+            self.finish(card, record, deadline, &owner).await
+        }
+        .await;
         if let Err(e) = self.store.unlock_card(card, &owner).await {
             tracing::warn!(error = %e, "reconciler: could not release the card lock; it expires by itself");
         }

@@ -121,15 +121,15 @@ fn corrupt(e: serde_json::Error) -> StoreError {
     StoreError::Corrupt(format!("{:?} error at column {}", e.classify(), e.column()))
 }
 
-/// One value [`scripts::LOCK_AND_READ`] read: the string, or none; an error when the key held
-/// another Redis type (the script's 0).
-fn read_value(value: &redis::Value) -> Result<Option<&[u8]>, StoreError> {
+/// One value [`scripts::lock_and_read`] read (`what` it is): the string, or none; an error when
+/// the key held another Redis type (the script's 0).
+fn read_value<'a>(value: &'a Value, what: &str) -> Result<Option<&'a [u8]>, StoreError> {
     match value {
         Value::Nil => Ok(None),
         Value::BulkString(bytes) => Ok(Some(bytes)),
-        _ => Err(StoreError::Corrupt(
-            "the key holds a value of another Redis type".into(),
-        )),
+        _ => Err(StoreError::Corrupt(format!(
+            "the {what} key holds a value of another Redis type"
+        ))),
     }
 }
 
@@ -281,8 +281,8 @@ impl RedisStore {
             put_enrollment: Script::new(&scripts::put_enrollment()),
             idempotency_begin: Script::new(&scripts::idempotency_begin()),
             idempotency_update: Script::new(&scripts::idempotency_update()),
-            lock_card: Script::new(scripts::LOCK_CARD),
-            lock_and_read: Script::new(scripts::LOCK_AND_READ),
+            lock_card: Script::new(&scripts::lock_card()),
+            lock_and_read: Script::new(&scripts::lock_and_read()),
             renew_card: Script::new(scripts::RENEW_CARD),
             unlock_card: Script::new(scripts::UNLOCK_CARD),
             quarantine: Script::new(scripts::QUARANTINE),
@@ -1088,7 +1088,7 @@ impl EnrollmentStore for RedisStore {
                 ));
             }
         };
-        let record = match read_value(record) {
+        let record = match read_value(record, "record") {
             Ok(None) => Ok(None),
             Ok(Some(json)) => match serde_json::from_slice(json) {
                 Ok(record) => Ok(Some(record)),
@@ -1097,7 +1097,7 @@ impl EnrollmentStore for RedisStore {
             },
             Err(_) => self.get(card).await,
         };
-        let opt_out = read_value(opt_out).and_then(|json| {
+        let opt_out = read_value(opt_out, "card's opt-out").and_then(|json| {
             json.map(|json| serde_json::from_slice(json).map_err(corrupt))
                 .transpose()
         });

@@ -400,23 +400,38 @@ local function redis_now()
 end
 "#;
 
-/// KEYS: card lock. ARGV: owner, TTL (ms). Takes or renews the lock; 1 when `owner` holds it.
-pub const LOCK_CARD: &str = r#"
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+/// `take_lock()`: takes or renews the lock KEYS[1] for the owner ARGV[1] for ARGV[2] ms; true
+/// when the owner holds it.
+const TAKE_LOCK: &str = r#"
+local function take_lock()
+  local holder = redis.call('GET', KEYS[1])
+  if holder and holder ~= ARGV[1] then return false end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return true
+end
 "#;
 
-/// KEYS: card lock, card record, the card's opt-out. ARGV: owner, TTL (ms). [`LOCK_CARD`], then
+/// KEYS: card lock. ARGV: owner, TTL (ms). Takes or renews the lock; 1 when `owner` holds it.
+pub fn lock_card() -> String {
+    format!(
+        "{TAKE_LOCK}{}",
+        r#"
+if take_lock() then return 1 end
+return 0
+"#
+    )
+}
+
+/// KEYS: card lock, card record, the card's opt-out. ARGV: owner, TTL (ms). [`lock_card`], then
 /// (only when `owner` holds the lock) both values read under it: `{0}` when another owner holds
 /// it, else `{1, record, opt-out}`, each the string, nil when absent, or 0 when the key holds
 /// another Redis type (a GET would fail the script after the lock was set; the caller reads the
 /// record again the usual way, which sets it aside).
-pub const LOCK_AND_READ: &str = r#"
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return {0} end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+pub fn lock_and_read() -> String {
+    format!(
+        "{TAKE_LOCK}{}",
+        r#"
+if not take_lock() then return {0} end
 local function read(key)
   local kind = redis.call('TYPE', key).ok
   if kind == 'string' then return redis.call('GET', key) end
@@ -424,7 +439,9 @@ local function read(key)
   return 0
 end
 return {1, read(KEYS[2]), read(KEYS[3])}
-"#;
+"#
+    )
+}
 
 /// KEYS: card lock. ARGV: owner, TTL (ms). Extends the lock only if `owner` holds it; 1 then.
 pub const RENEW_CARD: &str = r#"

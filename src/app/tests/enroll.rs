@@ -401,6 +401,13 @@ async fn a_lost_lease_before_the_phase_enroll_sent_is_saved_stops_before_enrolli
     let e = w.app.enroll(command("k1", 1208), None).await.unwrap_err();
     assert!(matches!(e, AppError::RequestInFlight { .. }), "{e:?}");
     assert_eq!(w.mc.calls().counts(), (1, 0, 0), "no POST /cards");
+    // The IN_PROGRESS record written beside it keeps its note: the reconciler finishes it if
+    // the attempt that took the key over never does.
+    assert_eq!(
+        w.record(card(1208)).await.unwrap().state,
+        EnrollmentState::InProgress
+    );
+    assert_eq!(w.in_progress().await, [card(1208)]);
 }
 
 #[tokio::test]
@@ -670,35 +677,46 @@ async fn assert_terminal(w: &World, cmd: &crate::app::EnrollCommand, e: &AppErro
     assert_eq!(w.mc.calls().counts(), before);
 }
 
-/// The card is noted for the reconciler while the search runs: a declined search leaves the
-/// note, which the reconciler's next pass prunes (no record says IN_PROGRESS), as it prunes the
-/// note of an enrollment POST /cards declined.
+/// The card is noted for the reconciler while the search runs; a search that fails takes the
+/// note back (under the card lock), unless an earlier attempt's record says IN_PROGRESS: that
+/// one still needs the reconciler.
 #[tokio::test]
-async fn a_declined_search_leaves_a_note_the_reconciler_prunes() {
+async fn a_failed_search_takes_its_note_back_but_not_an_earlier_attempts() {
     let w = world();
-    let cmd = command("k1", 1190);
-    let e = failing_search(
-        &w,
-        &cmd,
-        UpstreamFailure::Declined {
-            reason: "CARD_BLOCKED".into(),
-            context: context("search"),
-        },
-        None,
-    )
-    .await;
+    let declined = || UpstreamFailure::Declined {
+        reason: "CARD_BLOCKED".into(),
+        context: context("search"),
+    };
+    let e = failing_search(&w, &command("k1", 1190), declined(), None).await;
     assert_eq!(reason(&e), "CARD_NOT_ELIGIBLE");
-    assert_eq!(w.in_progress().await, [card(1190)]);
-    // Noted before now (the pass takes cards noted strictly before its cut-off, in ms).
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(w.in_progress().await.is_empty());
+
+    let cmd = command("k2", 1191);
+    w.seed_crashed_key(&cmd, Phase::Started, "corr-1191").await;
+    w.seed_record(&in_progress(1191, "corr-1191")).await;
+    w.store.track_in_progress(card(1191), 1).await.unwrap();
+    w.mc.search(Err(declined()));
+    let e = w.app.enroll(cmd, None).await.unwrap_err();
+    assert_eq!(reason(&e), "CARD_NOT_ELIGIBLE");
+    assert_eq!(w.in_progress().await, [card(1191)]);
+}
+
+/// The reconciler prunes a note only under the card lock: a note left from before (its time
+/// kept, as notes keep the first) may be the running attempt's, which holds the lock from before
+/// its search until it settles.
+#[tokio::test]
+async fn the_reconciler_leaves_the_note_of_a_card_an_attempt_holds() {
+    let w = world();
+    w.store.track_in_progress(card(1192), 1).await.unwrap();
+    assert!(w.thief_locks(1192).await);
+    let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
+    assert_eq!((report.checked, report.pending, report.pruned), (1, 1, 0));
+    assert_eq!(w.in_progress().await, [card(1192)]);
+
+    w.store.inner.unlock_card(card(1192), THIEF).await.unwrap();
     let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
     assert_eq!((report.checked, report.pruned), (1, 1));
     assert!(w.in_progress().await.is_empty());
-    assert_eq!(
-        w.mc.calls().counts(),
-        (1, 0, 0),
-        "nothing asked of Mastercard"
-    );
 }
 
 #[tokio::test]
