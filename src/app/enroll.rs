@@ -370,6 +370,29 @@ impl App {
         }
     }
 
+    /// Takes this attempt's IN_PROGRESS note of `card` back, only while the attempt still holds
+    /// the card lock (renewed first, so that it holds for a lease): notes are written under the
+    /// lock, and once the lock is lost (an unreachable Redis, a paused process) the note may be
+    /// the next holder's. Best effort: a note left behind is the reconciler's to prune.
+    async fn take_back_note(&self, attempt: &Attempt<'_>, card: CardContractId) {
+        let owner = attempt.record.lock().await.owner.clone();
+        match self
+            .store
+            .renew_card(card, &owner, self.settings.lease)
+            .await
+        {
+            Ok(true) => self.untrack_in_progress(card).await,
+            Ok(false) => {
+                tracing::debug!(
+                    "the card lock is no longer this attempt's: its note stays for the reconciler"
+                );
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "could not renew the card lock; the note stays for the reconciler");
+            }
+        }
+    }
+
     /// Drops the card from the IN_PROGRESS index, best effort: the reconciler prunes it when
     /// it finds the record finished.
     async fn untrack_in_progress(&self, card: CardContractId) {
@@ -517,14 +540,11 @@ impl App {
         let card = match card {
             Ok(card) => card,
             Err(e) => {
-                // Nothing of this call says IN_PROGRESS: its note goes with it, while the card
-                // lock keeps any other attempt from noting the card meanwhile (a failed search
+                // Nothing of this call says IN_PROGRESS: its note goes with it (a failed search
                 // would otherwise leave one note per call for the reconciler to prune: during
                 // a Mastercard outage, thousands).
-                if !was_in_progress
-                    && let Err(e) = self.store.untrack_in_progress(cmd.card_contract_id).await
-                {
-                    tracing::debug!(error = %e, "could not take back the card's IN_PROGRESS note; the reconciler prunes it");
+                if !was_in_progress {
+                    self.take_back_note(attempt, cmd.card_contract_id).await;
                 }
                 return Err(map_upstream(
                     Step::Search,

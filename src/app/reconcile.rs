@@ -62,12 +62,10 @@ impl App {
                 Err(e) => {
                     tracing::warn!(card = card.get(), reason = %e.parts().reason, "reconciler: card left for a later pass");
                     // To the back of the queue: cards that keep failing must not hold the head
-                    // of the index and starve the others.
-                    let requeued = async {
-                        self.store.untrack_in_progress(card).await?;
-                        self.store.track_in_progress(card, now_ms()).await
-                    };
-                    if let Err(e) = requeued.await {
+                    // of the index and starve the others. One command that only moves a note
+                    // (a removal and a new note were two: an error or an exit between them lost
+                    // the note, and the IN_PROGRESS record with it).
+                    if let Err(e) = self.store.requeue_in_progress(card, now_ms()).await {
                         tracing::debug!(error = %e, "reconciler: could not requeue the card");
                     }
                     report.pending += 1;
@@ -138,12 +136,21 @@ impl App {
         // without it could be that attempt's, and the record it then writes would be in no
         // index if it crashed.
         let owner = format!("{}/reconciler", self.instance);
-        if !self
+        match self
             .store
             .lock_card(card, &owner, self.settings.lease)
-            .await?
+            .await
         {
-            return Ok(Outcome::Busy);
+            Ok(true) => {}
+            Ok(false) => return Ok(Outcome::Busy),
+            Err(e) => {
+                // The script may have run with its answer lost: give back whatever it took
+                // rather than hold the card until the lease runs out.
+                if let Err(unlock) = self.store.unlock_card(card, &owner).await {
+                    tracing::debug!(error = %unlock, "reconciler: could not release the card lock; it expires by itself");
+                }
+                return Err(e.into());
+            }
         }
         let result = async {
             let Some(record) = self

@@ -410,6 +410,17 @@ impl EnrollmentStore for MemoryStore {
         Ok(())
     }
 
+    async fn requeue_in_progress(
+        &self,
+        card: CardContractId,
+        since_ms: i64,
+    ) -> Result<(), StoreError> {
+        if let Some(since) = self.lock().in_progress.get_mut(&card) {
+            *since = since_ms;
+        }
+        Ok(())
+    }
+
     async fn untrack_in_progress(&self, card: CardContractId) -> Result<(), StoreError> {
         self.lock().in_progress.remove(&card);
         Ok(())

@@ -1188,6 +1188,23 @@ impl EnrollmentStore for RedisStore {
         Ok(())
     }
 
+    async fn requeue_in_progress(
+        &self,
+        card: CardContractId,
+        since_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let _: i64 = redis::cmd("ZADD")
+            .arg(self.keys.in_progress())
+            .arg("XX")
+            .arg(since_ms)
+            .arg(card.get())
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn untrack_in_progress(&self, card: CardContractId) -> Result<(), StoreError> {
         self.index_remove(self.keys.in_progress(), card).await
     }

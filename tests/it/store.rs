@@ -628,8 +628,15 @@ async fn in_progress_index(store: Arc<dyn EnrollmentStore>) {
         store.in_progress_before(2_500, 10).await.unwrap(),
         vec![card(72001), card(72002)]
     );
+    // A requeue moves a note that is there, and adds none.
+    store.requeue_in_progress(card(72002), 8_000).await.unwrap();
+    store.requeue_in_progress(card(72009), 500).await.unwrap();
+    assert_eq!(
+        store.in_progress_before(i64::MAX, 10).await.unwrap(),
+        vec![card(72001), card(72003), card(72002)]
+    );
     store.untrack_in_progress(card(72001)).await.unwrap();
-    assert_eq!(store.count_in_progress(2_500).await.unwrap(), (2, 1));
+    assert_eq!(store.count_in_progress(2_500).await.unwrap(), (2, 0));
     for id in [72002, 72003] {
         store.untrack_in_progress(card(id)).await.unwrap();
     }

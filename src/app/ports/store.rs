@@ -233,6 +233,15 @@ pub trait EnrollmentStore: Send + Sync + 'static {
         since_ms: i64,
     ) -> Result<(), StoreError>;
 
+    /// Moves `card`'s note in the IN_PROGRESS index to `since_ms` if the index holds it, in one
+    /// step (never adds a note, never leaves none): the reconciler's requeue of a card whose
+    /// pass failed.
+    async fn requeue_in_progress(
+        &self,
+        card: CardContractId,
+        since_ms: i64,
+    ) -> Result<(), StoreError>;
+
     /// Forgets `card` in the IN_PROGRESS index (its enrollment ended).
     async fn untrack_in_progress(&self, card: CardContractId) -> Result<(), StoreError>;
 

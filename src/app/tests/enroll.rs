@@ -701,6 +701,44 @@ async fn a_failed_search_takes_its_note_back_but_not_an_earlier_attempts() {
     assert_eq!(w.in_progress().await, [card(1191)]);
 }
 
+/// A failed search takes its note back only while its attempt still holds the card lock: once
+/// the lock is someone else's, the note may be theirs.
+#[tokio::test]
+async fn a_failed_search_leaves_the_note_when_its_lock_was_lost() {
+    let w = world();
+    w.mc.search(Err(unavailable("processing", 1)));
+    // The lock taken by another attempt just before this one renews it to take its note back.
+    w.store.fault(Op::RenewCard, 1, Fault::StealLock);
+    let e = w.app.enroll(command("k1", 1193), None).await.unwrap_err();
+    assert_eq!(reason(&e), "UPSTREAM_UNAVAILABLE");
+    assert_eq!(w.in_progress().await, [card(1193)]);
+}
+
+/// A card whose reconciliation failed goes to the back of the index in one step: when that
+/// step fails, the note stays where it was (a removal then a new note lost it when the second
+/// failed, and the IN_PROGRESS record was in no index).
+#[tokio::test]
+async fn a_failed_requeue_keeps_the_note() {
+    let w = world();
+    w.seed_record(&in_progress(1194, "corr-1194")).await;
+    w.store.track_in_progress(card(1194), 1).await.unwrap();
+    w.mc.tokens(Err(unavailable("processing", 4)));
+    w.store.fault(Op::TrackInProgress, 1, Fault::Unavailable);
+    w.store.fault(Op::RequeueInProgress, 1, Fault::Unavailable);
+    let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
+    assert_eq!((report.checked, report.pending), (1, 1));
+    assert_eq!(w.in_progress().await, [card(1194)]);
+    // Requeued when the store answers: still noted, now at the back.
+    w.mc.tokens(Err(unavailable("processing", 4)));
+    let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
+    assert_eq!(report.pending, 1);
+    assert_eq!(w.in_progress().await, [card(1194)]);
+    assert!(
+        w.store.in_progress_before(2, 10).await.unwrap().is_empty(),
+        "moved from its first time"
+    );
+}
+
 /// The reconciler prunes a note only under the card lock: a note left from before (its time
 /// kept, as notes keep the first) may be the running attempt's, which holds the lock from before
 /// its search until it settles.

@@ -337,6 +337,7 @@ pub enum Op {
     UnlockCard,
     TrackInProgress,
     UntrackInProgress,
+    RequeueInProgress,
     PutOptOut,
 }
 
@@ -600,6 +601,15 @@ impl EnrollmentStore for FaultyStore {
     ) -> Result<(), StoreError> {
         self.enter(Op::TrackInProgress, Some(card)).await?;
         self.inner.track_in_progress(card, since_ms).await
+    }
+
+    async fn requeue_in_progress(
+        &self,
+        card: CardContractId,
+        since_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.enter(Op::RequeueInProgress, Some(card)).await?;
+        self.inner.requeue_in_progress(card, since_ms).await
     }
 
     async fn untrack_in_progress(&self, card: CardContractId) -> Result<(), StoreError> {
