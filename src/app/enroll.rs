@@ -325,12 +325,12 @@ impl App {
             Ok(record) => tracing::debug!(state = ?record.state, "enrollment finished"),
             Err(e) => tracing::debug!(reason = %e.parts().reason, "enrollment failed"),
         }
-        // The card lock, the key's answer and the two indexes are four keys, and any order is
-        // safe after a crash (a lock left behind expires; a key left unanswered resumes; the
-        // reconciler prunes a finished card from the IN_PROGRESS index and drops one that is no
-        // longer ENROLLED from the ENROLLED index): all at once, except that the card leaves
-        // the IN_PROGRESS index before the lock is released, so that the removal can never
-        // take the note of an attempt that comes after (notes are written under the lock).
+        // The card lock and the key's answer are two keys, and either order is safe after a
+        // crash (a lock left behind expires; a key left unanswered resumes): both at once. An
+        // enrollment that ended ENROLLED takes its IN_PROGRESS note out first, before the lock
+        // is released, so that the removal can never take the note of an attempt that comes
+        // after (notes are written under the lock); a crash before it leaves the note for the
+        // reconciler to prune.
         let enrolled = matches!(&result, Ok(record) if record.state == EnrollmentState::Enrolled);
         let release = async {
             if enrolled {
@@ -340,13 +340,8 @@ impl App {
                 tracing::warn!(error = %e, "could not release the card lock; it expires by itself");
             }
         };
-        let index = async {
-            if enrolled {
-                self.track_enrolled(card).await;
-            }
-        };
-        let ((), settled, ()) = enroll_stage(EnrollStage::Settle, async {
-            tokio::join!(release, attempt.settle(result), index)
+        let ((), settled) = enroll_stage(EnrollStage::Settle, async {
+            tokio::join!(release, attempt.settle(result))
         })
         .await;
         let record = settled?;
@@ -474,8 +469,10 @@ impl App {
             .as_ref()
             .filter(|r| r.state == EnrollmentState::Enrolled)
         {
-            // Our own earlier attempt got this far before the process stopped: its answer.
+            // Our own earlier attempt got this far before the process stopped: its answer (and
+            // the ENROLLED index, which the stop may have come before).
             if existing.src_correlation_id.as_deref() == Some(correlation.as_str()) {
+                self.track_enrolled(cmd.card_contract_id).await;
                 return Ok(existing.clone());
             }
             return Err(AppError::CardAlreadyEnrolled(Box::new(existing.clone())));
@@ -513,6 +510,7 @@ impl App {
                 tracing::info!(
                     "finished from the token list: the interrupted attempt's POST /cards went through"
                 );
+                self.track_enrolled(cmd.card_contract_id).await;
                 return Ok(record);
             }
         }
@@ -599,8 +597,18 @@ impl App {
         match enroll_stage(EnrollStage::Enroll, self.upstream.enroll(request, deadline)).await {
             Ok(enrolled) => {
                 let record = enrolled_record(in_progress, enrolled);
-                // Indexed as ENROLLED when the call settles.
-                enroll_stage(EnrollStage::Record, self.write_fenced(attempt, &record)).await
+                // The ENROLLED index beside the record, before the IN_PROGRESS note goes (when
+                // the call settles): a crash between them leaves the card in one index or both,
+                // never in neither. Written first, it is harmless: the lifecycle check drops a
+                // card whose record is not ENROLLED by its due time.
+                let (stored, ()) = enroll_stage(EnrollStage::Record, async {
+                    tokio::join!(
+                        self.write_fenced(attempt, &record),
+                        self.track_enrolled(cmd.card_contract_id)
+                    )
+                })
+                .await;
+                stored
             }
             Err(e) => {
                 let error = map_upstream(Step::Enroll, cmd.card_contract_id, e, deadline);

@@ -179,7 +179,11 @@ impl App {
         deadline: tokio::time::Instant,
         owner: &str,
     ) -> Result<Outcome, AppError> {
-        let (current, _) = self.status_as(card, Some(deadline), Some(owner)).await?;
+        let (current, _) = match self.status_as(card, Some(deadline), Some(owner)).await {
+            // The lock ran out during the token-list call and an attempt took the card.
+            Err(AppError::RequestInFlight { .. }) => return Ok(Outcome::Busy),
+            answer => answer?,
+        };
         if current.state == EnrollmentState::Enrolled {
             self.store.untrack_in_progress(card).await?;
             tracing::info!(

@@ -238,6 +238,14 @@ impl App {
                     // Written, or nothing to change (the revision tells).
                     Some(stored) if stored.revision != before => (stored, Source::Upstream),
                     Some(stored) => (stored, Source::Store),
+                    // A caller that held the lock lost it (the reconciler, an enrollment's
+                    // recover step): the record it would go on from was not stored, so it must
+                    // stop as on any lost lock rather than take it as the card's state.
+                    None if lock_owner.is_some() => {
+                        return Err(AppError::RequestInFlight {
+                            retry_after: std::time::Duration::from_secs(1),
+                        });
+                    }
                     None => (record.clone(), Source::Upstream),
                 },
             )

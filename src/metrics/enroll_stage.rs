@@ -33,10 +33,10 @@ pub enum EnrollStage {
     Write,
     /// `POST /cards`: signing, sealing and decoding; the HTTP exchange is Mastercard's.
     Enroll,
-    /// The final record.
+    /// The final record, and the ENROLLED index beside it.
     Record,
-    /// The card lock released and the key's answer stored; for an enrollment that ended
-    /// ENROLLED, the IN_PROGRESS and ENROLLED indexes beside them.
+    /// The card lock released (for an enrollment that ended ENROLLED, after its IN_PROGRESS
+    /// note) and the key's answer stored beside it.
     Settle,
 }
 

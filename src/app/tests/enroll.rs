@@ -522,6 +522,11 @@ async fn a_key_stopped_after_sending_finishes_from_the_token_list_without_a_seco
     let r = &done.record;
     assert_eq!(r.state, EnrollmentState::Enrolled);
     assert_eq!(r.src_correlation_id.as_deref(), Some("corr-1403"));
+    assert_eq!(
+        w.store.enrolled_due(i64::MAX, 100).await.unwrap(),
+        [card(1403)],
+        "due for the lifecycle check"
+    );
     let token = r.token.as_ref().unwrap();
     assert_eq!(token.token_unique_reference, "DM4MMC1403");
     assert_eq!(token.status, Some(TokenStatus::Active));
@@ -736,6 +741,30 @@ async fn a_failed_requeue_keeps_the_note() {
     assert!(
         w.store.in_progress_before(2, 10).await.unwrap().is_empty(),
         "moved from its first time"
+    );
+}
+
+/// A reconciler that loses the card lock while it asks the token list stops: the ENROLLED
+/// record it rebuilt was not stored, so the card keeps its note and its IN_PROGRESS record for
+/// the attempt that took the lock (or the next pass). It took the record as the card's state
+/// and dropped the note before.
+#[tokio::test]
+async fn a_reconciler_that_loses_the_lock_leaves_the_card_in_the_index() {
+    let w = world();
+    w.seed_record(&in_progress(1195, "corr-1195")).await;
+    w.store.track_in_progress(card(1195), 1).await.unwrap();
+    w.mc.tokens(Ok(observed(vec![c2p_token(
+        "DM4MMC1195",
+        TokenStatus::Active,
+        "2030-01-01T00:00:00Z",
+    )])));
+    w.store.fault(Op::PutFenced, 1, Fault::StealLock);
+    let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
+    assert_eq!((report.checked, report.enrolled, report.pending), (1, 0, 1));
+    assert_eq!(w.in_progress().await, [card(1195)]);
+    assert_eq!(
+        w.record(card(1195)).await.unwrap().state,
+        EnrollmentState::InProgress
     );
 }
 
