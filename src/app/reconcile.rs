@@ -153,17 +153,22 @@ impl App {
             }
         }
         let result = async {
-            let Some(record) = self
-                .store
-                .get(card)
-                .await?
-                .filter(|r| r.state == EnrollmentState::InProgress)
-            else {
-                self.store.untrack_in_progress(card).await?;
-                return Ok(Outcome::Pruned);
-            };
-            let deadline = tokio::time::Instant::now() + self.settings.lease / 2;
-            self.finish(card, record, deadline, &owner).await
+            match self.store.get(card).await? {
+                Some(record) if record.state == EnrollmentState::InProgress => {
+                    let deadline = tokio::time::Instant::now() + self.settings.lease / 2;
+                    self.finish(card, record, deadline, &owner).await
+                }
+                other => {
+                    // An ENROLLED card may have lost its ENROLLED note with the attempt that
+                    // wrote it (sent beside the record, it may not have landed): noted again
+                    // before this note goes, so that it is never in neither index.
+                    if other.is_some_and(|r| r.state == EnrollmentState::Enrolled) {
+                        self.track_enrolled(card).await;
+                    }
+                    self.store.untrack_in_progress(card).await?;
+                    Ok(Outcome::Pruned)
+                }
+            }
         }
         .await;
         if let Err(e) = self.store.unlock_card(card, &owner).await {
@@ -185,6 +190,8 @@ impl App {
             answer => answer?,
         };
         if current.state == EnrollmentState::Enrolled {
+            // Into the ENROLLED index before it leaves this one (never in neither).
+            self.track_enrolled(card).await;
             self.store.untrack_in_progress(card).await?;
             tracing::info!(
                 card = card.get(),

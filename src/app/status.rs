@@ -201,7 +201,9 @@ impl App {
     /// under the card lock, so that it never overwrites what a running enrollment wrote: with
     /// the lock held by someone else, or the record changed since `snapshot`, nothing is written
     /// and the changed record (or, with the lock held elsewhere, the rebuilt one, unstored) is
-    /// answered.
+    /// answered. A caller that holds the lock itself (`lock_owner`) is never answered with an
+    /// unstored record: it gets `RequestInFlight` when its lock was lost or the record vanished.
+    /// A record that became ENROLLED joins the ENROLLED index.
     async fn write_observed(
         &self,
         record: &EnrollmentRecord,
@@ -227,16 +229,27 @@ impl App {
         let result = async {
             let fresh = self.store.get(card).await?;
             if fresh != snapshot {
-                return Ok(match fresh {
-                    Some(fresh) => (fresh, Source::Store),
-                    None => (record.clone(), Source::Upstream),
-                });
+                return match fresh {
+                    Some(fresh) => Ok((fresh, Source::Store)),
+                    None if lock_owner.is_some() => Err(AppError::RequestInFlight {
+                        retry_after: std::time::Duration::from_secs(1),
+                    }),
+                    None => Ok((record.clone(), Source::Upstream)),
+                };
             }
             let before = snapshot.as_ref().map_or(0, |s| s.revision);
             Ok(
                 match self.store.put_enrollment_fenced(record, ttl, owner).await? {
                     // Written, or nothing to change (the revision tells).
-                    Some(stored) if stored.revision != before => (stored, Source::Upstream),
+                    Some(stored) if stored.revision != before => {
+                        let was_enrolled = snapshot
+                            .as_ref()
+                            .is_some_and(|s| s.state == EnrollmentState::Enrolled);
+                        if stored.state == EnrollmentState::Enrolled && !was_enrolled {
+                            self.track_enrolled(card).await;
+                        }
+                        (stored, Source::Upstream)
+                    }
                     Some(stored) => (stored, Source::Store),
                     // A caller that held the lock lost it (the reconciler, an enrollment's
                     // recover step): the record it would go on from was not stored, so it must

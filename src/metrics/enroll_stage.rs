@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 pub const ENROLL_STAGE: &str = "c2p_enroll_stage_duration_seconds";
 
 /// The steps of an enrollment, in the order they run. Each Redis step is one round trip (its
-/// commands are sent together).
+/// commands are sent together), but `settle` for an enrollment that ended ENROLLED: its
+/// IN_PROGRESS note goes before the lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnrollStage {
     /// The idempotency key's lease taken, beside the early opt-out check.

@@ -768,6 +768,44 @@ async fn a_reconciler_that_loses_the_lock_leaves_the_card_in_the_index() {
     );
 }
 
+/// A card leaves the IN_PROGRESS index only for the ENROLLED one when its record is ENROLLED:
+/// finished by the reconciler from the token list, pruned after an attempt whose ENROLLED note
+/// did not land, or made ENROLLED by a status refresh.
+#[tokio::test]
+async fn a_card_found_enrolled_joins_the_enrolled_index() {
+    let w = world();
+    let token = || {
+        Ok(observed(vec![c2p_token(
+            "DM4MMC1196",
+            TokenStatus::Active,
+            "2030-01-01T00:00:00Z",
+        )]))
+    };
+    // Finished by the reconciler.
+    w.seed_record(&in_progress(1196, "corr-1196")).await;
+    w.store.track_in_progress(card(1196), 1).await.unwrap();
+    w.mc.tokens(token());
+    let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
+    assert_eq!(report.enrolled, 1);
+    // Pruned: ENROLLED already, its ENROLLED note missing.
+    let mut enrolled = in_progress(1197, "corr-1197");
+    enrolled.state = EnrollmentState::Enrolled;
+    w.seed_record(&enrolled).await;
+    w.store.track_in_progress(card(1197), 1).await.unwrap();
+    let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
+    assert_eq!(report.pruned, 1);
+    assert!(w.in_progress().await.is_empty());
+    // Refreshed from the token list.
+    w.seed_record(&in_progress(1198, "corr-1198")).await;
+    w.mc.tokens(token());
+    let (refreshed, _) = w.app.status(card(1198), true, None).await.unwrap();
+    assert_eq!(refreshed.state, EnrollmentState::Enrolled);
+
+    let mut due = w.store.enrolled_due(i64::MAX, 100).await.unwrap();
+    due.sort_by_key(|c| c.get());
+    assert_eq!(due, [card(1196), card(1197), card(1198)]);
+}
+
 /// The reconciler prunes a note only under the card lock: a note left from before (its time
 /// kept, as notes keep the first) may be the running attempt's, which holds the lock from before
 /// its search until it settles.
