@@ -518,7 +518,7 @@ impl App {
         // The card object is never stored, so a resumed call searches again (it changes nothing).
         // The card is noted for the reconciler while the search runs, before the record says
         // IN_PROGRESS: a crash between the two must not leave a card it never looks at (it
-        // prunes cards that are not IN_PROGRESS, as after a declined search).
+        // prunes, under the lock, cards that are not IN_PROGRESS).
         let cardholder = Cardholder {
             full_name: cmd.cardholder_full_name.clone(),
             billing_address: cmd.billing_address.clone(),

@@ -313,6 +313,30 @@ impl RedisStore {
     }
 
     /// Takes `card` out of the sorted-set index `key`.
+    /// `ZADD key [condition] score card` on a sorted-set index (`NX`: keep a note that is there;
+    /// `XX`: only move one that is there; none: add or move).
+    async fn index_add(
+        &self,
+        key: String,
+        condition: Option<&str>,
+        score: i64,
+        card: CardContractId,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(key);
+        if let Some(condition) = condition {
+            zadd.arg(condition);
+        }
+        let _: i64 = zadd
+            .arg(score)
+            .arg(card.get())
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn index_remove(&self, key: String, card: CardContractId) -> Result<(), StoreError> {
         let mut conn = self.connection().await?;
         let _: i64 = redis::cmd("ZREM")
@@ -1176,16 +1200,8 @@ impl EnrollmentStore for RedisStore {
         card: CardContractId,
         since_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
-        let _: i64 = redis::cmd("ZADD")
-            .arg(self.keys.in_progress())
-            .arg("NX")
-            .arg(since_ms)
-            .arg(card.get())
-            .query_async(&mut conn)
+        self.index_add(self.keys.in_progress(), Some("NX"), since_ms, card)
             .await
-            .map_err(unavailable)?;
-        Ok(())
     }
 
     async fn requeue_in_progress(
@@ -1193,16 +1209,8 @@ impl EnrollmentStore for RedisStore {
         card: CardContractId,
         since_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
-        let _: i64 = redis::cmd("ZADD")
-            .arg(self.keys.in_progress())
-            .arg("XX")
-            .arg(since_ms)
-            .arg(card.get())
-            .query_async(&mut conn)
+        self.index_add(self.keys.in_progress(), Some("XX"), since_ms, card)
             .await
-            .map_err(unavailable)?;
-        Ok(())
     }
 
     async fn untrack_in_progress(&self, card: CardContractId) -> Result<(), StoreError> {
@@ -1238,15 +1246,8 @@ impl EnrollmentStore for RedisStore {
         card: CardContractId,
         check_at_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
-        let _: i64 = redis::cmd("ZADD")
-            .arg(self.keys.enrolled())
-            .arg(check_at_ms)
-            .arg(card.get())
-            .query_async(&mut conn)
+        self.index_add(self.keys.enrolled(), None, check_at_ms, card)
             .await
-            .map_err(unavailable)?;
-        Ok(())
     }
 
     async fn untrack_enrolled(&self, card: CardContractId) -> Result<(), StoreError> {
