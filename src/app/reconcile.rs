@@ -185,7 +185,8 @@ impl App {
         owner: &str,
     ) -> Result<Outcome, AppError> {
         let (current, _) = match self.status_as(card, Some(deadline), Some(owner)).await {
-            // The lock ran out during the token-list call and an attempt took the card.
+            // The lock ran out during the token-list call and an attempt took the card, or the
+            // record changed meanwhile (a notification): the next pass reads it again.
             Err(AppError::RequestInFlight { .. }) => return Ok(Outcome::Busy),
             answer => answer?,
         };

@@ -202,7 +202,8 @@ impl App {
     /// the lock held by someone else, or the record changed since `snapshot`, nothing is written
     /// and the changed record (or, with the lock held elsewhere, the rebuilt one, unstored) is
     /// answered. A caller that holds the lock itself (`lock_owner`) is never answered with an
-    /// unstored record: it gets `RequestInFlight` when its lock was lost or the record vanished.
+    /// unstored record nor one it did not read: it gets `RequestInFlight` when its lock was lost
+    /// or the record changed or vanished meanwhile.
     /// A record that became ENROLLED joins the ENROLLED index.
     async fn write_observed(
         &self,
@@ -230,10 +231,14 @@ impl App {
             let fresh = self.store.get(card).await?;
             if fresh != snapshot {
                 return match fresh {
-                    Some(fresh) => Ok((fresh, Source::Store)),
-                    None if lock_owner.is_some() => Err(AppError::RequestInFlight {
+                    // A caller that holds the lock decides from what the token list showed over
+                    // what it had read (the reconciler writes FAILED when no token is found):
+                    // a record changed meanwhile (a notification) or gone is read again on its
+                    // next try rather than answered as if the token list had shown it.
+                    _ if lock_owner.is_some() => Err(AppError::RequestInFlight {
                         retry_after: std::time::Duration::from_secs(1),
                     }),
+                    Some(fresh) => Ok((fresh, Source::Store)),
                     None => Ok((record.clone(), Source::Upstream)),
                 };
             }

@@ -806,6 +806,44 @@ async fn a_card_found_enrolled_joins_the_enrolled_index() {
     assert_eq!(due, [card(1196), card(1197), card(1198)]);
 }
 
+/// A notification that changes an IN_PROGRESS record while the reconciler asks the token list
+/// does not make it write FAILED "no Click to Pay token" over a card the token list showed
+/// tokenized: the card is left for the next pass, which reads it again. It wrote FAILED before.
+#[tokio::test]
+async fn a_record_changed_during_the_reconcilers_token_list_call_is_left_for_the_next_pass() {
+    let w = std::sync::Arc::new(world());
+    w.seed_record(&in_progress(1199, "corr-1199")).await;
+    w.store.track_in_progress(card(1199), 1).await.unwrap();
+    let token = c2p_token("DM4MMC1199", TokenStatus::Active, "2030-01-01T00:00:00Z");
+    w.mc.tokens(Ok(observed(vec![token.clone()])));
+    // The reconciler's reads: the card's record, the token list's base, then the fresh read
+    // before its write: the notification lands just before that one.
+    let before_write = w.store.pause(Op::Get, 3);
+    let pass = tokio::spawn({
+        let w = w.clone();
+        async move { w.app.reconcile_once(Duration::ZERO, 100).await }
+    });
+    before_write.entered().await;
+    let event = crate::domain::TokenEvent {
+        notification_id: "n-tcn-1199".into(),
+        event_at_ms: now_ms(),
+        card_contract_id: card(1199),
+        token_unique_reference: token.token_unique_reference.clone(),
+        token_requestor_id: token.token_requestor_id.clone(),
+        wallet_name: token.wallet_name.clone(),
+        kind: crate::domain::TokenEventKind::Complete,
+    };
+    w.store.inner.apply_notification(&event).await.unwrap();
+    before_write.open();
+    let report = pass.await.unwrap().unwrap();
+    assert_eq!((report.failed, report.pending), (0, 1), "{report:?}");
+    assert_ne!(
+        w.record(card(1199)).await.unwrap().state,
+        EnrollmentState::Failed
+    );
+    assert_eq!(w.in_progress().await, [card(1199)]);
+}
+
 /// The reconciler prunes a note only under the card lock: a note left from before (its time
 /// kept, as notes keep the first) may be the running attempt's, which holds the lock from before
 /// its search until it settles.
