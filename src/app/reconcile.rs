@@ -89,14 +89,15 @@ impl App {
         if self.settings.lifecycle_check_interval.is_none() {
             return Ok(());
         }
-        for card in self.store.enrolled_due(now_ms(), limit).await? {
+        let now = now_ms();
+        for card in self.store.enrolled_due(now, limit).await? {
             let Some(record) = self
                 .store
                 .get(card)
                 .await?
                 .filter(|r| r.state == EnrollmentState::Enrolled)
             else {
-                self.untrack_enrolled(card).await;
+                self.untrack_enrolled_due(card, now).await;
                 continue;
             };
             report.lifecycle_checked += 1;
@@ -118,7 +119,7 @@ impl App {
                         // No later pass can look it up either (its token's news still can
                         // make it REMOVED): out of the index rather than failing every interval.
                         tracing::info!(card = card.get(), reason = %e.parts().reason, "reconciler: the record lacks the ids to look the card up in Click to Pay; no longer checked");
-                        self.untrack_enrolled(card).await;
+                        self.untrack_enrolled_due(card, now).await;
                     } else {
                         tracing::warn!(card = card.get(), reason = %e.parts().reason, "reconciler: could not look the card up in Click to Pay; due again later");
                         self.track_enrolled(card).await;
@@ -127,6 +128,15 @@ impl App {
             }
         }
         Ok(())
+    }
+
+    /// Forgets a card the lifecycle check found due at `due_before`, unless it was noted again
+    /// since (a new enrollment of the card, due an interval later), best effort: without the
+    /// card lock, the check's read of the record may be older than that note.
+    async fn untrack_enrolled_due(&self, card: CardContractId, due_before: i64) {
+        if let Err(e) = self.store.untrack_enrolled_due(card, due_before).await {
+            tracing::debug!(error = %e, "reconciler: could not drop the card from the ENROLLED index");
+        }
     }
 
     async fn reconcile_card(&self, card: CardContractId) -> Result<Outcome, AppError> {

@@ -462,6 +462,19 @@ impl EnrollmentStore for MemoryStore {
         Ok(())
     }
 
+    async fn untrack_enrolled_due(
+        &self,
+        card: CardContractId,
+        before_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut maps = self.lock();
+        if maps.enrolled.get(&card).is_some_and(|at| *at < before_ms) {
+            maps.enrolled.remove(&card);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     async fn enrolled_due(
         &self,
         before_ms: i64,

@@ -87,6 +87,7 @@ pub struct RedisStore {
     lock_and_read: Script,
     renew_card: Script,
     unlock_card: Script,
+    untrack_due: Script,
     quarantine: Script,
 }
 
@@ -285,6 +286,7 @@ impl RedisStore {
             lock_and_read: Script::new(&scripts::lock_and_read()),
             renew_card: Script::new(scripts::RENEW_CARD),
             unlock_card: Script::new(scripts::UNLOCK_CARD),
+            untrack_due: Script::new(scripts::UNTRACK_DUE),
             quarantine: Script::new(scripts::QUARANTINE),
         })
     }
@@ -1252,6 +1254,23 @@ impl EnrollmentStore for RedisStore {
 
     async fn untrack_enrolled(&self, card: CardContractId) -> Result<(), StoreError> {
         self.index_remove(self.keys.enrolled(), card).await
+    }
+
+    async fn untrack_enrolled_due(
+        &self,
+        card: CardContractId,
+        before_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.connection().await?;
+        let removed: i64 = self
+            .untrack_due
+            .key(self.keys.enrolled())
+            .arg(card.get())
+            .arg(before_ms)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(removed == 1)
     }
 
     async fn enrolled_due(

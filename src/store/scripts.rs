@@ -443,6 +443,17 @@ return {1, read(KEYS[2]), read(KEYS[3])}
     )
 }
 
+/// KEYS: a sorted-set index. ARGV: card, a time (ms). Removes the card only while its score is
+/// below the time (still due); 1 then.
+pub const UNTRACK_DUE: &str = r#"
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) < tonumber(ARGV[2]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"#;
+
 /// KEYS: card lock. ARGV: owner, TTL (ms). Extends the lock only if `owner` holds it; 1 then.
 pub const RENEW_CARD: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end

@@ -641,6 +641,32 @@ async fn in_progress_index(store: Arc<dyn EnrollmentStore>) {
         store.untrack_in_progress(card(id)).await.unwrap();
     }
     assert_eq!(store.count_in_progress(i64::MAX).await.unwrap(), (0, 0));
+
+    // The ENROLLED index: a conditional removal takes a card only while it is still due.
+    store.track_enrolled(card(72101), 1_000).await.unwrap();
+    assert!(
+        !store
+            .untrack_enrolled_due(card(72101), 1_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .untrack_enrolled_due(card(72102), 5_000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.enrolled_due(i64::MAX, 10).await.unwrap(),
+        vec![card(72101)]
+    );
+    assert!(
+        store
+            .untrack_enrolled_due(card(72101), 1_001)
+            .await
+            .unwrap()
+    );
+    assert!(store.enrolled_due(i64::MAX, 10).await.unwrap().is_empty());
 }
 
 async fn large_event_times_read_back_exactly(store: Arc<dyn EnrollmentStore>) {

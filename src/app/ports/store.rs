@@ -267,6 +267,15 @@ pub trait EnrollmentStore: Send + Sync + 'static {
     /// Forgets `card` in the ENROLLED index (it is no longer enrolled).
     async fn untrack_enrolled(&self, card: CardContractId) -> Result<(), StoreError>;
 
+    /// Forgets `card` in the ENROLLED index only while it is due before `before_ms`, in one step:
+    /// the lifecycle check's removal of a card it found not ENROLLED, which must not take a
+    /// note written again meanwhile (a new enrollment's, due an interval later). Whether it did.
+    async fn untrack_enrolled_due(
+        &self,
+        card: CardContractId,
+        before_ms: i64,
+    ) -> Result<bool, StoreError>;
+
     /// Up to `limit` ENROLLED cards due for a check before `before_ms`, the most overdue first.
     async fn enrolled_due(
         &self,

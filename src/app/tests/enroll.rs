@@ -844,6 +844,34 @@ async fn a_record_changed_during_the_reconcilers_token_list_call_is_left_for_the
     assert_eq!(w.in_progress().await, [card(1199)]);
 }
 
+/// The lifecycle check drops a card it found not ENROLLED from the ENROLLED index only while
+/// the card is still due: a new enrollment that noted it again (due an interval later) between
+/// the check's read and its removal keeps its note. It was removed before.
+#[tokio::test]
+async fn the_lifecycle_check_keeps_a_note_written_after_its_read() {
+    let w = std::sync::Arc::new(world());
+    let mut removed = in_progress(1189, "corr-1189");
+    removed.state = EnrollmentState::Removed;
+    w.seed_record(&removed).await;
+    w.store.track_enrolled(card(1189), 1).await.unwrap();
+    // The check's read of the record (its first `get`): a new enrollment notes the card then.
+    let at_read = w.store.pause(Op::Get, 1);
+    let pass = tokio::spawn({
+        let w = w.clone();
+        async move { w.app.reconcile_once(Duration::from_secs(3600), 100).await }
+    });
+    at_read.entered().await;
+    let later = now_ms() + 3_600_000;
+    w.store.track_enrolled(card(1189), later).await.unwrap();
+    at_read.open();
+    pass.await.unwrap().unwrap();
+    assert_eq!(
+        w.store.enrolled_due(i64::MAX, 10).await.unwrap(),
+        [card(1189)]
+    );
+    assert!(w.store.enrolled_due(later, 10).await.unwrap().is_empty());
+}
+
 /// The reconciler prunes a note only under the card lock: a note left from before (its time
 /// kept, as notes keep the first) may be the running attempt's, which holds the lock from before
 /// its search until it settles.

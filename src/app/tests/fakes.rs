@@ -338,6 +338,7 @@ pub enum Op {
     TrackInProgress,
     UntrackInProgress,
     RequeueInProgress,
+    UntrackEnrolledDue,
     PutOptOut,
 }
 
@@ -639,6 +640,15 @@ impl EnrollmentStore for FaultyStore {
 
     async fn untrack_enrolled(&self, card: CardContractId) -> Result<(), StoreError> {
         self.inner.untrack_enrolled(card).await
+    }
+
+    async fn untrack_enrolled_due(
+        &self,
+        card: CardContractId,
+        before_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.enter(Op::UntrackEnrolledDue, Some(card)).await?;
+        self.inner.untrack_enrolled_due(card, before_ms).await
     }
 
     async fn enrolled_due(
