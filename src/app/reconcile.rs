@@ -16,7 +16,8 @@ pub struct ReconcileReport {
     pub enrolled: usize,
     /// No Click to Pay token: now FAILED (retryable: a retry with the same key resumes).
     pub failed: usize,
-    /// Left for the next pass: an attempt holds the card, or Mastercard did not answer.
+    /// Left for the next pass: an attempt holds the card, its record changed while Mastercard
+    /// was asked, or Mastercard did not answer.
     pub pending: usize,
     /// No longer IN_PROGRESS (finished meanwhile): dropped from the index.
     pub pruned: usize,

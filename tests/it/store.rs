@@ -667,6 +667,23 @@ async fn in_progress_index(store: Arc<dyn EnrollmentStore>) {
             .unwrap()
     );
     assert!(store.enrolled_due(i64::MAX, 10).await.unwrap().is_empty());
+    // At real times (ms since 1970), as Redis writes the score and the script reads it back.
+    store
+        .track_enrolled(card(72103), 1_764_000_000_123)
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .untrack_enrolled_due(card(72103), 1_764_000_000_123)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .untrack_enrolled_due(card(72103), 1_764_000_000_124)
+            .await
+            .unwrap()
+    );
 }
 
 async fn large_event_times_read_back_exactly(store: Arc<dyn EnrollmentStore>) {

@@ -842,6 +842,15 @@ async fn a_record_changed_during_the_reconcilers_token_list_call_is_left_for_the
         EnrollmentState::Failed
     );
     assert_eq!(w.in_progress().await, [card(1199)]);
+    // The next pass reads the record again and finishes it from the token list.
+    w.mc.tokens(Ok(observed(vec![token])));
+    let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
+    assert_eq!(report.enrolled, 1, "{report:?}");
+    assert_eq!(
+        w.record(card(1199)).await.unwrap().state,
+        EnrollmentState::Enrolled
+    );
+    assert!(w.in_progress().await.is_empty());
 }
 
 /// The lifecycle check drops a card it found not ENROLLED from the ENROLLED index only while
