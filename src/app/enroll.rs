@@ -623,6 +623,10 @@ impl App {
                         metadata: parts.metadata,
                     });
                     enroll_stage(EnrollStage::Record, self.write_fenced(attempt, &failed)).await?;
+                    // The record is final: its note goes now, while the lock is still held
+                    // (as an ENROLLED one's goes when the call settles), rather than waiting
+                    // for the reconciler to find and prune it.
+                    self.untrack_in_progress(cmd.card_contract_id).await;
                 }
                 Err(error)
             }

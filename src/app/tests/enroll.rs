@@ -744,6 +744,28 @@ async fn a_failed_requeue_keeps_the_note() {
     );
 }
 
+/// A reconciler whose lock script ran with its answer lost gives the lock back at once: the
+/// card's next EnrollCard or pass need not wait for the lease to run out.
+#[tokio::test]
+async fn a_reconciler_whose_lock_answer_was_lost_gives_the_lock_back() {
+    let w = world();
+    w.seed_record(&in_progress(1196, "corr-1196")).await;
+    w.store.track_in_progress(card(1196), 1).await.unwrap();
+    w.store.fault(Op::LockCard, 1, Fault::AnswerLost);
+    let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
+    // Left for a later pass, still noted.
+    assert_eq!((report.checked, report.pending), (1, 1));
+    assert_eq!(w.in_progress().await, [card(1196)]);
+    assert!(
+        w.store
+            .inner
+            .lock_card(card(1196), "next-attempt", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        "the reconciler still holds the card lock"
+    );
+}
+
 /// A reconciler that loses the card lock while it asks the token list stops: the ENROLLED
 /// record it rebuilt was not stored, so the card keeps its note and its IN_PROGRESS record for
 /// the attempt that took the lock (or the next pass). It took the record as the card's state
@@ -1043,6 +1065,12 @@ async fn assert_failed_record(w: &World, cmd: &crate::app::EnrollCommand, e: &Ap
     assert_eq!(
         record.src_correlation_id.as_deref(),
         Some(&*w.mc.calls().correlations()[0])
+    );
+    // A final record: its IN_PROGRESS note went with it, not left for the reconciler.
+    assert!(
+        w.in_progress().await.is_empty(),
+        "{:?}",
+        w.in_progress().await
     );
 }
 

@@ -352,6 +352,9 @@ pub enum Fault {
     Refused,
     /// Another owner ("thief") takes the card's lock just before the call runs.
     StealLock,
+    /// The call runs, then its answer is lost: `StoreError::Unavailable` (a connection that
+    /// dropped after Redis ran the script). `lock_card` only.
+    AnswerLost,
 }
 
 /// The owner a stolen card lock goes to.
@@ -368,6 +371,8 @@ pub struct FaultyStore {
     keys: Mutex<HashMap<String, IdempotencyRecord>>,
     /// Calls held at a gate before they run, by (operation, call number).
     pauses: Mutex<HashMap<(Op, usize), Gate>>,
+    /// Operations whose running call loses its answer ([`Fault::AnswerLost`]).
+    losing: Mutex<std::collections::HashSet<Op>>,
 }
 
 impl FaultyStore {
@@ -384,6 +389,7 @@ impl FaultyStore {
             lock_owners: Mutex::default(),
             keys: Mutex::default(),
             pauses: Mutex::default(),
+            losing: Mutex::default(),
         }
     }
 
@@ -435,6 +441,15 @@ impl FaultyStore {
                 "injected: {op:?} call {n}"
             ))),
             Some(Fault::Refused) => Ok(true),
+            Some(Fault::AnswerLost) => {
+                assert_eq!(
+                    op,
+                    Op::LockCard,
+                    "AnswerLost is modelled for lock_card only"
+                );
+                self.losing.lock().unwrap().insert(op);
+                Ok(false)
+            }
             Some(Fault::StealLock) => {
                 let card = card.unwrap_or_else(|| panic!("{op:?} has no card to steal"));
                 let owner = self.lock_owners.lock().unwrap().get(&card).cloned();
@@ -566,6 +581,11 @@ impl EnrollmentStore for FaultyStore {
                 .lock()
                 .unwrap()
                 .insert(card, owner.to_owned());
+        }
+        if self.losing.lock().unwrap().remove(&Op::LockCard) {
+            return Err(StoreError::Unavailable(
+                "injected: lock_card ran, its answer was lost".into(),
+            ));
         }
         Ok(locked)
     }
