@@ -283,7 +283,12 @@ impl App {
             Err(e) => {
                 // Transient, as every store error: the key is given back like on every other
                 // transient failure, so that a retry resumes rather than meet REQUEST_IN_PROGRESS
-                // until the lease runs out.
+                // until the lease runs out. The script may have run with its answer lost: the
+                // lock it took is given back too (owner-checked), or the retry would meet
+                // CARD_BUSY for a lease.
+                if let Err(unlock) = self.store.unlock_card(card, &owner).await {
+                    tracing::debug!(error = %unlock, "could not release the card lock; it expires by itself");
+                }
                 attempt.release().await;
                 return Err(e.into());
             }
@@ -623,10 +628,11 @@ impl App {
                         metadata: parts.metadata,
                     });
                     enroll_stage(EnrollStage::Record, self.write_fenced(attempt, &failed)).await?;
-                    // The record is final: its note goes now, while the lock is still held
-                    // (as an ENROLLED one's goes when the call settles), rather than waiting
-                    // for the reconciler to find and prune it.
-                    self.untrack_in_progress(cmd.card_contract_id).await;
+                    // The record is final: its note goes now rather than wait for the
+                    // reconciler, but only while the lock is still this attempt's (renewed
+                    // first): a FAILED record does not stop a later attempt, which keeps the
+                    // note there as its own once the lock is lost.
+                    self.take_back_note(attempt, cmd.card_contract_id).await;
                 }
                 Err(error)
             }

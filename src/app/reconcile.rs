@@ -176,7 +176,9 @@ impl App {
                     if other.is_some_and(|r| r.state == EnrollmentState::Enrolled) {
                         self.track_enrolled(card).await;
                     }
-                    self.store.untrack_in_progress(card).await?;
+                    if !self.untrack_held(card, &owner).await? {
+                        return Ok(Outcome::Busy);
+                    }
                     Ok(Outcome::Pruned)
                 }
             }
@@ -204,7 +206,9 @@ impl App {
         if current.state == EnrollmentState::Enrolled {
             // Into the ENROLLED index before it leaves this one (never in neither).
             self.track_enrolled(card).await;
-            self.store.untrack_in_progress(card).await?;
+            if !self.untrack_held(card, owner).await? {
+                return Ok(Outcome::Busy);
+            }
             tracing::info!(
                 card = card.get(),
                 "reconciler: the card is tokenized; ENROLLED"
@@ -231,12 +235,30 @@ impl App {
             // The lock ran out during the token-list call and an attempt took the card.
             return Ok(Outcome::Busy);
         }
-        self.store.untrack_in_progress(card).await?;
+        if !self.untrack_held(card, owner).await? {
+            return Ok(Outcome::Busy);
+        }
         tracing::info!(
             card = card.get(),
             "reconciler: no Click to Pay token; FAILED (retryable)"
         );
         Ok(Outcome::Failed)
+    }
+
+    /// Takes the card's note out of the IN_PROGRESS index only while the reconciler still holds
+    /// the card lock (renewed first, so that it holds for a lease): once the lock ran out, an
+    /// attempt may have taken the card and kept the note as its own (notes are written with
+    /// `ZADD NX`). `false`: the lock is another's; the note stays.
+    async fn untrack_held(&self, card: CardContractId, owner: &str) -> Result<bool, AppError> {
+        if !self
+            .store
+            .renew_card(card, owner, self.settings.lease)
+            .await?
+        {
+            return Ok(false);
+        }
+        self.store.untrack_in_progress(card).await?;
+        Ok(true)
     }
 
     /// Runs [`App::reconcile_once`] every `interval` on whichever replica holds the lease,

@@ -719,6 +719,43 @@ async fn a_failed_search_leaves_the_note_when_its_lock_was_lost() {
     assert_eq!(w.in_progress().await, [card(1193)]);
 }
 
+/// A POST /cards that failed for good takes its note out only while the lock is still its own:
+/// a FAILED record does not stop a later attempt, whose note it would otherwise take (the
+/// removal was unconditional, after the fenced write).
+#[tokio::test]
+async fn a_failed_enrollment_leaves_the_note_when_its_lock_was_lost() {
+    let w = world();
+    // The lock taken by another attempt just before this one renews it to take its note out.
+    w.store.fault(Op::RenewCard, 1, Fault::StealLock);
+    let e = failing_enroll(
+        &w,
+        &command("k1", 1198),
+        UpstreamFailure::Rejected(context("enroll")),
+        None,
+    )
+    .await;
+    assert_eq!(reason(&e), "UPSTREAM_REJECTED");
+    assert_eq!(w.in_progress().await, [card(1198)]);
+}
+
+/// An EnrollCard whose lock script ran with its answer lost gives the lock back with the key:
+/// its retry resumes at once instead of meeting CARD_BUSY until the lease runs out.
+#[tokio::test]
+async fn an_enrollment_whose_lock_answer_was_lost_gives_the_lock_back() {
+    let w = world();
+    w.store.fault(Op::LockCard, 1, Fault::AnswerLost);
+    let e = w.app.enroll(command("k1", 1199), None).await.unwrap_err();
+    assert_eq!(reason(&e), "STORE_UNAVAILABLE");
+    assert!(
+        w.store
+            .inner
+            .lock_card(card(1199), "next-attempt", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        "the failed call still holds the card lock"
+    );
+}
+
 /// A card whose reconciliation failed goes to the back of the index in one step: when that
 /// step fails, the note stays where it was (a removal then a new note lost it when the second
 /// failed, and the IN_PROGRESS record was in no index).
@@ -919,6 +956,38 @@ async fn the_reconciler_leaves_the_note_of_a_card_an_attempt_holds() {
     let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
     assert_eq!((report.checked, report.pruned), (1, 1));
     assert!(w.in_progress().await.is_empty());
+}
+
+/// The reconciler takes a note out only while the card lock is still its own (renewed first):
+/// once it ran out, an attempt may hold the card and keep the note as its own. Each of its
+/// three removals (a prune, a card found ENROLLED, one written FAILED) leaves the note when the
+/// lock was taken just before; they removed it unconditionally before.
+#[tokio::test]
+async fn the_reconciler_leaves_the_note_when_its_lock_was_lost_before_the_removal() {
+    let w = world();
+    // A prune: the record is final already.
+    let mut failed = in_progress(1181, "corr-1181");
+    failed.state = EnrollmentState::Failed;
+    w.seed_record(&failed).await;
+    // Found ENROLLED in the token list.
+    w.seed_record(&in_progress(1182, "corr-1182")).await;
+    // Written FAILED: no Click to Pay token.
+    w.seed_record(&in_progress(1183, "corr-1183")).await;
+    for (n, id) in [(1, 1181), (2, 1182), (3, 1183)] {
+        w.store.track_in_progress(card(id), n).await.unwrap();
+    }
+    w.mc.tokens(Ok(observed(vec![c2p_token(
+        "DM4MMC1182",
+        TokenStatus::Active,
+        "2030-01-01T00:00:00Z",
+    )])));
+    w.mc.tokens(Ok(observed(vec![])));
+    for n in 1..=3 {
+        w.store.fault(Op::RenewCard, n, Fault::StealLock);
+    }
+    let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
+    assert_eq!((report.checked, report.pending), (3, 3), "{report:?}");
+    assert_eq!(w.in_progress().await, [card(1181), card(1182), card(1183)]);
 }
 
 #[tokio::test]

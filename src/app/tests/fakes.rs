@@ -357,6 +357,17 @@ pub enum Fault {
     AnswerLost,
 }
 
+/// What a call does once [`FaultyStore::enter_call`] applied its fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entered {
+    /// Runs as asked.
+    Run,
+    /// Answers as refused, nothing done.
+    Refuse,
+    /// Runs, then answers `StoreError::Unavailable`.
+    LoseAnswer,
+}
+
 /// The owner a stolen card lock goes to.
 pub const THIEF: &str = "another-replica/attempt";
 
@@ -371,8 +382,6 @@ pub struct FaultyStore {
     keys: Mutex<HashMap<String, IdempotencyRecord>>,
     /// Calls held at a gate before they run, by (operation, call number).
     pauses: Mutex<HashMap<(Op, usize), Gate>>,
-    /// Operations whose running call loses its answer ([`Fault::AnswerLost`]).
-    losing: Mutex<std::collections::HashSet<Op>>,
 }
 
 impl FaultyStore {
@@ -389,7 +398,6 @@ impl FaultyStore {
             lock_owners: Mutex::default(),
             keys: Mutex::default(),
             pauses: Mutex::default(),
-            losing: Mutex::default(),
         }
     }
 
@@ -407,6 +415,10 @@ impl FaultyStore {
 
     /// The `nth` call of `op` from now on (1 = the next one) meets `fault`.
     pub fn fault(&self, op: Op, nth: usize, fault: Fault) {
+        assert!(
+            fault != Fault::AnswerLost || op == Op::LockCard,
+            "AnswerLost is modelled for lock_card only"
+        );
         let done = self.calls(op);
         self.faults.lock().unwrap().insert((op, done + nth), fault);
     }
@@ -423,6 +435,15 @@ impl FaultyStore {
 
     /// Counts the call; applies its fault. `Ok(true)`: answer as refused.
     async fn enter(&self, op: Op, card: Option<CardContractId>) -> Result<bool, StoreError> {
+        Ok(self.enter_call(op, card).await? == Entered::Refuse)
+    }
+
+    /// [`FaultyStore::enter`], telling a call that loses its answer apart.
+    async fn enter_call(
+        &self,
+        op: Op,
+        card: Option<CardContractId>,
+    ) -> Result<Entered, StoreError> {
         let n = {
             let mut calls = self.calls.lock().unwrap();
             let n = calls.entry(op).or_insert(0);
@@ -436,20 +457,12 @@ impl FaultyStore {
         }
         let fault = self.faults.lock().unwrap().remove(&(op, n));
         match fault {
-            None => Ok(false),
+            None => Ok(Entered::Run),
             Some(Fault::Unavailable) => Err(StoreError::Unavailable(format!(
                 "injected: {op:?} call {n}"
             ))),
-            Some(Fault::Refused) => Ok(true),
-            Some(Fault::AnswerLost) => {
-                assert_eq!(
-                    op,
-                    Op::LockCard,
-                    "AnswerLost is modelled for lock_card only"
-                );
-                self.losing.lock().unwrap().insert(op);
-                Ok(false)
-            }
+            Some(Fault::Refused) => Ok(Entered::Refuse),
+            Some(Fault::AnswerLost) => Ok(Entered::LoseAnswer),
             Some(Fault::StealLock) => {
                 let card = card.unwrap_or_else(|| panic!("{op:?} has no card to steal"));
                 let owner = self.lock_owners.lock().unwrap().get(&card).cloned();
@@ -461,7 +474,7 @@ impl FaultyStore {
                         .lock_card(card, THIEF, Duration::from_secs(3600))
                         .await?
                 );
-                Ok(false)
+                Ok(Entered::Run)
             }
         }
     }
@@ -572,7 +585,8 @@ impl EnrollmentStore for FaultyStore {
         owner: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        if self.enter(Op::LockCard, Some(card)).await? {
+        let entered = self.enter_call(Op::LockCard, Some(card)).await?;
+        if entered == Entered::Refuse {
             return Ok(false);
         }
         let locked = self.inner.lock_card(card, owner, ttl).await?;
@@ -582,7 +596,7 @@ impl EnrollmentStore for FaultyStore {
                 .unwrap()
                 .insert(card, owner.to_owned());
         }
-        if self.losing.lock().unwrap().remove(&Op::LockCard) {
+        if entered == Entered::LoseAnswer {
             return Err(StoreError::Unavailable(
                 "injected: lock_card ran, its answer was lost".into(),
             ));
