@@ -370,27 +370,41 @@ impl App {
         }
     }
 
-    /// Takes this attempt's IN_PROGRESS note of `card` back, only while the attempt still holds
-    /// the card lock (renewed first, so that it holds for a lease): notes are written under the
-    /// lock, and once the lock is lost (an unreachable Redis, a paused process) the note may be
-    /// the next holder's. Best effort: a note left behind is the reconciler's to prune.
+    /// Takes this attempt's IN_PROGRESS note of `card` back ([`App::untrack_held`]). Best
+    /// effort: a note left behind is the reconciler's to prune.
     async fn take_back_note(&self, attempt: &Attempt<'_>, card: CardContractId) {
         let owner = attempt.record.lock().await.owner.clone();
-        match self
-            .store
-            .renew_card(card, &owner, self.settings.lease)
-            .await
-        {
-            Ok(true) => self.untrack_in_progress(card).await,
+        match self.untrack_held(card, &owner).await {
+            Ok(true) => {}
             Ok(false) => {
                 tracing::debug!(
                     "the card lock is no longer this attempt's: its note stays for the reconciler"
                 );
             }
             Err(e) => {
-                tracing::debug!(error = %e, "could not renew the card lock; the note stays for the reconciler");
+                tracing::debug!(error = %e, "could not take the note back; it stays for the reconciler");
             }
         }
+    }
+
+    /// Takes the card's note out of the IN_PROGRESS index only while `owner` still holds the
+    /// card lock (renewed first, so that it holds for a lease): notes are written under the
+    /// lock (`ZADD NX`), and once the lock is lost (an unreachable Redis, a paused process) the
+    /// note may be the next holder's. `false`: the lock is another's; the note stays.
+    pub(super) async fn untrack_held(
+        &self,
+        card: CardContractId,
+        owner: &str,
+    ) -> Result<bool, StoreError> {
+        if !self
+            .store
+            .renew_card(card, owner, self.settings.lease)
+            .await?
+        {
+            return Ok(false);
+        }
+        self.store.untrack_in_progress(card).await?;
+        Ok(true)
     }
 
     /// Drops the card from the IN_PROGRESS index, best effort: the reconciler prunes it when

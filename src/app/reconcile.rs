@@ -245,22 +245,6 @@ impl App {
         Ok(Outcome::Failed)
     }
 
-    /// Takes the card's note out of the IN_PROGRESS index only while the reconciler still holds
-    /// the card lock (renewed first, so that it holds for a lease): once the lock ran out, an
-    /// attempt may have taken the card and kept the note as its own (notes are written with
-    /// `ZADD NX`). `false`: the lock is another's; the note stays.
-    async fn untrack_held(&self, card: CardContractId, owner: &str) -> Result<bool, AppError> {
-        if !self
-            .store
-            .renew_card(card, owner, self.settings.lease)
-            .await?
-        {
-            return Ok(false);
-        }
-        self.store.untrack_in_progress(card).await?;
-        Ok(true)
-    }
-
     /// Runs [`App::reconcile_once`] every `interval` on whichever replica holds the lease,
     /// until `stop`.
     pub async fn reconcile_forever(
