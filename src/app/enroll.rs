@@ -299,9 +299,7 @@ impl App {
         // consumer reference alone comes from another card's OptOut, which never held this
         // card's lock: read beside the lock, it is as current as it was under it.
         if let Some(e) = refusal(card, locked.opt_out, by_consumer) {
-            if let Err(unlock) = self.store.unlock_card(card, &owner).await {
-                tracing::warn!(error = %unlock, "could not release the card lock; it expires by itself");
-            }
+            self.release_card(card, &owner).await;
             attempt.release().await;
             return Err(e);
         }
@@ -341,9 +339,7 @@ impl App {
             if enrolled {
                 self.untrack_in_progress(card).await;
             }
-            if let Err(e) = self.store.unlock_card(card, &owner).await {
-                tracing::warn!(error = %e, "could not release the card lock; it expires by itself");
-            }
+            self.release_card(card, &owner).await;
         };
         let ((), settled) = enroll_stage(EnrollStage::Settle, async {
             tokio::join!(release, attempt.settle(result))

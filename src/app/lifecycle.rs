@@ -92,7 +92,8 @@ impl App {
         }
     }
 
-    /// Releases what [`App::hold_card`] took (it expires by itself otherwise).
+    /// Releases the card lock `owner` took ([`App::hold_card`], EnrollCard), best effort: it
+    /// expires by itself otherwise.
     pub(super) async fn release_card(&self, card: CardContractId, owner: &str) {
         if let Err(e) = self.store.unlock_card(card, owner).await {
             tracing::warn!(error = %e, "could not release the card lock; it expires by itself");
