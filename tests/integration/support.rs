@@ -1,18 +1,13 @@
 //! What the integration tests start: a `redis-server` and the service binary on loopback ports,
 //! and Debian's python3 with grpcio.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// A port that was free a moment ago on 127.0.0.1.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
-}
+#[path = "../common/ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -128,7 +123,7 @@ impl Service {
             .stderr(out)
             .spawn()
             .expect("spawn c2p-enroll");
-        let service = Service {
+        let mut service = Service {
             child,
             log,
             _dir: dir,
@@ -136,6 +131,14 @@ impl Service {
         // Debug builds generate the simulator's RSA keys at start.
         let deadline = Instant::now() + Duration::from_secs(60);
         while !service.output().contains("gRPC listening") {
+            // A service that cannot start (its port taken, a setting refused) exits at once:
+            // say so with its output rather than wait out the deadline.
+            if let Some(status) = service.child.try_wait().expect("wait") {
+                panic!(
+                    "the service exited ({status}) before it listened:\n{}",
+                    service.output()
+                );
+            }
             assert!(
                 Instant::now() < deadline,
                 "the service did not listen within 60 s:\n{}",
@@ -214,10 +217,16 @@ impl Simulator {
             .stderr(log)
             .spawn()
             .expect("spawn c2p-enroll sandbox");
-        let simulator = Simulator { child, dir };
+        let mut simulator = Simulator { child, dir };
         // Debug builds generate the simulator's RSA keys at start.
         let deadline = Instant::now() + Duration::from_secs(60);
         while !simulator.output().contains("SIMULATOR running alone") {
+            if let Some(status) = simulator.child.try_wait().expect("wait") {
+                panic!(
+                    "the simulator exited ({status}) before it ran:\n{}",
+                    simulator.output()
+                );
+            }
             assert!(
                 Instant::now() < deadline,
                 "the simulator did not start within 60 s:\n{}",
@@ -248,4 +257,22 @@ impl Drop for Simulator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A service whose port is taken exits at once; its start says so with the service's own
+/// words instead of waiting out the 60 s deadline (the CI failure of `own_time` at `aa67598`
+/// spent ~60 s in one test before it failed).
+#[test]
+fn a_service_that_cannot_listen_is_reported_with_its_output() {
+    let port = free_port();
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let started = std::panic::catch_unwind(|| {
+        Service::start(&[("C2P_GRPC__LISTEN", format!("127.0.0.1:{port}"))])
+    });
+    let panic = started.err().expect("a service on a taken port started");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        message.contains("exited") && message.contains("Address already in use"),
+        "{message}"
+    );
 }
