@@ -346,10 +346,12 @@ pub struct RedisCluster {
     nodes: Vec<RedisServer>,
 }
 
-/// A port `p` in 20000-29999 with `p` and its cluster bus port `p + 10000` both free.
+/// A port `p` in 20000-22699 with `p` and its cluster bus port `p + 10000` both free: both
+/// below the kernel's ephemeral range (32768 on Linux by default), where nothing else takes them
+/// between this check and the node's bind (`tests/common/ports.rs` hands out 10000-19999).
 fn free_cluster_port() -> u16 {
     loop {
-        let p = 20_000 + (rand_u16() % 10_000);
+        let p = 20_000 + (rand_u16() % 2_700);
         let both = TcpListener::bind(("127.0.0.1", p)).is_ok()
             && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok();
         if both {
