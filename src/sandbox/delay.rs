@@ -114,8 +114,10 @@ mod tests {
     #[tokio::test]
     async fn waiters_queued_out_of_order_wake_in_the_order_of_their_deadlines() {
         let order = Arc::new(Mutex::new(Vec::new()));
-        let base = Instant::now();
-        let waits = [60u64, 10, 40, 20, 0, 50];
+        // Deadlines from 200 ms ahead, 50 ms apart: a loaded machine that pauses this thread
+        // while the waiters queue must not let one deadline pass before a later one is queued.
+        let base = Instant::now() + Duration::from_millis(200);
+        let waits = [250u64, 50, 150, 100, 0, 200];
         let tasks: Vec<_> = waits
             .iter()
             .map(|&ms| {

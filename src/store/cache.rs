@@ -414,7 +414,9 @@ mod tests {
     fn records_age_out_and_never_outlive_the_key_ttl() {
         let cache = RecordCache::new(RecordCacheSettings {
             capacity: 10,
-            max_age: Duration::from_millis(30),
+            // Long enough that a loaded machine does not age the record out between its fill
+            // and the hit `cached` checks right after.
+            max_age: Duration::from_millis(300),
         })
         .unwrap();
         let Lookup::Bypass {
@@ -437,7 +439,7 @@ mod tests {
             "a key about to expire is not cached"
         );
         cached(&cache, 2, 1);
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(400));
         assert!(matches!(cache.lookup(card(2)), Lookup::Load(_)));
     }
 

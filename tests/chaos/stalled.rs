@@ -37,17 +37,8 @@ async fn a_process_stopped_past_its_lease_does_not_overwrite_the_takeover() {
     };
     sent += 1;
     // A holds the card (its lock exists): stop it past its 1 s lease.
-    let mut conn = redis.connection();
     let lock = format!("c2p:{{card:{CARD}}}:lock");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !redis::cmd("EXISTS")
-        .arg(&lock)
-        .query::<bool>(&mut conn)
-        .unwrap()
-    {
-        assert!(Instant::now() < deadline, "A never took the card lock");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    redis.wait_for_key(&lock).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     a.signal("STOP");
     let stopped = Instant::now();

@@ -179,18 +179,7 @@ async fn lock_lost_under_a_running_attempt(loss: LockLoss) {
     // process' lock would be taken over once it expired).
     let mut conn = redis.connection();
     let lock = "c2p:{card:70001}:lock";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !redis::cmd("EXISTS")
-        .arg(lock)
-        .query::<bool>(&mut conn)
-        .unwrap()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the attempt never took the lock"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    redis.wait_for_key(lock).await;
     match loss {
         LockLoss::TakenOver => {
             let _: () = redis::cmd("SET")

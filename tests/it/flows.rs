@@ -861,9 +861,15 @@ async fn the_callers_deadline_bounds_upstream_work() {
             ..Default::default()
         },
     );
-    let mut req = tonic::Request::new(request("k-deadline", 70001));
-    req.set_timeout(Duration::from_secs(1));
-    let err = service.client().enroll_card(req).await.unwrap_err();
+    // Over raw HTTP/2: tonic's client would time the call out itself at the same deadline,
+    // racing the service's answer on a loaded machine.
+    let err = crate::wire::raw_unary_status(
+        service.running.local_addr(),
+        "EnrollCard",
+        &request("k-deadline", 70001).encode_to_vec(),
+        Duration::from_secs(1),
+    )
+    .await;
     // The service itself stopped the upstream work and answered (a client-side timeout would
     // carry no ErrorInfo).
     assert_eq!(
@@ -881,13 +887,14 @@ async fn two_keys_for_one_card_at_once_send_one_post_cards() {
     service.sandbox.set_fault(
         Route::EnrollCards,
         RouteFault {
-            latency: Some(Duration::from_millis(500)),
+            latency: Some(Duration::from_secs(2)),
             ..Default::default()
         },
     );
     let (mut c1, mut c2) = (service.client(), service.client());
     let first = tokio::spawn(async move { c1.enroll_card(request("k-one", 70001)).await });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The second call comes once the first holds the card (it then waits 2 s on POST /cards).
+    redis.wait_for_key("c2p:{card:70001}:lock").await;
     let second = c2.enroll_card(request("k-two", 70001)).await.unwrap_err();
     assert_eq!(
         (second.code(), reason(&second).as_str()),

@@ -296,6 +296,20 @@ impl RedisServer {
             .expect("connect to the test redis")
     }
 
+    /// Waits (10 s at most) until `key` exists: a call in flight has taken a card's lock.
+    pub async fn wait_for_key(&self, key: &str) {
+        let mut conn = self.connection();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !redis::cmd("EXISTS")
+            .arg(key)
+            .query::<bool>(&mut conn)
+            .expect("EXISTS")
+        {
+            assert!(Instant::now() < deadline, "{key} never appeared");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     fn spawn(&mut self) -> bool {
         let port_args: Vec<std::ffi::OsString> = match &self.tls {
             Some(tls) => tls.server_args(self.port),
@@ -599,9 +613,12 @@ pub fn settings(extra: &[(&str, &str)]) -> Settings {
         ("C2P_GRPC__LISTEN".into(), "127.0.0.1:0".into()),
         ("C2P_METRICS__LISTEN".into(), "127.0.0.1:0".into()),
         ("C2P_HEALTH__CHECK_INTERVAL".into(), "100ms".into()),
-        ("C2P_HEALTH__CHECK_TIMEOUT".into(), "300ms".into()),
-        ("C2P_REDIS__CONNECT_TIMEOUT".into(), "300ms".into()),
-        ("C2P_REDIS__RESPONSE_TIMEOUT".into(), "300ms".into()),
+        // Generous for a loaded 2-core CI machine, where a Redis reply or a probe may wait a few
+        // hundred ms for a core: a timeout here fails a call that a test expects to succeed. A
+        // Redis that is down refuses at once and does not wait for them.
+        ("C2P_HEALTH__CHECK_TIMEOUT".into(), "1s".into()),
+        ("C2P_REDIS__CONNECT_TIMEOUT".into(), "2s".into()),
+        ("C2P_REDIS__RESPONSE_TIMEOUT".into(), "2s".into()),
         ("C2P_SHUTDOWN__GRACE_PERIOD".into(), "3s".into()),
         // One key for every instance, so that replicas agree on idempotency fingerprints.
         (

@@ -149,8 +149,11 @@ pub(crate) async fn suite(store: Arc<dyn EnrollmentStore>) {
     stamps(&store).await;
 
     // Idempotency: new, in flight, reused, resumed after the lease, fenced, replayed. Real
-    // time and a short lease: Redis measures leases on its own clock, not the caller's `now`.
-    let lease = 400;
+    // time: Redis measures leases on its own clock, not the caller's `now`. A long lease while
+    // A must be in flight (a loaded machine may take a while between the calls), then a short
+    // one to run out.
+    let lease = 10_000;
+    let short_lease = 400;
     let scope = "caller-a\u{0}key-1";
     let now = now_ms();
     assert!(matches!(
@@ -176,11 +179,11 @@ pub(crate) async fn suite(store: Arc<dyn EnrollmentStore>) {
             .unwrap(),
         Begin::Reused
     );
-    let mut a = proposal("A", "fp1", now_ms() + lease);
+    let mut a = proposal("A", "fp1", now_ms() + short_lease);
     a.phase = Phase::EnrollSent;
     assert!(store.idempotency_update(scope, &a).await.unwrap());
     // Past A's lease.
-    tokio::time::sleep(Duration::from_millis(lease as u64 + 150)).await;
+    tokio::time::sleep(Duration::from_millis(short_lease as u64 + 150)).await;
     let now = now_ms();
     let Begin::Resume(resumed) = store
         .idempotency_begin(scope, &proposal("B", "fp1", now + 10_000), now)

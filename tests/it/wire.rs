@@ -83,6 +83,45 @@ pub async fn raw_ingest(
     (answers, status)
 }
 
+/// Sends one unary request of `method` (e.g. `EnrollCard`) over raw HTTP/2 with a
+/// `grpc-timeout` of `timeout` and no timer of its own, and returns the answer's status (from
+/// its trailers, or its headers for a trailers-only answer). tonic's client enforces the
+/// `grpc-timeout` it sends with a timer of its own, which would race the service's answer,
+/// sent a margin before the deadline, on a loaded machine; this one waits for the service.
+pub async fn raw_unary_status(
+    addr: std::net::SocketAddr,
+    method: &str,
+    message: &[u8],
+    timeout: std::time::Duration,
+) -> tonic::Status {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{addr}/c2p.enrollment.v1.EnrollmentService/{method}"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", format!("{}m", timeout.as_millis()))
+        .body(())
+        .unwrap();
+    let (response, mut send) = client.send_request(request, false).unwrap();
+    send.send_data(Bytes::from(frame(message)), true).unwrap();
+    let response = response.await.unwrap();
+    let headers = response.headers().clone();
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = body.trailers().await.unwrap();
+    tonic::Status::from_header_map(trailers.as_ref().unwrap_or(&headers))
+        .unwrap_or_else(|| tonic::Status::unknown("the answer carried no grpc-status"))
+}
+
 /// How a pipelined ingest stream went: the answers, the final grpc-status (`none` when the
 /// server sent none) and how the connection ended (`None`: still fine when the stream ended).
 pub struct Pipelined {
