@@ -35,32 +35,51 @@ pub fn frame(message: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Sends `body` as the whole NotificationIngest request stream over raw HTTP/2; returns the
-/// answers and the final grpc-status (`none` when the server sent none).
-pub async fn raw_ingest(
+/// What one raw HTTP/2 call answered: the response's headers, its body and its trailers.
+struct RawAnswer {
+    headers: http::HeaderMap,
+    data: Vec<u8>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl RawAnswer {
+    /// The grpc-status header of the trailers, or of the headers for a trailers-only answer.
+    fn status_headers(&self) -> &http::HeaderMap {
+        match &self.trailers {
+            Some(t) if t.contains_key("grpc-status") => t,
+            _ => &self.headers,
+        }
+    }
+}
+
+/// Sends `body` as the whole request stream of `method` over raw HTTP/2 with `headers` beside
+/// the standard ones, and reads the whole answer.
+async fn raw_call(
     addr: std::net::SocketAddr,
+    method: &str,
     body: Vec<u8>,
-) -> (Vec<NotificationIngestResponse>, String) {
+    headers: &[(&str, String)],
+) -> RawAnswer {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (client, connection) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(connection);
     let mut client = client.ready().await.unwrap();
-    let request = http::Request::builder()
+    let mut request = http::Request::builder()
         .method("POST")
         .uri(format!(
-            "http://{addr}/c2p.enrollment.v1.EnrollmentService/NotificationIngest"
+            "http://{addr}/c2p.enrollment.v1.EnrollmentService/{method}"
         ))
         .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
+        .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let (response, mut send) = client
+        .send_request(request.body(()).unwrap(), false)
         .unwrap();
-    let (response, mut send) = client.send_request(request, false).unwrap();
     send.send_data(Bytes::from(body), true).unwrap();
     let response = response.await.unwrap();
-    let headers_status = response
-        .headers()
-        .get("grpc-status")
-        .map(|v| v.to_str().unwrap().to_owned());
+    let headers = response.headers().clone();
     let mut body = response.into_body();
     let mut data = Vec::new();
     while let Some(chunk) = body.data().await {
@@ -69,12 +88,26 @@ pub async fn raw_ingest(
         data.extend_from_slice(&chunk);
     }
     let trailers = body.trailers().await.unwrap();
-    let status = trailers
-        .and_then(|t| t.get("grpc-status").map(|v| v.to_str().unwrap().to_owned()))
-        .or(headers_status)
-        .unwrap_or_else(|| "none".into());
+    RawAnswer {
+        headers,
+        data,
+        trailers,
+    }
+}
+
+/// Sends `body` as the whole NotificationIngest request stream over raw HTTP/2; returns the
+/// answers and the final grpc-status (`none` when the server sent none).
+pub async fn raw_ingest(
+    addr: std::net::SocketAddr,
+    body: Vec<u8>,
+) -> (Vec<NotificationIngestResponse>, String) {
+    let answer = raw_call(addr, "NotificationIngest", body, &[]).await;
+    let status = answer
+        .status_headers()
+        .get("grpc-status")
+        .map_or_else(|| "none".into(), |v| v.to_str().unwrap().to_owned());
     let mut answers = Vec::new();
-    let mut buf = Bytes::from(data);
+    let mut buf = Bytes::from(answer.data);
     while buf.remaining() >= 5 {
         let _compressed = buf.get_u8();
         let len = buf.get_u32() as usize;
@@ -84,41 +117,19 @@ pub async fn raw_ingest(
 }
 
 /// Sends one unary request of `method` (e.g. `EnrollCard`) over raw HTTP/2 with a
-/// `grpc-timeout` of `timeout` and no timer of its own, and returns the answer's status (from
-/// its trailers, or its headers for a trailers-only answer). tonic's client enforces the
-/// `grpc-timeout` it sends with a timer of its own, which would race the service's answer,
-/// sent a margin before the deadline, on a loaded machine; this one waits for the service.
+/// `grpc-timeout` of `timeout` and no timer of its own, and returns the answer's status.
+/// tonic's client enforces the `grpc-timeout` it sends with a timer of its own, which would
+/// race the service's answer, sent a margin before the deadline, on a loaded machine; this one
+/// waits for the service.
 pub async fn raw_unary_status(
     addr: std::net::SocketAddr,
     method: &str,
     message: &[u8],
     timeout: std::time::Duration,
 ) -> tonic::Status {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
-    let request = http::Request::builder()
-        .method("POST")
-        .uri(format!(
-            "http://{addr}/c2p.enrollment.v1.EnrollmentService/{method}"
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header("grpc-timeout", format!("{}m", timeout.as_millis()))
-        .body(())
-        .unwrap();
-    let (response, mut send) = client.send_request(request, false).unwrap();
-    send.send_data(Bytes::from(frame(message)), true).unwrap();
-    let response = response.await.unwrap();
-    let headers = response.headers().clone();
-    let mut body = response.into_body();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        let _ = body.flow_control().release_capacity(chunk.len());
-    }
-    let trailers = body.trailers().await.unwrap();
-    tonic::Status::from_header_map(trailers.as_ref().unwrap_or(&headers))
+    let timeout = ("grpc-timeout", format!("{}m", timeout.as_millis()));
+    let answer = raw_call(addr, method, frame(message), &[timeout]).await;
+    tonic::Status::from_header_map(answer.status_headers())
         .unwrap_or_else(|| tonic::Status::unknown("the answer carried no grpc-status"))
 }
 
