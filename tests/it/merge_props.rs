@@ -14,8 +14,9 @@
 //! write of the token makes it ENROLLED again) or REMOVED by a caller (which stays). Enough
 //! cases must end REMOVED by their token for the derivation to be exercised.
 //!
-//! `C2P_MERGE_PROP_CASES` sets the number of cases (default 200). The figures are printed
-//! (`cargo test --test it merge_props -- --nocapture` shows them).
+//! `C2P_MERGE_PROP_CASES` sets the number of cases (default 200). The figures and the run's seed
+//! are printed (`cargo test --test it merge_props -- --nocapture` shows them);
+//! `PROPTEST_RNG_SEED=<seed>` runs the same cases again.
 
 use crate::harness::{RedisCluster, RedisServer, settings};
 use c2p_enroll::domain::{
@@ -26,7 +27,7 @@ use c2p_enroll::store::{EnrollmentStore, NotificationEffect, PutMode};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -342,12 +343,23 @@ fn random_notification_sets_give_byte_identical_records_in_every_store() {
     });
     let figures = Figures::default();
     let next_card = AtomicU64::new(0);
-    let mut runner = TestRunner::new(Config {
+    let config = Config {
         cases,
         // The failing case is printed; nothing is written to the source tree.
         failure_persistence: None,
         max_shrink_iters: 500,
         ..Config::default()
+    };
+    // The run's seed is printed, so that a failure seen once can be run again as it was
+    // (`PROPTEST_RNG_SEED`, which `Config::default()` reads): the cases depend on it alone.
+    let seed = match config.rng_seed {
+        RngSeed::Fixed(seed) => seed,
+        RngSeed::Random => rand::random(),
+    };
+    println!("merge properties: seed {seed} (PROPTEST_RNG_SEED={seed} runs these cases again)");
+    let mut runner = TestRunner::new(Config {
+        rng_seed: RngSeed::Fixed(seed),
+        ..config
     });
     let result = runner.run(&case(), |case| {
         figures.cases.fetch_add(1, Ordering::Relaxed);
@@ -401,7 +413,7 @@ fn random_notification_sets_give_byte_identical_records_in_every_store() {
         started.elapsed().as_secs_f64()
     );
     if let Err(e) = result {
-        panic!("{e}");
+        panic!("{e}\n(PROPTEST_RNG_SEED={seed} runs these cases again)");
     }
     if cases >= 100 {
         assert!(
