@@ -40,6 +40,11 @@ fn main() -> ExitCode {
     // One TLS implementation for every rustls user in the process, before any is built.
     c2p_enroll::install_crypto_provider();
     let cli = Cli::parse();
+    // Tokio reads this variable itself when it builds a runtime, and panics on a bad value.
+    if let Err(problem) = worker_threads_from_env() {
+        eprintln!("c2p-enroll: {problem}");
+        return ExitCode::from(2);
+    }
     if let Some(Command::DevCerts(args)) = &cli.command {
         return c2p_enroll::devcerts::run(args);
     }
@@ -79,4 +84,21 @@ fn main() -> ExitCode {
         telemetry.shutdown();
     }
     code
+}
+
+/// `TOKIO_WORKER_THREADS`, which Tokio reads (the async workers, default one per core), checked
+/// as Tokio checks it, so that a bad value is named instead of panicking the runtime's builder.
+fn worker_threads_from_env() -> Result<(), String> {
+    const NAME: &str = "TOKIO_WORKER_THREADS";
+    match std::env::var(NAME) {
+        Err(std::env::VarError::NotPresent) => Ok(()),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{NAME} is not valid UTF-8")),
+        Ok(value) => match value.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(()),
+            _ => Err(format!(
+                "{NAME} must be a positive number of async workers, not {:?}",
+                value.chars().take(32).collect::<String>()
+            )),
+        },
+    }
 }

@@ -32,6 +32,25 @@ async fn bad_settings_are_all_named_and_the_process_exits_2() {
 }
 
 #[tokio::test]
+async fn a_worker_count_that_is_not_a_positive_number_is_named_and_the_process_exits_2() {
+    // Tokio reads TOKIO_WORKER_THREADS itself and panics on a bad value; the service names it.
+    for value in ["0", "two"] {
+        let mut process = ServiceProcess::spawn(&["serve"], &[("TOKIO_WORKER_THREADS", value)]);
+        let status = process.wait(Duration::from_secs(10)).await;
+        let stderr = process.stderr();
+        assert_eq!(
+            status.code(),
+            Some(2),
+            "TOKIO_WORKER_THREADS={value}:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("TOKIO_WORKER_THREADS") && !stderr.contains("panicked"),
+            "TOKIO_WORKER_THREADS={value} not named plainly in:\n{stderr}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn mastercard_mode_refuses_to_start_without_its_keys() {
     let mut process = ServiceProcess::spawn(&[], &[("C2P_MODE", "mastercard")]);
     let status = process.wait(Duration::from_secs(10)).await;
