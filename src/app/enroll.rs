@@ -338,8 +338,10 @@ impl App {
         let release = async {
             if enrolled {
                 self.untrack_in_progress(card).await;
+                self.release_noted(card, &owner).await;
+            } else {
+                self.release_card(card, &owner).await;
             }
-            self.release_card(card, &owner).await;
         };
         let ((), settled) = enroll_stage(EnrollStage::Settle, async {
             tokio::join!(release, attempt.settle(result))
@@ -401,6 +403,29 @@ impl App {
         }
         self.store.untrack_in_progress(card).await?;
         Ok(true)
+    }
+
+    /// Releases the card lock after this attempt took its IN_PROGRESS note out. The removal
+    /// was unconditional (a renewal before it would cost every enrollment a round trip), so
+    /// when the lock turns out not to have been this attempt's any more (run out, or taken
+    /// by the next attempt, whose note the removal may have taken), or the answer is lost,
+    /// the card is noted again (`ZADD NX`: a note there stays): a note too many is the
+    /// reconciler's to prune; a card in neither index would be nobody's.
+    async fn release_noted(&self, card: CardContractId, owner: &str) {
+        match self.store.unlock_card(card, owner).await {
+            Ok(true) => return,
+            Ok(false) => {
+                tracing::warn!(
+                    "the card lock was no longer this attempt's: the card is noted again for the reconciler"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release the card lock; it expires by itself, and the card is noted again for the reconciler");
+            }
+        }
+        if let Err(e) = self.store.track_in_progress(card, now_ms()).await {
+            tracing::warn!(error = %e, "could not note the card again: the IN_PROGRESS index may miss it");
+        }
     }
 
     /// Drops the card from the IN_PROGRESS index, best effort: the reconciler prunes it when

@@ -367,16 +367,18 @@ impl EnrollmentStore for MemoryStore {
         }
     }
 
-    async fn unlock_card(&self, card: CardContractId, owner: &str) -> Result<(), StoreError> {
+    async fn unlock_card(&self, card: CardContractId, owner: &str) -> Result<bool, StoreError> {
         let mut maps = self.lock();
-        if maps
-            .locks
-            .get(&card)
-            .is_some_and(|(holder, _)| holder == owner)
-        {
-            maps.locks.remove(&card);
+        let Some((holder, expires)) = maps.locks.get(&card) else {
+            return Ok(false);
+        };
+        if holder != owner {
+            return Ok(false);
         }
-        Ok(())
+        // An owner's lock that ran out is gone on Redis: cleared here too, and not released.
+        let held = *expires > Instant::now();
+        maps.locks.remove(&card);
+        Ok(held)
     }
 
     async fn watch(&self, card: CardContractId) -> Result<ChangeStream, StoreError> {

@@ -1150,16 +1150,16 @@ impl EnrollmentStore for RedisStore {
     }
 
     #[tracing::instrument(name = "redis.script", level = "debug", skip_all, fields(db.system = "redis", db.operation = "unlock_card"))]
-    async fn unlock_card(&self, card: CardContractId, owner: &str) -> Result<(), StoreError> {
+    async fn unlock_card(&self, card: CardContractId, owner: &str) -> Result<bool, StoreError> {
         let mut conn = self.connection().await?;
-        let _: i64 = self
+        let released: i64 = self
             .unlock_card
             .key(self.keys.lock(card))
             .arg(owner)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        Ok(())
+        Ok(released == 1)
     }
 
     async fn watch(&self, card: CardContractId) -> Result<ChangeStream, StoreError> {

@@ -475,9 +475,10 @@ redis.call('RENAME', KEYS[1], KEYS[2])
 return 1
 "#;
 
-/// KEYS: card lock. ARGV: owner. Deletes the lock only if `owner` holds it.
+/// KEYS: card lock. ARGV: owner. Deletes the lock only if `owner` holds it; 1 then, else 0.
 pub const UNLOCK_CARD: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
 return 1
 "#;
 

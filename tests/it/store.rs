@@ -233,9 +233,16 @@ pub(crate) async fn suite(store: Arc<dyn EnrollmentStore>) {
         store.lock_card(card(70005), "A", lease).await.unwrap(),
         "renewal"
     );
-    store.unlock_card(card(70005), "B").await.unwrap();
+    assert!(
+        !store.unlock_card(card(70005), "B").await.unwrap(),
+        "not B's to release"
+    );
     assert!(!store.lock_card(card(70005), "B", lease).await.unwrap());
-    store.unlock_card(card(70005), "A").await.unwrap();
+    assert!(store.unlock_card(card(70005), "A").await.unwrap());
+    assert!(
+        !store.unlock_card(card(70005), "A").await.unwrap(),
+        "released already"
+    );
     assert!(store.lock_card(card(70005), "B", lease).await.unwrap());
     assert!(
         store
@@ -244,6 +251,10 @@ pub(crate) async fn suite(store: Arc<dyn EnrollmentStore>) {
             .unwrap()
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !store.unlock_card(card(70006), "A").await.unwrap(),
+        "an expired lock is no longer A's to release"
+    );
     assert!(
         store.lock_card(card(70006), "B", lease).await.unwrap(),
         "an expired lock is free"

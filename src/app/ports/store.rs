@@ -216,8 +216,10 @@ pub trait EnrollmentStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<bool, StoreError>;
 
-    /// Releases the card's lock if `owner` holds it.
-    async fn unlock_card(&self, card: CardContractId, owner: &str) -> Result<(), StoreError>;
+    /// Releases the card's lock if `owner` holds it: `true` then; `false` when it was
+    /// another's or had run out (nothing done), so that a holder learns it lost the lock
+    /// before it let go.
+    async fn unlock_card(&self, card: CardContractId, owner: &str) -> Result<bool, StoreError>;
 
     /// Every later change of `card`'s record, wherever it is written.
     async fn watch(&self, card: CardContractId) -> Result<ChangeStream, StoreError>;

@@ -738,6 +738,49 @@ async fn a_failed_enrollment_leaves_the_note_when_its_lock_was_lost() {
     assert_eq!(w.in_progress().await, [card(1198)]);
 }
 
+/// An enrollment that ended ENROLLED takes its note out without renewing the lock first; when
+/// the lock turns out at its release to have been taken meanwhile (here just before the
+/// removal), the note it took may have been the new holder's, and the card is noted again. It
+/// was left in neither index before: the new holder's IN_PROGRESS record, had that attempt
+/// stopped, in no index the reconciler reads.
+#[tokio::test]
+async fn an_enrollment_that_finds_its_lock_taken_at_the_release_notes_the_card_again() {
+    let w = world();
+    w.store.fault(Op::UntrackInProgress, 1, Fault::StealLock);
+    let done = w.app.enroll(command("k1", 1207), None).await.unwrap();
+    assert_eq!(done.record.state, EnrollmentState::Enrolled);
+    assert_eq!(w.in_progress().await, [card(1207)]);
+    // The new holder keeps its lock; the reconciler prunes the note once it is free.
+    assert!(
+        w.store
+            .inner
+            .renew_card(card(1207), THIEF, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        "the release took the new holder's lock"
+    );
+    w.store.inner.unlock_card(card(1207), THIEF).await.unwrap();
+    // Noted at the release's time: the pass takes notes older than its start.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
+    assert_eq!((report.checked, report.pruned), (1, 1), "{report:?}");
+    assert!(w.in_progress().await.is_empty());
+}
+
+/// Without a lost lock the release notes nothing again (the usual path: the note out, the lock
+/// released, in two round trips).
+#[tokio::test]
+async fn an_enrollment_that_still_holds_its_lock_at_the_release_leaves_no_note() {
+    let w = world();
+    w.app.enroll(command("k1", 1208), None).await.unwrap();
+    assert!(w.in_progress().await.is_empty());
+    assert_eq!(
+        w.store.calls(Op::TrackInProgress),
+        1,
+        "the search's note only"
+    );
+}
+
 /// An EnrollCard whose lock script ran with its answer lost gives the lock back with the key:
 /// its retry resumes at once instead of meeting CARD_BUSY until the lease runs out.
 #[tokio::test]

@@ -616,7 +616,7 @@ impl EnrollmentStore for FaultyStore {
         self.inner.renew_card(card, owner, ttl).await
     }
 
-    async fn unlock_card(&self, card: CardContractId, owner: &str) -> Result<(), StoreError> {
+    async fn unlock_card(&self, card: CardContractId, owner: &str) -> Result<bool, StoreError> {
         self.enter(Op::UnlockCard, Some(card)).await?;
         self.inner.unlock_card(card, owner).await
     }
