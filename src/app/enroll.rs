@@ -331,9 +331,9 @@ impl App {
         // The card lock and the key's answer are two keys, and either order is safe after a
         // crash (a lock left behind expires; a key left unanswered resumes): both at once. An
         // enrollment that ended ENROLLED takes its IN_PROGRESS note out first, before the lock
-        // is released, so that the removal can never take the note of an attempt that comes
-        // after (notes are written under the lock); a crash before it leaves the note for the
-        // reconciler to prune.
+        // is released (later attempts note the card under the lock); the removal is not
+        // fenced, so a release that finds the lock lost notes the card again
+        // (`release_noted`). A crash before it leaves the note for the reconciler to prune.
         let enrolled = matches!(&result, Ok(record) if record.state == EnrollmentState::Enrolled);
         let release = async {
             if enrolled {
@@ -408,23 +408,23 @@ impl App {
     /// Releases the card lock after this attempt took its IN_PROGRESS note out. The removal
     /// was unconditional (a renewal before it would cost every enrollment a round trip), so
     /// when the lock turns out not to have been this attempt's any more (run out, or taken
-    /// by the next attempt, whose note the removal may have taken), or the answer is lost,
-    /// the card is noted again (`ZADD NX`: a note there stays): a note too many is the
-    /// reconciler's to prune; a card in neither index would be nobody's.
+    /// by the next attempt, whose note the removal may have taken), or the unlock fails (it
+    /// may have run), the card is noted again (`ZADD NX`: a note there stays): a note too
+    /// many is the reconciler's to prune; a card in neither index would be nobody's.
     async fn release_noted(&self, card: CardContractId, owner: &str) {
         match self.store.unlock_card(card, owner).await {
             Ok(true) => return,
             Ok(false) => {
                 tracing::warn!(
-                    "the card lock was no longer this attempt's: the card is noted again for the reconciler"
+                    "the enrollment is ENROLLED, but the card lock was no longer this attempt's at its release: the card is noted again for the reconciler"
                 );
             }
             Err(e) => {
-                tracing::warn!(error = %e, "could not release the card lock; it expires by itself, and the card is noted again for the reconciler");
+                tracing::warn!(error = %e, "the enrollment is ENROLLED, but the card lock could not be released: it expires by itself, and the card is noted again for the reconciler");
             }
         }
         if let Err(e) = self.store.track_in_progress(card, now_ms()).await {
-            tracing::warn!(error = %e, "could not note the card again: the IN_PROGRESS index may miss it");
+            tracing::warn!(error = %e, "could not note the card again: an unfinished enrollment of this card by another attempt may be missed by the reconciler");
         }
     }
 

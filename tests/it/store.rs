@@ -491,6 +491,11 @@ async fn lock_and_read(store: Arc<dyn EnrollmentStore>) {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(store.lock_and_read(d, "B", lease).await.unwrap().is_some());
     assert!(!store.renew_card(d, "A", lease).await.unwrap());
+    assert!(
+        !store.unlock_card(d, "A").await.unwrap(),
+        "A's lock ran out and is B's now"
+    );
+    assert!(store.renew_card(d, "B", lease).await.unwrap(), "B keeps it");
     store.unlock_card(c, "B").await.unwrap();
     store.unlock_card(d, "B").await.unwrap();
 }

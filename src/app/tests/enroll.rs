@@ -760,11 +760,32 @@ async fn an_enrollment_that_finds_its_lock_taken_at_the_release_notes_the_card_a
         "the release took the new holder's lock"
     );
     w.store.inner.unlock_card(card(1207), THIEF).await.unwrap();
-    // Noted at the release's time: the pass takes notes older than its start.
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    // Noted at the release's time: moved back so that this pass, which takes notes older than
+    // its start, sees it.
+    w.store.requeue_in_progress(card(1207), 1).await.unwrap();
     let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
     assert_eq!((report.checked, report.pruned), (1, 1), "{report:?}");
     assert!(w.in_progress().await.is_empty());
+    assert_eq!(
+        w.record(card(1207)).await.unwrap().state,
+        EnrollmentState::Enrolled
+    );
+    assert_eq!(
+        w.store.enrolled_due(i64::MAX, 10).await.unwrap(),
+        [card(1207)],
+        "in the ENROLLED index"
+    );
+}
+
+/// A release whose unlock fails cannot tell whether the lock was still its own (the script may
+/// have run): the card is noted again too, and the call still answers its enrollment.
+#[tokio::test]
+async fn an_enrollment_whose_release_fails_notes_the_card_again() {
+    let w = world();
+    w.store.fault(Op::UnlockCard, 1, Fault::Unavailable);
+    let done = w.app.enroll(command("k1", 1209), None).await.unwrap();
+    assert_eq!(done.record.state, EnrollmentState::Enrolled);
+    assert_eq!(w.in_progress().await, [card(1209)]);
 }
 
 /// Without a lost lock the release notes nothing again (the usual path: the note out, the lock
