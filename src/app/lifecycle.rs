@@ -93,10 +93,34 @@ impl App {
     }
 
     /// Releases the card lock `owner` took ([`App::hold_card`], EnrollCard), best effort: it
-    /// expires by itself otherwise.
+    /// expires by itself otherwise. A lock that was no longer `owner`'s means the call ran past
+    /// it, and a removal takes the card out of the ENROLLED index after its REMOVED record
+    /// without renewing the lock first: meanwhile a new enrollment of the card may have noted
+    /// it there, the note the removal took. So an ENROLLED card is noted again from its record
+    /// (one that is not ENROLLED any more by the time the check comes is pruned by it).
     pub(super) async fn release_card(&self, card: CardContractId, owner: &str) {
-        if let Err(e) = self.store.unlock_card(card, owner).await {
-            tracing::warn!(error = %e, "could not release the card lock; it expires by itself");
+        match self.store.unlock_card(card, owner).await {
+            Ok(true) => {}
+            Ok(false) => self.note_again_if_enrolled(card).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release the card lock; it expires by itself");
+            }
+        }
+    }
+
+    /// [`App::release_card`]'s repair after a lost lock, best effort.
+    async fn note_again_if_enrolled(&self, card: CardContractId) {
+        match self.store.get(card).await {
+            Ok(Some(record)) if record.state == EnrollmentState::Enrolled => {
+                tracing::info!(
+                    "the card lock was no longer this call's at its release: the ENROLLED card is noted again for the lifecycle check"
+                );
+                self.track_enrolled(card).await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "the card lock was no longer this call's at its release, and the card's record could not be read: the ENROLLED index may miss the card");
+            }
         }
     }
 

@@ -338,6 +338,7 @@ pub enum Op {
     TrackInProgress,
     UntrackInProgress,
     RequeueInProgress,
+    UntrackEnrolled,
     UntrackEnrolledDue,
     PutOptOut,
 }
@@ -421,6 +422,11 @@ impl FaultyStore {
         );
         let done = self.calls(op);
         self.faults.lock().unwrap().insert((op, done + nth), fault);
+    }
+
+    /// The owner that last took `card`'s lock through this store.
+    pub fn holder(&self, card: CardContractId) -> Option<String> {
+        self.lock_owners.lock().unwrap().get(&card).cloned()
     }
 
     /// How many calls of `op` were made.
@@ -673,6 +679,7 @@ impl EnrollmentStore for FaultyStore {
     }
 
     async fn untrack_enrolled(&self, card: CardContractId) -> Result<(), StoreError> {
+        self.enter(Op::UntrackEnrolled, Some(card)).await?;
         self.inner.untrack_enrolled(card).await
     }
 

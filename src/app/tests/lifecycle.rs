@@ -367,6 +367,50 @@ async fn an_opt_out_between_enroll_cards_check_and_its_card_lock_holds_it() {
     assert_eq!(done.record.state, EnrollmentState::Enrolled);
 }
 
+/// A RemoveCard takes the card out of the ENROLLED index after its REMOVED record without
+/// renewing the card lock. When the lock ran out before that and a new enrollment of the card
+/// noted it ENROLLED meanwhile, the removal took that note: its release, finding the lock no
+/// longer its own, notes the ENROLLED card again. The card stayed out of the index before,
+/// never checked against Click to Pay again.
+#[tokio::test]
+async fn a_removal_that_ran_past_its_lock_gives_a_new_enrollment_its_enrolled_note_back() {
+    use super::fakes::Op;
+    let w = std::sync::Arc::new(world());
+    enrolled(&w, 3020).await;
+    let at_untrack = w.store.pause(Op::UntrackEnrolled, 1);
+    let removal = tokio::spawn({
+        let w = w.clone();
+        async move {
+            w.app
+                .remove_card(remove("k-rm", 3020, RemovalReason::CardClosed), None)
+                .await
+        }
+    });
+    at_untrack.entered().await;
+    // The removal's lock runs out (let go here) and the card, REMOVED, is enrolled again.
+    let owner = w.store.holder(card(3020)).unwrap();
+    assert!(w.store.inner.unlock_card(card(3020), &owner).await.unwrap());
+    let again = w.app.enroll(command("k-again", 3020), None).await.unwrap();
+    assert_eq!(again.record.state, EnrollmentState::Enrolled);
+    assert_eq!(
+        w.store.enrolled_due(i64::MAX, 10).await.unwrap(),
+        [card(3020)]
+    );
+    at_untrack.open();
+
+    let removed = removal.await.unwrap().unwrap();
+    assert_eq!(removed.record.state, EnrollmentState::Removed);
+    assert_eq!(
+        w.record(card(3020)).await.unwrap().state,
+        EnrollmentState::Enrolled
+    );
+    assert_eq!(
+        w.store.enrolled_due(i64::MAX, 10).await.unwrap(),
+        [card(3020)],
+        "the new enrollment's card is in the ENROLLED index"
+    );
+}
+
 #[tokio::test]
 async fn an_opt_out_is_remembered_when_the_profile_delete_fails() {
     let w = world();
