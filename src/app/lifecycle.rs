@@ -93,33 +93,47 @@ impl App {
     }
 
     /// Releases the card lock `owner` took ([`App::hold_card`], EnrollCard), best effort: it
-    /// expires by itself otherwise. A lock that was no longer `owner`'s means the call ran past
-    /// it, and a removal takes the card out of the ENROLLED index after its REMOVED record
-    /// without renewing the lock first: meanwhile a new enrollment of the card may have noted
-    /// it there, the note the removal took. So an ENROLLED card is noted again from its record
-    /// (one that is not ENROLLED any more by the time the check comes is pruned by it).
+    /// expires by itself otherwise. A lock that was no longer `owner`'s (or an unlock that
+    /// failed, which may have run) means the call may have run past it, and a removal takes
+    /// the card out of the ENROLLED index after its REMOVED record without renewing the lock
+    /// first: meanwhile a new enrollment of the card may have noted it there, the note the
+    /// removal took. So the card is noted again when its record is ENROLLED, or IN_PROGRESS
+    /// (that enrollment's note may land before its record); the lifecycle check prunes a card
+    /// it finds not ENROLLED when it comes due.
     pub(super) async fn release_card(&self, card: CardContractId, owner: &str) {
         match self.store.unlock_card(card, owner).await {
             Ok(true) => {}
-            Ok(false) => self.note_again_if_enrolled(card).await,
+            Ok(false) => self.note_again_after_lost_lock(card).await,
             Err(e) => {
                 tracing::warn!(error = %e, "could not release the card lock; it expires by itself");
+                self.note_again_after_lost_lock(card).await;
             }
         }
     }
 
-    /// [`App::release_card`]'s repair after a lost lock, best effort.
-    async fn note_again_if_enrolled(&self, card: CardContractId) {
+    /// [`App::release_card`]'s repair after a lost lock, best effort. A plain note: one still
+    /// there is due an interval later, once (this is the rare path).
+    async fn note_again_after_lost_lock(&self, card: CardContractId) {
+        if self.settings.lifecycle_check_interval.is_none() {
+            return;
+        }
         match self.store.get(card).await {
-            Ok(Some(record)) if record.state == EnrollmentState::Enrolled => {
-                tracing::info!(
-                    "the card lock was no longer this call's at its release: the ENROLLED card is noted again for the lifecycle check"
+            Ok(Some(record))
+                if matches!(
+                    record.state,
+                    EnrollmentState::Enrolled | EnrollmentState::InProgress
+                ) =>
+            {
+                tracing::warn!(
+                    card = card.get(),
+                    state = ?record.state,
+                    "the card lock was not this call's at its release: the card is noted again for the lifecycle check"
                 );
                 self.track_enrolled(card).await;
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "the card lock was no longer this call's at its release, and the card's record could not be read: the ENROLLED index may miss the card");
+                tracing::warn!(card = card.get(), error = %e, "the card lock was not this call's at its release, and the card's record could not be read: the ENROLLED index may miss the card");
             }
         }
     }

@@ -411,6 +411,55 @@ async fn a_removal_that_ran_past_its_lock_gives_a_new_enrollment_its_enrolled_no
     );
 }
 
+/// The same race with the new enrollment's ENROLLED note landing before its record (they are
+/// written together): the removal's release reads the record IN_PROGRESS, and notes the card
+/// all the same (only an ENROLLED record was noted again at first, and the card ended in no
+/// index once that enrollment settled).
+#[tokio::test]
+async fn a_removal_that_ran_past_its_lock_notes_a_card_being_enrolled_again() {
+    use super::fakes::Op;
+    let w = std::sync::Arc::new(world());
+    enrolled(&w, 3021).await;
+    let at_untrack = w.store.pause(Op::UntrackEnrolled, 1);
+    let removal = tokio::spawn({
+        let w = w.clone();
+        async move {
+            w.app
+                .remove_card(remove("k-rm", 3021, RemovalReason::CardClosed), None)
+                .await
+        }
+    });
+    at_untrack.entered().await;
+    let owner = w.store.holder(card(3021)).unwrap();
+    assert!(w.store.inner.unlock_card(card(3021), &owner).await.unwrap());
+    // The new enrollment stops at its final record (its second fenced write), its ENROLLED
+    // note written beside it.
+    let at_record = w.store.pause(Op::PutFenced, 2);
+    let again = tokio::spawn({
+        let w = w.clone();
+        async move { w.app.enroll(command("k-again", 3021), None).await }
+    });
+    at_record.entered().await;
+    while w.store.enrolled_due(i64::MAX, 10).await.unwrap().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        w.record(card(3021)).await.unwrap().state,
+        EnrollmentState::InProgress
+    );
+    at_untrack.open();
+    let removed = removal.await.unwrap().unwrap();
+    assert_eq!(removed.record.state, EnrollmentState::Removed);
+    at_record.open();
+    let again = again.await.unwrap().unwrap();
+    assert_eq!(again.record.state, EnrollmentState::Enrolled);
+    assert_eq!(
+        w.store.enrolled_due(i64::MAX, 10).await.unwrap(),
+        [card(3021)],
+        "the new enrollment's card is in the ENROLLED index"
+    );
+}
+
 #[tokio::test]
 async fn an_opt_out_is_remembered_when_the_profile_delete_fails() {
     let w = world();
