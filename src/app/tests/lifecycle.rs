@@ -367,29 +367,47 @@ async fn an_opt_out_between_enroll_cards_check_and_its_card_lock_holds_it() {
     assert_eq!(done.record.state, EnrollmentState::Enrolled);
 }
 
-/// A RemoveCard takes the card out of the ENROLLED index after its REMOVED record without
-/// renewing the card lock. When the lock ran out before that and a new enrollment of the card
-/// noted it ENROLLED meanwhile, the removal took that note: its release, finding the lock no
-/// longer its own, notes the ENROLLED card again. The card stayed out of the index before,
-/// never checked against Click to Pay again.
-#[tokio::test]
-async fn a_removal_that_ran_past_its_lock_gives_a_new_enrollment_its_enrolled_note_back() {
-    use super::fakes::Op;
-    let w = std::sync::Arc::new(world());
-    enrolled(&w, 3020).await;
-    let at_untrack = w.store.pause(Op::UntrackEnrolled, 1);
+/// An enrolled card's RemoveCard, held just before it takes the card out of the ENROLLED index
+/// (its REMOVED record written), with its card lock run out (let go here).
+async fn removal_past_its_lock(
+    w: &std::sync::Arc<World>,
+    card_id: i64,
+) -> (
+    tokio::task::JoinHandle<Result<crate::app::CardRemoved, AppError>>,
+    super::fakes::Gate,
+) {
+    enrolled(w, card_id).await;
+    let at_untrack = w.store.pause(super::fakes::Op::UntrackEnrolled, 1);
     let removal = tokio::spawn({
         let w = w.clone();
         async move {
             w.app
-                .remove_card(remove("k-rm", 3020, RemovalReason::CardClosed), None)
+                .remove_card(remove("k-rm", card_id, RemovalReason::CardClosed), None)
                 .await
         }
     });
     at_untrack.entered().await;
-    // The removal's lock runs out (let go here) and the card, REMOVED, is enrolled again.
-    let owner = w.store.holder(card(3020)).unwrap();
-    assert!(w.store.inner.unlock_card(card(3020), &owner).await.unwrap());
+    let owner = w.store.holder(card(card_id)).unwrap();
+    assert!(
+        w.store
+            .inner
+            .unlock_card(card(card_id), &owner)
+            .await
+            .unwrap()
+    );
+    (removal, at_untrack)
+}
+
+/// A RemoveCard takes the card out of the ENROLLED index after its REMOVED record without
+/// renewing the card lock. When the lock ran out before that and a new enrollment of the card
+/// noted it ENROLLED meanwhile, the removal took that note: its release, finding the lock no
+/// longer its own, notes the ENROLLED card again. The card stayed out of the index before,
+/// never checked by the reconciler again.
+#[tokio::test]
+async fn a_removal_that_ran_past_its_lock_gives_a_new_enrollment_its_enrolled_note_back() {
+    let w = std::sync::Arc::new(world());
+    let (removal, at_untrack) = removal_past_its_lock(&w, 3020).await;
+    // The card, REMOVED, is enrolled again.
     let again = w.app.enroll(command("k-again", 3020), None).await.unwrap();
     assert_eq!(again.record.state, EnrollmentState::Enrolled);
     assert_eq!(
@@ -419,19 +437,7 @@ async fn a_removal_that_ran_past_its_lock_gives_a_new_enrollment_its_enrolled_no
 async fn a_removal_that_ran_past_its_lock_notes_a_card_being_enrolled_again() {
     use super::fakes::Op;
     let w = std::sync::Arc::new(world());
-    enrolled(&w, 3021).await;
-    let at_untrack = w.store.pause(Op::UntrackEnrolled, 1);
-    let removal = tokio::spawn({
-        let w = w.clone();
-        async move {
-            w.app
-                .remove_card(remove("k-rm", 3021, RemovalReason::CardClosed), None)
-                .await
-        }
-    });
-    at_untrack.entered().await;
-    let owner = w.store.holder(card(3021)).unwrap();
-    assert!(w.store.inner.unlock_card(card(3021), &owner).await.unwrap());
+    let (removal, at_untrack) = removal_past_its_lock(&w, 3021).await;
     // The new enrollment stops at its final record (its second fenced write), its ENROLLED
     // note written beside it.
     let at_record = w.store.pause(Op::PutFenced, 2);
