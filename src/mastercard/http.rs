@@ -297,8 +297,19 @@ impl ApiClient {
         let body: Bytes = match (&spec.body, &self.encryption) {
             (Some(plain), Some(enc)) => {
                 let (enc, plain) = (enc.clone(), plain.clone());
-                offload::run(move || seal_envelope(&enc.encryptor, &plain))
-                    .await
+                // Sealing waits for the signing pool too: bounded by the deadline as well.
+                let sealing = offload::run(move || seal_envelope(&enc.encryptor, &plain));
+                let Ok(sealed) = tokio::time::timeout_at(deadline, sealing).await else {
+                    let mut e = self.error(
+                        spec.operation,
+                        UpstreamErrorKind::Timeout,
+                        Correlation::default(),
+                        0,
+                    );
+                    e.budget_exhausted = true;
+                    return Err(e);
+                };
+                sealed
                     .map_err(|e| e.to_string())
                     .and_then(|sealed| sealed.map_err(|e| e.to_string()))
                     .map(Bytes::from)
@@ -415,10 +426,16 @@ impl ApiClient {
             kind,
             correlation: Correlation::default(),
         };
-        let authorization = self
-            .authorization(&spec.method, url, body)
-            .await
-            .map_err(|e| no_correlation(UpstreamErrorKind::Request(e)))?;
+        // The attempt's time (the caller's deadline folded in) starts before the signature:
+        // it waits for the signing pool, and a queue there must not carry the call past its
+        // deadline. A timeout here sent nothing; it is still a timeout to the retry rules (a
+        // POST /cards is not sent again, its enrollment asks the token list first).
+        let until = Instant::now() + timeout;
+        let authorization =
+            tokio::time::timeout_at(until, self.authorization(&spec.method, url, body))
+                .await
+                .map_err(|_| no_correlation(UpstreamErrorKind::Timeout))?
+                .map_err(|e| no_correlation(UpstreamErrorKind::Request(e)))?;
         let mut request = self
             .http
             .request(spec.method.clone(), url.clone())
@@ -452,7 +469,7 @@ impl ApiClient {
             Ok((status, correlation, retry_after, date_ms, bytes))
         };
         let (status, correlation, retry_after, date_ms, bytes) =
-            tokio::time::timeout(timeout, exchange)
+            tokio::time::timeout_at(until, exchange)
                 .await
                 .map_err(|_| no_correlation(UpstreamErrorKind::Timeout))??;
         match status {
@@ -666,6 +683,81 @@ mod tests {
         assert!(!retryable(&UpstreamErrorKind::Timeout, Unsafe));
         assert!(retryable(&UpstreamErrorKind::SendFailed, Safe));
         assert!(!retryable(&UpstreamErrorKind::SendFailed, Unsafe));
+    }
+
+    /// The caller's deadline holds while the signature (or the sealing of the body) waits for
+    /// the signing pool: with every pool thread busy past it, the call ends at the deadline
+    /// with a timeout, nothing sent. The attempt's time ran only once the request was signed
+    /// before, and sealing had no bound, so a queue on the pool carried a call (a POST /cards
+    /// too) past its caller's deadline.
+    #[tokio::test]
+    async fn the_callers_deadline_holds_while_the_signature_waits_for_the_pool() {
+        let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys");
+        let signing_key = SigningKey::load(&keys.join("signing.key.pem"), None).unwrap();
+        let sealed = PayloadEncryption {
+            encryptor: JweEncryptor::new(&signing_key.public_key().unwrap()).unwrap(),
+            decryptor: JweDecryptor::new(),
+        };
+        // Signed only, then sealed: the attempt that waited, then none.
+        for (encryption, attempts) in [(None, 1), (Some(sealed), 0)] {
+            // Every pool thread held until the call has returned (5 s at most).
+            let mut releases = Vec::new();
+            let mut started = Vec::new();
+            for _ in 0..offload::width() {
+                let (release, held) = std::sync::mpsc::channel::<()>();
+                let (on, running) = tokio::sync::oneshot::channel::<()>();
+                releases.push(release);
+                started.push(running);
+                tokio::spawn(offload::run(move || {
+                    let _ = on.send(());
+                    let _ = held.recv_timeout(Duration::from_secs(5));
+                }));
+            }
+            for running in started {
+                running.await.unwrap();
+            }
+            // Nothing listens there: a request that went out would fail to connect.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let client = ApiClient::new(ApiClientConfig {
+                api: Api::Processing,
+                base_url: format!("http://127.0.0.1:{port}/").parse().unwrap(),
+                consumer_key: "test-consumer-key!0123456789abcdef".into(),
+                signing_key: signing_key.clone(),
+                signature_method: SignatureMethod::RsaSha256,
+                policy: HttpPolicy {
+                    attempt_timeout: Duration::from_secs(2),
+                    connect_timeout: Duration::from_secs(2),
+                    budget: Duration::from_secs(10),
+                    max_attempts: 3,
+                    initial_backoff: Duration::from_millis(10),
+                    max_backoff: Duration::from_millis(40),
+                },
+                breaker: BreakerConfig::default(),
+                encryption,
+                extra_ca: None,
+            })
+            .unwrap();
+            let spec = CallSpec {
+                operation: "searchCard",
+                method: reqwest::Method::POST,
+                path: "/cards/searches".into(),
+                body: Some(Bytes::from_static(b"{}")),
+                headers: Vec::new(),
+                idempotency: Idempotency::Safe,
+                absent_is_answer: false,
+            };
+            let deadline = Instant::now() + Duration::from_millis(200);
+            let err = client.call(spec, Some(deadline)).await.unwrap_err();
+            let held = releases.iter().all(|release| release.send(()).is_ok());
+            assert!(held, "the call waited for the pool to be free: {err:?}");
+            assert_eq!(err.kind, UpstreamErrorKind::Timeout, "{err:?}");
+            assert!(err.budget_exhausted, "{err:?}");
+            assert_eq!(err.attempts, attempts, "{err:?}");
+        }
     }
 
     #[test]
