@@ -85,7 +85,9 @@ pub enum UpstreamErrorKind {
     ConnectFailed,
     /// The connection failed after the request was (possibly) sent: Mastercard may have acted.
     SendFailed,
-    /// No complete answer within the attempt's timeout (the request may have been acted on).
+    /// No complete answer within the attempt's timeout (the request may have been acted on);
+    /// or, with `budget_exhausted`, the deadline ran out before the next attempt was sent
+    /// (waiting to retry, or for its signature on the signing pool).
     Timeout,
     /// A 4xx answer, with Mastercard's reason. 429 carries `retry_after`.
     Rejected {

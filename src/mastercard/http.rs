@@ -30,7 +30,7 @@ pub const CONTENT_TYPE: &str = "application/json;charset=utf-8";
 /// Timeouts, budget and retries of one API.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpPolicy {
-    /// Bound on one attempt (connect, send, complete answer).
+    /// Bound on one attempt (its signature, connect, send, complete answer).
     pub attempt_timeout: Duration,
     /// Bound on establishing a connection.
     pub connect_timeout: Duration,
@@ -357,11 +357,32 @@ impl ApiClient {
                 e.budget_exhausted = true;
                 return Err(e);
             }
-            let attempt_timeout = self.policy.attempt_timeout.min(deadline - now);
+            // The attempt's time (the caller's deadline folded in) starts before the signature:
+            // it waits for the signing pool, and a queue there must not carry the call past its
+            // deadline.
+            let until = now + self.policy.attempt_timeout.min(deadline - now);
             let observer =
                 AttemptObserver::start(self.api, &spec, &url, attempt, self.breaker.state());
+            let signing = self.authorization(&spec.method, &url, &body);
+            let Ok(authorization) = tokio::time::timeout_at(until, signing)
+                .instrument(observer.span().clone())
+                .await
+            else {
+                // Our queue, not Mastercard's answer, and nothing was sent: no attempt's
+                // outcome, nothing against the breaker (the permit goes back unrecorded), and
+                // ended as the deadline check above ends it.
+                drop(permit);
+                let mut e = self.error(
+                    spec.operation,
+                    UpstreamErrorKind::Timeout,
+                    Correlation::default(),
+                    attempt - 1,
+                );
+                e.budget_exhausted = true;
+                return Err(e);
+            };
             let outcome = self
-                .attempt(&spec, &url, &body, attempt_timeout)
+                .attempt(&spec, &url, &body, authorization, until)
                 .instrument(observer.span().clone())
                 .await;
             let outcome = observer.finished(outcome);
@@ -420,22 +441,15 @@ impl ApiClient {
         spec: &CallSpec,
         url: &url::Url,
         body: &Bytes,
-        timeout: Duration,
+        authorization: Result<String, String>,
+        until: Instant,
     ) -> Result<UpstreamResponse, AttemptFailure> {
         let no_correlation = |kind| AttemptFailure {
             kind,
             correlation: Correlation::default(),
         };
-        // The attempt's time (the caller's deadline folded in) starts before the signature:
-        // it waits for the signing pool, and a queue there must not carry the call past its
-        // deadline. A timeout here sent nothing; it is still a timeout to the retry rules (a
-        // POST /cards is not sent again, its enrollment asks the token list first).
-        let until = Instant::now() + timeout;
         let authorization =
-            tokio::time::timeout_at(until, self.authorization(&spec.method, url, body))
-                .await
-                .map_err(|_| no_correlation(UpstreamErrorKind::Timeout))?
-                .map_err(|e| no_correlation(UpstreamErrorKind::Request(e)))?;
+            authorization.map_err(|e| no_correlation(UpstreamErrorKind::Request(e)))?;
         let mut request = self
             .http
             .request(spec.method.clone(), url.clone())
@@ -687,7 +701,8 @@ mod tests {
 
     /// The caller's deadline holds while the signature (or the sealing of the body) waits for
     /// the signing pool: with every pool thread busy past it, the call ends at the deadline
-    /// with a timeout, nothing sent. The attempt's time ran only once the request was signed
+    /// with a timeout, nothing sent, no attempt counted and nothing against the breaker (our
+    /// queue, not Mastercard). The attempt's time ran only once the request was signed
     /// before, and sealing had no bound, so a queue on the pool carried a call (a POST /cards
     /// too) past its caller's deadline.
     #[tokio::test]
@@ -698,8 +713,8 @@ mod tests {
             encryptor: JweEncryptor::new(&signing_key.public_key().unwrap()).unwrap(),
             decryptor: JweDecryptor::new(),
         };
-        // Signed only, then sealed: the attempt that waited, then none.
-        for (encryption, attempts) in [(None, 1), (Some(sealed), 0)] {
+        // Signed only, then sealed.
+        for encryption in [None, Some(sealed)] {
             // Every pool thread held until the call has returned (5 s at most).
             let mut releases = Vec::new();
             let mut started = Vec::new();
@@ -736,7 +751,12 @@ mod tests {
                     initial_backoff: Duration::from_millis(10),
                     max_backoff: Duration::from_millis(40),
                 },
-                breaker: BreakerConfig::default(),
+                // One failure counted would open it.
+                breaker: BreakerConfig {
+                    minimum_calls: 1,
+                    window_size: 1,
+                    ..BreakerConfig::default()
+                },
                 encryption,
                 extra_ca: None,
             })
@@ -756,7 +776,8 @@ mod tests {
             assert!(held, "the call waited for the pool to be free: {err:?}");
             assert_eq!(err.kind, UpstreamErrorKind::Timeout, "{err:?}");
             assert!(err.budget_exhausted, "{err:?}");
-            assert_eq!(err.attempts, attempts, "{err:?}");
+            assert_eq!(err.attempts, 0, "{err:?}");
+            assert_eq!(client.breaker_state(), BreakerState::Closed);
         }
     }
 

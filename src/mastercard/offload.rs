@@ -77,6 +77,12 @@ where
     let queued = Instant::now();
     queue
         .send(Box::new(move || {
+            // A caller that stopped waiting while this was queued (its deadline passed) wants
+            // no result: under the overload that makes callers give up, not signing for them
+            // is what lets the queue drain.
+            if done.is_closed() {
+                return;
+            }
             let started = Instant::now();
             let out = work();
             let ran = started.elapsed();
@@ -112,6 +118,45 @@ mod tests {
             work.await.unwrap().unwrap(),
             "the work held the async worker"
         );
+    }
+
+    /// Work whose caller stopped waiting while it was queued is not run (it ran before, a full
+    /// RSA operation for nobody).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_whose_caller_gave_up_while_queued_is_not_run() {
+        use std::sync::atomic::AtomicBool;
+        // Every pool thread held, so that the next job queues.
+        let mut releases = Vec::new();
+        let mut started = Vec::new();
+        for _ in 0..width() {
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            let (on, running) = tokio::sync::oneshot::channel::<()>();
+            releases.push(release);
+            started.push(running);
+            tokio::spawn(run(move || {
+                let _ = on.send(());
+                let _ = held.recv_timeout(Duration::from_secs(5));
+            }));
+        }
+        for running in started {
+            running.await.unwrap();
+        }
+        let ran = Arc::new(AtomicBool::new(false));
+        let given_up = {
+            let ran = ran.clone();
+            tokio::time::timeout(
+                Duration::from_millis(20),
+                run(move || ran.store(true, Ordering::SeqCst)),
+            )
+            .await
+        };
+        assert!(given_up.is_err(), "queued behind the held threads");
+        for release in releases {
+            release.send(()).unwrap();
+        }
+        // Queued after it: once this ran, the one given up was taken from the queue.
+        assert_eq!(run(|| 7).await, Ok(7));
+        assert!(!ran.load(Ordering::SeqCst), "the work given up ran");
     }
 
     #[tokio::test]
