@@ -276,6 +276,11 @@ pub fn signing_pool(queued: std::time::Duration, running: std::time::Duration) {
     histogram!(SIGNING_POOL, "phase" => "running").record(running.as_secs_f64());
 }
 
+/// An operation whose caller stopped waiting while it was queued: its wait, and no run.
+pub fn signing_pool_skipped(queued: std::time::Duration) {
+    histogram!(SIGNING_POOL, "phase" => "queued").record(queued.as_secs_f64());
+}
+
 /// One retry of a Mastercard call.
 pub fn upstream_retry(api: &'static str, operation: &'static str) {
     counter!("c2p_upstream_retries_total", "api" => api, "operation" => operation).increment(1);

@@ -30,7 +30,7 @@ pub const CONTENT_TYPE: &str = "application/json;charset=utf-8";
 /// Timeouts, budget and retries of one API.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpPolicy {
-    /// Bound on one attempt (its signature, connect, send, complete answer).
+    /// Bound on one attempt once signed (connect, send, complete answer): Mastercard's time.
     pub attempt_timeout: Duration,
     /// Bound on establishing a connection.
     pub connect_timeout: Duration,
@@ -300,14 +300,7 @@ impl ApiClient {
                 // Sealing waits for the signing pool too: bounded by the deadline as well.
                 let sealing = offload::run(move || seal_envelope(&enc.encryptor, &plain));
                 let Ok(sealed) = tokio::time::timeout_at(deadline, sealing).await else {
-                    let mut e = self.error(
-                        spec.operation,
-                        UpstreamErrorKind::Timeout,
-                        Correlation::default(),
-                        0,
-                    );
-                    e.budget_exhausted = true;
-                    return Err(e);
+                    return Err(self.out_of_time(spec.operation, 0));
                 };
                 sealed
                     .map_err(|e| e.to_string())
@@ -345,42 +338,28 @@ impl ApiClient {
                     attempt - 1,
                 ));
             };
-            let now = Instant::now();
-            if now >= deadline {
+            if Instant::now() >= deadline {
                 drop(permit);
-                let mut e = self.error(
-                    spec.operation,
-                    UpstreamErrorKind::Timeout,
-                    Correlation::default(),
-                    attempt - 1,
-                );
-                e.budget_exhausted = true;
-                return Err(e);
+                return Err(self.out_of_time(spec.operation, attempt - 1));
             }
-            // The attempt's time (the caller's deadline folded in) starts before the signature:
-            // it waits for the signing pool, and a queue there must not carry the call past its
-            // deadline.
-            let until = now + self.policy.attempt_timeout.min(deadline - now);
             let observer =
                 AttemptObserver::start(self.api, &spec, &url, attempt, self.breaker.state());
+            // The signature waits for the signing pool: bounded by the deadline, so that a queue
+            // there cannot carry the call past it. Cut there, nothing was sent and the queue is
+            // ours, not Mastercard's: no attempt's outcome, nothing against the breaker (the
+            // permit goes back unrecorded), the call ended as the check above ends it.
             let signing = self.authorization(&spec.method, &url, &body);
-            let Ok(authorization) = tokio::time::timeout_at(until, signing)
+            let signed = tokio::time::timeout_at(deadline, signing)
                 .instrument(observer.span().clone())
-                .await
-            else {
-                // Our queue, not Mastercard's answer, and nothing was sent: no attempt's
-                // outcome, nothing against the breaker (the permit goes back unrecorded), and
-                // ended as the deadline check above ends it.
+                .await;
+            let now = Instant::now();
+            let (Ok(authorization), true) = (signed, now < deadline) else {
+                observer.span().record("error.type", "timeout");
                 drop(permit);
-                let mut e = self.error(
-                    spec.operation,
-                    UpstreamErrorKind::Timeout,
-                    Correlation::default(),
-                    attempt - 1,
-                );
-                e.budget_exhausted = true;
-                return Err(e);
+                return Err(self.out_of_time(spec.operation, attempt - 1));
             };
+            // The attempt's own time, Mastercard's, starts once signed.
+            let until = now + self.policy.attempt_timeout.min(deadline - now);
             let outcome = self
                 .attempt(&spec, &url, &body, authorization, until)
                 .instrument(observer.span().clone())
@@ -418,6 +397,19 @@ impl ApiClient {
             let _waiting = WaitForUpstream(std::time::Instant::now());
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// The call's end when the deadline (or budget) left no time for another attempt to be
+    /// sent: `attempts` were.
+    fn out_of_time(&self, operation: &'static str, attempts: u32) -> UpstreamError {
+        let mut e = self.error(
+            operation,
+            UpstreamErrorKind::Timeout,
+            Correlation::default(),
+            attempts,
+        );
+        e.budget_exhausted = true;
+        e
     }
 
     fn url(&self, spec: &CallSpec) -> Result<url::Url, UpstreamError> {
@@ -716,21 +708,7 @@ mod tests {
         // Signed only, then sealed.
         for encryption in [None, Some(sealed)] {
             // Every pool thread held until the call has returned (5 s at most).
-            let mut releases = Vec::new();
-            let mut started = Vec::new();
-            for _ in 0..offload::width() {
-                let (release, held) = std::sync::mpsc::channel::<()>();
-                let (on, running) = tokio::sync::oneshot::channel::<()>();
-                releases.push(release);
-                started.push(running);
-                tokio::spawn(offload::run(move || {
-                    let _ = on.send(());
-                    let _ = held.recv_timeout(Duration::from_secs(5));
-                }));
-            }
-            for running in started {
-                running.await.unwrap();
-            }
+            let held = offload::HeldPool::hold().await;
             // Nothing listens there: a request that went out would fail to connect.
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -772,8 +750,10 @@ mod tests {
             };
             let deadline = Instant::now() + Duration::from_millis(200);
             let err = client.call(spec, Some(deadline)).await.unwrap_err();
-            let held = releases.iter().all(|release| release.send(()).is_ok());
-            assert!(held, "the call waited for the pool to be free: {err:?}");
+            assert!(
+                held.release(),
+                "the call waited for the pool to be free: {err:?}"
+            );
             assert_eq!(err.kind, UpstreamErrorKind::Timeout, "{err:?}");
             assert!(err.budget_exhausted, "{err:?}");
             assert_eq!(err.attempts, 0, "{err:?}");

@@ -81,6 +81,7 @@ where
             // no result: under the overload that makes callers give up, not signing for them
             // is what lets the queue drain.
             if done.is_closed() {
+                crate::metrics::signing_pool_skipped(queued.elapsed());
                 return;
             }
             let started = Instant::now();
@@ -92,6 +93,47 @@ where
         }))
         .map_err(|_| OffloadError)?;
     result.await.map_err(|_| OffloadError)
+}
+
+/// Test support: every pool thread held (for 5 s at most) until [`HeldPool::release`]. One
+/// holder at a time across the crate's tests: two holding at once on a pool of several threads
+/// could each take some of them and wait for the rest.
+#[cfg(test)]
+pub(crate) struct HeldPool {
+    releases: Vec<mpsc::Sender<()>>,
+    _one_at_a_time: tokio::sync::MutexGuard<'static, ()>,
+}
+
+#[cfg(test)]
+impl HeldPool {
+    pub(crate) async fn hold() -> Self {
+        static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let guard = ONE_AT_A_TIME.lock().await;
+        let mut releases = Vec::new();
+        let mut started = Vec::new();
+        for _ in 0..width() {
+            let (release, held) = mpsc::channel::<()>();
+            let (on, running) = tokio::sync::oneshot::channel::<()>();
+            releases.push(release);
+            started.push(running);
+            tokio::spawn(run(move || {
+                let _ = on.send(());
+                let _ = held.recv_timeout(std::time::Duration::from_secs(5));
+            }));
+        }
+        for running in started {
+            let _ = running.await;
+        }
+        Self {
+            releases,
+            _one_at_a_time: guard,
+        }
+    }
+
+    /// Lets the threads go: `false` when some had stopped waiting (5 s) first.
+    pub(crate) fn release(self) -> bool {
+        self.releases.iter().all(|release| release.send(()).is_ok())
+    }
 }
 
 #[cfg(test)]
@@ -126,21 +168,7 @@ mod tests {
     async fn work_whose_caller_gave_up_while_queued_is_not_run() {
         use std::sync::atomic::AtomicBool;
         // Every pool thread held, so that the next job queues.
-        let mut releases = Vec::new();
-        let mut started = Vec::new();
-        for _ in 0..width() {
-            let (release, held) = std::sync::mpsc::channel::<()>();
-            let (on, running) = tokio::sync::oneshot::channel::<()>();
-            releases.push(release);
-            started.push(running);
-            tokio::spawn(run(move || {
-                let _ = on.send(());
-                let _ = held.recv_timeout(Duration::from_secs(5));
-            }));
-        }
-        for running in started {
-            running.await.unwrap();
-        }
+        let held = HeldPool::hold().await;
         let ran = Arc::new(AtomicBool::new(false));
         let given_up = {
             let ran = ran.clone();
@@ -151,10 +179,9 @@ mod tests {
             .await
         };
         assert!(given_up.is_err(), "queued behind the held threads");
-        for release in releases {
-            release.send(()).unwrap();
-        }
-        // Queued after it: once this ran, the one given up was taken from the queue.
+        assert!(held.release());
+        // Queued after it: once this ran, the one given up was taken from the queue (strictly
+        // so with one pool thread, as on 2 cores; with more, this one may finish first).
         assert_eq!(run(|| 7).await, Ok(7));
         assert!(!ran.load(Ordering::SeqCst), "the work given up ran");
     }
