@@ -272,11 +272,12 @@ pub fn upstream_attempt(
 /// One private-key operation of the signing pool: how long it waited for a pool thread and how
 /// long it ran there (wall time: a thread that waits for a core mid-signature counts it).
 pub fn signing_pool(queued: std::time::Duration, running: std::time::Duration) {
-    histogram!(SIGNING_POOL, "phase" => "queued").record(queued.as_secs_f64());
+    signing_pool_skipped(queued);
     histogram!(SIGNING_POOL, "phase" => "running").record(running.as_secs_f64());
 }
 
-/// An operation whose caller stopped waiting while it was queued: its wait, and no run.
+/// An operation whose caller stopped waiting while it was queued: its wait, and no run (every
+/// operation's wait is recorded here, run or not).
 pub fn signing_pool_skipped(queued: std::time::Duration) {
     histogram!(SIGNING_POOL, "phase" => "queued").record(queued.as_secs_f64());
 }

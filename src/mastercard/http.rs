@@ -353,10 +353,13 @@ impl ApiClient {
                 .instrument(observer.span().clone())
                 .await;
             let now = Instant::now();
-            let (Ok(authorization), true) = (signed, now < deadline) else {
-                observer.span().record("error.type", "timeout");
-                drop(permit);
-                return Err(self.out_of_time(spec.operation, attempt - 1));
+            let authorization = match signed {
+                Ok(authorization) if now < deadline => authorization,
+                _ => {
+                    observer.span().record("error.type", "timeout");
+                    drop(permit);
+                    return Err(self.out_of_time(spec.operation, attempt - 1));
+                }
             };
             // The attempt's own time, Mastercard's, starts once signed.
             let until = now + self.policy.attempt_timeout.min(deadline - now);
