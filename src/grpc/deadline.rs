@@ -15,7 +15,9 @@ pub fn of<T>(request: &tonic::Request<T>, default: Duration) -> Option<Instant> 
 /// The deadline of a request, if the caller set one.
 fn caller_deadline<T>(request: &tonic::Request<T>) -> Option<Instant> {
     let timeout = timeout(request.metadata().get("grpc-timeout")?.to_str().ok()?)?;
-    Some(Instant::now() + timeout.saturating_sub(MARGIN))
+    // A timeout past what the clock can hold (`9999999999999999H`) is no deadline of the
+    // caller's: the server's default bounds the call (an addition would panic).
+    Instant::now().checked_add(timeout.saturating_sub(MARGIN))
 }
 
 /// The caller's timeout in the request headers (`grpc-timeout`), as sent.
@@ -60,6 +62,15 @@ mod tests {
         r.metadata_mut()
             .insert("grpc-timeout", "soon".parse().unwrap());
         assert!(caller_deadline(&r).is_none());
+        let left = of(&r, Duration::from_secs(30)).unwrap() - Instant::now();
+        assert!(left <= Duration::from_secs(30) && left > Duration::from_secs(29));
+    }
+
+    #[test]
+    fn a_timeout_past_the_clock_gets_the_default_deadline() {
+        let mut r = tonic::Request::new(());
+        r.metadata_mut()
+            .insert("grpc-timeout", "9999999999999999H".parse().unwrap());
         let left = of(&r, Duration::from_secs(30)).unwrap() - Instant::now();
         assert!(left <= Duration::from_secs(30) && left > Duration::from_secs(29));
     }

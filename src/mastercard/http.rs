@@ -391,7 +391,11 @@ impl ApiClient {
                 } => *after,
                 _ => backoff.next().unwrap_or(self.policy.max_backoff),
             };
-            if Instant::now() + delay >= deadline {
+            // A `Retry-After` past what the clock can hold is past the deadline too.
+            if Instant::now()
+                .checked_add(delay)
+                .is_none_or(|retry_at| retry_at >= deadline)
+            {
                 error.budget_exhausted = true;
                 return Err(error);
             }

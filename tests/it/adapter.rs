@@ -264,6 +264,26 @@ async fn status_429_is_retried_after_retry_after_even_for_post_cards() {
 }
 
 #[tokio::test]
+async fn a_retry_after_past_the_clock_ends_the_call_with_the_429() {
+    // Seconds that no clock can add: the call ends with the answer, not a panic.
+    let stub = HttpStub::start(vec![
+        Reply::json(429, r#"{"Errors":{"Error":[{"Source":"Gateway","ReasonCode":"TOO_MANY_REQUESTS","Recoverable":true}]}}"#)
+            .with_header("Retry-After", "10000000000000000000"),
+    ])
+    .await;
+    let err = enroll(&stub)
+        .enroll_card(&enroll_request(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind, UpstreamErrorKind::Rejected { status: 429, .. }),
+        "{err}"
+    );
+    assert!(err.budget_exhausted, "{err:?}");
+    assert_eq!((err.attempts, stub.requests().len()), (1, 1));
+}
+
+#[tokio::test]
 async fn status_503_is_retried_for_searches_but_not_for_post_cards() {
     let unavailable = Reply::json(503, r#"{"Errors":{"Error":[{"Source":"MASTERCARD PROCESSING","ReasonCode":"SERVICE_UNAVAILABLE","Recoverable":true}]}}"#)
         .with_header("X-MC-Correlation-ID", "corr-503");
