@@ -6,7 +6,8 @@ use super::lifecycle::{lifecycle_error, subjects_of};
 use super::ports::{ClickToPayKeys, Deleted};
 use super::{App, AppError};
 use crate::domain::{
-    CardContractId, EnrollmentRecord, EnrollmentState, OptOut, Removal, RemovalReason, now_ms,
+    CardContractId, EnrollmentRecord, EnrollmentState, OptOut, Removal, RemovalReason,
+    card_subject, now_ms,
 };
 use tokio::time::Instant;
 
@@ -36,7 +37,11 @@ impl App {
                 None => now_ms(),
             };
             self.store
-                .put_opt_out(&OptOut { since_ms, subjects })
+                .put_opt_out(&OptOut {
+                    since_ms,
+                    subjects,
+                    program: Some(record.program.clone()),
+                })
                 .await?;
             match self
                 .upstream
@@ -67,6 +72,20 @@ impl App {
         .await;
         self.release_card(card, &owner).await;
         result
+    }
+
+    /// The program whose callers may withdraw the card's opt-out: the card's record's, or, once
+    /// the record has expired (an opt-out has no expiry), the one the opt-out was given under.
+    /// `None`: neither is known (no record, and no opt-out or one written without its program).
+    pub async fn withdrawal_program(
+        &self,
+        card: CardContractId,
+    ) -> Result<Option<String>, AppError> {
+        if let Some(record) = self.store.get(card).await? {
+            return Ok(Some(record.program));
+        }
+        let opt_out = self.store.get_opt_out(&[card_subject(card)]).await?;
+        Ok(opt_out.and_then(|o| o.program))
     }
 
     /// Runs `WithdrawOptOut`: whether an opt-out was forgotten.

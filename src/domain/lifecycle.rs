@@ -92,6 +92,10 @@ pub struct OptOut {
     pub since_ms: i64,
     /// Every subject it is kept under.
     pub subjects: Vec<String>,
+    /// The program of the card it was given through: who may withdraw it once that card's
+    /// record has expired (an opt-out outlives it). `None` in one written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
 }
 
 /// The opt-out subject of a card.

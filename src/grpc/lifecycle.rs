@@ -33,6 +33,22 @@ async fn detached<T: Send + 'static>(
         .map_err(|e| AppError::Internal(format!("task failed: {e}")))?
 }
 
+/// Refuses the call when `program` (the card's, if it has one) is not the caller's to use.
+fn may_act_under(
+    caller: &Caller,
+    card: CardContractId,
+    program: Option<String>,
+    rpc: Rpc,
+) -> Result<(), Status> {
+    let span = tracing::Span::current();
+    span.record("card", card.get());
+    if let Some(program) = program {
+        span.record("program", program.as_str());
+        caller.may_see(&program, rpc)?;
+    }
+    Ok(())
+}
+
 impl EnrollmentApi {
     /// Refuses the call when the card's record belongs to a program the caller may not use (a
     /// card without a record has no program yet: the use case answers for it).
@@ -42,18 +58,12 @@ impl EnrollmentApi {
         card: CardContractId,
         rpc: Rpc,
     ) -> Result<(), Status> {
-        let span = tracing::Span::current();
-        span.record("card", card.get());
         let program = self
             .app
             .program_of(card)
             .await
             .map_err(|e| status::to_status(&e))?;
-        if let Some(program) = program {
-            span.record("program", program.as_str());
-            caller.may_see(&program, rpc)?;
-        }
-        Ok(())
+        may_act_under(caller, card, program, rpc)
     }
 
     pub(super) async fn remove_card_inner(
@@ -157,7 +167,13 @@ impl EnrollmentApi {
     ) -> Result<Response<WithdrawOptOutResponse>, Status> {
         let caller = caller(&request, Rpc::WithdrawOptOut)?;
         let card = convert::card_id(request.get_ref().card_contract_id).map_err(invalid)?;
-        self.may_act_on(&caller, card, Rpc::WithdrawOptOut).await?;
+        // The opt-out outlives the card's record: without one, its own program decides.
+        let program = self
+            .app
+            .withdrawal_program(card)
+            .await
+            .map_err(|e| status::to_status(&e))?;
+        may_act_under(&caller, card, program, Rpc::WithdrawOptOut)?;
         let withdrawn = self
             .app
             .withdraw_opt_out(card)

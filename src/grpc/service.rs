@@ -246,6 +246,7 @@ impl EnrollmentApi {
             start_after,
             heartbeat: self.watch_heartbeat,
             drain: self.drain.clone(),
+            caller,
         })
         // The gauge and the permit count the stream until it is dropped.
         .map(move |item| {

@@ -2,6 +2,8 @@
 //! each later change with a greater revision, a heartbeat after every quiet interval, and an
 //! UNAVAILABLE `SERVER_DRAINING` end when the server drains (never OK).
 
+use super::auth::Caller;
+use super::policy::Rpc;
 use super::{convert, status};
 use crate::app::ports::ChangeStream;
 use crate::app::{AppError, Source};
@@ -29,6 +31,8 @@ pub struct Watch {
     pub heartbeat: Duration,
     /// Cancelled when the server drains.
     pub drain: CancellationToken,
+    /// Who watches: a card enrolled again under a program it may not see ends the watch.
+    pub caller: Caller,
 }
 
 pin_project! {
@@ -45,6 +49,7 @@ pin_project! {
         next_beat: Sleep,
         #[pin]
         drained: WaitForCancellationFutureOwned,
+        caller: Caller,
         ended: bool,
     }
 }
@@ -97,6 +102,13 @@ impl Stream for Messages {
                 // Revisions only grow: an older or repeated state (a re-read after a lag, a
                 // write that changed nothing) is not sent again.
                 Poll::Ready(Some(record)) if record.revision > *this.last => {
+                    // The card was enrolled again under a program the watcher may not see: the
+                    // watch ends there (PROGRAM_NOT_ALLOWED), as it would have been refused.
+                    if let Err(denied) = this.caller.may_see(&record.program, Rpc::WatchEnrollment)
+                    {
+                        *this.ended = true;
+                        return Poll::Ready(Some(Err(denied)));
+                    }
                     *this.last = record.revision;
                     this.next_beat
                         .as_mut()
@@ -134,6 +146,7 @@ pub fn messages(
         heartbeat: watch.heartbeat,
         next_beat: tokio::time::sleep(watch.heartbeat),
         drained: watch.drain.cancelled_owned(),
+        caller: watch.caller,
         ended: false,
     }
 }

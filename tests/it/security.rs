@@ -552,6 +552,85 @@ async fn mesh_header_mode_takes_the_identity_from_the_header() {
     assert_eq!(status.code(), Code::Unauthenticated);
 }
 
+/// `message` sent as `identity` (mesh header mode).
+fn as_caller<T>(identity: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-c2p-caller", identity.parse().unwrap());
+    request
+}
+
+#[tokio::test]
+async fn a_watch_ends_when_its_card_is_enrolled_again_under_a_program_the_watcher_may_not_see() {
+    use c2p_enroll::proto::v1::{RemovalReason, RemoveCardRequest, watch_enrollment_response};
+    const DIRECTORY_APP: &str = "spiffe://bank.test/ns/payments/sa/directory-backend";
+    let service = TestService::start(&settings(&[
+        ("C2P_AUTH__IDENTITY", "mesh_header"),
+        ("C2P_AUTH__CALLERS__APP__IDENTITY", APP),
+        (
+            "C2P_AUTH__CALLERS__APP__RPCS",
+            "EnrollCard,RemoveCard,WatchEnrollment",
+        ),
+        ("C2P_AUTH__CALLERS__APP__PROGRAMS", "default"),
+        ("C2P_AUTH__CALLERS__DIRECTORY__IDENTITY", DIRECTORY_APP),
+        ("C2P_AUTH__CALLERS__DIRECTORY__RPCS", "EnrollCard"),
+        ("C2P_AUTH__CALLERS__DIRECTORY__PROGRAMS", "directory"),
+        ("C2P_AUTH__CALLERS__GATEWAY__IDENTITY", GATEWAY),
+        ("C2P_AUTH__CALLERS__GATEWAY__RPCS", "NotificationIngest"),
+    ]))
+    .await;
+    service
+        .sandbox
+        .set_notification_identity("x-c2p-caller", GATEWAY);
+    let mut client = service.client();
+    client
+        .enroll_card(as_caller(APP, request("a1", 70001)))
+        .await
+        .unwrap();
+    let remove = RemoveCardRequest {
+        idempotency_key: "r1".into(),
+        card_contract_id: 70001,
+        reason: RemovalReason::CardClosed as i32,
+    };
+    client.remove_card(as_caller(APP, remove)).await.unwrap();
+    let watched = WatchEnrollmentRequest {
+        card_contract_id: 70001,
+        start_after_revision: 0,
+    };
+    let mut watch = client
+        .watch_enrollment(as_caller(APP, watched))
+        .await
+        .unwrap()
+        .into_inner();
+    // The removed card, the watcher's program's.
+    watch.message().await.unwrap().unwrap();
+
+    // Another program's backend enrolls the removed card again.
+    let mut again = request("d1", 70001);
+    again.program = "directory".into();
+    client
+        .enroll_card(as_caller(DIRECTORY_APP, again))
+        .await
+        .unwrap();
+    let ended = loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("the watch neither ended nor sent anything");
+        match next {
+            Ok(Some(message)) => {
+                if let Some(watch_enrollment_response::Event::Enrollment(e)) = message.event {
+                    assert_ne!(e.program, "directory", "another program's record was sent");
+                }
+            }
+            Ok(None) => panic!("the watch ended OK"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
+    assert_eq!(reason(&ended), "PROGRAM_NOT_ALLOWED");
+}
+
 /// Mastercard's lifecycle routes of both families: what a change after the enrollment calls.
 fn lifecycle_calls(service: &TestService) -> usize {
     [
@@ -588,6 +667,17 @@ async fn the_policy_guards_the_rpcs_after_an_enrollment() {
     env.push((
         "C2P_AUTH__CALLERS__OFFICE__PROGRAMS".into(),
         "directory".into(),
+    ));
+    // The `default` program's own back office: opt-outs only.
+    let owner = "spiffe://bank.test/ns/payments/sa/default-office";
+    env.push(("C2P_AUTH__CALLERS__OWNER__IDENTITY".into(), owner.into()));
+    env.push((
+        "C2P_AUTH__CALLERS__OWNER__RPCS".into(),
+        "OptOut,WithdrawOptOut".into(),
+    ));
+    env.push((
+        "C2P_AUTH__CALLERS__OWNER__PROGRAMS".into(),
+        "default".into(),
     ));
     env.push(("C2P_REDIS__URL".into(), redis.url()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -706,4 +796,33 @@ async fn the_policy_guards_the_rpcs_after_an_enrollment() {
         .unwrap()
         .into_inner();
     assert!(replay.replayed);
+
+    // The cardholder opts out through the `default` program's office; the opt-out outlives
+    // the card's record (deleted here, as its TTL would). The other program's office still may
+    // not lift it: the opt-out keeps its program.
+    let mut default_office = connect(owner).await;
+    default_office.opt_out(opt_out).await.unwrap();
+    let record_key = "c2p:{card:70001}:enrollment";
+    let deleted: i64 = redis::cmd("DEL")
+        .arg(record_key)
+        .query(&mut redis.connection())
+        .unwrap();
+    assert_eq!(deleted, 1);
+    let withdraw = WithdrawOptOutRequest {
+        card_contract_id: 70001,
+    };
+    let status = office.withdraw_opt_out(withdraw).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(reason(&status), "PROGRAM_NOT_ALLOWED");
+    let status = app
+        .enroll_card(request("k-after-opt-out", 70001))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), "CONSUMER_OPTED_OUT", "{status:?}");
+    let withdrawn = default_office
+        .withdraw_opt_out(withdraw)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(withdrawn.withdrawn);
 }

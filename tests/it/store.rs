@@ -386,6 +386,8 @@ async fn fresh_after_removal(store: Arc<dyn EnrollmentStore>) {
     let opt_out = OptOut {
         since_ms: 1_800_000_000_000,
         subjects: subjects.clone(),
+        // Kept and read back as given (the withdrawal's program check reads it).
+        program: Some("default".into()),
     };
     store.put_opt_out(&opt_out).await.unwrap();
     for subject in &subjects {
@@ -413,10 +415,12 @@ async fn fresh_after_removal(store: Arc<dyn EnrollmentStore>) {
     let by_card = OptOut {
         since_ms: 1_800_000_000_001,
         subjects: vec!["card:70123".to_owned()],
+        program: None,
     };
     let by_consumer = OptOut {
         since_ms: 1_800_000_000_002,
         subjects: vec!["consumer:def".to_owned()],
+        program: None,
     };
     store.put_opt_out(&by_card).await.unwrap();
     store.put_opt_out(&by_consumer).await.unwrap();
@@ -459,6 +463,7 @@ async fn lock_and_read(store: Arc<dyn EnrollmentStore>) {
     let by_consumer = OptOut {
         since_ms: 1_800_000_000_003,
         subjects: vec!["consumer:lock-and-read".to_owned()],
+        program: None,
     };
     store.put_opt_out(&by_consumer).await.unwrap();
     let renewed = store
@@ -472,6 +477,7 @@ async fn lock_and_read(store: Arc<dyn EnrollmentStore>) {
     let by_card = OptOut {
         since_ms: 1_800_000_000_004,
         subjects: vec!["card:70130".to_owned(), "consumer:lock-and-read".to_owned()],
+        program: None,
     };
     store.put_opt_out(&by_card).await.unwrap();
     store.unlock_card(c, "A").await.unwrap();
