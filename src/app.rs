@@ -9,6 +9,7 @@ mod error;
 mod fingerprint;
 mod lifecycle;
 mod lifecycle_check;
+mod lock_guard;
 mod notifications;
 mod opt_out;
 pub mod ports;

@@ -5,6 +5,7 @@
 //! card deleted in Click to Pay whose token news never came.
 
 use super::lifecycle::lifecycle_error;
+use super::lock_guard::UnlockOnDrop;
 use super::ports::ClickToPayKeys;
 use super::{App, AppError};
 use crate::domain::{EnrollmentRecord, EnrollmentState};
@@ -44,6 +45,8 @@ impl App {
             return Ok(Checked::Held);
         }
         let owner = self.hold_card(card).await?;
+        // A refresh runs on its caller's future: a caller gone meanwhile gives the lock back.
+        let dropped = UnlockOnDrop::new(&self.store, card, &owner);
         let result = async {
             match self.store.get(card).await? {
                 Some(current)
@@ -59,6 +62,7 @@ impl App {
         }
         .await;
         self.release_card(card, &owner).await;
+        dropped.disarm();
         result
     }
 }

@@ -131,6 +131,12 @@ impl App {
                 });
             }
             Err(e) => {
+                // The script may have run with its answer lost: its lock is given back too
+                // (owner-checked), or the retry, under a new owner, would meet CARD_BUSY for a
+                // lease (as in EnrollCard).
+                if let Err(unlock) = self.store.unlock_card(card, &owner).await {
+                    tracing::debug!(error = %unlock, "could not release the card lock; it expires by itself");
+                }
                 attempt.release().await;
                 return Err(e.into());
             }

@@ -2,11 +2,12 @@
 //! list for the card, the Click to Pay token picked out, the record rebuilt and cached.
 
 use super::enroll::map_upstream;
+use super::lock_guard::UnlockOnDrop;
 use super::ports::{NotificationResult, PutMode};
 use super::{App, AppError, Step};
 use crate::domain::{
     CardContractId, EnrollmentRecord, EnrollmentState, SharedRecord, Token, TokenEvent,
-    TokenEventKind, Version, merge_tokens, now_ms,
+    TokenEventKind, TokenStatus, Version, merge_tokens, now_ms,
 };
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -84,11 +85,21 @@ impl App {
             .await
             .map_err(|e| map_upstream(Step::Tokens, card, e, deadline))?;
         let observed_at = observation.observed_at_ms;
+        // A deactivated token is no proof that an enrollment in flight (or one that failed)
+        // went through: a removed card's old token stays in the list, deactivated, and would
+        // pass a new enrollment whose POST /cards failed for ENROLLED, never sent again.
+        let in_flight = cached.as_ref().is_some_and(|r| {
+            matches!(
+                r.state,
+                EnrollmentState::InProgress | EnrollmentState::Failed
+            )
+        });
         // The newest Click to Pay token, if the card has any.
         let token = observation
             .tokens
             .iter()
             .filter(|t| t.is_click_to_pay())
+            .filter(|t| !(in_flight && t.status == Some(TokenStatus::Deactivated)))
             .max_by(|a, b| a.created.cmp(&b.created));
         let now = now_ms();
         // The observation is ordered by Mastercard's clock (its Date header, whole seconds,
@@ -227,6 +238,10 @@ impl App {
                 &temporary
             }
         };
+        // The caller may go away while this holds the lock: given back then too.
+        let dropped = lock_owner
+            .is_none()
+            .then(|| UnlockOnDrop::new(&self.store, card, &temporary));
         let result = async {
             let fresh = self.store.get(card).await?;
             if fresh != snapshot {
@@ -269,8 +284,10 @@ impl App {
             )
         }
         .await;
-        if lock_owner.is_none() {
+        if let Some(dropped) = dropped {
+            // Disarmed once released (an unlock of a lock no longer ours changes nothing).
             let _ = self.store.unlock_card(card, &temporary).await;
+            dropped.disarm();
         }
         result
     }

@@ -2,7 +2,7 @@
 //! updates, OptOut and its hold on EnrollCard, WithdrawOptOut, and noticing cards Click to Pay
 //! no longer holds (refresh, reconciler).
 
-use super::fakes::{World, card, command, context, world};
+use super::fakes::{Fault, Op, World, c2p_token, card, command, context, observed, world};
 use crate::app::ports::{Deleted, Updated, UpstreamFailure};
 use crate::app::{AppError, RemoveCommand};
 use crate::domain::{EnrollmentState, RemovalReason, TokenEvent, TokenEventKind, TokenStatus};
@@ -210,6 +210,26 @@ async fn a_deactivated_token_removes_the_card_and_remove_card_then_succeeds() {
 }
 
 #[tokio::test]
+async fn a_removal_whose_lock_answer_was_lost_gives_the_lock_back() {
+    let w = world();
+    enrolled(&w, 3009).await;
+    w.store.fault(Op::LockCard, 1, Fault::AnswerLost);
+    let e = w
+        .app
+        .remove_card(remove("r1", 3009, RemovalReason::CardClosed), None)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "STORE_UNAVAILABLE");
+    // The retry with the same key goes through at once, not after the lock's lease.
+    let done = w
+        .app
+        .remove_card(remove("r1", 3009, RemovalReason::CardClosed), None)
+        .await
+        .unwrap();
+    assert_eq!(done.record.state, EnrollmentState::Removed);
+}
+
+#[tokio::test]
 async fn an_enrollment_after_a_removal_is_a_new_one() {
     let w = world();
     enrolled(&w, 3007).await;
@@ -262,6 +282,44 @@ async fn a_new_enrollment_after_a_deactivated_token_does_not_carry_the_old_token
     assert_eq!(
         w.record(card(3008)).await.unwrap().state,
         EnrollmentState::Enrolled
+    );
+}
+
+#[tokio::test]
+async fn a_removed_cards_deactivated_token_is_no_proof_that_a_new_enrollment_went_through() {
+    let w = world();
+    enrolled(&w, 3100).await;
+    w.app
+        .remove_card(remove("r1", 3100, RemovalReason::CardholderRequest), None)
+        .await
+        .unwrap();
+    // The new enrollment's POST /cards fails for now: the key is given back.
+    w.mc.enroll(Err(UpstreamFailure::Unavailable {
+        retry_after: Duration::from_secs(1),
+        context: context("enroll"),
+    }));
+    w.app.enroll(command("k2", 3100), None).await.unwrap_err();
+    // The retry asks the token list whether it went through: only the old token, deactivated.
+    w.mc.tokens(Ok(observed(vec![c2p_token(
+        "DM-OLD",
+        TokenStatus::Deactivated,
+        "2029-01-01T00:00:00Z",
+    )])));
+    let again = w.app.enroll(command("k2", 3100), None).await.unwrap();
+    assert_eq!(
+        w.mc.calls().enrolls.len(),
+        3,
+        "the enrollment was not sent again"
+    );
+    assert_eq!(again.record.state, EnrollmentState::Enrolled);
+    assert!(
+        again
+            .record
+            .token
+            .as_ref()
+            .is_none_or(|t| t.token_unique_reference != "DM-OLD"),
+        "{:?}",
+        again.record.token
     );
 }
 

@@ -1,11 +1,12 @@
 //! Every branch of `GetEnrollmentStatus`.
 
-use super::fakes::{Fault, Op, c2p_token, card, context, observed, wallet_token, world};
+use super::fakes::{Fault, LEASE, Op, c2p_token, card, context, observed, wallet_token, world};
 use crate::app::ports::{TokenObservation, UpstreamFailure};
 use crate::app::{AppError, Source, Step};
 use crate::domain::{
     EnrollmentRecord, EnrollmentState, Failure, Token, TokenStatus, Version, now_ms,
 };
+use crate::store::EnrollmentStore as _;
 use std::time::Duration;
 
 fn record(card_id: i64, state: EnrollmentState) -> EnrollmentRecord {
@@ -92,6 +93,31 @@ async fn a_card_without_a_record_but_with_a_click_to_pay_token_was_tokenized_els
     assert_eq!(version.at_ms, at, "Mastercard's time of the answer");
     assert_eq!(version.by, "upstream:token-list");
     assert_eq!(w.record(card(2004)).await.as_ref(), Some(r.record()));
+}
+
+#[tokio::test]
+async fn a_status_read_dropped_while_it_holds_the_card_lock_gives_the_lock_back() {
+    let w = world();
+    // A card the token list shows tokenized: the read writes its record under the card lock.
+    w.mc.tokens(Ok(observed(vec![c2p_token(
+        "DM-NEW",
+        TokenStatus::Active,
+        "2030-01-01T00:00:00Z",
+    )])));
+    let gate = w.store.pause(Op::PutFenced, 1);
+    let app = w.app.clone();
+    let read = tokio::spawn(async move { app.status(card(2010), false, None).await });
+    gate.entered().await;
+    // The caller goes away (its deadline, a cancel) while the lock is held.
+    read.abort();
+    assert!(read.await.unwrap_err().is_cancelled());
+    for _ in 0..100 {
+        if w.store.lock_card(card(2010), "next", LEASE).await.unwrap() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("the card stayed locked for its lease");
 }
 
 #[tokio::test]
