@@ -6,6 +6,7 @@
 use crate::app::ports::EnrollmentStore;
 use crate::proto::SERVICE_NAME;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -25,10 +26,29 @@ pub const LIVENESS: &str = "liveness";
 /// unauthenticated callers, so its streams need a cap of their own.
 pub const MAX_HEALTH_WATCHES: usize = 256;
 
-/// tonic-health's service with `Watch` streams capped at [`MAX_HEALTH_WATCHES`].
+/// tonic-health's service with `Watch` streams capped at [`MAX_HEALTH_WATCHES`], answering
+/// NOT_SERVING for its names once drained.
 pub struct CappedHealth {
     inner: HealthService,
     watches: Arc<tokio::sync::Semaphore>,
+    /// Set once the drain cleared the statuses (to end the open watches): tonic-health would
+    /// then answer NOT_FOUND for them.
+    drained: Arc<AtomicBool>,
+}
+
+impl CappedHealth {
+    /// NOT_SERVING for a name this process reports, once drained.
+    fn drained_status(
+        &self,
+        request: &tonic::Request<HealthCheckRequest>,
+    ) -> Option<HealthCheckResponse> {
+        let name = request.get_ref().service.as_str();
+        (self.drained.load(Ordering::Acquire)
+            && NAMES.into_iter().chain([LIVENESS]).any(|n| n == name))
+        .then_some(HealthCheckResponse {
+            status: ServingStatus::NotServing as i32,
+        })
+    }
 }
 
 /// A health watch that holds its place until dropped.
@@ -42,6 +62,9 @@ impl Health for CappedHealth {
         &self,
         request: tonic::Request<HealthCheckRequest>,
     ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
+        if let Some(drained) = self.drained_status(&request) {
+            return Ok(tonic::Response::new(drained));
+        }
         self.inner.check(request).await
     }
 
@@ -56,6 +79,14 @@ impl Health for CappedHealth {
             crate::metrics::stream_refused("HealthWatch");
             tonic::Status::resource_exhausted("too many open health watches")
         })?;
+        // Drained: the one status there is to say, and the end.
+        if let Some(drained) = self.drained_status(&request) {
+            let once = tokio_stream::once(Ok(drained)).map(move |item| {
+                let _ = &permit;
+                item
+            });
+            return Ok(tonic::Response::new(Box::pin(once)));
+        }
         let stream = self.inner.watch(request).await?.into_inner();
         let stream = stream.map(move |item| {
             let _ = &permit;
@@ -68,6 +99,7 @@ impl Health for CappedHealth {
 /// Serialises health changes so a late probe result can never undo draining.
 pub struct HealthGate {
     inner: Mutex<Inner>,
+    drained: Arc<AtomicBool>,
 }
 
 struct Inner {
@@ -80,11 +112,18 @@ impl HealthGate {
     /// A gate reporting NOT_SERVING until the first successful probe, and the gRPC service that
     /// serves its statuses.
     pub async fn new() -> (Arc<Self>, HealthServer<CappedHealth>) {
+        let (gate, service) = Self::with_service().await;
+        (gate, HealthServer::new(service))
+    }
+
+    async fn with_service() -> (Arc<Self>, CappedHealth) {
         let reporter = HealthReporter::new();
-        let service = HealthServer::new(CappedHealth {
+        let drained = Arc::new(AtomicBool::new(false));
+        let service = CappedHealth {
             inner: HealthService::from_health_reporter(reporter.clone()),
             watches: Arc::new(tokio::sync::Semaphore::new(MAX_HEALTH_WATCHES)),
-        });
+            drained: drained.clone(),
+        };
         for name in NAMES {
             reporter
                 .set_service_status(name, ServingStatus::NotServing)
@@ -101,6 +140,7 @@ impl HealthGate {
                 draining: false,
                 store_ok: None,
             }),
+            drained,
         });
         (gate, service)
     }
@@ -136,6 +176,9 @@ impl HealthGate {
                 .set_service_status(name, ServingStatus::NotServing)
                 .await;
         }
+        // From here the service answers NOT_SERVING itself (before the clear: no NOT_FOUND
+        // in between).
+        self.drained.store(true, Ordering::Release);
         for name in NAMES.into_iter().chain([LIVENESS]) {
             inner.reporter.clear_service_status(name).await;
         }
@@ -170,5 +213,43 @@ pub async fn monitor_store(
             }
         };
         gate.store_reachable(ok, store.kind()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt as _;
+
+    fn asking(service: &str) -> tonic::Request<HealthCheckRequest> {
+        tonic::Request::new(HealthCheckRequest {
+            service: service.into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_drained_server_answers_not_serving_not_not_found() {
+        let (gate, health) = HealthGate::with_service().await;
+        gate.store_reachable(true, "memory").await;
+        let serving = health.check(asking("")).await.unwrap().into_inner();
+        assert_eq!(serving.status, ServingStatus::Serving as i32);
+        gate.drain().await;
+        for name in NAMES.into_iter().chain([LIVENESS]) {
+            let answer = health.check(asking(name)).await.unwrap().into_inner();
+            assert_eq!(answer.status, ServingStatus::NotServing as i32, "{name:?}");
+            let watched: Vec<_> = health
+                .watch(asking(name))
+                .await
+                .unwrap()
+                .into_inner()
+                .collect()
+                .await;
+            assert_eq!(watched.len(), 1, "{name:?}");
+            let status = watched[0].as_ref().unwrap().status;
+            assert_eq!(status, ServingStatus::NotServing as i32, "{name:?}");
+        }
+        // A name it never reported is still unknown.
+        let unknown = health.check(asking("other")).await.unwrap_err();
+        assert_eq!(unknown.code(), tonic::Code::NotFound);
     }
 }
