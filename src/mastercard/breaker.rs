@@ -112,8 +112,11 @@ impl Drop for Permit {
 }
 
 impl CircuitBreaker {
-    /// A closed breaker.
-    pub fn new(config: BreakerConfig) -> Arc<Self> {
+    /// A closed breaker. More minimum calls than the window holds could never be reached (the
+    /// breaker would never open): capped at the window, as Resilience4j's count-based window
+    /// does.
+    pub fn new(mut config: BreakerConfig) -> Arc<Self> {
+        config.minimum_calls = config.minimum_calls.min(config.window_size);
         Arc::new(Self {
             config,
             inner: Mutex::new(Inner {
@@ -259,6 +262,21 @@ mod tests {
         call(&b, false);
         assert_eq!(b.state(), BreakerState::Open, "3 of 4 failed");
         assert!(b.try_acquire().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn minimum_calls_beyond_the_window_are_capped_at_it() {
+        let b = CircuitBreaker::new(BreakerConfig {
+            window_size: 10,
+            minimum_calls: 20,
+            ..BreakerConfig::default()
+        });
+        for _ in 0..9 {
+            call(&b, true);
+        }
+        assert_eq!(b.state(), BreakerState::Closed, "9 calls < the window's 10");
+        call(&b, true);
+        assert_eq!(b.state(), BreakerState::Open, "10 of 10 failed");
     }
 
     #[tokio::test(start_paused = true)]
