@@ -352,10 +352,18 @@ pub fn env_pairs() -> Vec<(String, String)> {
 /// kubelet injects for every Service of the namespace: a Service named `c2p-…` makes `C2P_…`
 /// names. No setting ends that way, so they are skipped whatever the Service is called.
 pub(super) fn is_service_link(name: &str) -> bool {
-    if name.ends_with("_SERVICE_HOST")
-        || name.ends_with("_SERVICE_PORT")
-        || name.contains("_SERVICE_PORT_")
-        || name.ends_with("_PORT")
+    // The Service's part: a Service name ends with a letter or a digit, never `-`, so a name
+    // whose part before the suffix ends with `_` (`C2P_HEALTH__PORT`) is no service link but a
+    // setting's name (a mistyped one is then refused, not skipped).
+    let service = |prefix: &str| prefix.ends_with(|c: char| c.is_ascii_alphanumeric());
+    let before = |suffix_len: usize| service(&name[..name.len() - suffix_len]);
+    for suffix in ["_SERVICE_HOST", "_SERVICE_PORT", "_PORT"] {
+        if name.ends_with(suffix) && before(suffix.len()) {
+            return true;
+        }
+    }
+    if let Some(at) = name.find("_SERVICE_PORT_")
+        && service(&name[..at])
     {
         return true;
     }
@@ -364,22 +372,26 @@ pub(super) fn is_service_link(name: &str) -> bool {
     let is_proto = |p: &str| matches!(p, "TCP" | "UDP" | "SCTP");
     let is_number = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
     match parts.as_slice() {
-        [proto, n, "PORT", ..] if is_proto(proto) && is_number(n) => true,
+        [proto, n, "PORT", ..] if is_proto(proto) && is_number(n) => {
+            before(proto.len() + n.len() + "_PORT__".len())
+        }
         [last, proto, n, "PORT", ..]
             if matches!(*last, "PROTO" | "PORT" | "ADDR") && is_proto(proto) && is_number(n) =>
         {
-            true
+            before(last.len() + proto.len() + n.len() + "_PORT___".len())
         }
         _ => false,
     }
 }
 
-/// Nests `C2P_A__B=v` as `{a: {b: "v"}}`; variables without the prefix, and service links, are
-/// skipped.
+/// Nests `C2P_A__B=v` as `{a: {b: "v"}}`; variables without the prefix, service links and
+/// empty ones are skipped: an empty value counts as unset, as in the file, so that `C2P_MODE=`
+/// (an unset shell variable, an empty Secret) cannot erase the file's `mode` and fall back to
+/// the default.
 fn env_dict(env: impl IntoIterator<Item = (String, String)>) -> Dict {
     let mut root = Dict::new();
     for (key, value) in env {
-        if is_service_link(&key) {
+        if is_service_link(&key) || value.trim().is_empty() {
             continue;
         }
         let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
@@ -451,11 +463,16 @@ mod tests {
                 );
             }
         }
+        // Settings, and names a mistyped setting could have: no Service makes them.
         for setting in [
             "C2P_MODE",
             "C2P_GRPC__LISTEN",
             "C2P_HEALTH__LISTEN",
             "C2P_REDIS__URL",
+            "C2P_HEALTH__PORT",
+            "C2P_METRICS__PORT",
+            "C2P_GRPC__PORT_50051_TCP",
+            "C2P_GRPC__PORT_50051_TCP_ADDR",
         ] {
             assert!(!is_service_link(setting), "{setting}");
         }

@@ -386,6 +386,30 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_variable_does_not_erase_the_files_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c2p.toml");
+        std::fs::write(
+            &path,
+            "[grpc]\nlisten = \"0.0.0.0:6000\"\n[redis]\nkey_prefix = \"file:\"\n",
+        )
+        .unwrap();
+        let s = Settings::load(
+            Some(&path),
+            env(&[("C2P_GRPC__LISTEN", ""), ("C2P_REDIS__KEY_PREFIX", "  ")]),
+        )
+        .unwrap();
+        assert_eq!(s.grpc.listen.to_string(), "0.0.0.0:6000");
+        assert_eq!(s.redis.key_prefix, "file:");
+    }
+
+    #[test]
+    fn a_mistyped_setting_ending_in_port_is_named() {
+        let err = Settings::load(None, env(&[("C2P_HEALTH__PORT", "8086")])).unwrap_err();
+        assert_eq!(keys(&err), ["health.port"]);
+    }
+
+    #[test]
     fn every_bad_setting_is_named_at_once() {
         let err = Settings::load(
             None,
