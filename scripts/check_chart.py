@@ -1156,7 +1156,10 @@ def check_network_policy(docs: list[tuple[str, dict[str, Any]]], merged: dict[st
         return f"no NetworkPolicy {RELEASE}"
     npv = merged["networkPolicy"]
     problems = []
-    ingress = {tuple(p["port"] for p in rule["ports"]): rule for rule in np["ingress"]}
+    ingress: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for rule in np["ingress"]:
+        # The chart's own rule for a port comes first; extraIngressRules follow it.
+        ingress.setdefault(tuple(p["port"] for p in rule["ports"]), rule)
     grpc = npv["ingress"]["grpc"]
     want_grpc = {"podSelector": grpc["podSelector"] if grpc.get("podSelector") is not None else DEFAULT_GRPC_CLIENTS}
     if grpc.get("namespaceSelector") is not None:
@@ -1219,6 +1222,42 @@ def check_network_policy(docs: list[tuple[str, dict[str, Any]]], merged: dict[st
         }
         if test_np != want_test:
             problems.append(f"test NetworkPolicy {test_np}, want {want_test}")
+    return "; ".join(problems) or None
+
+
+def check_callers_reach_grpc(docs: list[tuple[str, dict[str, Any]]], merged: dict[str, Any]) -> str | None:
+    """Every caller named by a SPIFFE id (`spiffe://<domain>/ns/<namespace>/sa/<account>`) is in a
+    namespace that some gRPC ingress peer of the NetworkPolicy admits: a caller granted RPCs that
+    the policy keeps out would find the port closed (a selector other than the namespace's name,
+    or an address block, counts as admitting: it cannot be told here)."""
+    policies = {d["metadata"]["name"]: d["spec"] for d in by_kind(docs, "NetworkPolicy")}
+    np = policies.get(RELEASE)
+    if np is None:
+        return None
+    grpc_ports = ("grpc", merged["containerPorts"]["grpc"])
+    peers = [peer for rule in np["ingress"] if any(p["port"] in grpc_ports for p in rule.get("ports", []))
+             for peer in rule.get("from", [])]
+
+    def admits(peer: dict[str, Any], namespace: str) -> bool:
+        if "ipBlock" in peer:
+            return True
+        selector = peer.get("namespaceSelector")
+        if selector is None:
+            return namespace == NAMESPACE
+        labels = selector.get("matchLabels") or {}
+        if "kubernetes.io/metadata.name" in labels:
+            return labels["kubernetes.io/metadata.name"] == namespace
+        for expression in selector.get("matchExpressions") or []:
+            if expression.get("key") == "kubernetes.io/metadata.name" and expression.get("operator") == "In":
+                return namespace in expression.get("values", [])
+        return True
+
+    problems = []
+    for name, caller in (merged.get("auth", {}).get("callers") or {}).items():
+        found = re.match(r"spiffe://[^/]+/ns/([^/]+)/sa/", str(caller.get("identity", "")))
+        if found and not any(admits(peer, found.group(1)) for peer in peers):
+            problems.append(f"auth.callers.{name} ({caller['identity']}) is in namespace {found.group(1)}, "
+                            "which no gRPC ingress rule admits")
     return "; ".join(problems) or None
 
 
@@ -1522,6 +1561,8 @@ def main() -> int:
                 checks.run(f"{label}: NetworkPolicies (gRPC from clients, metrics from monitoring, health from "
                            "the test pod only; egress DNS, Redis, proxy or Mastercard CIDRs with except; test pod "
                            "DNS and health only)", lambda: check_network_policy(docs, merged))
+                checks.run(f"{label}: every SPIFFE caller's namespace admitted to the gRPC port by the "
+                           "NetworkPolicy", lambda: check_callers_reach_grpc(docs, merged))
                 checks.run(f"{label}: Service (and headless), PDB, HPA, ServiceAccount, helm test pod",
                            lambda: check_other_objects(docs, merged))
                 sm_state = "expected" if service_monitor_expected(merged, api_versions) else "absent"
@@ -1620,7 +1661,11 @@ def main() -> int:
             docs = render_docs(values)
             np = [d for d in by_kind(docs, "NetworkPolicy") if d["metadata"]["name"] == RELEASE][0]["spec"]
             problems = []
-            if np["ingress"][0]["from"] != [{"podSelector": {"matchLabels": {"app": "card-gateway"}}}]:
+            want_from: dict[str, Any] = {"podSelector": {"matchLabels": {"app": "card-gateway"}}}
+            namespaces = chart.merge_values(values)["networkPolicy"]["ingress"]["grpc"].get("namespaceSelector")
+            if namespaces is not None:
+                want_from["namespaceSelector"] = namespaces
+            if np["ingress"][0]["from"] != [want_from]:
                 problems.append(f"gRPC from {np['ingress'][0]['from']}")
             if np["egress"][0]["to"][0]["podSelector"] != {"matchLabels": {"dns": "yes"}}:
                 problems.append(f"DNS to {np['egress'][0]['to']}")
