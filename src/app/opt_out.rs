@@ -6,8 +6,7 @@ use super::lifecycle::{lifecycle_error, subjects_of};
 use super::ports::{ClickToPayKeys, Deleted};
 use super::{App, AppError};
 use crate::domain::{
-    CardContractId, EnrollmentRecord, EnrollmentState, OptOut, Removal, RemovalReason,
-    card_subject, now_ms,
+    CardContractId, EnrollmentRecord, EnrollmentState, OptOut, Removal, RemovalReason, now_ms,
 };
 use tokio::time::Instant;
 
@@ -74,18 +73,22 @@ impl App {
         result
     }
 
-    /// The program whose callers may withdraw the card's opt-out: the card's record's, or, once
-    /// the record has expired (an opt-out has no expiry), the one the opt-out was given under.
-    /// `None`: neither is known (no record, and no opt-out or one written without its program).
-    pub async fn withdrawal_program(
-        &self,
-        card: CardContractId,
-    ) -> Result<Option<String>, AppError> {
-        if let Some(record) = self.store.get(card).await? {
-            return Ok(Some(record.program));
+    /// The programs a caller must be granted to withdraw the card's opt-out: the card's
+    /// record's, and the program of the card the opt-out was given through (it outlives that
+    /// card's record, and it may have been given through another card of the profile, of
+    /// another program, which the withdrawal lifts too). Empty: neither is known (no record, and
+    /// no opt-out or one written before opt-outs kept their program).
+    pub async fn withdrawal_programs(&self, card: CardContractId) -> Result<Vec<String>, AppError> {
+        let record = self.store.get(card).await?;
+        let subjects = subjects_of(card, record.as_ref());
+        let opt_out = self.store.get_opt_out(&subjects).await?;
+        let mut programs: Vec<String> = record.map(|r| r.program).into_iter().collect();
+        if let Some(program) = opt_out.and_then(|o| o.program)
+            && !programs.contains(&program)
+        {
+            programs.push(program);
         }
-        let opt_out = self.store.get_opt_out(&[card_subject(card)]).await?;
-        Ok(opt_out.and_then(|o| o.program))
+        Ok(programs)
     }
 
     /// Runs `WithdrawOptOut`: whether an opt-out was forgotten.

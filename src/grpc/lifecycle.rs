@@ -167,13 +167,19 @@ impl EnrollmentApi {
     ) -> Result<Response<WithdrawOptOutResponse>, Status> {
         let caller = caller(&request, Rpc::WithdrawOptOut)?;
         let card = convert::card_id(request.get_ref().card_contract_id).map_err(invalid)?;
-        // The opt-out outlives the card's record: without one, its own program decides.
-        let program = self
+        // The card's program and the opt-out's own (it outlives the card's record, and may have
+        // been given through another card of the profile): the caller needs both.
+        let programs = self
             .app
-            .withdrawal_program(card)
+            .withdrawal_programs(card)
             .await
             .map_err(|e| status::to_status(&e))?;
-        may_act_under(&caller, card, program, Rpc::WithdrawOptOut)?;
+        if programs.is_empty() {
+            may_act_under(&caller, card, None, Rpc::WithdrawOptOut)?;
+        }
+        for program in programs {
+            may_act_under(&caller, card, Some(program), Rpc::WithdrawOptOut)?;
+        }
         let withdrawn = self
             .app
             .withdraw_opt_out(card)
