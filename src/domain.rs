@@ -11,9 +11,9 @@ mod notification;
 mod shared_record;
 
 pub use enrollment::{
-    CardContractId, EnrollmentRecord, EnrollmentState, Failure, MaskedCard, STORE_INTEGER_LIMIT,
-    Token, TokenStatus, TokenizationDecision, Version, is_storable_time, last_four, merge_tokens,
-    next_revision, now_ms,
+    CardContractId, EnrollmentRecord, EnrollmentState, Failure, MaskedCard, RETIRED_TOKENS,
+    STORE_INTEGER_LIMIT, Token, TokenStatus, TokenizationDecision, Version, is_storable_time,
+    last_four, merge_tokens, next_revision, now_ms,
 };
 pub use idempotency::{Begin, IdempotencyRecord, Phase, StoredOutcome};
 pub use lifecycle::{OptOut, Removal, RemovalReason, card_subject, consumer_subject, follow_token};

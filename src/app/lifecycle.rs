@@ -78,17 +78,24 @@ impl App {
     /// (an enrollment, a removal, an update). `CardBusy` while someone else holds it.
     pub(super) async fn hold_card(&self, card: CardContractId) -> Result<String, AppError> {
         let owner = format!("{}/lifecycle/{}", self.instance, uuid::Uuid::new_v4());
-        if self
+        match self
             .store
             .lock_card(card, &owner, self.settings.lease)
-            .await?
+            .await
         {
-            Ok(owner)
-        } else {
-            Err(AppError::CardBusy {
+            Ok(true) => Ok(owner),
+            Ok(false) => Err(AppError::CardBusy {
                 card,
                 retry_after: Duration::from_secs(1),
-            })
+            }),
+            Err(e) => {
+                // The script may have run with its answer lost: its lock is given back too
+                // (owner-checked), or the card would stay busy for a lease.
+                if let Err(unlock) = self.store.unlock_card(card, &owner).await {
+                    tracing::debug!(error = %unlock, "could not release the card lock; it expires by itself");
+                }
+                Err(e.into())
+            }
         }
     }
 

@@ -46,7 +46,7 @@ impl App {
         }
         let owner = self.hold_card(card).await?;
         // A refresh runs on its caller's future: a caller gone meanwhile gives the lock back.
-        let dropped = UnlockOnDrop::new(&self.store, card, &owner);
+        let unlock_guard = UnlockOnDrop::new(&self.store, card, &owner);
         let result = async {
             match self.store.get(card).await? {
                 Some(current)
@@ -62,7 +62,7 @@ impl App {
         }
         .await;
         self.release_card(card, &owner).await;
-        dropped.disarm();
+        unlock_guard.disarm();
         result
     }
 }

@@ -5,9 +5,9 @@ use crate::domain::CardContractId;
 use std::sync::Arc;
 
 /// Gives the card lock back (on a task of its own) when dropped armed: a status read runs on
-/// its caller's future, and a caller that goes away (or a deadline) while it holds the lock
-/// would leave the card busy for a whole lease. The calls that change a card run detached
-/// and always reach their release; they need none.
+/// its caller's future, and a caller that goes away (or a deadline) while it takes or holds
+/// the lock, or a lock whose answer was lost, would leave the card busy for a whole lease. The
+/// calls that change a card run detached and always reach their release.
 pub(super) struct UnlockOnDrop {
     store: Option<Arc<dyn EnrollmentStore>>,
     card: CardContractId,

@@ -7,7 +7,7 @@ use super::ports::{NotificationResult, PutMode};
 use super::{App, AppError, Step};
 use crate::domain::{
     CardContractId, EnrollmentRecord, EnrollmentState, SharedRecord, Token, TokenEvent,
-    TokenEventKind, TokenStatus, Version, merge_tokens, now_ms,
+    TokenEventKind, Version, merge_tokens, now_ms,
 };
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -85,21 +85,19 @@ impl App {
             .await
             .map_err(|e| map_upstream(Step::Tokens, card, e, deadline))?;
         let observed_at = observation.observed_at_ms;
-        // A deactivated token is no proof that an enrollment in flight (or one that failed)
-        // went through: a removed card's old token stays in the list, deactivated, and would
-        // pass a new enrollment whose POST /cards failed for ENROLLED, never sent again.
-        let in_flight = cached.as_ref().is_some_and(|r| {
-            matches!(
-                r.state,
-                EnrollmentState::InProgress | EnrollmentState::Failed
-            )
-        });
         // The newest Click to Pay token, if the card has any.
         let token = observation
             .tokens
             .iter()
             .filter(|t| t.is_click_to_pay())
-            .filter(|t| !(in_flight && t.status == Some(TokenStatus::Deactivated)))
+            // A token of an earlier enrollment of the card is not this record's: a removed
+            // card's old token stays in the list (deactivated, or not yet), and would pass a new
+            // enrollment whose POST /cards failed for ENROLLED, never sent again.
+            .filter(|t| {
+                cached
+                    .as_ref()
+                    .is_none_or(|r| !r.retired(&t.token_unique_reference))
+            })
             .max_by(|a, b| a.created.cmp(&b.created));
         let now = now_ms();
         // The observation is ordered by Mastercard's clock (its Date header, whole seconds,
@@ -205,6 +203,9 @@ impl App {
             Some(known) => merge_tokens(known, &observed),
             None => observed,
         });
+        // An enrollment that went through and whose token was deactivated since has left Click
+        // to Pay: REMOVED, as a notification of it would have made it.
+        crate::domain::follow_token(&mut record);
         self.write_observed(&record, snapshot, lock_owner).await
     }
 
@@ -225,6 +226,11 @@ impl App {
         let card = record.card_contract_id;
         let ttl = self.settings.enrollment_ttl;
         let temporary = format!("{}/status/{}", self.instance, uuid::Uuid::new_v4());
+        // The caller may go away while this takes or holds the lock, or the lock's answer may
+        // be lost: the lock is given back then too (owner-checked, so harmless if not taken).
+        let mut unlock_guard = lock_owner
+            .is_none()
+            .then(|| UnlockOnDrop::new(&self.store, card, &temporary));
         let owner = match lock_owner {
             Some(owner) => owner,
             None => {
@@ -233,15 +239,15 @@ impl App {
                     .lock_card(card, &temporary, self.settings.lease)
                     .await?
                 {
+                    // Another's lock: nothing to give back.
+                    if let Some(unlock_guard) = unlock_guard.take() {
+                        unlock_guard.disarm();
+                    }
                     return Ok((record.clone(), Source::Upstream));
                 }
                 &temporary
             }
         };
-        // The caller may go away while this holds the lock: given back then too.
-        let dropped = lock_owner
-            .is_none()
-            .then(|| UnlockOnDrop::new(&self.store, card, &temporary));
         let result = async {
             let fresh = self.store.get(card).await?;
             if fresh != snapshot {
@@ -284,10 +290,10 @@ impl App {
             )
         }
         .await;
-        if let Some(dropped) = dropped {
+        if let Some(unlock_guard) = unlock_guard {
             // Disarmed once released (an unlock of a lock no longer ours changes nothing).
             let _ = self.store.unlock_card(card, &temporary).await;
-            dropped.disarm();
+            unlock_guard.disarm();
         }
         result
     }

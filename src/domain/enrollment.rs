@@ -263,7 +263,15 @@ pub struct EnrollmentRecord {
     /// When UpdateBillingAddress last changed the card, Unix milliseconds (the replica's clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub billing_address_update_time_ms: Option<i64>,
+    /// The token references of the card's earlier enrollments, dropped by a new one (the most
+    /// recent last, at most [`RETIRED_TOKENS`]): news about them arrives late (the removal's
+    /// own deactivation among it) and no longer changes this record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_tokens: Vec<String>,
 }
+
+/// How many retired token references a record keeps.
+pub const RETIRED_TOKENS: usize = 8;
 
 impl EnrollmentRecord {
     /// The first time this record holds that the store could not keep exactly (see
@@ -312,13 +320,48 @@ impl EnrollmentRecord {
             consumer_ref: None,
             consumer_update_time_ms: None,
             billing_address_update_time_ms: None,
+            retired_tokens: Vec::new(),
         }
     }
 
-    /// This record's enrollment fields (state, ids, masked card, failure) with `existing`'s token:
-    /// what the enrollment flow writes, keeping whatever notifications merged meanwhile. The
+    /// This record as a new enrollment of the card writes it over `existing`: without
+    /// `existing`'s token, whose references (and those it retired before) are kept retired. The
+    /// Lua twin is `retire` in `store/scripts.rs`.
+    pub fn retiring_tokens_of(mut self, existing: Option<&EnrollmentRecord>) -> Self {
+        let Some(existing) = existing else {
+            return self;
+        };
+        let mut retired = existing.retired_tokens.clone();
+        let dropped = existing
+            .token
+            .iter()
+            .flat_map(|t| std::iter::once(t).chain(t.superseded.as_deref()));
+        for token in dropped {
+            let reference = &token.token_unique_reference;
+            if !reference.is_empty() && !retired.contains(reference) {
+                retired.push(reference.clone());
+            }
+        }
+        let excess = retired.len().saturating_sub(RETIRED_TOKENS);
+        retired.drain(..excess);
+        self.retired_tokens = retired;
+        self
+    }
+
+    /// Whether `reference` is a token of an earlier enrollment of the card.
+    pub fn retired(&self, reference: &str) -> bool {
+        self.retired_tokens.iter().any(|r| r == reference)
+    }
+
+    /// This record's enrollment fields (state, ids, masked card, failure) with `existing`'s token
+    /// (and the tokens it retired): what the enrollment flow writes, keeping whatever
+    /// notifications merged meanwhile. The
     /// times and revision are not set here (see [`EnrollmentRecord::stamped`]).
     pub fn with_token_of(mut self, existing: Option<&EnrollmentRecord>) -> Self {
+        // What the card's new enrollment retired stays retired.
+        if let Some(existing) = existing.filter(|e| !e.retired_tokens.is_empty()) {
+            self.retired_tokens = existing.retired_tokens.clone();
+        }
         if let Some(token) = existing.and_then(|e| e.token.as_ref()) {
             self.token = Some(match self.token.take() {
                 Some(mine) => merge_tokens(token.clone(), &mine),

@@ -138,6 +138,11 @@ pub fn merge(existing: Option<&EnrollmentRecord>, event: &TokenEvent) -> Merge {
         r.token = Some(incoming);
         return Merge::Applied(r);
     };
+    // News about a token of an earlier enrollment of the card (the removal's deactivation,
+    // arriving after the new enrollment began) changes nothing: it is not this enrollment's.
+    if existing.retired(&event.token_unique_reference) {
+        return Merge::Stale;
+    }
     let mut record = existing.clone();
     record.token = Some(match record.token.take() {
         None => incoming,

@@ -126,7 +126,7 @@ impl MemoryStore {
 
 impl MemoryStore {
     /// The write of `put_enrollment`; with `fence`, only while that owner holds the card's
-    /// (unexpired) lock, else `None`; `keep_token`: merge the stored token (else replace it).
+    /// (unexpired) lock, else `None`; `keep_token`: merge the stored token (else replace it, its references retired).
     fn put(
         &self,
         record: &EnrollmentRecord,
@@ -156,7 +156,7 @@ impl MemoryStore {
             let stored = if keep_token {
                 record.clone().with_token_of(existing)
             } else {
-                record.clone()
+                record.clone().retiring_tokens_of(existing)
             };
             if let Some(same) = shared.as_ref().filter(|s| s.record().same_content(&stored)) {
                 // Nothing but times would change: no write, the TTL renewed.

@@ -242,6 +242,15 @@ local function apply(record_key, marker_key, token, card, channel, hash, now, wi
     }
   else
     record = cjson.decode(raw)
+    -- A token of an earlier enrollment of the card changes nothing (`EnrollmentRecord::retired`).
+    if present(record.retired_tokens) then
+      for _, r in ipairs(record.retired_tokens) do
+        if r == incoming.token_unique_reference then
+          redis.call('SET', marker_key, hash, 'PX', ARGV[2])
+          return {'stale'}
+        end
+      end
+    end
     -- What `stamp` reads of the record as it was.
     existing = {create_time_ms = record.create_time_ms, revision = record.revision}
     local token_changed = true
@@ -332,7 +341,8 @@ return replies
 /// changes nothing but times is not made (the record's TTL is renewed).
 pub fn put_enrollment() -> String {
     format!(
-        "{ENCODE}{REDIS_NOW}{TOKEN_MERGE}{STAMP}{}",
+        "{ENCODE}{REDIS_NOW}{TOKEN_MERGE}{STAMP}local RETIRED_TOKENS = {}\n{}",
+        crate::domain::RETIRED_TOKENS,
         r#"
 if ARGV[5] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[5] then return false end
 local raw = redis.call('GET', KEYS[1])
@@ -341,11 +351,40 @@ local record = cjson.decode(ARGV[1])
 local existing
 if raw then
   existing = cjson.decode(raw)
-  if present(existing.token) and ARGV[6] ~= 'fresh' then
-    if present(record.token) then
-      record.token = merge_tokens(existing.token, record.token)
-    else
-      record.token = existing.token
+  if ARGV[6] == 'fresh' then
+    -- `EnrollmentRecord::retiring_tokens_of`: the dropped token's references stay retired.
+    local retired, seen = {}, {}
+    local function keep(reference)
+      if reference and reference ~= '' and not seen[reference] then
+        seen[reference] = true
+        retired[#retired + 1] = reference
+      end
+    end
+    if present(existing.retired_tokens) then
+      for _, r in ipairs(existing.retired_tokens) do keep(r) end
+    end
+    if present(existing.token) then
+      keep(existing.token.token_unique_reference)
+      if present(existing.token.superseded) then
+        keep(existing.token.superseded.token_unique_reference)
+      end
+    end
+    local excess = #retired - RETIRED_TOKENS
+    if excess > 0 then
+      local kept = {}
+      for i = excess + 1, #retired do kept[#kept + 1] = retired[i] end
+      retired = kept
+    end
+    if #retired > 0 then record.retired_tokens = retired end
+  else
+    -- `EnrollmentRecord::with_token_of`.
+    if present(existing.retired_tokens) then record.retired_tokens = existing.retired_tokens end
+    if present(existing.token) then
+      if present(record.token) then
+        record.token = merge_tokens(existing.token, record.token)
+      else
+        record.token = existing.token
+      end
     end
   end
   if same_content(record, existing) then

@@ -374,6 +374,67 @@ async fn fresh_after_removal(store: Arc<dyn EnrollmentStore>) {
         (EnrollmentState::InProgress, None)
     );
     assert!(fresh.revision > merged.revision);
+    // The dropped token is retired: late news about it (its deactivation again, under another
+    // id, one at a time or in a batch) changes nothing, through the new enrollment's later
+    // writes too; a new token's news applies.
+    assert_eq!(fresh.retired_tokens, ["DM4MMC0000000001"]);
+    let late = event(
+        "n-late-deactivated",
+        1_800_000_000_900,
+        70121,
+        TokenEventKind::StatusChanged(TokenStatus::Deactivated),
+    );
+    assert!(matches!(
+        store.apply_notification(&late).await.unwrap(),
+        NotificationResult::Stale
+    ));
+    let mut enrolled_again = again.clone();
+    enrolled_again.state = EnrollmentState::Enrolled;
+    let written = store
+        .put_enrollment_fenced(&enrolled_again, ttl, owner)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (written.state, &written.token, &written.retired_tokens[..]),
+        (
+            EnrollmentState::Enrolled,
+            &None,
+            &["DM4MMC0000000001".to_owned()][..]
+        )
+    );
+    let late_tcn = event(
+        "n-late-tcn",
+        1_800_000_001_000,
+        70121,
+        TokenEventKind::Complete,
+    );
+    let mut new_tcn = event(
+        "n-new-tcn",
+        1_800_000_001_000,
+        70121,
+        TokenEventKind::Complete,
+    );
+    new_tcn.token_unique_reference = "DM4MMC0000000002".into();
+    let batch = store.apply_notifications(&[late_tcn, new_tcn]).await;
+    assert!(
+        matches!(
+            batch[..],
+            [
+                Ok(NotificationEffect::Stale),
+                Ok(NotificationEffect::Applied)
+            ]
+        ),
+        "{batch:?}"
+    );
+    let now = store.get(card(70121)).await.unwrap().unwrap();
+    assert_eq!(now.state, EnrollmentState::Enrolled);
+    assert_eq!(
+        now.token
+            .as_ref()
+            .map(|t| t.token_unique_reference.as_str()),
+        Some("DM4MMC0000000002")
+    );
     assert_eq!(
         store
             .put_fresh_enrollment_fenced(&again, ttl, "not-the-owner")

@@ -230,6 +230,18 @@ async fn a_removal_whose_lock_answer_was_lost_gives_the_lock_back() {
 }
 
 #[tokio::test]
+async fn an_opt_out_whose_lock_answer_was_lost_gives_the_lock_back() {
+    let w = world();
+    enrolled(&w, 3015).await;
+    w.store.fault(Op::LockCard, 1, Fault::AnswerLost);
+    let e = w.app.opt_out(card(3015), None).await.unwrap_err();
+    assert_eq!(reason(&e), "STORE_UNAVAILABLE");
+    // Asked again at once, it goes through, not after the lock's lease.
+    let done = w.app.opt_out(card(3015), None).await.unwrap();
+    assert_eq!(done.record.state, EnrollmentState::Removed);
+}
+
+#[tokio::test]
 async fn an_enrollment_after_a_removal_is_a_new_one() {
     let w = world();
     enrolled(&w, 3007).await;
@@ -283,12 +295,75 @@ async fn a_new_enrollment_after_a_deactivated_token_does_not_carry_the_old_token
         w.record(card(3008)).await.unwrap().state,
         EnrollmentState::Enrolled
     );
+    // Nor its deactivation sent again under another id: the old token is retired.
+    let resent = old_token(
+        TokenEventKind::StatusChanged(TokenStatus::Deactivated),
+        now - 2_000,
+        "n-1-resent",
+    );
+    w.store.apply_notification(&resent).await.unwrap();
+    let now_record = w.record(card(3008)).await.unwrap();
+    assert_eq!(now_record.state, EnrollmentState::Enrolled);
+    assert!(now_record.token.is_none(), "{:?}", now_record.token);
+}
+
+#[tokio::test]
+async fn the_old_tokens_deactivation_during_a_new_enrollment_is_not_the_new_ones() {
+    let w = world();
+    enrolled(&w, 3011).await;
+    let old_token = |kind, id: &str| TokenEvent {
+        notification_id: id.into(),
+        event_at_ms: crate::domain::now_ms(),
+        card_contract_id: card(3011),
+        token_unique_reference: "DM4MMC-OLD-3011".into(),
+        token_requestor_id: crate::domain::CLICK_TO_PAY_TOKEN_REQUESTOR_ID.into(),
+        wallet_name: crate::domain::CLICK_TO_PAY_WALLET_NAME.into(),
+        kind,
+    };
+    // The first enrollment's token, then its removal.
+    let tcn = old_token(TokenEventKind::Complete, "n-old-tcn");
+    w.store.apply_notification(&tcn).await.unwrap();
+    w.app
+        .remove_card(remove("r1", 3011, RemovalReason::CardholderRequest), None)
+        .await
+        .unwrap();
+    let gate = w.mc.gated_enroll(Ok(super::fakes::enrolled_card()));
+    let again = tokio::spawn({
+        let app = w.app.clone();
+        async move { app.enroll(command("k2", 3011), None).await }
+    });
+    gate.entered().await;
+    // The removal's deactivation of the old token arrives while POST /cards is out.
+    let deactivated = old_token(
+        TokenEventKind::StatusChanged(TokenStatus::Deactivated),
+        "n-old-deactivated",
+    );
+    w.store.apply_notification(&deactivated).await.unwrap();
+    gate.open();
+    let done = again.await.unwrap().unwrap();
+    assert_eq!(done.record.state, EnrollmentState::Enrolled);
+    assert!(
+        done.record.token.is_none(),
+        "the new enrollment shows the old token: {:?}",
+        done.record.token
+    );
 }
 
 #[tokio::test]
 async fn a_removed_cards_deactivated_token_is_no_proof_that_a_new_enrollment_went_through() {
     let w = world();
     enrolled(&w, 3100).await;
+    // The first enrollment's token.
+    let tcn = TokenEvent {
+        notification_id: "n-tcn".into(),
+        event_at_ms: crate::domain::now_ms(),
+        card_contract_id: card(3100),
+        token_unique_reference: "DM-OLD".into(),
+        token_requestor_id: crate::domain::CLICK_TO_PAY_TOKEN_REQUESTOR_ID.into(),
+        wallet_name: crate::domain::CLICK_TO_PAY_WALLET_NAME.into(),
+        kind: TokenEventKind::Complete,
+    };
+    w.store.apply_notification(&tcn).await.unwrap();
     w.app
         .remove_card(remove("r1", 3100, RemovalReason::CardholderRequest), None)
         .await
@@ -357,6 +432,29 @@ async fn an_opt_out_deletes_the_profile_and_holds_enroll_card_until_withdrawn() 
     // The refused key was not spent: it enrolls now.
     let done = w.app.enroll(command("k-b", 3011), None).await.unwrap();
     assert_eq!(done.record.state, EnrollmentState::Enrolled);
+}
+
+#[tokio::test]
+async fn a_withdrawal_needs_the_program_of_the_opt_out_as_well_as_the_cards() {
+    let w = world();
+    // Card A of the default program, card B of another, one cardholder.
+    enrolled(&w, 3013).await;
+    let mut b = w.record(card(3013)).await.unwrap();
+    b.card_contract_id = card(3014);
+    b.program = "directory".into();
+    w.seed_record(&b).await;
+    // Before any opt-out, only B's own program decides about B.
+    assert_eq!(
+        w.app.withdrawal_programs(card(3014)).await.unwrap(),
+        ["directory"]
+    );
+    // The opt-out through A holds B too: lifting it through B needs A's program as well.
+    w.app.opt_out(card(3013), None).await.unwrap();
+    assert_eq!(
+        w.app.withdrawal_programs(card(3014)).await.unwrap(),
+        ["directory", ""]
+    );
+    assert_eq!(w.app.withdrawal_programs(card(3013)).await.unwrap(), [""]);
 }
 
 /// The early opt-out check is read beside the key's lease: a key that answered before the

@@ -121,6 +121,25 @@ async fn a_status_read_dropped_while_it_holds_the_card_lock_gives_the_lock_back(
 }
 
 #[tokio::test]
+async fn a_status_read_whose_lock_answer_was_lost_gives_the_lock_back() {
+    let w = world();
+    w.mc.tokens(Ok(observed(vec![c2p_token(
+        "DM-NEW",
+        TokenStatus::Active,
+        "2030-01-01T00:00:00Z",
+    )])));
+    w.store.fault(Op::LockCard, 1, Fault::AnswerLost);
+    w.app.status(card(2011), false, None).await.unwrap_err();
+    for _ in 0..100 {
+        if w.store.lock_card(card(2011), "next", LEASE).await.unwrap() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("the card stayed locked for its lease");
+}
+
+#[tokio::test]
 async fn a_token_list_date_far_from_our_clock_is_replaced_by_ours() {
     let w = world();
     w.mc.tokens(Ok(TokenObservation {
