@@ -355,15 +355,20 @@ pub(super) fn is_service_link(name: &str) -> bool {
     // The Service's part: a Service name ends with a letter or a digit, never `-`, so a name
     // whose part before the suffix ends with `_` (`C2P_HEALTH__PORT`) is no service link but a
     // setting's name (a mistyped one is then refused, not skipped).
-    let service = |prefix: &str| prefix.ends_with(|c: char| c.is_ascii_alphanumeric());
-    let before = |suffix_len: usize| service(&name[..name.len() - suffix_len]);
+    let ends_like_a_service = |prefix: &str| prefix.ends_with(|c: char| c.is_ascii_alphanumeric());
+    let service_part_before = |suffix_len: usize| {
+        name.len()
+            .checked_sub(suffix_len)
+            .and_then(|end| name.get(..end))
+            .is_some_and(ends_like_a_service)
+    };
     for suffix in ["_SERVICE_HOST", "_SERVICE_PORT", "_PORT"] {
-        if name.ends_with(suffix) && before(suffix.len()) {
+        if name.ends_with(suffix) && service_part_before(suffix.len()) {
             return true;
         }
     }
     if let Some(at) = name.find("_SERVICE_PORT_")
-        && service(&name[..at])
+        && ends_like_a_service(&name[..at])
     {
         return true;
     }
@@ -373,25 +378,23 @@ pub(super) fn is_service_link(name: &str) -> bool {
     let is_number = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
     match parts.as_slice() {
         [proto, n, "PORT", ..] if is_proto(proto) && is_number(n) => {
-            before(proto.len() + n.len() + "_PORT__".len())
+            service_part_before(proto.len() + n.len() + "_PORT__".len())
         }
         [last, proto, n, "PORT", ..]
             if matches!(*last, "PROTO" | "PORT" | "ADDR") && is_proto(proto) && is_number(n) =>
         {
-            before(last.len() + proto.len() + n.len() + "_PORT___".len())
+            service_part_before(last.len() + proto.len() + n.len() + "_PORT___".len())
         }
         _ => false,
     }
 }
 
-/// Nests `C2P_A__B=v` as `{a: {b: "v"}}`; variables without the prefix, service links and
-/// empty ones are skipped: an empty value counts as unset, as in the file, so that `C2P_MODE=`
-/// (an unset shell variable, an empty Secret) cannot erase the file's `mode` and fall back to
-/// the default.
+/// Nests `C2P_A__B=v` as `{a: {b: "v"}}`; variables without the prefix, and service links, are
+/// skipped.
 fn env_dict(env: impl IntoIterator<Item = (String, String)>) -> Dict {
     let mut root = Dict::new();
     for (key, value) in env {
-        if is_service_link(&key) || value.trim().is_empty() {
+        if is_service_link(&key) {
             continue;
         }
         let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
@@ -476,5 +479,7 @@ mod tests {
         ] {
             assert!(!is_service_link(setting), "{setting}");
         }
+        // No Service part at all: not one, and no panic.
+        assert!(!is_service_link("PORT_1_TCP"));
     }
 }

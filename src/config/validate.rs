@@ -50,7 +50,14 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
     c.unknown("mastercard", &raw.mastercard.unknown);
     c.unknown("notifications", &raw.notifications.unknown);
 
+    // An empty mode given (`C2P_MODE=` from an unset shell variable or an empty Secret) is an
+    // error, not the default: it would turn a mastercard file into sandbox mode.
+    let given_empty = raw.mode.as_ref().is_some_and(|m| m.0.trim().is_empty());
     let mode = match Checker::text(&raw.mode, defaults::MODE).as_str() {
+        _ if given_empty => {
+            c.problem("mode", "is empty; use \"sandbox\" or \"mastercard\"");
+            Mode::Sandbox
+        }
         "sandbox" => Mode::Sandbox,
         "mastercard" => Mode::Mastercard,
         other => {
@@ -386,21 +393,15 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_variable_does_not_erase_the_files_setting() {
+    fn an_empty_mode_is_refused_not_taken_for_the_default() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c2p.toml");
-        std::fs::write(
-            &path,
-            "[grpc]\nlisten = \"0.0.0.0:6000\"\n[redis]\nkey_prefix = \"file:\"\n",
-        )
-        .unwrap();
-        let s = Settings::load(
-            Some(&path),
-            env(&[("C2P_GRPC__LISTEN", ""), ("C2P_REDIS__KEY_PREFIX", "  ")]),
-        )
-        .unwrap();
-        assert_eq!(s.grpc.listen.to_string(), "0.0.0.0:6000");
-        assert_eq!(s.redis.key_prefix, "file:");
+        std::fs::write(&path, "mode = \"mastercard\"\n").unwrap();
+        let err = Settings::load(Some(&path), env(&[("C2P_MODE", " ")])).unwrap_err();
+        assert!(keys(&err).contains(&"mode"), "{err}");
+        // Other settings keep their meaning of empty (`metrics.listen`: off).
+        let s = Settings::load(None, env(&[("C2P_METRICS__LISTEN", "")])).unwrap();
+        assert!(s.metrics.listen.is_none());
     }
 
     #[test]
