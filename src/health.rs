@@ -36,18 +36,22 @@ pub struct CappedHealth {
     drained: Arc<AtomicBool>,
 }
 
+/// Whether `name` is one this process reports a status for.
+fn reported(name: &str) -> bool {
+    NAMES.into_iter().chain([LIVENESS]).any(|n| n == name)
+}
+
 impl CappedHealth {
     /// NOT_SERVING for a name this process reports, once drained.
     fn drained_status(
         &self,
         request: &tonic::Request<HealthCheckRequest>,
     ) -> Option<HealthCheckResponse> {
-        let name = request.get_ref().service.as_str();
-        (self.drained.load(Ordering::Acquire)
-            && NAMES.into_iter().chain([LIVENESS]).any(|n| n == name))
-        .then_some(HealthCheckResponse {
-            status: ServingStatus::NotServing as i32,
-        })
+        (self.drained.load(Ordering::Acquire) && reported(&request.get_ref().service)).then_some(
+            HealthCheckResponse {
+                status: ServingStatus::NotServing as i32,
+            },
+        )
     }
 }
 
@@ -65,7 +69,19 @@ impl Health for CappedHealth {
         if let Some(drained) = self.drained_status(&request) {
             return Ok(tonic::Response::new(drained));
         }
-        self.inner.check(request).await
+        let reported = reported(&request.get_ref().service);
+        match self.inner.check(request).await {
+            // Drained between the look above and tonic-health's (which cleared the name).
+            Err(e) if e.code() == tonic::Code::NotFound && reported => {
+                match self.drained.load(Ordering::Acquire) {
+                    true => Ok(tonic::Response::new(HealthCheckResponse {
+                        status: ServingStatus::NotServing as i32,
+                    })),
+                    false => Err(e),
+                }
+            }
+            answer => answer,
+        }
     }
 
     type WatchStream = CappedWatch;
