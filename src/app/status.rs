@@ -203,9 +203,6 @@ impl App {
             Some(known) => merge_tokens(known, &observed),
             None => observed,
         });
-        // An enrollment that went through and whose token was deactivated since has left Click
-        // to Pay: REMOVED, as a notification of it would have made it.
-        crate::domain::follow_token(&mut record);
         self.write_observed(&record, snapshot, lock_owner).await
     }
 

@@ -326,7 +326,7 @@ impl EnrollmentRecord {
 
     /// This record as a new enrollment of the card writes it over `existing`: without
     /// `existing`'s token, whose references (and those it retired before) are kept retired. The
-    /// Lua twin is `retire` in `store/scripts.rs`.
+    /// Lua twin is the `fresh` branch of `put_enrollment` in `store/scripts.rs`.
     pub fn retiring_tokens_of(mut self, existing: Option<&EnrollmentRecord>) -> Self {
         let Some(existing) = existing else {
             return self;
