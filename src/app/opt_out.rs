@@ -74,19 +74,17 @@ impl App {
     }
 
     /// The programs a caller must be granted to withdraw the card's opt-out: the card's
-    /// record's, and the program of the card the opt-out was given through (it outlives that
-    /// card's record, and it may have been given through another card of the profile, of
-    /// another program, which the withdrawal lifts too). Empty: neither is known (no record, and
-    /// no opt-out or one written before opt-outs kept their program).
+    /// record's, and the program of every opt-out the withdrawal forgets (an opt-out outlives
+    /// the card's record, and one given through another card of the profile, of another
+    /// program, is lifted too). Empty: none is known (no record, and no opt-out or only ones
+    /// written before opt-outs kept their program).
     pub async fn withdrawal_programs(&self, card: CardContractId) -> Result<Vec<String>, AppError> {
         let record = self.store.get(card).await?;
-        let subjects = subjects_of(card, record.as_ref());
-        let opt_out = self.store.get_opt_out(&subjects).await?;
-        let mut programs: Vec<String> = record.map(|r| r.program).into_iter().collect();
-        if let Some(program) = opt_out.and_then(|o| o.program)
-            && !programs.contains(&program)
+        let (_, mut programs) = self.withdrawal(card, record.as_ref()).await?;
+        if let Some(record) = record
+            && !programs.contains(&record.program)
         {
-            programs.push(program);
+            programs.insert(0, record.program);
         }
         Ok(programs)
     }
@@ -94,16 +92,42 @@ impl App {
     /// Runs `WithdrawOptOut`: whether an opt-out was forgotten.
     pub async fn withdraw_opt_out(&self, card: CardContractId) -> Result<bool, AppError> {
         let record = self.store.get(card).await?;
-        let mut subjects = subjects_of(card, record.as_ref());
-        // The opt-out may have been given through another card of the profile: forget it under
-        // every subject it was kept under.
-        if let Some(opt_out) = self.store.get_opt_out(&subjects).await? {
+        let (subjects, _) = self.withdrawal(card, record.as_ref()).await?;
+        Ok(self.store.delete_opt_out(&subjects).await?)
+    }
+
+    /// What a withdrawal of the card's opt-out forgets: every subject it reaches (the card's,
+    /// its consumer references, and the subjects of each opt-out kept under them: one given
+    /// through another card of the profile is kept under that card too), and the programs of
+    /// the opt-outs found. Each subject is read on its own: two opt-outs of one profile (given
+    /// through two cards) may be kept under its subjects.
+    async fn withdrawal(
+        &self,
+        card: CardContractId,
+        record: Option<&EnrollmentRecord>,
+    ) -> Result<(Vec<String>, Vec<String>), AppError> {
+        // A profile's opt-outs name a few subjects each; the cap only bounds a corrupt chain.
+        const MOST_SUBJECTS: usize = 32;
+        let mut subjects = subjects_of(card, record);
+        let mut programs = Vec::new();
+        let mut next = 0;
+        while next < subjects.len() && next < MOST_SUBJECTS {
+            let subject = subjects[next].clone();
+            next += 1;
+            let Some(opt_out) = self.store.get_opt_out(&[subject]).await? else {
+                continue;
+            };
+            if let Some(program) = opt_out.program
+                && !programs.contains(&program)
+            {
+                programs.push(program);
+            }
             for subject in opt_out.subjects {
                 if !subjects.contains(&subject) {
                     subjects.push(subject);
                 }
             }
         }
-        Ok(self.store.delete_opt_out(&subjects).await?)
+        Ok((subjects, programs))
     }
 }

@@ -457,6 +457,28 @@ async fn a_withdrawal_needs_the_program_of_the_opt_out_as_well_as_the_cards() {
     assert_eq!(w.app.withdrawal_programs(card(3013)).await.unwrap(), [""]);
 }
 
+#[tokio::test]
+async fn a_withdrawal_needs_the_programs_of_every_opt_out_it_forgets() {
+    let w = world();
+    // Card A of the default program, card B of another, one cardholder: opted out through B,
+    // then through A (the consumer's subject then holds A's opt-out, B's card subject B's).
+    enrolled(&w, 3017).await;
+    let mut b = w.record(card(3017)).await.unwrap();
+    b.card_contract_id = card(3018);
+    b.program = "directory".into();
+    w.seed_record(&b).await;
+    w.app.opt_out(card(3018), None).await.unwrap();
+    w.app.opt_out(card(3017), None).await.unwrap();
+    // Withdrawing through B forgets the consumer's opt-out, A's: it needs A's program too.
+    assert_eq!(
+        w.app.withdrawal_programs(card(3018)).await.unwrap(),
+        ["directory", ""]
+    );
+    assert!(w.app.withdraw_opt_out(card(3018)).await.unwrap());
+    // Forgotten everywhere: A enrolls again.
+    assert!(!w.app.withdraw_opt_out(card(3017)).await.unwrap());
+}
+
 /// The early opt-out check is read beside the key's lease: a key that answered before the
 /// opt-out still replays its answer (the opt-out is never the key's answer, nor does it undo one).
 #[tokio::test]
