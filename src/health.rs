@@ -96,14 +96,32 @@ impl Health for CappedHealth {
             tonic::Status::resource_exhausted("too many open health watches")
         })?;
         // Drained: the one status there is to say, and the end.
-        if let Some(drained) = self.drained_status(&request) {
-            let once = tokio_stream::once(Ok(drained)).map(move |item| {
+        let not_serving = |permit| {
+            let once = tokio_stream::once(Ok(HealthCheckResponse {
+                status: ServingStatus::NotServing as i32,
+            }))
+            .map(move |item| {
                 let _ = &permit;
                 item
             });
-            return Ok(tonic::Response::new(Box::pin(once)));
+            Ok(tonic::Response::new(Box::pin(once) as CappedWatch))
+        };
+        if self.drained_status(&request).is_some() {
+            return not_serving(permit);
         }
-        let stream = self.inner.watch(request).await?.into_inner();
+        let reported = reported(&request.get_ref().service);
+        let stream = match self.inner.watch(request).await {
+            Ok(stream) => stream.into_inner(),
+            // Drained between the look above and tonic-health's (which cleared the name).
+            Err(e)
+                if e.code() == tonic::Code::NotFound
+                    && reported
+                    && self.drained.load(Ordering::Acquire) =>
+            {
+                return not_serving(permit);
+            }
+            Err(e) => return Err(e),
+        };
         let stream = stream.map(move |item| {
             let _ = &permit;
             item

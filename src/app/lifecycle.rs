@@ -77,13 +77,24 @@ impl App {
     /// Takes the card's lock for one call under a fresh owner: one change of a card at a time
     /// (an enrollment, a removal, an update). `CardBusy` while someone else holds it.
     pub(super) async fn hold_card(&self, card: CardContractId) -> Result<String, AppError> {
-        let owner = format!("{}/lifecycle/{}", self.instance, uuid::Uuid::new_v4());
-        match self
-            .store
-            .lock_card(card, &owner, self.settings.lease)
-            .await
-        {
-            Ok(true) => Ok(owner),
+        let owner = self.lock_owner();
+        self.hold_card_as(card, &owner).await?;
+        Ok(owner)
+    }
+
+    /// A fresh owner for [`App::hold_card_as`].
+    pub(super) fn lock_owner(&self) -> String {
+        format!("{}/lifecycle/{}", self.instance, uuid::Uuid::new_v4())
+    }
+
+    /// [`App::hold_card`] under `owner`, for a caller that arms its give-back before the lock.
+    pub(super) async fn hold_card_as(
+        &self,
+        card: CardContractId,
+        owner: &str,
+    ) -> Result<(), AppError> {
+        match self.store.lock_card(card, owner, self.settings.lease).await {
+            Ok(true) => Ok(()),
             Ok(false) => Err(AppError::CardBusy {
                 card,
                 retry_after: Duration::from_secs(1),
@@ -91,7 +102,7 @@ impl App {
             Err(e) => {
                 // The script may have run with its answer lost: its lock is given back too
                 // (owner-checked), or the card would stay busy for a lease.
-                if let Err(unlock) = self.store.unlock_card(card, &owner).await {
+                if let Err(unlock) = self.store.unlock_card(card, owner).await {
                     tracing::debug!(error = %unlock, "could not release the card lock; it expires by itself");
                 }
                 Err(e.into())

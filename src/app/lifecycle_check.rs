@@ -44,9 +44,14 @@ impl App {
         if held {
             return Ok(Checked::Held);
         }
-        let owner = self.hold_card(card).await?;
-        // A refresh runs on its caller's future: a caller gone meanwhile gives the lock back.
+        // A refresh runs on its caller's future: a caller gone while it takes or holds the lock
+        // gives it back (armed first; owner-checked, so harmless when not taken).
+        let owner = self.lock_owner();
         let unlock_guard = UnlockOnDrop::new(&self.store, card, &owner);
+        if let Err(e) = self.hold_card_as(card, &owner).await {
+            unlock_guard.disarm();
+            return Err(e);
+        }
         let result = async {
             match self.store.get(card).await? {
                 Some(current)
