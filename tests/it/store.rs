@@ -323,7 +323,55 @@ async fn fenced_writes(store: Arc<dyn EnrollmentStore>) {
         .unwrap()
         .expect("the holder writes");
     assert_eq!(store.get(card(70020)).await.unwrap(), Some(written));
-    fresh_after_removal(store).await;
+    fresh_after_removal(store.clone()).await;
+    retired_tokens_keep_the_most_recent(store).await;
+}
+
+/// Ten enrollments of one card, each with its token (the fourth with two: the record may keep
+/// the one it replaced as superseded): each new one retires the tokens before it, the most recent `RETIRED_TOKENS` (8)
+/// kept in order, the same in every store (the Lua and Rust twins).
+async fn retired_tokens_keep_the_most_recent(store: Arc<dyn EnrollmentStore>) {
+    let ttl = Duration::from_secs(60);
+    let owner = "retiring-owner";
+    let at = 1_800_000_000_000;
+    assert!(store.lock_card(card(70151), owner, ttl).await.unwrap());
+    let mut retired: Vec<String> = Vec::new();
+    for i in 0..10 {
+        // A new enrollment's record, as the flow makes it: no token, nothing retired.
+        let fresh = store
+            .put_fresh_enrollment_fenced(&enrolled(70151), ttl, owner)
+            .await
+            .unwrap()
+            .unwrap();
+        let want: Vec<&String> = retired.iter().rev().take(8).rev().collect();
+        assert_eq!(fresh.retired_tokens.iter().collect::<Vec<_>>(), want, "{i}");
+        assert!(fresh.token.is_none());
+        // This enrollment's token; the fourth one's replaced by another of the same card.
+        let tokens: Vec<String> = if i == 3 {
+            vec![format!("TOKEN-{i}"), format!("TOKEN-{i}-NEXT")]
+        } else {
+            vec![format!("TOKEN-{i}")]
+        };
+        for (n, tur) in tokens.iter().enumerate() {
+            let mut tcn = event(
+                &format!("n-{i}-{n}"),
+                at + i * 10 + n as i64,
+                70151,
+                TokenEventKind::Complete,
+            );
+            tcn.token_unique_reference = tur.clone();
+            assert!(matches!(
+                store.apply_notification(&tcn).await.unwrap(),
+                NotificationResult::Applied(_)
+            ));
+        }
+        let record = store.get(card(70151)).await.unwrap().unwrap();
+        // The next enrollment retires both: the token shown, then the one it superseded.
+        let token = record.token.as_ref().unwrap();
+        let dropped = std::iter::once(token).chain(token.superseded.as_deref());
+        let dropped: Vec<String> = dropped.map(|t| t.token_unique_reference.clone()).collect();
+        retired.extend(dropped);
+    }
 }
 
 /// The lifecycle's records in the store: a DEACTIVATED token makes an ENROLLED record REMOVED;

@@ -38,6 +38,19 @@ async fn enrolled(w: &World, card_id: i64) {
     assert_eq!(done.record.state, EnrollmentState::Enrolled);
 }
 
+/// A notification about Click to Pay token `tur` of `card_id`.
+fn c2p_event(card_id: i64, tur: &str, kind: TokenEventKind, at_ms: i64, id: &str) -> TokenEvent {
+    TokenEvent {
+        notification_id: id.into(),
+        event_at_ms: at_ms,
+        card_contract_id: card(card_id),
+        token_unique_reference: tur.into(),
+        token_requestor_id: crate::domain::CLICK_TO_PAY_TOKEN_REQUESTOR_ID.into(),
+        wallet_name: crate::domain::CLICK_TO_PAY_WALLET_NAME.into(),
+        kind,
+    }
+}
+
 fn lifecycle_ops(w: &World) -> Vec<&'static str> {
     w.mc.calls().lifecycle.iter().map(|c| c.operation).collect()
 }
@@ -181,15 +194,13 @@ async fn removing_a_card_never_enrolled_is_refused_and_that_answer_is_kept() {
 async fn a_deactivated_token_removes_the_card_and_remove_card_then_succeeds() {
     let w = world();
     enrolled(&w, 3006).await;
-    let event = TokenEvent {
-        notification_id: "n-deactivated".into(),
-        event_at_ms: crate::domain::now_ms(),
-        card_contract_id: card(3006),
-        token_unique_reference: "DM4MMC1".into(),
-        token_requestor_id: crate::domain::CLICK_TO_PAY_TOKEN_REQUESTOR_ID.into(),
-        wallet_name: crate::domain::CLICK_TO_PAY_WALLET_NAME.into(),
-        kind: TokenEventKind::StatusChanged(TokenStatus::Deactivated),
-    };
+    let event = c2p_event(
+        3006,
+        "DM4MMC1",
+        TokenEventKind::StatusChanged(TokenStatus::Deactivated),
+        crate::domain::now_ms(),
+        "n-deactivated",
+    );
     w.store.apply_notification(&event).await.unwrap();
     let r = w.record(card(3006)).await.unwrap();
     assert_eq!(r.state, EnrollmentState::Removed);
@@ -261,15 +272,7 @@ async fn an_enrollment_after_a_removal_is_a_new_one() {
 async fn a_new_enrollment_after_a_deactivated_token_does_not_carry_the_old_token() {
     let w = world();
     enrolled(&w, 3008).await;
-    let old_token = |kind, at_ms, id: &str| TokenEvent {
-        notification_id: id.into(),
-        event_at_ms: at_ms,
-        card_contract_id: card(3008),
-        token_unique_reference: "DM4MMCOLD".into(),
-        token_requestor_id: crate::domain::CLICK_TO_PAY_TOKEN_REQUESTOR_ID.into(),
-        wallet_name: crate::domain::CLICK_TO_PAY_WALLET_NAME.into(),
-        kind,
-    };
+    let old_token = |kind, at_ms, id: &str| c2p_event(3008, "DM4MMCOLD", kind, at_ms, id);
     let now = crate::domain::now_ms();
     let deactivated = old_token(
         TokenEventKind::StatusChanged(TokenStatus::Deactivated),
@@ -311,15 +314,8 @@ async fn a_new_enrollment_after_a_deactivated_token_does_not_carry_the_old_token
 async fn the_old_tokens_deactivation_during_a_new_enrollment_is_not_the_new_ones() {
     let w = world();
     enrolled(&w, 3011).await;
-    let old_token = |kind, id: &str| TokenEvent {
-        notification_id: id.into(),
-        event_at_ms: crate::domain::now_ms(),
-        card_contract_id: card(3011),
-        token_unique_reference: "DM4MMC-OLD-3011".into(),
-        token_requestor_id: crate::domain::CLICK_TO_PAY_TOKEN_REQUESTOR_ID.into(),
-        wallet_name: crate::domain::CLICK_TO_PAY_WALLET_NAME.into(),
-        kind,
-    };
+    let old_token =
+        |kind, id: &str| c2p_event(3011, "DM4MMC-OLD-3011", kind, crate::domain::now_ms(), id);
     // The first enrollment's token, then its removal.
     let tcn = old_token(TokenEventKind::Complete, "n-old-tcn");
     w.store.apply_notification(&tcn).await.unwrap();
@@ -354,15 +350,13 @@ async fn a_removed_cards_deactivated_token_is_no_proof_that_a_new_enrollment_wen
     let w = world();
     enrolled(&w, 3100).await;
     // The first enrollment's token.
-    let tcn = TokenEvent {
-        notification_id: "n-tcn".into(),
-        event_at_ms: crate::domain::now_ms(),
-        card_contract_id: card(3100),
-        token_unique_reference: "DM-OLD".into(),
-        token_requestor_id: crate::domain::CLICK_TO_PAY_TOKEN_REQUESTOR_ID.into(),
-        wallet_name: crate::domain::CLICK_TO_PAY_WALLET_NAME.into(),
-        kind: TokenEventKind::Complete,
-    };
+    let tcn = c2p_event(
+        3100,
+        "DM-OLD",
+        TokenEventKind::Complete,
+        crate::domain::now_ms(),
+        "n-tcn",
+    );
     w.store.apply_notification(&tcn).await.unwrap();
     w.app
         .remove_card(remove("r1", 3100, RemovalReason::CardholderRequest), None)
