@@ -283,12 +283,8 @@ impl App {
             Err(e) => {
                 // Transient, as every store error: the key is given back like on every other
                 // transient failure, so that a retry resumes rather than meet REQUEST_IN_PROGRESS
-                // until the lease runs out. The script may have run with its answer lost: the
-                // lock it took is given back too (owner-checked), or the retry would meet
-                // CARD_BUSY for a lease.
-                if let Err(unlock) = self.store.unlock_card(card, &owner).await {
-                    tracing::debug!(error = %unlock, "could not release the card lock; it expires by itself");
-                }
+                // until the lease runs out; and the lock its script may have taken.
+                self.give_back_lock(card, &owner).await;
                 attempt.release().await;
                 return Err(e.into());
             }

@@ -100,13 +100,19 @@ impl App {
                 retry_after: Duration::from_secs(1),
             }),
             Err(e) => {
-                // The script may have run with its answer lost: its lock is given back too
-                // (owner-checked), or the card would stay busy for a lease.
-                if let Err(unlock) = self.store.unlock_card(card, owner).await {
-                    tracing::debug!(error = %unlock, "could not release the card lock; it expires by itself");
-                }
+                self.give_back_lock(card, owner).await;
                 Err(e.into())
             }
+        }
+    }
+
+    /// Gives back the card lock `owner` may hold after a lock script that failed: it may have
+    /// run with its answer lost, and the lock it took would keep the card busy for a lease (a
+    /// retry comes under a new owner). Owner-checked, so harmless when nothing was taken; best
+    /// effort: the lock expires by itself otherwise.
+    pub(super) async fn give_back_lock(&self, card: CardContractId, owner: &str) {
+        if let Err(unlock) = self.store.unlock_card(card, owner).await {
+            tracing::debug!(error = %unlock, "could not release the card lock; it expires by itself");
         }
     }
 

@@ -155,11 +155,7 @@ impl App {
             Ok(true) => {}
             Ok(false) => return Ok(Outcome::Busy),
             Err(e) => {
-                // The script may have run with its answer lost: give back whatever it took
-                // rather than hold the card until the lease runs out.
-                if let Err(unlock) = self.store.unlock_card(card, &owner).await {
-                    tracing::debug!(error = %unlock, "reconciler: could not release the card lock; it expires by itself");
-                }
+                self.give_back_lock(card, &owner).await;
                 return Err(e.into());
             }
         }

@@ -117,29 +117,10 @@ impl App {
             scope,
             record: std::sync::Arc::new(tokio::sync::Mutex::new(record)),
         };
-        match self
-            .store
-            .lock_card(card, &owner, self.settings.lease)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => {
-                attempt.release().await;
-                return Err(AppError::CardBusy {
-                    card,
-                    retry_after: Duration::from_secs(1),
-                });
-            }
-            Err(e) => {
-                // The script may have run with its answer lost: its lock is given back too
-                // (owner-checked), or the retry, under a new owner, would meet CARD_BUSY for a
-                // lease (as in EnrollCard).
-                if let Err(unlock) = self.store.unlock_card(card, &owner).await {
-                    tracing::debug!(error = %unlock, "could not release the card lock; it expires by itself");
-                }
-                attempt.release().await;
-                return Err(e.into());
-            }
+        // Busy, or the lock's answer lost (its lock given back): the key is given back too.
+        if let Err(e) = self.hold_card_as(card, &owner).await {
+            attempt.release().await;
+            return Err(e);
         }
         let lost = tokio_util::sync::CancellationToken::new();
         let heartbeat = AbortOnDrop(self.heartbeat(
