@@ -23,7 +23,7 @@ pub use enroll::{ConsumerInput, EnrollCommand, Enrolled};
 pub use error::{AppError, ErrorParts, FieldViolation, Reason, Step};
 pub use fingerprint::FingerprintKey;
 pub use notifications::IngestOutcome;
-pub use opt_out::OptedOut;
+pub use opt_out::{OptedOut, Withdrawal};
 pub use reconcile::ReconcileReport;
 pub use remove::{CardRemoved, RemoveCommand};
 pub use status::Source;

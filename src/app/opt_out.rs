@@ -10,6 +10,15 @@ use crate::domain::{
 };
 use tokio::time::Instant;
 
+/// What a `WithdrawOptOut` forgets ([`App::plan_withdrawal`]).
+#[derive(Debug, Clone)]
+pub struct Withdrawal {
+    /// The subjects whose opt-outs it deletes.
+    subjects: Vec<String>,
+    /// The programs a caller must be granted for it (the card's first, when it has a record).
+    pub programs: Vec<String>,
+}
+
 /// The answer of `OptOut`.
 #[derive(Debug, Clone)]
 pub struct OptedOut {
@@ -73,27 +82,33 @@ impl App {
         result
     }
 
-    /// The programs a caller must be granted to withdraw the card's opt-out: the card's
-    /// record's, and the program of every opt-out the withdrawal forgets (an opt-out outlives
-    /// the card's record, and one given through another card of the profile, of another
-    /// program, is lifted too). Empty: none is known (no record, and no opt-out or only ones
-    /// written before opt-outs kept their program).
-    pub async fn withdrawal_programs(&self, card: CardContractId) -> Result<Vec<String>, AppError> {
+    /// What `WithdrawOptOut` of the card would forget, and the programs a caller must be
+    /// granted for it: the card's record's, and the program of every opt-out it forgets (an
+    /// opt-out outlives the card's record, and one given through another card of the profile,
+    /// of another program, is lifted too). No programs: none is known (no record, and no
+    /// opt-out or only ones written before opt-outs kept their program). The caller checks the
+    /// programs, then hands the plan to [`App::withdraw`]: what is forgotten is what was
+    /// checked, read once.
+    pub async fn plan_withdrawal(&self, card: CardContractId) -> Result<Withdrawal, AppError> {
         let record = self.store.get(card).await?;
-        let (_, mut programs) = self.withdrawal(card, record.as_ref()).await?;
+        let (subjects, mut programs) = self.withdrawal(card, record.as_ref()).await?;
         if let Some(record) = record
             && !programs.contains(&record.program)
         {
             programs.insert(0, record.program);
         }
-        Ok(programs)
+        Ok(Withdrawal { subjects, programs })
     }
 
-    /// Runs `WithdrawOptOut`: whether an opt-out was forgotten.
+    /// Runs `WithdrawOptOut` as planned: whether an opt-out was forgotten.
+    pub async fn withdraw(&self, plan: Withdrawal) -> Result<bool, AppError> {
+        Ok(self.store.delete_opt_out(&plan.subjects).await?)
+    }
+
+    /// Runs `WithdrawOptOut` without a program check: whether an opt-out was forgotten.
     pub async fn withdraw_opt_out(&self, card: CardContractId) -> Result<bool, AppError> {
-        let record = self.store.get(card).await?;
-        let (subjects, _) = self.withdrawal(card, record.as_ref()).await?;
-        Ok(self.store.delete_opt_out(&subjects).await?)
+        let plan = self.plan_withdrawal(card).await?;
+        self.withdraw(plan).await
     }
 
     /// What a withdrawal of the card's opt-out forgets: every subject it reaches (the card's,

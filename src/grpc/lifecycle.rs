@@ -33,18 +33,18 @@ async fn detached<T: Send + 'static>(
         .map_err(|e| AppError::Internal(format!("task failed: {e}")))?
 }
 
-/// Refuses the call when `program` (the card's, if it has one) is not the caller's to use.
+/// Refuses the call unless each of `programs` (the card's, if it has one) is the caller's to use.
 fn may_act_under(
     caller: &Caller,
     card: CardContractId,
-    program: Option<String>,
+    programs: &[String],
     rpc: Rpc,
 ) -> Result<(), Status> {
     let span = tracing::Span::current();
     span.record("card", card.get());
-    if let Some(program) = program {
+    for program in programs {
         span.record("program", program.as_str());
-        caller.may_see(&program, rpc)?;
+        caller.may_see(program, rpc)?;
     }
     Ok(())
 }
@@ -63,7 +63,7 @@ impl EnrollmentApi {
             .program_of(card)
             .await
             .map_err(|e| status::to_status(&e))?;
-        may_act_under(caller, card, program, rpc)
+        may_act_under(caller, card, program.as_slice(), rpc)
     }
 
     pub(super) async fn remove_card_inner(
@@ -167,22 +167,17 @@ impl EnrollmentApi {
     ) -> Result<Response<WithdrawOptOutResponse>, Status> {
         let caller = caller(&request, Rpc::WithdrawOptOut)?;
         let card = convert::card_id(request.get_ref().card_contract_id).map_err(invalid)?;
-        // The card's program and the opt-out's own (it outlives the card's record, and may have
-        // been given through another card of the profile): the caller needs both.
-        let programs = self
+        // The card's program and the opt-outs' own (an opt-out outlives the card's record, and
+        // may have been given through another card of the profile): the caller needs them all.
+        let plan = self
             .app
-            .withdrawal_programs(card)
+            .plan_withdrawal(card)
             .await
             .map_err(|e| status::to_status(&e))?;
-        if programs.is_empty() {
-            may_act_under(&caller, card, None, Rpc::WithdrawOptOut)?;
-        }
-        for program in programs {
-            may_act_under(&caller, card, Some(program), Rpc::WithdrawOptOut)?;
-        }
+        may_act_under(&caller, card, &plan.programs, Rpc::WithdrawOptOut)?;
         let withdrawn = self
             .app
-            .withdraw_opt_out(card)
+            .withdraw(plan)
             .await
             .map_err(|e| status::to_status(&e))?;
         Ok(Response::new(WithdrawOptOutResponse { withdrawn }))

@@ -439,16 +439,19 @@ async fn a_withdrawal_needs_the_program_of_the_opt_out_as_well_as_the_cards() {
     w.seed_record(&b).await;
     // Before any opt-out, only B's own program decides about B.
     assert_eq!(
-        w.app.withdrawal_programs(card(3014)).await.unwrap(),
+        w.app.plan_withdrawal(card(3014)).await.unwrap().programs,
         ["directory"]
     );
     // The opt-out through A holds B too: lifting it through B needs A's program as well.
     w.app.opt_out(card(3013), None).await.unwrap();
     assert_eq!(
-        w.app.withdrawal_programs(card(3014)).await.unwrap(),
+        w.app.plan_withdrawal(card(3014)).await.unwrap().programs,
         ["directory", ""]
     );
-    assert_eq!(w.app.withdrawal_programs(card(3013)).await.unwrap(), [""]);
+    assert_eq!(
+        w.app.plan_withdrawal(card(3013)).await.unwrap().programs,
+        [""]
+    );
 }
 
 #[tokio::test]
@@ -465,7 +468,7 @@ async fn a_withdrawal_needs_the_programs_of_every_opt_out_it_forgets() {
     w.app.opt_out(card(3017), None).await.unwrap();
     // Withdrawing through B forgets the consumer's opt-out, A's: it needs A's program too.
     assert_eq!(
-        w.app.withdrawal_programs(card(3018)).await.unwrap(),
+        w.app.plan_withdrawal(card(3018)).await.unwrap().programs,
         ["directory", ""]
     );
     assert!(w.app.withdraw_opt_out(card(3018)).await.unwrap());
