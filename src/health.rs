@@ -31,8 +31,8 @@ pub const MAX_HEALTH_WATCHES: usize = 256;
 pub struct CappedHealth {
     inner: HealthService,
     watches: Arc<tokio::sync::Semaphore>,
-    /// Set once the drain cleared the statuses (to end the open watches): tonic-health would
-    /// then answer NOT_FOUND for them.
+    /// Set once the drain has set NOT_SERVING and before it clears the statuses (to end the
+    /// open watches), after which tonic-health answers NOT_FOUND for them.
     drained: Arc<AtomicBool>,
 }
 
@@ -42,16 +42,15 @@ fn reported(name: &str) -> bool {
 }
 
 impl CappedHealth {
-    /// NOT_SERVING for a name this process reports, once drained.
-    fn drained_status(
-        &self,
-        request: &tonic::Request<HealthCheckRequest>,
-    ) -> Option<HealthCheckResponse> {
-        (self.drained.load(Ordering::Acquire) && reported(&request.get_ref().service)).then_some(
-            HealthCheckResponse {
-                status: ServingStatus::NotServing as i32,
-            },
-        )
+    /// Whether tonic-health's `error` for a `reported` name means the drain cleared it.
+    fn cleared_by_drain(&self, error: &tonic::Status, reported: bool) -> bool {
+        error.code() == tonic::Code::NotFound && reported && self.drained.load(Ordering::Acquire)
+    }
+}
+
+fn not_serving() -> HealthCheckResponse {
+    HealthCheckResponse {
+        status: ServingStatus::NotServing as i32,
     }
 }
 
@@ -66,19 +65,10 @@ impl Health for CappedHealth {
         &self,
         request: tonic::Request<HealthCheckRequest>,
     ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
-        if let Some(drained) = self.drained_status(&request) {
-            return Ok(tonic::Response::new(drained));
-        }
         let reported = reported(&request.get_ref().service);
         match self.inner.check(request).await {
-            // Drained between the look above and tonic-health's (which cleared the name).
-            Err(e) if e.code() == tonic::Code::NotFound && reported => {
-                match self.drained.load(Ordering::Acquire) {
-                    true => Ok(tonic::Response::new(HealthCheckResponse {
-                        status: ServingStatus::NotServing as i32,
-                    })),
-                    false => Err(e),
-                }
+            Err(e) if self.cleared_by_drain(&e, reported) => {
+                Ok(tonic::Response::new(not_serving()))
             }
             answer => answer,
         }
@@ -95,30 +85,12 @@ impl Health for CappedHealth {
             crate::metrics::stream_refused("HealthWatch");
             tonic::Status::resource_exhausted("too many open health watches")
         })?;
-        // Drained: the one status there is to say, and the end.
-        let not_serving = |permit| {
-            let once = tokio_stream::once(Ok(HealthCheckResponse {
-                status: ServingStatus::NotServing as i32,
-            }))
-            .map(move |item| {
-                let _ = &permit;
-                item
-            });
-            Ok(tonic::Response::new(Box::pin(once) as CappedWatch))
-        };
-        if self.drained_status(&request).is_some() {
-            return not_serving(permit);
-        }
         let reported = reported(&request.get_ref().service);
         let stream = match self.inner.watch(request).await {
-            Ok(stream) => stream.into_inner(),
-            // Drained between the look above and tonic-health's (which cleared the name).
-            Err(e)
-                if e.code() == tonic::Code::NotFound
-                    && reported
-                    && self.drained.load(Ordering::Acquire) =>
-            {
-                return not_serving(permit);
+            Ok(stream) => futures::StreamExt::left_stream(stream.into_inner()),
+            // Drained: the one status there is to say, and the end.
+            Err(e) if self.cleared_by_drain(&e, reported) => {
+                futures::StreamExt::right_stream(tokio_stream::once(Ok(not_serving())))
             }
             Err(e) => return Err(e),
         };
@@ -210,8 +182,8 @@ impl HealthGate {
                 .set_service_status(name, ServingStatus::NotServing)
                 .await;
         }
-        // From here the service answers NOT_SERVING itself (before the clear: no NOT_FOUND
-        // in between).
+        // From here the service answers NOT_SERVING itself for a cleared name (set before the
+        // clear: no NOT_FOUND in between).
         self.drained.store(true, Ordering::Release);
         for name in NAMES.into_iter().chain([LIVENESS]) {
             inner.reporter.clear_service_status(name).await;
