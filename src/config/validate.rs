@@ -79,7 +79,7 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
         &raw.metrics.listen,
         Some(defaults::METRICS_LISTEN),
     );
-    let redis = validate_redis(&mut c, &raw);
+    let redis = validate_redis(&mut c, &raw, mode);
     let store = StoreSettings {
         enrollment_ttl: c.duration(
             "store.enrollment_ttl",
@@ -256,8 +256,22 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
     })
 }
 
-fn validate_redis(c: &mut Checker, raw: &RawSettings) -> RedisSettings {
+fn validate_redis(c: &mut Checker, raw: &RawSettings, mode: Mode) -> RedisSettings {
     let url = Checker::optional(&raw.redis.url);
+    // In mastercard mode an empty URL given (`C2P_REDIS__URL` from an empty Secret) is an error,
+    // not the in-memory store: replicas would each keep their own state and lose it on exit.
+    // Left unset, it still selects the in-memory store (with a warning at start).
+    let given_empty = raw
+        .redis
+        .url
+        .as_ref()
+        .is_some_and(|u| u.0.trim().is_empty());
+    if given_empty && mode == Mode::Mastercard {
+        c.problem(
+            "redis.url",
+            "is empty in mastercard mode (an empty Secret?); name a Redis, or leave it unset for the in-memory development store",
+        );
+    }
     let cluster = c.boolean("redis.cluster", &raw.redis.cluster, false);
     if let Some(text) = &url {
         let nodes: Vec<&str> = text.split(',').map(str::trim).collect();
@@ -405,6 +419,21 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_redis_url_in_mastercard_mode_is_refused_not_taken_for_the_memory_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut pairs, _key) = mastercard_env(&dir, "https://x.example/", "ck");
+        with_default_program(&dir, &mut pairs);
+        pairs.push(("C2P_REDIS__URL".into(), " ".into()));
+        let err = Settings::load(None, pairs.clone()).unwrap_err();
+        assert_eq!(keys(&err), ["redis.url"], "{err}");
+        // Unset, it is the in-memory store; in sandbox mode empty means that too.
+        pairs.pop();
+        assert!(Settings::load(None, pairs).unwrap().redis.url.is_none());
+        let s = Settings::load(None, env(&[("C2P_REDIS__URL", "")])).unwrap();
+        assert!(s.redis.url.is_none());
+    }
+
+    #[test]
     fn a_mistyped_setting_ending_in_port_is_named() {
         let err = Settings::load(None, env(&[("C2P_HEALTH__PORT", "8086")])).unwrap_err();
         assert_eq!(keys(&err), ["health.port"]);
@@ -482,11 +511,8 @@ mod tests {
         (pairs, key)
     }
 
-    #[test]
-    fn complete_mastercard_settings_validate() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut pairs, _key) =
-            mastercard_env(&dir, "https://sandbox.api.mastercard.com/x", "ck!abc");
+    /// The `default` program's settings, its certificate a placeholder file in `dir`.
+    fn with_default_program(dir: &tempfile::TempDir, pairs: &mut Vec<(String, String)>) {
         let cert = dir.path().join("enroll.cert.pem");
         std::fs::write(&cert, "placeholder").unwrap();
         pairs.push((
@@ -501,6 +527,14 @@ mod tests {
             "C2P_PROGRAMS__DEFAULT__ENROLL_ENCRYPTION_CERTIFICATE_FILE".into(),
             cert.display().to_string(),
         ));
+    }
+
+    #[test]
+    fn complete_mastercard_settings_validate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut pairs, _key) =
+            mastercard_env(&dir, "https://sandbox.api.mastercard.com/x", "ck!abc");
+        with_default_program(&dir, &mut pairs);
         let s = Settings::load(None, pairs).unwrap();
         assert_eq!(s.log.format, LogFormat::Json);
         let program = &s.programs["default"];
