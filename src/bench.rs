@@ -352,6 +352,7 @@ async fn bench(args: &BenchArgs) -> Result<String, String> {
         let before = sample(args.pid, ticks);
         let others_before = sample_others(&args.other_pid, ticks);
         let client_before = procfs::sample("self", ticks).ok();
+        let machine_before = procfs::machine(ticks);
         tokio::select! {
             _ = tokio::time::sleep_until(end) => {}
             _ = ctx.issuing_done.cancelled() => {}
@@ -359,6 +360,9 @@ async fn bench(args: &BenchArgs) -> Result<String, String> {
         let after = sample(args.pid, ticks);
         let others_after = sample_others(&args.other_pid, ticks);
         let client_after = procfs::sample("self", ticks).ok();
+        proc.machine = machine_before
+            .zip(procfs::machine(ticks))
+            .map(|(b, a)| b.until(a));
         proc.others = args
             .other_pid
             .iter()

@@ -64,6 +64,50 @@ fn status_kb(status: &str, key: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// The whole machine's CPU time, from the first line of `/proc/stat` (every core together).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MachineSample {
+    /// user + nice + system + irq + softirq: the cores at work, for any process.
+    pub busy: Duration,
+    /// steal: time a vCPU was ready to run and the hypervisor ran something else. Inside a
+    /// VM it is the one wait the guest's own figures do not show.
+    pub steal: Duration,
+}
+
+impl MachineSample {
+    /// What was spent between `self` (earlier) and `later`.
+    pub fn until(self, later: MachineSample) -> MachineSample {
+        MachineSample {
+            busy: later.busy.saturating_sub(self.busy),
+            steal: later.steal.saturating_sub(self.steal),
+        }
+    }
+}
+
+/// Reads `/proc/stat`'s `cpu` line.
+pub fn machine(ticks_per_s: u64) -> Option<MachineSample> {
+    machine_of_stat(&std::fs::read_to_string("/proc/stat").ok()?, ticks_per_s)
+}
+
+fn machine_of_stat(text: &str, ticks_per_s: u64) -> Option<MachineSample> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal ...
+    let ticks = |t: u64| Duration::from_nanos(t.saturating_mul(1_000_000_000) / ticks_per_s.max(1));
+    let busy = [0, 1, 2, 5, 6]
+        .iter()
+        .map(|&i| f.get(i).copied().unwrap_or(0))
+        .sum();
+    Some(MachineSample {
+        busy: ticks(busy),
+        steal: ticks(f.get(7).copied().unwrap_or(0)),
+    })
+}
+
 /// `/proc/loadavg`: the 1, 5 and 15 minute load averages.
 pub fn loadavg() -> [f64; 3] {
     let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -85,6 +129,20 @@ mod tests {
     fn stat_with_spaces_in_the_name() {
         let line = "1234 (tokio (rt) worker) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 100 1000 200";
         assert_eq!(cpu_of_stat(line, 100), Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn machine_time_from_proc_stat() {
+        let text = "cpu  100 5 50 9000 7 3 2 40 0 0\ncpu0 50 2 25 4500 3 1 1 20 0 0\n";
+        let m = machine_of_stat(text, 100).unwrap();
+        assert_eq!(m.busy, Duration::from_millis(1600));
+        assert_eq!(m.steal, Duration::from_millis(400));
+        let later = MachineSample {
+            busy: Duration::from_secs(3),
+            steal: Duration::from_secs(1),
+        };
+        assert_eq!(m.until(later).steal, Duration::from_millis(600));
+        assert!(machine(clock_ticks()).is_some());
     }
 
     #[test]

@@ -196,6 +196,9 @@ pub struct ProcFigures {
     pub note: Option<String>,
     /// Other processes (name, pid, CPU time over the window).
     pub others: Vec<(String, u32, Option<Duration>)>,
+    /// The whole machine over the window: its cores at work, and the time the hypervisor
+    /// stole from them.
+    pub machine: Option<super::procfs::MachineSample>,
 }
 
 /// What describes a run besides its figures.
@@ -309,6 +312,10 @@ pub fn to_json(info: &RunInfo, stats: &Stats, proc: &ProcFigures, loadavg: [f64;
             "rss_after_kb": w.rss_after_kb,
             "rss_per_watch_bytes": w.rss_per_watch_bytes(),
         })),
+        "machine": proc.machine.map(|m| {
+            let cores = |d: Duration| if secs > 0.0 { d.as_secs_f64() / secs } else { 0.0 };
+            json!({"busy_cores": cores(m.busy), "steal_cores": cores(m.steal)})
+        }),
         "loadavg": loadavg,
     })
 }
@@ -468,9 +475,20 @@ pub fn to_table(info: &RunInfo, stats: &Stats, proc: &ProcFigures, loadavg: [f64
         .client_cpu
         .map(|c| format!("load generator CPU {:.2} s; ", c.as_secs_f64()))
         .unwrap_or_default();
+    let machine = proc
+        .machine
+        .filter(|_| secs > 0.0)
+        .map(|m| {
+            format!(
+                "machine busy {:.2} cores, stolen by the hypervisor {:.2}; ",
+                m.busy.as_secs_f64() / secs,
+                m.steal.as_secs_f64() / secs
+            )
+        })
+        .unwrap_or_default();
     let _ = writeln!(
         out,
-        "{client}load average {:.2} {:.2} {:.2}",
+        "{client}{machine}load average {:.2} {:.2} {:.2}",
         loadavg[0], loadavg[1], loadavg[2]
     );
     out
