@@ -637,14 +637,25 @@ impl App {
                 // the call settles): a crash between them leaves the card in one index or both,
                 // never in neither. Written first, it is harmless: the lifecycle check drops a
                 // card whose record is not ENROLLED by its due time.
-                let (stored, ()) = enroll_stage(EnrollStage::Record, async {
+                // The opt-outs are read again beside them, after POST /cards returned: an
+                // OptOut through another card of the profile never holds this card's lock, and
+                // one stored after the check under the lock may have deleted the profile before
+                // this POST /cards made it again. An OptOut stores its opt-out before it deletes
+                // the profile, so one not seen here deletes the profile after this card joined
+                // it, this card with it.
+                let (stored, (), opted_out) = enroll_stage(EnrollStage::Record, async {
                     tokio::join!(
                         self.write_fenced(attempt, &record),
-                        self.track_enrolled(cmd.card_contract_id)
+                        self.track_enrolled(cmd.card_contract_id),
+                        self.opted_out(cmd.card_contract_id, &consumer_ref)
                     )
                 })
                 .await;
-                stored
+                let stored = stored?;
+                match opted_out? {
+                    None => Ok(stored),
+                    Some(_) => self.take_out_opted_out(attempt, stored, deadline).await,
+                }
             }
             Err(e) => {
                 let error = map_upstream(Step::Enroll, cmd.card_contract_id, e, deadline);
@@ -668,6 +679,40 @@ impl App {
                 Err(error)
             }
         }
+    }
+}
+
+impl App {
+    /// Takes a card that this attempt enrolled out of Click to Pay again, because its
+    /// cardholder opted out (through another card) while it ran: as an OptOut of the card
+    /// would, under the attempt's lock (the opt-out is kept under this card too, the profile
+    /// deleted, the record REMOVED). The answer is `CONSUMER_OPTED_OUT`, not the key's: the key
+    /// starts over with a new srcCorrelationId, so that once the opt-out is withdrawn it
+    /// enrolls the card anew rather than take this enrollment's token for proof. When the
+    /// deletion fails, the record stays ENROLLED and the deletion's error is the answer (the
+    /// key is given back; an OptOut of the card finishes it, as a failed OptOut's retry does).
+    async fn take_out_opted_out(
+        &self,
+        attempt: &Attempt<'_>,
+        record: EnrollmentRecord,
+        deadline: Option<Instant>,
+    ) -> Result<EnrollmentRecord, AppError> {
+        let card = record.card_contract_id;
+        tracing::warn!(
+            "the cardholder opted out while the card was enrolled: it is taken out of Click to Pay again"
+        );
+        let owner = attempt.record.lock().await.owner.clone();
+        let opted = self.opt_out_held(record, &owner, deadline).await?;
+        {
+            let mut key = attempt.record.lock().await;
+            key.phase = Phase::Started;
+            key.src_correlation_id = uuid::Uuid::new_v4().to_string();
+        }
+        self.take_back_note(attempt, card).await;
+        Err(AppError::ConsumerOptedOut {
+            card,
+            since_ms: opted.since_ms,
+        })
     }
 }
 

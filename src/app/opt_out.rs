@@ -39,47 +39,60 @@ impl App {
         let owner = self.hold_card(card).await?;
         let result = async {
             let record = self.known_record(card, true).await?;
-            let subjects = subjects_of(card, Some(&record));
-            let since_ms = match self.store.get_opt_out(&subjects).await? {
-                Some(earlier) => earlier.since_ms,
-                None => now_ms(),
-            };
-            self.store
-                .put_opt_out(&OptOut {
-                    since_ms,
-                    subjects,
-                    program: Some(record.program.clone()),
-                })
-                .await?;
-            match self
-                .upstream
-                .delete_profile(&ClickToPayKeys::of(&record), deadline)
-                .await
-            {
-                Ok(Deleted::Deleted) => tracing::info!("Click to Pay deleted the profile"),
-                Ok(Deleted::AlreadyGone) => {
-                    tracing::info!("Click to Pay no longer held the profile")
-                }
-                Err(e) => return Err(lifecycle_error(card, e, deadline)),
-            }
-            let record = if record.state == EnrollmentState::Enrolled {
-                let mut removed = record;
-                removed.state = EnrollmentState::Removed;
-                removed.removal = Some(Removal {
-                    reason: RemovalReason::ConsumerOptedOut,
-                    time_ms: now_ms(),
-                });
-                let stored = self.write_held(&removed, &owner).await?;
-                self.untrack_enrolled(card).await;
-                stored
-            } else {
-                record
-            };
-            Ok(OptedOut { record, since_ms })
+            self.opt_out_held(record, &owner, deadline).await
         }
         .await;
         self.release_card(card, &owner).await;
         result
+    }
+
+    /// [`App::opt_out`] of the card of `record` (read under its lock), whose lock `owner`
+    /// holds: the opt-out stored under the card and its consumer references, then the
+    /// profile deleted, then an ENROLLED record REMOVED (`CONSUMER_OPTED_OUT`).
+    pub(super) async fn opt_out_held(
+        &self,
+        record: EnrollmentRecord,
+        owner: &str,
+        deadline: Option<Instant>,
+    ) -> Result<OptedOut, AppError> {
+        let card = record.card_contract_id;
+        let subjects = subjects_of(card, Some(&record));
+        let since_ms = match self.store.get_opt_out(&subjects).await? {
+            Some(earlier) => earlier.since_ms,
+            None => now_ms(),
+        };
+        self.store
+            .put_opt_out(&OptOut {
+                since_ms,
+                subjects,
+                program: Some(record.program.clone()),
+            })
+            .await?;
+        match self
+            .upstream
+            .delete_profile(&ClickToPayKeys::of(&record), deadline)
+            .await
+        {
+            Ok(Deleted::Deleted) => tracing::info!("Click to Pay deleted the profile"),
+            Ok(Deleted::AlreadyGone) => {
+                tracing::info!("Click to Pay no longer held the profile")
+            }
+            Err(e) => return Err(lifecycle_error(card, e, deadline)),
+        }
+        let record = if record.state == EnrollmentState::Enrolled {
+            let mut removed = record;
+            removed.state = EnrollmentState::Removed;
+            removed.removal = Some(Removal {
+                reason: RemovalReason::ConsumerOptedOut,
+                time_ms: now_ms(),
+            });
+            let stored = self.write_held(&removed, owner).await?;
+            self.untrack_enrolled(card).await;
+            stored
+        } else {
+            record
+        };
+        Ok(OptedOut { record, since_ms })
     }
 
     /// What `WithdrawOptOut` of the card would forget, and the programs a caller must be

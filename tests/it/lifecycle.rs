@@ -391,6 +391,50 @@ async fn an_opt_out_covers_every_card_of_the_cardholders_profile() {
     assert_eq!(service.sandbox.profiles().len(), 1, "a new profile");
 }
 
+/// An OptOut through card A while card B of the same cardholder waits for its POST /cards:
+/// B is taken out of Click to Pay again (no profile is left), and answers CONSUMER_OPTED_OUT.
+#[tokio::test]
+async fn an_opt_out_during_another_cards_enrollment_leaves_no_profile() {
+    let redis = RedisServer::start();
+    let service = TestService::start(&service_settings(&redis, &[])).await;
+    let mut client = service.client();
+    client.enroll_card(request("k-1", 70001)).await.unwrap();
+    service.sandbox.set_fault(
+        Route::EnrollCards,
+        RouteFault {
+            latency: Some(Duration::from_millis(1500)),
+            times: Some(1),
+            ..RouteFault::default()
+        },
+    );
+    let enroll_b = tokio::spawn({
+        let mut client = service.client();
+        async move { client.enroll_card(request("k-5", 70005)).await }
+    });
+    // B's record says IN_PROGRESS once its POST /cards is about to go out.
+    eventually(&mut client, 70005, "IN_PROGRESS", |e| {
+        e.state() == EnrollmentState::InProgress
+    })
+    .await;
+    client
+        .opt_out(OptOutRequest {
+            card_contract_id: 70001,
+        })
+        .await
+        .unwrap();
+    let refused = enroll_b.await.unwrap().unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(reason(&refused), "CONSUMER_OPTED_OUT");
+    assert!(
+        service.sandbox.profiles().is_empty(),
+        "no profile left: {:?}",
+        service.sandbox.profiles()
+    );
+    let b = status(&mut client, 70005, false).await;
+    assert_eq!(b.state(), EnrollmentState::Removed);
+    assert_eq!(removal_reason(&b), RemovalReason::ConsumerOptedOut);
+}
+
 #[tokio::test]
 async fn remove_card_twice_with_one_key_replays() {
     let redis = RedisServer::start();

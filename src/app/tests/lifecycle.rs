@@ -2,7 +2,9 @@
 //! updates, OptOut and its hold on EnrollCard, WithdrawOptOut, and noticing cards Click to Pay
 //! no longer holds (refresh, reconciler).
 
-use super::fakes::{Fault, Op, World, c2p_token, card, command, context, observed, world};
+use super::fakes::{
+    Fault, Op, World, c2p_token, card, command, context, enrolled_card, observed, world,
+};
 use crate::app::ports::{Deleted, Updated, UpstreamFailure};
 use crate::app::{AppError, RemoveCommand};
 use crate::domain::{EnrollmentState, RemovalReason, TokenEvent, TokenEventKind, TokenStatus};
@@ -540,6 +542,69 @@ async fn an_opt_out_between_enroll_cards_check_and_its_card_lock_holds_it() {
     assert!(w.app.withdraw_opt_out(card(3014)).await.unwrap());
     let done = w.app.enroll(command("k-again", 3014), None).await.unwrap();
     assert_eq!(done.record.state, EnrollmentState::Enrolled);
+}
+
+/// An OptOut through card A lands while card B of the same cardholder is at its POST /cards
+/// (past its opt-out checks, which A's OptOut never waits for: it holds A's lock, not B's).
+/// The profile A's OptOut deleted must not come back with B in it: B is taken out again.
+#[tokio::test]
+async fn an_opt_out_through_another_card_during_an_enrollment_takes_the_card_out_again() {
+    let w = std::sync::Arc::new(world());
+    enrolled(&w, 3020).await;
+    let mut b_card = enrolled_card();
+    b_card.src_digital_card_id = Some("src-digital-card-b".into());
+    b_card.src_consumer_id = Some("src-consumer-b".into());
+    let at_post = w.mc.gated_enroll(Ok(b_card));
+    let enroll = tokio::spawn({
+        let w = w.clone();
+        async move { w.app.enroll(command("k-b", 3021), None).await }
+    });
+    at_post.entered().await;
+    w.app.opt_out(card(3020), None).await.unwrap();
+    at_post.open();
+
+    let e = enroll.await.unwrap().unwrap_err();
+    assert_eq!(reason(&e), "CONSUMER_OPTED_OUT");
+    let deletions: Vec<_> =
+        w.mc.calls()
+            .lifecycle
+            .iter()
+            .filter(|c| c.operation == "delete_profile")
+            .map(|c| c.keys.src_digital_card_id.clone())
+            .collect();
+    assert_eq!(
+        deletions,
+        [
+            Some("src-digital-card-1".to_string()),
+            Some("src-digital-card-b".to_string())
+        ],
+        "A's profile, then the one B's POST /cards made"
+    );
+    let b = w.record(card(3021)).await.unwrap();
+    assert_eq!(b.state, EnrollmentState::Removed);
+    assert_eq!(b.removal.unwrap().reason, RemovalReason::ConsumerOptedOut);
+    assert!(
+        !w.store
+            .enrolled_due(i64::MAX, 100)
+            .await
+            .unwrap()
+            .contains(&card(3021)),
+        "B left the ENROLLED index"
+    );
+    assert!(w.in_progress().await.is_empty(), "no IN_PROGRESS note left");
+    // The opt-out now holds B's own card too; B's lock is free and the refusal was not the
+    // key's answer: once the opt-out is withdrawn, the key enrolls B anew (a new
+    // srcCorrelationId, no token list taken for proof).
+    assert_eq!(
+        reason(&w.app.enroll(command("k-b", 3021), None).await.unwrap_err()),
+        "CONSUMER_OPTED_OUT"
+    );
+    assert!(w.app.withdraw_opt_out(card(3021)).await.unwrap());
+    let again = w.app.enroll(command("k-b", 3021), None).await.unwrap();
+    assert_eq!(again.record.state, EnrollmentState::Enrolled);
+    let correlations = w.mc.calls().correlations();
+    let last_two = &correlations[correlations.len() - 2..];
+    assert_ne!(last_two[0], last_two[1], "a new srcCorrelationId");
 }
 
 /// An enrolled card's RemoveCard, held just before it takes the card out of the ENROLLED index
