@@ -66,7 +66,7 @@ fn status_kb(status: &str, key: &str) -> Option<u64> {
 
 /// The whole machine's CPU time, from the first line of `/proc/stat` (every core together).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MachineSample {
+pub struct MachineTime {
     /// user + nice + system + irq + softirq: the cores at work, for any process.
     pub busy: Duration,
     /// steal: time a vCPU was ready to run and the hypervisor ran something else. Inside a
@@ -74,12 +74,24 @@ pub struct MachineSample {
     pub steal: Duration,
 }
 
+/// One reading of `/proc/stat`'s `cpu` line, in clock ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineSample {
+    busy_ticks: u64,
+    steal_ticks: u64,
+    ticks_per_s: u64,
+}
+
 impl MachineSample {
-    /// What was spent between `self` (earlier) and `later`.
-    pub fn until(self, later: MachineSample) -> MachineSample {
-        MachineSample {
-            busy: later.busy.saturating_sub(self.busy),
-            steal: later.steal.saturating_sub(self.steal),
+    /// What was spent between `self` (earlier) and `later` (ticks subtracted first: the
+    /// totals since boot may be past what nanoseconds in a u64 hold).
+    pub fn until(self, later: MachineSample) -> MachineTime {
+        let time = |t: u64| {
+            Duration::from_nanos(t.saturating_mul(1_000_000_000) / self.ticks_per_s.max(1))
+        };
+        MachineTime {
+            busy: time(later.busy_ticks.saturating_sub(self.busy_ticks)),
+            steal: time(later.steal_ticks.saturating_sub(self.steal_ticks)),
         }
     }
 }
@@ -96,15 +108,12 @@ fn machine_of_stat(text: &str, ticks_per_s: u64) -> Option<MachineSample> {
         .skip(1)
         .map(|v| v.parse().ok())
         .collect::<Option<_>>()?;
-    // user nice system idle iowait irq softirq steal ...
-    let ticks = |t: u64| Duration::from_nanos(t.saturating_mul(1_000_000_000) / ticks_per_s.max(1));
-    let busy = [0, 1, 2, 5, 6]
-        .iter()
-        .map(|&i| f.get(i).copied().unwrap_or(0))
-        .sum();
+    // user nice system idle iowait irq softirq steal (guest time is inside user)
+    let at = |i: usize| f.get(i).copied().unwrap_or(0);
     Some(MachineSample {
-        busy: ticks(busy),
-        steal: ticks(f.get(7).copied().unwrap_or(0)),
+        busy_ticks: [0, 1, 2, 5, 6].iter().map(|&i| at(i)).sum(),
+        steal_ticks: at(7),
+        ticks_per_s,
     })
 }
 
@@ -133,15 +142,27 @@ mod tests {
 
     #[test]
     fn machine_time_from_proc_stat() {
-        let text = "cpu  100 5 50 9000 7 3 2 40 0 0\ncpu0 50 2 25 4500 3 1 1 20 0 0\n";
-        let m = machine_of_stat(text, 100).unwrap();
-        assert_eq!(m.busy, Duration::from_millis(1600));
-        assert_eq!(m.steal, Duration::from_millis(400));
-        let later = MachineSample {
-            busy: Duration::from_secs(3),
-            steal: Duration::from_secs(1),
-        };
-        assert_eq!(m.until(later).steal, Duration::from_millis(600));
+        let earlier = "cpu  100 5 50 9000 7 3 2 40 0 0\ncpu0 50 2 25 4500 3 1 1 20 0 0\n";
+        let later = "cpu  300 5 70 9100 7 3 2 100 0 0\n";
+        let (a, b) = (
+            machine_of_stat(earlier, 100).unwrap(),
+            machine_of_stat(later, 100).unwrap(),
+        );
+        let spent = a.until(b);
+        assert_eq!(spent.busy, Duration::from_millis(2200));
+        assert_eq!(spent.steal, Duration::from_millis(600));
+        // Totals past what nanoseconds in a u64 hold still give their difference.
+        let huge = format!("cpu  {} 0 0 0 0 0 0 {}\n", u64::MAX / 2, u64::MAX / 2);
+        let huger = format!(
+            "cpu  {} 0 0 0 0 0 0 {}\n",
+            u64::MAX / 2 + 100,
+            u64::MAX / 2 + 1
+        );
+        let spent = machine_of_stat(&huge, 100)
+            .unwrap()
+            .until(machine_of_stat(&huger, 100).unwrap());
+        assert_eq!(spent.busy, Duration::from_secs(1));
+        assert_eq!(spent.steal, Duration::from_millis(10));
         assert!(machine(clock_ticks()).is_some());
     }
 

@@ -198,7 +198,7 @@ pub struct ProcFigures {
     pub others: Vec<(String, u32, Option<Duration>)>,
     /// The whole machine over the window: its cores at work, and the time the hypervisor
     /// stole from them.
-    pub machine: Option<super::procfs::MachineSample>,
+    pub machine: Option<super::procfs::MachineTime>,
 }
 
 /// What describes a run besides its figures.
