@@ -139,6 +139,17 @@ impl Attempt<'_> {
         }
     }
 
+    /// Starts the key over: phase "started", with `correlation` (the caller's) or a new
+    /// srcCorrelationId, saved at once (best effort: the release saves it again).
+    async fn restart(&self, correlation: Option<String>) {
+        let mut record = self.record.lock().await;
+        record.phase = Phase::Started;
+        record.src_correlation_id = correlation.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        if let Err(e) = save(self.app, &self.scope, &record).await {
+            tracing::warn!(error = ?e, "could not save the key started over; its release saves it again");
+        }
+    }
+
     /// Gives the key back without an answer: the next call with it resumes from the phase reached.
     pub(super) async fn release(&self) {
         let mut record = self.record.lock().await;
@@ -249,6 +260,10 @@ impl App {
         if resumed {
             tracing::info!(phase = ?record.phase, "resuming an interrupted enrollment");
         }
+        // A resumed call whose POST /cards may have gone out is not refused for an opt-out
+        // before it has looked: it goes on to the lock to finish what it sent (a card found
+        // enrolled is taken out again), and sends nothing new.
+        let sent_before = resumed && record.phase >= Phase::EnrollSent;
         let correlation = record.src_correlation_id.clone();
         let owner = record.owner.clone();
         let attempt = Attempt {
@@ -256,7 +271,9 @@ impl App {
             scope,
             record: std::sync::Arc::new(tokio::sync::Mutex::new(record)),
         };
-        if let Err(e) = early {
+        if let Err(e) = early
+            && !(sent_before && matches!(e, AppError::ConsumerOptedOut { .. }))
+        {
             attempt.release().await;
             return Err(e);
         }
@@ -294,11 +311,15 @@ impl App {
         // is read by the lock's own script, before anything is sent. An opt-out under the
         // consumer reference alone comes from another card's OptOut, which never held this
         // card's lock: read beside the lock, it is as current as it was under it.
-        if let Some(e) = refusal(card, locked.opt_out, by_consumer) {
-            self.release_card(card, &owner).await;
-            attempt.release().await;
-            return Err(e);
-        }
+        let refused = match refusal(card, locked.opt_out, by_consumer) {
+            Some(e @ AppError::ConsumerOptedOut { .. }) if sent_before => Some(e),
+            Some(e) => {
+                self.release_card(card, &owner).await;
+                attempt.release().await;
+                return Err(e);
+            }
+            None => None,
+        };
         let existing = locked.record;
         // Aborted on drop too: a cancelled call must stop renewing its lease.
         let lost = tokio_util::sync::CancellationToken::new();
@@ -311,7 +332,7 @@ impl App {
         // The moment the lease or the card lock is lost, another attempt may own the card:
         // stop here (as a crash would) rather than write over what it writes.
         let result = tokio::select! {
-            result = self.run(&attempt, &cmd, existing, correlation, &consumer_ref, deadline) => result,
+            result = self.run(&attempt, &cmd, existing, correlation, &consumer_ref, refused, deadline) => result,
             _ = lost.cancelled() => {
                 tracing::warn!("the lease or the card lock was lost: this attempt stops");
                 Err(AppError::RequestInFlight {
@@ -475,6 +496,10 @@ impl App {
         })
     }
 
+    /// The enrollment's steps, then, for a card they found or made ENROLLED, the opt-outs
+    /// read again ([`App::unless_opted_out`]). `refused`: the opt-out that refuses a resumed
+    /// call, which only finishes what it sent.
+    #[allow(clippy::too_many_arguments)]
     async fn run(
         &self,
         attempt: &Attempt<'_>,
@@ -482,8 +507,43 @@ impl App {
         existing: Result<Option<EnrollmentRecord>, StoreError>,
         correlation: String,
         consumer_ref: &Result<String, AppError>,
+        refused: Option<AppError>,
         deadline: Option<Instant>,
     ) -> Result<EnrollmentRecord, AppError> {
+        let (record, opt_out) = self
+            .run_steps(
+                attempt,
+                cmd,
+                existing,
+                correlation,
+                consumer_ref,
+                refused,
+                deadline,
+            )
+            .await?;
+        if record.state != EnrollmentState::Enrolled {
+            return Ok(record);
+        }
+        let opt_out = match opt_out {
+            Some(read) => read,
+            None => self.opt_out_covering(&record).await?,
+        };
+        self.unless_opted_out(attempt, cmd, record, opt_out, deadline)
+            .await
+    }
+
+    /// The steps; with the record, the opt-outs when they were read beside its write.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_steps(
+        &self,
+        attempt: &Attempt<'_>,
+        cmd: &EnrollCommand,
+        existing: Result<Option<EnrollmentRecord>, StoreError>,
+        correlation: String,
+        consumer_ref: &Result<String, AppError>,
+        refused: Option<AppError>,
+        deadline: Option<Instant>,
+    ) -> Result<(EnrollmentRecord, Option<Option<OptOut>>), AppError> {
         if !self.upstream.has_program(&cmd.program) {
             return Err(AppError::Internal(format!(
                 "program {} vanished",
@@ -509,7 +569,7 @@ impl App {
             // the ENROLLED index, which the stop may have come before).
             if existing.src_correlation_id.as_deref() == Some(correlation.as_str()) {
                 self.track_enrolled(cmd.card_contract_id).await;
-                return Ok(existing.clone());
+                return Ok((existing.clone(), None));
             }
             return Err(AppError::CardAlreadyEnrolled(Box::new(existing.clone())));
         }
@@ -547,8 +607,12 @@ impl App {
                     "finished from the token list: the interrupted attempt's POST /cards went through"
                 );
                 self.track_enrolled(cmd.card_contract_id).await;
-                return Ok(record);
+                return Ok((record, None));
             }
+        }
+        // Under an opt-out, a resumed call finishes what it sent and sends nothing new.
+        if let Some(refused) = refused {
+            return Err(refused);
         }
 
         // The card object is never stored, so a resumed call searches again (it changes nothing).
@@ -637,25 +701,16 @@ impl App {
                 // the call settles): a crash between them leaves the card in one index or both,
                 // never in neither. Written first, it is harmless: the lifecycle check drops a
                 // card whose record is not ENROLLED by its due time.
-                // The opt-outs are read again beside them, after POST /cards returned: an
-                // OptOut through another card of the profile never holds this card's lock, and
-                // one stored after the check under the lock may have deleted the profile before
-                // this POST /cards made it again. An OptOut stores its opt-out before it deletes
-                // the profile, so one not seen here deletes the profile after this card joined
-                // it, this card with it.
-                let (stored, (), opted_out) = enroll_stage(EnrollStage::Record, async {
+                // The opt-outs are read again beside them ([`App::unless_opted_out`]).
+                let (stored, (), opt_out) = enroll_stage(EnrollStage::Record, async {
                     tokio::join!(
                         self.write_fenced(attempt, &record),
                         self.track_enrolled(cmd.card_contract_id),
-                        self.opted_out(cmd.card_contract_id, &consumer_ref)
+                        self.opt_out_covering(&record)
                     )
                 })
                 .await;
-                let stored = stored?;
-                match opted_out? {
-                    None => Ok(stored),
-                    Some(_) => self.take_out_opted_out(attempt, stored, deadline).await,
-                }
+                Ok((stored?, Some(opt_out?)))
             }
             Err(e) => {
                 let error = map_upstream(Step::Enroll, cmd.card_contract_id, e, deadline);
@@ -683,36 +738,52 @@ impl App {
 }
 
 impl App {
-    /// Takes a card that this attempt enrolled out of Click to Pay again, because its
-    /// cardholder opted out (through another card) while it ran: as an OptOut of the card
-    /// would, under the attempt's lock (the opt-out is kept under this card too, the profile
-    /// deleted, the record REMOVED). The answer is `CONSUMER_OPTED_OUT`, not the key's: the key
-    /// starts over with a new srcCorrelationId, so that once the opt-out is withdrawn it
-    /// enrolls the card anew rather than take this enrollment's token for proof. When the
-    /// deletion fails, the record stays ENROLLED and the deletion's error is the answer (the
-    /// key is given back; an OptOut of the card finishes it, as a failed OptOut's retry does).
-    async fn take_out_opted_out(
+    /// Answers `record` (ENROLLED) unless `opt_out`, read after the card was found ENROLLED,
+    /// covers its card or cardholder: an
+    /// OptOut through another card of the profile never holds this card's lock, and one
+    /// stored after this call's checks may have deleted the profile before this call's POST
+    /// /cards made it again. Read after the POST /cards returned (or after the card was found
+    /// enrolled), each opt-out is either seen here or stored after it, and so deletes the
+    /// profile after this card joined it: an OptOut stores its opt-out before it deletes.
+    /// A card under an opt-out is taken out again, under this attempt's lock
+    /// ([`App::remove_for_opt_out`]), and the answer is `CONSUMER_OPTED_OUT`, not the key's:
+    /// the key starts over (phase "started", the caller's srcCorrelationId or a new one), so
+    /// that once the opt-out is withdrawn it enrolls the card anew rather than take this
+    /// enrollment's token for proof. When the taking out fails for a time (Mastercard or the
+    /// store unavailable, the deadline), that error is the answer and the key is given back
+    /// at its phase: a retry with it resumes here. When it fails for good (Mastercard refused
+    /// the deletion), the record stays ENROLLED and the answer is `CONSUMER_OPTED_OUT`.
+    async fn unless_opted_out(
         &self,
         attempt: &Attempt<'_>,
+        cmd: &EnrollCommand,
         record: EnrollmentRecord,
+        opt_out: Option<OptOut>,
         deadline: Option<Instant>,
     ) -> Result<EnrollmentRecord, AppError> {
         let card = record.card_contract_id;
+        let Some(opt_out) = opt_out else {
+            return Ok(record);
+        };
+        let opted_out = AppError::ConsumerOptedOut {
+            card,
+            since_ms: opt_out.since_ms,
+        };
         tracing::warn!(
             "the cardholder opted out while the card was enrolled: it is taken out of Click to Pay again"
         );
         let owner = attempt.record.lock().await.owner.clone();
-        let opted = self.opt_out_held(record, &owner, deadline).await?;
-        {
-            let mut key = attempt.record.lock().await;
-            key.phase = Phase::Started;
-            key.src_correlation_id = uuid::Uuid::new_v4().to_string();
+        match self.remove_for_opt_out(record, &owner, deadline).await {
+            Ok(_) => {}
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => {
+                tracing::error!(reason = %e.parts().reason, "the card could not be taken out of Click to Pay again: its record stays ENROLLED under the opt-out");
+                return Err(opted_out);
+            }
         }
+        attempt.restart(cmd.src_correlation_id.clone()).await;
         self.take_back_note(attempt, card).await;
-        Err(AppError::ConsumerOptedOut {
-            card,
-            since_ms: opted.since_ms,
-        })
+        Err(opted_out)
     }
 }
 

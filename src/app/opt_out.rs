@@ -47,9 +47,9 @@ impl App {
     }
 
     /// [`App::opt_out`] of the card of `record` (read under its lock), whose lock `owner`
-    /// holds: the opt-out stored under the card and its consumer references, then the
-    /// profile deleted, then an ENROLLED record REMOVED (`CONSUMER_OPTED_OUT`).
-    pub(super) async fn opt_out_held(
+    /// holds: the opt-out stored under the card and its consumer references, then the card
+    /// taken out of Click to Pay ([`App::remove_for_opt_out`]).
+    async fn opt_out_held(
         &self,
         record: EnrollmentRecord,
         owner: &str,
@@ -57,17 +57,42 @@ impl App {
     ) -> Result<OptedOut, AppError> {
         let card = record.card_contract_id;
         let subjects = subjects_of(card, Some(&record));
-        let since_ms = match self.store.get_opt_out(&subjects).await? {
-            Some(earlier) => earlier.since_ms,
-            None => now_ms(),
+        let (since_ms, mut linked) = match self.store.get_opt_out(&subjects).await? {
+            Some(earlier) => (
+                earlier.since_ms,
+                earlier.subjects.into_iter().chain(earlier.linked).collect(),
+            ),
+            None => (now_ms(), Vec::new()),
         };
+        // An earlier opt-out given through another card of the profile is replaced under the
+        // subject they share (the consumer's) and kept under its own card: linked, so that a
+        // withdrawal through this card reaches it too.
+        linked.retain(|s: &String| !subjects.contains(s));
+        linked.sort_unstable();
+        linked.dedup();
         self.store
             .put_opt_out(&OptOut {
                 since_ms,
                 subjects,
                 program: Some(record.program.clone()),
+                linked,
             })
             .await?;
+        let record = self.remove_for_opt_out(record, owner, deadline).await?;
+        Ok(OptedOut { record, since_ms })
+    }
+
+    /// Takes the card of `record` (read under its lock, which `owner` holds) out of Click to
+    /// Pay because its cardholder opted out: the profile deleted (one already gone counts),
+    /// then an ENROLLED record REMOVED (`CONSUMER_OPTED_OUT`) and out of the ENROLLED index.
+    /// Stores no opt-out: the caller found or stored it.
+    pub(super) async fn remove_for_opt_out(
+        &self,
+        record: EnrollmentRecord,
+        owner: &str,
+        deadline: Option<Instant>,
+    ) -> Result<EnrollmentRecord, AppError> {
+        let card = record.card_contract_id;
         match self
             .upstream
             .delete_profile(&ClickToPayKeys::of(&record), deadline)
@@ -79,20 +104,28 @@ impl App {
             }
             Err(e) => return Err(lifecycle_error(card, e, deadline)),
         }
-        let record = if record.state == EnrollmentState::Enrolled {
-            let mut removed = record;
-            removed.state = EnrollmentState::Removed;
-            removed.removal = Some(Removal {
-                reason: RemovalReason::ConsumerOptedOut,
-                time_ms: now_ms(),
-            });
-            let stored = self.write_held(&removed, owner).await?;
-            self.untrack_enrolled(card).await;
-            stored
-        } else {
-            record
-        };
-        Ok(OptedOut { record, since_ms })
+        if record.state != EnrollmentState::Enrolled {
+            return Ok(record);
+        }
+        let mut removed = record;
+        removed.state = EnrollmentState::Removed;
+        removed.removal = Some(Removal {
+            reason: RemovalReason::ConsumerOptedOut,
+            time_ms: now_ms(),
+        });
+        let stored = self.write_held(&removed, owner).await?;
+        self.untrack_enrolled(card).await;
+        Ok(stored)
+    }
+
+    /// The opt-out covering the card of `record` or a consumer reference it holds, if any:
+    /// what an enrollment found ENROLLED is checked against before it is answered.
+    pub(super) async fn opt_out_covering(
+        &self,
+        record: &EnrollmentRecord,
+    ) -> Result<Option<OptOut>, AppError> {
+        let subjects = subjects_of(record.card_contract_id, Some(record));
+        Ok(self.store.get_opt_out(&subjects).await?)
     }
 
     /// What `WithdrawOptOut` of the card would forget, and the programs a caller must be
@@ -150,7 +183,7 @@ impl App {
             {
                 programs.push(program);
             }
-            for subject in opt_out.subjects {
+            for subject in opt_out.subjects.into_iter().chain(opt_out.linked) {
                 if !subjects.contains(&subject) {
                     subjects.push(subject);
                 }

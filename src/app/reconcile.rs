@@ -23,7 +23,9 @@ pub struct ReconcileReport {
     pub pruned: usize,
     /// ENROLLED cards looked up in Click to Pay (`enroll.lifecycle_check_interval`).
     pub lifecycle_checked: usize,
-    /// Of those, cards Click to Pay no longer holds: now REMOVED (`NOT_IN_CLICK_TO_PAY`).
+    /// Of those, cards Click to Pay no longer holds: now REMOVED (`NOT_IN_CLICK_TO_PAY`); and
+    /// IN_PROGRESS cards found tokenized whose cardholder opted out meanwhile, taken out
+    /// again (REMOVED, `CONSUMER_OPTED_OUT`).
     pub removed: usize,
     /// Of those, look-ups that failed: due again an interval later, except a card whose record
     /// lacks the Click to Pay ids to look it up by, which leaves the index.
@@ -51,6 +53,10 @@ impl App {
                 Ok(Outcome::Failed) => {
                     report.failed += 1;
                     "failed"
+                }
+                Ok(Outcome::OptedOut) => {
+                    report.removed += 1;
+                    "removed"
                 }
                 Ok(Outcome::Pruned) => {
                     report.pruned += 1;
@@ -200,6 +206,21 @@ impl App {
             answer => answer?,
         };
         if current.state == EnrollmentState::Enrolled {
+            // Its cardholder may have opted out (through another card) since its POST /cards
+            // went out: taken out again, as the enrollment itself would have
+            // (`App::unless_opted_out`).
+            if self.opt_out_covering(&current).await?.is_some() {
+                self.remove_for_opt_out(current, owner, Some(deadline))
+                    .await?;
+                if !self.untrack_held(card, owner).await? {
+                    return Ok(Outcome::Busy);
+                }
+                tracing::info!(
+                    card = card.get(),
+                    "reconciler: the card is tokenized but its cardholder opted out; taken out again"
+                );
+                return Ok(Outcome::OptedOut);
+            }
             // Into the ENROLLED index before it leaves this one (never in neither).
             self.track_enrolled(card).await;
             if !self.untrack_held(card, owner).await? {
@@ -297,6 +318,8 @@ impl App {
 
 enum Outcome {
     Enrolled,
+    /// Found tokenized, its cardholder opted out meanwhile: taken out again (REMOVED).
+    OptedOut,
     Failed,
     Busy,
     Pruned,

@@ -96,6 +96,11 @@ pub struct OptOut {
     /// record has expired (an opt-out outlives it). `None` in one written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub program: Option<String>,
+    /// Subjects of the cardholder's earlier opt-outs (given through another card) that this one
+    /// replaced under a subject they share: not kept under them (each keeps its own, with its
+    /// program), but a withdrawal through this one reaches them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub linked: Vec<String>,
 }
 
 /// The opt-out subject of a card.

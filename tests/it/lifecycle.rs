@@ -402,7 +402,8 @@ async fn an_opt_out_during_another_cards_enrollment_leaves_no_profile() {
     service.sandbox.set_fault(
         Route::EnrollCards,
         RouteFault {
-            latency: Some(Duration::from_millis(1500)),
+            // Long enough for A's OptOut to finish inside it on a loaded machine.
+            latency: Some(Duration::from_secs(3)),
             times: Some(1),
             ..RouteFault::default()
         },

@@ -497,6 +497,7 @@ async fn fresh_after_removal(store: Arc<dyn EnrollmentStore>) {
         subjects: subjects.clone(),
         // Kept and read back as given (the withdrawal's program check reads it).
         program: Some("default".into()),
+        linked: Vec::new(),
     };
     store.put_opt_out(&opt_out).await.unwrap();
     for subject in &subjects {
@@ -525,11 +526,13 @@ async fn fresh_after_removal(store: Arc<dyn EnrollmentStore>) {
         since_ms: 1_800_000_000_001,
         subjects: vec!["card:70123".to_owned()],
         program: None,
+        linked: Vec::new(),
     };
     let by_consumer = OptOut {
         since_ms: 1_800_000_000_002,
         subjects: vec!["consumer:def".to_owned()],
         program: None,
+        linked: Vec::new(),
     };
     store.put_opt_out(&by_card).await.unwrap();
     store.put_opt_out(&by_consumer).await.unwrap();
@@ -573,6 +576,7 @@ async fn lock_and_read(store: Arc<dyn EnrollmentStore>) {
         since_ms: 1_800_000_000_003,
         subjects: vec!["consumer:lock-and-read".to_owned()],
         program: None,
+        linked: Vec::new(),
     };
     store.put_opt_out(&by_consumer).await.unwrap();
     let renewed = store
@@ -587,6 +591,7 @@ async fn lock_and_read(store: Arc<dyn EnrollmentStore>) {
         since_ms: 1_800_000_000_004,
         subjects: vec!["card:70130".to_owned(), "consumer:lock-and-read".to_owned()],
         program: None,
+        linked: Vec::new(),
     };
     store.put_opt_out(&by_card).await.unwrap();
     store.unlock_card(c, "A").await.unwrap();

@@ -592,9 +592,9 @@ async fn an_opt_out_through_another_card_during_an_enrollment_takes_the_card_out
         "B left the ENROLLED index"
     );
     assert!(w.in_progress().await.is_empty(), "no IN_PROGRESS note left");
-    // The opt-out now holds B's own card too; B's lock is free and the refusal was not the
-    // key's answer: once the opt-out is withdrawn, the key enrolls B anew (a new
-    // srcCorrelationId, no token list taken for proof).
+    // B's lock is free and the refusal was not the key's answer: once the opt-out is
+    // withdrawn (through B: it reaches A's), the key enrolls B anew (a new srcCorrelationId,
+    // no token list taken for proof).
     assert_eq!(
         reason(&w.app.enroll(command("k-b", 3021), None).await.unwrap_err()),
         "CONSUMER_OPTED_OUT"
@@ -605,6 +605,196 @@ async fn an_opt_out_through_another_card_during_an_enrollment_takes_the_card_out
     let correlations = w.mc.calls().correlations();
     let last_two = &correlations[correlations.len() - 2..];
     assert_ne!(last_two[0], last_two[1], "a new srcCorrelationId");
+}
+
+/// Card A enrolled and card B of the same cardholder at its POST /cards (held at the gate the
+/// fake answers from): what [`an_opt_out_through_another_card_during_an_enrollment_takes_the_card_out_again`]
+/// starts from. A's OptOut runs while B waits; `then` queues what the fake answers next.
+async fn opt_out_during_enrollment(
+    w: &std::sync::Arc<World>,
+    a: i64,
+    b: i64,
+    then: impl FnOnce(&World),
+) -> Result<crate::app::Enrolled, AppError> {
+    enrolled(w, a).await;
+    let at_post = w.mc.gated_enroll(Ok(enrolled_card()));
+    let enroll = tokio::spawn({
+        let w = w.clone();
+        async move { w.app.enroll(command("k-b", b), None).await }
+    });
+    at_post.entered().await;
+    w.app.opt_out(card(a), None).await.unwrap();
+    then(w);
+    at_post.open();
+    enroll.await.unwrap()
+}
+
+/// The taking out fails for a time (Mastercard unavailable): that is the answer, the record
+/// stays ENROLLED, and the key resumes: its retry, under the opt-out, takes the card out.
+#[tokio::test]
+async fn a_taking_out_that_fails_for_a_time_is_finished_by_the_keys_retry() {
+    let w = std::sync::Arc::new(world());
+    let e = opt_out_during_enrollment(&w, 3022, 3023, |w| w.mc.delete_profile(Err(unavailable())))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "UPSTREAM_UNAVAILABLE");
+    assert_eq!(
+        w.record(card(3023)).await.unwrap().state,
+        EnrollmentState::Enrolled
+    );
+    let e = w.app.enroll(command("k-b", 3023), None).await.unwrap_err();
+    assert_eq!(reason(&e), "CONSUMER_OPTED_OUT");
+    let b = w.record(card(3023)).await.unwrap();
+    assert_eq!(b.state, EnrollmentState::Removed);
+    assert_eq!(b.removal.unwrap().reason, RemovalReason::ConsumerOptedOut);
+    assert_eq!(
+        lifecycle_ops(&w),
+        ["delete_profile", "delete_profile", "delete_profile"],
+        "A's profile, B's failed, B's again"
+    );
+    assert_eq!(w.mc.calls().enrolls.len(), 2, "no POST /cards on the retry");
+}
+
+/// Mastercard refuses the taking out: the answer is still CONSUMER_OPTED_OUT (never the
+/// deletion's refusal as the key's answer), the record stays ENROLLED, and the key's retry
+/// tries the taking out again.
+#[tokio::test]
+async fn a_taking_out_that_mastercard_refuses_leaves_the_card_enrolled_and_the_key_open() {
+    let w = std::sync::Arc::new(world());
+    let e = opt_out_during_enrollment(&w, 3031, 3032, |w| {
+        w.mc.delete_profile(Err(UpstreamFailure::Rejected(context("delete"))))
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(reason(&e), "CONSUMER_OPTED_OUT");
+    assert_eq!(
+        w.record(card(3032)).await.unwrap().state,
+        EnrollmentState::Enrolled
+    );
+    let e = w.app.enroll(command("k-b", 3032), None).await.unwrap_err();
+    assert_eq!(reason(&e), "CONSUMER_OPTED_OUT");
+    assert_eq!(
+        w.record(card(3032)).await.unwrap().state,
+        EnrollmentState::Removed,
+        "the retry took it out"
+    );
+}
+
+/// B's POST /cards went through but its answer was lost; A's OptOut came meanwhile. The key's
+/// retry is not refused before it looked: it finds the card in the token list and takes it
+/// out again; with no token there, it is refused without sending anything.
+#[tokio::test]
+async fn a_resumed_key_under_an_opt_out_finishes_what_it_sent_and_sends_nothing_new() {
+    let w = world();
+    enrolled(&w, 3024).await;
+    for b in [3025, 3026] {
+        w.mc.enroll(Err(unavailable()));
+        let e = w
+            .app
+            .enroll(command(&format!("k-{b}"), b), None)
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&e), "UPSTREAM_UNAVAILABLE");
+        assert_eq!(
+            w.record(card(b)).await.unwrap().state,
+            EnrollmentState::InProgress
+        );
+    }
+    w.app.opt_out(card(3024), None).await.unwrap();
+    for (b, token) in [(3025, true), (3026, false)] {
+        let tokens = if token {
+            vec![c2p_token(
+                &format!("DM4MMC{b}"),
+                TokenStatus::Active,
+                "2030-01-01T00:00:00Z",
+            )]
+        } else {
+            Vec::new()
+        };
+        w.mc.tokens(Ok(observed(tokens)));
+        let enrolls = w.mc.calls().enrolls.len();
+        let e = w
+            .app
+            .enroll(command(&format!("k-{b}"), b), None)
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&e), "CONSUMER_OPTED_OUT", "{b}");
+        assert_eq!(w.mc.calls().enrolls.len(), enrolls, "{b}: nothing sent");
+        let record = w.record(card(b)).await.unwrap();
+        if token {
+            assert_eq!(record.state, EnrollmentState::Removed);
+            assert_eq!(
+                record.removal.unwrap().reason,
+                RemovalReason::ConsumerOptedOut
+            );
+        } else {
+            assert_eq!(record.state, EnrollmentState::InProgress);
+        }
+    }
+    assert_eq!(
+        lifecycle_ops(&w),
+        ["delete_profile", "delete_profile"],
+        "A's profile, and the one 3025 was found in"
+    );
+    // A new key is refused before anything, as always.
+    let e = w
+        .app
+        .enroll(command("k-new", 3026), None)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "CONSUMER_OPTED_OUT");
+}
+
+/// The reconciler finishing an enrollment left IN_PROGRESS whose card is tokenized, while its
+/// cardholder opted out meanwhile through another card: the card is taken out again.
+#[tokio::test]
+async fn the_reconciler_takes_out_a_card_it_finds_tokenized_under_an_opt_out() {
+    let w = world();
+    enrolled(&w, 3027).await;
+    w.mc.enroll(Err(unavailable()));
+    w.app.enroll(command("k-b", 3028), None).await.unwrap_err();
+    w.app.opt_out(card(3027), None).await.unwrap();
+    w.mc.tokens(Ok(observed(vec![c2p_token(
+        "DM4MMC3028",
+        TokenStatus::Active,
+        "2030-01-01T00:00:00Z",
+    )])));
+    // Noted in this millisecond: moved back so that this pass, which takes notes older than
+    // its start, sees it.
+    w.store.requeue_in_progress(card(3028), 1).await.unwrap();
+    let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
+    assert_eq!((report.checked, report.removed), (1, 1), "{report:?}");
+    let b = w.record(card(3028)).await.unwrap();
+    assert_eq!(b.state, EnrollmentState::Removed);
+    assert_eq!(b.removal.unwrap().reason, RemovalReason::ConsumerOptedOut);
+    assert_eq!(lifecycle_ops(&w), ["delete_profile", "delete_profile"]);
+    assert!(w.in_progress().await.is_empty());
+    assert!(
+        !w.store
+            .enrolled_due(i64::MAX, 100)
+            .await
+            .unwrap()
+            .contains(&card(3028))
+    );
+}
+
+/// OptOut through B after one through A keeps A's card among its subjects: a withdrawal
+/// through B then reaches A's opt-out too (it replaced A's under the consumer's subject).
+#[tokio::test]
+async fn a_second_opt_out_keeps_the_first_ones_subjects() {
+    let w = world();
+    enrolled(&w, 3029).await;
+    let mut b = w.record(card(3029)).await.unwrap();
+    b.card_contract_id = card(3019);
+    w.seed_record(&b).await;
+    w.app.opt_out(card(3029), None).await.unwrap();
+    w.app.opt_out(card(3019), None).await.unwrap();
+    assert!(w.app.withdraw_opt_out(card(3019)).await.unwrap());
+    assert!(
+        !w.app.withdraw_opt_out(card(3029)).await.unwrap(),
+        "A's opt-out went with B's"
+    );
+    w.app.enroll(command("k-again", 3029), None).await.unwrap();
 }
 
 /// An enrolled card's RemoveCard, held just before it takes the card out of the ENROLLED index
