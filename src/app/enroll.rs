@@ -510,6 +510,12 @@ impl App {
         refused: Option<AppError>,
         deadline: Option<Instant>,
     ) -> Result<EnrollmentRecord, AppError> {
+        // The refusal's opt-out covers the command's consumer, which an adopted attempt's
+        // record may not name: it decides when there is one.
+        let refused_since = match &refused {
+            Some(AppError::ConsumerOptedOut { since_ms, .. }) => Some(*since_ms),
+            _ => None,
+        };
         let (record, opt_out) = self
             .run_steps(
                 attempt,
@@ -524,11 +530,12 @@ impl App {
         if record.state != EnrollmentState::Enrolled {
             return Ok(record);
         }
-        let opt_out = match opt_out {
-            Some(read) => read,
-            None => self.opt_out_covering(&record).await?,
+        let since_ms = match (refused_since, opt_out) {
+            (Some(since_ms), _) => Some(since_ms),
+            (None, Some(read)) => read.map(|o| o.since_ms),
+            (None, None) => self.opt_out_covering(&record).await?.map(|o| o.since_ms),
         };
-        self.unless_opted_out(attempt, cmd, record, opt_out, deadline)
+        self.unless_opted_out(attempt, cmd, record, since_ms, deadline)
             .await
     }
 
@@ -570,6 +577,11 @@ impl App {
             if existing.src_correlation_id.as_deref() == Some(correlation.as_str()) {
                 self.track_enrolled(cmd.card_contract_id).await;
                 return Ok((existing.clone(), None));
+            }
+            // Under an opt-out, a resumed call's answer is the refusal (not stored as the key's),
+            // not this one (stored for good).
+            if let Some(refused) = refused {
+                return Err(refused);
             }
             return Err(AppError::CardAlreadyEnrolled(Box::new(existing.clone())));
         }
@@ -738,8 +750,8 @@ impl App {
 }
 
 impl App {
-    /// Answers `record` (ENROLLED) unless `opt_out`, read after the card was found ENROLLED,
-    /// covers its card or cardholder: an
+    /// Answers `record` (ENROLLED) unless an opt-out (since `opted_out_since`), read after the
+    /// card was found ENROLLED, covers its card or cardholder: an
     /// OptOut through another card of the profile never holds this card's lock, and one
     /// stored after this call's checks may have deleted the profile before this call's POST
     /// /cards made it again. Read after the POST /cards returned (or after the card was found
@@ -758,17 +770,14 @@ impl App {
         attempt: &Attempt<'_>,
         cmd: &EnrollCommand,
         record: EnrollmentRecord,
-        opt_out: Option<OptOut>,
+        opted_out_since: Option<i64>,
         deadline: Option<Instant>,
     ) -> Result<EnrollmentRecord, AppError> {
         let card = record.card_contract_id;
-        let Some(opt_out) = opt_out else {
+        let Some(since_ms) = opted_out_since else {
             return Ok(record);
         };
-        let opted_out = AppError::ConsumerOptedOut {
-            card,
-            since_ms: opt_out.since_ms,
-        };
+        let opted_out = AppError::ConsumerOptedOut { card, since_ms };
         tracing::warn!(
             "the cardholder opted out while the card was enrolled: it is taken out of Click to Pay again"
         );

@@ -57,17 +57,25 @@ impl App {
     ) -> Result<OptedOut, AppError> {
         let card = record.card_contract_id;
         let subjects = subjects_of(card, Some(&record));
-        let (since_ms, mut linked) = match self.store.get_opt_out(&subjects).await? {
-            Some(earlier) => (
-                earlier.since_ms,
-                earlier.subjects.into_iter().chain(earlier.linked).collect(),
-            ),
-            None => (now_ms(), Vec::new()),
-        };
+        // Each subject on its own: this card's earlier opt-out (a retry) and one given through
+        // another card of the profile (under the consumer's subject) may both be there.
+        let mut since_ms = None::<i64>;
+        let mut linked: Vec<String> = Vec::new();
+        for subject in &subjects {
+            if let Some(earlier) = self
+                .store
+                .get_opt_out(std::slice::from_ref(subject))
+                .await?
+            {
+                since_ms = Some(since_ms.map_or(earlier.since_ms, |s| s.min(earlier.since_ms)));
+                linked.extend(earlier.subjects.into_iter().chain(earlier.linked));
+            }
+        }
+        let since_ms = since_ms.unwrap_or_else(now_ms);
         // An earlier opt-out given through another card of the profile is replaced under the
         // subject they share (the consumer's) and kept under its own card: linked, so that a
         // withdrawal through this card reaches it too.
-        linked.retain(|s: &String| !subjects.contains(s));
+        linked.retain(|s| !subjects.contains(s));
         linked.sort_unstable();
         linked.dedup();
         self.store
@@ -189,6 +197,8 @@ impl App {
                 }
             }
         }
+        // Only what was read is forgotten: a subject past the cap was never checked.
+        subjects.truncate(next);
         Ok((subjects, programs))
     }
 }

@@ -171,6 +171,15 @@ impl App {
                     let deadline = tokio::time::Instant::now() + self.settings.lease / 2;
                     self.finish(card, record, deadline, &owner).await
                 }
+                Some(record)
+                    if record.state == EnrollmentState::Enrolled
+                        && self.opt_out_covering(&record).await?.is_some() =>
+                {
+                    // Finished ENROLLED while its cardholder had opted out, and not yet taken
+                    // out again (that failed on the pass that finished it, or the call that
+                    // enrolled it was not retried): taken out now.
+                    self.take_out_held(card, record, &owner).await
+                }
                 other => {
                     // An ENROLLED card may have lost its ENROLLED note with the attempt that
                     // wrote it (sent beside the record, it may not have landed): noted again
@@ -210,16 +219,7 @@ impl App {
             // went out: taken out again, as the enrollment itself would have
             // (`App::unless_opted_out`).
             if self.opt_out_covering(&current).await?.is_some() {
-                self.remove_for_opt_out(current, owner, Some(deadline))
-                    .await?;
-                if !self.untrack_held(card, owner).await? {
-                    return Ok(Outcome::Busy);
-                }
-                tracing::info!(
-                    card = card.get(),
-                    "reconciler: the card is tokenized but its cardholder opted out; taken out again"
-                );
-                return Ok(Outcome::OptedOut);
+                return self.take_out_held(card, current, owner).await;
             }
             // Into the ENROLLED index before it leaves this one (never in neither).
             self.track_enrolled(card).await;
@@ -260,6 +260,41 @@ impl App {
             "reconciler: no Click to Pay token; FAILED (retryable)"
         );
         Ok(Outcome::Failed)
+    }
+
+    /// Takes an IN_PROGRESS-noted card found ENROLLED under an opt-out out of Click to Pay
+    /// again, under the reconciler's lock (`owner`), with a deadline of its own. A failure for
+    /// a time leaves the note (the next pass tries again); one Mastercard refuses (a record
+    /// finished from the token list lacks the `srcConsumerId` a legacy-API program's deletion
+    /// needs: `CLICK_TO_PAY_IDS_UNKNOWN`) drops it, logged: the card stays ENROLLED.
+    async fn take_out_held(
+        &self,
+        card: CardContractId,
+        record: crate::domain::EnrollmentRecord,
+        owner: &str,
+    ) -> Result<Outcome, AppError> {
+        let deadline = tokio::time::Instant::now() + self.settings.lease / 2;
+        match self.remove_for_opt_out(record, owner, Some(deadline)).await {
+            Ok(_) => {}
+            Err(AppError::RequestInFlight { .. }) => return Ok(Outcome::Busy),
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => {
+                tracing::error!(card = card.get(), reason = %e.parts().reason, "reconciler: the card is ENROLLED under its cardholder's opt-out and could not be taken out again");
+                self.track_enrolled(card).await;
+                if !self.untrack_held(card, owner).await? {
+                    return Ok(Outcome::Busy);
+                }
+                return Ok(Outcome::Pruned);
+            }
+        }
+        if !self.untrack_held(card, owner).await? {
+            return Ok(Outcome::Busy);
+        }
+        tracing::info!(
+            card = card.get(),
+            "reconciler: the card is tokenized but its cardholder opted out; taken out again"
+        );
+        Ok(Outcome::OptedOut)
     }
 
     /// Runs [`App::reconcile_once`] every `interval` on whichever replica holds the lease,

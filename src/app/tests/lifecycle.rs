@@ -778,6 +778,108 @@ async fn the_reconciler_takes_out_a_card_it_finds_tokenized_under_an_opt_out() {
     );
 }
 
+/// A key stopped after sending, whose card another key enrolled since, retried under an
+/// opt-out: the answer is the refusal (not stored), not CARD_ALREADY_ENROLLED (stored for good).
+#[tokio::test]
+async fn a_resumed_key_under_an_opt_out_is_refused_not_answered_already_enrolled() {
+    let w = world();
+    enrolled(&w, 3037).await;
+    let cmd = command("k-stopped", 3037);
+    w.seed_crashed_key(&cmd, crate::domain::Phase::EnrollSent, "corr-stopped")
+        .await;
+    w.store
+        .put_opt_out(&crate::domain::OptOut {
+            since_ms: 1,
+            subjects: vec![crate::domain::card_subject(card(3037))],
+            program: Some(String::new()),
+            linked: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let e = w.app.enroll(cmd.clone(), None).await.unwrap_err();
+    assert_eq!(reason(&e), "CONSUMER_OPTED_OUT");
+    assert!(
+        w.key_of(&cmd).unwrap().outcome.is_none(),
+        "not the key's answer"
+    );
+}
+
+/// The reconciler's taking out fails for a time: the card, now ENROLLED, keeps its note, and
+/// the next pass takes it out.
+#[tokio::test]
+async fn the_reconcilers_failed_taking_out_is_finished_on_its_next_pass() {
+    let w = world();
+    enrolled(&w, 3033).await;
+    w.mc.enroll(Err(unavailable()));
+    w.app.enroll(command("k-b", 3034), None).await.unwrap_err();
+    w.app.opt_out(card(3033), None).await.unwrap();
+    w.mc.tokens(Ok(observed(vec![c2p_token(
+        "DM4MMC3034",
+        TokenStatus::Active,
+        "2030-01-01T00:00:00Z",
+    )])));
+    w.mc.delete_profile(Err(unavailable()));
+    w.store.requeue_in_progress(card(3034), 1).await.unwrap();
+    let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
+    assert_eq!((report.pending, report.removed), (1, 0), "{report:?}");
+    assert_eq!(
+        w.record(card(3034)).await.unwrap().state,
+        EnrollmentState::Enrolled
+    );
+    w.store.requeue_in_progress(card(3034), 1).await.unwrap();
+    let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
+    assert_eq!((report.checked, report.removed), (1, 1), "{report:?}");
+    let b = w.record(card(3034)).await.unwrap();
+    assert_eq!(b.state, EnrollmentState::Removed);
+    assert_eq!(b.removal.unwrap().reason, RemovalReason::ConsumerOptedOut);
+    assert!(w.in_progress().await.is_empty());
+}
+
+/// A's OptOut whose deletion failed, B's OptOut, then A's retried (as its error says): the
+/// retry keeps B's opt-out linked, so that a withdrawal through A still reaches B's card.
+#[tokio::test]
+async fn a_retried_opt_out_keeps_the_opt_outs_it_replaces_linked() {
+    let w = world();
+    enrolled(&w, 3035).await;
+    let mut b = w.record(card(3035)).await.unwrap();
+    b.card_contract_id = card(3036);
+    w.seed_record(&b).await;
+    w.mc.delete_profile(Err(unavailable()));
+    w.app.opt_out(card(3035), None).await.unwrap_err();
+    w.app.opt_out(card(3036), None).await.unwrap();
+    w.app.opt_out(card(3035), None).await.unwrap();
+    assert!(w.app.withdraw_opt_out(card(3035)).await.unwrap());
+    assert!(
+        !w.app.withdraw_opt_out(card(3036)).await.unwrap(),
+        "B's opt-out went with A's"
+    );
+}
+
+/// A withdrawal forgets only the subjects whose opt-outs it read (and whose programs were
+/// checked): a chain longer than its bound keeps the rest.
+#[tokio::test]
+async fn a_withdrawal_forgets_only_the_subjects_it_read() {
+    let w = world();
+    let subject = |i: i64| format!("card:{}", 9_100_000 + i);
+    for i in 0..40 {
+        w.store
+            .put_opt_out(&crate::domain::OptOut {
+                since_ms: 1,
+                subjects: vec![subject(i), subject(i + 1)],
+                program: Some(String::new()),
+                linked: Vec::new(),
+            })
+            .await
+            .unwrap();
+    }
+    assert!(w.app.withdraw_opt_out(card(9_100_000)).await.unwrap());
+    assert!(
+        w.store.get_opt_out(&[subject(32)]).await.unwrap().is_some(),
+        "the first subject past the bound was never read: kept"
+    );
+    assert!(w.store.get_opt_out(&[subject(31)]).await.unwrap().is_none());
+}
+
 /// OptOut through B after one through A keeps A's card among its subjects: a withdrawal
 /// through B then reaches A's opt-out too (it replaced A's under the consumer's subject).
 #[tokio::test]
