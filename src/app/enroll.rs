@@ -331,8 +331,27 @@ impl App {
         ));
         // The moment the lease or the card lock is lost, another attempt may own the card:
         // stop here (as a crash would) rather than write over what it writes.
+        let refused_since = match &refused {
+            Some(AppError::ConsumerOptedOut { since_ms, .. }) => Some(*since_ms),
+            _ => None,
+        };
+        let steps = async {
+            let found = self
+                .run(
+                    &attempt,
+                    &cmd,
+                    existing,
+                    correlation,
+                    &consumer_ref,
+                    refused,
+                    deadline,
+                )
+                .await?;
+            self.answer_enrolled(&attempt, &cmd, found, refused_since, deadline)
+                .await
+        };
         let result = tokio::select! {
-            result = self.run(&attempt, &cmd, existing, correlation, &consumer_ref, refused, deadline) => result,
+            result = steps => result,
             _ = lost.cancelled() => {
                 tracing::warn!("the lease or the card lock was lost: this attempt stops");
                 Err(AppError::RequestInFlight {
@@ -496,37 +515,19 @@ impl App {
         })
     }
 
-    /// The enrollment's steps, then, for a card they found or made ENROLLED, the opt-outs
-    /// read again ([`App::unless_opted_out`]). `refused`: the opt-out that refuses a resumed
-    /// call, which only finishes what it sent.
-    #[allow(clippy::too_many_arguments)]
-    async fn run(
+    /// What the steps found ENROLLED is answered unless its cardholder opted out meanwhile
+    /// ([`App::unless_opted_out`]): the opt-outs as read beside the record's write
+    /// (`opt_out`), else read now. `refused_since`: the opt-out that refused a resumed call
+    /// (it covers the command's consumer, which an adopted attempt's record may not name),
+    /// which decides when there is one.
+    async fn answer_enrolled(
         &self,
         attempt: &Attempt<'_>,
         cmd: &EnrollCommand,
-        existing: Result<Option<EnrollmentRecord>, StoreError>,
-        correlation: String,
-        consumer_ref: &Result<String, AppError>,
-        refused: Option<AppError>,
+        (record, opt_out): (EnrollmentRecord, Option<Option<OptOut>>),
+        refused_since: Option<i64>,
         deadline: Option<Instant>,
     ) -> Result<EnrollmentRecord, AppError> {
-        // The refusal's opt-out covers the command's consumer, which an adopted attempt's
-        // record may not name: it decides when there is one.
-        let refused_since = match &refused {
-            Some(AppError::ConsumerOptedOut { since_ms, .. }) => Some(*since_ms),
-            _ => None,
-        };
-        let (record, opt_out) = self
-            .run_steps(
-                attempt,
-                cmd,
-                existing,
-                correlation,
-                consumer_ref,
-                refused,
-                deadline,
-            )
-            .await?;
         if record.state != EnrollmentState::Enrolled {
             return Ok(record);
         }
@@ -539,9 +540,11 @@ impl App {
             .await
     }
 
-    /// The steps; with the record, the opt-outs when they were read beside its write.
+    /// The enrollment's steps; with the record, the opt-outs when they were read beside its
+    /// write. `refused`: the opt-out that refuses a resumed call, which only finishes what it
+    /// sent.
     #[allow(clippy::too_many_arguments)]
-    async fn run_steps(
+    async fn run(
         &self,
         attempt: &Attempt<'_>,
         cmd: &EnrollCommand,

@@ -6,7 +6,8 @@ use super::enroll::map_upstream;
 use super::ports::UpstreamFailure;
 use super::{App, AppError, Step};
 use crate::domain::{
-    CardContractId, EnrollmentRecord, EnrollmentState, card_subject, consumer_subject, now_ms,
+    CardContractId, EnrollmentRecord, EnrollmentState, Removal, RemovalReason, card_subject,
+    consumer_subject, now_ms,
 };
 use std::time::Duration;
 use tokio::time::Instant;
@@ -163,6 +164,25 @@ impl App {
     }
 
     /// Writes `record` (merging the stored token) only while `owner` holds the card's lock.
+    /// Writes `record` REMOVED for `reason` (now) under the card lock `owner` holds, then
+    /// takes the card out of the ENROLLED index.
+    pub(super) async fn write_removed(
+        &self,
+        mut record: EnrollmentRecord,
+        reason: RemovalReason,
+        owner: &str,
+    ) -> Result<EnrollmentRecord, AppError> {
+        let card = record.card_contract_id;
+        record.state = EnrollmentState::Removed;
+        record.removal = Some(Removal {
+            reason,
+            time_ms: now_ms(),
+        });
+        let stored = self.write_held(&record, owner).await?;
+        self.untrack_enrolled(card).await;
+        Ok(stored)
+    }
+
     pub(super) async fn write_held(
         &self,
         record: &EnrollmentRecord,

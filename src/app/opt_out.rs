@@ -6,7 +6,7 @@ use super::lifecycle::{lifecycle_error, subjects_of};
 use super::ports::{ClickToPayKeys, Deleted};
 use super::{App, AppError};
 use crate::domain::{
-    CardContractId, EnrollmentRecord, EnrollmentState, OptOut, Removal, RemovalReason, now_ms,
+    CardContractId, EnrollmentRecord, EnrollmentState, OptOut, RemovalReason, now_ms,
 };
 use tokio::time::Instant;
 
@@ -115,15 +115,8 @@ impl App {
         if record.state != EnrollmentState::Enrolled {
             return Ok(record);
         }
-        let mut removed = record;
-        removed.state = EnrollmentState::Removed;
-        removed.removal = Some(Removal {
-            reason: RemovalReason::ConsumerOptedOut,
-            time_ms: now_ms(),
-        });
-        let stored = self.write_held(&removed, owner).await?;
-        self.untrack_enrolled(card).await;
-        Ok(stored)
+        self.write_removed(record, RemovalReason::ConsumerOptedOut, owner)
+            .await
     }
 
     /// The opt-out covering the card of `record` or a consumer reference it holds, if any:

@@ -5,9 +5,7 @@
 use super::lifecycle::lifecycle_error;
 use super::ports::{Address, ClickToPayKeys, ClickToPayProfile, Found, Updated};
 use super::{App, AppError, ConsumerInput};
-use crate::domain::{
-    CardContractId, EnrollmentRecord, EnrollmentState, Removal, RemovalReason, now_ms,
-};
+use crate::domain::{CardContractId, EnrollmentRecord, EnrollmentState, RemovalReason, now_ms};
 use tokio::time::Instant;
 
 impl App {
@@ -119,18 +117,11 @@ impl App {
             return Ok(record);
         }
         let card = record.card_contract_id;
-        let mut removed = record;
-        removed.state = EnrollmentState::Removed;
-        removed.removal = Some(Removal {
-            reason: RemovalReason::NotInClickToPay,
-            time_ms: now_ms(),
-        });
-        let stored = self.write_held(&removed, owner).await?;
         tracing::info!(
             card = card.get(),
             "Click to Pay no longer holds the card: REMOVED"
         );
-        self.untrack_enrolled(card).await;
-        Ok(stored)
+        self.write_removed(record, RemovalReason::NotInClickToPay, owner)
+            .await
     }
 }

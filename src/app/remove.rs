@@ -7,7 +7,7 @@ use super::lifecycle::lifecycle_error;
 use super::ports::{ClickToPayKeys, Deleted, UpstreamFailure};
 use super::{App, AppError};
 use crate::domain::{
-    Begin, CardContractId, EnrollmentRecord, EnrollmentState, IdempotencyRecord, Phase, Removal,
+    Begin, CardContractId, EnrollmentRecord, EnrollmentState, IdempotencyRecord, Phase,
     RemovalReason, StoredOutcome, now_ms,
 };
 use serde::Serialize;
@@ -175,14 +175,6 @@ impl App {
             Err(UpstreamFailure::IdsUnknown { .. }) if removed_before => {}
             Err(e) => return Err(lifecycle_error(card, e, deadline)),
         }
-        let mut removed = record;
-        removed.state = EnrollmentState::Removed;
-        removed.removal = Some(Removal {
-            reason: cmd.reason,
-            time_ms: now_ms(),
-        });
-        let stored = self.write_held(&removed, owner).await?;
-        self.untrack_enrolled(card).await;
-        Ok(stored)
+        self.write_removed(record, cmd.reason, owner).await
     }
 }
