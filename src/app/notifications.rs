@@ -28,12 +28,11 @@ pub enum IngestOutcome {
 impl App {
     /// Applies one validated notification; the outcome is only returned after the write.
     pub async fn ingest(&self, event: &TokenEvent) -> IngestOutcome {
-        self.ingest_all(vec![event.clone()])
-            .await
-            .pop()
-            .unwrap_or_else(|| {
-                IngestOutcome::Failed("not applied, resend: the store gave no outcome".into())
-            })
+        if !event.is_click_to_pay() {
+            return IngestOutcome::Ignored;
+        }
+        let result = self.store.apply_notification(event).await;
+        outcome(event, result.map(|r| r.effect()))
     }
 
     /// Applies validated notifications together, in one store call (those of one card in the
@@ -54,16 +53,6 @@ impl App {
         } else {
             self.store.apply_notifications(&apply).await
         };
-        // A card whose removal (its token deactivated) was undone by later news of the token
-        // is ENROLLED again: back in the ENROLLED index, which the lifecycle check may have
-        // dropped it from meanwhile (rare: one round trip each, after the batch's writes).
-        for (event, _) in apply
-            .iter()
-            .zip(&results)
-            .filter(|(_, r)| matches!(r, Ok(NotificationEffect::Enrolled)))
-        {
-            self.track_enrolled(event.card_contract_id).await;
-        }
         let mut applied = apply.iter().zip(results).map(|(e, r)| outcome(e, r));
         outcomes
             .into_iter()
@@ -81,7 +70,7 @@ impl App {
 fn outcome(event: &TokenEvent, result: Result<NotificationEffect, StoreError>) -> IngestOutcome {
     let id = || crate::text::bounded(&event.notification_id, 255);
     match result {
-        Ok(NotificationEffect::Applied | NotificationEffect::Enrolled) => IngestOutcome::Applied,
+        Ok(NotificationEffect::Applied) => IngestOutcome::Applied,
         Ok(NotificationEffect::Duplicate) => IngestOutcome::Duplicate,
         Ok(NotificationEffect::Stale) => IngestOutcome::Stale,
         Ok(NotificationEffect::Conflict) => IngestOutcome::IdReused,

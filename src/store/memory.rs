@@ -2,13 +2,10 @@
 //! TTLs, change events); state is lost when the process exits and is not shared between replicas.
 
 use super::bounded::Bounded;
-use super::{
-    ChangeStream, EnrollmentStore, NotificationEffect, NotificationResult, PutMode, Retention,
-    StoreError,
-};
+use super::{ChangeStream, EnrollmentStore, NotificationResult, PutMode, Retention, StoreError};
 use crate::domain::{
-    Begin, CardContractId, EnrollmentRecord, EnrollmentState, IdempotencyRecord, Merge, OptOut,
-    SharedRecord, TokenEvent, merge,
+    Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, Merge, OptOut, SharedRecord,
+    TokenEvent, merge,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -124,60 +121,6 @@ impl MemoryStore {
     fn publish(&self, record: &EnrollmentRecord) {
         // No receivers is fine: nobody watches.
         let _ = self.changes.send(Arc::new(record.clone()));
-    }
-
-    /// Applies one notification: its result, and what it did (`Enrolled` when the record
-    /// became ENROLLED by it).
-    fn apply_one(
-        &self,
-        event: &TokenEvent,
-    ) -> Result<(NotificationResult, NotificationEffect), StoreError> {
-        super::check_event(event)?;
-        let applied = {
-            let mut maps = self.lock();
-            Self::sweep(&mut maps);
-            let now = Instant::now();
-            let dedup_key = (event.card_contract_id, event.notification_id.clone());
-            let hash = event.content_hash();
-            if let Some((seen, _)) = maps
-                .dedup
-                .get(&dedup_key)
-                .filter(|(_, expires)| *expires > now)
-            {
-                return Ok(if *seen == hash {
-                    (NotificationResult::Duplicate, NotificationEffect::Duplicate)
-                } else {
-                    (NotificationResult::Conflict, NotificationEffect::Conflict)
-                });
-            }
-            let existing = Self::live_record(&mut maps, event.card_contract_id);
-            maps.dedup
-                .insert(dedup_key, (hash, now + self.retention.notification_dedup));
-            let record = match merge(existing.as_ref(), event) {
-                Merge::Stale => return Ok((NotificationResult::Stale, NotificationEffect::Stale)),
-                Merge::Applied(record) => {
-                    record.stamped(existing.as_ref(), crate::domain::now_ms())
-                }
-            };
-            maps.records.insert(
-                record.card_contract_id,
-                (
-                    SharedRecord::new(record.clone()),
-                    now + self.retention.enrollment,
-                ),
-            );
-            let was_enrolled = existing
-                .as_ref()
-                .is_some_and(|r| r.state == EnrollmentState::Enrolled);
-            let effect = if record.state == EnrollmentState::Enrolled && !was_enrolled {
-                NotificationEffect::Enrolled
-            } else {
-                NotificationEffect::Applied
-            };
-            (record.clone(), NotificationResult::Applied(record), effect)
-        };
-        self.publish(&applied.0);
-        Ok((applied.1, applied.2))
     }
 }
 
@@ -295,17 +238,44 @@ impl EnrollmentStore for MemoryStore {
         &self,
         event: &TokenEvent,
     ) -> Result<NotificationResult, StoreError> {
-        self.apply_one(event).map(|(result, _)| result)
-    }
-
-    async fn apply_notifications(
-        &self,
-        events: &[TokenEvent],
-    ) -> Vec<Result<NotificationEffect, StoreError>> {
-        events
-            .iter()
-            .map(|e| self.apply_one(e).map(|(_, effect)| effect))
-            .collect()
+        super::check_event(event)?;
+        let applied = {
+            let mut maps = self.lock();
+            Self::sweep(&mut maps);
+            let now = Instant::now();
+            let dedup_key = (event.card_contract_id, event.notification_id.clone());
+            let hash = event.content_hash();
+            if let Some((seen, _)) = maps
+                .dedup
+                .get(&dedup_key)
+                .filter(|(_, expires)| *expires > now)
+            {
+                return Ok(if *seen == hash {
+                    NotificationResult::Duplicate
+                } else {
+                    NotificationResult::Conflict
+                });
+            }
+            let existing = Self::live_record(&mut maps, event.card_contract_id);
+            maps.dedup
+                .insert(dedup_key, (hash, now + self.retention.notification_dedup));
+            let record = match merge(existing.as_ref(), event) {
+                Merge::Stale => return Ok(NotificationResult::Stale),
+                Merge::Applied(record) => {
+                    record.stamped(existing.as_ref(), crate::domain::now_ms())
+                }
+            };
+            maps.records.insert(
+                record.card_contract_id,
+                (
+                    SharedRecord::new(record.clone()),
+                    now + self.retention.enrollment,
+                ),
+            );
+            (record.clone(), NotificationResult::Applied(record))
+        };
+        self.publish(&applied.0);
+        Ok(applied.1)
     }
 
     async fn idempotency_begin(

@@ -17,7 +17,7 @@
 //! A rolling upgrade that adds a record field must tolerate its loss until every replica runs
 //! the new version.
 
-use crate::domain::{CardContractId, EnrollmentRecord, EnrollmentState, Merge, TokenEvent, merge};
+use crate::domain::{CardContractId, EnrollmentRecord, Merge, TokenEvent, merge};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -30,8 +30,6 @@ pub(super) struct Entry {
     pub expected: Arc<str>,
     /// The record to write ("" when the notification changes nothing: stale).
     pub new: Arc<str>,
-    /// Whether the record it writes is ENROLLED and the one it was merged onto was not.
-    pub enrolled: bool,
 }
 
 /// The writes to try, and the notifications (by index) left to the Lua script.
@@ -99,7 +97,6 @@ pub(super) fn plan(
                 index,
                 expected,
                 new: Arc::from(""),
-                enrolled: false,
             }),
             Merge::Applied(merged) => {
                 let merged = merged.stamped(record.as_ref(), now_ms);
@@ -111,14 +108,10 @@ pub(super) fn plan(
                 };
                 match json {
                     Some(json) => {
-                        let was_enrolled = record
-                            .as_ref()
-                            .is_some_and(|r| r.state == EnrollmentState::Enrolled);
                         plan.entries.push(Entry {
                             index,
                             expected,
                             new: json.clone(),
-                            enrolled: merged.state == EnrollmentState::Enrolled && !was_enrolled,
                         });
                         *raw = Some(json);
                         *record = Some(merged);

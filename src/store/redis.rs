@@ -164,7 +164,6 @@ fn script_reply(reply: Vec<String>) -> Result<ScriptReply, StoreError> {
     let (kind, detail) = (parts.next(), parts.next());
     Ok(match kind.as_deref() {
         Some("applied") => ScriptReply::Done(NotificationEffect::Applied, detail),
-        Some("enrolled") => ScriptReply::Done(NotificationEffect::Enrolled, detail),
         Some("duplicate") => ScriptReply::Done(NotificationEffect::Duplicate, None),
         Some("stale") => ScriptReply::Done(NotificationEffect::Stale, None),
         Some("conflict") => ScriptReply::Done(NotificationEffect::Conflict, None),
@@ -649,23 +648,21 @@ impl RedisStore {
             pipe.add_command(cmd);
         }
         let replies: Vec<Vec<String>> = run_script_calls(&self.write_merged, &pipe, conn).await?;
-        let replies: Vec<String> = replies.into_iter().flatten().collect();
-        if replies.len() != entries.len() {
-            return Err(StoreError::Corrupt("unexpected script reply".into()));
-        }
-        Ok(replies
-            .iter()
-            .zip(entries)
-            .map(|(reply, entry)| match reply.as_str() {
-                // The plan knows what the record was and becomes.
-                "applied" if entry.enrolled => Some(NotificationEffect::Enrolled),
+        let replies: Vec<Option<NotificationEffect>> = replies
+            .into_iter()
+            .flatten()
+            .map(|reply| match reply.as_str() {
                 "applied" => Some(NotificationEffect::Applied),
                 "stale" => Some(NotificationEffect::Stale),
                 "duplicate" => Some(NotificationEffect::Duplicate),
                 "conflict" => Some(NotificationEffect::Conflict),
                 _ => None,
             })
-            .collect())
+            .collect();
+        if replies.len() != entries.len() {
+            return Err(StoreError::Corrupt("unexpected script reply".into()));
+        }
+        Ok(replies)
     }
 
     /// Notifications the service merged but then applied with the Lua merge, since this store
@@ -991,11 +988,9 @@ impl EnrollmentStore for RedisStore {
             .pop()
             .unwrap_or_else(|| Err(unexpected()))?;
         Ok(match effect {
-            NotificationEffect::Applied | NotificationEffect::Enrolled => {
-                NotificationResult::Applied(
-                    serde_json::from_str(&json.ok_or_else(unexpected)?).map_err(corrupt)?,
-                )
-            }
+            NotificationEffect::Applied => NotificationResult::Applied(
+                serde_json::from_str(&json.ok_or_else(unexpected)?).map_err(corrupt)?,
+            ),
             NotificationEffect::Duplicate => NotificationResult::Duplicate,
             NotificationEffect::Stale => NotificationResult::Stale,
             NotificationEffect::Conflict => NotificationResult::Conflict,

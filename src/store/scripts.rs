@@ -217,8 +217,7 @@ end
 /// notification for a card with no record, or a NOT_ENROLLED one, makes it TOKENIZED_ELSEWHERE;
 /// an ENROLLED record follows its token (`follow_token`).
 /// Redis' clock is read once per call. One reply per notification: {'duplicate'} |
-/// {'conflict'} | {'stale'} | {'applied'} (`{'applied', json}` with `record`; `enrolled` instead
-/// of `applied` when the record became ENROLLED by it) | {'error',
+/// {'conflict'} | {'stale'} | {'applied'} (`{'applied', json}` with `record`) | {'error',
 /// message} when that notification could not be applied (its stored record is unreadable, or a
 /// number would be rounded: `C2P_REFUSED ...`); nothing of it was written, and the others are
 /// applied all the same. All the keys of one call are on one Cluster slot (the caller groups).
@@ -235,7 +234,6 @@ local function apply(record_key, marker_key, token, card, channel, hash, now, wi
   local incoming = cjson.decode(token)
   local raw = redis.call('GET', record_key)
   local record, existing
-  local kind = 'applied'
   if not raw then
     record = {
       card_contract_id = tonumber(card), program = '', state = 'TOKENIZED_ELSEWHERE',
@@ -266,18 +264,15 @@ local function apply(record_key, marker_key, token, card, channel, hash, now, wi
       return {'stale'}
     end
     if record.state == 'NOT_ENROLLED' then record.state = 'TOKENIZED_ELSEWHERE' end
-    local was = record.state
     follow_token(record)
-    -- Back to ENROLLED (a removal that followed the token undone): the caller notes the card.
-    if record.state == 'ENROLLED' and was ~= 'ENROLLED' then kind = 'enrolled' end
   end
   stamp(record, existing, now)
   local out = encode(record)
   redis.call('SET', record_key, out, 'PX', ARGV[1])
   redis.call('SET', marker_key, hash, 'PX', ARGV[2])
   redis.call('PUBLISH', channel, out)
-  if with_record then return {kind, out} end
-  return {kind}
+  if with_record then return {'applied', out} end
+  return {'applied'}
 end
 local now = redis_now()
 local with_record = ARGV[3] == 'record'

@@ -284,7 +284,7 @@ async fn run_on(
         }
         for effect in effects {
             let counter = match effect.map_err(|e| e.to_string())? {
-                NotificationEffect::Applied | NotificationEffect::Enrolled => &figures.applied,
+                NotificationEffect::Applied => &figures.applied,
                 NotificationEffect::Duplicate => &figures.duplicate,
                 NotificationEffect::Stale => &figures.stale,
                 NotificationEffect::Conflict => {

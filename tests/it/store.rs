@@ -324,73 +324,7 @@ async fn fenced_writes(store: Arc<dyn EnrollmentStore>) {
         .expect("the holder writes");
     assert_eq!(store.get(card(70020)).await.unwrap(), Some(written));
     fresh_after_removal(store.clone()).await;
-    retired_tokens_keep_the_most_recent(store.clone()).await;
-    revived_by_its_token(store).await;
-}
-
-/// A record REMOVED because its token was deactivated is ENROLLED again by later news of the
-/// token: that notification's effect says so (`Enrolled`, for the caller to note the card in
-/// the ENROLLED index), alone (the script's merge) and in a batch (the service's merge), and
-/// no other does.
-async fn revived_by_its_token(store: Arc<dyn EnrollmentStore>) {
-    let at = 1_800_000_000_000;
-    let status = |id: &str, ms: i64, card_id: i64, s: TokenStatus| {
-        event(id, at + ms, card_id, TokenEventKind::StatusChanged(s))
-    };
-    for card_id in [70152, 70153] {
-        store
-            .put_enrollment(&enrolled(card_id), PutMode::Merge, TTL)
-            .await
-            .unwrap();
-        let tcn = event("r-tcn", at, card_id, TokenEventKind::Complete);
-        assert_eq!(
-            effects(store.apply_notifications(&[tcn]).await),
-            [Some(NotificationEffect::Applied)],
-            "{card_id}: already ENROLLED"
-        );
-    }
-    // Alone: one script call per notification.
-    let gone = status("r-off", 10, 70152, TokenStatus::Deactivated);
-    assert_eq!(
-        effects(store.apply_notifications(&[gone]).await),
-        [Some(NotificationEffect::Applied)]
-    );
-    assert_eq!(
-        store.get(card(70152)).await.unwrap().unwrap().state,
-        EnrollmentState::Removed
-    );
-    let back = status("r-on", 20, 70152, TokenStatus::Active);
-    assert_eq!(
-        effects(store.apply_notifications(&[back]).await),
-        [Some(NotificationEffect::Enrolled)]
-    );
-    // In a batch: merged in the service, its plan knows the record before each.
-    let batch = store
-        .apply_notifications(&[
-            status("r-off", 10, 70153, TokenStatus::Deactivated),
-            status("r-on", 20, 70153, TokenStatus::Active),
-            status("r-suspended", 30, 70153, TokenStatus::Suspended),
-        ])
-        .await;
-    assert_eq!(
-        effects(batch),
-        [
-            Some(NotificationEffect::Applied),
-            Some(NotificationEffect::Enrolled),
-            Some(NotificationEffect::Applied)
-        ]
-    );
-    for card_id in [70152, 70153] {
-        let record = store.get(card(card_id)).await.unwrap().unwrap();
-        assert_eq!(record.state, EnrollmentState::Enrolled, "{card_id}");
-    }
-}
-
-/// What each notification did, its error dropped (the stores' errors do not compare).
-fn effects(
-    results: Vec<Result<NotificationEffect, store::StoreError>>,
-) -> Vec<Option<NotificationEffect>> {
-    results.into_iter().map(Result::ok).collect()
+    retired_tokens_keep_the_most_recent(store).await;
 }
 
 /// Ten enrollments of one card, each with its token (the fourth with two: the record may keep

@@ -61,10 +61,6 @@ impl NotificationResult {
 pub enum NotificationEffect {
     /// Merged and written.
     Applied,
-    /// Merged and written, and the card's record became ENROLLED by it (a removal that
-    /// followed its token, undone by later news of the token): the card is due back in the
-    /// ENROLLED index.
-    Enrolled,
     /// This notification id was seen before (within the dedup retention), with this content.
     Duplicate,
     /// This notification id was seen before with other content: nothing was written.

@@ -15,8 +15,7 @@ use crate::domain::{
     now_ms,
 };
 use crate::store::{
-    ChangeStream, EnrollmentStore, MemoryStore, NotificationEffect, NotificationResult, PutMode,
-    Retention, StoreError,
+    ChangeStream, EnrollmentStore, MemoryStore, NotificationResult, PutMode, Retention, StoreError,
 };
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -546,30 +545,6 @@ impl EnrollmentStore for FaultyStore {
         self.enter(Op::ApplyNotification, Some(event.card_contract_id))
             .await?;
         self.inner.apply_notification(event).await
-    }
-
-    async fn apply_notifications(
-        &self,
-        events: &[TokenEvent],
-    ) -> Vec<Result<NotificationEffect, StoreError>> {
-        // One at a time, each through its fault point, with the inner store's effect.
-        let mut results = Vec::with_capacity(events.len());
-        for event in events {
-            let result = match self
-                .enter(Op::ApplyNotification, Some(event.card_contract_id))
-                .await
-            {
-                Err(e) => Err(e),
-                Ok(_) => self
-                    .inner
-                    .apply_notifications(std::slice::from_ref(event))
-                    .await
-                    .pop()
-                    .unwrap_or_else(|| Err(StoreError::Corrupt("no outcome".into()))),
-            };
-            results.push(result);
-        }
-        results
     }
 
     async fn idempotency_begin(

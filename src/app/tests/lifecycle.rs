@@ -607,51 +607,6 @@ async fn an_opt_out_through_another_card_during_an_enrollment_takes_the_card_out
     assert_ne!(last_two[0], last_two[1], "a new srcCorrelationId");
 }
 
-/// A card REMOVED by its token's deactivation and dropped from the ENROLLED index (as the
-/// lifecycle check does), then ENROLLED again by later news of the token, is due for its
-/// lifecycle checks again.
-#[tokio::test]
-async fn a_card_enrolled_again_by_its_token_rejoins_the_enrolled_index() {
-    let w = world();
-    enrolled(&w, 3038).await;
-    let tur = w
-        .record(card(3038))
-        .await
-        .unwrap()
-        .token
-        .map(|t| t.token_unique_reference)
-        .unwrap_or_else(|| "DM4MMC3038".into());
-    let at: i64 = 1_900_000_000_000;
-    let status =
-        |s, ms: i64, id: &str| c2p_event(3038, &tur, TokenEventKind::StatusChanged(s), at + ms, id);
-    w.app.ingest(&status(TokenStatus::Active, 0, "on")).await;
-    w.app
-        .ingest(&status(TokenStatus::Deactivated, 10, "off"))
-        .await;
-    assert_eq!(
-        w.record(card(3038)).await.unwrap().state,
-        EnrollmentState::Removed
-    );
-    w.store.untrack_enrolled(card(3038)).await.unwrap();
-    let outcome = w
-        .app
-        .ingest_all(vec![status(TokenStatus::Active, 20, "on-again")])
-        .await;
-    assert_eq!(outcome, [crate::app::IngestOutcome::Applied]);
-    assert_eq!(
-        w.record(card(3038)).await.unwrap().state,
-        EnrollmentState::Enrolled
-    );
-    assert!(
-        w.store
-            .enrolled_due(i64::MAX, 100)
-            .await
-            .unwrap()
-            .contains(&card(3038)),
-        "back in the ENROLLED index"
-    );
-}
-
 /// Card A enrolled and card B of the same cardholder at its POST /cards (held at the gate the
 /// fake answers from): what [`an_opt_out_through_another_card_during_an_enrollment_takes_the_card_out_again`]
 /// starts from. A's OptOut runs while B waits; `then` queues what the fake answers next.
