@@ -329,8 +329,6 @@ impl App {
             card,
             lost.clone(),
         ));
-        // The moment the lease or the card lock is lost, another attempt may own the card:
-        // stop here (as a crash would) rather than write over what it writes.
         let refused_since = match &refused {
             Some(AppError::ConsumerOptedOut { since_ms, .. }) => Some(*since_ms),
             _ => None,
@@ -350,6 +348,8 @@ impl App {
             self.answer_enrolled(&attempt, &cmd, found, refused_since, deadline)
                 .await
         };
+        // The moment the lease or the card lock is lost, another attempt may own the card:
+        // stop here (as a crash would) rather than write over what it writes.
         let result = tokio::select! {
             result = steps => result,
             _ = lost.cancelled() => {
@@ -515,11 +515,23 @@ impl App {
         })
     }
 
-    /// What the steps found ENROLLED is answered unless its cardholder opted out meanwhile
-    /// ([`App::unless_opted_out`]): the opt-outs as read beside the record's write
-    /// (`opt_out`), else read now. `refused_since`: the opt-out that refused a resumed call
-    /// (it covers the command's consumer, which an adopted attempt's record may not name),
-    /// which decides when there is one.
+    /// Answers what the steps found, unless it is ENROLLED and an opt-out covers its card or
+    /// cardholder: the opt-outs as read beside the record's write (`opt_out`), else read now
+    /// (after the card was found enrolled); `refused_since`, the opt-out that refused a
+    /// resumed call (it covers the command's consumer, which an adopted attempt's record may
+    /// not name), decides when there is one. An OptOut through another card of the profile
+    /// never holds this card's lock, and one stored after this call's checks may have deleted
+    /// the profile before this call's POST /cards made it again. Read after the POST /cards
+    /// returned, each opt-out is either seen here or stored after it, and so deletes the
+    /// profile after this card joined it: an OptOut stores its opt-out before it deletes.
+    /// A card under an opt-out is taken out again, under this attempt's lock
+    /// ([`App::remove_for_opt_out`]), and the answer is `CONSUMER_OPTED_OUT`, not the key's:
+    /// the key starts over (phase "started", the caller's srcCorrelationId or a new one), so
+    /// that once the opt-out is withdrawn it enrolls the card anew rather than take this
+    /// enrollment's token for proof. When the taking out fails for a time (Mastercard or the
+    /// store unavailable, the deadline), that error is the answer and the key is given back
+    /// at its phase: a retry with it resumes here. When it fails for good (Mastercard refused
+    /// the deletion), the record stays ENROLLED and the answer is `CONSUMER_OPTED_OUT`.
     async fn answer_enrolled(
         &self,
         attempt: &Attempt<'_>,
@@ -536,8 +548,26 @@ impl App {
             (None, Some(read)) => read.map(|o| o.since_ms),
             (None, None) => self.opt_out_covering(&record).await?.map(|o| o.since_ms),
         };
-        self.unless_opted_out(attempt, cmd, record, since_ms, deadline)
-            .await
+        let Some(since_ms) = since_ms else {
+            return Ok(record);
+        };
+        let card = record.card_contract_id;
+        let opted_out = AppError::ConsumerOptedOut { card, since_ms };
+        tracing::warn!(
+            "the cardholder opted out while the card was enrolled: it is taken out of Click to Pay again"
+        );
+        let owner = attempt.record.lock().await.owner.clone();
+        match self.remove_for_opt_out(record, &owner, deadline).await {
+            Ok(_) => {}
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => {
+                tracing::error!(reason = %e.parts().reason, "the card could not be taken out of Click to Pay again: its record stays ENROLLED under the opt-out");
+                return Err(opted_out);
+            }
+        }
+        attempt.restart(cmd.src_correlation_id.clone()).await;
+        self.take_back_note(attempt, card).await;
+        Err(opted_out)
     }
 
     /// The enrollment's steps; with the record, the opt-outs when they were read beside its
@@ -716,7 +746,7 @@ impl App {
                 // the call settles): a crash between them leaves the card in one index or both,
                 // never in neither. Written first, it is harmless: the lifecycle check drops a
                 // card whose record is not ENROLLED by its due time.
-                // The opt-outs are read again beside them ([`App::unless_opted_out`]).
+                // The opt-outs are read again beside them ([`App::answer_enrolled`]).
                 let (stored, (), opt_out) = enroll_stage(EnrollStage::Record, async {
                     tokio::join!(
                         self.write_fenced(attempt, &record),
@@ -749,53 +779,6 @@ impl App {
                 Err(error)
             }
         }
-    }
-}
-
-impl App {
-    /// Answers `record` (ENROLLED) unless an opt-out (since `opted_out_since`), read after the
-    /// card was found ENROLLED, covers its card or cardholder: an
-    /// OptOut through another card of the profile never holds this card's lock, and one
-    /// stored after this call's checks may have deleted the profile before this call's POST
-    /// /cards made it again. Read after the POST /cards returned (or after the card was found
-    /// enrolled), each opt-out is either seen here or stored after it, and so deletes the
-    /// profile after this card joined it: an OptOut stores its opt-out before it deletes.
-    /// A card under an opt-out is taken out again, under this attempt's lock
-    /// ([`App::remove_for_opt_out`]), and the answer is `CONSUMER_OPTED_OUT`, not the key's:
-    /// the key starts over (phase "started", the caller's srcCorrelationId or a new one), so
-    /// that once the opt-out is withdrawn it enrolls the card anew rather than take this
-    /// enrollment's token for proof. When the taking out fails for a time (Mastercard or the
-    /// store unavailable, the deadline), that error is the answer and the key is given back
-    /// at its phase: a retry with it resumes here. When it fails for good (Mastercard refused
-    /// the deletion), the record stays ENROLLED and the answer is `CONSUMER_OPTED_OUT`.
-    async fn unless_opted_out(
-        &self,
-        attempt: &Attempt<'_>,
-        cmd: &EnrollCommand,
-        record: EnrollmentRecord,
-        opted_out_since: Option<i64>,
-        deadline: Option<Instant>,
-    ) -> Result<EnrollmentRecord, AppError> {
-        let card = record.card_contract_id;
-        let Some(since_ms) = opted_out_since else {
-            return Ok(record);
-        };
-        let opted_out = AppError::ConsumerOptedOut { card, since_ms };
-        tracing::warn!(
-            "the cardholder opted out while the card was enrolled: it is taken out of Click to Pay again"
-        );
-        let owner = attempt.record.lock().await.owner.clone();
-        match self.remove_for_opt_out(record, &owner, deadline).await {
-            Ok(_) => {}
-            Err(e) if e.is_transient() => return Err(e),
-            Err(e) => {
-                tracing::error!(reason = %e.parts().reason, "the card could not be taken out of Click to Pay again: its record stays ENROLLED under the opt-out");
-                return Err(opted_out);
-            }
-        }
-        attempt.restart(cmd.src_correlation_id.clone()).await;
-        self.take_back_note(attempt, card).await;
-        Err(opted_out)
     }
 }
 

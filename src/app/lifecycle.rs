@@ -163,7 +163,6 @@ impl App {
         }
     }
 
-    /// Writes `record` (merging the stored token) only while `owner` holds the card's lock.
     /// Writes `record` REMOVED for `reason` (now) under the card lock `owner` holds, then
     /// takes the card out of the ENROLLED index.
     pub(super) async fn write_removed(
@@ -183,6 +182,7 @@ impl App {
         Ok(stored)
     }
 
+    /// Writes `record` (merging the stored token) only while `owner` holds the card's lock.
     pub(super) async fn write_held(
         &self,
         record: &EnrollmentRecord,

@@ -117,11 +117,13 @@ impl App {
             return Ok(record);
         }
         let card = record.card_contract_id;
+        let stored = self
+            .write_removed(record, RemovalReason::NotInClickToPay, owner)
+            .await?;
         tracing::info!(
             card = card.get(),
             "Click to Pay no longer holds the card: REMOVED"
         );
-        self.write_removed(record, RemovalReason::NotInClickToPay, owner)
-            .await
+        Ok(stored)
     }
 }

@@ -217,7 +217,7 @@ impl App {
         if current.state == EnrollmentState::Enrolled {
             // Its cardholder may have opted out (through another card) since its POST /cards
             // went out: taken out again, as the enrollment itself would have
-            // (`App::unless_opted_out`).
+            // (`App::answer_enrolled`).
             if self.opt_out_covering(&current).await?.is_some() {
                 return self.take_out_held(card, current, owner).await;
             }
