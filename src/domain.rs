@@ -16,7 +16,9 @@ pub use enrollment::{
     last_four, merge_tokens, next_revision, now_ms,
 };
 pub use idempotency::{Begin, IdempotencyRecord, Phase, StoredOutcome};
-pub use lifecycle::{OptOut, Removal, RemovalReason, card_subject, consumer_subject, follow_token};
+pub use lifecycle::{
+    OptOut, Removal, RemovalReason, card_subject, consumer_subject, follow_token, removed_by_token,
+};
 pub use notification::{
     CLICK_TO_PAY_TOKEN_REQUESTOR_ID, CLICK_TO_PAY_WALLET_NAME, Merge, TokenEvent, TokenEventKind,
     merge,

@@ -4,7 +4,7 @@
 //! still running (it holds the card lock) is left alone.
 
 use super::{App, AppError};
-use crate::domain::{CardContractId, EnrollmentState, Failure, now_ms};
+use crate::domain::{CardContractId, EnrollmentState, Failure, now_ms, removed_by_token};
 use std::time::Duration;
 
 /// What one pass did.
@@ -98,14 +98,19 @@ impl App {
         }
         let now = now_ms();
         for card in self.store.enrolled_due(now, limit).await? {
-            let Some(record) = self
-                .store
-                .get(card)
-                .await?
-                .filter(|r| r.state == EnrollmentState::Enrolled)
-            else {
-                self.untrack_enrolled_due(card, now).await;
-                continue;
+            let record = match self.store.get(card).await? {
+                Some(record) if record.state == EnrollmentState::Enrolled => record,
+                // Later news of its token can make it ENROLLED again (by a notification or a
+                // refresh, whichever path): it stays in the index, due an interval later, until
+                // its record expires, so that it is looked up again once it is back.
+                Some(record) if removed_by_token(&record) => {
+                    self.track_enrolled(card).await;
+                    continue;
+                }
+                _ => {
+                    self.untrack_enrolled_due(card, now).await;
+                    continue;
+                }
             };
             report.lifecycle_checked += 1;
             let deadline = tokio::time::Instant::now() + self.settings.lease / 2;

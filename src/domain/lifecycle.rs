@@ -50,6 +50,16 @@ pub struct Removal {
     pub time_ms: i64,
 }
 
+/// Whether `record` is REMOVED because its token was deactivated, and for that alone: news of
+/// the token that no longer shows DEACTIVATED makes it ENROLLED again ([`follow_token`]).
+pub fn removed_by_token(record: &EnrollmentRecord) -> bool {
+    record.state == EnrollmentState::Removed
+        && record
+            .removal
+            .as_ref()
+            .is_some_and(|r| r.reason == RemovalReason::TokenDeactivated)
+}
+
 /// Makes an enrolled record follow its token: ENROLLED with a DEACTIVATED token is REMOVED
 /// (reason `TOKEN_DEACTIVATED`, at the deactivation's event time), and a record REMOVED for that
 /// reason alone is ENROLLED again when its token no longer shows DEACTIVATED. A function of the
@@ -57,12 +67,7 @@ pub struct Removal {
 /// record). Records of other states, and removals for other reasons, are left as they are. The
 /// Lua twin is in `store/scripts.rs` (`follow_token`).
 pub fn follow_token(record: &mut EnrollmentRecord) {
-    let removed_by_token = record.state == EnrollmentState::Removed
-        && record
-            .removal
-            .as_ref()
-            .is_some_and(|r| r.reason == RemovalReason::TokenDeactivated);
-    if record.state != EnrollmentState::Enrolled && !removed_by_token {
+    if record.state != EnrollmentState::Enrolled && !removed_by_token(record) {
         return;
     }
     let deactivated = record

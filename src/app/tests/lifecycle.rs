@@ -607,6 +607,59 @@ async fn an_opt_out_through_another_card_during_an_enrollment_takes_the_card_out
     assert_ne!(last_two[0], last_two[1], "a new srcCorrelationId");
 }
 
+/// A card REMOVED by its token's deactivation stays in the ENROLLED index through its lifecycle
+/// checks (later news of the token may make it ENROLLED again, by whichever path), and once it
+/// is back, the check looks it up in Click to Pay again. A card removed for another reason
+/// leaves the index.
+#[tokio::test]
+async fn a_card_removed_by_its_token_stays_due_for_the_lifecycle_check() {
+    let w = world();
+    for card_id in [3038, 3039] {
+        enrolled(&w, card_id).await;
+    }
+    let tur = w
+        .record(card(3038))
+        .await
+        .unwrap()
+        .token
+        .map_or_else(|| "DM4MMC3038".to_owned(), |t| t.token_unique_reference);
+    let at: i64 = 1_900_000_000_000;
+    let status =
+        |s, ms: i64, id: &str| c2p_event(3038, &tur, TokenEventKind::StatusChanged(s), at + ms, id);
+    w.app.ingest(&status(TokenStatus::Active, 0, "on")).await;
+    w.app
+        .ingest(&status(TokenStatus::Deactivated, 10, "off"))
+        .await;
+    assert_eq!(
+        w.record(card(3038)).await.unwrap().state,
+        EnrollmentState::Removed
+    );
+    w.app
+        .remove_card(remove("k-rm", 3039, RemovalReason::CardClosed), None)
+        .await
+        .unwrap();
+    w.store.track_enrolled(card(3039), 1).await.unwrap();
+    w.store.track_enrolled(card(3038), 1).await.unwrap();
+    let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
+    assert_eq!(report.lifecycle_checked, 0, "{report:?}");
+    assert_eq!(
+        w.store.enrolled_due(i64::MAX, 100).await.unwrap(),
+        [card(3038)],
+        "the card removed by its token stays, the one removed by RemoveCard leaves"
+    );
+    // Back: the next check looks it up.
+    w.app
+        .ingest(&status(TokenStatus::Active, 20, "on-again"))
+        .await;
+    assert_eq!(
+        w.record(card(3038)).await.unwrap().state,
+        EnrollmentState::Enrolled
+    );
+    w.store.track_enrolled(card(3038), 1).await.unwrap();
+    let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
+    assert_eq!(report.lifecycle_checked, 1, "{report:?}");
+}
+
 /// Card A enrolled and card B of the same cardholder at its POST /cards (held at the gate the
 /// fake answers from): what [`an_opt_out_through_another_card_during_an_enrollment_takes_the_card_out_again`]
 /// starts from. A's OptOut runs while B waits; `then` queues what the fake answers next.
