@@ -660,6 +660,27 @@ async fn a_card_removed_by_its_token_stays_due_for_the_lifecycle_check() {
     assert_eq!(report.lifecycle_checked, 1, "{report:?}");
 }
 
+/// Card `b`'s enrollment under `key` left IN_PROGRESS: its POST /cards answered UNAVAILABLE
+/// (it may have gone through).
+async fn left_in_progress(w: &World, key: &str, b: i64) {
+    w.mc.enroll(Err(unavailable()));
+    let e = w.app.enroll(command(key, b), None).await.unwrap_err();
+    assert_eq!(reason(&e), "UPSTREAM_UNAVAILABLE");
+    assert_eq!(
+        w.record(card(b)).await.unwrap().state,
+        EnrollmentState::InProgress
+    );
+}
+
+/// The next token list shows card `b`'s Click to Pay token, active.
+fn token_list_shows(w: &World, b: i64) {
+    w.mc.tokens(Ok(observed(vec![c2p_token(
+        &format!("DM4MMC{b}"),
+        TokenStatus::Active,
+        "2030-01-01T00:00:00Z",
+    )])));
+}
+
 /// Card A enrolled and card B of the same cardholder at its POST /cards (held at the gate the
 /// fake answers from): what [`an_opt_out_through_another_card_during_an_enrollment_takes_the_card_out_again`]
 /// starts from. A's OptOut runs while B waits; `then` queues what the fake answers next.
@@ -741,30 +762,15 @@ async fn a_resumed_key_under_an_opt_out_finishes_what_it_sent_and_sends_nothing_
     let w = world();
     enrolled(&w, 3024).await;
     for b in [3025, 3026] {
-        w.mc.enroll(Err(unavailable()));
-        let e = w
-            .app
-            .enroll(command(&format!("k-{b}"), b), None)
-            .await
-            .unwrap_err();
-        assert_eq!(reason(&e), "UPSTREAM_UNAVAILABLE");
-        assert_eq!(
-            w.record(card(b)).await.unwrap().state,
-            EnrollmentState::InProgress
-        );
+        left_in_progress(&w, &format!("k-{b}"), b).await;
     }
     w.app.opt_out(card(3024), None).await.unwrap();
     for (b, token) in [(3025, true), (3026, false)] {
-        let tokens = if token {
-            vec![c2p_token(
-                &format!("DM4MMC{b}"),
-                TokenStatus::Active,
-                "2030-01-01T00:00:00Z",
-            )]
+        if token {
+            token_list_shows(&w, b);
         } else {
-            Vec::new()
-        };
-        w.mc.tokens(Ok(observed(tokens)));
+            w.mc.tokens(Ok(observed(Vec::new())));
+        }
         let enrolls = w.mc.calls().enrolls.len();
         let e = w
             .app
@@ -804,14 +810,9 @@ async fn a_resumed_key_under_an_opt_out_finishes_what_it_sent_and_sends_nothing_
 async fn the_reconciler_takes_out_a_card_it_finds_tokenized_under_an_opt_out() {
     let w = world();
     enrolled(&w, 3027).await;
-    w.mc.enroll(Err(unavailable()));
-    w.app.enroll(command("k-b", 3028), None).await.unwrap_err();
+    left_in_progress(&w, "k-b", 3028).await;
     w.app.opt_out(card(3027), None).await.unwrap();
-    w.mc.tokens(Ok(observed(vec![c2p_token(
-        "DM4MMC3028",
-        TokenStatus::Active,
-        "2030-01-01T00:00:00Z",
-    )])));
+    token_list_shows(&w, 3028);
     // Noted in this millisecond: moved back so that this pass, which takes notes older than
     // its start, sees it.
     w.store.requeue_in_progress(card(3028), 1).await.unwrap();
@@ -863,14 +864,9 @@ async fn a_resumed_key_under_an_opt_out_is_refused_not_answered_already_enrolled
 async fn the_reconcilers_failed_taking_out_is_finished_on_its_next_pass() {
     let w = world();
     enrolled(&w, 3033).await;
-    w.mc.enroll(Err(unavailable()));
-    w.app.enroll(command("k-b", 3034), None).await.unwrap_err();
+    left_in_progress(&w, "k-b", 3034).await;
     w.app.opt_out(card(3033), None).await.unwrap();
-    w.mc.tokens(Ok(observed(vec![c2p_token(
-        "DM4MMC3034",
-        TokenStatus::Active,
-        "2030-01-01T00:00:00Z",
-    )])));
+    token_list_shows(&w, 3034);
     w.mc.delete_profile(Err(unavailable()));
     w.store.requeue_in_progress(card(3034), 1).await.unwrap();
     let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
