@@ -381,10 +381,7 @@ async fn idempotency_keys_are_scoped_by_the_certificate_identity() {
         .into_inner();
     assert_eq!(replay.enrollment, first.enrollment);
     // A forged mesh header changes nothing: the certificate names the caller.
-    let mut forged = tonic::Request::new(request("shared-key", 70002));
-    forged
-        .metadata_mut()
-        .insert("x-c2p-caller", second.parse().unwrap());
+    let forged = as_caller(second, request("shared-key", 70002));
     let replay = a.enroll_card(forged).await.unwrap_err();
     assert_eq!(replay.code(), Code::FailedPrecondition, "{replay:?}");
     assert_eq!(reason(&replay), "IDEMPOTENCY_KEY_REUSED");
@@ -535,19 +532,19 @@ async fn mesh_header_mode_takes_the_identity_from_the_header() {
         Code::Unauthenticated,
         "no header: {status:?}"
     );
-    let mut as_app = tonic::Request::new(request("m1", 70001));
-    as_app
-        .metadata_mut()
-        .insert("x-c2p-caller", APP.parse().unwrap());
-    let enrolled = client.enroll_card(as_app).await.unwrap().into_inner();
+    let enrolled = client
+        .enroll_card(as_caller(APP, request("m1", 70001)))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(enrolled.enrollment.unwrap().card_contract_id, 70001);
-    let mut as_stranger = tonic::Request::new(GetEnrollmentStatusRequest {
-        card_contract_id: 70001,
-        refresh: false,
-    });
-    as_stranger
-        .metadata_mut()
-        .insert("x-c2p-caller", STRANGER.parse().unwrap());
+    let as_stranger = as_caller(
+        STRANGER,
+        GetEnrollmentStatusRequest {
+            card_contract_id: 70001,
+            refresh: false,
+        },
+    );
     let status = client.get_enrollment_status(as_stranger).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
 }
