@@ -37,10 +37,21 @@ impl App {
             if let Some(hit) = self.store.get_cached(card).await? {
                 return Ok((hit, Source::Store));
             }
-            // Nothing cached is ever absent: this read went to the store.
-            let (record, source) = self.observe(card, None, deadline, None).await?;
+            // Nothing cached is ever absent: this read went to the store. The paths that go
+            // to Mastercard are boxed: inline, their state (~7 KB) made every hit's future that
+            // large, allocated and copied per call.
+            let (record, source) = Box::pin(self.observe(card, None, deadline, None)).await?;
             return Ok((SharedRecord::new(record), source));
         }
+        Box::pin(self.refreshed(card, deadline)).await
+    }
+
+    /// [`App::status`] with `refresh`.
+    async fn refreshed(
+        &self,
+        card: CardContractId,
+        deadline: Option<Instant>,
+    ) -> Result<(Arc<SharedRecord>, Source), AppError> {
         let (record, source) = self.status_as(card, deadline, None).await?;
         if record.state != EnrollmentState::Enrolled {
             return Ok((SharedRecord::new(record), source));

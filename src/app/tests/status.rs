@@ -336,3 +336,13 @@ async fn a_store_down_is_store_unavailable() {
     assert!(matches!(e, AppError::StoreUnavailable(_)), "{e:?}");
     assert_eq!(w.mc.calls().counts(), (0, 0, 0));
 }
+
+// Every call's future is allocated and moved as a whole: a hit must not carry the state of the
+// paths that go to Mastercard (7,160 bytes when they were inline).
+#[test]
+fn a_plain_reads_future_is_small() {
+    let w = world();
+    let read = w.app.status(card(70_152), false, None);
+    let size = std::mem::size_of_val(&read);
+    assert!(size <= 256, "GetEnrollmentStatus's future is {size} bytes");
+}
