@@ -7,7 +7,7 @@ use super::ports::{
 use super::{App, AppError, Step, past};
 use crate::domain::{
     Begin, CardContractId, EnrollmentRecord, EnrollmentState, Failure, IdempotencyRecord, OptOut,
-    Phase, StoredOutcome, consumer_subject, now_ms,
+    Phase, StoredOutcome, consumer_subject, now_ms, removed_by_token,
 };
 use crate::metrics::{EnrollStage, enroll_stage};
 use std::time::Duration;
@@ -594,7 +594,7 @@ impl App {
         let existing = existing?;
         // A card whose earlier enrollment left Click to Pay: a new enrollment, whose first write
         // does not carry the old (deactivated) token over.
-        let after_removal = existing
+        let mut after_removal = existing
             .as_ref()
             .is_some_and(|r| r.state == EnrollmentState::Removed);
         // An earlier attempt's IN_PROGRESS record: its note for the reconciler must stay.
@@ -654,6 +654,9 @@ impl App {
                 self.track_enrolled(cmd.card_contract_id).await;
                 return Ok((record, None));
             }
+            // It went through and its token was deactivated since (the look-up wrote REMOVED):
+            // enrolled again as any card that left Click to Pay, without the old token.
+            after_removal |= removed_by_token(&record);
         }
         // Under an opt-out, a resumed call finishes what it sent and sends nothing new.
         if let Some(refused) = refused {

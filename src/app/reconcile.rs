@@ -54,7 +54,7 @@ impl App {
                     report.failed += 1;
                     "failed"
                 }
-                Ok(Outcome::OptedOut) => {
+                Ok(Outcome::OptedOut | Outcome::Removed) => {
                     report.removed += 1;
                     "removed"
                 }
@@ -237,6 +237,19 @@ impl App {
             );
             return Ok(Outcome::Enrolled);
         }
+        if removed_by_token(&current) {
+            // It went through and its token was deactivated since: REMOVED (written by the
+            // look-up), and in the ENROLLED index, where news of its token can bring it back.
+            self.track_enrolled(card).await;
+            if !self.untrack_held(card, owner).await? {
+                return Ok(Outcome::Busy);
+            }
+            tracing::info!(
+                card = card.get(),
+                "reconciler: the card was tokenized and its token deactivated since; REMOVED"
+            );
+            return Ok(Outcome::Removed);
+        }
         let mut failed = record;
         failed.state = EnrollmentState::Failed;
         failed.failure = Some(Failure {
@@ -360,6 +373,8 @@ enum Outcome {
     Enrolled,
     /// Found tokenized, its cardholder opted out meanwhile: taken out again (REMOVED).
     OptedOut,
+    /// Found tokenized, its token deactivated since: REMOVED (`TOKEN_DEACTIVATED`).
+    Removed,
     Failed,
     Busy,
     Pruned,

@@ -7,7 +7,7 @@ use super::ports::{NotificationResult, PutMode};
 use super::{App, AppError, Step};
 use crate::domain::{
     CardContractId, EnrollmentRecord, EnrollmentState, SharedRecord, Token, TokenEvent,
-    TokenEventKind, Version, merge_tokens, now_ms,
+    TokenEventKind, Version, follow_token, merge_tokens, now_ms, removed_by_token,
 };
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -214,6 +214,9 @@ impl App {
             Some(known) => merge_tokens(known, &observed),
             None => observed,
         });
+        // This enrollment's token, deactivated since: it went through and the card left Click
+        // to Pay (REMOVED, as a notification of the deactivation makes an ENROLLED record).
+        follow_token(&mut record);
         self.write_observed(&record, snapshot, lock_owner).await
     }
 
@@ -224,7 +227,8 @@ impl App {
     /// answered. A caller that holds the lock itself (`lock_owner`) is never answered with an
     /// unstored record nor one it did not read: it gets `RequestInFlight` when its lock was lost
     /// or the record changed or vanished meanwhile.
-    /// A record that became ENROLLED joins the ENROLLED index.
+    /// A record that became ENROLLED (or REMOVED by its token: [`removed_by_token`]) joins the
+    /// ENROLLED index.
     async fn write_observed(
         &self,
         record: &EnrollmentRecord,
@@ -276,10 +280,10 @@ impl App {
                 match self.store.put_enrollment_fenced(record, ttl, owner).await? {
                     // Written, or nothing to change (the revision tells).
                     Some(stored) if stored.revision != before => {
-                        let was_enrolled = snapshot
-                            .as_ref()
-                            .is_some_and(|s| s.state == EnrollmentState::Enrolled);
-                        if stored.state == EnrollmentState::Enrolled && !was_enrolled {
+                        let indexed = |r: &EnrollmentRecord| {
+                            r.state == EnrollmentState::Enrolled || removed_by_token(r)
+                        };
+                        if indexed(&stored) && !snapshot.as_ref().is_some_and(indexed) {
                             self.track_enrolled(card).await;
                         }
                         (stored, Source::Upstream)

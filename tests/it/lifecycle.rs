@@ -727,3 +727,53 @@ async fn a_card_enrolled_without_click_to_pay_ids_is_refused_precisely_until_rem
     assert_eq!(removed.state(), EnrollmentState::Removed);
     assert_eq!(removal_reason(&removed), RemovalReason::CardClosed);
 }
+
+/// An enrollment whose `POST /cards` answer was lost, whose card then left Click to Pay (its
+/// token deactivated, no notification sent): it went through and left, so a refresh shows it
+/// REMOVED (`TOKEN_DEACTIVATED`), not ENROLLED with the dead token, and the key's retry enrolls
+/// the card again.
+#[tokio::test]
+async fn an_unfinished_enrollment_whose_card_left_click_to_pay_is_removed_then_enrolled_again() {
+    let redis = RedisServer::start();
+    // The lost answer is waited for this long.
+    let service = TestService::start(&service_settings(
+        &redis,
+        &[("C2P_MASTERCARD__ENROLL__ATTEMPT_TIMEOUT", "500ms")],
+    ))
+    .await;
+    let mut client = service.client();
+    service.sandbox.set_fault(
+        Route::EnrollCards,
+        RouteFault {
+            drop_response: true,
+            times: Some(1),
+            ..Default::default()
+        },
+    );
+    let lost = client.enroll_card(request("k", 70001)).await.unwrap_err();
+    assert_eq!(reason(&lost), "UPSTREAM_UNAVAILABLE", "{lost:?}");
+    assert!(
+        service
+            .sandbox
+            .delete_card_in_click_to_pay(70001, CardDeletion::Unnotified)
+            .await
+    );
+    let read = status(&mut client, 70001, true).await;
+    assert_eq!(read.state(), EnrollmentState::Removed, "{read:?}");
+    assert_eq!(removal_reason(&read), RemovalReason::TokenDeactivated);
+
+    let again = client
+        .enroll_card(request("k", 70001))
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment
+        .unwrap();
+    assert_eq!(again.state(), EnrollmentState::Enrolled);
+    assert_eq!(service.sandbox.count(Route::EnrollCards), 2);
+    assert_ne!(
+        again.token.map(|t| t.token_unique_reference),
+        read.token.map(|t| t.token_unique_reference),
+        "the old token does not stand for the new enrollment"
+    );
+}

@@ -1213,3 +1213,84 @@ async fn a_refresh_and_the_reconciler_notice_cards_click_to_pay_no_longer_holds(
         .unwrap();
     assert_eq!(report.lifecycle_checked, 0);
 }
+
+/// The next token list shows card `b`'s Click to Pay token (that [`token_list_shows`] shows
+/// active) deactivated: the enrollment went through and the card left Click to Pay since.
+fn token_list_shows_deactivated(w: &World, b: i64) {
+    w.mc.tokens(Ok(observed(vec![c2p_token(
+        &format!("DM4MMC{b}"),
+        TokenStatus::Deactivated,
+        "2030-01-01T00:00:00Z",
+    )])));
+}
+
+/// Card `b`'s record is REMOVED because its token was deactivated, and in the ENROLLED index
+/// (where such a card stays, so that news of its token can bring it back).
+async fn removed_by_its_token(w: &World, b: i64) {
+    let record = w.record(card(b)).await.unwrap();
+    assert_eq!(record.state, EnrollmentState::Removed, "{record:?}");
+    assert_eq!(
+        record.removal.unwrap().reason,
+        RemovalReason::TokenDeactivated
+    );
+    assert!(record.failure.is_none());
+    assert!(
+        w.store
+            .enrolled_due(i64::MAX, 100)
+            .await
+            .unwrap()
+            .contains(&card(b))
+    );
+}
+
+/// An enrollment left IN_PROGRESS whose token the token list shows deactivated went through and
+/// left Click to Pay since: a refresh makes it REMOVED, not ENROLLED with a dead token.
+#[tokio::test]
+async fn a_refresh_of_an_unfinished_enrollment_whose_token_was_deactivated_answers_removed() {
+    let w = world();
+    left_in_progress(&w, "k", 3200).await;
+    token_list_shows_deactivated(&w, 3200);
+    let (read, _) = w.app.status(card(3200), true, None).await.unwrap();
+    assert_eq!(read.record().state, EnrollmentState::Removed);
+    removed_by_its_token(&w, 3200).await;
+}
+
+/// The reconciler finishing such an enrollment: REMOVED (counted as removed), not FAILED over
+/// the token it found, and out of the IN_PROGRESS index.
+#[tokio::test]
+async fn the_reconciler_finds_an_unfinished_enrollments_token_deactivated_and_removes_the_card() {
+    let w = world();
+    left_in_progress(&w, "k", 3201).await;
+    token_list_shows_deactivated(&w, 3201);
+    w.store.requeue_in_progress(card(3201), 1).await.unwrap();
+    let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
+    assert_eq!(
+        (report.checked, report.removed, report.failed),
+        (1, 1, 0),
+        "{report:?}"
+    );
+    removed_by_its_token(&w, 3201).await;
+    assert!(w.in_progress().await.is_empty());
+}
+
+/// Its retry: the card is enrolled again as a card that left Click to Pay is, and the old,
+/// deactivated token does not stand for the new enrollment.
+#[tokio::test]
+async fn a_retry_of_an_enrollment_whose_token_was_deactivated_since_enrolls_the_card_again() {
+    let w = world();
+    left_in_progress(&w, "k", 3202).await;
+    token_list_shows_deactivated(&w, 3202);
+    let again = w.app.enroll(command("k", 3202), None).await.unwrap();
+    assert_eq!(w.mc.calls().enrolls.len(), 2, "POST /cards sent again");
+    assert_eq!(again.record.state, EnrollmentState::Enrolled);
+    assert!(
+        again
+            .record
+            .token
+            .as_ref()
+            .is_none_or(|t| t.token_unique_reference != "DM4MMC3202"),
+        "{:?}",
+        again.record.token
+    );
+    assert!(w.in_progress().await.is_empty());
+}
