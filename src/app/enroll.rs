@@ -7,7 +7,7 @@ use super::ports::{
 use super::{App, AppError, Step, past};
 use crate::domain::{
     Begin, CardContractId, EnrollmentRecord, EnrollmentState, Failure, IdempotencyRecord, OptOut,
-    Phase, StoredOutcome, consumer_subject, now_ms, removed_by_token,
+    Phase, StoredOutcome, consumer_subject, now_ms,
 };
 use crate::metrics::{EnrollStage, enroll_stage};
 use std::time::Duration;
@@ -622,7 +622,7 @@ impl App {
         // a crash): continue it with its srcCorrelationId, so that Click to Pay sees the same
         // enrollment again rather than a second one.
         let mut adopted = false;
-        let correlation = match existing
+        let mut correlation = match existing
             .as_ref()
             .filter(|r| r.state == EnrollmentState::InProgress)
             .and_then(|r| r.src_correlation_id.clone())
@@ -640,6 +640,11 @@ impl App {
 
         // A POST /cards was sent and its answer lost (a crash, a timeout): the card may be
         // tokenized already. Ask the token list before sending it again, and finish from it.
+        // The srcCorrelationId of the card's enrollment that left Click to Pay, if it did.
+        let mut removed_since = existing
+            .as_ref()
+            .filter(|r| r.state == EnrollmentState::Removed)
+            .and_then(|r| r.src_correlation_id.clone());
         if adopted || attempt.phase().await >= Phase::EnrollSent {
             let owner = attempt.record.lock().await.owner.clone();
             let (record, _) = enroll_stage(
@@ -654,13 +659,28 @@ impl App {
                 self.track_enrolled(cmd.card_contract_id).await;
                 return Ok((record, None));
             }
-            // It went through and its token was deactivated since (the look-up wrote REMOVED):
-            // enrolled again as any card that left Click to Pay, without the old token.
-            after_removal |= removed_by_token(&record);
+            // It left Click to Pay since (removed, or its token deactivated: then the look-up
+            // wrote REMOVED): enrolled again as any card that left, without the old token.
+            if record.state == EnrollmentState::Removed {
+                after_removal = true;
+                removed_since = record.src_correlation_id;
+            }
         }
         // Under an opt-out, a resumed call finishes what it sent and sends nothing new.
         if let Some(refused) = refused {
             return Err(refused);
+        }
+        // A new enrollment under a srcCorrelationId of its own: the removed enrollment's (a
+        // resumed key's own, or one a caller sent again) would be answered as that enrollment
+        // again (the same srcCorrelationId is the same enrollment).
+        if removed_since.as_deref() == Some(correlation.as_str()) {
+            let fresh = cmd
+                .src_correlation_id
+                .clone()
+                .filter(|asked| *asked != correlation)
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            attempt.adopt_correlation(fresh.clone()).await?;
+            correlation = fresh;
         }
 
         // The card object is never stored, so a resumed call searches again (it changes nothing).

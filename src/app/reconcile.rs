@@ -25,7 +25,8 @@ pub struct ReconcileReport {
     pub lifecycle_checked: usize,
     /// Of those, cards Click to Pay no longer holds: now REMOVED (`NOT_IN_CLICK_TO_PAY`); and
     /// IN_PROGRESS cards found tokenized whose cardholder opted out meanwhile, taken out
-    /// again (REMOVED, `CONSUMER_OPTED_OUT`).
+    /// again (REMOVED, `CONSUMER_OPTED_OUT`), or whose token shows deactivated (REMOVED,
+    /// `TOKEN_DEACTIVATED`).
     pub removed: usize,
     /// Of those, look-ups that failed: due again an interval later, except a card whose record
     /// lacks the Click to Pay ids to look it up by, which leaves the index.
@@ -186,10 +187,13 @@ impl App {
                     self.take_out_held(card, record, &owner).await
                 }
                 other => {
-                    // An ENROLLED card may have lost its ENROLLED note with the attempt that
-                    // wrote it (sent beside the record, it may not have landed): noted again
-                    // before this note goes, so that it is never in neither index.
-                    if other.is_some_and(|r| r.state == EnrollmentState::Enrolled) {
+                    // An ENROLLED card (or one REMOVED by its token, which that index keeps)
+                    // may have lost its ENROLLED note with the attempt that wrote it (sent
+                    // beside the record, it may not have landed): noted again before this note
+                    // goes, so that it is never in neither index.
+                    if other.is_some_and(|r| {
+                        r.state == EnrollmentState::Enrolled || removed_by_token(&r)
+                    }) {
                         self.track_enrolled(card).await;
                     }
                     if !self.untrack_held(card, &owner).await? {

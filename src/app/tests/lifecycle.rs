@@ -1281,7 +1281,14 @@ async fn a_retry_of_an_enrollment_whose_token_was_deactivated_since_enrolls_the_
     left_in_progress(&w, "k", 3202).await;
     token_list_shows_deactivated(&w, 3202);
     let again = w.app.enroll(command("k", 3202), None).await.unwrap();
-    assert_eq!(w.mc.calls().enrolls.len(), 2, "POST /cards sent again");
+    let sent = w.mc.calls().correlations();
+    assert_eq!(sent.len(), 2, "POST /cards sent again");
+    // The same srcCorrelationId would be answered as the removed enrollment again.
+    assert_ne!(
+        sent[0], sent[1],
+        "a new enrollment, not the removed one again"
+    );
+    assert_eq!(again.record.src_correlation_id.as_ref(), Some(&sent[1]));
     assert_eq!(again.record.state, EnrollmentState::Enrolled);
     assert!(
         again
@@ -1293,4 +1300,46 @@ async fn a_retry_of_an_enrollment_whose_token_was_deactivated_since_enrolls_the_
         again.record.token
     );
     assert!(w.in_progress().await.is_empty());
+}
+
+/// A card REMOVED by its token that lost its ENROLLED note stays in one index: the reconciler
+/// pruning its IN_PROGRESS note notes it again (where news of its token can bring it back).
+#[tokio::test]
+async fn the_reconciler_keeps_a_card_removed_by_its_token_in_the_enrolled_index() {
+    let w = world();
+    left_in_progress(&w, "k", 3203).await;
+    token_list_shows_deactivated(&w, 3203);
+    w.app.status(card(3203), true, None).await.unwrap();
+    w.store.untrack_enrolled(card(3203)).await.unwrap();
+    w.store.requeue_in_progress(card(3203), 1).await.unwrap();
+    let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
+    assert_eq!((report.checked, report.pruned), (1, 1), "{report:?}");
+    removed_by_its_token(&w, 3203).await;
+    assert!(w.in_progress().await.is_empty());
+}
+
+/// A caller that sends the srcCorrelationId of the card's removed enrollment again, under a new
+/// key: Click to Pay would answer it as that enrollment, so the new one takes a new id.
+#[tokio::test]
+async fn a_removed_enrollments_correlation_id_sent_again_is_not_reused() {
+    let w = world();
+    let first = "6f1c2a3b-0d4e-4f5a-8b6c-7d8e9f0a1b2c";
+    let mut cmd = command("k1", 3204);
+    cmd.src_correlation_id = Some(first.into());
+    w.app.enroll(cmd, None).await.unwrap();
+    w.app
+        .remove_card(remove("r1", 3204, RemovalReason::CardholderRequest), None)
+        .await
+        .unwrap();
+    let mut again = command("k2", 3204);
+    again.src_correlation_id = Some(first.into());
+    let done = w.app.enroll(again, None).await.unwrap();
+    let sent = w.mc.calls().correlations();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[0], first);
+    assert_ne!(
+        sent[1], first,
+        "a new enrollment, not the removed one again"
+    );
+    assert_eq!(done.record.src_correlation_id.as_ref(), Some(&sent[1]));
 }
