@@ -594,7 +594,7 @@ impl App {
         let existing = existing?;
         // A card whose earlier enrollment left Click to Pay: a new enrollment, whose first write
         // does not carry the old (deactivated) token over.
-        let mut after_removal = existing
+        let after_removal = existing
             .as_ref()
             .is_some_and(|r| r.state == EnrollmentState::Removed);
         // An earlier attempt's IN_PROGRESS record: its note for the reconciler must stay.
@@ -641,10 +641,11 @@ impl App {
         // A POST /cards was sent and its answer lost (a crash, a timeout): the card may be
         // tokenized already. Ask the token list before sending it again, and finish from it.
         // The srcCorrelationId of the card's enrollment that left Click to Pay, if it did.
-        let mut removed_since = existing
+        let removed_since = existing
             .as_ref()
             .filter(|r| r.state == EnrollmentState::Removed)
             .and_then(|r| r.src_correlation_id.clone());
+        let mut finished_removed = None;
         if adopted || attempt.phase().await >= Phase::EnrollSent {
             let owner = attempt.record.lock().await.owner.clone();
             let (record, _) = enroll_stage(
@@ -659,20 +660,30 @@ impl App {
                 self.track_enrolled(cmd.card_contract_id).await;
                 return Ok((record, None));
             }
-            // It left Click to Pay since (removed, or its token deactivated: then the look-up
-            // wrote REMOVED): enrolled again as any card that left, without the old token.
-            if record.state == EnrollmentState::Removed {
-                after_removal = true;
-                removed_since = record.src_correlation_id;
+            // What this key sent went through and the card left Click to Pay since (removed,
+            // or its token deactivated: then the look-up wrote REMOVED). That is the key's
+            // answer: sending its srcCorrelationId again would be answered as the removed
+            // enrollment, and a new one would enroll again a card someone took out (a new key
+            // does that, on purpose).
+            if record.state == EnrollmentState::Removed
+                && record.src_correlation_id.as_deref() == Some(correlation.as_str())
+            {
+                finished_removed = Some(record);
             }
         }
         // Under an opt-out, a resumed call finishes what it sent and sends nothing new.
         if let Some(refused) = refused {
             return Err(refused);
         }
-        // A new enrollment under a srcCorrelationId of its own: the removed enrollment's (a
-        // resumed key's own, or one a caller sent again) would be answered as that enrollment
-        // again (the same srcCorrelationId is the same enrollment).
+        if let Some(record) = finished_removed {
+            tracing::info!(
+                "finished from the token list: the interrupted attempt's POST /cards went through, and the card left Click to Pay since"
+            );
+            return Ok((record, None));
+        }
+        // A new enrollment under a srcCorrelationId of its own: the removed enrollment's (sent
+        // again by a caller, or kept by a key started over after an opt-out) would be answered
+        // as that enrollment again (the same srcCorrelationId is the same enrollment).
         if removed_since.as_deref() == Some(correlation.as_str()) {
             let fresh = cmd
                 .src_correlation_id

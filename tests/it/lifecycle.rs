@@ -730,10 +730,11 @@ async fn a_card_enrolled_without_click_to_pay_ids_is_refused_precisely_until_rem
 
 /// An enrollment whose `POST /cards` answer was lost, whose card then left Click to Pay (its
 /// token deactivated, no notification sent): it went through and left, so a refresh shows it
-/// REMOVED (`TOKEN_DEACTIVATED`), not ENROLLED with the dead token, and the key's retry enrolls
-/// the card again.
+/// REMOVED (`TOKEN_DEACTIVATED`), not ENROLLED with the dead token, the key's retry answers that
+/// (nothing sent again), and a new key enrolls the card again.
 #[tokio::test]
-async fn an_unfinished_enrollment_whose_card_left_click_to_pay_is_removed_then_enrolled_again() {
+async fn an_unfinished_enrollment_whose_card_left_click_to_pay_is_removed_and_a_new_key_enrolls_it()
+{
     let redis = RedisServer::start();
     // The lost answer is waited for this long.
     let service = TestService::start(&service_settings(
@@ -765,8 +766,23 @@ async fn an_unfinished_enrollment_whose_card_left_click_to_pay_is_removed_then_e
     assert_eq!(read.state(), EnrollmentState::Removed, "{read:?}");
     assert_eq!(removal_reason(&read), RemovalReason::TokenDeactivated);
 
-    let again = client
+    let retried = client
         .enroll_card(request("k", 70001))
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment
+        .unwrap();
+    assert_eq!(retried.state(), EnrollmentState::Removed);
+    assert_eq!(removal_reason(&retried), RemovalReason::TokenDeactivated);
+    assert_eq!(
+        service.sandbox.count(Route::EnrollCards),
+        1,
+        "nothing sent again"
+    );
+
+    let again = client
+        .enroll_card(request("k2", 70001))
         .await
         .unwrap()
         .into_inner()

@@ -1273,21 +1273,29 @@ async fn the_reconciler_finds_an_unfinished_enrollments_token_deactivated_and_re
     assert!(w.in_progress().await.is_empty());
 }
 
-/// Its retry: the card is enrolled again as a card that left Click to Pay is, and the old,
-/// deactivated token does not stand for the new enrollment.
+/// Its retry: what the key sent went through and the card left since, which is its answer
+/// (REMOVED, stored: its replay says the same); nothing is sent again. A new key enrolls the
+/// card again, under a srcCorrelationId of its own and without the old token.
 #[tokio::test]
-async fn a_retry_of_an_enrollment_whose_token_was_deactivated_since_enrolls_the_card_again() {
+async fn a_retry_of_an_enrollment_whose_token_was_deactivated_since_answers_removed() {
     let w = world();
     left_in_progress(&w, "k", 3202).await;
     token_list_shows_deactivated(&w, 3202);
-    let again = w.app.enroll(command("k", 3202), None).await.unwrap();
-    let sent = w.mc.calls().correlations();
-    assert_eq!(sent.len(), 2, "POST /cards sent again");
-    // The same srcCorrelationId would be answered as the removed enrollment again.
-    assert_ne!(
-        sent[0], sent[1],
-        "a new enrollment, not the removed one again"
+    let retried = w.app.enroll(command("k", 3202), None).await.unwrap();
+    assert_eq!(retried.record.state, EnrollmentState::Removed);
+    assert_eq!(
+        retried.record.removal.as_ref().unwrap().reason,
+        RemovalReason::TokenDeactivated
     );
+    assert_eq!(w.mc.calls().enrolls.len(), 1, "nothing sent again");
+    let replay = w.app.enroll(command("k", 3202), None).await.unwrap();
+    assert!(replay.replayed);
+    assert_eq!(replay.record.state, EnrollmentState::Removed);
+
+    let again = w.app.enroll(command("k2", 3202), None).await.unwrap();
+    let sent = w.mc.calls().correlations();
+    assert_eq!(sent.len(), 2);
+    assert_ne!(sent[0], sent[1], "a new enrollment, not the removed one");
     assert_eq!(again.record.src_correlation_id.as_ref(), Some(&sent[1]));
     assert_eq!(again.record.state, EnrollmentState::Enrolled);
     assert!(
@@ -1299,7 +1307,6 @@ async fn a_retry_of_an_enrollment_whose_token_was_deactivated_since_enrolls_the_
         "{:?}",
         again.record.token
     );
-    assert!(w.in_progress().await.is_empty());
 }
 
 /// A card REMOVED by its token that lost its ENROLLED note stays in one index: the reconciler
@@ -1342,4 +1349,27 @@ async fn a_removed_enrollments_correlation_id_sent_again_is_not_reused() {
         "a new enrollment, not the removed one again"
     );
     assert_eq!(done.record.src_correlation_id.as_ref(), Some(&sent[1]));
+}
+
+/// A key stopped after sending, whose enrollment was then finished from the token list and the
+/// card removed on purpose: the key's late retry answers the removal, and does not enroll the
+/// card again (a new key would).
+#[tokio::test]
+async fn a_late_retry_of_a_key_whose_card_was_removed_since_does_not_enroll_it_again() {
+    let w = world();
+    left_in_progress(&w, "k", 3205).await;
+    token_list_shows(&w, 3205);
+    let (read, _) = w.app.status(card(3205), true, None).await.unwrap();
+    assert_eq!(read.record().state, EnrollmentState::Enrolled);
+    w.app
+        .remove_card(remove("r1", 3205, RemovalReason::CardholderRequest), None)
+        .await
+        .unwrap();
+    let retried = w.app.enroll(command("k", 3205), None).await.unwrap();
+    assert_eq!(retried.record.state, EnrollmentState::Removed);
+    assert_eq!(
+        retried.record.removal.unwrap().reason,
+        RemovalReason::CardholderRequest
+    );
+    assert_eq!(w.mc.calls().enrolls.len(), 1, "nothing sent again");
 }
