@@ -76,16 +76,10 @@ impl Attempt<'_> {
         self.record.lock().await.phase
     }
 
-    /// Uses `correlation` from now on (and on every resume): another attempt's (`sent`: it may
-    /// have gone out), or a new one in place of a removed enrollment's.
-    async fn adopt_correlation(&self, correlation: String, sent: bool) -> Result<(), AppError> {
+    /// Uses another attempt's `srcCorrelationId` from now on (and on every resume).
+    async fn adopt_correlation(&self, correlation: String) -> Result<(), AppError> {
         let mut record = self.record.lock().await;
         record.src_correlation_id = correlation;
-        // Another key's id may have gone out with its POST /cards: a retry of this one must ask
-        // the token list before sending it, as after its own.
-        if sent {
-            record.phase = record.phase.max(Phase::EnrollSent);
-        }
         // A lease end read back from Redis is on Redis' clock: restate it on ours.
         record.lease_until_ms = now_ms() + lease_ms(self.app);
         save(self.app, &self.scope, &record).await
@@ -637,7 +631,7 @@ impl App {
                 tracing::info!(
                     "continuing the unfinished enrollment of this card with its srcCorrelationId"
                 );
-                attempt.adopt_correlation(earlier.clone(), true).await?;
+                attempt.adopt_correlation(earlier.clone()).await?;
                 adopted = true;
                 earlier
             }
@@ -696,7 +690,7 @@ impl App {
                 .clone()
                 .filter(|asked| *asked != correlation)
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-            attempt.adopt_correlation(fresh.clone(), false).await?;
+            attempt.adopt_correlation(fresh.clone()).await?;
             correlation = fresh;
         }
 

@@ -631,35 +631,6 @@ async fn another_keys_unfinished_enrollment_is_continued_with_its_correlation() 
     assert_eq!(w.mc.calls().counts(), (2, 2, 1));
 }
 
-/// A key that adopted another key's srcCorrelationId and stopped before it could ask the token
-/// list: that id may have gone out, so its retry asks the token list first too (it sent the id
-/// again before, as its own, without looking).
-#[tokio::test]
-async fn a_key_stopped_after_adopting_another_keys_correlation_asks_the_token_list_first() {
-    let w = world();
-    let (a, b) = (command("kA", 1503), command("kB", 1503));
-    w.mc.enroll(Err(unavailable("enroll", 2)));
-    w.app.enroll(a, None).await.unwrap_err();
-    let corr_a = w.mc.calls().correlations()[0].clone();
-    w.mc.tokens(Err(unavailable("tokens", 1)));
-    w.app.enroll(b.clone(), None).await.unwrap_err();
-    assert_eq!(w.key_of(&b).unwrap().src_correlation_id, corr_a, "adopted");
-
-    // A's POST /cards went through meanwhile.
-    w.mc.tokens(Ok(observed(vec![c2p_token(
-        "DM4MMC1503",
-        TokenStatus::Active,
-        "2030-01-01T00:00:00Z",
-    )])));
-    let done = w.app.enroll(b, None).await.unwrap();
-    assert_eq!(done.record.state, EnrollmentState::Enrolled);
-    assert_eq!(
-        w.mc.calls().correlations(),
-        [corr_a],
-        "finished from the token list, nothing sent again"
-    );
-}
-
 #[tokio::test]
 async fn another_keys_unfinished_enrollment_that_went_through_finishes_from_the_token_list() {
     let w = world();
