@@ -594,7 +594,7 @@ impl App {
         let existing = existing?;
         // A card whose earlier enrollment left Click to Pay: a new enrollment, whose first write
         // does not carry the old (deactivated) token over.
-        let after_removal = existing
+        let mut after_removal = existing
             .as_ref()
             .is_some_and(|r| r.state == EnrollmentState::Removed);
         // An earlier attempt's IN_PROGRESS record: its note for the reconciler must stay.
@@ -641,7 +641,7 @@ impl App {
         // A POST /cards was sent and its answer lost (a crash, a timeout): the card may be
         // tokenized already. Ask the token list before sending it again, and finish from it.
         // The srcCorrelationId of the card's enrollment that left Click to Pay, if it did.
-        let removed_since = existing
+        let mut removed_since = existing
             .as_ref()
             .filter(|r| r.state == EnrollmentState::Removed)
             .and_then(|r| r.src_correlation_id.clone());
@@ -660,15 +660,20 @@ impl App {
                 self.track_enrolled(cmd.card_contract_id).await;
                 return Ok((record, None));
             }
-            // What this key sent went through and the card left Click to Pay since (removed,
-            // or its token deactivated: then the look-up wrote REMOVED). That is the key's
-            // answer: sending its srcCorrelationId again would be answered as the removed
-            // enrollment, and a new one would enroll again a card someone took out (a new key
-            // does that, on purpose).
-            if record.state == EnrollmentState::Removed
-                && record.src_correlation_id.as_deref() == Some(correlation.as_str())
-            {
-                finished_removed = Some(record);
+            if record.state == EnrollmentState::Removed {
+                if !adopted && record.src_correlation_id.as_deref() == Some(correlation.as_str()) {
+                    // What this key sent went through and the card left Click to Pay since
+                    // (removed, or its token deactivated: then the look-up wrote REMOVED). That
+                    // is the key's answer: sending its srcCorrelationId again would be answered
+                    // as the removed enrollment, and a new one would enroll again a card someone
+                    // took out (a new key does that, on purpose).
+                    finished_removed = Some(record);
+                } else {
+                    // Another key's enrollment, just adopted, went through and left since:
+                    // this key's is a new one, as on any card that left.
+                    after_removal = true;
+                    removed_since = record.src_correlation_id;
+                }
             }
         }
         // Under an opt-out, a resumed call finishes what it sent and sends nothing new.
@@ -679,6 +684,8 @@ impl App {
             tracing::info!(
                 "finished from the token list: the interrupted attempt's POST /cards went through, and the card left Click to Pay since"
             );
+            // Finished: its IN_PROGRESS note goes, as when it ends ENROLLED.
+            self.take_back_note(attempt, cmd.card_contract_id).await;
             return Ok((record, None));
         }
         // A new enrollment under a srcCorrelationId of its own: the removed enrollment's (sent

@@ -1288,6 +1288,8 @@ async fn a_retry_of_an_enrollment_whose_token_was_deactivated_since_answers_remo
         RemovalReason::TokenDeactivated
     );
     assert_eq!(w.mc.calls().enrolls.len(), 1, "nothing sent again");
+    removed_by_its_token(&w, 3202).await;
+    assert!(w.in_progress().await.is_empty(), "finished: its note went");
     let replay = w.app.enroll(command("k", 3202), None).await.unwrap();
     assert!(replay.replayed);
     assert_eq!(replay.record.state, EnrollmentState::Removed);
@@ -1372,4 +1374,38 @@ async fn a_late_retry_of_a_key_whose_card_was_removed_since_does_not_enroll_it_a
         RemovalReason::CardholderRequest
     );
     assert_eq!(w.mc.calls().enrolls.len(), 1, "nothing sent again");
+    assert!(
+        w.app
+            .enroll(command("k", 3205), None)
+            .await
+            .unwrap()
+            .replayed
+    );
+    let again = w.app.enroll(command("k2", 3205), None).await.unwrap();
+    assert_eq!(again.record.state, EnrollmentState::Enrolled);
+    let sent = w.mc.calls().correlations();
+    assert_eq!(sent.len(), 2);
+    assert_ne!(sent[0], sent[1]);
+}
+
+/// A new key that finds another key's enrollment unfinished adopts its srcCorrelationId; when
+/// that enrollment went through and its token was deactivated since, the new key's is a new
+/// enrollment (a new srcCorrelationId, the old token dropped), not that removal as its answer.
+#[tokio::test]
+async fn a_new_key_that_adopts_an_enrollment_whose_token_was_deactivated_enrolls_the_card() {
+    let w = world();
+    left_in_progress(&w, "k", 3206).await;
+    token_list_shows_deactivated(&w, 3206);
+    let done = w.app.enroll(command("k2", 3206), None).await.unwrap();
+    assert_eq!(done.record.state, EnrollmentState::Enrolled);
+    let sent = w.mc.calls().correlations();
+    assert_eq!(sent.len(), 2, "k2 sent its own POST /cards");
+    assert_ne!(sent[0], sent[1], "a new enrollment, not the removed one");
+    assert_eq!(done.record.src_correlation_id.as_ref(), Some(&sent[1]));
+    assert!(
+        done.record
+            .token
+            .as_ref()
+            .is_none_or(|t| t.token_unique_reference != "DM4MMC3206")
+    );
 }
