@@ -7,7 +7,7 @@ use super::ports::{NotificationResult, PutMode};
 use super::{App, AppError, Step};
 use crate::domain::{
     CardContractId, EnrollmentRecord, EnrollmentState, SharedRecord, Token, TokenEvent,
-    TokenEventKind, Version, follow_token, merge_tokens, now_ms, removed_by_token,
+    TokenEventKind, TokenStatus, Version, follow_token, merge_tokens, now_ms, removed_by_token,
 };
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -108,6 +108,20 @@ impl App {
                 cached
                     .as_ref()
                     .is_none_or(|r| !r.retired(&t.token_unique_reference))
+            })
+            // Nor, for an enrollment not finished, a deactivated token it has never heard of (by
+            // its notifications): one of an enrollment whose record expired, not proof that this
+            // one went through and left; without it the key re-sends its srcCorrelationId.
+            .filter(|t| {
+                t.status != Some(TokenStatus::Deactivated)
+                    || cached.as_ref().is_none_or(|r| {
+                        !matches!(
+                            r.state,
+                            EnrollmentState::InProgress | EnrollmentState::Failed
+                        ) || r.token.as_ref().is_some_and(|known| {
+                            known.token_unique_reference == t.token_unique_reference
+                        })
+                    })
             })
             .max_by(|a, b| a.created.cmp(&b.created));
         let now = now_ms();

@@ -1224,6 +1224,19 @@ fn token_list_shows_deactivated(w: &World, b: i64) {
     )])));
 }
 
+/// Card `b`'s enrollment named its Click to Pay token (the one [`token_list_shows`] shows) by
+/// its TCN, a few seconds ago: the token is this enrollment's.
+async fn tokenized(w: &World, b: i64) {
+    let tcn = c2p_event(
+        b,
+        &format!("DM4MMC{b}"),
+        TokenEventKind::Complete,
+        crate::domain::now_ms() - 5_000,
+        &format!("tcn-{b}"),
+    );
+    w.store.apply_notification(&tcn).await.unwrap();
+}
+
 /// Card `b`'s record is REMOVED because its token was deactivated, and in the ENROLLED index
 /// (where such a card stays, so that news of its token can bring it back).
 async fn removed_by_its_token(w: &World, b: i64) {
@@ -1249,6 +1262,7 @@ async fn removed_by_its_token(w: &World, b: i64) {
 async fn a_refresh_of_an_unfinished_enrollment_whose_token_was_deactivated_answers_removed() {
     let w = world();
     left_in_progress(&w, "k", 3200).await;
+    tokenized(&w, 3200).await;
     token_list_shows_deactivated(&w, 3200);
     let (read, _) = w.app.status(card(3200), true, None).await.unwrap();
     assert_eq!(read.record().state, EnrollmentState::Removed);
@@ -1261,6 +1275,7 @@ async fn a_refresh_of_an_unfinished_enrollment_whose_token_was_deactivated_answe
 async fn the_reconciler_finds_an_unfinished_enrollments_token_deactivated_and_removes_the_card() {
     let w = world();
     left_in_progress(&w, "k", 3201).await;
+    tokenized(&w, 3201).await;
     token_list_shows_deactivated(&w, 3201);
     w.store.requeue_in_progress(card(3201), 1).await.unwrap();
     let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
@@ -1280,6 +1295,7 @@ async fn the_reconciler_finds_an_unfinished_enrollments_token_deactivated_and_re
 async fn a_retry_of_an_enrollment_whose_token_was_deactivated_since_answers_removed() {
     let w = world();
     left_in_progress(&w, "k", 3202).await;
+    tokenized(&w, 3202).await;
     token_list_shows_deactivated(&w, 3202);
     let retried = w.app.enroll(command("k", 3202), None).await.unwrap();
     assert_eq!(retried.record.state, EnrollmentState::Removed);
@@ -1317,6 +1333,7 @@ async fn a_retry_of_an_enrollment_whose_token_was_deactivated_since_answers_remo
 async fn the_reconciler_keeps_a_card_removed_by_its_token_in_the_enrolled_index() {
     let w = world();
     left_in_progress(&w, "k", 3203).await;
+    tokenized(&w, 3203).await;
     token_list_shows_deactivated(&w, 3203);
     w.app.status(card(3203), true, None).await.unwrap();
     w.store.untrack_enrolled(card(3203)).await.unwrap();
@@ -1395,6 +1412,7 @@ async fn a_late_retry_of_a_key_whose_card_was_removed_since_does_not_enroll_it_a
 async fn a_new_key_that_adopts_an_enrollment_whose_token_was_deactivated_enrolls_the_card() {
     let w = world();
     left_in_progress(&w, "k", 3206).await;
+    tokenized(&w, 3206).await;
     token_list_shows_deactivated(&w, 3206);
     let done = w.app.enroll(command("k2", 3206), None).await.unwrap();
     assert_eq!(done.record.state, EnrollmentState::Enrolled);
@@ -1408,4 +1426,23 @@ async fn a_new_key_that_adopts_an_enrollment_whose_token_was_deactivated_enrolls
             .as_ref()
             .is_none_or(|t| t.token_unique_reference != "DM4MMC3206")
     );
+}
+
+/// A deactivated token that the unfinished enrollment never heard of (an earlier enrollment's,
+/// whose record expired) is no proof that it went through: the key sends its POST /cards again,
+/// with its srcCorrelationId, rather than answer REMOVED for a card it never enrolled.
+#[tokio::test]
+async fn an_unknown_deactivated_token_is_no_proof_that_an_unfinished_enrollment_went_through() {
+    let w = world();
+    left_in_progress(&w, "k", 3207).await;
+    w.mc.tokens(Ok(observed(vec![c2p_token(
+        "DM-EXPIRED",
+        TokenStatus::Deactivated,
+        "2029-01-01T00:00:00Z",
+    )])));
+    let done = w.app.enroll(command("k", 3207), None).await.unwrap();
+    assert_eq!(done.record.state, EnrollmentState::Enrolled);
+    let sent = w.mc.calls().correlations();
+    assert_eq!(sent.len(), 2, "sent again");
+    assert_eq!(sent[0], sent[1], "with the key's srcCorrelationId");
 }
