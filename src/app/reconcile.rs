@@ -210,6 +210,17 @@ impl App {
         result
     }
 
+    /// Notes `card` in the ENROLLED index before its IN_PROGRESS note goes (never in neither),
+    /// under `owner`'s lock: `false` when the lock was lost and the note stays.
+    async fn move_to_enrolled_index(
+        &self,
+        card: CardContractId,
+        owner: &str,
+    ) -> Result<bool, AppError> {
+        self.track_enrolled(card).await;
+        Ok(self.untrack_held(card, owner).await?)
+    }
+
     async fn finish(
         &self,
         card: CardContractId,
@@ -230,9 +241,7 @@ impl App {
             if self.opt_out_covering(&current).await?.is_some() {
                 return self.take_out_held(card, current, owner).await;
             }
-            // Into the ENROLLED index before it leaves this one (never in neither).
-            self.track_enrolled(card).await;
-            if !self.untrack_held(card, owner).await? {
+            if !self.move_to_enrolled_index(card, owner).await? {
                 return Ok(Outcome::Busy);
             }
             tracing::info!(
@@ -244,8 +253,7 @@ impl App {
         if removed_by_token(&current) {
             // It went through and its token was deactivated since: REMOVED (written by the
             // look-up), and in the ENROLLED index, where news of its token can bring it back.
-            self.track_enrolled(card).await;
-            if !self.untrack_held(card, owner).await? {
+            if !self.move_to_enrolled_index(card, owner).await? {
                 return Ok(Outcome::Busy);
             }
             tracing::info!(

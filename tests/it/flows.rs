@@ -942,6 +942,19 @@ async fn draining_ends_watch_streams_unavailable_server_draining() {
     );
 }
 
+/// Click to Pay enrolls the card but the next `POST /cards` answer is lost: the call ends
+/// UNAVAILABLE once its attempt timeout passes.
+pub fn lose_the_next_post_cards_answer(service: &TestService) {
+    service.sandbox.set_fault(
+        Route::EnrollCards,
+        RouteFault {
+            drop_response: true,
+            times: Some(1),
+            ..Default::default()
+        },
+    );
+}
+
 #[tokio::test]
 async fn another_key_continues_an_unfinished_enrollment_with_its_correlation_id() {
     let redis = RedisServer::start();
@@ -951,15 +964,7 @@ async fn another_key_continues_an_unfinished_enrollment_with_its_correlation_id(
     ]))
     .await;
     let mut client = service.client();
-    // Click to Pay enrolls the card but the answer is lost: the call ends UNAVAILABLE.
-    service.sandbox.set_fault(
-        Route::EnrollCards,
-        RouteFault {
-            drop_response: true,
-            times: Some(1),
-            ..Default::default()
-        },
-    );
+    lose_the_next_post_cards_answer(&service);
     let lost = client
         .enroll_card(request("k-lost", 70001))
         .await

@@ -4,7 +4,7 @@
 //! withdrawal; RemoveCard replays by key and succeeds on a card already gone; a refresh and the
 //! reconciler notice a card Click to Pay no longer holds; faults on the lifecycle routes.
 
-use crate::flows::{eventually, reason, request};
+use crate::flows::{eventually, lose_the_next_post_cards_answer, reason, request};
 use crate::harness::{RedisServer, TestService, settings};
 use c2p_enroll::proto::v1::{
     Address, Consumer, Enrollment, EnrollmentState, GetClickToPayProfileRequest,
@@ -743,14 +743,7 @@ async fn an_unfinished_enrollment_whose_card_left_click_to_pay_is_removed_and_a_
     ))
     .await;
     let mut client = service.client();
-    service.sandbox.set_fault(
-        Route::EnrollCards,
-        RouteFault {
-            drop_response: true,
-            times: Some(1),
-            ..Default::default()
-        },
-    );
+    lose_the_next_post_cards_answer(&service);
     let lost = client.enroll_card(request("k", 70001)).await.unwrap_err();
     assert_eq!(reason(&lost), "UPSTREAM_UNAVAILABLE", "{lost:?}");
     assert!(
