@@ -310,8 +310,7 @@ impl App {
             Err(e) if e.is_transient() => return Err(e),
             Err(e) => {
                 tracing::error!(card = card.get(), reason = %e.parts().reason, "reconciler: the card is ENROLLED under its cardholder's opt-out and could not be taken out again");
-                self.track_enrolled(card).await;
-                if !self.untrack_held(card, owner).await? {
+                if !self.move_to_enrolled_index(card, owner).await? {
                     return Ok(Outcome::Busy);
                 }
                 return Ok(Outcome::Pruned);
