@@ -76,10 +76,12 @@ impl Attempt<'_> {
         self.record.lock().await.phase
     }
 
-    /// Uses another attempt's `srcCorrelationId` from now on (and on every resume).
-    async fn adopt_correlation(&self, correlation: String) -> Result<(), AppError> {
+    /// Uses another attempt's `srcCorrelationId` (`adopted`) or a new one of its own from now on
+    /// (and on every resume).
+    async fn use_correlation(&self, correlation: String, adopted: bool) -> Result<(), AppError> {
         let mut record = self.record.lock().await;
         record.src_correlation_id = correlation;
+        record.adopted = adopted;
         // A lease end read back from Redis is on Redis' clock: restate it on ours.
         record.lease_until_ms = now_ms() + lease_ms(self.app);
         save(self.app, &self.scope, &record).await
@@ -88,6 +90,10 @@ impl Attempt<'_> {
     async fn advance(&self, phase: Phase) -> Result<(), AppError> {
         let mut record = self.record.lock().await;
         record.phase = phase;
+        // Sent by this key from now on: an adopted enrollment becomes as much its own.
+        if phase >= Phase::EnrollSent {
+            record.adopted = false;
+        }
         record.lease_until_ms = now_ms() + lease_ms(self.app);
         save(self.app, &self.scope, &record).await
     }
@@ -145,6 +151,7 @@ impl Attempt<'_> {
         let mut record = self.record.lock().await;
         record.phase = Phase::Started;
         record.src_correlation_id = correlation.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        record.adopted = false;
         if let Err(e) = save(self.app, &self.scope, &record).await {
             tracing::warn!(error = ?e, "could not save the key started over; its release saves it again");
         }
@@ -209,6 +216,7 @@ impl App {
                 .src_correlation_id
                 .clone()
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            adopted: false,
             owner: format!("{}/{}", self.instance, uuid::Uuid::new_v4()),
             lease_until_ms: now + lease_ms(self),
             outcome: None,
@@ -607,7 +615,7 @@ impl App {
         {
             // Our own earlier attempt got this far before the process stopped: its answer (and
             // the ENROLLED index, which the stop may have come before).
-            if existing.src_correlation_id.as_deref() == Some(correlation.as_str()) {
+            if same_correlation(existing.src_correlation_id.as_deref(), &correlation) {
                 self.track_enrolled(cmd.card_contract_id).await;
                 return Ok((existing.clone(), None));
             }
@@ -621,17 +629,18 @@ impl App {
         // An attempt under another key may have sent POST /cards and stopped (a transient error,
         // a crash): continue it with its srcCorrelationId, so that Click to Pay sees the same
         // enrollment again rather than a second one.
-        let mut adopted = false;
+        // Taken over by an earlier attempt of this key, which stopped before it sent it.
+        let mut adopted = attempt.record.lock().await.adopted;
         let mut correlation = match existing
             .as_ref()
             .filter(|r| r.state == EnrollmentState::InProgress)
             .and_then(|r| r.src_correlation_id.clone())
         {
-            Some(earlier) if earlier != correlation => {
+            Some(earlier) if !same_correlation(Some(&earlier), &correlation) => {
                 tracing::info!(
                     "continuing the unfinished enrollment of this card with its srcCorrelationId"
                 );
-                attempt.adopt_correlation(earlier.clone()).await?;
+                attempt.use_correlation(earlier.clone(), true).await?;
                 adopted = true;
                 earlier
             }
@@ -640,11 +649,8 @@ impl App {
 
         // A POST /cards was sent and its answer lost (a crash, a timeout): the card may be
         // tokenized already. Ask the token list before sending it again, and finish from it.
-        // The srcCorrelationId of the card's enrollment that left Click to Pay, if it did.
-        let mut removed_since = existing
-            .as_ref()
-            .filter(|r| r.state == EnrollmentState::Removed)
-            .and_then(|r| r.src_correlation_id.clone());
+        // The card's record as the token list shows it, when it was asked.
+        let mut looked_up = None;
         let mut finished_removed = None;
         if adopted || attempt.phase().await >= Phase::EnrollSent {
             let owner = attempt.record.lock().await.owner.clone();
@@ -660,20 +666,22 @@ impl App {
                 self.track_enrolled(cmd.card_contract_id).await;
                 return Ok((record, None));
             }
-            if record.state == EnrollmentState::Removed {
-                if !adopted && record.src_correlation_id.as_deref() == Some(correlation.as_str()) {
-                    // What this key sent went through and the card left Click to Pay since
-                    // (removed, or its token deactivated: then the look-up wrote REMOVED). That
-                    // is the key's answer: sending its srcCorrelationId again would be answered
-                    // as the removed enrollment, and a new one would enroll again a card someone
-                    // took out (a new key does that, on purpose).
-                    finished_removed = Some(record);
-                } else {
-                    // Another key's enrollment, just adopted, went through and left since:
-                    // this key's is a new one, as on any card that left.
-                    after_removal = true;
-                    removed_since = record.src_correlation_id;
-                }
+            if record.state == EnrollmentState::Removed
+                && !adopted
+                && left_click_to_pay(&record, &correlation)
+            {
+                // What this key sent went through and the card left Click to Pay since
+                // (removed, or its token deactivated: then the look-up wrote REMOVED; or
+                // enrolled again and removed once more since). That is the key's answer:
+                // sending its srcCorrelationId again would be answered as the removed
+                // enrollment, and a new one would enroll again a card someone took out (a new
+                // key does that, on purpose).
+                finished_removed = Some(record);
+            } else {
+                // Another key's enrollment, adopted, that went through and left since: this
+                // key's is a new one, as on any card that left.
+                after_removal |= record.state == EnrollmentState::Removed;
+                looked_up = Some(record);
             }
         }
         // Under an opt-out, a resumed call finishes what it sent and sends nothing new.
@@ -688,16 +696,22 @@ impl App {
             self.take_back_note(attempt, cmd.card_contract_id).await;
             return Ok((record, None));
         }
-        // A new enrollment under a srcCorrelationId of its own: the removed enrollment's (sent
+        // A new enrollment under a srcCorrelationId of its own: a removed enrollment's (sent
         // again by a caller, or kept by a key started over after an opt-out) would be answered
         // as that enrollment again (the same srcCorrelationId is the same enrollment).
-        if removed_since.as_deref() == Some(correlation.as_str()) {
+        let left = |id: &str| {
+            [existing.as_ref(), looked_up.as_ref()]
+                .into_iter()
+                .flatten()
+                .any(|r| left_click_to_pay(r, id))
+        };
+        if left(&correlation) {
             let fresh = cmd
                 .src_correlation_id
                 .clone()
-                .filter(|asked| *asked != correlation)
+                .filter(|asked| !left(asked))
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-            attempt.adopt_correlation(fresh.clone()).await?;
+            attempt.use_correlation(fresh.clone(), false).await?;
             correlation = fresh;
         }
 
@@ -868,6 +882,20 @@ impl App {
             }),
         }
     }
+}
+
+/// Whether two srcCorrelationIds name one enrollment: UUIDs, compared as such, whatever the
+/// case of their hex digits (the fingerprint compares them so too).
+fn same_correlation(a: Option<&str>, b: &str) -> bool {
+    a.is_some_and(|a| a.eq_ignore_ascii_case(b))
+}
+
+/// Whether `id` is the srcCorrelationId of an enrollment of the card that left Click to Pay, as
+/// the card's `record` knows: its own, REMOVED, or an earlier one that a new one replaced.
+fn left_click_to_pay(record: &EnrollmentRecord, id: &str) -> bool {
+    record.retired_correlation(id)
+        || (record.state == EnrollmentState::Removed
+            && same_correlation(record.src_correlation_id.as_deref(), id))
 }
 
 /// `ConsumerOptedOut` when an opt-out is kept under the card or the consumer reference, the

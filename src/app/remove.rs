@@ -80,6 +80,7 @@ impl App {
             phase: Phase::Started,
             // Unused by a removal.
             src_correlation_id: String::new(),
+            adopted: false,
             owner: format!("{}/{}", self.instance, uuid::Uuid::new_v4()),
             lease_until_ms: now + lease_ms(self),
             outcome: None,

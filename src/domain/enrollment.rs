@@ -268,6 +268,12 @@ pub struct EnrollmentRecord {
     /// own deactivation among it) and no longer changes this record.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired_tokens: Vec<String>,
+    /// The `srcCorrelationId`s of the card's earlier enrollments, replaced by a new one (the
+    /// most recent last, at most [`RETIRED_TOKENS`]): Click to Pay would answer one sent again
+    /// as that enrollment, so a new enrollment never sends one, and a late retry of a key that
+    /// sent one answers the card's removal rather than send it again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_correlations: Vec<String>,
 }
 
 /// How many retired token references a record keeps.
@@ -321,16 +327,30 @@ impl EnrollmentRecord {
             consumer_update_time_ms: None,
             billing_address_update_time_ms: None,
             retired_tokens: Vec::new(),
+            retired_correlations: Vec::new(),
         }
     }
 
     /// This record as a new enrollment of the card writes it over `existing`: without
-    /// `existing`'s token, whose references (and those it retired before) are kept retired. The
-    /// Lua twin is the `fresh` branch of `put_enrollment` in `store/scripts.rs`.
+    /// `existing`'s token, whose references (and those it retired before) are kept retired, and
+    /// with `existing`'s `srcCorrelationId` retired too. The Lua twin is the `fresh` branch of
+    /// `put_enrollment` in `store/scripts.rs`.
     pub fn retiring_tokens_of(mut self, existing: Option<&EnrollmentRecord>) -> Self {
         let Some(existing) = existing else {
             return self;
         };
+        let mut correlations = existing.retired_correlations.clone();
+        if let Some(id) = existing
+            .src_correlation_id
+            .as_ref()
+            .filter(|id| !id.is_empty())
+            && !correlations.contains(id)
+        {
+            correlations.push(id.clone());
+        }
+        let excess = correlations.len().saturating_sub(RETIRED_TOKENS);
+        correlations.drain(..excess);
+        self.retired_correlations = correlations;
         let mut retired = existing.retired_tokens.clone();
         let dropped = existing
             .token
@@ -353,6 +373,14 @@ impl EnrollmentRecord {
         self.retired_tokens.iter().any(|r| r == reference)
     }
 
+    /// Whether `id` is the `srcCorrelationId` of an earlier enrollment of the card, whatever the
+    /// case of its hex digits.
+    pub fn retired_correlation(&self, id: &str) -> bool {
+        self.retired_correlations
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(id))
+    }
+
     /// This record's enrollment fields (state, ids, masked card, failure) with `existing`'s token
     /// (and the tokens it retired): what the enrollment flow writes, keeping whatever
     /// notifications merged meanwhile. The
@@ -361,6 +389,9 @@ impl EnrollmentRecord {
         // What the card's new enrollment retired stays retired.
         if let Some(existing) = existing.filter(|e| !e.retired_tokens.is_empty()) {
             self.retired_tokens = existing.retired_tokens.clone();
+        }
+        if let Some(existing) = existing.filter(|e| !e.retired_correlations.is_empty()) {
+            self.retired_correlations = existing.retired_correlations.clone();
         }
         if let Some(token) = existing.and_then(|e| e.token.as_ref()) {
             self.token = Some(match self.token.take() {

@@ -54,6 +54,11 @@ pub struct IdempotencyRecord {
     pub phase: Phase,
     /// The `srcCorrelationId` every attempt of this key uses.
     pub src_correlation_id: String,
+    /// `src_correlation_id` is another key's unfinished enrollment's, taken over and not yet
+    /// sent by this key: its resume asks the token list before sending it, and a removal found
+    /// there is that enrollment's, not this key's answer. Absent (false) in keys stored before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
     /// The instance/attempt holding the lease.
     pub owner: String,
     /// The lease end, Unix milliseconds; a later call may take over after it.

@@ -376,9 +376,29 @@ if raw then
       retired = kept
     end
     if #retired > 0 then record.retired_tokens = retired end
+    -- And its srcCorrelationId.
+    local ids, known = {}, {}
+    if present(existing.retired_correlations) then
+      for _, id in ipairs(existing.retired_correlations) do
+        ids[#ids + 1] = id
+        known[id] = true
+      end
+    end
+    local id = existing.src_correlation_id
+    if present(id) and id ~= '' and not known[id] then ids[#ids + 1] = id end
+    local over = #ids - RETIRED_TOKENS
+    if over > 0 then
+      local kept = {}
+      for i = over + 1, #ids do kept[#kept + 1] = ids[i] end
+      ids = kept
+    end
+    if #ids > 0 then record.retired_correlations = ids end
   else
     -- `EnrollmentRecord::with_token_of`.
     if present(existing.retired_tokens) then record.retired_tokens = existing.retired_tokens end
+    if present(existing.retired_correlations) then
+      record.retired_correlations = existing.retired_correlations
+    end
     if present(existing.token) then
       if present(record.token) then
         record.token = merge_tokens(existing.token, record.token)

@@ -791,3 +791,66 @@ async fn an_unfinished_enrollment_whose_card_left_click_to_pay_is_removed_and_a_
     assert_ne!(new.token_unique_reference, old.token_unique_reference);
     assert_eq!(new.status(), TokenStatus::Active);
 }
+
+/// A key whose answer was lost and whose card left Click to Pay (deleted there, unnotified: a
+/// refresh finds its token deactivated), the card enrolled again under another key and removed
+/// with RemoveCard: the first key's late retry answers the card's removal and sends nothing.
+/// Sent again, its srcCorrelationId would be answered as its removed enrollment (the simulator
+/// replays one it saw): ENROLLED with the deleted card's ids.
+#[tokio::test]
+async fn a_late_retry_of_a_key_removed_two_enrollments_ago_sends_nothing() {
+    let redis = RedisServer::start();
+    let service = TestService::start(&service_settings(
+        &redis,
+        &[("C2P_MASTERCARD__ENROLL__ATTEMPT_TIMEOUT", "500ms")],
+    ))
+    .await;
+    let mut client = service.client();
+    lose_the_next_post_cards_answer(&service);
+    let lost = client.enroll_card(request("k", 70001)).await.unwrap_err();
+    assert_eq!(reason(&lost), "UPSTREAM_UNAVAILABLE", "{lost:?}");
+    assert!(
+        service
+            .sandbox
+            .delete_card_in_click_to_pay(70001, CardDeletion::Unnotified)
+            .await
+    );
+    // Past the second of the enrollment's TCN (the token list is dated in whole seconds).
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let first = status(&mut client, 70001, true).await;
+    assert_eq!(first.state(), EnrollmentState::Removed, "{first:?}");
+
+    let again = client
+        .enroll_card(request("k2", 70001))
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment
+        .unwrap();
+    assert_eq!(again.state(), EnrollmentState::Enrolled);
+    assert_ne!(again.src_correlation_id, first.src_correlation_id);
+    let removed = client
+        .remove_card(remove("r", 70001, RemovalReason::CardholderRequest))
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment
+        .unwrap();
+    assert_eq!(removed.state(), EnrollmentState::Removed);
+    assert_eq!(service.sandbox.count(Route::EnrollCards), 2);
+
+    let retried = client
+        .enroll_card(request("k", 70001))
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment
+        .unwrap();
+    assert_eq!(retried.state(), EnrollmentState::Removed, "{retried:?}");
+    assert_eq!(retried, removed, "the card's latest removal");
+    assert_eq!(
+        service.sandbox.count(Route::EnrollCards),
+        2,
+        "nothing sent again"
+    );
+}

@@ -55,6 +55,7 @@ fn proposal(owner: &str, fingerprint: &str, lease_until_ms: i64) -> IdempotencyR
         fingerprint: fingerprint.into(),
         phase: Phase::Started,
         src_correlation_id: "0b9a3c2e-1f4d-4a6b-8c7d-9e0f1a2b3c4d".into(),
+        adopted: false,
         owner: owner.into(),
         lease_until_ms,
         outcome: None,
@@ -181,6 +182,7 @@ pub(crate) async fn suite(store: Arc<dyn EnrollmentStore>) {
     );
     let mut a = proposal("A", "fp1", now_ms() + short_lease);
     a.phase = Phase::EnrollSent;
+    a.adopted = true;
     assert!(store.idempotency_update(scope, &a).await.unwrap());
     // Past A's lease.
     tokio::time::sleep(Duration::from_millis(short_lease as u64 + 150)).await;
@@ -197,6 +199,10 @@ pub(crate) async fn suite(store: Arc<dyn EnrollmentStore>) {
         (Phase::EnrollSent, "B")
     );
     assert_eq!(resumed.src_correlation_id, a.src_correlation_id);
+    assert!(
+        resumed.adopted,
+        "the flag goes with the key's srcCorrelationId"
+    );
     assert!(
         !store.idempotency_update(scope, &a).await.unwrap(),
         "A was fenced off"
@@ -327,25 +333,42 @@ async fn fenced_writes(store: Arc<dyn EnrollmentStore>) {
     retired_tokens_keep_the_most_recent(store).await;
 }
 
-/// Ten enrollments of one card, each with its token (the fourth with two: the record may keep
-/// the one it replaced as superseded): each new one retires the tokens before it, the most recent `RETIRED_TOKENS` (8)
-/// kept in order, the same in every store (the Lua and Rust twins).
+/// Ten enrollments of one card, each with its srcCorrelationId and its token (the fourth with
+/// two: the record may keep the one it replaced as superseded): each new one retires the tokens
+/// and the srcCorrelationIds before it, the most recent `RETIRED_TOKENS` (8) kept in order, the
+/// same in every store (the Lua and Rust twins); a later write of the enrollment keeps them.
 async fn retired_tokens_keep_the_most_recent(store: Arc<dyn EnrollmentStore>) {
     let ttl = Duration::from_secs(60);
     let owner = "retiring-owner";
     let at = 1_800_000_000_000;
     assert!(store.lock_card(card(70151), owner, ttl).await.unwrap());
     let mut retired: Vec<String> = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
     for i in 0..10 {
         // A new enrollment's record, as the flow makes it: no token, nothing retired.
+        let mut record = enrolled(70151);
+        record.src_correlation_id = Some(format!("0b9a3c2e-1f4d-4a6b-8c7d-9e0f1a2b3c{i:02}"));
         let fresh = store
-            .put_fresh_enrollment_fenced(&enrolled(70151), ttl, owner)
+            .put_fresh_enrollment_fenced(&record, ttl, owner)
             .await
             .unwrap()
             .unwrap();
         let want: Vec<&String> = retired.iter().rev().take(8).rev().collect();
         assert_eq!(fresh.retired_tokens.iter().collect::<Vec<_>>(), want, "{i}");
+        let want: Vec<&String> = ids.iter().rev().take(8).rev().collect();
+        assert_eq!(
+            fresh.retired_correlations.iter().collect::<Vec<_>>(),
+            want,
+            "{i}"
+        );
         assert!(fresh.token.is_none());
+        let kept = store
+            .put_enrollment_fenced(&record, ttl, owner)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(kept.retired_correlations, fresh.retired_correlations, "{i}");
+        ids.extend(record.src_correlation_id.clone());
         // This enrollment's token; the fourth one's replaced by another of the same card.
         let tokens: Vec<String> = if i == 3 {
             vec![format!("TOKEN-{i}"), format!("TOKEN-{i}-NEXT")]

@@ -802,6 +802,7 @@ impl World {
             fingerprint: self.key.fingerprint(&canonical_bytes(cmd).unwrap()),
             phase,
             src_correlation_id: correlation.to_owned(),
+            adopted: false,
             owner: CRASHED.to_owned(),
             lease_until_ms,
             outcome: None,

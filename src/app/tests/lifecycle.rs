@@ -1437,3 +1437,106 @@ async fn an_unknown_deactivated_token_is_no_proof_that_an_unfinished_enrollment_
     assert_eq!(sent.len(), 2, "sent again");
     assert_eq!(sent[0], sent[1], "with the key's srcCorrelationId");
 }
+
+/// The same id in capitals is the same UUID: a new enrollment does not send the removed one's
+/// in another case either.
+#[tokio::test]
+async fn a_removed_enrollments_correlation_id_in_capitals_is_not_reused() {
+    let w = world();
+    let first = "6f1c2a3b-0d4e-4f5a-8b6c-7d8e9f0a1b2c";
+    let mut cmd = command("k1", 3208);
+    cmd.src_correlation_id = Some(first.into());
+    w.app.enroll(cmd, None).await.unwrap();
+    w.app
+        .remove_card(remove("r1", 3208, RemovalReason::CardholderRequest), None)
+        .await
+        .unwrap();
+    let mut again = command("k2", 3208);
+    again.src_correlation_id = Some(first.to_uppercase());
+    w.app.enroll(again, None).await.unwrap();
+    let sent = w.mc.calls().correlations();
+    assert_eq!(sent.len(), 2);
+    assert!(
+        !sent[1].eq_ignore_ascii_case(first),
+        "a new enrollment, not the removed one again: {sent:?}"
+    );
+}
+
+/// A new key that adopted another key's unfinished enrollment and stopped before it could ask
+/// the token list (the look-up failed): its retry asks first all the same, and the adopted
+/// enrollment's removal found there is not its answer: it enrolls the card anew.
+#[tokio::test]
+async fn a_key_that_adopted_an_enrollment_and_stopped_asks_the_token_list_on_its_retry() {
+    let w = world();
+    left_in_progress(&w, "k", 3209).await;
+    tokenized(&w, 3209).await;
+    w.mc.tokens(Err(unavailable()));
+    let e = w.app.enroll(command("k2", 3209), None).await.unwrap_err();
+    assert_eq!(reason(&e), "UPSTREAM_UNAVAILABLE");
+    assert_eq!(w.mc.calls().enrolls.len(), 1, "nothing sent yet");
+    token_list_shows_deactivated(&w, 3209);
+    let done = w.app.enroll(command("k2", 3209), None).await.unwrap();
+    assert_eq!(done.record.state, EnrollmentState::Enrolled);
+    let sent = w.mc.calls().correlations();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_ne!(sent[0], sent[1], "a new enrollment, not the removed one");
+    not_showing(&done.record, "DM4MMC3209");
+}
+
+/// The same when the adopting key had reached "enroll sent" with its own srcCorrelationId
+/// before (its IN_PROGRESS write lost, so nothing of its own went out): the adopted
+/// enrollment's removal is not its answer either.
+#[tokio::test]
+async fn a_key_that_adopted_an_enrollment_after_its_own_write_was_lost_does_not_answer_its_removal()
+{
+    let w = world();
+    left_in_progress(&w, "k", 3210).await;
+    tokenized(&w, 3210).await;
+    let own = "0b1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e";
+    w.seed_crashed_key(&command("k2", 3210), crate::domain::Phase::EnrollSent, own)
+        .await;
+    w.mc.tokens(Err(unavailable()));
+    let e = w.app.enroll(command("k2", 3210), None).await.unwrap_err();
+    assert_eq!(reason(&e), "UPSTREAM_UNAVAILABLE");
+    token_list_shows_deactivated(&w, 3210);
+    let done = w.app.enroll(command("k2", 3210), None).await.unwrap();
+    assert_eq!(done.record.state, EnrollmentState::Enrolled, "{done:?}");
+    let sent = w.mc.calls().correlations();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_ne!(sent[0], sent[1], "a new enrollment, not the removed one");
+    not_showing(&done.record, "DM4MMC3210");
+}
+
+/// A key whose enrollment was removed, and the card enrolled again under another key and
+/// removed once more since: the first key's late retry knows its srcCorrelationId from the
+/// record's retired ones and answers the removal; it does not send the id again (Click to Pay
+/// would answer the first, removed enrollment), nor enroll the card anew.
+#[tokio::test]
+async fn a_late_retry_of_a_key_whose_enrollment_was_removed_two_enrollments_ago_does_not_send_again()
+ {
+    let w = world();
+    left_in_progress(&w, "k", 3211).await;
+    token_list_shows(&w, 3211);
+    w.app.status(card(3211), true, None).await.unwrap();
+    w.app
+        .remove_card(remove("r1", 3211, RemovalReason::CardholderRequest), None)
+        .await
+        .unwrap();
+    let again = w.app.enroll(command("k2", 3211), None).await.unwrap();
+    assert_eq!(again.record.state, EnrollmentState::Enrolled);
+    w.app
+        .remove_card(remove("r2", 3211, RemovalReason::CardClosed), None)
+        .await
+        .unwrap();
+    let sent = w.mc.calls().correlations();
+    assert_eq!(sent.len(), 2);
+    let retried = w.app.enroll(command("k", 3211), None).await.unwrap();
+    assert_eq!(retried.record.state, EnrollmentState::Removed);
+    assert_eq!(
+        retried.record.removal.unwrap().reason,
+        RemovalReason::CardClosed
+    );
+    assert_eq!(w.mc.calls().correlations(), sent, "nothing sent again");
+    let stored = w.record(card(3211)).await.unwrap();
+    assert_eq!(stored.retired_correlations, [sent[0].clone()]);
+}
