@@ -32,6 +32,10 @@
 //!   are rare and not urgent, so the INTEGRATE: point is the caller's own later retry (e.g. a
 //!   job that re-sends stored keys) rather than this loop, which retries only what a short wait
 //!   can cure.
+//! - **An OK answer whose enrollment is `REMOVED`**: the key's enrollment went through and the
+//!   card left Click to Pay since (removed, an opt-out, its token deactivated); the key replays
+//!   that for good. The client prints it and exits 1; INTEGRATE: a new key enrolls the card
+//!   again, once the cardholder asks.
 //! - Each attempt has its own deadline (65 s, what `integration/service-config.json` gives
 //!   EnrollCard: the search's and `POST /cards`' upstream budgets).
 //! - Then `WatchEnrollment` shows the card's record and each change; a stream that ends is
@@ -362,6 +366,15 @@ async fn main() -> std::process::ExitCode {
                 enrolled.failures.len() + 1,
                 enrolled.response.replayed
             );
+            // This key's enrollment went through and the card left Click to Pay since (removed,
+            // opted out, its token deactivated): the intent is not met, and this key will only
+            // ever replay that. INTEGRATE: ask the cardholder, then enroll with a new key.
+            if left_click_to_pay_since(&enrolled.response) {
+                println!(
+                    "EnrollCard: the card left Click to Pay since this key enrolled it; a new key enrolls it again"
+                );
+                return std::process::ExitCode::FAILURE;
+            }
         }
         Err(gave_up) => {
             println!(
@@ -396,9 +409,32 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// Whether the key's answer is its enrollment that left Click to Pay since (`REMOVED`): OK, and
+/// yet the card is not enrolled.
+pub(crate) fn left_click_to_pay_since(response: &EnrollCardResponse) -> bool {
+    response.enrollment.as_ref().map(|e| e.state()) == Some(EnrollmentState::Removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_removed_enrollment_is_not_an_enrolled_card() {
+        let answer = |state: EnrollmentState| EnrollCardResponse {
+            enrollment: Some(Enrollment {
+                state: state as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(left_click_to_pay_since(&answer(EnrollmentState::Removed)));
+        assert!(!left_click_to_pay_since(&answer(EnrollmentState::Enrolled)));
+        assert!(!left_click_to_pay_since(&answer(
+            EnrollmentState::InProgress
+        )));
+        assert!(!left_click_to_pay_since(&EnrollCardResponse::default()));
+    }
 
     #[test]
     fn only_unavailable_aborted_and_deadline_exceeded_are_retried() {
