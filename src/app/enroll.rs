@@ -90,10 +90,6 @@ impl Attempt<'_> {
     async fn advance(&self, phase: Phase) -> Result<(), AppError> {
         let mut record = self.record.lock().await;
         record.phase = phase;
-        // Sent by this key from now on: an adopted enrollment becomes as much its own.
-        if phase >= Phase::EnrollSent {
-            record.adopted = false;
-        }
         record.lease_until_ms = now_ms() + lease_ms(self.app);
         save(self.app, &self.scope, &record).await
     }
@@ -636,7 +632,9 @@ impl App {
             .filter(|r| r.state == EnrollmentState::InProgress)
             .and_then(|r| r.src_correlation_id.clone())
         {
-            Some(earlier) if !same_correlation(Some(&earlier), &correlation) => {
+            // Byte for byte: another spelling of the same id is taken over as stored, and the
+            // token list asked first, as for another id.
+            Some(earlier) if earlier != correlation => {
                 tracing::info!(
                     "continuing the unfinished enrollment of this card with its srcCorrelationId"
                 );
@@ -713,6 +711,7 @@ impl App {
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
             attempt.use_correlation(fresh.clone(), false).await?;
             correlation = fresh;
+            adopted = false;
         }
 
         // The card object is never stored, so a resumed call searches again (it changes nothing).
@@ -787,6 +786,16 @@ impl App {
         .await;
         written?;
         sent?;
+        // This key's own send from now on: an adopted enrollment becomes as much its own (its
+        // removal is the key's answer). Only once its IN_PROGRESS write landed, so that a key
+        // whose write failed, or that stopped before it, still knows the id is another's.
+        if adopted {
+            enroll_stage(
+                EnrollStage::Write,
+                attempt.use_correlation(correlation.clone(), false),
+            )
+            .await?;
+        }
         let request = EnrollmentRequest {
             program: &cmd.program,
             src_correlation_id: &correlation,

@@ -392,7 +392,7 @@ if raw then
       for i = over + 1, #ids do kept[#kept + 1] = ids[i] end
       ids = kept
     end
-    if #ids > 0 then record.retired_correlations = ids end
+    if #ids > 0 then record.retired_correlations = ids else record.retired_correlations = nil end
   else
     -- `EnrollmentRecord::with_token_of`.
     if present(existing.retired_tokens) then record.retired_tokens = existing.retired_tokens end

@@ -1540,3 +1540,73 @@ async fn a_late_retry_of_a_key_whose_enrollment_was_removed_two_enrollments_ago_
     let stored = w.record(card(3211)).await.unwrap();
     assert_eq!(stored.retired_correlations, [sent[0].clone()]);
 }
+
+/// A key that adopted another key's unfinished enrollment and reached "enroll sent" while its
+/// IN_PROGRESS write failed has sent nothing: the id is still the other key's, and when that
+/// enrollment went through and left since, the key's retry enrolls the card anew rather than
+/// answer that removal.
+#[tokio::test]
+async fn an_adopting_key_whose_write_failed_still_knows_the_id_is_another_keys() {
+    let w = world();
+    left_in_progress(&w, "k", 3212).await;
+    tokenized(&w, 3212).await;
+    w.store.fault(Op::PutFenced, 1, Fault::Unavailable);
+    let e = w.app.enroll(command("k2", 3212), None).await.unwrap_err();
+    assert_eq!(reason(&e), "STORE_UNAVAILABLE", "{e:?}");
+    let key = w.key_of(&command("k2", 3212)).unwrap();
+    assert_eq!(key.phase, crate::domain::Phase::EnrollSent);
+    assert_eq!(w.mc.calls().enrolls.len(), 1, "nothing sent by k2");
+    token_list_shows_deactivated(&w, 3212);
+    let done = w.app.enroll(command("k2", 3212), None).await.unwrap();
+    assert_eq!(done.record.state, EnrollmentState::Enrolled, "{done:?}");
+    let sent = w.mc.calls().correlations();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_ne!(sent[0], sent[1], "a new enrollment, not the removed one");
+}
+
+/// A new key whose caller sends the unfinished enrollment's id in capitals takes it over as
+/// stored and asks the token list first, as for another id: that enrollment went through, and
+/// nothing is sent again under another spelling (Click to Pay may tell spellings apart).
+#[tokio::test]
+async fn a_new_key_with_the_unfinished_enrollments_id_in_capitals_asks_the_token_list_first() {
+    let w = world();
+    let id = "6f1c2a3b-0d4e-4f5a-8b6c-7d8e9f0a1b2c";
+    let mut first = command("k", 3213);
+    first.src_correlation_id = Some(id.into());
+    w.mc.enroll(Err(unavailable()));
+    w.app.enroll(first, None).await.unwrap_err();
+    token_list_shows(&w, 3213);
+    let mut again = command("k2", 3213);
+    again.src_correlation_id = Some(id.to_uppercase());
+    let done = w.app.enroll(again, None).await.unwrap();
+    assert_eq!(done.record.state, EnrollmentState::Enrolled);
+    assert_eq!(w.mc.calls().correlations(), [id], "found, not sent again");
+    assert_eq!(done.record.src_correlation_id.as_deref(), Some(id));
+}
+
+/// A late retry of a key whose enrollment was removed, when the card's next enrollment (another
+/// key's, after the removal) failed for good: someone asked for the card again, so the retry
+/// enrolls it anew, as a new key would, under a new srcCorrelationId: neither the removed
+/// enrollment's (Click to Pay would answer that one) nor the failed one's.
+#[tokio::test]
+async fn a_late_retry_after_the_cards_next_enrollment_failed_enrolls_under_a_new_id() {
+    let w = world();
+    left_in_progress(&w, "k", 3214).await;
+    token_list_shows(&w, 3214);
+    w.app.status(card(3214), true, None).await.unwrap();
+    w.app
+        .remove_card(remove("r1", 3214, RemovalReason::CardholderRequest), None)
+        .await
+        .unwrap();
+    w.mc.enroll(Err(UpstreamFailure::Rejected(context("enroll"))));
+    w.app.enroll(command("k2", 3214), None).await.unwrap_err();
+    assert_eq!(
+        w.record(card(3214)).await.unwrap().state,
+        EnrollmentState::Failed
+    );
+    let retried = w.app.enroll(command("k", 3214), None).await.unwrap();
+    assert_eq!(retried.record.state, EnrollmentState::Enrolled);
+    let sent = w.mc.calls().correlations();
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert!(sent[2] != sent[0] && sent[2] != sent[1], "{sent:?}");
+}
