@@ -78,13 +78,18 @@ impl Attempt<'_> {
 
     /// Uses another attempt's `srcCorrelationId` (`adopted`) or a new one of its own from now on
     /// (and on every resume).
+    /// Kept as it was when the save fails: a later save (the release) must not store what was
+    /// never stored, e.g. an adopted id taken for the key's own.
     async fn use_correlation(&self, correlation: String, adopted: bool) -> Result<(), AppError> {
         let mut record = self.record.lock().await;
-        record.src_correlation_id = correlation;
-        record.adopted = adopted;
+        let mut next = record.clone();
+        next.src_correlation_id = correlation;
+        next.adopted = adopted;
         // A lease end read back from Redis is on Redis' clock: restate it on ours.
-        record.lease_until_ms = now_ms() + lease_ms(self.app);
-        save(self.app, &self.scope, &record).await
+        next.lease_until_ms = now_ms() + lease_ms(self.app);
+        save(self.app, &self.scope, &next).await?;
+        *record = next;
+        Ok(())
     }
 
     async fn advance(&self, phase: Phase) -> Result<(), AppError> {
@@ -627,6 +632,15 @@ impl App {
         // enrollment again rather than a second one.
         // Taken over by an earlier attempt of this key, which stopped before it sent it.
         let mut adopted = attempt.record.lock().await.adopted;
+        // This key sent its own srcCorrelationId before, and the card's record retired it since:
+        // its enrollment was replaced by a later one of the card. A removal found below is its
+        // answer too, even when it takes the later one over (found removed, that one left as
+        // well): it enrolls the card again no more than when that removal was already recorded.
+        let replaced = !adopted
+            && attempt.phase().await >= Phase::EnrollSent
+            && existing
+                .as_ref()
+                .is_some_and(|r| r.retired_correlation(&correlation));
         let mut correlation = match existing
             .as_ref()
             .filter(|r| r.state == EnrollmentState::InProgress)
@@ -665,8 +679,7 @@ impl App {
                 return Ok((record, None));
             }
             if record.state == EnrollmentState::Removed
-                && !adopted
-                && left_click_to_pay(&record, &correlation)
+                && (replaced || !adopted && left_click_to_pay(&record, &correlation))
             {
                 // What this key sent went through and the card left Click to Pay since
                 // (removed, or its token deactivated: then the look-up wrote REMOVED; or

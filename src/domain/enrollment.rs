@@ -276,8 +276,26 @@ pub struct EnrollmentRecord {
     pub retired_correlations: Vec<String>,
 }
 
-/// How many retired token references a record keeps.
+/// How many retired token references a record keeps (and as many srcCorrelationIds).
 pub const RETIRED_TOKENS: usize = 8;
+
+/// `kept` with `old` added when a write of a record with the srcCorrelationId `new` replaces
+/// one with `old` (both present and different), the most recent [`RETIRED_TOKENS`] kept. The
+/// Lua twin is `retire_correlation` in `store/scripts.rs`.
+fn retire_correlation(kept: &[String], old: Option<&String>, new: Option<&String>) -> Vec<String> {
+    let mut ids = kept.to_vec();
+    let old = old.filter(|o| !o.is_empty());
+    let new = new.filter(|n| !n.is_empty());
+    if let (Some(old), Some(new)) = (old, new)
+        && old != new
+        && !ids.contains(old)
+    {
+        ids.push(old.clone());
+    }
+    let excess = ids.len().saturating_sub(RETIRED_TOKENS);
+    ids.drain(..excess);
+    ids
+}
 
 impl EnrollmentRecord {
     /// The first time this record holds that the store could not keep exactly (see
@@ -339,18 +357,11 @@ impl EnrollmentRecord {
         let Some(existing) = existing else {
             return self;
         };
-        let mut correlations = existing.retired_correlations.clone();
-        if let Some(id) = existing
-            .src_correlation_id
-            .as_ref()
-            .filter(|id| !id.is_empty())
-            && !correlations.contains(id)
-        {
-            correlations.push(id.clone());
-        }
-        let excess = correlations.len().saturating_sub(RETIRED_TOKENS);
-        correlations.drain(..excess);
-        self.retired_correlations = correlations;
+        self.retired_correlations = retire_correlation(
+            &existing.retired_correlations,
+            existing.src_correlation_id.as_ref(),
+            self.src_correlation_id.as_ref(),
+        );
         let mut retired = existing.retired_tokens.clone();
         let dropped = existing
             .token
@@ -390,8 +401,19 @@ impl EnrollmentRecord {
         if let Some(existing) = existing.filter(|e| !e.retired_tokens.is_empty()) {
             self.retired_tokens = existing.retired_tokens.clone();
         }
-        if let Some(existing) = existing.filter(|e| !e.retired_correlations.is_empty()) {
-            self.retired_correlations = existing.retired_correlations.clone();
+        // And so does an earlier enrollment's srcCorrelationId that this one replaces (a new
+        // enrollment written over a FAILED one).
+        if let Some(existing) = existing {
+            let kept = if existing.retired_correlations.is_empty() {
+                &self.retired_correlations
+            } else {
+                &existing.retired_correlations
+            };
+            self.retired_correlations = retire_correlation(
+                kept,
+                existing.src_correlation_id.as_ref(),
+                self.src_correlation_id.as_ref(),
+            );
         }
         if let Some(token) = existing.and_then(|e| e.token.as_ref()) {
             self.token = Some(match self.token.take() {

@@ -217,8 +217,8 @@ mod tests {
     }
 
     /// redis-rs leaves Nagle on: over a network a command written while another is in flight
-    /// then waits for that one's ACK (the README's "After the eighth round" has the A/B through
-    /// a delaying proxy).
+    /// then waits for that one's ACK (`docs/performance-history.md`, "After the eighth round",
+    /// has the A/B through a delaying proxy).
     #[test]
     fn every_connection_turns_nagle_off() {
         let access = Access::from_settings(&settings(None, None, None)).unwrap();

@@ -344,6 +344,28 @@ pub fn put_enrollment() -> String {
         "{ENCODE}{REDIS_NOW}{TOKEN_MERGE}{STAMP}local RETIRED_TOKENS = {}\n{}",
         crate::domain::RETIRED_TOKENS,
         r#"
+-- `retire_correlation` in `domain/enrollment.rs`: `kept` with `existing`'s srcCorrelationId
+-- added when `record` (written over it) has another, the most recent RETIRED_TOKENS kept.
+local function retire_correlation(record, kept, existing)
+  local ids, known = {}, {}
+  if present(kept) then
+    for _, id in ipairs(kept) do
+      ids[#ids + 1] = id
+      known[id] = true
+    end
+  end
+  local old, new = existing.src_correlation_id, record.src_correlation_id
+  if present(old) and old ~= '' and present(new) and new ~= '' and old ~= new and not known[old] then
+    ids[#ids + 1] = old
+  end
+  local over = #ids - RETIRED_TOKENS
+  if over > 0 then
+    local trimmed = {}
+    for i = over + 1, #ids do trimmed[#trimmed + 1] = ids[i] end
+    ids = trimmed
+  end
+  if #ids > 0 then record.retired_correlations = ids else record.retired_correlations = nil end
+end
 if ARGV[5] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[5] then return false end
 local raw = redis.call('GET', KEYS[1])
 if raw and ARGV[4] == 'if_absent' then return raw end
@@ -377,28 +399,13 @@ if raw then
     end
     if #retired > 0 then record.retired_tokens = retired end
     -- And its srcCorrelationId.
-    local ids, known = {}, {}
-    if present(existing.retired_correlations) then
-      for _, id in ipairs(existing.retired_correlations) do
-        ids[#ids + 1] = id
-        known[id] = true
-      end
-    end
-    local id = existing.src_correlation_id
-    if present(id) and id ~= '' and not known[id] then ids[#ids + 1] = id end
-    local over = #ids - RETIRED_TOKENS
-    if over > 0 then
-      local kept = {}
-      for i = over + 1, #ids do kept[#kept + 1] = ids[i] end
-      ids = kept
-    end
-    if #ids > 0 then record.retired_correlations = ids else record.retired_correlations = nil end
+    retire_correlation(record, existing.retired_correlations, existing)
   else
     -- `EnrollmentRecord::with_token_of`.
     if present(existing.retired_tokens) then record.retired_tokens = existing.retired_tokens end
-    if present(existing.retired_correlations) then
-      record.retired_correlations = existing.retired_correlations
-    end
+    local kept = record.retired_correlations
+    if present(existing.retired_correlations) then kept = existing.retired_correlations end
+    retire_correlation(record, kept, existing)
     if present(existing.token) then
       if present(record.token) then
         record.token = merge_tokens(existing.token, record.token)

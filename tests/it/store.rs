@@ -336,7 +336,8 @@ async fn fenced_writes(store: Arc<dyn EnrollmentStore>) {
 /// Ten enrollments of one card, each with its srcCorrelationId and its token (the fourth with
 /// two: the record may keep the one it replaced as superseded): each new one retires the tokens
 /// and the srcCorrelationIds before it, the most recent `RETIRED_TOKENS` (8) kept in order, the
-/// same in every store (the Lua and Rust twins); a later write of the enrollment keeps them.
+/// same in every store (the Lua and Rust twins); a later write of the enrollment keeps them, and
+/// a fenced write of another enrollment retires the id it replaces.
 async fn retired_tokens_keep_the_most_recent(store: Arc<dyn EnrollmentStore>) {
     let ttl = Duration::from_secs(60);
     let owner = "retiring-owner";
@@ -395,6 +396,20 @@ async fn retired_tokens_keep_the_most_recent(store: Arc<dyn EnrollmentStore>) {
         let dropped: Vec<String> = dropped.map(|t| t.token_unique_reference.clone()).collect();
         retired.extend(dropped);
     }
+    // A later enrollment written over the record by a fenced write (over a FAILED one, say)
+    // retires the id it replaces too.
+    let mut later = enrolled(70151);
+    later.src_correlation_id = Some("0b9a3c2e-1f4d-4a6b-8c7d-9e0f1a2b3c99".into());
+    let replaced = store
+        .put_enrollment_fenced(&later, ttl, owner)
+        .await
+        .unwrap()
+        .unwrap();
+    let want: Vec<&String> = ids.iter().rev().take(8).rev().collect();
+    assert_eq!(
+        replaced.retired_correlations.iter().collect::<Vec<_>>(),
+        want
+    );
 }
 
 /// The lifecycle's records in the store: a DEACTIVATED token makes an ENROLLED record REMOVED;

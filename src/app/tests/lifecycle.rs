@@ -1609,4 +1609,91 @@ async fn a_late_retry_after_the_cards_next_enrollment_failed_enrolls_under_a_new
     let sent = w.mc.calls().correlations();
     assert_eq!(sent.len(), 3, "{sent:?}");
     assert!(sent[2] != sent[0] && sent[2] != sent[1], "{sent:?}");
+    // Both earlier ones are retired: the removed one and the failed one it replaced.
+    assert_eq!(retried.record.retired_correlations, sent[..2]);
+}
+
+/// The late retry of a key whose enrollment was replaced by a later one, which it finds
+/// unfinished and takes over: when the token list shows that one gone too, the card's removal
+/// is the key's answer (as when that removal was recorded before the retry), and nothing is
+/// sent; the card is not enrolled again.
+#[tokio::test]
+async fn a_late_retry_that_takes_over_a_later_enrollment_found_removed_answers_the_removal() {
+    let w = world();
+    left_in_progress(&w, "k", 3215).await;
+    token_list_shows(&w, 3215);
+    w.app.status(card(3215), true, None).await.unwrap();
+    w.app
+        .remove_card(remove("r1", 3215, RemovalReason::CardholderRequest), None)
+        .await
+        .unwrap();
+    left_in_progress(&w, "k2", 3215).await;
+    let tcn = c2p_event(
+        3215,
+        "DM-LATER-3215",
+        TokenEventKind::Complete,
+        crate::domain::now_ms() - 5_000,
+        "tcn-later-3215",
+    );
+    w.store.apply_notification(&tcn).await.unwrap();
+    w.mc.tokens(Ok(observed(vec![c2p_token(
+        "DM-LATER-3215",
+        TokenStatus::Deactivated,
+        "2030-01-01T00:00:00Z",
+    )])));
+    let retried = w.app.enroll(command("k", 3215), None).await.unwrap();
+    assert_eq!(
+        retried.record.state,
+        EnrollmentState::Removed,
+        "{retried:?}"
+    );
+    assert_eq!(w.mc.calls().correlations().len(), 2, "nothing sent again");
+}
+
+/// A key whose enrollment the reconciler could not confirm (FAILED, the key may resume), the
+/// card enrolled by another key over that record and removed since: the first key's retry
+/// answers the removal and does not send its srcCorrelationId again (retired when the later
+/// enrollment replaced it).
+#[tokio::test]
+async fn a_key_whose_failed_enrollment_was_replaced_answers_the_later_removal() {
+    let w = world();
+    left_in_progress(&w, "k", 3216).await;
+    w.store.requeue_in_progress(card(3216), 1).await.unwrap();
+    let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
+    assert_eq!(report.failed, 1, "{report:?}");
+    let again = w.app.enroll(command("k2", 3216), None).await.unwrap();
+    assert_eq!(again.record.state, EnrollmentState::Enrolled);
+    w.app
+        .remove_card(remove("r", 3216, RemovalReason::CardClosed), None)
+        .await
+        .unwrap();
+    let retried = w.app.enroll(command("k", 3216), None).await.unwrap();
+    assert_eq!(
+        retried.record.state,
+        EnrollmentState::Removed,
+        "{retried:?}"
+    );
+    assert_eq!(w.mc.calls().correlations().len(), 2, "nothing sent again");
+}
+
+/// An adopting key whose save of "the id is now my own" fails (after its IN_PROGRESS write,
+/// before it sends) has sent nothing: its release must not store that either, so its retry
+/// still takes the id for another key's and, finding that enrollment gone, enrolls anew.
+#[tokio::test]
+async fn an_adopting_key_whose_own_id_save_failed_is_released_as_adopted() {
+    let w = world();
+    left_in_progress(&w, "k", 3217).await;
+    tokenized(&w, 3217).await;
+    // k2's saves: the adoption, "enroll sent", then the one that fails.
+    w.store.fault(Op::IdempotencyUpdate, 3, Fault::Unavailable);
+    let e = w.app.enroll(command("k2", 3217), None).await.unwrap_err();
+    assert_eq!(reason(&e), "STORE_UNAVAILABLE", "{e:?}");
+    assert_eq!(w.mc.calls().enrolls.len(), 1, "nothing sent by k2");
+    assert!(w.key_of(&command("k2", 3217)).unwrap().adopted);
+    token_list_shows_deactivated(&w, 3217);
+    let done = w.app.enroll(command("k2", 3217), None).await.unwrap();
+    assert_eq!(done.record.state, EnrollmentState::Enrolled, "{done:?}");
+    let sent = w.mc.calls().correlations();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_ne!(sent[0], sent[1], "a new enrollment, not the removed one");
 }
