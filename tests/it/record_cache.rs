@@ -24,6 +24,27 @@ async fn ingest(service: &TestService, notification: NotificationIngestRequest) 
     assert_eq!(answer.outcome(), NotificationOutcome::Applied, "{answer:?}");
 }
 
+/// [`ingest`] as a gateway does it after a Redis restart: a connection of the service that
+/// has not been used since may find its socket broken (`FAILED`, "resend"), and the message is
+/// resent (at most 10 times, 100 ms apart) until it is applied.
+async fn ingest_resending(service: &TestService, notification: NotificationIngestRequest) {
+    for _ in 0..10 {
+        let mut answers = service
+            .client()
+            .notification_ingest(futures::stream::iter([notification.clone()]))
+            .await
+            .unwrap()
+            .into_inner();
+        let answer = answers.message().await.unwrap().unwrap();
+        match answer.outcome() {
+            NotificationOutcome::Applied => return,
+            NotificationOutcome::Failed => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ => panic!("neither applied nor to resend: {answer:?}"),
+        }
+    }
+    panic!("not applied after 10 sends");
+}
+
 async fn status(service: &TestService, card: i64) -> Result<Enrollment, tonic::Status> {
     service
         .client()
@@ -156,8 +177,9 @@ async fn replicas_caches_follow_changes_and_a_restart_or_flush_leaves_nothing_st
     )
     .await;
 
-    // FLUSHALL publishes nothing: a cached record lasts at most store.cache_max_age.
-    ingest(&writer, tar("n-3", 70004, t0(), "50123197928")).await;
+    // FLUSHALL publishes nothing: a cached record lasts at most store.cache_max_age. (The
+    // writer has not used its connections since the restart.)
+    ingest_resending(&writer, tar("n-3", 70004, t0(), "50123197928")).await;
     let cached = wait_cached(&short, &redis, 70004).await;
     assert_eq!(cached.state(), EnrollmentState::TokenizedElsewhere);
     let _: () = redis::cmd("FLUSHALL")
