@@ -92,11 +92,16 @@ impl Attempt<'_> {
         Ok(())
     }
 
+    /// Kept as it was when the save fails (as [`Attempt::use_correlation`]): a release must not
+    /// store a phase that was never stored ("enroll sent" when nothing was sent).
     async fn advance(&self, phase: Phase) -> Result<(), AppError> {
         let mut record = self.record.lock().await;
-        record.phase = phase;
-        record.lease_until_ms = now_ms() + lease_ms(self.app);
-        save(self.app, &self.scope, &record).await
+        let mut next = record.clone();
+        next.phase = phase;
+        next.lease_until_ms = now_ms() + lease_ms(self.app);
+        save(self.app, &self.scope, &next).await?;
+        *record = next;
+        Ok(())
     }
 
     /// Stores the final answer.

@@ -280,14 +280,15 @@ pub struct EnrollmentRecord {
 pub const RETIRED_TOKENS: usize = 8;
 
 /// `kept` with `old` added when a write of a record with the srcCorrelationId `new` replaces
-/// one with `old` (both present and different), the most recent [`RETIRED_TOKENS`] kept. The
-/// Lua twin is `retire_correlation` in `store/scripts.rs`.
+/// one with `old` (both present and different UUIDs: another spelling of the same one is the
+/// same enrollment, still live), the most recent [`RETIRED_TOKENS`] kept. The Lua twin is
+/// `retire_correlation` in `store/scripts.rs`.
 fn retire_correlation(kept: &[String], old: Option<&String>, new: Option<&String>) -> Vec<String> {
     let mut ids = kept.to_vec();
     let old = old.filter(|o| !o.is_empty());
     let new = new.filter(|n| !n.is_empty());
     if let (Some(old), Some(new)) = (old, new)
-        && old != new
+        && !old.eq_ignore_ascii_case(new)
         && !ids.contains(old)
     {
         ids.push(old.clone());

@@ -355,7 +355,9 @@ local function retire_correlation(record, kept, existing)
     end
   end
   local old, new = existing.src_correlation_id, record.src_correlation_id
-  if present(old) and old ~= '' and present(new) and new ~= '' and old ~= new and not known[old] then
+  -- string.lower maps ASCII only (Redis sets LC_COLLATE, not LC_CTYPE), as eq_ignore_ascii_case.
+  if present(old) and old ~= '' and present(new) and new ~= ''
+    and string.lower(old) ~= string.lower(new) and not known[old] then
     ids[#ids + 1] = old
   end
   local over = #ids - RETIRED_TOKENS

@@ -330,7 +330,46 @@ async fn fenced_writes(store: Arc<dyn EnrollmentStore>) {
         .expect("the holder writes");
     assert_eq!(store.get(card(70020)).await.unwrap(), Some(written));
     fresh_after_removal(store.clone()).await;
-    retired_tokens_keep_the_most_recent(store).await;
+    retired_tokens_keep_the_most_recent(store.clone()).await;
+    retired_ids_by_spelling_and_from_the_record(store).await;
+}
+
+/// A write of another spelling of the stored srcCorrelationId (the same UUID) retires nothing;
+/// a write of another id over a record that retired none keeps the retired ids the written
+/// record brings and adds the replaced one, in every store.
+async fn retired_ids_by_spelling_and_from_the_record(store: Arc<dyn EnrollmentStore>) {
+    let ttl = Duration::from_secs(60);
+    let owner = "spelling-owner";
+    let id = "0b9a3c2e-1f4d-4a6b-8c7d-9e0f1a2b3caa";
+    assert!(store.lock_card(card(70152), owner, ttl).await.unwrap());
+    let mut record = enrolled(70152);
+    record.src_correlation_id = Some(id.into());
+    store
+        .put_enrollment_fenced(&record, ttl, owner)
+        .await
+        .unwrap()
+        .unwrap();
+    record.src_correlation_id = Some(id.to_uppercase());
+    let respelled = store
+        .put_enrollment_fenced(&record, ttl, owner)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(respelled.retired_correlations.is_empty(), "{respelled:?}");
+    record.src_correlation_id = Some("0b9a3c2e-1f4d-4a6b-8c7d-9e0f1a2b3cbb".into());
+    record.retired_correlations = vec!["0b9a3c2e-1f4d-4a6b-8c7d-9e0f1a2b3ccc".into()];
+    let replaced = store
+        .put_enrollment_fenced(&record, ttl, owner)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        replaced.retired_correlations,
+        [
+            "0b9a3c2e-1f4d-4a6b-8c7d-9e0f1a2b3ccc".to_owned(),
+            id.to_uppercase()
+        ]
+    );
 }
 
 /// Ten enrollments of one card, each with its srcCorrelationId and its token (the fourth with

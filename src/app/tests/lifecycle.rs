@@ -1689,11 +1689,45 @@ async fn an_adopting_key_whose_own_id_save_failed_is_released_as_adopted() {
     let e = w.app.enroll(command("k2", 3217), None).await.unwrap_err();
     assert_eq!(reason(&e), "STORE_UNAVAILABLE", "{e:?}");
     assert_eq!(w.mc.calls().enrolls.len(), 1, "nothing sent by k2");
-    assert!(w.key_of(&command("k2", 3217)).unwrap().adopted);
+    let key = w.key_of(&command("k2", 3217)).unwrap();
+    // The save that failed came after "enroll sent" (stored), and the flag stayed.
+    assert_eq!(key.phase, crate::domain::Phase::EnrollSent);
+    assert!(key.adopted);
     token_list_shows_deactivated(&w, 3217);
     let done = w.app.enroll(command("k2", 3217), None).await.unwrap();
     assert_eq!(done.record.state, EnrollmentState::Enrolled, "{done:?}");
     let sent = w.mc.calls().correlations();
     assert_eq!(sent.len(), 2, "{sent:?}");
     assert_ne!(sent[0], sent[1], "a new enrollment, not the removed one");
+}
+
+/// A new key whose caller sends a failed enrollment's id in other capitals writes over that
+/// record under its own spelling: the same UUID, the same enrollment, not retired. When its
+/// POST /cards answer is lost, its retry sends that id again, not a new one (which would be a
+/// second enrollment of the card).
+#[tokio::test]
+async fn another_spelling_of_a_failed_enrollments_id_is_not_retired() {
+    let w = world();
+    let id = "6f1c2a3b-0d4e-4f5a-8b6c-7d8e9f0a1b2c";
+    let mut first = command("k", 3218);
+    first.src_correlation_id = Some(id.to_uppercase());
+    w.mc.enroll(Err(UpstreamFailure::Rejected(context("enroll"))));
+    w.app.enroll(first, None).await.unwrap_err();
+    let mut again = command("k2", 3218);
+    again.src_correlation_id = Some(id.into());
+    w.mc.enroll(Err(unavailable()));
+    w.app.enroll(again.clone(), None).await.unwrap_err();
+    assert!(
+        w.record(card(3218))
+            .await
+            .unwrap()
+            .retired_correlations
+            .is_empty()
+    );
+    let done = w.app.enroll(again, None).await.unwrap();
+    assert_eq!(done.record.state, EnrollmentState::Enrolled);
+    assert_eq!(
+        w.mc.calls().correlations(),
+        [id.to_uppercase(), id.to_owned(), id.to_owned()]
+    );
 }
