@@ -344,6 +344,14 @@ pub fn put_enrollment() -> String {
         "{ENCODE}{REDIS_NOW}{TOKEN_MERGE}{STAMP}local RETIRED_TOKENS = {}\n{}",
         crate::domain::RETIRED_TOKENS,
         r#"
+-- The last RETIRED_TOKENS of `list` (the most recent), in order.
+local function most_recent(list)
+  local over = #list - RETIRED_TOKENS
+  if over <= 0 then return list end
+  local kept = {}
+  for i = over + 1, #list do kept[#kept + 1] = list[i] end
+  return kept
+end
 -- `retire_correlation` in `domain/enrollment.rs`: `kept` with `existing`'s srcCorrelationId
 -- added when `record` (written over it) has another, the most recent RETIRED_TOKENS kept.
 local function retire_correlation(record, kept, existing)
@@ -360,12 +368,7 @@ local function retire_correlation(record, kept, existing)
     and string.lower(old) ~= string.lower(new) and not known[old] then
     ids[#ids + 1] = old
   end
-  local over = #ids - RETIRED_TOKENS
-  if over > 0 then
-    local trimmed = {}
-    for i = over + 1, #ids do trimmed[#trimmed + 1] = ids[i] end
-    ids = trimmed
-  end
+  ids = most_recent(ids)
   if #ids > 0 then record.retired_correlations = ids else record.retired_correlations = nil end
 end
 if ARGV[5] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[5] then return false end
@@ -393,12 +396,7 @@ if raw then
         keep(existing.token.superseded.token_unique_reference)
       end
     end
-    local excess = #retired - RETIRED_TOKENS
-    if excess > 0 then
-      local kept = {}
-      for i = excess + 1, #retired do kept[#kept + 1] = retired[i] end
-      retired = kept
-    end
+    retired = most_recent(retired)
     if #retired > 0 then record.retired_tokens = retired end
     -- And its srcCorrelationId.
     retire_correlation(record, existing.retired_correlations, existing)

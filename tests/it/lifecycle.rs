@@ -728,17 +728,26 @@ async fn a_card_enrolled_without_click_to_pay_ids_is_refused_precisely_until_rem
     assert_eq!(removal_reason(&removed), RemovalReason::CardClosed);
 }
 
-/// An enrollment whose `POST /cards` answer was lost, whose card then left Click to Pay (its
-/// token deactivated, no notification sent): it went through and left, so a refresh shows it
-/// REMOVED (`TOKEN_DEACTIVATED`), not ENROLLED with the dead token, the key's retry answers that
-/// (nothing sent again), and a new key enrolls the card again.
-#[tokio::test]
-async fn an_unfinished_enrollment_whose_card_left_click_to_pay_is_removed_and_a_new_key_enrolls_it()
-{
-    let redis = RedisServer::start();
+/// The enrollment EnrollCard answers for card 70001 under `key` (OK).
+async fn answer_of(client: &mut EnrollmentServiceClient<Channel>, key: &str) -> Enrollment {
+    client
+        .enroll_card(request(key, 70001))
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment
+        .unwrap()
+}
+
+/// Card 70001 enrolled under key "k" on a new service whose `POST /cards` answer was lost, then
+/// deleted in Click to Pay without a notification: a refresh finds its token deactivated and
+/// answers REMOVED (`TOKEN_DEACTIVATED`). Returns the service, a client and that answer.
+async fn lost_then_deleted_in_click_to_pay(
+    redis: &RedisServer,
+) -> (TestService, EnrollmentServiceClient<Channel>, Enrollment) {
     // The lost answer is waited for this long.
     let service = TestService::start(&service_settings(
-        &redis,
+        redis,
         &[("C2P_MASTERCARD__ENROLL__ATTEMPT_TIMEOUT", "500ms")],
     ))
     .await;
@@ -758,14 +767,20 @@ async fn an_unfinished_enrollment_whose_card_left_click_to_pay_is_removed_and_a_
     let read = status(&mut client, 70001, true).await;
     assert_eq!(read.state(), EnrollmentState::Removed, "{read:?}");
     assert_eq!(removal_reason(&read), RemovalReason::TokenDeactivated);
+    (service, client, read)
+}
 
-    let retried = client
-        .enroll_card(request("k", 70001))
-        .await
-        .unwrap()
-        .into_inner()
-        .enrollment
-        .unwrap();
+/// An enrollment whose `POST /cards` answer was lost, whose card then left Click to Pay (its
+/// token deactivated, no notification sent): it went through and left, so a refresh shows it
+/// REMOVED (`TOKEN_DEACTIVATED`), not ENROLLED with the dead token, the key's retry answers that
+/// (nothing sent again), and a new key enrolls the card again.
+#[tokio::test]
+async fn an_unfinished_enrollment_whose_card_left_click_to_pay_is_removed_and_a_new_key_enrolls_it()
+{
+    let redis = RedisServer::start();
+    let (service, mut client, read) = lost_then_deleted_in_click_to_pay(&redis).await;
+
+    let retried = answer_of(&mut client, "k").await;
     assert_eq!(retried.state(), EnrollmentState::Removed);
     assert_eq!(removal_reason(&retried), RemovalReason::TokenDeactivated);
     assert_eq!(
@@ -774,13 +789,7 @@ async fn an_unfinished_enrollment_whose_card_left_click_to_pay_is_removed_and_a_
         "nothing sent again"
     );
 
-    let again = client
-        .enroll_card(request("k2", 70001))
-        .await
-        .unwrap()
-        .into_inner()
-        .enrollment
-        .unwrap();
+    let again = answer_of(&mut client, "k2").await;
     assert_eq!(again.state(), EnrollmentState::Enrolled);
     assert_eq!(service.sandbox.count(Route::EnrollCards), 2);
     // A new enrollment in Click to Pay, not the removed one answered again (the simulator
@@ -800,33 +809,9 @@ async fn an_unfinished_enrollment_whose_card_left_click_to_pay_is_removed_and_a_
 #[tokio::test]
 async fn a_late_retry_of_a_key_removed_two_enrollments_ago_sends_nothing() {
     let redis = RedisServer::start();
-    let service = TestService::start(&service_settings(
-        &redis,
-        &[("C2P_MASTERCARD__ENROLL__ATTEMPT_TIMEOUT", "500ms")],
-    ))
-    .await;
-    let mut client = service.client();
-    lose_the_next_post_cards_answer(&service);
-    let lost = client.enroll_card(request("k", 70001)).await.unwrap_err();
-    assert_eq!(reason(&lost), "UPSTREAM_UNAVAILABLE", "{lost:?}");
-    assert!(
-        service
-            .sandbox
-            .delete_card_in_click_to_pay(70001, CardDeletion::Unnotified)
-            .await
-    );
-    // Past the second of the enrollment's TCN (the token list is dated in whole seconds).
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
-    let first = status(&mut client, 70001, true).await;
-    assert_eq!(first.state(), EnrollmentState::Removed, "{first:?}");
+    let (service, mut client, first) = lost_then_deleted_in_click_to_pay(&redis).await;
 
-    let again = client
-        .enroll_card(request("k2", 70001))
-        .await
-        .unwrap()
-        .into_inner()
-        .enrollment
-        .unwrap();
+    let again = answer_of(&mut client, "k2").await;
     assert_eq!(again.state(), EnrollmentState::Enrolled);
     assert_ne!(again.src_correlation_id, first.src_correlation_id);
     let removed = client
@@ -839,13 +824,7 @@ async fn a_late_retry_of_a_key_removed_two_enrollments_ago_sends_nothing() {
     assert_eq!(removed.state(), EnrollmentState::Removed);
     assert_eq!(service.sandbox.count(Route::EnrollCards), 2);
 
-    let retried = client
-        .enroll_card(request("k", 70001))
-        .await
-        .unwrap()
-        .into_inner()
-        .enrollment
-        .unwrap();
+    let retried = answer_of(&mut client, "k").await;
     assert_eq!(retried.state(), EnrollmentState::Removed, "{retried:?}");
     assert_eq!(retried, removed, "the card's latest removal");
     assert_eq!(

@@ -1228,6 +1228,35 @@ fn token_list_shows_deactivated(w: &World, b: i64) {
     )])));
 }
 
+/// `key`'s retry on card `b` answers the card's REMOVED record and sends nothing: `sent`
+/// POST /cards in all, as before it.
+async fn retry_answers_the_removal(w: &World, key: &str, b: i64, sent: usize) {
+    let retried = w.app.enroll(command(key, b), None).await.unwrap();
+    assert_eq!(
+        retried.record.state,
+        EnrollmentState::Removed,
+        "{retried:?}"
+    );
+    assert_eq!(
+        w.mc.calls().correlations().len(),
+        sent,
+        "nothing sent again"
+    );
+}
+
+/// Card `b`'s earlier enrollment went through and its token shows deactivated now: `key`'s
+/// retry enrolls the card anew, under a second srcCorrelationId (not the removed enrollment
+/// answered again) and without the old token.
+async fn retry_enrolls_anew_after_deactivation(w: &World, key: &str, b: i64) {
+    token_list_shows_deactivated(w, b);
+    let done = w.app.enroll(command(key, b), None).await.unwrap();
+    assert_eq!(done.record.state, EnrollmentState::Enrolled, "{done:?}");
+    let sent = w.mc.calls().correlations();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_ne!(sent[0], sent[1], "a new enrollment, not the removed one");
+    not_showing(&done.record, &format!("DM4MMC{b}"));
+}
+
 /// Card `b`'s enrollment named its Click to Pay token (the one [`token_list_shows`] shows) by
 /// its TCN, a few seconds ago: the token is this enrollment's.
 async fn tokenized(w: &World, b: i64) {
@@ -1474,13 +1503,7 @@ async fn a_key_that_adopted_an_enrollment_and_stopped_asks_the_token_list_on_its
     let e = w.app.enroll(command("k2", 3209), None).await.unwrap_err();
     assert_eq!(reason(&e), "UPSTREAM_UNAVAILABLE");
     assert_eq!(w.mc.calls().enrolls.len(), 1, "nothing sent yet");
-    token_list_shows_deactivated(&w, 3209);
-    let done = w.app.enroll(command("k2", 3209), None).await.unwrap();
-    assert_eq!(done.record.state, EnrollmentState::Enrolled);
-    let sent = w.mc.calls().correlations();
-    assert_eq!(sent.len(), 2, "{sent:?}");
-    assert_ne!(sent[0], sent[1], "a new enrollment, not the removed one");
-    not_showing(&done.record, "DM4MMC3209");
+    retry_enrolls_anew_after_deactivation(&w, "k2", 3209).await;
 }
 
 /// The same when the adopting key had reached "enroll sent" with its own srcCorrelationId
@@ -1498,13 +1521,7 @@ async fn a_key_that_adopted_an_enrollment_after_its_own_write_was_lost_does_not_
     w.mc.tokens(Err(unavailable()));
     let e = w.app.enroll(command("k2", 3210), None).await.unwrap_err();
     assert_eq!(reason(&e), "UPSTREAM_UNAVAILABLE");
-    token_list_shows_deactivated(&w, 3210);
-    let done = w.app.enroll(command("k2", 3210), None).await.unwrap();
-    assert_eq!(done.record.state, EnrollmentState::Enrolled, "{done:?}");
-    let sent = w.mc.calls().correlations();
-    assert_eq!(sent.len(), 2, "{sent:?}");
-    assert_ne!(sent[0], sent[1], "a new enrollment, not the removed one");
-    not_showing(&done.record, "DM4MMC3210");
+    retry_enrolls_anew_after_deactivation(&w, "k2", 3210).await;
 }
 
 /// A key whose enrollment was removed, and the card enrolled again under another key and
@@ -1556,12 +1573,7 @@ async fn an_adopting_key_whose_write_failed_still_knows_the_id_is_another_keys()
     let key = w.key_of(&command("k2", 3212)).unwrap();
     assert_eq!(key.phase, crate::domain::Phase::EnrollSent);
     assert_eq!(w.mc.calls().enrolls.len(), 1, "nothing sent by k2");
-    token_list_shows_deactivated(&w, 3212);
-    let done = w.app.enroll(command("k2", 3212), None).await.unwrap();
-    assert_eq!(done.record.state, EnrollmentState::Enrolled, "{done:?}");
-    let sent = w.mc.calls().correlations();
-    assert_eq!(sent.len(), 2, "{sent:?}");
-    assert_ne!(sent[0], sent[1], "a new enrollment, not the removed one");
+    retry_enrolls_anew_after_deactivation(&w, "k2", 3212).await;
 }
 
 /// A new key whose caller sends the unfinished enrollment's id in capitals takes it over as
@@ -1641,13 +1653,7 @@ async fn a_late_retry_that_takes_over_a_later_enrollment_found_removed_answers_t
         TokenStatus::Deactivated,
         "2030-01-01T00:00:00Z",
     )])));
-    let retried = w.app.enroll(command("k", 3215), None).await.unwrap();
-    assert_eq!(
-        retried.record.state,
-        EnrollmentState::Removed,
-        "{retried:?}"
-    );
-    assert_eq!(w.mc.calls().correlations().len(), 2, "nothing sent again");
+    retry_answers_the_removal(&w, "k", 3215, 2).await;
 }
 
 /// A key whose enrollment the reconciler could not confirm (FAILED, the key may resume), the
@@ -1667,13 +1673,7 @@ async fn a_key_whose_failed_enrollment_was_replaced_answers_the_later_removal() 
         .remove_card(remove("r", 3216, RemovalReason::CardClosed), None)
         .await
         .unwrap();
-    let retried = w.app.enroll(command("k", 3216), None).await.unwrap();
-    assert_eq!(
-        retried.record.state,
-        EnrollmentState::Removed,
-        "{retried:?}"
-    );
-    assert_eq!(w.mc.calls().correlations().len(), 2, "nothing sent again");
+    retry_answers_the_removal(&w, "k", 3216, 2).await;
 }
 
 /// An adopting key whose save of "the id is now my own" fails (after its IN_PROGRESS write,
@@ -1693,12 +1693,7 @@ async fn an_adopting_key_whose_own_id_save_failed_is_released_as_adopted() {
     // The save that failed came after "enroll sent" (stored), and the flag stayed.
     assert_eq!(key.phase, crate::domain::Phase::EnrollSent);
     assert!(key.adopted);
-    token_list_shows_deactivated(&w, 3217);
-    let done = w.app.enroll(command("k2", 3217), None).await.unwrap();
-    assert_eq!(done.record.state, EnrollmentState::Enrolled, "{done:?}");
-    let sent = w.mc.calls().correlations();
-    assert_eq!(sent.len(), 2, "{sent:?}");
-    assert_ne!(sent[0], sent[1], "a new enrollment, not the removed one");
+    retry_enrolls_anew_after_deactivation(&w, "k2", 3217).await;
 }
 
 /// A new key whose caller sends a failed enrollment's id in other capitals writes over that
