@@ -657,8 +657,11 @@ impl App {
                 tracing::info!(
                     "continuing the unfinished enrollment of this card with its srcCorrelationId"
                 );
-                attempt.use_correlation(earlier.clone(), true).await?;
-                adopted = true;
+                // A key whose own enrollment this one replaced takes it over as its own: it
+                // stands in for the key's, and its removal is the key's answer on every retry
+                // (the key's own id is not kept beside it).
+                attempt.use_correlation(earlier.clone(), !replaced).await?;
+                adopted = !replaced;
                 earlier
             }
             _ => correlation,

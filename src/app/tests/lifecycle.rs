@@ -1625,6 +1625,37 @@ async fn a_late_retry_after_the_cards_next_enrollment_failed_enrolls_under_a_new
     assert_eq!(retried.record.retired_correlations, sent[..2]);
 }
 
+/// Card `b` enrolled under key "k" (its answer lost, finished from the token list), removed,
+/// then enrolled under "k2", whose answer was lost too and whose TCN named its token
+/// `DM-LATER-<b>`: k's enrollment was replaced by one left unfinished.
+async fn replaced_by_an_unfinished_enrollment(w: &World, b: i64) {
+    left_in_progress(w, "k", b).await;
+    token_list_shows(w, b);
+    w.app.status(card(b), true, None).await.unwrap();
+    w.app
+        .remove_card(remove("r1", b, RemovalReason::CardholderRequest), None)
+        .await
+        .unwrap();
+    left_in_progress(w, "k2", b).await;
+    let tcn = c2p_event(
+        b,
+        &format!("DM-LATER-{b}"),
+        TokenEventKind::Complete,
+        crate::domain::now_ms() - 5_000,
+        &format!("tcn-later-{b}"),
+    );
+    w.store.apply_notification(&tcn).await.unwrap();
+}
+
+/// The next token list shows card `b`'s later enrollment's token deactivated.
+fn the_later_token_shows_deactivated(w: &World, b: i64) {
+    w.mc.tokens(Ok(observed(vec![c2p_token(
+        &format!("DM-LATER-{b}"),
+        TokenStatus::Deactivated,
+        "2030-01-01T00:00:00Z",
+    )])));
+}
+
 /// The late retry of a key whose enrollment was replaced by a later one, which it finds
 /// unfinished and takes over: when the token list shows that one gone too, the card's removal
 /// is the key's answer (as when that removal was recorded before the retry), and nothing is
@@ -1632,28 +1663,23 @@ async fn a_late_retry_after_the_cards_next_enrollment_failed_enrolls_under_a_new
 #[tokio::test]
 async fn a_late_retry_that_takes_over_a_later_enrollment_found_removed_answers_the_removal() {
     let w = world();
-    left_in_progress(&w, "k", 3215).await;
-    token_list_shows(&w, 3215);
-    w.app.status(card(3215), true, None).await.unwrap();
-    w.app
-        .remove_card(remove("r1", 3215, RemovalReason::CardholderRequest), None)
-        .await
-        .unwrap();
-    left_in_progress(&w, "k2", 3215).await;
-    let tcn = c2p_event(
-        3215,
-        "DM-LATER-3215",
-        TokenEventKind::Complete,
-        crate::domain::now_ms() - 5_000,
-        "tcn-later-3215",
-    );
-    w.store.apply_notification(&tcn).await.unwrap();
-    w.mc.tokens(Ok(observed(vec![c2p_token(
-        "DM-LATER-3215",
-        TokenStatus::Deactivated,
-        "2030-01-01T00:00:00Z",
-    )])));
+    replaced_by_an_unfinished_enrollment(&w, 3215).await;
+    the_later_token_shows_deactivated(&w, 3215);
     retry_answers_the_removal(&w, "k", 3215, 2).await;
+}
+
+/// The same when that retry stops after taking the later enrollment over (the token list
+/// failed for a time): it took it over as its own, its own having been replaced, so its next
+/// retry answers that enrollment's removal too rather than enroll the card again.
+#[tokio::test]
+async fn a_late_retry_that_took_over_a_later_enrollment_and_stopped_answers_its_removal() {
+    let w = world();
+    replaced_by_an_unfinished_enrollment(&w, 3219).await;
+    w.mc.tokens(Err(unavailable()));
+    let e = w.app.enroll(command("k", 3219), None).await.unwrap_err();
+    assert_eq!(reason(&e), "UPSTREAM_UNAVAILABLE", "{e:?}");
+    the_later_token_shows_deactivated(&w, 3219);
+    retry_answers_the_removal(&w, "k", 3219, 2).await;
 }
 
 /// A key whose enrollment the reconciler could not confirm (FAILED, the key may resume), the
