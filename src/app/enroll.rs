@@ -76,15 +76,16 @@ impl Attempt<'_> {
         self.record.lock().await.phase
     }
 
-    /// Uses another attempt's `srcCorrelationId` (`adopted`) or a new one of its own from now on
-    /// (and on every resume).
-    /// Kept as it was when the save fails: a later save (the release) must not store what was
-    /// never stored, e.g. an adopted id taken for the key's own.
-    async fn use_correlation(&self, correlation: String, adopted: bool) -> Result<(), AppError> {
+    /// Saves the key's record with `change` made and the lease renewed; the record is kept as
+    /// it was when the save fails, so that a later save (the release) does not store what was
+    /// never stored: "enroll sent" when nothing was sent, an adopted id taken for the key's own.
+    async fn save_changed(
+        &self,
+        change: impl FnOnce(&mut IdempotencyRecord),
+    ) -> Result<(), AppError> {
         let mut record = self.record.lock().await;
         let mut next = record.clone();
-        next.src_correlation_id = correlation;
-        next.adopted = adopted;
+        change(&mut next);
         // A lease end read back from Redis is on Redis' clock: restate it on ours.
         next.lease_until_ms = now_ms() + lease_ms(self.app);
         save(self.app, &self.scope, &next).await?;
@@ -92,16 +93,18 @@ impl Attempt<'_> {
         Ok(())
     }
 
-    /// Kept as it was when the save fails (as [`Attempt::use_correlation`]): a release must not
-    /// store a phase that was never stored ("enroll sent" when nothing was sent).
+    /// Uses another attempt's `srcCorrelationId` (`adopted`) or a new one of its own from now on
+    /// (and on every resume).
+    async fn use_correlation(&self, correlation: String, adopted: bool) -> Result<(), AppError> {
+        self.save_changed(|r| {
+            r.src_correlation_id = correlation;
+            r.adopted = adopted;
+        })
+        .await
+    }
+
     async fn advance(&self, phase: Phase) -> Result<(), AppError> {
-        let mut record = self.record.lock().await;
-        let mut next = record.clone();
-        next.phase = phase;
-        next.lease_until_ms = now_ms() + lease_ms(self.app);
-        save(self.app, &self.scope, &next).await?;
-        *record = next;
-        Ok(())
+        self.save_changed(|r| r.phase = phase).await
     }
 
     /// Stores the final answer.
@@ -642,10 +645,10 @@ impl App {
         // answer too, even when it takes the later one over (found removed, that one left as
         // well): it enrolls the card again no more than when that removal was already recorded.
         let replaced = !adopted
-            && attempt.phase().await >= Phase::EnrollSent
             && existing
                 .as_ref()
-                .is_some_and(|r| r.retired_correlation(&correlation));
+                .is_some_and(|r| r.retired_correlation(&correlation))
+            && attempt.phase().await >= Phase::EnrollSent;
         let mut correlation = match existing
             .as_ref()
             .filter(|r| r.state == EnrollmentState::InProgress)

@@ -54,9 +54,12 @@ pub struct IdempotencyRecord {
     pub phase: Phase,
     /// The `srcCorrelationId` every attempt of this key uses.
     pub src_correlation_id: String,
-    /// `src_correlation_id` is another key's unfinished enrollment's, taken over and not yet
-    /// sent by this key: its resume asks the token list before sending it, and a removal found
-    /// there is that enrollment's, not this key's answer. Absent (false) in keys stored before.
+    /// `src_correlation_id` is another key's unfinished enrollment's, taken over, and this key's
+    /// own `IN_PROGRESS` write of it has not landed yet (it sends it right after): its resume
+    /// asks the token list before sending it, and a removal found there is that enrollment's,
+    /// not this key's answer. Not set when the key's own enrollment was one the card's record
+    /// retired: the one it takes over then stands in for its own. Absent (false) in keys stored
+    /// before.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub adopted: bool,
     /// The instance/attempt holding the lease.
