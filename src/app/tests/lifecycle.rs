@@ -1369,23 +1369,34 @@ async fn the_reconciler_keeps_a_card_removed_by_its_token_in_the_enrolled_index(
     assert!(w.in_progress().await.is_empty());
 }
 
+/// Card `b` enrolled under key "k1" with the srcCorrelationId `first` and removed, then
+/// EnrollCard under "k2" asking for `asked`: its answer, and every srcCorrelationId sent.
+async fn removed_then_asked_again(
+    w: &World,
+    b: i64,
+    first: &str,
+    asked: &str,
+) -> (crate::app::Enrolled, Vec<String>) {
+    let mut cmd = command("k1", b);
+    cmd.src_correlation_id = Some(first.into());
+    w.app.enroll(cmd, None).await.unwrap();
+    w.app
+        .remove_card(remove("r1", b, RemovalReason::CardholderRequest), None)
+        .await
+        .unwrap();
+    let mut again = command("k2", b);
+    again.src_correlation_id = Some(asked.into());
+    let done = w.app.enroll(again, None).await.unwrap();
+    (done, w.mc.calls().correlations())
+}
+
 /// A caller that sends the srcCorrelationId of the card's removed enrollment again, under a new
 /// key: Click to Pay would answer it as that enrollment, so the new one takes a new id.
 #[tokio::test]
 async fn a_removed_enrollments_correlation_id_sent_again_is_not_reused() {
     let w = world();
     let first = "6f1c2a3b-0d4e-4f5a-8b6c-7d8e9f0a1b2c";
-    let mut cmd = command("k1", 3204);
-    cmd.src_correlation_id = Some(first.into());
-    w.app.enroll(cmd, None).await.unwrap();
-    w.app
-        .remove_card(remove("r1", 3204, RemovalReason::CardholderRequest), None)
-        .await
-        .unwrap();
-    let mut again = command("k2", 3204);
-    again.src_correlation_id = Some(first.into());
-    let done = w.app.enroll(again, None).await.unwrap();
-    let sent = w.mc.calls().correlations();
+    let (done, sent) = removed_then_asked_again(&w, 3204, first, first).await;
     assert_eq!(sent.len(), 2);
     assert_eq!(sent[0], first);
     assert_ne!(
@@ -1473,17 +1484,7 @@ async fn an_unknown_deactivated_token_is_no_proof_that_an_unfinished_enrollment_
 async fn a_removed_enrollments_correlation_id_in_capitals_is_not_reused() {
     let w = world();
     let first = "6f1c2a3b-0d4e-4f5a-8b6c-7d8e9f0a1b2c";
-    let mut cmd = command("k1", 3208);
-    cmd.src_correlation_id = Some(first.into());
-    w.app.enroll(cmd, None).await.unwrap();
-    w.app
-        .remove_card(remove("r1", 3208, RemovalReason::CardholderRequest), None)
-        .await
-        .unwrap();
-    let mut again = command("k2", 3208);
-    again.src_correlation_id = Some(first.to_uppercase());
-    w.app.enroll(again, None).await.unwrap();
-    let sent = w.mc.calls().correlations();
+    let (_, sent) = removed_then_asked_again(&w, 3208, first, &first.to_uppercase()).await;
     assert_eq!(sent.len(), 2);
     assert!(
         !sent[1].eq_ignore_ascii_case(first),
