@@ -20,8 +20,8 @@ pub use redis::RedisStore;
 pub use settings::RedisSettings;
 
 pub use crate::app::ports::{
-    ChangeStream, EnrollmentStore, LockedCard, NotificationEffect, NotificationResult, PutMode,
-    StoreError,
+    ChangeStream, EnrollmentStore, LockedCard, NotificationEffect, NotificationResult, OptOutStamp,
+    PutMode, StoreError,
 };
 
 use crate::domain::{EnrollmentRecord, TokenEvent};

@@ -3,7 +3,7 @@
 //! their cards), and comes back (the opt-out forgotten). Both are idempotent by nature.
 
 use super::lifecycle::{lifecycle_error, subjects_of};
-use super::ports::{ClickToPayKeys, Deleted};
+use super::ports::{ClickToPayKeys, Deleted, OptOutStamp};
 use super::{App, AppError};
 use crate::domain::{
     CardContractId, EnrollmentRecord, EnrollmentState, OptOut, RemovalReason, now_ms,
@@ -13,8 +13,9 @@ use tokio::time::Instant;
 /// What a `WithdrawOptOut` forgets ([`App::plan_withdrawal`]).
 #[derive(Debug, Clone)]
 pub struct Withdrawal {
-    /// The subjects whose opt-outs it deletes.
-    subjects: Vec<String>,
+    /// The subjects whose opt-outs it deletes, each with the opt-out read there: what was
+    /// checked is what is forgotten (an opt-out kept there since stays).
+    read: Vec<(String, OptOutStamp)>,
     /// The programs a caller must be granted for it (the card's first, when it has a record).
     pub programs: Vec<String>,
 }
@@ -57,37 +58,63 @@ impl App {
     ) -> Result<OptedOut, AppError> {
         let card = record.card_contract_id;
         let subjects = subjects_of(card, Some(&record));
-        // Each subject on its own: this card's earlier opt-out (a retry) and one given through
-        // another card of the profile (under the consumer's subject) may both be there.
-        let mut since_ms = None::<i64>;
-        let mut linked: Vec<String> = Vec::new();
-        for subject in &subjects {
-            if let Some(earlier) = self
-                .store
-                .get_opt_out(std::slice::from_ref(subject))
-                .await?
-            {
-                since_ms = Some(since_ms.map_or(earlier.since_ms, |s| s.min(earlier.since_ms)));
-                linked.extend(earlier.subjects.into_iter().chain(earlier.linked));
-            }
-        }
-        let since_ms = since_ms.unwrap_or_else(now_ms);
-        // An earlier opt-out given through another card of the profile is replaced under the
-        // subject they share (the consumer's) and kept under its own card: linked, so that a
-        // withdrawal through this card reaches it too.
-        linked.retain(|s| !subjects.contains(s));
-        linked.sort_unstable();
-        linked.dedup();
-        self.store
-            .put_opt_out(&OptOut {
-                since_ms,
-                subjects,
-                program: Some(record.program.clone()),
-                linked,
-            })
-            .await?;
+        let since_ms = self.keep_opt_out(card, subjects, &record.program).await?;
         let record = self.remove_for_opt_out(record, owner, deadline).await?;
         Ok(OptedOut { record, since_ms })
+    }
+
+    /// Keeps the opt-out of `card` (of `program`) under each of `subjects`, merged with what each
+    /// holds: this card's earlier opt-out (a retry: its first time is kept) and one given
+    /// through another card of the profile (under the consumer's subject), which it replaces
+    /// there and links. Each subject is written only if it still holds what was read; when an
+    /// OptOut or WithdrawOptOut of another card of the cardholder changed one meanwhile, all is
+    /// read and merged again. When the opt-out was first recorded, Unix ms.
+    async fn keep_opt_out(
+        &self,
+        card: CardContractId,
+        subjects: Vec<String>,
+        program: &str,
+    ) -> Result<i64, AppError> {
+        'read: for _ in 0..OPT_OUT_ATTEMPTS {
+            // Each subject on its own: this card's earlier opt-out and another card's may both
+            // be there.
+            let mut since_ms = None::<i64>;
+            let mut linked: Vec<String> = Vec::new();
+            let mut read = Vec::with_capacity(subjects.len());
+            for subject in &subjects {
+                let earlier = self.store.read_opt_out(subject).await?;
+                read.push(earlier.as_ref().map(|(_, stamp)| stamp.clone()));
+                if let Some((earlier, _)) = earlier {
+                    since_ms = Some(since_ms.map_or(earlier.since_ms, |s| s.min(earlier.since_ms)));
+                    linked.extend(earlier.subjects.into_iter().chain(earlier.linked));
+                }
+            }
+            let since_ms = since_ms.unwrap_or_else(now_ms);
+            // Another card's opt-out is kept under its own card: linked, so that a withdrawal
+            // through this card reaches it too.
+            linked.retain(|s| !subjects.contains(s));
+            linked.sort_unstable();
+            linked.dedup();
+            let opt_out = OptOut {
+                since_ms,
+                subjects: subjects.clone(),
+                program: Some(program.to_owned()),
+                linked,
+            };
+            // A pass cut short leaves this opt-out under the subjects before: the next pass
+            // reads it there as this card's earlier one.
+            for (subject, stamp) in subjects.iter().zip(&read) {
+                if !self
+                    .store
+                    .swap_opt_out(subject, stamp.as_ref(), Some(&opt_out))
+                    .await?
+                {
+                    continue 'read;
+                }
+            }
+            return Ok(since_ms);
+        }
+        Err(contended(card))
     }
 
     /// Takes the card of `record` (read under its lock, which `owner` holds) out of Click to
@@ -138,18 +165,25 @@ impl App {
     /// checked, read once.
     pub async fn plan_withdrawal(&self, card: CardContractId) -> Result<Withdrawal, AppError> {
         let record = self.store.get(card).await?;
-        let (subjects, mut programs) = self.withdrawal(card, record.as_ref()).await?;
+        let (read, mut programs) = self.withdrawal(card, record.as_ref()).await?;
         if let Some(record) = record
             && !programs.contains(&record.program)
         {
             programs.insert(0, record.program);
         }
-        Ok(Withdrawal { subjects, programs })
+        Ok(Withdrawal { read, programs })
     }
 
-    /// Runs `WithdrawOptOut` as planned: whether an opt-out was forgotten.
+    /// Runs `WithdrawOptOut` as planned: whether an opt-out was forgotten. Under each subject,
+    /// only the opt-out read there is: one an OptOut of another card of the cardholder kept
+    /// there since was given after this withdrawal (and its program was not checked), and
+    /// stays. The card's own subjects go last: a withdrawal cut short is found again from them.
     pub async fn withdraw(&self, plan: Withdrawal) -> Result<bool, AppError> {
-        Ok(self.store.delete_opt_out(&plan.subjects).await?)
+        let mut forgot = false;
+        for (subject, stamp) in plan.read.iter().rev() {
+            forgot |= self.store.swap_opt_out(subject, Some(stamp), None).await?;
+        }
+        Ok(forgot)
     }
 
     /// Runs `WithdrawOptOut` without a program check: whether an opt-out was forgotten.
@@ -158,27 +192,31 @@ impl App {
         self.withdraw(plan).await
     }
 
-    /// What a withdrawal of the card's opt-out forgets: every subject it reaches (the card's,
-    /// its consumer references, and the subjects of each opt-out kept under them: one given
-    /// through another card of the profile is kept under that card too), and the programs of
-    /// the opt-outs found. Each subject is read on its own: two opt-outs of one profile (given
-    /// through two cards) may be kept under its subjects.
+    /// What a withdrawal of the card's opt-out forgets: every subject it reaches that holds an
+    /// opt-out (the card's, its consumer references, and the subjects of each opt-out kept under
+    /// them: one given through another card of the profile is kept under that card too), each
+    /// with the opt-out read there, and the programs of the opt-outs found. Each subject is read
+    /// on its own: two opt-outs of one profile (given through two cards) may be kept under its
+    /// subjects.
     async fn withdrawal(
         &self,
         card: CardContractId,
         record: Option<&EnrollmentRecord>,
-    ) -> Result<(Vec<String>, Vec<String>), AppError> {
+    ) -> Result<(Vec<(String, OptOutStamp)>, Vec<String>), AppError> {
         // A profile's opt-outs name a few subjects each; the cap only bounds a corrupt chain.
         const MOST_SUBJECTS: usize = 32;
         let mut subjects = subjects_of(card, record);
+        let mut read = Vec::new();
         let mut programs = Vec::new();
         let mut next = 0;
+        // Only what was read is forgotten: a subject past the cap is never checked.
         while next < subjects.len() && next < MOST_SUBJECTS {
             let subject = subjects[next].clone();
             next += 1;
-            let Some(opt_out) = self.store.get_opt_out(&[subject]).await? else {
+            let Some((opt_out, stamp)) = self.store.read_opt_out(&subject).await? else {
                 continue;
             };
+            read.push((subject, stamp));
             if let Some(program) = opt_out.program
                 && !programs.contains(&program)
             {
@@ -190,8 +228,20 @@ impl App {
                 }
             }
         }
-        // Only what was read is forgotten: a subject past the cap was never checked.
-        subjects.truncate(next);
-        Ok((subjects, programs))
+        Ok((read, programs))
+    }
+}
+
+/// How many times an OptOut reads and writes its subjects again when another call for the same
+/// cardholder changed one of them meanwhile: a pass is a few round trips, and a conflict needs
+/// two calls for one profile at the same moment.
+const OPT_OUT_ATTEMPTS: usize = 8;
+
+/// ENROLLMENT_IN_PROGRESS for an OptOut whose every pass met another call's change: the same
+/// request again finishes it.
+fn contended(card: CardContractId) -> AppError {
+    AppError::CardBusy {
+        card,
+        retry_after: std::time::Duration::from_secs(1),
     }
 }

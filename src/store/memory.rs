@@ -2,7 +2,9 @@
 //! TTLs, change events); state is lost when the process exits and is not shared between replicas.
 
 use super::bounded::Bounded;
-use super::{ChangeStream, EnrollmentStore, NotificationResult, PutMode, Retention, StoreError};
+use super::{
+    ChangeStream, EnrollmentStore, NotificationResult, OptOutStamp, PutMode, Retention, StoreError,
+};
 use crate::domain::{
     Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, Merge, OptOut, SharedRecord,
     TokenEvent, merge,
@@ -489,26 +491,39 @@ impl EnrollmentStore for MemoryStore {
         ))
     }
 
-    async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(), StoreError> {
-        let mut maps = self.lock();
-        for subject in &opt_out.subjects {
-            maps.opt_outs.insert(subject.clone(), opt_out.clone());
-        }
-        Ok(())
-    }
-
     async fn get_opt_out(&self, subjects: &[String]) -> Result<Option<OptOut>, StoreError> {
         let maps = self.lock();
         Ok(subjects.iter().find_map(|s| maps.opt_outs.get(s).cloned()))
     }
 
-    async fn delete_opt_out(&self, subjects: &[String]) -> Result<bool, StoreError> {
+    async fn read_opt_out(
+        &self,
+        subject: &str,
+    ) -> Result<Option<(OptOut, OptOutStamp)>, StoreError> {
+        let maps = self.lock();
+        maps.opt_outs
+            .get(subject)
+            .map(|opt_out| Ok((opt_out.clone(), opt_out_stamp(opt_out)?)))
+            .transpose()
+    }
+
+    async fn swap_opt_out(
+        &self,
+        subject: &str,
+        expected: Option<&OptOutStamp>,
+        new: Option<&OptOut>,
+    ) -> Result<bool, StoreError> {
         let mut maps = self.lock();
-        let mut any = false;
-        for subject in subjects {
-            any |= maps.opt_outs.remove(subject).is_some();
+        // Compared as Redis compares them: the text the service writes for each.
+        let kept = maps.opt_outs.get(subject).map(opt_out_stamp).transpose()?;
+        if kept.as_ref() != expected {
+            return Ok(false);
         }
-        Ok(any)
+        match new {
+            Some(opt_out) => maps.opt_outs.insert(subject.to_owned(), opt_out.clone()),
+            None => maps.opt_outs.remove(subject),
+        };
+        Ok(true)
     }
 
     async fn lead(
@@ -520,6 +535,13 @@ impl EnrollmentStore for MemoryStore {
         // One process holds the whole store: it always leads.
         Ok(true)
     }
+}
+
+/// The stamp of an opt-out as the Redis store would read it: the text the service writes for it.
+fn opt_out_stamp(opt_out: &OptOut) -> Result<OptOutStamp, StoreError> {
+    serde_json::to_string(opt_out)
+        .map(OptOutStamp::of)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use super::merge_plan;
 use super::scripts;
 use super::{
     ChangeStream, EnrollmentStore, KeySpace, LockedCard, NotificationEffect, NotificationResult,
-    PutMode, Retention, StoreError,
+    OptOutStamp, PutMode, Retention, StoreError,
 };
 use crate::domain::{
     Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, OptOut, SharedRecord, TokenEvent,
@@ -89,6 +89,7 @@ pub struct RedisStore {
     unlock_card: Script,
     untrack_due: Script,
     quarantine: Script,
+    swap_opt_out: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -288,6 +289,7 @@ impl RedisStore {
             unlock_card: Script::new(scripts::UNLOCK_CARD),
             untrack_due: Script::new(scripts::UNTRACK_DUE),
             quarantine: Script::new(scripts::QUARANTINE),
+            swap_opt_out: Script::new(scripts::SWAP_OPT_OUT),
         })
     }
 
@@ -1282,22 +1284,6 @@ impl EnrollmentStore for RedisStore {
             .await
     }
 
-    async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(), StoreError> {
-        let json = serde_json::to_string(opt_out).map_err(corrupt)?;
-        let mut conn = self.connection().await?;
-        // One key per subject (each on its own slot in a Cluster); each SET is idempotent, so a
-        // retry after a partial write completes it.
-        for subject in &opt_out.subjects {
-            let _: () = redis::cmd("SET")
-                .arg(self.keys.opt_out(subject))
-                .arg(&json)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-        }
-        Ok(())
-    }
-
     async fn get_opt_out(&self, subjects: &[String]) -> Result<Option<OptOut>, StoreError> {
         let conn = self.connection().await?;
         // Every subject's key at once (EnrollCard asks twice per call; one read after the other
@@ -1321,18 +1307,43 @@ impl EnrollmentStore for RedisStore {
         Ok(None)
     }
 
-    async fn delete_opt_out(&self, subjects: &[String]) -> Result<bool, StoreError> {
+    async fn read_opt_out(
+        &self,
+        subject: &str,
+    ) -> Result<Option<(OptOut, OptOutStamp)>, StoreError> {
         let mut conn = self.connection().await?;
-        let mut deleted = 0;
-        for subject in subjects {
-            let n: i64 = redis::cmd("DEL")
-                .arg(self.keys.opt_out(subject))
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            deleted += n;
-        }
-        Ok(deleted > 0)
+        let json: Option<String> = redis::cmd("GET")
+            .arg(self.keys.opt_out(subject))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        json.map(|json| {
+            let opt_out = serde_json::from_str(&json).map_err(corrupt)?;
+            Ok((opt_out, OptOutStamp::of(json)))
+        })
+        .transpose()
+    }
+
+    async fn swap_opt_out(
+        &self,
+        subject: &str,
+        expected: Option<&OptOutStamp>,
+        new: Option<&OptOut>,
+    ) -> Result<bool, StoreError> {
+        let new = new
+            .map(|opt_out| serde_json::to_string(opt_out).map_err(corrupt))
+            .transpose()?;
+        let mut conn = self.connection().await?;
+        // One key (one slot in a Cluster): compared and written in one script.
+        let swapped: i64 = self
+            .swap_opt_out
+            .key(self.keys.opt_out(subject))
+            .arg(expected.map_or("", OptOutStamp::as_str))
+            .arg(new.as_deref().unwrap_or(""))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(swapped == 1)
     }
 
     async fn lead(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {

@@ -541,6 +541,20 @@ redis.call('RENAME', KEYS[1], KEYS[2])
 return 1
 "#;
 
+/// KEYS: an opt-out. ARGV: the text expected there (empty: none), the new text (empty: delete).
+/// Writes only while the key holds what was read (another OptOut or WithdrawOptOut of the
+/// cardholder may have changed it since); 1 then, else 0.
+pub const SWAP_OPT_OUT: &str = r#"
+local kept = redis.call('GET', KEYS[1]) or ''
+if kept ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[2])
+end
+return 1
+"#;
+
 /// KEYS: card lock. ARGV: owner. Deletes the lock only if `owner` holds it; 1 then, else 0.
 pub const UNLOCK_CARD: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end

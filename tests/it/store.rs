@@ -576,7 +576,7 @@ async fn fresh_after_removal(store: Arc<dyn EnrollmentStore>) {
         program: Some("default".into()),
         linked: Vec::new(),
     };
-    store.put_opt_out(&opt_out).await.unwrap();
+    keep_opt_out(&store, &opt_out).await;
     for subject in &subjects {
         assert_eq!(
             store
@@ -593,8 +593,67 @@ async fn fresh_after_removal(store: Arc<dyn EnrollmentStore>) {
             .unwrap()
             .is_none()
     );
-    assert!(store.delete_opt_out(&subjects).await.unwrap());
-    assert!(!store.delete_opt_out(&subjects).await.unwrap());
+    // A write or a deletion applies only to the opt-out read: one kept there since (another
+    // card's OptOut, a withdrawal) is not overwritten or forgotten.
+    let (read, stamp) = store.read_opt_out("consumer:abc").await.unwrap().unwrap();
+    assert_eq!(read, opt_out);
+    let by_another_card = OptOut {
+        since_ms: 1_800_000_000_009,
+        subjects: vec!["card:70129".to_owned(), "consumer:abc".to_owned()],
+        program: Some("default".into()),
+        linked: vec!["card:70121".to_owned()],
+    };
+    assert!(
+        !store
+            .swap_opt_out("consumer:abc", None, Some(&by_another_card))
+            .await
+            .unwrap(),
+        "one is kept there"
+    );
+    assert!(
+        store
+            .swap_opt_out("consumer:abc", Some(&stamp), Some(&by_another_card))
+            .await
+            .unwrap()
+    );
+    let (now, newer) = store.read_opt_out("consumer:abc").await.unwrap().unwrap();
+    assert_eq!(now, by_another_card);
+    assert_ne!(newer, stamp);
+    assert!(
+        !store
+            .swap_opt_out("consumer:abc", Some(&stamp), None)
+            .await
+            .unwrap(),
+        "what was read is no longer there"
+    );
+    assert!(
+        !store
+            .swap_opt_out("card:70122", Some(&stamp), None)
+            .await
+            .unwrap(),
+        "nothing is kept there"
+    );
+    // The same opt-out written again in the same words is the one read.
+    assert!(
+        store
+            .swap_opt_out("consumer:abc", Some(&newer), Some(&by_another_card))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .swap_opt_out("consumer:abc", Some(&newer), None)
+            .await
+            .unwrap()
+    );
+    assert!(store.read_opt_out("consumer:abc").await.unwrap().is_none());
+    let (_, card_stamp) = store.read_opt_out("card:70121").await.unwrap().unwrap();
+    assert!(
+        store
+            .swap_opt_out("card:70121", Some(&card_stamp), None)
+            .await
+            .unwrap()
+    );
     assert!(store.get_opt_out(&subjects).await.unwrap().is_none());
 
     // Two opt-outs, each under its own subject: the first subject asked for that holds one
@@ -611,8 +670,8 @@ async fn fresh_after_removal(store: Arc<dyn EnrollmentStore>) {
         program: None,
         linked: Vec::new(),
     };
-    store.put_opt_out(&by_card).await.unwrap();
-    store.put_opt_out(&by_consumer).await.unwrap();
+    keep_opt_out(&store, &by_card).await;
+    keep_opt_out(&store, &by_consumer).await;
     let both = |first: &str, second: &str| vec![first.to_owned(), second.to_owned()];
     for (asked, expected) in [
         (both("card:70123", "consumer:def"), &by_card),
@@ -624,6 +683,19 @@ async fn fresh_after_removal(store: Arc<dyn EnrollmentStore>) {
             store.get_opt_out(&asked).await.unwrap().as_ref(),
             Some(expected),
             "{asked:?}"
+        );
+    }
+}
+
+/// Keeps `opt_out` under each of its subjects, whatever they held.
+async fn keep_opt_out(store: &Arc<dyn EnrollmentStore>, opt_out: &c2p_enroll::domain::OptOut) {
+    for subject in &opt_out.subjects {
+        let kept = store.read_opt_out(subject).await.unwrap().map(|(_, s)| s);
+        assert!(
+            store
+                .swap_opt_out(subject, kept.as_ref(), Some(opt_out))
+                .await
+                .unwrap()
         );
     }
 }
@@ -655,7 +727,7 @@ async fn lock_and_read(store: Arc<dyn EnrollmentStore>) {
         program: None,
         linked: Vec::new(),
     };
-    store.put_opt_out(&by_consumer).await.unwrap();
+    keep_opt_out(&store, &by_consumer).await;
     let renewed = store
         .lock_and_read(c, "A", lease)
         .await
@@ -670,7 +742,7 @@ async fn lock_and_read(store: Arc<dyn EnrollmentStore>) {
         program: None,
         linked: Vec::new(),
     };
-    store.put_opt_out(&by_card).await.unwrap();
+    keep_opt_out(&store, &by_card).await;
     store.unlock_card(c, "A").await.unwrap();
     let taken = store
         .lock_and_read(c, "B", lease)

@@ -89,6 +89,25 @@ pub struct LockedCard {
     pub opt_out: Result<Option<OptOut>, StoreError>,
 }
 
+/// An opt-out as it was kept under one subject when read: its stored text (JSON as the service
+/// wrote it), which [`EnrollmentStore::swap_opt_out`] compares with what is kept when it writes.
+/// The same opt-out written again in the same words is the same opt-out. No card data (card
+/// ids and keyed hashes only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptOutStamp(String);
+
+impl OptOutStamp {
+    /// The stamp of the stored text `stored`.
+    pub fn of(stored: String) -> Self {
+        Self(stored)
+    }
+
+    /// The stored text it was read as.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Changes of one card's record, as they are written (on any replica).
 pub type ChangeStream = Pin<Box<dyn tokio_stream::Stream<Item = EnrollmentRecord> + Send>>;
 
@@ -285,14 +304,26 @@ pub trait EnrollmentStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<CardContractId>, StoreError>;
 
-    /// Keeps `opt_out` under each of its subjects, until withdrawn (no expiry).
-    async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(), StoreError>;
-
     /// The opt-out kept under any of `subjects` (the first found), if any.
     async fn get_opt_out(&self, subjects: &[String]) -> Result<Option<OptOut>, StoreError>;
 
-    /// Forgets whatever opt-out is kept under each of `subjects`; whether there was one.
-    async fn delete_opt_out(&self, subjects: &[String]) -> Result<bool, StoreError>;
+    /// The opt-out kept under `subject`, if any, with its stamp for [`EnrollmentStore::swap_opt_out`].
+    async fn read_opt_out(
+        &self,
+        subject: &str,
+    ) -> Result<Option<(OptOut, OptOutStamp)>, StoreError>;
+
+    /// Under `subject`, replaces the opt-out read as `expected` (`None`: none was kept) with
+    /// `new` (kept until withdrawn, no expiry; `None`: forgets it), only if what is kept there
+    /// is still that one, in one atomic step; whether it was. Neither OptOut nor WithdrawOptOut
+    /// holds a lock of the whole profile: a call of either for another card of the cardholder
+    /// may change a subject they share between this call's read and its write.
+    async fn swap_opt_out(
+        &self,
+        subject: &str,
+        expected: Option<&OptOutStamp>,
+        new: Option<&OptOut>,
+    ) -> Result<bool, StoreError>;
 
     /// Takes or renews the lease `name` for `owner` for `ttl`: `false` while another owner holds
     /// it. One replica at a time runs the reconciler.

@@ -6,7 +6,8 @@ use crate::app::canonical::canonical_bytes;
 use crate::app::ports::{
     Address, CardEnrollment, CardSearch, Cardholder, ClickToPayKeys, ClickToPayLifecycle,
     ClickToPayProfile, Deleted, EncryptedCard, EnrolledCard, EnrollmentRequest, Found, Mastercard,
-    ObservedToken, TokenList, TokenObservation, Updated, UpstreamContext, UpstreamFailure,
+    ObservedToken, OptOutStamp, TokenList, TokenObservation, Updated, UpstreamContext,
+    UpstreamFailure,
 };
 use crate::app::{App, AppSettings, ConsumerInput, EnrollCommand, FingerprintKey};
 use crate::domain::{
@@ -340,7 +341,7 @@ pub enum Op {
     RequeueInProgress,
     UntrackEnrolled,
     UntrackEnrolledDue,
-    PutOptOut,
+    SwapOptOut,
 }
 
 /// What happens to a chosen call.
@@ -386,6 +387,23 @@ pub struct FaultyStore {
 }
 
 impl FaultyStore {
+    /// Keeps `opt_out` under each of its subjects, whatever they held (a test's setup).
+    pub async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(), StoreError> {
+        for subject in &opt_out.subjects {
+            let kept = self
+                .inner
+                .read_opt_out(subject)
+                .await?
+                .map(|(_, stamp)| stamp);
+            assert!(
+                self.inner
+                    .swap_opt_out(subject, kept.as_ref(), Some(opt_out))
+                    .await?
+            );
+        }
+        Ok(())
+    }
+
     pub fn new() -> Self {
         let day = Duration::from_secs(86_400);
         Self {
@@ -700,17 +718,25 @@ impl EnrollmentStore for FaultyStore {
         self.inner.enrolled_due(before_ms, limit).await
     }
 
-    async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(), StoreError> {
-        self.enter(Op::PutOptOut, None).await?;
-        self.inner.put_opt_out(opt_out).await
-    }
-
     async fn get_opt_out(&self, subjects: &[String]) -> Result<Option<OptOut>, StoreError> {
         self.inner.get_opt_out(subjects).await
     }
 
-    async fn delete_opt_out(&self, subjects: &[String]) -> Result<bool, StoreError> {
-        self.inner.delete_opt_out(subjects).await
+    async fn read_opt_out(
+        &self,
+        subject: &str,
+    ) -> Result<Option<(OptOut, OptOutStamp)>, StoreError> {
+        self.inner.read_opt_out(subject).await
+    }
+
+    async fn swap_opt_out(
+        &self,
+        subject: &str,
+        expected: Option<&OptOutStamp>,
+        new: Option<&OptOut>,
+    ) -> Result<bool, StoreError> {
+        self.enter(Op::SwapOptOut, None).await?;
+        self.inner.swap_opt_out(subject, expected, new).await
     }
 
     async fn lead(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {

@@ -7,7 +7,9 @@ use super::fakes::{
 };
 use crate::app::ports::{Deleted, Updated, UpstreamFailure};
 use crate::app::{AppError, RemoveCommand};
-use crate::domain::{EnrollmentState, RemovalReason, TokenEvent, TokenEventKind, TokenStatus};
+use crate::domain::{
+    EnrollmentRecord, EnrollmentState, RemovalReason, TokenEvent, TokenEventKind, TokenStatus,
+};
 use crate::store::EnrollmentStore as _;
 use std::time::Duration;
 
@@ -480,6 +482,77 @@ async fn a_withdrawal_needs_the_programs_of_every_opt_out_it_forgets() {
     assert!(w.app.withdraw_opt_out(card(3018)).await.unwrap());
     // Forgotten everywhere: A enrolls again.
     assert!(!w.app.withdraw_opt_out(card(3017)).await.unwrap());
+}
+
+/// Card B of card A's cardholder (the same consumer references), both with records.
+async fn two_cards_of_one_cardholder(w: &World, a: i64, b: i64) -> EnrollmentRecord {
+    enrolled(w, a).await;
+    let mut other = w.record(card(a)).await.unwrap();
+    other.card_contract_id = card(b);
+    w.seed_record(&other).await;
+    other
+}
+
+/// A withdrawal forgets only the opt-outs it read (and checked): one given through another card
+/// of the cardholder after its read, kept under the consumer's subject they share, stays whole.
+#[tokio::test]
+async fn a_withdrawal_leaves_an_opt_out_given_after_its_read() {
+    let w = world();
+    let b = two_cards_of_one_cardholder(&w, 3220, 3221).await;
+    w.app.opt_out(card(3220), None).await.unwrap();
+    // A withdrawal through A has read A's opt-out when B's OptOut comes.
+    let plan = w.app.plan_withdrawal(card(3220)).await.unwrap();
+    w.app.opt_out(card(3221), None).await.unwrap();
+    assert!(w.app.withdraw(plan).await.unwrap());
+    let subjects = crate::app::lifecycle::subjects_of(card(3221), Some(&b));
+    assert_eq!(subjects.len(), 2, "the card's and the consumer's");
+    for subject in &subjects {
+        let kept = w
+            .store
+            .get_opt_out(std::slice::from_ref(subject))
+            .await
+            .unwrap();
+        assert_eq!(
+            kept.map(|o| o.subjects),
+            Some(subjects.clone()),
+            "{subject}"
+        );
+    }
+    // A withdrawal through B forgets it.
+    assert!(w.app.withdraw_opt_out(card(3221)).await.unwrap());
+    assert!(w.store.get_opt_out(&subjects).await.unwrap().is_none());
+}
+
+/// Two OptOuts of two cards of one cardholder at once: the one whose write of the consumer's
+/// subject comes second finds the other's there, reads again and links it, so that a withdrawal
+/// through either card forgets both.
+#[tokio::test]
+async fn two_opt_outs_of_one_cardholder_at_once_link_each_other() {
+    let w = std::sync::Arc::new(world());
+    let b = two_cards_of_one_cardholder(&w, 3222, 3223).await;
+    // A's OptOut has read its subjects (nothing kept there) and stops before its first write.
+    let at_write = w.store.pause(Op::SwapOptOut, 1);
+    let a = tokio::spawn({
+        let w = w.clone();
+        async move { w.app.opt_out(card(3222), None).await }
+    });
+    at_write.entered().await;
+    w.app.opt_out(card(3223), None).await.unwrap();
+    at_write.open();
+    a.await.unwrap().unwrap();
+    let a_subjects = crate::app::lifecycle::subjects_of(card(3222), None);
+    let linked = w
+        .store
+        .get_opt_out(&a_subjects)
+        .await
+        .unwrap()
+        .unwrap()
+        .linked;
+    assert_eq!(linked, [crate::domain::card_subject(card(3223))]);
+    // Withdrawing through A forgets B's opt-out too, under its card as well.
+    assert!(w.app.withdraw_opt_out(card(3222)).await.unwrap());
+    let b_subjects = crate::app::lifecycle::subjects_of(card(3223), Some(&b));
+    assert!(w.store.get_opt_out(&b_subjects).await.unwrap().is_none());
 }
 
 /// The early opt-out check is read beside the key's lease: a key that answered before the
