@@ -66,6 +66,14 @@ pub enum AppError {
         /// When to try again.
         retry_after: Duration,
     },
+    /// An OptOut whose every pass found the cardholder's opt-outs changed by other calls (of
+    /// their other cards) between its read and its write.
+    OptOutsContended {
+        /// The card.
+        card: CardContractId,
+        /// When to try again.
+        retry_after: Duration,
+    },
     /// The card is enrolled already.
     CardAlreadyEnrolled(Box<EnrollmentRecord>),
     /// Mastercard Processing knows no such card contract.
@@ -355,6 +363,14 @@ impl AppError {
                     "another enrollment of this card is in progress".into(),
                 )
             },
+            AppError::OptOutsContended { card, retry_after } => ErrorParts {
+                retry_after: Some(*retry_after),
+                metadata: card_metadata(*card),
+                ..plain(
+                    Reason::EnrollmentInProgress,
+                    "other calls kept changing the cardholder's opt-outs meanwhile; retry".into(),
+                )
+            },
             AppError::CardAlreadyEnrolled(record) => ErrorParts {
                 enrollment: Some((**record).clone()),
                 metadata: card_metadata(record.card_contract_id),
@@ -522,6 +538,7 @@ impl AppError {
                 | AppError::StoreUnavailable(_)
                 | AppError::RequestInFlight { .. }
                 | AppError::CardBusy { .. }
+                | AppError::OptOutsContended { .. }
         )
     }
 

@@ -8,7 +8,9 @@ use super::{App, AppError};
 use crate::domain::{
     CardContractId, EnrollmentRecord, EnrollmentState, OptOut, RemovalReason, now_ms,
 };
+use std::collections::HashMap;
 use tokio::time::Instant;
+use uuid::Uuid;
 
 /// What a `WithdrawOptOut` forgets ([`App::plan_withdrawal`]).
 #[derive(Debug, Clone)]
@@ -75,6 +77,11 @@ impl App {
         subjects: Vec<String>,
         program: &str,
     ) -> Result<i64, AppError> {
+        // What each subject held before this call wrote there, and the ids of this call's
+        // writes: a pass cut short leaves its writes under the subjects before, and the next
+        // pass merges what they replaced, not them (they may carry what a withdrawal forgot).
+        let mut before: HashMap<&str, Option<OptOut>> = HashMap::new();
+        let mut ours: Vec<String> = Vec::new();
         'read: for _ in 0..OPT_OUT_ATTEMPTS {
             // Each subject on its own: this card's earlier opt-out and another card's may both
             // be there.
@@ -82,9 +89,19 @@ impl App {
             let mut linked: Vec<String> = Vec::new();
             let mut read = Vec::with_capacity(subjects.len());
             for subject in &subjects {
-                let earlier = self.store.read_opt_out(subject).await?;
-                read.push(earlier.as_ref().map(|(_, stamp)| stamp.clone()));
-                if let Some((earlier, _)) = earlier {
+                let kept = self.store.read_opt_out(subject).await?;
+                read.push(kept.as_ref().map(|(_, stamp)| stamp.clone()));
+                let kept = kept.map(|(opt_out, _)| opt_out);
+                let earlier = match kept {
+                    Some(mine) if mine.rev.as_ref().is_some_and(|rev| ours.contains(rev)) => {
+                        before.get(subject.as_str()).cloned().flatten()
+                    }
+                    other => {
+                        before.insert(subject, other.clone());
+                        other
+                    }
+                };
+                if let Some(earlier) = earlier {
                     since_ms = Some(since_ms.map_or(earlier.since_ms, |s| s.min(earlier.since_ms)));
                     linked.extend(earlier.subjects.into_iter().chain(earlier.linked));
                 }
@@ -95,14 +112,15 @@ impl App {
             linked.retain(|s| !subjects.contains(s));
             linked.sort_unstable();
             linked.dedup();
+            let rev = Uuid::new_v4().to_string();
+            ours.push(rev.clone());
             let opt_out = OptOut {
                 since_ms,
                 subjects: subjects.clone(),
                 program: Some(program.to_owned()),
                 linked,
+                rev: Some(rev),
             };
-            // A pass cut short leaves this opt-out under the subjects before: the next pass
-            // reads it there as this card's earlier one.
             for (subject, stamp) in subjects.iter().zip(&read) {
                 if !self
                     .store
@@ -240,7 +258,7 @@ const OPT_OUT_ATTEMPTS: usize = 8;
 /// ENROLLMENT_IN_PROGRESS for an OptOut whose every pass met another call's change: the same
 /// request again finishes it.
 fn contended(card: CardContractId) -> AppError {
-    AppError::CardBusy {
+    AppError::OptOutsContended {
         card,
         retry_after: std::time::Duration::from_secs(1),
     }

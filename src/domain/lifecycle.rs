@@ -106,6 +106,12 @@ pub struct OptOut {
     /// program), but a withdrawal through this one reaches them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub linked: Vec<String>,
+    /// The id of the write that kept it (a new one each time): what tells an opt-out written
+    /// again in the same words apart from the one read before (a withdrawal must not take the
+    /// one for the other), and an OptOut's own write from another call's. `None` in one written
+    /// before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rev: Option<String>,
 }
 
 /// The opt-out subject of a card.

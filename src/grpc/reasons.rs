@@ -160,9 +160,10 @@ fn variant(e: &AppError) -> usize {
         AppError::CardNotEnrolled { .. } => 15,
         AppError::NotInClickToPay { .. } => 16,
         AppError::ClickToPayIdsUnknown { .. } => 17,
+        AppError::OptOutsContended { .. } => 18,
     }
 }
-const VARIANTS: usize = 18;
+const VARIANTS: usize = 19;
 
 fn sample_app_errors() -> Vec<AppError> {
     let card = CardContractId::new(70001).unwrap();
@@ -185,6 +186,10 @@ fn sample_app_errors() -> Vec<AppError> {
             retry_after: Duration::from_secs(1),
         },
         AppError::CardBusy {
+            card,
+            retry_after: Duration::from_secs(1),
+        },
+        AppError::OptOutsContended {
             card,
             retry_after: Duration::from_secs(1),
         },

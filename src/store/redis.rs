@@ -118,6 +118,15 @@ fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// An opt-out key's error: one that holds another Redis type is unreadable (as a record is), not
+/// a store that a retry may find back.
+fn opt_out_error(e: redis::RedisError) -> StoreError {
+    if e.code() == Some("WRONGTYPE") {
+        return StoreError::Corrupt("an opt-out key holds a value of another Redis type".into());
+    }
+    unavailable(e)
+}
+
 fn corrupt(e: serde_json::Error) -> StoreError {
     // serde_json's message gives the category and position, never the value.
     StoreError::Corrupt(format!("{:?} error at column {}", e.classify(), e.column()))
@@ -1300,7 +1309,7 @@ impl EnrollmentStore for RedisStore {
             }
         });
         for json in futures::future::join_all(reads).await {
-            if let Some(json) = json.map_err(unavailable)? {
+            if let Some(json) = json.map_err(opt_out_error)? {
                 return serde_json::from_str(&json).map(Some).map_err(corrupt);
             }
         }
@@ -1316,7 +1325,7 @@ impl EnrollmentStore for RedisStore {
             .arg(self.keys.opt_out(subject))
             .query_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(opt_out_error)?;
         json.map(|json| {
             let opt_out = serde_json::from_str(&json).map_err(corrupt)?;
             Ok((opt_out, OptOutStamp::of(json)))
@@ -1342,7 +1351,7 @@ impl EnrollmentStore for RedisStore {
             .arg(new.as_deref().unwrap_or(""))
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(opt_out_error)?;
         Ok(swapped == 1)
     }
 

@@ -575,6 +575,7 @@ async fn fresh_after_removal(store: Arc<dyn EnrollmentStore>) {
         // Kept and read back as given (the withdrawal's program check reads it).
         program: Some("default".into()),
         linked: Vec::new(),
+        rev: None,
     };
     keep_opt_out(&store, &opt_out).await;
     for subject in &subjects {
@@ -602,6 +603,7 @@ async fn fresh_after_removal(store: Arc<dyn EnrollmentStore>) {
         subjects: vec!["card:70129".to_owned(), "consumer:abc".to_owned()],
         program: Some("default".into()),
         linked: vec!["card:70121".to_owned()],
+        rev: None,
     };
     assert!(
         !store
@@ -663,12 +665,14 @@ async fn fresh_after_removal(store: Arc<dyn EnrollmentStore>) {
         subjects: vec!["card:70123".to_owned()],
         program: None,
         linked: Vec::new(),
+        rev: None,
     };
     let by_consumer = OptOut {
         since_ms: 1_800_000_000_002,
         subjects: vec!["consumer:def".to_owned()],
         program: None,
         linked: Vec::new(),
+        rev: None,
     };
     keep_opt_out(&store, &by_card).await;
     keep_opt_out(&store, &by_consumer).await;
@@ -726,6 +730,7 @@ async fn lock_and_read(store: Arc<dyn EnrollmentStore>) {
         subjects: vec!["consumer:lock-and-read".to_owned()],
         program: None,
         linked: Vec::new(),
+        rev: None,
     };
     keep_opt_out(&store, &by_consumer).await;
     let renewed = store
@@ -741,6 +746,7 @@ async fn lock_and_read(store: Arc<dyn EnrollmentStore>) {
         subjects: vec!["card:70130".to_owned(), "consumer:lock-and-read".to_owned()],
         program: None,
         linked: Vec::new(),
+        rev: None,
     };
     keep_opt_out(&store, &by_card).await;
     store.unlock_card(c, "A").await.unwrap();
@@ -1595,6 +1601,32 @@ async fn redis_lock_and_read_is_one_command_and_sets_an_unreadable_record_aside(
         locked.opt_out
     );
     assert!(!store.lock_card(card(70144), "B", lease).await.unwrap());
+}
+
+/// An opt-out key that holds another Redis type is unreadable (`Corrupt`, as a record is), for
+/// the reads and for the compare-and-set alike: not a store that a retry finds back.
+#[tokio::test]
+async fn redis_an_opt_out_key_of_another_type_is_unreadable_not_unavailable() {
+    let redis = RedisServer::start();
+    let store =
+        c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
+    let mut conn = redis.connection();
+    let _: () = conn
+        .hset("c2p:optout:{card:70160}", "field", "value")
+        .unwrap();
+    let subject = "card:70160";
+    let read = store.read_opt_out(subject).await;
+    assert!(
+        matches!(read, Err(store::StoreError::Corrupt(_))),
+        "{read:?}"
+    );
+    let got = store.get_opt_out(&[subject.to_owned()]).await;
+    assert!(matches!(got, Err(store::StoreError::Corrupt(_))), "{got:?}");
+    let swapped = store.swap_opt_out(subject, None, None).await;
+    assert!(
+        matches!(swapped, Err(store::StoreError::Corrupt(_))),
+        "{swapped:?}"
+    );
 }
 
 #[tokio::test]

@@ -555,6 +555,116 @@ async fn two_opt_outs_of_one_cardholder_at_once_link_each_other() {
     assert!(w.store.get_opt_out(&b_subjects).await.unwrap().is_none());
 }
 
+/// An OptOut of the card retried while a withdrawal of its opt-out is half done (the consumer's
+/// subject forgotten, the card's not yet) writes the same opt-out again, in the same words: the
+/// withdrawal does not take it for the one it read, and the opt-out stays whole.
+#[tokio::test]
+async fn an_opt_out_retried_during_its_withdrawal_stays_whole() {
+    let w = std::sync::Arc::new(world());
+    let b = two_cards_of_one_cardholder(&w, 3224, 3225).await;
+    w.app.opt_out(card(3224), None).await.unwrap();
+    let plan = w.app.plan_withdrawal(card(3224)).await.unwrap();
+    // The withdrawal forgets the consumer's subject, then stops before the card's.
+    let at_card = w.store.pause(Op::SwapOptOut, 2);
+    let withdrawal = tokio::spawn({
+        let w = w.clone();
+        async move { w.app.withdraw(plan).await }
+    });
+    at_card.entered().await;
+    w.app.opt_out(card(3224), None).await.unwrap();
+    at_card.open();
+    assert!(withdrawal.await.unwrap().unwrap());
+    let subjects = crate::app::lifecycle::subjects_of(card(3224), Some(&b));
+    for subject in &subjects {
+        let kept = w
+            .store
+            .get_opt_out(std::slice::from_ref(subject))
+            .await
+            .unwrap();
+        assert_eq!(
+            kept.map(|o| o.subjects),
+            Some(subjects.clone()),
+            "{subject}"
+        );
+    }
+}
+
+/// An OptOut whose write of the consumer's subject finds it forgotten by a withdrawal of
+/// another card's opt-out keeps nothing of that opt-out (neither its time nor a link to its
+/// card), though its own first pass, cut short, had merged it under its card.
+#[tokio::test]
+async fn an_opt_out_cut_short_by_a_withdrawal_keeps_nothing_of_the_withdrawn_one() {
+    let w = std::sync::Arc::new(world());
+    let b = two_cards_of_one_cardholder(&w, 3226, 3227).await;
+    let first = w.app.opt_out(card(3226), None).await.unwrap();
+    // B's opt-out is then a later one, by the clock too.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // B's OptOut has read A's opt-out under the consumer's subject and stops at its first write.
+    let at_write = w.store.pause(Op::SwapOptOut, 1);
+    let second = tokio::spawn({
+        let w = w.clone();
+        async move { w.app.opt_out(card(3227), None).await }
+    });
+    at_write.entered().await;
+    assert!(w.app.withdraw_opt_out(card(3226)).await.unwrap());
+    at_write.open();
+    let second = second.await.unwrap().unwrap();
+    assert!(second.since_ms > first.since_ms);
+    let subjects = crate::app::lifecycle::subjects_of(card(3227), Some(&b));
+    for subject in &subjects {
+        let kept = w
+            .store
+            .get_opt_out(std::slice::from_ref(subject))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (kept.since_ms, kept.linked),
+            (second.since_ms, Vec::<String>::new()),
+            "{subject}"
+        );
+    }
+}
+
+/// An OptOut whose every pass meets another call's write answers ABORTED
+/// (ENROLLMENT_IN_PROGRESS), and its retry finishes it.
+#[tokio::test]
+async fn an_opt_out_that_keeps_meeting_other_writes_is_aborted_and_its_retry_finishes_it() {
+    let w = std::sync::Arc::new(world());
+    let b = two_cards_of_one_cardholder(&w, 3228, 3229).await;
+    let consumer = crate::app::lifecycle::subjects_of(card(3229), Some(&b))[1].clone();
+    // Before each of its 8 writes of the consumer's subject (every second write: the card's
+    // first), another opt-out is kept there.
+    let w2 = w.clone();
+    let mut gate = w.store.pause(Op::SwapOptOut, 2);
+    let meddler = tokio::spawn(async move {
+        for pass in 0..8 {
+            gate.entered().await;
+            w2.store
+                .put_opt_out(&crate::domain::OptOut {
+                    since_ms: 1,
+                    subjects: vec![consumer.clone()],
+                    program: Some(String::new()),
+                    linked: Vec::new(),
+                    rev: Some(format!("other-{pass}")),
+                })
+                .await
+                .unwrap();
+            // The next pass's write of the consumer's subject, set before this one goes on.
+            let next = (pass < 7).then(|| w2.store.pause(Op::SwapOptOut, 2));
+            gate.open();
+            let Some(next) = next else { break };
+            gate = next;
+        }
+    });
+    let e = w.app.opt_out(card(3229), None).await.unwrap_err();
+    meddler.await.unwrap();
+    assert_eq!(reason(&e), "ENROLLMENT_IN_PROGRESS");
+    assert!(e.is_transient());
+    let done = w.app.opt_out(card(3229), None).await.unwrap();
+    assert_eq!(done.since_ms, 1, "the earliest opt-out's time");
+}
+
 /// The early opt-out check is read beside the key's lease: a key that answered before the
 /// opt-out still replays its answer (the opt-out is never the key's answer, nor does it undo one).
 #[tokio::test]
@@ -924,6 +1034,7 @@ async fn a_resumed_key_under_an_opt_out_is_refused_not_answered_already_enrolled
             subjects: vec![crate::domain::card_subject(card(3037))],
             program: Some(String::new()),
             linked: Vec::new(),
+            rev: None,
         })
         .await
         .unwrap();
@@ -994,6 +1105,7 @@ async fn a_withdrawal_forgets_only_the_subjects_it_read() {
                 subjects: vec![subject(i), subject(i + 1)],
                 program: Some(String::new()),
                 linked: Vec::new(),
+                rev: None,
             })
             .await
             .unwrap();
