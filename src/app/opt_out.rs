@@ -192,16 +192,16 @@ impl App {
         Ok(Withdrawal { read, programs })
     }
 
-    /// Runs `WithdrawOptOut` as planned: whether an opt-out was forgotten. Under each subject,
-    /// only the opt-out read there is: one an OptOut of another card of the cardholder kept
-    /// there since was given after this withdrawal (and its program was not checked), and
-    /// stays. The card's own subjects go last: a withdrawal cut short is found again from them.
+    /// Runs `WithdrawOptOut` as planned: whether there was an opt-out to forget. Under each
+    /// subject, only the opt-out read there is forgotten: one an OptOut kept there since was
+    /// given after this withdrawal (and its program was not checked), and stays; the answer is
+    /// still that there was one (the withdrawal came first). The card's own subjects go last: a
+    /// withdrawal cut short is found again from them.
     pub async fn withdraw(&self, plan: Withdrawal) -> Result<bool, AppError> {
-        let mut forgot = false;
         for (subject, stamp) in plan.read.iter().rev() {
-            forgot |= self.store.swap_opt_out(subject, Some(stamp), None).await?;
+            self.store.swap_opt_out(subject, Some(stamp), None).await?;
         }
-        Ok(forgot)
+        Ok(!plan.read.is_empty())
     }
 
     /// Runs `WithdrawOptOut` without a program check: whether an opt-out was forgotten.

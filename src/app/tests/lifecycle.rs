@@ -589,6 +589,29 @@ async fn an_opt_out_retried_during_its_withdrawal_stays_whole() {
     }
 }
 
+/// A withdrawal whose every opt-out was written again since its read (an OptOut of the card
+/// retried) forgets nothing, and still answers that there was one: it came first.
+#[tokio::test]
+async fn a_withdrawal_overtaken_by_a_retried_opt_out_answers_withdrawn() {
+    let w = world();
+    let b = two_cards_of_one_cardholder(&w, 3230, 3231).await;
+    w.app.opt_out(card(3230), None).await.unwrap();
+    let plan = w.app.plan_withdrawal(card(3230)).await.unwrap();
+    w.app.opt_out(card(3230), None).await.unwrap();
+    assert!(w.app.withdraw(plan).await.unwrap());
+    let subjects = crate::app::lifecycle::subjects_of(card(3230), Some(&b));
+    for subject in &subjects {
+        assert!(
+            w.store
+                .get_opt_out(std::slice::from_ref(subject))
+                .await
+                .unwrap()
+                .is_some(),
+            "{subject}"
+        );
+    }
+}
+
 /// An OptOut whose write of the consumer's subject finds it forgotten by a withdrawal of
 /// another card's opt-out keeps nothing of that opt-out (neither its time nor a link to its
 /// card), though its own first pass, cut short, had merged it under its card.
@@ -663,6 +686,19 @@ async fn an_opt_out_that_keeps_meeting_other_writes_is_aborted_and_its_retry_fin
     assert!(e.is_transient());
     let done = w.app.opt_out(card(3229), None).await.unwrap();
     assert_eq!(done.since_ms, 1, "the earliest opt-out's time");
+    // Both subjects hold the retry's opt-out.
+    let subjects = crate::app::lifecycle::subjects_of(card(3229), Some(&b));
+    let kept: Vec<_> = futures::future::join_all(
+        subjects
+            .iter()
+            .map(|s| w.store.get_opt_out(std::slice::from_ref(s))),
+    )
+    .await
+    .into_iter()
+    .map(|o| o.unwrap().unwrap())
+    .collect();
+    assert_eq!(kept[0], kept[1]);
+    assert_eq!(kept[0].subjects, subjects);
 }
 
 /// The early opt-out check is read beside the key's lease: a key that answered before the
