@@ -22,6 +22,7 @@ mod watch;
 pub use enroll::{ConsumerInput, EnrollCommand, Enrolled};
 pub use error::{AppError, ErrorParts, FieldViolation, Reason, Step};
 pub use fingerprint::FingerprintKey;
+pub use lifecycle::CheckedProgram;
 pub use notifications::IngestOutcome;
 pub use opt_out::{OptedOut, Withdrawal};
 pub use reconcile::ReconcileReport;

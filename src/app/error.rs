@@ -74,6 +74,12 @@ pub enum AppError {
         /// When to try again.
         retry_after: Duration,
     },
+    /// The card's record is not of the program the caller was checked against before the
+    /// call (an enrollment under another program landed since): nothing was done.
+    CardChanged {
+        /// The card.
+        card: CardContractId,
+    },
     /// The card is enrolled already.
     CardAlreadyEnrolled(Box<EnrollmentRecord>),
     /// Mastercard Processing knows no such card contract.
@@ -371,6 +377,14 @@ impl AppError {
                     "other calls kept changing the cardholder's opt-outs meanwhile; retry".into(),
                 )
             },
+            AppError::CardChanged { card } => ErrorParts {
+                retry_after: Some(Duration::from_millis(100)),
+                metadata: card_metadata(*card),
+                ..plain(
+                    Reason::EnrollmentInProgress,
+                    "the card was enrolled anew while the call was checked; nothing was done, retry".into(),
+                )
+            },
             AppError::CardAlreadyEnrolled(record) => ErrorParts {
                 enrollment: Some((**record).clone()),
                 metadata: card_metadata(record.card_contract_id),
@@ -539,6 +553,7 @@ impl AppError {
                 | AppError::RequestInFlight { .. }
                 | AppError::CardBusy { .. }
                 | AppError::OptOutsContended { .. }
+                | AppError::CardChanged { .. }
         )
     }
 

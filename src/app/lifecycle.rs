@@ -12,6 +12,19 @@ use crate::domain::{
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// The program a caller's access was checked against before a call after the enrollment: the
+/// gRPC layer reads the card's program, checks the caller's grant, then runs the use case,
+/// which acts only on a record of that program, read under the card's lock (so that an
+/// enrollment of the card under another program that lands between the check and the lock
+/// is not acted on by a caller granted the first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckedProgram {
+    /// No access policy checked the call (in-process callers, tests).
+    Unchecked,
+    /// The card's program when the caller was checked; `None`: the card had no record.
+    Was(Option<String>),
+}
+
 /// The error of a failed lifecycle call.
 pub(super) fn lifecycle_error(
     card: CardContractId,
@@ -211,8 +224,16 @@ impl App {
         &self,
         card: CardContractId,
         removed_too: bool,
+        checked: &CheckedProgram,
     ) -> Result<EnrollmentRecord, AppError> {
         let record = self.store.get(card).await?;
+        if let CheckedProgram::Was(program) = checked
+            && record.as_ref().map(|r| &r.program) != program.as_ref()
+        {
+            // Enrolled anew (or first) under another program since the caller was checked:
+            // the retry checks the caller against it.
+            return Err(AppError::CardChanged { card });
+        }
         match record.as_ref().map(|r| r.state) {
             Some(EnrollmentState::Enrolled) => {}
             Some(EnrollmentState::Removed) if removed_too => {}

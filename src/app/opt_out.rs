@@ -2,7 +2,7 @@
 //! opt-out remembered under the card and the consumer references, so that EnrollCard refuses
 //! their cards), and comes back (the opt-out forgotten). Both are idempotent by nature.
 
-use super::lifecycle::{lifecycle_error, subjects_of};
+use super::lifecycle::{CheckedProgram, lifecycle_error, subjects_of};
 use super::ports::{ClickToPayKeys, Deleted, OptOutStamp};
 use super::{App, AppError};
 use crate::domain::{
@@ -37,11 +37,12 @@ impl App {
     pub async fn opt_out(
         &self,
         card: CardContractId,
+        checked: &CheckedProgram,
         deadline: Option<Instant>,
     ) -> Result<OptedOut, AppError> {
         let owner = self.hold_card(card).await?;
         let result = async {
-            let record = self.known_record(card, true).await?;
+            let record = self.known_record(card, true, checked).await?;
             self.opt_out_held(record, &owner, deadline).await
         }
         .await;

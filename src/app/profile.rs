@@ -2,7 +2,7 @@
 //! details, replace a card's billing address. Updates are idempotent by nature (they replace),
 //! take the card's lock, and note on the record when they were done, so that watchers see them.
 
-use super::lifecycle::lifecycle_error;
+use super::lifecycle::{CheckedProgram, lifecycle_error};
 use super::ports::{Address, ClickToPayKeys, ClickToPayProfile, Found, Updated};
 use super::{App, AppError, ConsumerInput};
 use crate::domain::{CardContractId, EnrollmentRecord, EnrollmentState, RemovalReason, now_ms};
@@ -13,9 +13,10 @@ impl App {
     pub async fn click_to_pay_profile(
         &self,
         card: CardContractId,
+        checked: &CheckedProgram,
         deadline: Option<Instant>,
     ) -> Result<ClickToPayProfile, AppError> {
-        let record = self.known_record(card, true).await?;
+        let record = self.known_record(card, true, checked).await?;
         match self
             .upstream
             .profile(&ClickToPayKeys::of(&record), deadline)
@@ -44,6 +45,7 @@ impl App {
         &self,
         card: CardContractId,
         consumer: ConsumerInput,
+        checked: &CheckedProgram,
         deadline: Option<Instant>,
     ) -> Result<EnrollmentRecord, AppError> {
         let consumer_ref =
@@ -51,7 +53,7 @@ impl App {
                 .map_err(AppError::Internal)?;
         let owner = self.hold_card(card).await?;
         let result = async {
-            let record = self.known_record(card, true).await?;
+            let record = self.known_record(card, true, checked).await?;
             match self
                 .upstream
                 .update_consumer(&ClickToPayKeys::of(&record), &consumer, deadline)
@@ -79,11 +81,12 @@ impl App {
         &self,
         card: CardContractId,
         address: Address,
+        checked: &CheckedProgram,
         deadline: Option<Instant>,
     ) -> Result<EnrollmentRecord, AppError> {
         let owner = self.hold_card(card).await?;
         let result = async {
-            let record = self.known_record(card, false).await?;
+            let record = self.known_record(card, false, checked).await?;
             match self
                 .upstream
                 .update_billing_address(&ClickToPayKeys::of(&record), &address, deadline)

@@ -3,7 +3,7 @@
 //! Pay (gone already counts as done) and the REMOVED record.
 
 use super::enroll::{AbortOnDrop, Attempt, lease_ms};
-use super::lifecycle::lifecycle_error;
+use super::lifecycle::{CheckedProgram, lifecycle_error};
 use super::ports::{ClickToPayKeys, Deleted, UpstreamFailure};
 use super::{App, AppError};
 use crate::domain::{
@@ -25,6 +25,8 @@ pub struct RemoveCommand {
     pub card_contract_id: CardContractId,
     /// Why (one of the reasons a caller gives).
     pub reason: RemovalReason,
+    /// The program the caller was checked against (not part of the request's fingerprint).
+    pub checked: CheckedProgram,
 }
 
 /// The canonical form of a RemoveCard request, version 1: what its fingerprint is computed
@@ -153,7 +155,7 @@ impl App {
         deadline: Option<Instant>,
     ) -> Result<EnrollmentRecord, AppError> {
         let card = cmd.card_contract_id;
-        let record = self.known_record(card, true).await?;
+        let record = self.known_record(card, true, &cmd.checked).await?;
         let removed_before = record.state == EnrollmentState::Removed;
         if removed_before
             && record

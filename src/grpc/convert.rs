@@ -2,7 +2,9 @@
 //! message.
 
 use crate::app::ports::ClickToPayProfile;
-use crate::app::{ConsumerInput, EnrollCommand, FieldViolation, RemoveCommand, Source};
+use crate::app::{
+    CheckedProgram, ConsumerInput, EnrollCommand, FieldViolation, RemoveCommand, Source,
+};
 use crate::domain::{
     CardContractId, EnrollmentRecord, EnrollmentState, RemovalReason, STORE_INTEGER_LIMIT,
     SharedRecord, TokenEvent, TokenEventKind, TokenStatus, TokenizationDecision,
@@ -132,6 +134,8 @@ pub fn remove_command(
             idempotency_key: req.idempotency_key,
             card_contract_id,
             reason,
+            // Set by the caller's access check, once it is made.
+            checked: CheckedProgram::Unchecked,
         }),
         _ => Err(v.0),
     }

@@ -8,7 +8,7 @@ use super::auth::Caller;
 use super::policy::Rpc;
 use super::service::{EnrollmentApi, caller};
 use super::{convert, deadline, status};
-use crate::app::{AppError, Source};
+use crate::app::{AppError, CheckedProgram, Source};
 use crate::domain::CardContractId;
 use crate::proto::v1::{
     GetClickToPayProfileRequest, GetClickToPayProfileResponse, OptOutRequest, OptOutResponse,
@@ -51,19 +51,22 @@ fn may_act_under(
 
 impl EnrollmentApi {
     /// Refuses the call when the card's record belongs to a program the caller may not use (a
-    /// card without a record has no program yet: the use case answers for it).
+    /// card without a record has no program yet: the use case answers for it). The program
+    /// checked, which the use case holds the record it acts on to (read under the card's lock:
+    /// an enrollment under another program landing meanwhile is not acted on).
     async fn may_act_on(
         &self,
         caller: &Caller,
         card: CardContractId,
         rpc: Rpc,
-    ) -> Result<(), Status> {
+    ) -> Result<CheckedProgram, Status> {
         let program = self
             .app
             .program_of(card)
             .await
             .map_err(|e| status::to_status(&e))?;
-        may_act_under(caller, card, program.as_slice(), rpc)
+        may_act_under(caller, card, program.as_slice(), rpc)?;
+        Ok(CheckedProgram::Was(program))
     }
 
     pub(super) async fn remove_card_inner(
@@ -72,9 +75,11 @@ impl EnrollmentApi {
     ) -> Result<Response<RemoveCardResponse>, Status> {
         let deadline = deadline::of(&request, self.default_deadline);
         let caller = caller(&request, Rpc::RemoveCard)?;
-        let command = convert::remove_command(request.into_inner(), caller.identity.to_string())
-            .map_err(invalid)?;
-        self.may_act_on(&caller, command.card_contract_id, Rpc::RemoveCard)
+        let mut command =
+            convert::remove_command(request.into_inner(), caller.identity.to_string())
+                .map_err(invalid)?;
+        command.checked = self
+            .may_act_on(&caller, command.card_contract_id, Rpc::RemoveCard)
             .await?;
         let app = self.app.clone();
         let removed = detached(async move { app.remove_card(command, deadline).await })
@@ -93,11 +98,12 @@ impl EnrollmentApi {
         let deadline = deadline::of(&request, self.default_deadline);
         let caller = caller(&request, Rpc::GetClickToPayProfile)?;
         let card = convert::card_id(request.get_ref().card_contract_id).map_err(invalid)?;
-        self.may_act_on(&caller, card, Rpc::GetClickToPayProfile)
+        let checked = self
+            .may_act_on(&caller, card, Rpc::GetClickToPayProfile)
             .await?;
         let profile = self
             .app
-            .click_to_pay_profile(card, deadline)
+            .click_to_pay_profile(card, &checked, deadline)
             .await
             .map_err(|e| status::to_status(&e))?;
         Ok(Response::new(GetClickToPayProfileResponse {
@@ -113,11 +119,14 @@ impl EnrollmentApi {
         let caller = caller(&request, Rpc::UpdateConsumer)?;
         let (card, consumer) =
             convert::update_consumer_request(request.into_inner()).map_err(invalid)?;
-        self.may_act_on(&caller, card, Rpc::UpdateConsumer).await?;
+        let checked = self.may_act_on(&caller, card, Rpc::UpdateConsumer).await?;
         let app = self.app.clone();
-        let record = detached(async move { app.update_consumer(card, consumer, deadline).await })
-            .await
-            .map_err(|e| status::to_status(&e))?;
+        let record = detached(async move {
+            app.update_consumer(card, consumer, &checked, deadline)
+                .await
+        })
+        .await
+        .map_err(|e| status::to_status(&e))?;
         Ok(Response::new(UpdateConsumerResponse {
             enrollment: Some(convert::into_enrollment(record, Source::Store)),
         }))
@@ -131,13 +140,16 @@ impl EnrollmentApi {
         let caller = caller(&request, Rpc::UpdateBillingAddress)?;
         let (card, address) =
             convert::update_billing_address_request(request.into_inner()).map_err(invalid)?;
-        self.may_act_on(&caller, card, Rpc::UpdateBillingAddress)
+        let checked = self
+            .may_act_on(&caller, card, Rpc::UpdateBillingAddress)
             .await?;
         let app = self.app.clone();
-        let record =
-            detached(async move { app.update_billing_address(card, address, deadline).await })
+        let record = detached(async move {
+            app.update_billing_address(card, address, &checked, deadline)
                 .await
-                .map_err(|e| status::to_status(&e))?;
+        })
+        .await
+        .map_err(|e| status::to_status(&e))?;
         Ok(Response::new(UpdateBillingAddressResponse {
             enrollment: Some(convert::into_enrollment(record, Source::Store)),
         }))
@@ -150,9 +162,9 @@ impl EnrollmentApi {
         let deadline = deadline::of(&request, self.default_deadline);
         let caller = caller(&request, Rpc::OptOut)?;
         let card = convert::card_id(request.get_ref().card_contract_id).map_err(invalid)?;
-        self.may_act_on(&caller, card, Rpc::OptOut).await?;
+        let checked = self.may_act_on(&caller, card, Rpc::OptOut).await?;
         let app = self.app.clone();
-        let opted_out = detached(async move { app.opt_out(card, deadline).await })
+        let opted_out = detached(async move { app.opt_out(card, &checked, deadline).await })
             .await
             .map_err(|e| status::to_status(&e))?;
         Ok(Response::new(OptOutResponse {

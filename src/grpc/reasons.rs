@@ -161,9 +161,10 @@ fn variant(e: &AppError) -> usize {
         AppError::NotInClickToPay { .. } => 16,
         AppError::ClickToPayIdsUnknown { .. } => 17,
         AppError::OptOutsContended { .. } => 18,
+        AppError::CardChanged { .. } => 19,
     }
 }
-const VARIANTS: usize = 19;
+const VARIANTS: usize = 20;
 
 fn sample_app_errors() -> Vec<AppError> {
     let card = CardContractId::new(70001).unwrap();
@@ -193,6 +194,7 @@ fn sample_app_errors() -> Vec<AppError> {
             card,
             retry_after: Duration::from_secs(1),
         },
+        AppError::CardChanged { card },
         AppError::CardAlreadyEnrolled(Box::new(record.clone())),
         AppError::CardContractNotFound {
             step: Step::Search,

@@ -6,7 +6,7 @@ use super::fakes::{
     Fault, Op, World, c2p_token, card, command, context, enrolled_card, observed, world,
 };
 use crate::app::ports::{Deleted, Updated, UpstreamFailure};
-use crate::app::{AppError, RemoveCommand};
+use crate::app::{AppError, CheckedProgram, RemoveCommand};
 use crate::domain::{
     EnrollmentRecord, EnrollmentState, RemovalReason, TokenEvent, TokenEventKind, TokenStatus,
 };
@@ -19,6 +19,7 @@ fn remove(key: &str, card_id: i64, reason: RemovalReason) -> RemoveCommand {
         idempotency_key: key.into(),
         card_contract_id: card(card_id),
         reason,
+        checked: CheckedProgram::Unchecked,
     }
 }
 
@@ -261,10 +262,18 @@ async fn an_opt_out_whose_lock_answer_was_lost_gives_the_lock_back() {
     let w = world();
     enrolled(&w, 3015).await;
     w.store.fault(Op::LockCard, 1, Fault::AnswerLost);
-    let e = w.app.opt_out(card(3015), None).await.unwrap_err();
+    let e = w
+        .app
+        .opt_out(card(3015), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap_err();
     assert_eq!(reason(&e), "STORE_UNAVAILABLE");
     // Asked again at once, it goes through, not after the lock's lease.
-    let done = w.app.opt_out(card(3015), None).await.unwrap();
+    let done = w
+        .app
+        .opt_out(card(3015), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
     assert_eq!(done.record.state, EnrollmentState::Removed);
 }
 
@@ -404,7 +413,11 @@ async fn a_removed_cards_deactivated_token_is_no_proof_that_a_new_enrollment_wen
 async fn an_opt_out_deletes_the_profile_and_holds_enroll_card_until_withdrawn() {
     let w = world();
     enrolled(&w, 3010).await;
-    let opted = w.app.opt_out(card(3010), None).await.unwrap();
+    let opted = w
+        .app
+        .opt_out(card(3010), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
     assert_eq!(opted.record.state, EnrollmentState::Removed);
     assert_eq!(
         opted.record.removal.as_ref().unwrap().reason,
@@ -413,7 +426,11 @@ async fn an_opt_out_deletes_the_profile_and_holds_enroll_card_until_withdrawn() 
     assert_eq!(lifecycle_ops(&w), ["delete_profile"]);
 
     // Again: idempotent, the first time kept.
-    let again = w.app.opt_out(card(3010), None).await.unwrap();
+    let again = w
+        .app
+        .opt_out(card(3010), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
     assert_eq!(again.since_ms, opted.since_ms);
 
     // The same card, and another card of the same e-mail address: refused before any call.
@@ -451,7 +468,10 @@ async fn a_withdrawal_needs_the_program_of_the_opt_out_as_well_as_the_cards() {
         ["directory"]
     );
     // The opt-out through A holds B too: lifting it through B needs A's program as well.
-    w.app.opt_out(card(3013), None).await.unwrap();
+    w.app
+        .opt_out(card(3013), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
     assert_eq!(
         w.app.plan_withdrawal(card(3014)).await.unwrap().programs,
         ["directory", ""]
@@ -472,8 +492,14 @@ async fn a_withdrawal_needs_the_programs_of_every_opt_out_it_forgets() {
     b.card_contract_id = card(3018);
     b.program = "directory".into();
     w.seed_record(&b).await;
-    w.app.opt_out(card(3018), None).await.unwrap();
-    w.app.opt_out(card(3017), None).await.unwrap();
+    w.app
+        .opt_out(card(3018), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
+    w.app
+        .opt_out(card(3017), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
     // Withdrawing through B forgets the consumer's opt-out, A's: it needs A's program too.
     assert_eq!(
         w.app.plan_withdrawal(card(3018)).await.unwrap().programs,
@@ -499,10 +525,16 @@ async fn two_cards_of_one_cardholder(w: &World, a: i64, b: i64) -> EnrollmentRec
 async fn a_withdrawal_leaves_an_opt_out_given_after_its_read() {
     let w = world();
     let b = two_cards_of_one_cardholder(&w, 3220, 3221).await;
-    w.app.opt_out(card(3220), None).await.unwrap();
+    w.app
+        .opt_out(card(3220), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
     // A withdrawal through A has read A's opt-out when B's OptOut comes.
     let plan = w.app.plan_withdrawal(card(3220)).await.unwrap();
-    w.app.opt_out(card(3221), None).await.unwrap();
+    w.app
+        .opt_out(card(3221), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
     assert!(w.app.withdraw(plan).await.unwrap());
     let subjects = crate::app::lifecycle::subjects_of(card(3221), Some(&b));
     assert_eq!(subjects.len(), 2, "the card's and the consumer's");
@@ -534,10 +566,17 @@ async fn two_opt_outs_of_one_cardholder_at_once_link_each_other() {
     let at_write = w.store.pause(Op::SwapOptOut, 1);
     let a = tokio::spawn({
         let w = w.clone();
-        async move { w.app.opt_out(card(3222), None).await }
+        async move {
+            w.app
+                .opt_out(card(3222), &CheckedProgram::Unchecked, None)
+                .await
+        }
     });
     at_write.entered().await;
-    w.app.opt_out(card(3223), None).await.unwrap();
+    w.app
+        .opt_out(card(3223), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
     at_write.open();
     a.await.unwrap().unwrap();
     let a_subjects = crate::app::lifecycle::subjects_of(card(3222), None);
@@ -562,7 +601,10 @@ async fn two_opt_outs_of_one_cardholder_at_once_link_each_other() {
 async fn an_opt_out_retried_during_its_withdrawal_stays_whole() {
     let w = std::sync::Arc::new(world());
     let b = two_cards_of_one_cardholder(&w, 3224, 3225).await;
-    w.app.opt_out(card(3224), None).await.unwrap();
+    w.app
+        .opt_out(card(3224), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
     let plan = w.app.plan_withdrawal(card(3224)).await.unwrap();
     // The withdrawal forgets the consumer's subject, then stops before the card's.
     let at_card = w.store.pause(Op::SwapOptOut, 2);
@@ -571,7 +613,10 @@ async fn an_opt_out_retried_during_its_withdrawal_stays_whole() {
         async move { w.app.withdraw(plan).await }
     });
     at_card.entered().await;
-    w.app.opt_out(card(3224), None).await.unwrap();
+    w.app
+        .opt_out(card(3224), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
     at_card.open();
     assert!(withdrawal.await.unwrap().unwrap());
     let subjects = crate::app::lifecycle::subjects_of(card(3224), Some(&b));
@@ -595,9 +640,15 @@ async fn an_opt_out_retried_during_its_withdrawal_stays_whole() {
 async fn a_withdrawal_overtaken_by_a_retried_opt_out_answers_withdrawn() {
     let w = world();
     let b = two_cards_of_one_cardholder(&w, 3230, 3231).await;
-    w.app.opt_out(card(3230), None).await.unwrap();
+    w.app
+        .opt_out(card(3230), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
     let plan = w.app.plan_withdrawal(card(3230)).await.unwrap();
-    w.app.opt_out(card(3230), None).await.unwrap();
+    w.app
+        .opt_out(card(3230), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
     assert!(w.app.withdraw(plan).await.unwrap());
     let subjects = crate::app::lifecycle::subjects_of(card(3230), Some(&b));
     for subject in &subjects {
@@ -619,14 +670,22 @@ async fn a_withdrawal_overtaken_by_a_retried_opt_out_answers_withdrawn() {
 async fn an_opt_out_cut_short_by_a_withdrawal_keeps_nothing_of_the_withdrawn_one() {
     let w = std::sync::Arc::new(world());
     let b = two_cards_of_one_cardholder(&w, 3226, 3227).await;
-    let first = w.app.opt_out(card(3226), None).await.unwrap();
+    let first = w
+        .app
+        .opt_out(card(3226), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
     // B's opt-out is then a later one, by the clock too.
     tokio::time::sleep(Duration::from_millis(5)).await;
     // B's OptOut has read A's opt-out under the consumer's subject and stops at its first write.
     let at_write = w.store.pause(Op::SwapOptOut, 1);
     let second = tokio::spawn({
         let w = w.clone();
-        async move { w.app.opt_out(card(3227), None).await }
+        async move {
+            w.app
+                .opt_out(card(3227), &CheckedProgram::Unchecked, None)
+                .await
+        }
     });
     at_write.entered().await;
     assert!(w.app.withdraw_opt_out(card(3226)).await.unwrap());
@@ -680,11 +739,19 @@ async fn an_opt_out_that_keeps_meeting_other_writes_is_aborted_and_its_retry_fin
             gate = next;
         }
     });
-    let e = w.app.opt_out(card(3229), None).await.unwrap_err();
+    let e = w
+        .app
+        .opt_out(card(3229), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap_err();
     meddler.await.unwrap();
     assert_eq!(reason(&e), "ENROLLMENT_IN_PROGRESS");
     assert!(e.is_transient());
-    let done = w.app.opt_out(card(3229), None).await.unwrap();
+    let done = w
+        .app
+        .opt_out(card(3229), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
     assert_eq!(done.since_ms, 1, "the earliest opt-out's time");
     // Both subjects hold the retry's opt-out.
     let subjects = crate::app::lifecycle::subjects_of(card(3229), Some(&b));
@@ -701,13 +768,70 @@ async fn an_opt_out_that_keeps_meeting_other_writes_is_aborted_and_its_retry_fin
     assert_eq!(kept[0].subjects, subjects);
 }
 
+/// A call after the enrollment acts only on a record of the program its caller was checked
+/// against: a card enrolled (first, or anew under another program) between the gRPC layer's
+/// check and the card lock is not acted on (ABORTED, nothing sent, a RemoveCard's key not
+/// spent), and the retry, checked again, goes through.
+#[tokio::test]
+async fn a_call_checked_before_the_card_was_enrolled_under_another_program_does_nothing() {
+    let w = world();
+    // Checked while the card had no record (the check lets such a call through).
+    let before = CheckedProgram::Was(w.app.program_of(card(3232)).await.unwrap());
+    assert_eq!(before, CheckedProgram::Was(None));
+    enrolled(&w, 3232).await;
+    let lifecycle_calls = w.mc.calls().lifecycle.len();
+    let e = w.app.opt_out(card(3232), &before, None).await.unwrap_err();
+    assert_eq!(reason(&e), "ENROLLMENT_IN_PROGRESS");
+    assert!(e.is_transient());
+    let mut removal = remove("k-checked", 3232, RemovalReason::CardClosed);
+    removal.checked = CheckedProgram::Was(Some("another-program".into()));
+    let e = w.app.remove_card(removal.clone(), None).await.unwrap_err();
+    assert_eq!(reason(&e), "ENROLLMENT_IN_PROGRESS");
+    let e = w
+        .app
+        .update_consumer(card(3232), command("k", 3232).consumer, &before, None)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "ENROLLMENT_IN_PROGRESS");
+    let e = w
+        .app
+        .click_to_pay_profile(card(3232), &before, None)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "ENROLLMENT_IN_PROGRESS");
+    assert_eq!(
+        w.mc.calls().lifecycle.len(),
+        lifecycle_calls,
+        "nothing sent"
+    );
+    assert!(
+        w.store
+            .get_opt_out(&[crate::domain::card_subject(card(3232))])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        w.record(card(3232)).await.unwrap().state,
+        EnrollmentState::Enrolled
+    );
+    // Checked again: the record's program. The same key goes through.
+    let now = CheckedProgram::Was(w.app.program_of(card(3232)).await.unwrap());
+    removal.checked = now;
+    let removed = w.app.remove_card(removal, None).await.unwrap();
+    assert_eq!(removed.record.state, EnrollmentState::Removed);
+}
+
 /// The early opt-out check is read beside the key's lease: a key that answered before the
 /// opt-out still replays its answer (the opt-out is never the key's answer, nor does it undo one).
 #[tokio::test]
 async fn a_key_answered_before_an_opt_out_still_replays_its_answer() {
     let w = world();
     let first = w.app.enroll(command("k-first", 3016), None).await.unwrap();
-    w.app.opt_out(card(3016), None).await.unwrap();
+    w.app
+        .opt_out(card(3016), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
     let again = w.app.enroll(command("k-first", 3016), None).await.unwrap();
     assert!(again.replayed);
     assert_eq!(again.record, first.record);
@@ -742,7 +866,10 @@ async fn an_opt_out_between_enroll_cards_check_and_its_card_lock_holds_it() {
     });
     at_lock.entered().await;
     // Meanwhile an OptOut takes the lock, records the opt-out and lets the lock go.
-    w.app.opt_out(card(3014), None).await.unwrap();
+    w.app
+        .opt_out(card(3014), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
     at_lock.open();
 
     let e = enroll.await.unwrap().unwrap_err();
@@ -783,7 +910,10 @@ async fn an_opt_out_through_another_card_during_an_enrollment_takes_the_card_out
         async move { w.app.enroll(command("k-b", 3021), None).await }
     });
     at_post.entered().await;
-    w.app.opt_out(card(3020), None).await.unwrap();
+    w.app
+        .opt_out(card(3020), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
     at_post.open();
 
     let e = enroll.await.unwrap().unwrap_err();
@@ -920,7 +1050,10 @@ async fn opt_out_during_enrollment(
         async move { w.app.enroll(command("k-b", b), None).await }
     });
     at_post.entered().await;
-    w.app.opt_out(card(a), None).await.unwrap();
+    w.app
+        .opt_out(card(a), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
     then(w);
     at_post.open();
     enroll.await.unwrap()
@@ -987,7 +1120,10 @@ async fn a_resumed_key_under_an_opt_out_finishes_what_it_sent_and_sends_nothing_
     for b in [3025, 3026] {
         left_in_progress(&w, &format!("k-{b}"), b).await;
     }
-    w.app.opt_out(card(3024), None).await.unwrap();
+    w.app
+        .opt_out(card(3024), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
     for (b, token) in [(3025, true), (3026, false)] {
         if token {
             token_list_shows(&w, b);
@@ -1034,7 +1170,10 @@ async fn the_reconciler_takes_out_a_card_it_finds_tokenized_under_an_opt_out() {
     let w = world();
     enrolled(&w, 3027).await;
     left_in_progress(&w, "k-b", 3028).await;
-    w.app.opt_out(card(3027), None).await.unwrap();
+    w.app
+        .opt_out(card(3027), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
     token_list_shows(&w, 3028);
     // Noted in this millisecond: moved back so that this pass, which takes notes older than
     // its start, sees it.
@@ -1089,7 +1228,10 @@ async fn the_reconcilers_failed_taking_out_is_finished_on_its_next_pass() {
     let w = world();
     enrolled(&w, 3033).await;
     left_in_progress(&w, "k-b", 3034).await;
-    w.app.opt_out(card(3033), None).await.unwrap();
+    w.app
+        .opt_out(card(3033), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
     token_list_shows(&w, 3034);
     w.mc.delete_profile(Err(unavailable()));
     w.store.requeue_in_progress(card(3034), 1).await.unwrap();
@@ -1118,9 +1260,18 @@ async fn a_retried_opt_out_keeps_the_opt_outs_it_replaces_linked() {
     b.card_contract_id = card(3036);
     w.seed_record(&b).await;
     w.mc.delete_profile(Err(unavailable()));
-    w.app.opt_out(card(3035), None).await.unwrap_err();
-    w.app.opt_out(card(3036), None).await.unwrap();
-    w.app.opt_out(card(3035), None).await.unwrap();
+    w.app
+        .opt_out(card(3035), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap_err();
+    w.app
+        .opt_out(card(3036), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
+    w.app
+        .opt_out(card(3035), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
     assert!(w.app.withdraw_opt_out(card(3035)).await.unwrap());
     assert!(
         !w.app.withdraw_opt_out(card(3036)).await.unwrap(),
@@ -1163,8 +1314,14 @@ async fn a_second_opt_out_keeps_the_first_ones_subjects() {
     let mut b = w.record(card(3029)).await.unwrap();
     b.card_contract_id = card(3019);
     w.seed_record(&b).await;
-    w.app.opt_out(card(3029), None).await.unwrap();
-    w.app.opt_out(card(3019), None).await.unwrap();
+    w.app
+        .opt_out(card(3029), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
+    w.app
+        .opt_out(card(3019), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
     assert!(w.app.withdraw_opt_out(card(3019)).await.unwrap());
     assert!(
         !w.app.withdraw_opt_out(card(3029)).await.unwrap(),
@@ -1277,12 +1434,20 @@ async fn an_opt_out_is_remembered_when_the_profile_delete_fails() {
     let w = world();
     enrolled(&w, 3013).await;
     w.mc.delete_profile(Err(unavailable()));
-    let e = w.app.opt_out(card(3013), None).await.unwrap_err();
+    let e = w
+        .app
+        .opt_out(card(3013), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap_err();
     assert_eq!(reason(&e), "UPSTREAM_UNAVAILABLE");
     let refused = w.app.enroll(command("k2", 3013), None).await.unwrap_err();
     assert_eq!(reason(&refused), "CONSUMER_OPTED_OUT");
     // The retry finishes the deletion.
-    let done = w.app.opt_out(card(3013), None).await.unwrap();
+    let done = w
+        .app
+        .opt_out(card(3013), &CheckedProgram::Unchecked, None)
+        .await
+        .unwrap();
     assert_eq!(done.record.state, EnrollmentState::Removed);
 }
 
@@ -1295,7 +1460,7 @@ async fn updates_note_their_time_and_a_card_gone_is_removed() {
     consumer.email = Some("jane.new@example.com".into());
     let updated = w
         .app
-        .update_consumer(card(3020), consumer, None)
+        .update_consumer(card(3020), consumer, &CheckedProgram::Unchecked, None)
         .await
         .unwrap();
     assert!(updated.consumer_update_time_ms.is_some());
@@ -1313,7 +1478,12 @@ async fn updates_note_their_time_and_a_card_gone_is_removed() {
     };
     let updated = w
         .app
-        .update_billing_address(card(3020), address.clone(), None)
+        .update_billing_address(
+            card(3020),
+            address.clone(),
+            &CheckedProgram::Unchecked,
+            None,
+        )
         .await
         .unwrap();
     assert!(updated.billing_address_update_time_ms.is_some());
@@ -1321,7 +1491,7 @@ async fn updates_note_their_time_and_a_card_gone_is_removed() {
     w.mc.update(Ok(Updated::NotFound(context("enroll"))));
     let e = w
         .app
-        .update_billing_address(card(3020), address, None)
+        .update_billing_address(card(3020), address, &CheckedProgram::Unchecked, None)
         .await
         .unwrap_err();
     assert_eq!(reason(&e), "NOT_IN_CLICK_TO_PAY");
@@ -1387,9 +1557,15 @@ async fn the_reconcilers_failed_look_ups_are_counted_and_a_card_without_ids_leav
 #[tokio::test]
 async fn lifecycle_calls_on_a_card_never_enrolled_are_refused_without_a_call() {
     let w = world();
-    let profile = w.app.click_to_pay_profile(card(3030), None).await;
+    let profile = w
+        .app
+        .click_to_pay_profile(card(3030), &CheckedProgram::Unchecked, None)
+        .await;
     assert_eq!(reason(&profile.unwrap_err()), "CARD_NOT_ENROLLED");
-    let opt_out = w.app.opt_out(card(3030), None).await;
+    let opt_out = w
+        .app
+        .opt_out(card(3030), &CheckedProgram::Unchecked, None)
+        .await;
     assert_eq!(reason(&opt_out.unwrap_err()), "CARD_NOT_ENROLLED");
     assert!(w.mc.calls().lifecycle.is_empty());
     assert!(!w.app.withdraw_opt_out(card(3030)).await.unwrap());
