@@ -2,7 +2,7 @@
 //! write, the record Click to Pay knows the card by, the opt-out check, and the index of
 //! ENROLLED cards the reconciler checks against Click to Pay.
 
-use super::enroll::map_upstream;
+use super::enroll::{AbortOnDrop, map_upstream};
 use super::ports::UpstreamFailure;
 use super::{App, AppError, Step};
 use crate::domain::{
@@ -94,6 +94,45 @@ impl App {
         let owner = self.lock_owner();
         self.hold_card_as(card, &owner).await?;
         Ok(owner)
+    }
+
+    /// Runs `work` while `owner` holds the card's lock (taken by [`App::hold_card`]), renewed
+    /// every third of the lease: a call after the enrollment may wait on Mastercard longer than
+    /// the lease (a safe call is tried three times), and another call must not take the card
+    /// meanwhile. When a renewal finds the lock gone (the store unreachable past the lease, the
+    /// process stalled), `work` stops where it waits and the call answers ABORTED: another
+    /// call may have the card now.
+    pub(super) async fn under_lock<T>(
+        &self,
+        card: CardContractId,
+        owner: &str,
+        work: impl std::future::Future<Output = Result<T, AppError>>,
+    ) -> Result<T, AppError> {
+        let lost = tokio_util::sync::CancellationToken::new();
+        let store = self.store.clone();
+        let lease = self.settings.lease;
+        let beat = {
+            let (owner, lost) = (owner.to_owned(), lost.clone());
+            AbortOnDrop(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    // A store error is retried on the next beat (the lease outlives two).
+                    if let Ok(false) = store.renew_card(card, &owner, lease).await {
+                        lost.cancel();
+                        return;
+                    }
+                }
+            }))
+        };
+        let result = tokio::select! {
+            result = work => result,
+            _ = lost.cancelled() => {
+                tracing::warn!("the card lock was lost: this call stops");
+                Err(AppError::CardBusy { card, retry_after: Duration::from_secs(1) })
+            }
+        };
+        drop(beat);
+        result
     }
 
     /// A fresh owner for [`App::hold_card_as`].

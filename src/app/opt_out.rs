@@ -41,11 +41,11 @@ impl App {
         deadline: Option<Instant>,
     ) -> Result<OptedOut, AppError> {
         let owner = self.hold_card(card).await?;
-        let result = async {
+        let work = async {
             let record = self.known_record(card, true, checked).await?;
             self.opt_out_held(record, &owner, deadline).await
-        }
-        .await;
+        };
+        let result = self.under_lock(card, &owner, work).await;
         self.release_card(card, &owner).await;
         result
     }

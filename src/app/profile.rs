@@ -52,7 +52,7 @@ impl App {
             super::fingerprint::consumer_ref(&self.settings.fingerprint_key, &consumer)
                 .map_err(AppError::Internal)?;
         let owner = self.hold_card(card).await?;
-        let result = async {
+        let work = async {
             let record = self.known_record(card, true, checked).await?;
             match self
                 .upstream
@@ -69,8 +69,8 @@ impl App {
             updated.consumer_ref = Some(consumer_ref);
             updated.consumer_update_time_ms = Some(now_ms());
             self.write_held(&updated, &owner).await
-        }
-        .await;
+        };
+        let result = self.under_lock(card, &owner, work).await;
         self.release_card(card, &owner).await;
         result
     }
@@ -85,7 +85,7 @@ impl App {
         deadline: Option<Instant>,
     ) -> Result<EnrollmentRecord, AppError> {
         let owner = self.hold_card(card).await?;
-        let result = async {
+        let work = async {
             let record = self.known_record(card, false, checked).await?;
             match self
                 .upstream
@@ -103,8 +103,8 @@ impl App {
                 }
                 Err(e) => Err(lifecycle_error(card, e, deadline)),
             }
-        }
-        .await;
+        };
+        let result = self.under_lock(card, &owner, work).await;
         self.release_card(card, &owner).await;
         result
     }

@@ -161,6 +161,13 @@ impl FakeMastercard {
         push(&self.updates, None, outcome);
     }
 
+    /// The next update waits at the returned gate, then answers `outcome`.
+    pub fn gated_update(&self, outcome: Result<Updated, UpstreamFailure>) -> Gate {
+        let gate = Gate::default();
+        push(&self.updates, Some(gate.clone()), outcome);
+        gate
+    }
+
     fn log_lifecycle(&self, operation: &'static str, keys: &ClickToPayKeys) {
         self.calls.lock().unwrap().lifecycle.push(LifecycleCall {
             operation,

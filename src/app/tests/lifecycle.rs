@@ -822,6 +822,80 @@ async fn a_call_checked_before_the_card_was_enrolled_under_another_program_does_
     assert_eq!(removed.record.state, EnrollmentState::Removed);
 }
 
+/// An update whose Mastercard call outlasts the card lock's lease keeps the lock (renewed while
+/// it waits): no other call takes the card meanwhile, and the update's write lands.
+#[tokio::test]
+async fn an_update_slower_than_the_lease_keeps_the_card_lock() {
+    let lease = Duration::from_millis(300);
+    let w = std::sync::Arc::new(super::fakes::world_with_lease(lease));
+    enrolled(&w, 3233).await;
+    let at_update = w.mc.gated_update(Ok(Updated::Updated));
+    let update = tokio::spawn({
+        let w = w.clone();
+        async move {
+            let consumer = command("k", 3233).consumer;
+            w.app
+                .update_consumer(card(3233), consumer, &CheckedProgram::Unchecked, None)
+                .await
+        }
+    });
+    at_update.entered().await;
+    // Three leases long at Mastercard.
+    tokio::time::sleep(lease * 3).await;
+    assert!(
+        !w.store
+            .inner
+            .lock_card(card(3233), super::fakes::THIEF, lease)
+            .await
+            .unwrap(),
+        "the update still holds the card"
+    );
+    at_update.open();
+    let updated = update.await.unwrap().unwrap();
+    assert!(updated.consumer_update_time_ms.is_some());
+    // Given back once done.
+    assert!(
+        w.store
+            .inner
+            .lock_card(card(3233), super::fakes::THIEF, lease)
+            .await
+            .unwrap()
+    );
+}
+
+/// An update whose card lock another call took (a renewal found it gone) stops where it waits
+/// and answers ABORTED; it writes nothing.
+#[tokio::test]
+async fn an_update_that_lost_its_card_lock_stops_and_writes_nothing() {
+    let lease = Duration::from_millis(300);
+    let w = std::sync::Arc::new(super::fakes::world_with_lease(lease));
+    enrolled(&w, 3234).await;
+    let before = w.record(card(3234)).await.unwrap();
+    let at_update = w.mc.gated_update(Ok(Updated::Updated));
+    let update = tokio::spawn({
+        let w = w.clone();
+        async move {
+            let consumer = command("k", 3234).consumer;
+            w.app
+                .update_consumer(card(3234), consumer, &CheckedProgram::Unchecked, None)
+                .await
+        }
+    });
+    at_update.entered().await;
+    let owner = w.store.holder(card(3234)).unwrap();
+    assert!(w.store.inner.unlock_card(card(3234), &owner).await.unwrap());
+    assert!(
+        w.store
+            .inner
+            .lock_card(card(3234), super::fakes::THIEF, lease * 10)
+            .await
+            .unwrap()
+    );
+    let e = update.await.unwrap().unwrap_err();
+    assert_eq!(reason(&e), "ENROLLMENT_IN_PROGRESS");
+    assert_eq!(w.record(card(3234)).await.unwrap(), before);
+}
+
 /// The early opt-out check is read beside the key's lease: a key that answered before the
 /// opt-out still replays its answer (the opt-out is never the key's answer, nor does it undo one).
 #[tokio::test]
