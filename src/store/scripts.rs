@@ -341,7 +341,7 @@ return replies
 /// changes nothing but times is not made (the record's TTL is renewed).
 pub fn put_enrollment() -> String {
     format!(
-        "{ENCODE}{REDIS_NOW}{TOKEN_MERGE}{STAMP}local RETIRED_TOKENS = {}\n{}",
+        "{ENCODE}{REDIS_NOW}{TOKEN_MERGE}{FOLLOW_TOKEN}{STAMP}local RETIRED_TOKENS = {}\n{}",
         crate::domain::RETIRED_TOKENS,
         r#"
 -- The last RETIRED_TOKENS of `list` (the most recent), in order.
@@ -408,7 +408,10 @@ if raw then
     retire_correlation(record, kept, existing)
     if present(existing.token) then
       if present(record.token) then
+        -- A writer that read the token: the state follows the merged one.
+        local carried = record.token.token_unique_reference
         record.token = merge_tokens(existing.token, record.token)
+        if record.token.token_unique_reference == carried then follow_token(record) end
       else
         record.token = existing.token
       end

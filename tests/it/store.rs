@@ -330,6 +330,7 @@ async fn fenced_writes(store: Arc<dyn EnrollmentStore>) {
         .expect("the holder writes");
     assert_eq!(store.get(card(70020)).await.unwrap(), Some(written));
     fresh_after_removal(store.clone()).await;
+    stale_copies_follow_the_merged_token(store.clone()).await;
     retired_tokens_keep_the_most_recent(store.clone()).await;
     retired_ids_by_spelling_and_from_the_record(store).await;
 }
@@ -448,6 +449,84 @@ async fn retired_tokens_keep_the_most_recent(store: Arc<dyn EnrollmentStore>) {
     assert_eq!(
         replaced.retired_correlations.iter().collect::<Vec<_>>(),
         want
+    );
+}
+
+/// A write that carries the record's token (an update's copy, read before a notification
+/// moved that token on) gets the state the merged token gives: a stale ENROLLED copy over a
+/// deactivation is REMOVED (TOKEN_DEACTIVATED), a stale REMOVED copy over a reactivation
+/// ENROLLED. A write without the token (an enrollment's own) keeps its state.
+async fn stale_copies_follow_the_merged_token(store: Arc<dyn EnrollmentStore>) {
+    use c2p_enroll::domain::RemovalReason;
+    let ttl = Duration::from_secs(60);
+    store
+        .put_enrollment(&enrolled(70170), PutMode::Merge, ttl)
+        .await
+        .unwrap();
+    let active = event(
+        "n-active",
+        1_800_000_000_100,
+        70170,
+        TokenEventKind::StatusChanged(TokenStatus::Active),
+    );
+    let NotificationResult::Applied(read) = store.apply_notification(&active).await.unwrap() else {
+        panic!("not applied")
+    };
+    assert_eq!(read.state, EnrollmentState::Enrolled);
+    let deactivated = event(
+        "n-deactivated-70170",
+        1_800_000_000_200,
+        70170,
+        TokenEventKind::StatusChanged(TokenStatus::Deactivated),
+    );
+    store.apply_notification(&deactivated).await.unwrap();
+    let mut stale = read.clone();
+    stale.consumer_update_time_ms = Some(1_800_000_000_300);
+    let written = store
+        .put_enrollment(&stale, PutMode::Merge, ttl)
+        .await
+        .unwrap();
+    assert_eq!(written.state, EnrollmentState::Removed);
+    assert_eq!(
+        written.removal.as_ref().map(|r| r.reason),
+        Some(RemovalReason::TokenDeactivated)
+    );
+    assert_eq!(written.consumer_update_time_ms, Some(1_800_000_000_300));
+    assert_eq!(store.get(card(70170)).await.unwrap(), Some(written.clone()));
+
+    // Active again; the REMOVED copy read before it is ENROLLED once written.
+    let reactivated = event(
+        "n-reactivated-70170",
+        1_800_000_000_400,
+        70170,
+        TokenEventKind::StatusChanged(TokenStatus::Active),
+    );
+    store.apply_notification(&reactivated).await.unwrap();
+    let mut stale_removed = written;
+    stale_removed.billing_address_update_time_ms = Some(1_800_000_000_500);
+    let written = store
+        .put_enrollment(&stale_removed, PutMode::Merge, ttl)
+        .await
+        .unwrap();
+    assert_eq!(written.state, EnrollmentState::Enrolled);
+    assert_eq!(written.removal, None);
+
+    // Deactivated once more: a write without the token keeps the state it writes.
+    let again = event(
+        "n-deactivated-again-70170",
+        1_800_000_000_600,
+        70170,
+        TokenEventKind::StatusChanged(TokenStatus::Deactivated),
+    );
+    store.apply_notification(&again).await.unwrap();
+    let written = store
+        .put_enrollment(&enrolled(70170), PutMode::Merge, ttl)
+        .await
+        .unwrap();
+    assert_eq!(written.state, EnrollmentState::Enrolled);
+    assert_eq!(
+        written.token.map(|t| t.status),
+        Some(Some(TokenStatus::Deactivated))
     );
 }
 

@@ -896,6 +896,55 @@ async fn an_update_that_lost_its_card_lock_stops_and_writes_nothing() {
     assert_eq!(w.record(card(3234)).await.unwrap(), before);
 }
 
+/// An update whose copy of the record was read before a notification deactivated the card's
+/// token (its profile deleted through another card while the update waited on Mastercard) does
+/// not write the card back ENROLLED: the record follows its merged token.
+#[tokio::test]
+async fn an_update_does_not_write_back_enrolled_a_card_whose_token_was_deactivated_meanwhile() {
+    let w = std::sync::Arc::new(world());
+    enrolled(&w, 3235).await;
+    let at = crate::domain::now_ms();
+    let active = c2p_event(
+        3235,
+        "DM4MMC3235",
+        TokenEventKind::StatusChanged(TokenStatus::Active),
+        at,
+        "n-active",
+    );
+    w.store.apply_notification(&active).await.unwrap();
+    let at_update = w.mc.gated_update(Ok(Updated::Updated));
+    let update = tokio::spawn({
+        let w = w.clone();
+        async move {
+            let consumer = command("k", 3235).consumer;
+            w.app
+                .update_consumer(card(3235), consumer, &CheckedProgram::Unchecked, None)
+                .await
+        }
+    });
+    at_update.entered().await;
+    let deactivated = c2p_event(
+        3235,
+        "DM4MMC3235",
+        TokenEventKind::StatusChanged(TokenStatus::Deactivated),
+        at + 1,
+        "n-deactivated",
+    );
+    w.store.apply_notification(&deactivated).await.unwrap();
+    at_update.open();
+    let updated = update.await.unwrap().unwrap();
+    assert!(updated.consumer_update_time_ms.is_some());
+    assert_eq!(updated.state, EnrollmentState::Removed);
+    assert_eq!(
+        updated.removal.map(|r| r.reason),
+        Some(RemovalReason::TokenDeactivated)
+    );
+    assert_eq!(
+        w.record(card(3235)).await.unwrap().state,
+        EnrollmentState::Removed
+    );
+}
+
 /// The early opt-out check is read beside the key's lease: a key that answered before the
 /// opt-out still replays its answer (the opt-out is never the key's answer, nor does it undo one).
 #[tokio::test]
