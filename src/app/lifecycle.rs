@@ -99,38 +99,30 @@ impl App {
     /// Runs `work` while `owner` holds the card's lock (taken by [`App::hold_card`]), renewed
     /// every third of the lease: a call after the enrollment may wait on Mastercard longer than
     /// the lease (a safe call is tried three times), and another call must not take the card
-    /// meanwhile. When a renewal finds the lock gone (the store unreachable past the lease, the
-    /// process stalled), `work` stops where it waits and the call answers ABORTED: another
-    /// call may have the card now.
+    /// meanwhile. `work` runs to its end whatever happens to the lock (stopped halfway, it
+    /// could leave an opt-out under some of its subjects only): when a renewal finds the lock
+    /// gone (the store unreachable past the lease, the process stalled), the renewals stop and
+    /// `work`'s fenced write is refused (ABORTED `REQUEST_IN_PROGRESS`, the record unchanged).
     pub(super) async fn under_lock<T>(
         &self,
         card: CardContractId,
         owner: &str,
         work: impl std::future::Future<Output = Result<T, AppError>>,
     ) -> Result<T, AppError> {
-        let lost = tokio_util::sync::CancellationToken::new();
         let store = self.store.clone();
         let lease = self.settings.lease;
-        let beat = {
-            let (owner, lost) = (owner.to_owned(), lost.clone());
-            AbortOnDrop(tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(lease / 3).await;
-                    // A store error is retried on the next beat (the lease outlives two).
-                    if let Ok(false) = store.renew_card(card, &owner, lease).await {
-                        lost.cancel();
-                        return;
-                    }
+        let owner = owner.to_owned();
+        let beat = AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                // A store error is retried on the next beat (the lease outlives two).
+                if let Ok(false) = store.renew_card(card, &owner, lease).await {
+                    tracing::warn!("the card lock was lost: this call's write will be refused");
+                    return;
                 }
-            }))
-        };
-        let result = tokio::select! {
-            result = work => result,
-            _ = lost.cancelled() => {
-                tracing::warn!("the card lock was lost: this call stops");
-                Err(AppError::CardBusy { card, retry_after: Duration::from_secs(1) })
             }
-        };
+        }));
+        let result = work.await;
         drop(beat);
         result
     }

@@ -24,11 +24,15 @@ pub enum Source {
 impl App {
     /// Runs `GetEnrollmentStatus`. With `refresh`, an ENROLLED card is also looked up in Click
     /// to Pay, and one it no longer holds is REMOVED; that look-up is an extra: when it cannot be
-    /// made (Click to Pay unavailable, the card busy), the token list's answer stands.
+    /// made (Click to Pay unavailable, the card busy), the token list's answer stands. It is
+    /// made only for a card whose program `may_use` allows (the caller's; the gRPC layer then
+    /// refuses a card of another program): a caller asks Click to Pay about no other program's
+    /// card, nor removes one.
     pub async fn status(
         &self,
         card: CardContractId,
         refresh: bool,
+        may_use: &(dyn Fn(&str) -> bool + Sync),
         deadline: Option<Instant>,
     ) -> Result<(Arc<SharedRecord>, Source), AppError> {
         if !refresh {
@@ -43,17 +47,18 @@ impl App {
             let (record, source) = Box::pin(self.observe(card, None, deadline, None)).await?;
             return Ok((SharedRecord::new(record), source));
         }
-        Box::pin(self.refreshed(card, deadline)).await
+        Box::pin(self.refreshed(card, may_use, deadline)).await
     }
 
     /// [`App::status`] with `refresh`.
     async fn refreshed(
         &self,
         card: CardContractId,
+        may_use: &(dyn Fn(&str) -> bool + Sync),
         deadline: Option<Instant>,
     ) -> Result<(Arc<SharedRecord>, Source), AppError> {
         let (record, source) = self.status_as(card, deadline, None).await?;
-        if record.state != EnrollmentState::Enrolled {
+        if record.state != EnrollmentState::Enrolled || !may_use(&record.program) {
             return Ok((SharedRecord::new(record), source));
         }
         let (record, source) = match self.check_held(&record, deadline).await {

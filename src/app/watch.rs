@@ -31,7 +31,7 @@ impl App {
         // Boxed, and after the read's record has gone out of scope: otherwise the upstream
         // lookup's state (kilobytes), or room for a record, would be part of every watch's
         // opening, though a card without a record is the exception.
-        let (current, _) = Box::pin(self.status(card, false, deadline)).await?;
+        let (current, _) = Box::pin(self.status(card, false, &|_| true, deadline)).await?;
         Ok((current.into_record(), changes))
     }
 }

@@ -417,24 +417,17 @@ impl EnrollmentRecord {
             );
         }
         if let Some(token) = existing.and_then(|e| e.token.as_ref()) {
-            let carried = self
-                .token
-                .as_ref()
-                .map(|t| t.token_unique_reference.clone());
-            self.token = Some(match self.token.take() {
-                Some(mine) => merge_tokens(token.clone(), &mine),
-                None => token.clone(),
-            });
-            // A writer that read the token (an update, a look-up) wrote the state it saw beside
-            // it; a notification merged since may have moved that token on (deactivated, or
-            // active again): the state follows the merged token, as that notification made it.
-            // Not for a writer without it (an enrollment's own writes), nor for another token.
-            if carried.is_some_and(|reference| {
-                self.token
-                    .as_ref()
-                    .is_some_and(|t| t.token_unique_reference == reference)
-            }) {
-                super::follow_token(&mut self);
+            match self.token.take() {
+                Some(mine) => {
+                    self.token = Some(merge_tokens(token.clone(), &mine));
+                    // A writer that read the record with a token (an update, a look-up) wrote
+                    // the state it saw beside it; a notification merged since may have moved the
+                    // token on (deactivated, active again, a newer token): the state follows the
+                    // merged token, as that notification made it. Not for a writer without one
+                    // (an enrollment's own writes).
+                    super::follow_token(&mut self);
+                }
+                None => self.token = Some(token.clone()),
             }
         }
         self

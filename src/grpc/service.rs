@@ -331,7 +331,12 @@ impl EnrollmentApi {
         );
         let (shared, source) = self
             .app
-            .status(card, req.refresh, deadline)
+            .status(
+                card,
+                req.refresh,
+                &|program| caller.may_use(program),
+                deadline,
+            )
             .await
             .map_err(|e| status::to_status(&e))?;
         caller.may_see(&shared.record().program, Rpc::GetEnrollmentStatus)?;

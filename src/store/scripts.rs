@@ -408,10 +408,9 @@ if raw then
     retire_correlation(record, kept, existing)
     if present(existing.token) then
       if present(record.token) then
-        -- A writer that read the token: the state follows the merged one.
-        local carried = record.token.token_unique_reference
+        -- A writer that read the record with a token: the state follows the merged one.
         record.token = merge_tokens(existing.token, record.token)
-        if record.token.token_unique_reference == carried then follow_token(record) end
+        follow_token(record)
       else
         record.token = existing.token
       end

@@ -511,6 +511,61 @@ async fn stale_copies_follow_the_merged_token(store: Arc<dyn EnrollmentStore>) {
     assert_eq!(written.state, EnrollmentState::Enrolled);
     assert_eq!(written.removal, None);
 
+    // A newer token of the card deactivated meanwhile: the copy read with the first one follows
+    // the token the merge keeps (the newer one) too.
+    let d = 70171;
+    store
+        .put_enrollment(&enrolled(d), PutMode::Merge, ttl)
+        .await
+        .unwrap();
+    let first = event(
+        "n-first-70171",
+        1_800_000_000_100,
+        d,
+        TokenEventKind::StatusChanged(TokenStatus::Active),
+    );
+    let NotificationResult::Applied(read_first) = store.apply_notification(&first).await.unwrap()
+    else {
+        panic!("not applied")
+    };
+    let mut second = event(
+        "n-second-70171",
+        1_800_000_000_200,
+        d,
+        TokenEventKind::StatusChanged(TokenStatus::Deactivated),
+    );
+    second.token_unique_reference = "DM4MMC0000000002".into();
+    let NotificationResult::Applied(shown) = store.apply_notification(&second).await.unwrap()
+    else {
+        panic!("not applied")
+    };
+    assert_eq!(
+        (
+            shown.state,
+            shown
+                .token
+                .as_ref()
+                .map(|t| t.token_unique_reference.as_str())
+        ),
+        (EnrollmentState::Removed, Some("DM4MMC0000000002"))
+    );
+    let mut stale = read_first;
+    stale.consumer_update_time_ms = Some(1_800_000_000_300);
+    let written = store
+        .put_enrollment(&stale, PutMode::Merge, ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            written.state,
+            written
+                .token
+                .as_ref()
+                .map(|t| t.token_unique_reference.as_str())
+        ),
+        (EnrollmentState::Removed, Some("DM4MMC0000000002"))
+    );
+
     // Deactivated once more: a write without the token keeps the state it writes.
     let again = event(
         "n-deactivated-again-70170",

@@ -921,7 +921,11 @@ async fn a_card_found_enrolled_joins_the_enrolled_index() {
     // Refreshed from the token list.
     w.seed_record(&in_progress(1198, "corr-1198")).await;
     w.mc.tokens(token());
-    let (refreshed, _) = w.app.status(card(1198), true, None).await.unwrap();
+    let (refreshed, _) = w
+        .app
+        .status(card(1198), true, &|_| true, None)
+        .await
+        .unwrap();
     assert_eq!(refreshed.state, EnrollmentState::Enrolled);
 
     let mut due = w.store.enrolled_due(i64::MAX, 100).await.unwrap();

@@ -826,7 +826,7 @@ async fn a_call_checked_before_the_card_was_enrolled_under_another_program_does_
 /// it waits): no other call takes the card meanwhile, and the update's write lands.
 #[tokio::test]
 async fn an_update_slower_than_the_lease_keeps_the_card_lock() {
-    let lease = Duration::from_millis(300);
+    let lease = Duration::from_millis(500);
     let w = std::sync::Arc::new(super::fakes::world_with_lease(lease));
     enrolled(&w, 3233).await;
     let at_update = w.mc.gated_update(Ok(Updated::Updated));
@@ -863,10 +863,10 @@ async fn an_update_slower_than_the_lease_keeps_the_card_lock() {
     );
 }
 
-/// An update whose card lock another call took (a renewal found it gone) stops where it waits
-/// and answers ABORTED; it writes nothing.
+/// An update whose card lock another call took (a renewal found it gone) runs to its end, and
+/// its write is refused: ABORTED, the record unchanged.
 #[tokio::test]
-async fn an_update_that_lost_its_card_lock_stops_and_writes_nothing() {
+async fn an_update_that_lost_its_card_lock_writes_nothing() {
     let lease = Duration::from_millis(300);
     let w = std::sync::Arc::new(super::fakes::world_with_lease(lease));
     enrolled(&w, 3234).await;
@@ -891,8 +891,9 @@ async fn an_update_that_lost_its_card_lock_stops_and_writes_nothing() {
             .await
             .unwrap()
     );
+    at_update.open();
     let e = update.await.unwrap().unwrap_err();
-    assert_eq!(reason(&e), "ENROLLMENT_IN_PROGRESS");
+    assert_eq!(reason(&e), "REQUEST_IN_PROGRESS");
     assert_eq!(w.record(card(3234)).await.unwrap(), before);
 }
 
@@ -1694,17 +1695,46 @@ async fn lifecycle_calls_on_a_card_never_enrolled_are_refused_without_a_call() {
     assert!(!w.app.withdraw_opt_out(card(3030)).await.unwrap());
 }
 
+/// A refresh by a caller not granted the card's program asks Click to Pay nothing about it and
+/// removes nothing (the gRPC layer then refuses the answer).
+#[tokio::test]
+async fn a_refresh_of_another_programs_card_does_not_ask_click_to_pay() {
+    let w = world();
+    enrolled(&w, 3236).await;
+    w.mc.holds(Ok(false));
+    let lifecycle_calls = w.mc.calls().lifecycle.len();
+    let (r, _) = w
+        .app
+        .status(card(3236), true, &|program| program == "another", None)
+        .await
+        .unwrap();
+    assert_eq!(r.state, EnrollmentState::Enrolled);
+    assert_eq!(w.mc.calls().lifecycle.len(), lifecycle_calls);
+    assert_eq!(
+        w.record(card(3236)).await.unwrap().state,
+        EnrollmentState::Enrolled
+    );
+}
+
 #[tokio::test]
 async fn a_refresh_and_the_reconciler_notice_cards_click_to_pay_no_longer_holds() {
     let w = world();
     enrolled(&w, 3040).await;
     enrolled(&w, 3041).await;
     // Held: the refresh keeps the answer.
-    let (r, _) = w.app.status(card(3040), true, None).await.unwrap();
+    let (r, _) = w
+        .app
+        .status(card(3040), true, &|_| true, None)
+        .await
+        .unwrap();
     assert_eq!(r.state, EnrollmentState::Enrolled);
     // Not held any more.
     w.mc.holds(Ok(false));
-    let (r, source) = w.app.status(card(3040), true, None).await.unwrap();
+    let (r, source) = w
+        .app
+        .status(card(3040), true, &|_| true, None)
+        .await
+        .unwrap();
     assert_eq!(r.state, EnrollmentState::Removed);
     assert_eq!(source, crate::app::Source::Upstream);
     assert_eq!(
@@ -1713,7 +1743,11 @@ async fn a_refresh_and_the_reconciler_notice_cards_click_to_pay_no_longer_holds(
     );
     // A look-up that fails leaves the token list's answer.
     w.mc.holds(Err(unavailable()));
-    let (r, _) = w.app.status(card(3041), true, None).await.unwrap();
+    let (r, _) = w
+        .app
+        .status(card(3041), true, &|_| true, None)
+        .await
+        .unwrap();
     assert_eq!(r.state, EnrollmentState::Enrolled);
 
     // The reconciler: 3041 is due (made due now), Click to Pay no longer holds it.
@@ -1817,7 +1851,11 @@ async fn a_refresh_of_an_unfinished_enrollment_whose_token_was_deactivated_answe
     left_in_progress(&w, "k", 3200).await;
     tokenized(&w, 3200).await;
     token_list_shows_deactivated(&w, 3200);
-    let (read, _) = w.app.status(card(3200), true, None).await.unwrap();
+    let (read, _) = w
+        .app
+        .status(card(3200), true, &|_| true, None)
+        .await
+        .unwrap();
     assert_eq!(read.record().state, EnrollmentState::Removed);
     removed_by_its_token(&w, 3200).await;
 }
@@ -1880,7 +1918,10 @@ async fn the_reconciler_keeps_a_card_removed_by_its_token_in_the_enrolled_index(
     left_in_progress(&w, "k", 3203).await;
     tokenized(&w, 3203).await;
     token_list_shows_deactivated(&w, 3203);
-    w.app.status(card(3203), true, None).await.unwrap();
+    w.app
+        .status(card(3203), true, &|_| true, None)
+        .await
+        .unwrap();
     w.store.untrack_enrolled(card(3203)).await.unwrap();
     w.store.requeue_in_progress(card(3203), 1).await.unwrap();
     let report = w.app.reconcile_once(Duration::ZERO, 100).await.unwrap();
@@ -1934,7 +1975,11 @@ async fn a_late_retry_of_a_key_whose_card_was_removed_since_does_not_enroll_it_a
     let w = world();
     left_in_progress(&w, "k", 3205).await;
     token_list_shows(&w, 3205);
-    let (read, _) = w.app.status(card(3205), true, None).await.unwrap();
+    let (read, _) = w
+        .app
+        .status(card(3205), true, &|_| true, None)
+        .await
+        .unwrap();
     assert_eq!(read.record().state, EnrollmentState::Enrolled);
     w.app
         .remove_card(remove("r1", 3205, RemovalReason::CardholderRequest), None)
@@ -2055,7 +2100,10 @@ async fn a_late_retry_of_a_key_whose_enrollment_was_removed_two_enrollments_ago_
     let w = world();
     left_in_progress(&w, "k", 3211).await;
     token_list_shows(&w, 3211);
-    w.app.status(card(3211), true, None).await.unwrap();
+    w.app
+        .status(card(3211), true, &|_| true, None)
+        .await
+        .unwrap();
     w.app
         .remove_card(remove("r1", 3211, RemovalReason::CardholderRequest), None)
         .await
@@ -2126,7 +2174,10 @@ async fn a_late_retry_after_the_cards_next_enrollment_failed_enrolls_under_a_new
     let w = world();
     left_in_progress(&w, "k", 3214).await;
     token_list_shows(&w, 3214);
-    w.app.status(card(3214), true, None).await.unwrap();
+    w.app
+        .status(card(3214), true, &|_| true, None)
+        .await
+        .unwrap();
     w.app
         .remove_card(remove("r1", 3214, RemovalReason::CardholderRequest), None)
         .await
@@ -2152,7 +2203,7 @@ async fn a_late_retry_after_the_cards_next_enrollment_failed_enrolls_under_a_new
 async fn replaced_by_an_unfinished_enrollment(w: &World, b: i64) {
     left_in_progress(w, "k", b).await;
     token_list_shows(w, b);
-    w.app.status(card(b), true, None).await.unwrap();
+    w.app.status(card(b), true, &|_| true, None).await.unwrap();
     w.app
         .remove_card(remove("r1", b, RemovalReason::CardholderRequest), None)
         .await

@@ -32,7 +32,11 @@ fn stored_token(tur: &str, status: TokenStatus, at_ms: i64) -> Token {
 async fn a_stored_record_is_answered_from_the_store_without_asking_mastercard() {
     let w = world();
     let stored = w.seed_record(&record(2001, EnrollmentState::Failed)).await;
-    let (r, source) = w.app.status(card(2001), false, None).await.unwrap();
+    let (r, source) = w
+        .app
+        .status(card(2001), false, &|_| true, None)
+        .await
+        .unwrap();
     assert_eq!((r.into_record(), source), (stored, Source::Store));
     assert_eq!(w.mc.calls().counts(), (0, 0, 0));
 }
@@ -40,7 +44,11 @@ async fn a_stored_record_is_answered_from_the_store_without_asking_mastercard() 
 #[tokio::test]
 async fn a_card_without_a_record_or_token_is_not_enrolled_and_cached() {
     let w = world();
-    let (r, source) = w.app.status(card(2002), false, None).await.unwrap();
+    let (r, source) = w
+        .app
+        .status(card(2002), false, &|_| true, None)
+        .await
+        .unwrap();
     assert_eq!(source, Source::Upstream);
     assert_eq!(r.state, EnrollmentState::NotEnrolled);
     assert_eq!(r.program, "");
@@ -52,7 +60,11 @@ async fn a_card_without_a_record_or_token_is_not_enrolled_and_cached() {
     );
     assert_eq!(w.mc.calls().token_lists, [card(2002)]);
 
-    let (again, source) = w.app.status(card(2002), false, None).await.unwrap();
+    let (again, source) = w
+        .app
+        .status(card(2002), false, &|_| true, None)
+        .await
+        .unwrap();
     assert_eq!((again, source), (r, Source::Store));
     assert_eq!(w.mc.calls().counts(), (0, 0, 1));
 }
@@ -64,7 +76,11 @@ async fn other_wallets_tokens_do_not_count() {
         wallet_token("DWSPK1"),
         wallet_token("DWSPK2"),
     ])));
-    let (r, source) = w.app.status(card(2003), false, None).await.unwrap();
+    let (r, source) = w
+        .app
+        .status(card(2003), false, &|_| true, None)
+        .await
+        .unwrap();
     assert_eq!(
         (r.state, source),
         (EnrollmentState::NotEnrolled, Source::Upstream)
@@ -83,7 +99,11 @@ async fn a_card_without_a_record_but_with_a_click_to_pay_token_was_tokenized_els
         ],
         observed_at_ms: Some(at),
     }));
-    let (r, source) = w.app.status(card(2004), false, None).await.unwrap();
+    let (r, source) = w
+        .app
+        .status(card(2004), false, &|_| true, None)
+        .await
+        .unwrap();
     assert_eq!(source, Source::Upstream);
     assert_eq!(r.state, EnrollmentState::TokenizedElsewhere);
     let token = r.token.as_ref().unwrap();
@@ -122,7 +142,7 @@ async fn a_status_read_dropped_while_it_holds_the_card_lock_gives_the_lock_back(
     )])));
     let gate = w.store.pause(Op::PutFenced, 1);
     let app = w.app.clone();
-    let read = tokio::spawn(async move { app.status(card(2010), false, None).await });
+    let read = tokio::spawn(async move { app.status(card(2010), false, &|_| true, None).await });
     gate.entered().await;
     // The caller goes away (its deadline, a cancel) while the lock is held.
     read.abort();
@@ -142,7 +162,10 @@ async fn a_status_read_whose_lock_answer_was_lost_gives_the_lock_back() {
         "2030-01-01T00:00:00Z",
     )])));
     w.store.fault(Op::LockCard, 1, Fault::AnswerLost);
-    w.app.status(card(2011), false, None).await.unwrap_err();
+    w.app
+        .status(card(2011), false, &|_| true, None)
+        .await
+        .unwrap_err();
     assert!(
         lock_comes_free(&w, 2011).await,
         "the card stayed locked for its lease"
@@ -161,7 +184,11 @@ async fn a_token_list_date_far_from_our_clock_is_replaced_by_ours() {
         observed_at_ms: Some(now_ms() - 3_600_000),
     }));
     let before = now_ms();
-    let (r, _) = w.app.status(card(2005), false, None).await.unwrap();
+    let (r, _) = w
+        .app
+        .status(card(2005), false, &|_| true, None)
+        .await
+        .unwrap();
     let at = r
         .token
         .as_ref()
@@ -185,10 +212,18 @@ async fn an_in_progress_record_with_a_token_is_enrolled_on_refresh() {
         "2030-01-01T00:00:00Z",
     )])));
     // Without refresh, the stored record is the answer.
-    let (r, source) = w.app.status(card(2006), false, None).await.unwrap();
+    let (r, source) = w
+        .app
+        .status(card(2006), false, &|_| true, None)
+        .await
+        .unwrap();
     assert_eq!((r.into_record(), source), (stored.clone(), Source::Store));
 
-    let (r, source) = w.app.status(card(2006), true, None).await.unwrap();
+    let (r, source) = w
+        .app
+        .status(card(2006), true, &|_| true, None)
+        .await
+        .unwrap();
     assert_eq!(source, Source::Upstream);
     assert_eq!(r.state, EnrollmentState::Enrolled);
     assert_eq!(r.src_correlation_id.as_deref(), Some("corr-2006"));
@@ -213,7 +248,11 @@ async fn a_failed_record_with_a_token_is_enrolled_and_its_failure_dropped() {
         TokenStatus::Active,
         "2030-01-01T00:00:00Z",
     )])));
-    let (r, source) = w.app.status(card(2007), true, None).await.unwrap();
+    let (r, source) = w
+        .app
+        .status(card(2007), true, &|_| true, None)
+        .await
+        .unwrap();
     assert_eq!(
         (r.state, source),
         (EnrollmentState::Enrolled, Source::Upstream)
@@ -236,7 +275,11 @@ async fn a_refresh_of_an_enrolled_card_whose_token_changed_is_upstream() {
         TokenStatus::Suspended,
         "2030-01-01T00:00:00Z",
     )])));
-    let (r, source) = w.app.status(card(2008), true, None).await.unwrap();
+    let (r, source) = w
+        .app
+        .status(card(2008), true, &|_| true, None)
+        .await
+        .unwrap();
     assert_eq!(source, Source::Upstream);
     assert_eq!(r.state, EnrollmentState::Enrolled);
     assert_eq!(
@@ -267,7 +310,11 @@ async fn a_refresh_of_an_enrolled_card_with_nothing_to_change_is_the_store_and_w
         TokenStatus::Active,
         "2030-01-01T00:00:00Z",
     )])));
-    let (r, source) = w.app.status(card(2009), true, None).await.unwrap();
+    let (r, source) = w
+        .app
+        .status(card(2009), true, &|_| true, None)
+        .await
+        .unwrap();
     assert_eq!((r.into_record(), source), (stored.clone(), Source::Store));
     assert_eq!(w.store.calls(Op::ApplyNotification), 0);
     assert_eq!(w.record(card(2009)).await, Some(stored));
@@ -279,7 +326,11 @@ async fn a_refresh_without_a_token_keeps_the_stored_record() {
     let stored = w
         .seed_record(&record(2010, EnrollmentState::Enrolled))
         .await;
-    let (r, source) = w.app.status(card(2010), true, None).await.unwrap();
+    let (r, source) = w
+        .app
+        .status(card(2010), true, &|_| true, None)
+        .await
+        .unwrap();
     assert_eq!((r.into_record(), source), (stored, Source::Store));
     assert_eq!(w.mc.calls().counts(), (0, 0, 1));
 }
@@ -293,7 +344,11 @@ async fn while_an_enrollment_holds_the_card_the_rebuilt_record_is_answered_not_s
         TokenStatus::Active,
         "2030-01-01T00:00:00Z",
     )])));
-    let (r, source) = w.app.status(card(2011), false, None).await.unwrap();
+    let (r, source) = w
+        .app
+        .status(card(2011), false, &|_| true, None)
+        .await
+        .unwrap();
     assert_eq!(
         (r.state, source),
         (EnrollmentState::TokenizedElsewhere, Source::Upstream)
@@ -311,7 +366,11 @@ async fn a_token_list_failure_is_mapped_with_the_tokens_step() {
         retry_after: Duration::from_secs(9),
         context: context("processing"),
     }));
-    let e = w.app.status(card(2012), false, None).await.unwrap_err();
+    let e = w
+        .app
+        .status(card(2012), false, &|_| true, None)
+        .await
+        .unwrap_err();
     assert!(
         matches!(e, AppError::UpstreamUnavailable { step: Step::Tokens, retry_after, .. } if retry_after == Duration::from_secs(9)),
         "{e:?}"
@@ -323,7 +382,11 @@ async fn a_token_list_failure_is_mapped_with_the_tokens_step() {
     w.mc.tokens(Err(UpstreamFailure::ContractNotFound(context(
         "processing",
     ))));
-    let e = w.app.status(card(2012), false, None).await.unwrap_err();
+    let e = w
+        .app
+        .status(card(2012), false, &|_| true, None)
+        .await
+        .unwrap_err();
     assert_eq!(e.parts().reason, "CARD_CONTRACT_NOT_FOUND");
     assert!(w.record(card(2012)).await.is_none());
 }
@@ -332,7 +395,11 @@ async fn a_token_list_failure_is_mapped_with_the_tokens_step() {
 async fn a_store_down_is_store_unavailable() {
     let w = world();
     w.store.fault(Op::Get, 1, Fault::Unavailable);
-    let e = w.app.status(card(2013), false, None).await.unwrap_err();
+    let e = w
+        .app
+        .status(card(2013), false, &|_| true, None)
+        .await
+        .unwrap_err();
     assert!(matches!(e, AppError::StoreUnavailable(_)), "{e:?}");
     assert_eq!(w.mc.calls().counts(), (0, 0, 0));
 }
@@ -342,7 +409,7 @@ async fn a_store_down_is_store_unavailable() {
 #[test]
 fn a_plain_reads_future_is_small() {
     let w = world();
-    let read = w.app.status(card(70_152), false, None);
+    let read = w.app.status(card(70_152), false, &|_| true, None);
     let size = std::mem::size_of_val(&read);
     assert!(size <= 256, "GetEnrollmentStatus's future is {size} bytes");
 }
