@@ -519,6 +519,16 @@ async fn two_cards_of_one_cardholder(w: &World, a: i64, b: i64) -> EnrollmentRec
     other
 }
 
+/// The opt-out kept under each of `subjects`, read one by one.
+async fn kept_under(w: &World, subjects: &[String]) -> Vec<Option<crate::domain::OptOut>> {
+    let mut kept = Vec::with_capacity(subjects.len());
+    for subject in subjects {
+        let read = w.store.get_opt_out(std::slice::from_ref(subject)).await;
+        kept.push(read.unwrap());
+    }
+    kept
+}
+
 /// A withdrawal forgets only the opt-outs it read (and checked): one given through another card
 /// of the cardholder after its read, kept under the consumer's subject they share, stays whole.
 #[tokio::test]
@@ -538,17 +548,8 @@ async fn a_withdrawal_leaves_an_opt_out_given_after_its_read() {
     assert!(w.app.withdraw(plan).await.unwrap());
     let subjects = crate::app::lifecycle::subjects_of(card(3221), Some(&b));
     assert_eq!(subjects.len(), 2, "the card's and the consumer's");
-    for subject in &subjects {
-        let kept = w
-            .store
-            .get_opt_out(std::slice::from_ref(subject))
-            .await
-            .unwrap();
-        assert_eq!(
-            kept.map(|o| o.subjects),
-            Some(subjects.clone()),
-            "{subject}"
-        );
+    for kept in kept_under(&w, &subjects).await {
+        assert_eq!(kept.map(|o| o.subjects), Some(subjects.clone()));
     }
     // A withdrawal through B forgets it.
     assert!(w.app.withdraw_opt_out(card(3221)).await.unwrap());
@@ -620,17 +621,8 @@ async fn an_opt_out_retried_during_its_withdrawal_stays_whole() {
     at_card.open();
     assert!(withdrawal.await.unwrap().unwrap());
     let subjects = crate::app::lifecycle::subjects_of(card(3224), Some(&b));
-    for subject in &subjects {
-        let kept = w
-            .store
-            .get_opt_out(std::slice::from_ref(subject))
-            .await
-            .unwrap();
-        assert_eq!(
-            kept.map(|o| o.subjects),
-            Some(subjects.clone()),
-            "{subject}"
-        );
+    for kept in kept_under(&w, &subjects).await {
+        assert_eq!(kept.map(|o| o.subjects), Some(subjects.clone()));
     }
 }
 
@@ -651,16 +643,7 @@ async fn a_withdrawal_overtaken_by_a_retried_opt_out_answers_withdrawn() {
         .unwrap();
     assert!(w.app.withdraw(plan).await.unwrap());
     let subjects = crate::app::lifecycle::subjects_of(card(3230), Some(&b));
-    for subject in &subjects {
-        assert!(
-            w.store
-                .get_opt_out(std::slice::from_ref(subject))
-                .await
-                .unwrap()
-                .is_some(),
-            "{subject}"
-        );
-    }
+    assert!(kept_under(&w, &subjects).await.iter().all(Option::is_some));
 }
 
 /// An OptOut whose write of the consumer's subject finds it forgotten by a withdrawal of
@@ -693,17 +676,11 @@ async fn an_opt_out_cut_short_by_a_withdrawal_keeps_nothing_of_the_withdrawn_one
     let second = second.await.unwrap().unwrap();
     assert!(second.since_ms > first.since_ms);
     let subjects = crate::app::lifecycle::subjects_of(card(3227), Some(&b));
-    for subject in &subjects {
-        let kept = w
-            .store
-            .get_opt_out(std::slice::from_ref(subject))
-            .await
-            .unwrap()
-            .unwrap();
+    for kept in kept_under(&w, &subjects).await {
+        let kept = kept.unwrap();
         assert_eq!(
             (kept.since_ms, kept.linked),
-            (second.since_ms, Vec::<String>::new()),
-            "{subject}"
+            (second.since_ms, Vec::<String>::new())
         );
     }
 }
@@ -755,17 +732,9 @@ async fn an_opt_out_that_keeps_meeting_other_writes_is_aborted_and_its_retry_fin
     assert_eq!(done.since_ms, 1, "the earliest opt-out's time");
     // Both subjects hold the retry's opt-out.
     let subjects = crate::app::lifecycle::subjects_of(card(3229), Some(&b));
-    let kept: Vec<_> = futures::future::join_all(
-        subjects
-            .iter()
-            .map(|s| w.store.get_opt_out(std::slice::from_ref(s))),
-    )
-    .await
-    .into_iter()
-    .map(|o| o.unwrap().unwrap())
-    .collect();
+    let kept = kept_under(&w, &subjects).await;
     assert_eq!(kept[0], kept[1]);
-    assert_eq!(kept[0].subjects, subjects);
+    assert_eq!(kept[0].as_ref().map(|o| &o.subjects), Some(&subjects));
 }
 
 /// A call after the enrollment acts only on a record of the program its caller was checked
