@@ -62,30 +62,40 @@ pub fn removed_by_token(record: &EnrollmentRecord) -> bool {
 
 /// Makes an enrolled record follow its token: ENROLLED with a DEACTIVATED token is REMOVED
 /// (reason `TOKEN_DEACTIVATED`, at the deactivation's event time), and a record REMOVED for that
-/// reason alone is ENROLLED again when its token no longer shows DEACTIVATED. A function of the
-/// token only, so that the merge stays a join (any order of notifications gives the same
-/// record). Records of other states, and removals for other reasons, are left as they are. The
-/// Lua twin is in `store/scripts.rs` (`follow_token`).
+/// reason alone is ENROLLED again when its token no longer shows DEACTIVATED. What counts is the
+/// card's latest status write, whichever token it is about: the token shown, or the one kept
+/// aside (`superseded`) when a later decision about another token is shown (a TAR for a new
+/// token, declined or not, says nothing of the deactivated one); with no status write at all
+/// the state is left as it is. A function of the merged token only, so that the merge stays a
+/// join (any order of notifications gives the same record). Records of other states, and
+/// removals for other reasons, are left as they are. The Lua twin is in `store/scripts.rs`
+/// (`follow_token`).
 pub fn follow_token(record: &mut EnrollmentRecord) {
     if record.state != EnrollmentState::Enrolled && !removed_by_token(record) {
         return;
     }
-    let deactivated = record
-        .token
-        .as_ref()
-        .filter(|t| t.status == Some(TokenStatus::Deactivated));
-    match deactivated {
-        Some(token) => {
-            record.state = EnrollmentState::Removed;
-            record.removal = Some(Removal {
-                reason: RemovalReason::TokenDeactivated,
-                time_ms: token.status_version.as_ref().map_or(0, |v| v.at_ms),
-            });
+    let latest = record.token.as_ref().and_then(|t| {
+        if t.status_version.is_some() {
+            Some(t)
+        } else {
+            t.superseded
+                .as_deref()
+                .filter(|aside| aside.status_version.is_some())
         }
-        None => {
-            record.state = EnrollmentState::Enrolled;
-            record.removal = None;
-        }
+    });
+    let Some(latest) = latest else {
+        return;
+    };
+    if latest.status == Some(TokenStatus::Deactivated) {
+        let time_ms = latest.status_version.as_ref().map_or(0, |v| v.at_ms);
+        record.state = EnrollmentState::Removed;
+        record.removal = Some(Removal {
+            reason: RemovalReason::TokenDeactivated,
+            time_ms,
+        });
+    } else {
+        record.state = EnrollmentState::Enrolled;
+        record.removal = None;
     }
 }
 
@@ -165,6 +175,40 @@ mod tests {
         );
         // The token shows ACTIVE again (a later write won): ENROLLED again, no removal.
         r.token.as_mut().unwrap().status = Some(TokenStatus::Active);
+        follow_token(&mut r);
+        assert_eq!((r.state, r.removal), (EnrollmentState::Enrolled, None));
+    }
+
+    #[test]
+    fn a_later_decision_about_another_token_does_not_hide_a_deactivation() {
+        // DM1 deactivated at 10, then a TAR about DM2 at 20: DM2 shows, DM1 is kept aside.
+        let deactivated = enrolled(Some(TokenStatus::Deactivated), 10).token.unwrap();
+        let tar = Token {
+            token_unique_reference: "DM2".into(),
+            token_requestor_id: "50123197928".into(),
+            status: None,
+            status_version: None,
+            decision: Some(crate::domain::TokenizationDecision::Declined),
+            decision_version: Some(Version {
+                at_ms: 20,
+                by: "n-tar".into(),
+            }),
+            superseded: None,
+        };
+        for (first, second) in [(&deactivated, &tar), (&tar, &deactivated)] {
+            let mut r = enrolled(None, 0);
+            r.token = Some(crate::domain::merge_tokens(first.clone(), second));
+            assert_eq!(
+                r.token.as_ref().map(|t| t.token_unique_reference.as_str()),
+                Some("DM2")
+            );
+            follow_token(&mut r);
+            assert_eq!(r.state, EnrollmentState::Removed);
+            assert_eq!(r.removal.map(|x| x.time_ms), Some(10));
+        }
+        // No status write at all: the state is left as it is.
+        let mut r = enrolled(None, 0);
+        r.token = Some(tar);
         follow_token(&mut r);
         assert_eq!((r.state, r.removal), (EnrollmentState::Enrolled, None));
     }

@@ -134,30 +134,31 @@ impl Feed {
 
     /// The changes published on `channel` from now on.
     pub async fn watch(&self, channel: String) -> Result<Watched, StoreError> {
-        let (receiver, first) = {
+        let receiver = {
             let mut watchers = lock(&self.watchers);
             let entry = watchers
                 .entry(channel.clone())
                 .or_insert_with(|| (broadcast::channel(CARD_BUFFER).0, 0));
             entry.1 += 1;
-            (entry.0.subscribe(), entry.1 == 1)
+            entry.0.subscribe()
         };
         let guard = Guard {
             channel: channel.clone(),
             watchers: self.watchers.clone(),
             commands: self.commands.clone(),
         };
-        if first {
-            let (done, subscribed) = oneshot::channel();
-            let _ = self.commands.send(Command::Subscribe(channel, done));
-            // Wait for SUBSCRIBE to be in force, so that no change after this call is missed.
-            match tokio::time::timeout(Duration::from_secs(5), subscribed).await {
-                Ok(Ok(())) => {}
-                _ => {
-                    return Err(StoreError::Unavailable(
-                        "cannot subscribe to the change feed".into(),
-                    ));
-                }
+        // Every watcher, not only the channel's first, waits for a SUBSCRIBE of its own to be
+        // in force (Redis confirms a channel subscribed already at once, in order): a second
+        // watcher opened while the first one's SUBSCRIBE is on its way would otherwise read
+        // its record before the subscription holds, and a change in between reach neither.
+        let (done, subscribed) = oneshot::channel();
+        let _ = self.commands.send(Command::Subscribe(channel, done));
+        match tokio::time::timeout(Duration::from_secs(5), subscribed).await {
+            Ok(Ok(())) => {}
+            _ => {
+                return Err(StoreError::Unavailable(
+                    "cannot subscribe to the change feed".into(),
+                ));
             }
         }
         Ok(Watched {

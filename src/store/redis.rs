@@ -884,22 +884,28 @@ async fn connect(target: &Target) -> Result<Connection, StoreError> {
 }
 
 /// The record under `key`, read outside any `RedisStore` borrow (for the change feed).
-/// The record read again after the feed missed changes. The read is retried for a while: the
-/// feed may have moved to another node while the cluster is still failing over the one that
-/// was lost, and a read given up would lose the change for good.
-async fn resync(target: &Target, key: &str) -> Option<EnrollmentRecord> {
+/// The record read again after the feed missed changes (`None`: it is gone). The read is
+/// retried for a while: the feed may have moved to another node while the cluster is still
+/// failing over the one that was lost. Given up (or unreadable), the error: the watch then
+/// ends, and its client watches again from the revision it has, rather than wait on a stream
+/// that will never show what it missed.
+async fn resync(target: &Target, key: &str) -> Result<Option<EnrollmentRecord>, StoreError> {
     const ATTEMPTS: u32 = 20;
-    for attempt in 1..=ATTEMPTS {
+    let mut attempt = 1;
+    loop {
         match read_record(target, key).await {
-            Ok(record) => return record,
-            Err(e) if attempt < ATTEMPTS => {
+            Ok(record) => return Ok(record),
+            Err(e @ StoreError::Unavailable(_)) if attempt < ATTEMPTS => {
                 tracing::debug!(error = %e, attempt, "change feed resync cannot read; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
+                attempt += 1;
             }
-            Err(e) => tracing::warn!(error = %e, "change feed resync gave up reading the record"),
+            Err(e) => {
+                tracing::warn!(error = %e, "change feed resync gave up reading the record; the watch ends");
+                return Err(e);
+            }
         }
     }
-    None
 }
 
 async fn read_record(target: &Target, key: &str) -> Result<Option<EnrollmentRecord>, StoreError> {
@@ -1184,15 +1190,21 @@ impl EnrollmentStore for RedisStore {
         // future is boxed only then: held inline, every idle watch would keep room for a Redis
         // read (about a kilobyte).
         let records = items.then(move |item| match item {
-            super::feed::FeedItem::Record(record) => Either::Left(std::future::ready(Some(record))),
+            super::feed::FeedItem::Record(record) => {
+                Either::Left(std::future::ready(Ok(Some(record))))
+            }
             super::feed::FeedItem::Resync => {
                 let (target, key) = (target.clone(), key.clone());
-                Either::Right(async move { resync(&target, &key).await.map(Arc::new) }.boxed())
+                Either::Right(
+                    async move { resync(&target, &key).await.map(|r| r.map(Arc::new)) }.boxed(),
+                )
             }
         });
-        Ok(Box::pin(
-            records.filter_map(|r| r.map(Arc::unwrap_or_clone)),
-        ))
+        // A resync given up ends the stream (the watch answers UNAVAILABLE and its client
+        // resumes); a record gone sends nothing.
+        Ok(Box::pin(records.take_while(Result::is_ok).filter_map(
+            |r| r.ok().flatten().map(Arc::unwrap_or_clone),
+        )))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -160,12 +160,20 @@ local function follow_token(record)
   local removed_by_token = record.state == 'REMOVED' and present(record.removal)
     and record.removal.reason == 'TOKEN_DEACTIVATED'
   if record.state ~= 'ENROLLED' and not removed_by_token then return end
+  -- The card's latest status write: the token shown, or the one kept aside.
   local t = record.token
-  if present(t) and t.status == 'DEACTIVATED' then
-    local at = 0
-    if present(t.status_version) then at = t.status_version.at_ms end
+  local latest = nil
+  if present(t) then
+    if present(t.status_version) then
+      latest = t
+    elseif present(t.superseded) and present(t.superseded.status_version) then
+      latest = t.superseded
+    end
+  end
+  if not latest then return end
+  if latest.status == 'DEACTIVATED' then
     record.state = 'REMOVED'
-    record.removal = {reason = 'TOKEN_DEACTIVATED', time_ms = at}
+    record.removal = {reason = 'TOKEN_DEACTIVATED', time_ms = latest.status_version.at_ms}
   else
     record.state = 'ENROLLED'
     record.removal = nil

@@ -566,6 +566,46 @@ async fn stale_copies_follow_the_merged_token(store: Arc<dyn EnrollmentStore>) {
         (EnrollmentState::Removed, Some("DM4MMC0000000002"))
     );
 
+    // A TAR about another token after the deactivation (in either order) shows that token but
+    // does not hide the deactivation: the card stays REMOVED, at the deactivation's time.
+    for (e, order) in [(70172, [0, 1]), (70173, [1, 0])] {
+        store
+            .put_enrollment(&enrolled(e), PutMode::Merge, ttl)
+            .await
+            .unwrap();
+        let deactivated = event(
+            &format!("n-deactivated-{e}"),
+            1_800_000_000_100,
+            e,
+            TokenEventKind::StatusChanged(TokenStatus::Deactivated),
+        );
+        let mut tar = event(
+            &format!("n-tar-{e}"),
+            1_800_000_000_200,
+            e,
+            TokenEventKind::Authorization(TokenizationDecision::Declined),
+        );
+        tar.token_unique_reference = "DM4MMC0000000002".into();
+        let events = [deactivated, tar];
+        for i in order {
+            store.apply_notification(&events[i]).await.unwrap();
+        }
+        let r = store.get(card(e)).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                r.state,
+                r.removal.map(|x| x.time_ms),
+                r.token.map(|t| t.token_unique_reference)
+            ),
+            (
+                EnrollmentState::Removed,
+                Some(1_800_000_000_100),
+                Some("DM4MMC0000000002".to_owned())
+            ),
+            "order {order:?}"
+        );
+    }
+
     // Deactivated once more: a write without the token keeps the state it writes.
     let again = event(
         "n-deactivated-again-70170",
@@ -1384,6 +1424,75 @@ async fn redis_cluster_store_passes_the_suite() {
     in_progress_index(store.clone()).await;
     lock_and_read(store.clone()).await;
     large_event_times_read_back_exactly(store).await;
+}
+
+/// A second watch of a card opened while the first one's subscription is on its way waits for
+/// a subscription of its own: a change written right after it opened reaches it.
+#[tokio::test]
+async fn redis_a_second_watch_opened_while_the_first_subscribes_sees_the_next_change() {
+    let redis = RedisServer::start();
+    let store =
+        c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
+    // The store's own connection is up, so that the write below is quick.
+    store
+        .put_enrollment(&enrolled(70191), PutMode::Merge, TTL)
+        .await
+        .unwrap();
+    let first = tokio::spawn({
+        let store = store.clone();
+        async move { store.watch(card(70190)).await }
+    });
+    // The first watch has asked for its subscription (the feed connects now).
+    tokio::task::yield_now().await;
+    let mut second = store.watch(card(70190)).await.unwrap();
+    let written = store
+        .put_enrollment(&enrolled(70190), PutMode::Merge, TTL)
+        .await
+        .unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(5), second.next())
+        .await
+        .expect("the change, not silence")
+        .expect("the stream goes on");
+    assert_eq!(seen, written);
+    drop(first.await.unwrap().unwrap());
+}
+
+/// A watcher whose feed must read its record again (it fell behind) and cannot (the record is
+/// unreadable) is ended, so that its client watches again, rather than left open and silent
+/// while the changes it missed are never shown.
+#[tokio::test]
+async fn redis_a_watch_whose_record_cannot_be_read_again_ends() {
+    let redis = RedisServer::start();
+    let store =
+        c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
+    let mut changes = store.watch(card(70180)).await.unwrap();
+    for i in 0..50 {
+        let mut record = enrolled(70180);
+        record.src_correlation_id = Some(format!("correlation-{i}"));
+        store
+            .put_enrollment(&record, PutMode::Merge, TTL)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut conn = redis.connection();
+    let _: () = conn
+        .set("c2p:{card:70180}:enrollment", "{not json")
+        .unwrap();
+    let mut sent = 0;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(5), changes.next())
+            .await
+            .expect("the stream ends, not silence");
+        match next {
+            Some(record) => {
+                assert_eq!(record.card_contract_id, card(70180));
+                sent += 1;
+                assert!(sent < 50, "the backlog is not replayed");
+            }
+            None => break,
+        }
+    }
 }
 
 /// A watcher that reads nothing while its card changes many times holds only a few of the
