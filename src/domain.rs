@@ -17,7 +17,8 @@ pub use enrollment::{
 };
 pub use idempotency::{Begin, IdempotencyRecord, Phase, StoredOutcome};
 pub use lifecycle::{
-    OptOut, Removal, RemovalReason, card_subject, consumer_subject, follow_token, removed_by_token,
+    OptOut, Removal, RemovalReason, card_subject, consumer_subject, follow_token, latest_status,
+    removed_by_token,
 };
 pub use notification::{
     CLICK_TO_PAY_TOKEN_REQUESTOR_ID, CLICK_TO_PAY_WALLET_NAME, Merge, TokenEvent, TokenEventKind,

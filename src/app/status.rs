@@ -7,7 +7,8 @@ use super::ports::{NotificationResult, PutMode};
 use super::{App, AppError, Step};
 use crate::domain::{
     CardContractId, EnrollmentRecord, EnrollmentState, SharedRecord, Token, TokenEvent,
-    TokenEventKind, TokenStatus, Version, follow_token, merge_tokens, now_ms, removed_by_token,
+    TokenEventKind, TokenStatus, Version, follow_token, latest_status, merge_tokens, now_ms,
+    removed_by_token,
 };
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -171,7 +172,9 @@ impl App {
             token.status,
         ) {
             let tur = token.token_unique_reference.clone();
-            let stored = record.token.as_ref();
+            // The stored token's latest status write (it may be kept aside, behind a later
+            // decision about another token), which the observation is compared with.
+            let stored = record.token.as_ref().and_then(latest_status);
             // Nothing to correct: no write, and no dedup marker per call.
             if stored.is_some_and(|t| t.token_unique_reference == tur && t.status == Some(status)) {
                 return Ok((record.clone(), Source::Store));

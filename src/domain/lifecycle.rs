@@ -1,7 +1,7 @@
 //! What happens to an enrollment after it: a card leaving Click to Pay (why and when), the
 //! state a record's token implies for an enrolled card, and a cardholder's opt-out.
 
-use super::enrollment::{EnrollmentRecord, EnrollmentState, TokenStatus};
+use super::enrollment::{EnrollmentRecord, EnrollmentState, Token, TokenStatus};
 use serde::{Deserialize, Serialize};
 
 /// Why a card left Click to Pay.
@@ -74,16 +74,7 @@ pub fn follow_token(record: &mut EnrollmentRecord) {
     if record.state != EnrollmentState::Enrolled && !removed_by_token(record) {
         return;
     }
-    let latest = record.token.as_ref().and_then(|t| {
-        if t.status_version.is_some() {
-            Some(t)
-        } else {
-            t.superseded
-                .as_deref()
-                .filter(|aside| aside.status_version.is_some())
-        }
-    });
-    let Some(latest) = latest else {
+    let Some(latest) = record.token.as_ref().and_then(latest_status) else {
         return;
     };
     if latest.status == Some(TokenStatus::Deactivated) {
@@ -96,6 +87,20 @@ pub fn follow_token(record: &mut EnrollmentRecord) {
     } else {
         record.state = EnrollmentState::Enrolled;
         record.removal = None;
+    }
+}
+
+/// The token that holds the card's latest status write in a merged `token`: the token shown,
+/// or the one kept aside (`superseded`) when a later decision about another token is shown;
+/// `None` when no status was ever written.
+pub fn latest_status(token: &Token) -> Option<&Token> {
+    if token.status_version.is_some() {
+        Some(token)
+    } else {
+        token
+            .superseded
+            .as_deref()
+            .filter(|aside| aside.status_version.is_some())
     }
 }
 
@@ -206,11 +211,17 @@ mod tests {
             assert_eq!(r.state, EnrollmentState::Removed);
             assert_eq!(r.removal.map(|x| x.time_ms), Some(10));
         }
-        // No status write at all: the state is left as it is.
+        // No status write at all: the state is left as it is (a REMOVED one too).
         let mut r = enrolled(None, 0);
+        r.state = EnrollmentState::Removed;
+        r.removal = Some(Removal {
+            reason: RemovalReason::TokenDeactivated,
+            time_ms: 5,
+        });
         r.token = Some(tar);
+        let before = r.clone();
         follow_token(&mut r);
-        assert_eq!((r.state, r.removal), (EnrollmentState::Enrolled, None));
+        assert_eq!(r, before);
     }
 
     #[test]

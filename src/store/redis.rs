@@ -118,11 +118,11 @@ fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-/// An opt-out key's error: one that holds another Redis type is unreadable (as a record is), not
-/// a store that a retry may find back.
-fn opt_out_error(e: redis::RedisError) -> StoreError {
+/// A read's error: a key that holds another Redis type (WRONGTYPE) is unreadable, not a store
+/// that a retry may find back.
+fn wrong_type_is_corrupt(e: redis::RedisError) -> StoreError {
     if e.code() == Some("WRONGTYPE") {
-        return StoreError::Corrupt("an opt-out key holds a value of another Redis type".into());
+        return StoreError::Corrupt("the key holds a value of another Redis type".into());
     }
     unavailable(e)
 }
@@ -910,7 +910,7 @@ async fn resync(target: &Target, key: &str) -> Result<Option<EnrollmentRecord>, 
 
 async fn read_record(target: &Target, key: &str) -> Result<Option<EnrollmentRecord>, StoreError> {
     let mut conn = connect(target).await?;
-    let raw: Option<String> = conn.get(key).await.map_err(unavailable)?;
+    let raw: Option<String> = conn.get(key).await.map_err(wrong_type_is_corrupt)?;
     raw.map(|json| serde_json::from_str(&json).map_err(corrupt))
         .transpose()
 }
@@ -1321,7 +1321,7 @@ impl EnrollmentStore for RedisStore {
             }
         });
         for json in futures::future::join_all(reads).await {
-            if let Some(json) = json.map_err(opt_out_error)? {
+            if let Some(json) = json.map_err(wrong_type_is_corrupt)? {
                 return serde_json::from_str(&json).map(Some).map_err(corrupt);
             }
         }
@@ -1337,7 +1337,7 @@ impl EnrollmentStore for RedisStore {
             .arg(self.keys.opt_out(subject))
             .query_async(&mut conn)
             .await
-            .map_err(opt_out_error)?;
+            .map_err(wrong_type_is_corrupt)?;
         json.map(|json| {
             let opt_out = serde_json::from_str(&json).map_err(corrupt)?;
             Ok((opt_out, OptOutStamp::of(json)))
@@ -1363,7 +1363,7 @@ impl EnrollmentStore for RedisStore {
             .arg(new.as_deref().unwrap_or(""))
             .invoke_async(&mut conn)
             .await
-            .map_err(opt_out_error)?;
+            .map_err(wrong_type_is_corrupt)?;
         Ok(swapped == 1)
     }
 

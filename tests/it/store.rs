@@ -1465,32 +1465,39 @@ async fn redis_a_watch_whose_record_cannot_be_read_again_ends() {
     let redis = RedisServer::start();
     let store =
         c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
-    let mut changes = store.watch(card(70180)).await.unwrap();
-    for i in 0..50 {
-        let mut record = enrolled(70180);
-        record.src_correlation_id = Some(format!("correlation-{i}"));
-        store
-            .put_enrollment(&record, PutMode::Merge, TTL)
-            .await
-            .unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let mut conn = redis.connection();
-    let _: () = conn
-        .set("c2p:{card:70180}:enrollment", "{not json")
-        .unwrap();
-    let mut sent = 0;
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(5), changes.next())
-            .await
-            .expect("the stream ends, not silence");
-        match next {
-            Some(record) => {
-                assert_eq!(record.card_contract_id, card(70180));
-                sent += 1;
-                assert!(sent < 50, "the backlog is not replayed");
+    // Unreadable as JSON, and a value of another Redis type: neither is retried.
+    for (id, hash) in [(70180, false), (70181, true)] {
+        let mut changes = store.watch(card(id)).await.unwrap();
+        for i in 0..50 {
+            let mut record = enrolled(id);
+            record.src_correlation_id = Some(format!("correlation-{i}"));
+            store
+                .put_enrollment(&record, PutMode::Merge, TTL)
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let key = format!("c2p:{{card:{id}}}:enrollment");
+        if hash {
+            let _: () = conn.del(&key).unwrap();
+            let _: () = conn.hset(&key, "field", "value").unwrap();
+        } else {
+            let _: () = conn.set(&key, "{not json").unwrap();
+        }
+        let mut sent = 0;
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(5), changes.next())
+                .await
+                .expect("the stream ends, not silence");
+            match next {
+                Some(record) => {
+                    assert_eq!(record.card_contract_id, card(id));
+                    sent += 1;
+                    assert!(sent < 50, "the backlog is not replayed");
+                }
+                None => break,
             }
-            None => break,
         }
     }
 }

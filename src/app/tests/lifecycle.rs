@@ -1664,6 +1664,46 @@ async fn lifecycle_calls_on_a_card_never_enrolled_are_refused_without_a_call() {
     assert!(!w.app.withdraw_opt_out(card(3030)).await.unwrap());
 }
 
+/// A card REMOVED by its token's deactivation, whose shown token is a later TAR's about another
+/// token (the deactivated one kept aside): a refresh whose token list shows that deactivated
+/// token has nothing to correct (no write, the removal's time kept).
+#[tokio::test]
+async fn a_refresh_compares_with_the_latest_status_write_kept_aside() {
+    let w = world();
+    enrolled(&w, 3237).await;
+    let at = crate::domain::now_ms() - 60_000;
+    let deactivated = c2p_event(
+        3237,
+        "DM4MMC3237",
+        TokenEventKind::StatusChanged(TokenStatus::Deactivated),
+        at,
+        "n-deactivated",
+    );
+    w.store.apply_notification(&deactivated).await.unwrap();
+    let tar = c2p_event(
+        3237,
+        "DM4MMC3237B",
+        TokenEventKind::Authorization(crate::domain::TokenizationDecision::Declined),
+        at + 1,
+        "n-tar",
+    );
+    w.store.apply_notification(&tar).await.unwrap();
+    let before = w.record(card(3237)).await.unwrap();
+    assert_eq!(before.state, EnrollmentState::Removed);
+    w.mc.tokens(Ok(observed(vec![c2p_token(
+        "DM4MMC3237",
+        TokenStatus::Deactivated,
+        "2030-01-01T00:00:00Z",
+    )])));
+    let (read, _) = w
+        .app
+        .status(card(3237), true, &|_| true, None)
+        .await
+        .unwrap();
+    assert_eq!(read.revision, before.revision, "nothing written");
+    assert_eq!(read.removal, before.removal);
+}
+
 /// A refresh by a caller not granted the card's program asks Click to Pay nothing about it and
 /// removes nothing (the gRPC layer then refuses the answer).
 #[tokio::test]
