@@ -5,6 +5,7 @@
 mod access;
 mod bounded;
 mod cache;
+mod cluster_target;
 mod feed;
 mod keys;
 mod memory;

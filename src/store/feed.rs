@@ -3,10 +3,12 @@
 //! when the last one leaves, re-subscribed after a reconnect.
 //!
 //! In a cluster, classic PUBLISH reaches the subscribers of every node, so the connection may
-//! be held by any live node: when it is lost (the node died, or stopped answering PING) the
-//! feed subscribes again through the next node that answers — the seed nodes of `redis.url`
-//! in turn, then the nodes learned from `CLUSTER NODES` — and every watcher reads its record
-//! again, since changes published meanwhile were missed.
+//! be held by any live node: when it is lost (the node died, or left a PING, SUBSCRIBE or
+//! UNSUBSCRIBE unanswered past its reply timeout) the feed subscribes again through the next
+//! node that answers — the seed nodes of `redis.url` in turn, then the nodes learned from
+//! `CLUSTER NODES` — and every watcher reads its record again, since changes published
+//! meanwhile were missed. While no node answers, what watches and the cache ask for is held
+//! as the set of channels the next connection subscribes, not queued.
 //!
 //! The record cache (`cache.rs`) subscribes the channels of the cards it holds through the
 //! same connection ([`Feed::track`]), is told when each subscription is in force, receives
@@ -23,6 +25,7 @@ use super::cache::RecordCache;
 use crate::domain::{CardContractId, EnrollmentRecord};
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -62,7 +65,8 @@ pub struct Nodes {
     seeds: Vec<redis::Client>,
     /// For a cluster: a client of the node at `host:port` (learned from `CLUSTER NODES`).
     learn: Option<Learn>,
-    /// Bounds each connection attempt, and each PING on the connection.
+    /// Bounds each connection attempt, and (at least 1 s: [`Nodes::reply_within`]) each
+    /// command on the connection.
     timeout: Duration,
 }
 
@@ -97,12 +101,66 @@ impl Nodes {
 /// closing the connection is left within this (plus the PING's timeout).
 const PING_EVERY: Duration = Duration::from_secs(5);
 
+/// How long to wait before trying every node again when none answered.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+
+impl Nodes {
+    /// How long a PING, SUBSCRIBE or UNSUBSCRIBE may wait for its answer before the node is
+    /// taken for lost: a node that hangs (stopped, or cut off without a reset) answers nothing
+    /// and closes nothing, and the feed, waiting on it, would serve nobody meanwhile.
+    fn reply_within(&self) -> Duration {
+        self.timeout.max(Duration::from_secs(1))
+    }
+}
+
 type Watchers = Arc<Mutex<HashMap<String, (broadcast::Sender<FeedItem>, usize)>>>;
 
 /// The feed of one process.
 pub struct Feed {
-    commands: mpsc::UnboundedSender<Command>,
+    commands: Commands,
     watchers: Watchers,
+}
+
+/// The subscriber task's queue, counting what waits in it (for the tests: the queue must not
+/// grow while the feed cannot connect).
+#[derive(Clone)]
+struct Commands {
+    sender: mpsc::UnboundedSender<Command>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Commands {
+    fn send(&self, command: Command) {
+        if self.sender.send(command).is_ok() {
+            self.queued.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The task's end of [`Commands`].
+struct Inbox {
+    receiver: mpsc::UnboundedReceiver<Command>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Inbox {
+    async fn recv(&mut self) -> Option<Command> {
+        let command = self.receiver.recv().await;
+        self.took(&command);
+        command
+    }
+
+    fn try_recv(&mut self) -> Option<Command> {
+        let command = self.receiver.try_recv().ok();
+        self.took(&command);
+        command
+    }
+
+    fn took(&self, command: &Option<Command>) {
+        if command.is_some() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 fn lock(
@@ -115,21 +173,27 @@ impl Feed {
     /// Starts the subscriber task on `nodes` (connects when the first card is watched or
     /// cached), feeding `cache` if there is one.
     pub fn start(nodes: Nodes, cache: Option<Arc<RecordCache>>) -> Self {
-        let (commands, rx) = mpsc::unbounded_channel();
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let commands = Commands {
+            sender,
+            queued: queued.clone(),
+        };
+        let inbox = Inbox { receiver, queued };
         let watchers: Watchers = Arc::default();
-        tokio::spawn(run(nodes, rx, watchers.clone(), cache));
+        tokio::spawn(run(nodes, inbox, watchers.clone(), cache));
         Self { commands, watchers }
     }
 
     /// Subscribes `channel` for the cache's `slot` of `card`; the cache is told once it is in
     /// force ([`RecordCache::subscribed`]). Does not wait.
     pub fn track(&self, channel: String, card: CardContractId, slot: u64) {
-        let _ = self.commands.send(Command::Track(channel, card, slot));
+        self.commands.send(Command::Track(channel, card, slot));
     }
 
     /// The cache let `slot` go: its channel is unsubscribed unless a watcher follows it.
     pub fn untrack(&self, channel: String, slot: u64) {
-        let _ = self.commands.send(Command::Untrack(channel, slot));
+        self.commands.send(Command::Untrack(channel, slot));
     }
 
     /// The changes published on `channel` from now on.
@@ -152,7 +216,7 @@ impl Feed {
         // watcher opened while the first one's SUBSCRIBE is on its way would otherwise read
         // its record before the subscription holds, and a change in between reach neither.
         let (done, subscribed) = oneshot::channel();
-        let _ = self.commands.send(Command::Subscribe(channel, done));
+        self.commands.send(Command::Subscribe(channel, done));
         match tokio::time::timeout(Duration::from_secs(5), subscribed).await {
             Ok(Ok(())) => {}
             _ => {
@@ -171,7 +235,7 @@ impl Feed {
 struct Guard {
     channel: String,
     watchers: Watchers,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: Commands,
 }
 
 impl Drop for Guard {
@@ -181,8 +245,7 @@ impl Drop for Guard {
             entry.1 -= 1;
             if entry.1 == 0 {
                 watchers.remove(&self.channel);
-                let _ = self
-                    .commands
+                self.commands
                     .send(Command::Unsubscribe(self.channel.clone()));
             }
         }
@@ -297,7 +360,7 @@ fn live_nodes(answer: &str) -> Vec<String> {
 
 async fn run(
     nodes: Nodes,
-    mut commands: mpsc::UnboundedReceiver<Command>,
+    mut commands: Inbox,
     watchers: Watchers,
     cache: Option<Arc<RecordCache>>,
 ) {
@@ -308,6 +371,7 @@ async fn run(
     let mut lost = false;
     let mut next = 0;
     let learned: Arc<Mutex<Vec<redis::Client>>> = Arc::default();
+    let within = nodes.reply_within();
     loop {
         // Connect only when someone watches, or the cache holds a card.
         if pending.is_empty() && lock(&watchers).is_empty() && tracked.is_empty() {
@@ -318,7 +382,9 @@ async fn run(
         }
         let Some((pubsub, client)) = connect(&nodes, &learned, &mut next).await else {
             tracing::debug!("change feed cannot connect to any node; retrying");
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            if !hold_for(RETRY_EVERY, &mut commands, &mut pending, &mut tracked).await {
+                return;
+            }
             continue;
         };
         let (mut sink, mut stream) = pubsub.split();
@@ -327,7 +393,16 @@ async fn run(
         channels.extend(tracked.keys().cloned());
         let channels: Vec<String> = channels.into_iter().collect();
         if !channels.is_empty() {
-            if sink.subscribe(&channels).await.is_err() {
+            // A node that answers nothing is passed over like one that refuses (`next` moved
+            // past it).
+            if !matches!(
+                tokio::time::timeout(within, sink.subscribe(&channels)).await,
+                Ok(Ok(()))
+            ) {
+                tracing::debug!(node = %address(&client), "change feed cannot subscribe; trying another node");
+                if !hold_for(RETRY_EVERY, &mut commands, &mut pending, &mut tracked).await {
+                    return;
+                }
                 continue;
             }
             if let Some(cache) = cache {
@@ -347,14 +422,13 @@ async fn run(
         } else {
             tracing::info!(node = %address(&client), "change feed subscribed");
         }
-        apply_all(
-            &mut sink,
-            std::mem::take(&mut pending),
-            &watchers,
-            &mut tracked,
-            cache,
-        )
-        .await;
+        let held = std::mem::take(&mut pending);
+        if let Err(left) = apply_all(&mut sink, held, &watchers, &mut tracked, cache, within).await
+        {
+            pending = left;
+            lose(&client, cache, &mut lost, "does not answer SUBSCRIBE");
+            continue;
+        }
         if let Some(make) = &nodes.learn {
             tokio::spawn(learn(
                 client.clone(),
@@ -374,37 +448,32 @@ async fn run(
                         let mut batch = vec![c];
                         while batch.len() < MAX_BATCH {
                             match commands.try_recv() {
-                                Ok(c) => batch.push(c),
-                                Err(_) => break,
+                                Some(c) => batch.push(c),
+                                None => break,
                             }
                         }
-                        apply_all(&mut sink, batch, &watchers, &mut tracked, cache).await;
+                        let applied =
+                            apply_all(&mut sink, batch, &watchers, &mut tracked, cache, within)
+                                .await;
+                        if let Err(left) = applied {
+                            pending = left;
+                            lose(&client, cache, &mut lost, "does not answer (UN)SUBSCRIBE");
+                            break;
+                        }
                     }
                     None => return,
                 },
                 message = stream.next() => match message {
                     Some(m) => deliver(&m, &watchers, cache),
                     None => {
-                        tracing::warn!(node = %address(&client), "change feed connection lost; subscribing through another node");
-                        if let Some(cache) = cache {
-                            cache.disconnected();
-                        }
-                        lost = true;
+                        lose(&client, cache, &mut lost, "connection lost");
                         break;
                     }
                 },
                 _ = ping.tick() => {
-                    let pong = tokio::time::timeout(
-                        nodes.timeout.max(Duration::from_secs(1)),
-                        sink.ping::<redis::Value>(),
-                    )
-                    .await;
+                    let pong = tokio::time::timeout(within, sink.ping::<redis::Value>()).await;
                     if !matches!(pong, Ok(Ok(_))) {
-                        tracing::warn!(node = %address(&client), "change feed node does not answer PING; subscribing through another node");
-                        if let Some(cache) = cache {
-                            cache.disconnected();
-                        }
-                        lost = true;
+                        lose(&client, cache, &mut lost, "does not answer PING");
                         break;
                     }
                 }
@@ -413,41 +482,115 @@ async fn run(
     }
 }
 
+/// The connection to `client`'s node is given up (`why`): the cache stops serving (changes may
+/// be missed from now on), and the next connection tells the watchers to read again.
+fn lose(client: &redis::Client, cache: Option<&RecordCache>, lost: &mut bool, why: &str) {
+    tracing::warn!(node = %address(client), why, "change feed node lost; subscribing through another node");
+    if let Some(cache) = cache {
+        cache.disconnected();
+    }
+    *lost = true;
+}
+
+/// Waits `pause` before the next attempt to connect, taking in the commands that arrive
+/// meanwhile ([`hold`]); `false`: the feed was dropped.
+async fn hold_for(
+    pause: Duration,
+    commands: &mut Inbox,
+    pending: &mut Vec<Command>,
+    tracked: &mut Tracked,
+) -> bool {
+    for command in std::mem::take(pending) {
+        hold(pending, command, tracked);
+    }
+    let until = tokio::time::sleep(pause);
+    tokio::pin!(until);
+    loop {
+        tokio::select! {
+            () = &mut until => return true,
+            command = commands.recv() => match command {
+                Some(c) => hold(pending, c, tracked),
+                None => return false,
+            },
+        }
+    }
+}
+
+/// Takes in `command` while no connection holds the subscriptions: it changes only what the
+/// next connection subscribes (every watched and tracked channel). Queued instead, the
+/// commands would grow for as long as Redis is out of reach (each read of another card tracks
+/// it); held like this they cost what the cache holds (its capacity) and the watches waiting
+/// for their subscription (each gives up within seconds).
+fn hold(pending: &mut Vec<Command>, command: Command, tracked: &mut Tracked) {
+    match command {
+        Command::Track(channel, card, slot) => {
+            tracked.insert(channel, (card, slot));
+        }
+        Command::Untrack(channel, slot) => {
+            if tracked.get(&channel).is_some_and(|(_, s)| *s == slot) {
+                tracked.remove(&channel);
+            }
+        }
+        // Nothing is subscribed; the watchers' map no longer names the channel.
+        Command::Unsubscribe(_) => {}
+        Command::Subscribe(channel, done) => {
+            if pending.len() >= MAX_BATCH {
+                pending.retain(|c| !matches!(c, Command::Subscribe(_, d) if d.is_closed()));
+            }
+            pending.push(Command::Subscribe(channel, done));
+        }
+    }
+}
+
 /// The most commands taken off the queue at once (one SUBSCRIBE of at most as many channels).
 const MAX_BATCH: usize = 512;
 
 /// Applies `batch` in order, each run of consecutive subscriptions (watches and cache slots) as
-/// one SUBSCRIBE: each is confirmed once that command is.
+/// one SUBSCRIBE: each is confirmed once that command is. `Err`: the node did not answer within
+/// `within`; what is left to do (the unconfirmed watches, the commands not reached) waits for
+/// the next connection.
 async fn apply_all(
     sink: &mut redis::aio::PubSubSink,
     batch: Vec<Command>,
     watchers: &Watchers,
     tracked: &mut Tracked,
     cache: Option<&RecordCache>,
-) {
+    within: Duration,
+) -> Result<(), Vec<Command>> {
     let mut run = Subscriptions::default();
-    for command in batch {
-        match command {
+    let mut batch = batch.into_iter();
+    while let Some(command) = batch.next() {
+        let step = match command {
             Command::Subscribe(channel, done) => {
-                run.add(channel);
-                run.done.push(done);
+                run.add(channel.clone());
+                run.done.push((channel, done));
+                Ok(())
             }
             Command::Track(channel, card, slot) => {
                 tracked.insert(channel.clone(), (card, slot));
                 run.add(channel);
                 run.tracked.push((card, slot));
+                Ok(())
             }
-            Command::Unsubscribe(channel) => {
-                run.subscribe(sink, cache).await;
-                release(sink, channel, None, watchers, tracked).await;
-            }
-            Command::Untrack(channel, slot) => {
-                run.subscribe(sink, cache).await;
-                release(sink, channel, Some(slot), watchers, tracked).await;
-            }
+            Command::Unsubscribe(channel) => match run.subscribe(sink, cache, within).await {
+                Ok(()) => release(sink, channel, None, watchers, tracked, within).await,
+                Err(left) => Err(left),
+            },
+            Command::Untrack(channel, slot) => match run.subscribe(sink, cache, within).await {
+                Ok(()) => release(sink, channel, Some(slot), watchers, tracked, within).await,
+                Err(mut left) => {
+                    // The slot's release still holds for the next connection.
+                    left.push(Command::Untrack(channel, slot));
+                    Err(left)
+                }
+            },
+        };
+        if let Err(mut left) = step {
+            left.extend(batch);
+            return Err(left);
         }
     }
-    run.subscribe(sink, cache).await;
+    run.subscribe(sink, cache, within).await
 }
 
 /// A run of subscriptions waiting to be sent as one SUBSCRIBE.
@@ -456,8 +599,8 @@ struct Subscriptions {
     channels: Vec<String>,
     /// The same channels, to name each once.
     named: std::collections::HashSet<String>,
-    /// The watches waiting for the command.
-    done: Vec<oneshot::Sender<()>>,
+    /// The watches waiting for the command, with their channel.
+    done: Vec<(String, oneshot::Sender<()>)>,
     /// The cache's slots waiting for it.
     tracked: Vec<(CardContractId, u64)>,
 }
@@ -469,18 +612,33 @@ impl Subscriptions {
         }
     }
 
-    /// Sends the SUBSCRIBE and tells those waiting; on failure (a lost connection, which the
+    /// Sends the SUBSCRIBE and tells those waiting. On an error (a lost connection, which the
     /// stream reports) they are not told: a watch then gives up, the cache's slot stays
-    /// unconfirmed until the feed subscribes again.
-    async fn subscribe(&mut self, sink: &mut redis::aio::PubSubSink, cache: Option<&RecordCache>) {
+    /// unconfirmed until the feed subscribes again. `Err`: no answer within `within`; the
+    /// watches wait for the next connection (the cache's slots are in `tracked`, which it
+    /// subscribes).
+    async fn subscribe(
+        &mut self,
+        sink: &mut redis::aio::PubSubSink,
+        cache: Option<&RecordCache>,
+        within: Duration,
+    ) -> Result<(), Vec<Command>> {
         if self.channels.is_empty() {
-            return;
+            return Ok(());
         }
         let run = std::mem::take(self);
-        if sink.subscribe(&run.channels).await.is_err() {
-            return;
+        match tokio::time::timeout(within, sink.subscribe(&run.channels)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Ok(()),
+            Err(_) => {
+                return Err(run
+                    .done
+                    .into_iter()
+                    .map(|(channel, done)| Command::Subscribe(channel, done))
+                    .collect());
+            }
         }
-        for done in run.done {
+        for (_, done) in run.done {
             let _ = done.send(());
         }
         if let Some(cache) = cache {
@@ -488,28 +646,36 @@ impl Subscriptions {
                 cache.subscribed(card, slot);
             }
         }
+        Ok(())
     }
 }
 
 /// A watch or a cache slot let `channel` go: it is unsubscribed unless a watcher follows it
-/// still (or again) or the cache holds it; `slot`: the cache's release of that slot.
+/// still (or again) or the cache holds it; `slot`: the cache's release of that slot. `Err`: the
+/// UNSUBSCRIBE got no answer within `within` (nothing is left to do: the next connection
+/// subscribes only what is followed).
 async fn release(
     sink: &mut redis::aio::PubSubSink,
     channel: String,
     slot: Option<u64>,
     watchers: &Watchers,
     tracked: &mut Tracked,
-) {
+    within: Duration,
+) -> Result<(), Vec<Command>> {
     if let Some(slot) = slot {
         // Only the slot's own release: the card may be cached again in a newer slot.
         if tracked.get(&channel).is_none_or(|(_, s)| *s != slot) {
-            return;
+            return Ok(());
         }
         tracked.remove(&channel);
     }
     if !lock(watchers).contains_key(&channel) && !tracked.contains_key(&channel) {
-        let _ = sink.unsubscribe(&channel).await;
+        let unsubscribed = tokio::time::timeout(within, sink.unsubscribe(&channel)).await;
+        if unsubscribed.is_err() {
+            return Err(Vec::new());
+        }
     }
+    Ok(())
 }
 
 fn deliver(message: &redis::Msg, watchers: &Watchers, cache: Option<&RecordCache>) {
@@ -531,7 +697,39 @@ fn deliver(message: &redis::Msg, watchers: &Watchers, cache: Option<&RecordCache
 
 #[cfg(test)]
 mod tests {
-    use super::live_nodes;
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn commands_sent_while_no_node_answers_do_not_pile_up() {
+        // A port nothing listens on: every connection is refused.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+        let feed = Feed::start(Nodes::single(client, Duration::from_millis(100)), None);
+        // A walk over card ids during an outage: each read tracks its card, each eviction
+        // lets one go.
+        for i in 0..20_000_u64 {
+            let card = CardContractId::new(i as i64 + 1).unwrap();
+            let channel = format!("changes:{i}");
+            feed.track(channel.clone(), card, i);
+            feed.untrack(channel, i);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let queued = feed.commands.queued.load(Ordering::Relaxed);
+            if queued == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{queued} commands still queued 5 s after they were sent"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 
     #[test]
     fn live_nodes_skip_failed_handshaking_and_addressless_nodes() {

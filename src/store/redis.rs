@@ -5,6 +5,7 @@
 use super::RedisSettings;
 use super::access::{Access, bad_url};
 use super::cache::{ForgetOnDrop, Lookup, RecordCache, RecordCacheSettings};
+use super::cluster_target::{ClusterHandle, ClusterTarget};
 use super::feed::{Feed, Nodes};
 use super::merge_plan;
 use super::scripts;
@@ -16,20 +17,18 @@ use crate::domain::{
     Begin, CardContractId, EnrollmentRecord, IdempotencyRecord, OptOut, SharedRecord, TokenEvent,
 };
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
 use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::OnceCell;
 
 /// A connection to a standalone server or to a cluster.
 #[derive(Clone)]
 enum Connection {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(ClusterHandle),
 }
 
 impl ConnectionLike for Connection {
@@ -64,8 +63,9 @@ impl ConnectionLike for Connection {
 #[allow(clippy::large_enum_variant)]
 enum Target {
     Single(ConnectionManager),
-    // The cluster connection is made on first use (the cluster may be down at startup).
-    Cluster(redis::cluster::ClusterClient, OnceCell<ClusterConnection>),
+    // The cluster connection is made on first use (the cluster may be down at startup), and
+    // again after a timeout (`cluster_target.rs`).
+    Cluster(ClusterTarget),
 }
 
 /// Records as JSON strings, scripts for every update, pub/sub for changes.
@@ -101,7 +101,7 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-fn unavailable(e: redis::RedisError) -> StoreError {
+pub(super) fn unavailable(e: redis::RedisError) -> StoreError {
     if e.code() == Some("C2P_REFUSED") {
         // A script's number guard (`scripts::ENCODE`): nothing was written.
         return StoreError::Refused(e.detail().unwrap_or("a number cjson would round").into());
@@ -239,7 +239,7 @@ impl RedisStore {
                 .retries(1)
                 .build()
                 .map_err(bad_url)?;
-            Target::Cluster(client, OnceCell::new())
+            Target::Cluster(ClusterTarget::new(client))
         } else {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(settings.connect_timeout))
@@ -871,15 +871,7 @@ impl RedisStore {
 async fn connect(target: &Target) -> Result<Connection, StoreError> {
     match target {
         Target::Single(c) => Ok(Connection::Single(c.clone())),
-        Target::Cluster(client, cell) => match cell.get() {
-            Some(c) => Ok(Connection::Cluster(c.clone())),
-            // Boxed: the first connection's state (hundreds of bytes) would otherwise be part
-            // of every operation's future, held while the operation runs.
-            None => Box::pin(cell.get_or_try_init(|| client.get_async_connection()))
-                .await
-                .map(|c| Connection::Cluster(c.clone()))
-                .map_err(unavailable),
-        },
+        Target::Cluster(cluster) => cluster.connection().await.map(Connection::Cluster),
     }
 }
 

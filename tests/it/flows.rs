@@ -642,6 +642,128 @@ async fn a_watcher_on_a_redis_cluster_survives_the_loss_of_the_node_its_feed_sub
     );
 }
 
+/// A node that hangs (SIGSTOP: it keeps its connections and answers nothing) while the feed
+/// sends it a SUBSCRIBE: the feed gives the node up within its reply timeout and subscribes
+/// through another one, so the watch whose SUBSCRIBE went unanswered opens, and the watchers
+/// see the changes made meanwhile. Before, the feed waited on the SUBSCRIBE for as long as the
+/// node hung (no PING, no delivery, no other watch served).
+#[tokio::test]
+async fn a_watcher_on_a_redis_cluster_survives_a_node_that_hangs_while_the_feed_subscribes() {
+    let cluster = RedisCluster::start_with_replicas();
+    let service = TestService::start(&settings(&[
+        ("C2P_REDIS__URL", &cluster.urls()),
+        ("C2P_REDIS__CLUSTER", "true"),
+    ]))
+    .await;
+    let mut client = service.client();
+    let mut watch = client
+        .watch_enrollment(WatchEnrollmentRequest {
+            card_contract_id: 70001,
+            start_after_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(
+        first.into_enrollment().unwrap().state(),
+        EnrollmentState::NotEnrolled
+    );
+
+    let hung = subscribed_node(&cluster).expect("one node holds the feed's subscription");
+    let hung_at = std::time::Instant::now();
+    cluster.freeze(hung);
+    println!(
+        "froze node {hung} ({}) holding the feed's subscription",
+        cluster.address(hung)
+    );
+    // A second watch: its SUBSCRIBE goes to the hung node.
+    let second = service.client();
+    let open_second = move || {
+        let mut second = second.clone();
+        async move {
+            let mut stream = second
+                .watch_enrollment(WatchEnrollmentRequest {
+                    card_contract_id: 70002,
+                    start_after_revision: 0,
+                })
+                .await?
+                .into_inner();
+            stream.message().await
+        }
+    };
+    let opened = tokio::spawn(open_second());
+
+    let deadline = hung_at + Duration::from_secs(20);
+    while !failed_over(&cluster, hung) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cluster did not fail over within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its card's record may live on the hung node until the failover: an UNAVAILABLE answer is
+    // tried again (before, every try waited on the SUBSCRIBE stuck behind the first).
+    let mut opened = opened.await.unwrap();
+    while let Err(e) = &opened {
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second watch did not open within 20 s of the freeze: {e:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        opened = open_second().await;
+    }
+    let opened = opened
+        .unwrap()
+        .expect("the second watch sent the card's record");
+    assert_eq!(
+        opened.into_enrollment().unwrap().state(),
+        EnrollmentState::NotEnrolled
+    );
+    println!(
+        "the second watch opened {:?} after the freeze",
+        hung_at.elapsed()
+    );
+
+    let written_at = std::time::Instant::now();
+    loop {
+        match client.enroll_card(request("k-hung", 70001)).await {
+            Ok(_) => break,
+            Err(e) if e.code() == Code::Unavailable || e.code() == Code::Aborted => {
+                println!(
+                    "EnrollCard {:?} after the write began: {:?} {}",
+                    written_at.elapsed(),
+                    e.code(),
+                    e.message()
+                );
+                assert!(
+                    written_at.elapsed() < Duration::from_secs(20),
+                    "EnrollCard kept failing: {e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    let seen = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(m) = watch.message().await.unwrap() {
+            if m.into_enrollment().is_some_and(|e| active(&e)) {
+                return;
+            }
+        }
+        panic!("the watch stream ended");
+    })
+    .await;
+    cluster.thaw(hung);
+    seen.expect("the first watcher saw the enrollment written while the node hung (20 s)");
+    println!(
+        "the first watcher saw the enrollment {:?} after the write ({:?} after the freeze)",
+        written_at.elapsed(),
+        hung_at.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn status_is_rebuilt_from_the_token_list_on_a_miss_and_cached() {
     for redis in [None, Some(RedisServer::start())] {

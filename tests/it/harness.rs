@@ -278,6 +278,19 @@ impl RedisServer {
         }
     }
 
+    /// Sends the server a signal by name (STOP, CONT) with the `kill` utility.
+    fn signal(&self, name: &str) {
+        let Some(child) = &self.child else {
+            panic!("redis-server on port {} is not running", self.port);
+        };
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
     /// Starts the server again on the same port.
     pub fn restart(&mut self) {
         self.stop();
@@ -518,6 +531,18 @@ impl RedisCluster {
     /// Kills node `i` (SIGKILL, as a crash would) and waits for it to exit.
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].stop();
+    }
+
+    /// Stops node `i` with SIGSTOP: its connections stay open and its kernel still takes what
+    /// is sent, but nothing is answered (a node hung, or cut off without a reset), until
+    /// [`RedisCluster::thaw`].
+    pub fn freeze(&self, i: usize) {
+        self.nodes[i].signal("STOP");
+    }
+
+    /// Lets a node stopped by [`RedisCluster::freeze`] run again.
+    pub fn thaw(&self, i: usize) {
+        self.nodes[i].signal("CONT");
     }
 
     /// A cluster connection that follows MOVED (TLS and the ACL user for a TLS cluster), for
