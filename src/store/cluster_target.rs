@@ -10,9 +10,11 @@
 //! them.
 //!
 //! A timed-out command marks the connection it ran on; the next caller starts a task making a
-//! new one, at most once per [`REMAKE_AFTER`] (a failover takes seconds: until it is over the
-//! new map still names the hung master, and the next timeout marks it again). Meanwhile every
-//! caller goes on with the marked one (its other slots still answer).
+//! new one, one attempt at a time and at most one per [`REMAKE_AFTER`], failed ones included
+//! (a failover takes seconds: until it is over the new map still names the hung master, and the
+//! next timeout marks it again). Meanwhile every caller goes on with the marked one (its other
+//! slots still answer). Any timeout counts, also one of a slow script on a healthy node: that
+//! costs one new set of connections a second at most, while the timeouts last.
 
 use super::StoreError;
 use redis::cluster::ClusterClient;
@@ -29,15 +31,15 @@ struct Current {
     /// Counts the connections made (from 1).
     id: u64,
     connection: ClusterConnection,
-    made: Instant,
 }
 
 /// What the task making a connection shares with the callers.
-#[derive(Default)]
 struct Making {
     current: Mutex<Option<Current>>,
     /// A task is making a connection.
     busy: AtomicBool,
+    /// When the last attempt started (the rate limit counts attempts, failed ones too).
+    started: Mutex<Option<Instant>>,
     /// Why the last attempt failed, for the callers that waited for it.
     failed: Mutex<Option<StoreError>>,
     done: tokio::sync::Notify,
@@ -46,6 +48,9 @@ struct Making {
 /// The cluster client and its current connection.
 pub(super) struct ClusterTarget {
     client: ClusterClient,
+    /// Bounds one attempt (connecting to every seed, reading the slot map, connecting to the
+    /// nodes it names).
+    attempt_limit: Duration,
     making: Arc<Making>,
     /// The newest connection a command timed out on (0: none).
     timed_out: Arc<AtomicU64>,
@@ -63,11 +68,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Ends an attempt however its task ends (finished, panicked, or aborted with the runtime): the
+/// next caller may start another, and the callers waiting are woken.
+struct AttemptOver(Arc<Making>);
+
+impl Drop for AttemptOver {
+    fn drop(&mut self) {
+        self.0.busy.store(false, Ordering::Release);
+        self.0.done.notify_waiters();
+    }
+}
+
 impl ClusterTarget {
-    pub(super) fn new(client: ClusterClient) -> Self {
+    /// `attempt_limit`: how long one attempt to connect may take in all.
+    pub(super) fn new(client: ClusterClient, attempt_limit: Duration) -> Self {
         Self {
             client,
-            making: Arc::default(),
+            attempt_limit,
+            making: Arc::new(Making {
+                current: Mutex::new(None),
+                busy: AtomicBool::new(false),
+                started: Mutex::new(None),
+                failed: Mutex::new(None),
+                done: tokio::sync::Notify::new(),
+            }),
             timed_out: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -77,13 +101,13 @@ impl ClusterTarget {
         let current = lock(&self.making.current);
         let current = current.as_ref()?;
         let due = self.timed_out.load(Ordering::Relaxed) >= current.id
-            && current.made.elapsed() >= REMAKE_AFTER;
-        let watched = ClusterHandle {
+            && lock(&self.making.started).is_none_or(|at| at.elapsed() >= REMAKE_AFTER);
+        let handle = ClusterHandle {
             connection: current.connection.clone(),
             id: current.id,
             timed_out: self.timed_out.clone(),
         };
-        Some((watched, due))
+        Some((handle, due))
     }
 
     /// Starts a task making a new connection, unless one runs. A task, not the caller: a caller
@@ -94,10 +118,18 @@ impl ClusterTarget {
         if self.making.busy.swap(true, Ordering::AcqRel) {
             return;
         }
+        *lock(&self.making.started) = Some(Instant::now());
+        let over = AttemptOver(self.making.clone());
         let client = self.client.clone();
-        let making = self.making.clone();
+        let limit = self.attempt_limit;
         tokio::spawn(async move {
-            let made = client.get_async_connection().await;
+            let making = over.0.clone();
+            let made = match tokio::time::timeout(limit, client.get_async_connection()).await {
+                Ok(made) => made.map_err(super::redis::unavailable),
+                Err(_) => Err(StoreError::Unavailable(format!(
+                    "connecting to the cluster took over {limit:?}"
+                ))),
+            };
             match made {
                 Ok(connection) => {
                     let mut current = lock(&making.current);
@@ -108,16 +140,11 @@ impl ClusterTarget {
                             "a Redis Cluster command timed out: connected again, with the slot map as the cluster now has it"
                         );
                     }
-                    *current = Some(Current {
-                        id,
-                        connection,
-                        made: Instant::now(),
-                    });
+                    *current = Some(Current { id, connection });
                 }
-                Err(e) => *lock(&making.failed) = Some(super::redis::unavailable(e)),
+                Err(e) => *lock(&making.failed) = Some(e),
             }
-            making.busy.store(false, Ordering::Release);
-            making.done.notify_waiters();
+            drop(over);
         });
     }
 
@@ -126,27 +153,32 @@ impl ClusterTarget {
     /// first, the first once made.
     pub(super) async fn connection(&self) -> Result<ClusterHandle, StoreError> {
         match self.current() {
-            Some((watched, false)) => return Ok(watched),
-            Some((watched, true)) => {
+            Some((handle, false)) => return Ok(handle),
+            Some((handle, true)) => {
                 self.start_making();
-                return Ok(watched);
+                return Ok(handle);
             }
             None => {}
         }
-        // Boxed: the wait's state would otherwise be part of every operation's future.
-        let mut done = Box::pin(self.making.done.notified());
-        done.as_mut().enable();
-        // Made (or failed) between the look above and the wait's start?
-        if let Some((watched, _)) = self.current() {
-            return Ok(watched);
-        }
-        self.start_making();
-        done.await;
-        match self.current() {
-            Some((watched, _)) => Ok(watched),
-            None => Err(lock(&self.making.failed)
-                .clone()
-                .unwrap_or_else(|| StoreError::Unavailable("no connection to the cluster".into()))),
+        loop {
+            // Boxed: the wait's state would otherwise be part of every operation's future.
+            let mut done = Box::pin(self.making.done.notified());
+            done.as_mut().enable();
+            // Made between the look above and the wait's start?
+            if let Some((handle, _)) = self.current() {
+                return Ok(handle);
+            }
+            self.start_making();
+            done.await;
+            if let Some((handle, _)) = self.current() {
+                return Ok(handle);
+            }
+            // Woken by an earlier attempt's end while a newer one runs: wait for that one.
+            if !self.making.busy.load(Ordering::Acquire) {
+                return Err(lock(&self.making.failed).clone().unwrap_or_else(|| {
+                    StoreError::Unavailable("no connection to the cluster".into())
+                }));
+            }
         }
     }
 }

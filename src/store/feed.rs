@@ -7,8 +7,8 @@
 //! UNSUBSCRIBE unanswered past its reply timeout) the feed subscribes again through the next
 //! node that answers — the seed nodes of `redis.url` in turn, then the nodes learned from
 //! `CLUSTER NODES` — and every watcher reads its record again, since changes published
-//! meanwhile were missed. While no node answers, what watches and the cache ask for is held
-//! as the set of channels the next connection subscribes, not queued.
+//! meanwhile were missed. While no node answers, what watches and the cache ask for is taken
+//! off the queue between attempts and kept as the channels the next connection subscribes.
 //!
 //! The record cache (`cache.rs`) subscribes the channels of the cards it holds through the
 //! same connection ([`Feed::track`]), is told when each subscription is in force, receives
@@ -119,6 +119,9 @@ type Watchers = Arc<Mutex<HashMap<String, (broadcast::Sender<FeedItem>, usize)>>
 pub struct Feed {
     commands: Commands,
     watchers: Watchers,
+    /// How long a new watch waits for its SUBSCRIBE: long enough for the node holding the feed
+    /// to be given up (its reply timeout) and the next one to confirm it.
+    subscribe_wait: Duration,
 }
 
 /// The subscriber task's queue, counting what waits in it (for the tests: the queue must not
@@ -131,8 +134,10 @@ struct Commands {
 
 impl Commands {
     fn send(&self, command: Command) {
-        if self.sender.send(command).is_ok() {
-            self.queued.fetch_add(1, Ordering::Relaxed);
+        // Counted before it can be taken, so that the count never goes below zero.
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if self.sender.send(command).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -181,8 +186,13 @@ impl Feed {
         };
         let inbox = Inbox { receiver, queued };
         let watchers: Watchers = Arc::default();
+        let subscribe_wait = (3 * nodes.reply_within()).max(Duration::from_secs(5));
         tokio::spawn(run(nodes, inbox, watchers.clone(), cache));
-        Self { commands, watchers }
+        Self {
+            commands,
+            watchers,
+            subscribe_wait,
+        }
     }
 
     /// Subscribes `channel` for the cache's `slot` of `card`; the cache is told once it is in
@@ -217,7 +227,7 @@ impl Feed {
         // its record before the subscription holds, and a change in between reach neither.
         let (done, subscribed) = oneshot::channel();
         self.commands.send(Command::Subscribe(channel, done));
-        match tokio::time::timeout(Duration::from_secs(5), subscribed).await {
+        match tokio::time::timeout(self.subscribe_wait, subscribed).await {
             Ok(Ok(())) => {}
             _ => {
                 return Err(StoreError::Unavailable(
@@ -531,8 +541,11 @@ fn hold(pending: &mut Vec<Command>, command: Command, tracked: &mut Tracked) {
                 tracked.remove(&channel);
             }
         }
-        // Nothing is subscribed; the watchers' map no longer names the channel.
-        Command::Unsubscribe(_) => {}
+        // Nothing is subscribed, and the watchers' map no longer names the channel: the
+        // subscriptions asked for it before were its watchers', all gone.
+        Command::Unsubscribe(channel) => {
+            pending.retain(|c| !matches!(c, Command::Subscribe(named, _) if *named == channel));
+        }
         Command::Subscribe(channel, done) => {
             if pending.len() >= MAX_BATCH {
                 pending.retain(|c| !matches!(c, Command::Subscribe(_, d) if d.is_closed()));
@@ -574,7 +587,12 @@ async fn apply_all(
             }
             Command::Unsubscribe(channel) => match run.subscribe(sink, cache, within).await {
                 Ok(()) => release(sink, channel, None, watchers, tracked, within).await,
-                Err(left) => Err(left),
+                Err(mut left) => {
+                    // After the subscriptions carried over, so that the next connection does
+                    // not keep a channel nobody follows.
+                    left.push(Command::Unsubscribe(channel));
+                    Err(left)
+                }
             },
             Command::Untrack(channel, slot) => match run.subscribe(sink, cache, within).await {
                 Ok(()) => release(sink, channel, Some(slot), watchers, tracked, within).await,
@@ -700,6 +718,55 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+
+    #[test]
+    fn held_commands_leave_what_the_next_connection_must_subscribe() {
+        let card = |i: i64| CardContractId::new(i).unwrap();
+        let mut pending = Vec::new();
+        let mut tracked = Tracked::new();
+        // The cache's slots: taken, let go, taken again in a newer slot, a stale release.
+        hold(
+            &mut pending,
+            Command::Track("a".into(), card(1), 1),
+            &mut tracked,
+        );
+        hold(&mut pending, Command::Untrack("a".into(), 1), &mut tracked);
+        hold(
+            &mut pending,
+            Command::Track("b".into(), card(2), 2),
+            &mut tracked,
+        );
+        hold(
+            &mut pending,
+            Command::Track("b".into(), card(2), 3),
+            &mut tracked,
+        );
+        hold(&mut pending, Command::Untrack("b".into(), 2), &mut tracked);
+        assert_eq!(tracked.len(), 1);
+        assert_eq!(tracked.get("b"), Some(&(card(2), 3)));
+        // A watch that left while waiting, and one that waits still.
+        let (gone, _) = oneshot::channel();
+        let (waiting, _keep) = oneshot::channel();
+        hold(
+            &mut pending,
+            Command::Subscribe("c".into(), gone),
+            &mut tracked,
+        );
+        hold(&mut pending, Command::Unsubscribe("c".into()), &mut tracked);
+        hold(
+            &mut pending,
+            Command::Subscribe("d".into(), waiting),
+            &mut tracked,
+        );
+        let held: Vec<&str> = pending
+            .iter()
+            .map(|c| match c {
+                Command::Subscribe(channel, _) => channel.as_str(),
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(held, ["d"]);
+    }
 
     #[tokio::test]
     async fn commands_sent_while_no_node_answers_do_not_pile_up() {

@@ -239,7 +239,10 @@ impl RedisStore {
                 .retries(1)
                 .build()
                 .map_err(bad_url)?;
-            Target::Cluster(ClusterTarget::new(client))
+            // An attempt connects to the seeds, reads the slot map (a node that hangs costs a
+            // response timeout), then connects to the nodes it names.
+            let attempt_limit = 2 * (settings.connect_timeout + settings.response_timeout);
+            Target::Cluster(ClusterTarget::new(client, attempt_limit))
         } else {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(settings.connect_timeout))
