@@ -9,10 +9,12 @@
 //!   only a read that *starts after* the subscription is confirmed may fill the cache, so every
 //!   write after that read is published to a channel the process listens to.
 //! - A published record replaces the cached one (a higher or equal revision: revisions only
-//!   grow), and cancels reads in flight, whose answer may be older.
+//!   grow), and cancels reads in flight, whose answer may be older. A published NOT_ENROLLED
+//!   record is dropped instead: its key lives `store.not_enrolled_ttl`, not in the message, and
+//!   the next read takes it from Redis with its TTL.
 //! - A write made by this process forgets the card's cached record when it returns (reads on this
 //!   replica see their own writes at once, whatever the feed's delay).
-//! - When the feed's connection is lost (closed, or a PING unanswered) every record is dropped
+//! - When the feed's connection is lost (closed, or a command unanswered) every record is dropped
 //!   and nothing is cached until the channels are subscribed again on a new connection.
 //! - What no script publishes (a record expiring, `FLUSHALL`, `DEL` or an edit by hand, a
 //!   message lost between cluster nodes) is bounded by age: a record is served at most
@@ -25,7 +27,7 @@
 //! The cache holds at most `store.cache_size` cards (one subscribed channel each), evicting by
 //! CLOCK (second chance: a card read since the last pass stays).
 
-use crate::domain::{CardContractId, EnrollmentRecord, SharedRecord};
+use crate::domain::{CardContractId, EnrollmentRecord, EnrollmentState, SharedRecord};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -219,7 +221,10 @@ impl RecordCache {
             .as_ref()
             .is_none_or(|c| record.revision >= c.record.record().revision);
         if newer {
-            slot.value = Some(Cached {
+            // The message carries no TTL, and a NOT_ENROLLED record (a status miss's answer)
+            // lives only `store.not_enrolled_ttl`, which may be shorter than the bound: the
+            // next read takes it from Redis with its TTL, which then caps its age.
+            slot.value = (record.state != EnrollmentState::NotEnrolled).then(|| Cached {
                 record: SharedRecord::new(record.clone()),
                 fresh_until: Instant::now() + self.settings.max_age,
             });
@@ -295,7 +300,6 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use crate::domain::EnrollmentState;
 
     fn card(id: i64) -> CardContractId {
         CardContractId::new(id).unwrap()
@@ -334,6 +338,31 @@ mod tests {
         };
         cache.fill(ticket, &SharedRecord::new(record(id, revision)), None);
         assert!(matches!(cache.lookup(card(id)), Lookup::Hit(r) if r.revision == revision));
+    }
+
+    #[test]
+    fn a_published_not_enrolled_record_is_read_again_with_its_ttl() {
+        let cache = cache(10);
+        cached(&cache, 1, 1);
+        let mut answer = record(1, 2);
+        answer.state = EnrollmentState::NotEnrolled;
+        cache.published(&answer);
+        // Its key may expire before the bound: the next read loads it, TTL and all.
+        let Lookup::Load(ticket) = cache.lookup(card(1)) else {
+            panic!("a NOT_ENROLLED record the feed delivered is served from the cache")
+        };
+        cache.fill(
+            ticket,
+            &SharedRecord::new(answer.clone()),
+            Some(Duration::from_millis(1)),
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(matches!(cache.lookup(card(1)), Lookup::Load(_)));
+        // Any other state is served until the bound.
+        answer.state = EnrollmentState::Enrolled;
+        answer.revision = 3;
+        cache.published(&answer);
+        assert!(matches!(cache.lookup(card(1)), Lookup::Hit(r) if r.revision == 3));
     }
 
     #[test]
