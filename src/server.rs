@@ -166,15 +166,35 @@ pub fn open_store(
 /// each frame under 256 bytes costing 256 minus its size; a gateway pipelining notifications
 /// sends one ~100-byte frame per message. `NotificationIngest` reads ahead into its own
 /// bounded queue (`grpc::ingest::INGEST_WINDOW`), so frames stay unread only while that queue
-/// is full, and then at most a stream window of them: 64 KiB in frames of 29 bytes or more
-/// costs at most 512 KiB, the budget of [`CONNECTION_WINDOW`]. With 1 MiB per stream, some
-/// 3,500 unread 100-byte frames (350 KB, well inside the window the client was given) closed
-/// the connection and cut every stream on it.
+/// is full (the store slower than the sender, or stalled), and then at most a stream window of
+/// them: [`STALLED_STREAM_COST`]. With 1 MiB per stream, some 3,500 unread 100-byte frames
+/// (350 KB, well inside the window the client was given) closed the connection and cut every
+/// stream on it.
 const STREAM_WINDOW: u32 = 64 * 1024;
 
-/// The HTTP/2 receive window of a connection (hyper's default, stated): h2's budget for
-/// unread small DATA frames is half of it (see [`STREAM_WINDOW`]).
-const CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// The smallest DATA frame a well-behaved gateway sends: a whole gRPC message (5 bytes of
+/// prefix and the smallest valid notification, more than 24 bytes).
+const SMALLEST_FRAME: u32 = 29;
+
+/// What one ingest stream holding a whole [`STREAM_WINDOW`] unread costs h2's budget, at most:
+/// ~512 KiB.
+const STALLED_STREAM_COST: u64 =
+    (STREAM_WINDOW / SMALLEST_FRAME) as u64 * (256 - SMALLEST_FRAME) as u64;
+
+/// The HTTP/2 receive window of a connection: twice (h2's budget is half of it) what every
+/// ingest stream that may be open on it costs when all of them stall at once (a store stall
+/// stalls them all; a gateway's workers often share one channel), and at least hyper's 1 MiB.
+/// A budget of one stream's worth let four stalled streams on one connection close it. Each
+/// stream's window, not this one, bounds what a client may send ahead: this only lets h2 keep
+/// the frames those windows hold (at the default limits, 64 ingest streams, a window of
+/// ~63 MiB; under an attack of 1-byte frames its budget then holds ~128,000 of them, a few MB,
+/// per connection).
+fn connection_window(limits: &crate::config::GrpcLimits) -> u32 {
+    let streams = u64::from(limits.max_concurrent_streams).min(limits.max_ingest_streams as u64);
+    let window = (2 * streams * STALLED_STREAM_COST).max(1024 * 1024);
+    // The protocol's largest window.
+    u32::try_from(window.min((1 << 31) - 1)).unwrap_or(u32::MAX >> 1)
+}
 
 /// Binds `grpc.listen` (and `health.listen`) and serves the enrollment, health and reflection
 /// services.
@@ -289,7 +309,7 @@ pub async fn start(
     // No `trace_fn`: the envelope layer makes the RPC span, with the request id it chose.
     let mut builder = tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_connection_window_size(connection_window(limits))
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout));

@@ -278,6 +278,17 @@ impl RedisServer {
         }
     }
 
+    /// Stops the server with SIGSTOP (it answers nothing, closes nothing) until
+    /// [`RedisServer::thaw`].
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a server stopped by [`RedisServer::freeze`] run again.
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
     /// Sends the server a signal by name (STOP, CONT) with the `kill` utility.
     fn signal(&self, name: &str) {
         let Some(child) = &self.child else {

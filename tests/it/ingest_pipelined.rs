@@ -5,7 +5,7 @@
 
 use crate::flows::tar;
 use crate::harness::{RedisServer, TestService, settings, t0};
-use crate::wire::pipelined_ingest;
+use crate::wire::{pipelined_ingest, pipelined_ingest_streams};
 use c2p_enroll::proto::v1::NotificationOutcome;
 use prost::Message as _;
 use std::collections::BTreeSet;
@@ -53,4 +53,61 @@ async fn fifty_thousand_small_notifications_pipelined_without_a_window_are_all_a
         a.outcome(),
         NotificationOutcome::Applied | NotificationOutcome::Stale
     )));
+}
+
+/// A gateway's workers pipelining on several streams of one connection, while the store stalls
+/// (Redis stopped for a second): every stream's queue fills and its window with it. h2's budget
+/// for unread small frames is per connection, so it must hold every such stream at once: with
+/// the budget of one stream's worth, four stalled streams closed the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_pipelined_streams_on_one_connection_survive_a_store_stall() {
+    const STREAMS: u64 = 8;
+    const EACH: u64 = 8_000;
+    let redis = RedisServer::start();
+    let service = TestService::start(&settings(&[("C2P_REDIS__URL", &redis.url())])).await;
+    let streams: Vec<Vec<Vec<u8>>> = (0..STREAMS)
+        .map(|s| {
+            (0..EACH)
+                .map(|i| {
+                    let mut n = tar(
+                        &format!("n-{s}-{i}"),
+                        70_100 + (i % 100) as i64,
+                        t0(),
+                        "50123197928",
+                    );
+                    n.sequence = i;
+                    n.encode_to_vec()
+                })
+                .collect()
+        })
+        .collect();
+    let size = streams[0][0].len();
+    redis.freeze();
+    let thaw = async {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        redis.thaw();
+    };
+    let started = std::time::Instant::now();
+    let ((runs, connection_error), ()) = tokio::join!(
+        pipelined_ingest_streams(service.running.local_addr(), streams),
+        thaw
+    );
+    let answered: usize = runs.iter().map(|(answers, _)| answers.len()).sum();
+    println!(
+        "{answered} of {} answers on {STREAMS} streams of one connection ({size}-byte messages, \
+         one DATA frame each, Redis stopped for the first second) in {:?}, connection {:?}",
+        STREAMS * EACH,
+        started.elapsed(),
+        connection_error
+    );
+    assert_eq!(connection_error, None, "the connection was closed");
+    for (answers, status) in &runs {
+        assert_eq!(status, "0");
+        let sequences: BTreeSet<u64> = answers.iter().map(|a| a.sequence).collect();
+        assert_eq!(sequences.len() as u64, EACH, "each message answered once");
+        assert!(answers.iter().all(|a| matches!(
+            a.outcome(),
+            NotificationOutcome::Applied | NotificationOutcome::Stale
+        )));
+    }
 }

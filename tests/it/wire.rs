@@ -146,28 +146,72 @@ pub struct Pipelined {
 /// lets them go, without waiting for a single answer (a gateway that keeps no window); reads
 /// the answers meanwhile.
 pub async fn pipelined_ingest(addr: std::net::SocketAddr, messages: Vec<Vec<u8>>) -> Pipelined {
+    let (mut runs, connection_error) = pipelined_ingest_streams(addr, vec![messages]).await;
+    let (answers, status) = runs.remove(0);
+    Pipelined {
+        answers,
+        status,
+        connection_error,
+    }
+}
+
+/// [`pipelined_ingest`] on several streams of one HTTP/2 connection at once (a gateway's
+/// workers sharing one channel): each stream's answers and final grpc-status, and how the
+/// connection ended.
+#[allow(clippy::type_complexity)]
+pub async fn pipelined_ingest_streams(
+    addr: std::net::SocketAddr,
+    streams: Vec<Vec<Vec<u8>>>,
+) -> (
+    Vec<(Vec<NotificationIngestResponse>, String)>,
+    Option<String>,
+) {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
     let (client, connection) = h2::client::handshake(tcp).await.unwrap();
     let connection = tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
-    let request = http::Request::builder()
-        .method("POST")
-        .uri(format!(
-            "http://{addr}/c2p.enrollment.v1.EnrollmentService/NotificationIngest"
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (response, mut send) = client.send_request(request, false).unwrap();
-    // h2 queues every message as its own frame and sends each as soon as the window has room.
-    for m in messages {
-        if send.send_data(Bytes::from(frame(&m)), false).is_err() {
-            break;
-        }
+    let mut runs = Vec::new();
+    for messages in streams {
+        let mut client = client.clone().ready().await.unwrap();
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "http://{addr}/c2p.enrollment.v1.EnrollmentService/NotificationIngest"
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (response, mut send) = client.send_request(request, false).unwrap();
+        runs.push(tokio::spawn(async move {
+            // h2 queues every message as its own frame and sends each as soon as the window
+            // has room.
+            for m in messages {
+                if send.send_data(Bytes::from(frame(&m)), false).is_err() {
+                    break;
+                }
+            }
+            let _ = send.send_data(Bytes::new(), true);
+            read_answers(response).await
+        }));
     }
-    let _ = send.send_data(Bytes::new(), true);
+    let mut answers = Vec::new();
+    for run in runs {
+        answers.push(run.await.unwrap());
+    }
+    drop(client);
+    let connection_error =
+        match tokio::time::timeout(std::time::Duration::from_secs(1), connection).await {
+            Ok(Ok(Err(e))) => Some(e.to_string()),
+            _ => None,
+        };
+    (answers, connection_error)
+}
+
+/// The answers of a raw NotificationIngest stream and its grpc-status (`none`: none came).
+async fn read_answers(
+    response: h2::client::ResponseFuture,
+) -> (Vec<NotificationIngestResponse>, String) {
     let mut answers = Vec::new();
     let mut status = "none".to_owned();
     if let Ok(response) = response.await {
@@ -196,15 +240,5 @@ pub async fn pipelined_ingest(addr: std::net::SocketAddr, messages: Vec<Vec<u8>>
             status = s.to_str().unwrap().to_owned();
         }
     }
-    drop(client);
-    let connection_error =
-        match tokio::time::timeout(std::time::Duration::from_secs(1), connection).await {
-            Ok(Ok(Err(e))) => Some(e.to_string()),
-            _ => None,
-        };
-    Pipelined {
-        answers,
-        status,
-        connection_error,
-    }
+    (answers, status)
 }
