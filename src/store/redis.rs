@@ -169,6 +169,12 @@ enum ScriptReply {
     Failed(String),
 }
 
+/// A notification script's reply this code does not understand: FAILED (the gateway resends),
+/// not RECORD_UNREADABLE, which tells it the notification is done with (nothing was set aside).
+fn unexpected_reply() -> StoreError {
+    StoreError::Unavailable("unexpected script reply".into())
+}
+
 fn script_reply(reply: Vec<String>) -> Result<ScriptReply, StoreError> {
     let mut parts = reply.into_iter();
     let (kind, detail) = (parts.next(), parts.next());
@@ -178,7 +184,7 @@ fn script_reply(reply: Vec<String>) -> Result<ScriptReply, StoreError> {
         Some("stale") => ScriptReply::Done(NotificationEffect::Stale, None),
         Some("conflict") => ScriptReply::Done(NotificationEffect::Conflict, None),
         Some("error") => ScriptReply::Failed(detail.unwrap_or_default()),
-        _ => return Err(StoreError::Corrupt("unexpected script reply".into())),
+        _ => return Err(unexpected_reply()),
     })
 }
 
@@ -514,7 +520,7 @@ impl RedisStore {
             .map(script_reply)
             .collect::<Result<Vec<_>, _>>()?;
         if replies.len() != notes.len() {
-            return Err(StoreError::Corrupt("unexpected script reply".into()));
+            return Err(unexpected_reply());
         }
         Ok(replies)
     }
@@ -622,9 +628,7 @@ impl RedisStore {
         }
         Ok(replies
             .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| Err(StoreError::Corrupt("unexpected script reply".into())))
-            })
+            .map(|r| r.unwrap_or_else(|| Err(unexpected_reply())))
             .collect())
     }
 
@@ -674,7 +678,7 @@ impl RedisStore {
             })
             .collect();
         if replies.len() != entries.len() {
-            return Err(StoreError::Corrupt("unexpected script reply".into()));
+            return Err(unexpected_reply());
         }
         Ok(replies)
     }
@@ -777,15 +781,15 @@ impl RedisStore {
         }
         results
             .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| Err(StoreError::Corrupt("unexpected script reply".into())))
-            })
+            .map(|r| r.unwrap_or_else(|| Err(unexpected_reply())))
             .collect()
     }
 
     /// A notification the script could not apply (nothing of it written). A number cjson would
     /// round stays refused; a stored record the script could not read is set aside and the
-    /// notification applied once more (to an empty record, rebuilt later from the token list).
+    /// notification applied once more (to an empty record, rebuilt later from the token list),
+    /// also when it was set aside meanwhile (by an earlier notification of the card in the same
+    /// batch, or another writer): a second failure is the answer.
     async fn settle(
         &self,
         conn: &mut Connection,
@@ -793,16 +797,15 @@ impl RedisStore {
         message: &str,
         with_record: bool,
     ) -> Result<(NotificationEffect, Option<String>), StoreError> {
-        if message.starts_with("C2P_REFUSED")
-            || !self.get_or_quarantine(event.card_contract_id).await?.1
-        {
+        if message.starts_with("C2P_REFUSED") {
             return Err(script_failure(message));
         }
+        self.get_or_quarantine(event.card_contract_id).await?;
         let note = self.prepare(event, true)?;
         match self.run_apply(conn, &[&note], with_record).await?.pop() {
             Some(ScriptReply::Done(effect, json)) => Ok((effect, json)),
             Some(ScriptReply::Failed(message)) => Err(script_failure(&message)),
-            None => Err(StoreError::Corrupt("unexpected script reply".into())),
+            None => Err(unexpected_reply()),
         }
     }
 
@@ -993,15 +996,14 @@ impl EnrollmentStore for RedisStore {
         event: &TokenEvent,
     ) -> Result<NotificationResult, StoreError> {
         let _forget = self.forget_on_return(event.card_contract_id);
-        let unexpected = || StoreError::Corrupt("unexpected script reply".into());
         let (effect, json) = self
             .apply_all(&[event], true)
             .await
             .pop()
-            .unwrap_or_else(|| Err(unexpected()))?;
+            .unwrap_or_else(|| Err(unexpected_reply()))?;
         Ok(match effect {
             NotificationEffect::Applied => NotificationResult::Applied(
-                serde_json::from_str(&json.ok_or_else(unexpected)?).map_err(corrupt)?,
+                serde_json::from_str(&json.ok_or_else(unexpected_reply)?).map_err(corrupt)?,
             ),
             NotificationEffect::Duplicate => NotificationResult::Duplicate,
             NotificationEffect::Stale => NotificationResult::Stale,
@@ -1365,5 +1367,21 @@ impl EnrollmentStore for RedisStore {
     async fn lead(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
         // A lease is the card lock's script on another key: take it, or renew it if ours.
         self.take(self.keys.lease(name), owner, ttl).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notification_script_reply_not_understood_is_resent_not_rejected() {
+        // Unavailable answers the gateway FAILED (resend); Corrupt answered RECORD_UNREADABLE,
+        // which it takes for done, though nothing was set aside or applied.
+        let error = script_reply(vec!["applied?".into()]).err();
+        assert!(
+            matches!(error, Some(StoreError::Unavailable(_))),
+            "{error:?}"
+        );
     }
 }

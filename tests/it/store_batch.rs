@@ -158,6 +158,22 @@ async fn redis_store_applies_batches_as_one_by_one() {
     assert_eq!(aside.len(), 1);
     assert!(store.get(card(60_011)).await.unwrap().is_some());
 
+    // Two notifications of one card whose record the script cannot read, in one batch: the
+    // first one's settling sets the record aside, and the second is applied as well (it was
+    // answered FAILED: its own settling found the record readable and took the script's
+    // failure for another kind).
+    let _: () = redis::cmd("SET")
+        .arg("c2p:{card:60013}:enrollment")
+        .arg(r#"{"card_contract_id":60013,"create_time_ms":1e+14"#)
+        .query(&mut conn)
+        .unwrap();
+    let batch = vec![
+        event("r-1", T, 60_013, active),
+        event("r-2", T + 1, 60_013, approved()),
+    ];
+    let got = effects(store.apply_notifications(&batch).await);
+    assert_eq!(got, ["Applied", "Applied"]);
+
     // A stored revision at 10^14: the next one would be written rounded, so the script's guard
     // refuses that notification (nothing written); the next in the batch is applied.
     let key = "c2p:{card:60010}:enrollment";
