@@ -544,10 +544,15 @@ fn failed_over(cluster: &RedisCluster, dead: usize) -> bool {
     })
 }
 
-#[tokio::test]
-async fn a_watcher_on_a_redis_cluster_survives_the_loss_of_the_node_its_feed_subscribes_through() {
-    let started = std::time::Instant::now();
-    let mut cluster = RedisCluster::start_with_replicas();
+/// A service on `cluster` and a watch of card 70001, past its first message (NOT_ENROLLED): the
+/// feed has subscribed through one node.
+async fn watching_on(
+    cluster: &RedisCluster,
+) -> (
+    TestService,
+    Client,
+    tonic::Streaming<c2p_enroll::proto::v1::WatchEnrollmentResponse>,
+) {
     let service = TestService::start(&settings(&[
         ("C2P_REDIS__URL", &cluster.urls()),
         ("C2P_REDIS__CLUSTER", "true"),
@@ -562,14 +567,57 @@ async fn a_watcher_on_a_redis_cluster_survives_the_loss_of_the_node_its_feed_sub
         .await
         .unwrap()
         .into_inner();
-    let first = watch
-        .message()
-        .await
-        .unwrap()
-        .unwrap()
-        .into_enrollment()
-        .unwrap();
-    assert_eq!(first.state(), EnrollmentState::NotEnrolled);
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(
+        first.into_enrollment().unwrap().state(),
+        EnrollmentState::NotEnrolled
+    );
+    (service, client, watch)
+}
+
+/// Waits until the cluster failed `node` over, 20 s at most from `since`.
+async fn wait_for_failover(cluster: &RedisCluster, node: usize, since: std::time::Instant) {
+    while !failed_over(cluster, node) {
+        assert!(
+            since.elapsed() < Duration::from_secs(20),
+            "the cluster did not fail over within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Enrolls card 70001 with `key`, trying again on UNAVAILABLE and ABORTED for 20 s (while the
+/// service learns the new topology); how many tries timed out on the store.
+async fn enroll_retrying(client: &mut Client, key: &str) -> usize {
+    let began = std::time::Instant::now();
+    let mut timed_out = 0;
+    loop {
+        match client.enroll_card(request(key, 70001)).await {
+            Ok(_) => return timed_out,
+            Err(e) if e.code() == Code::Unavailable || e.code() == Code::Aborted => {
+                timed_out += usize::from(e.message().contains("timed out"));
+                println!(
+                    "EnrollCard {:?} after the first try: {:?} {}",
+                    began.elapsed(),
+                    e.code(),
+                    e.message()
+                );
+                assert!(
+                    began.elapsed() < Duration::from_secs(20),
+                    "EnrollCard kept failing: {e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_watcher_on_a_redis_cluster_survives_the_loss_of_the_node_its_feed_subscribes_through() {
+    let started = std::time::Instant::now();
+    let mut cluster = RedisCluster::start_with_replicas();
+    let (_service, mut client, mut watch) = watching_on(&cluster).await;
 
     let dead = subscribed_node(&cluster).expect("one node holds the feed's subscription");
     let role: Vec<redis::Value> = redis::cmd("ROLE")
@@ -585,14 +633,7 @@ async fn a_watcher_on_a_redis_cluster_survives_the_loss_of_the_node_its_feed_sub
         "killed node {dead} ({}, a {role}) holding the feed's subscription",
         cluster.address(dead)
     );
-    let deadline = killed_at + Duration::from_secs(20);
-    while !failed_over(&cluster, dead) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the cluster did not fail over within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_failover(&cluster, dead, killed_at).await;
     println!(
         "cluster_state:ok with node {dead} flagged fail after {:?}",
         killed_at.elapsed()
@@ -601,19 +642,7 @@ async fn a_watcher_on_a_redis_cluster_survives_the_loss_of_the_node_its_feed_sub
     // A change for the card, through the service (retried while the client learns the new
     // topology).
     let written_at = std::time::Instant::now();
-    loop {
-        match client.enroll_card(request("k-failover", 70001)).await {
-            Ok(_) => break,
-            Err(e) if e.code() == Code::Unavailable || e.code() == Code::Aborted => {
-                assert!(
-                    written_at.elapsed() < Duration::from_secs(20),
-                    "EnrollCard kept failing: {e:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("{e:?}"),
-        }
-    }
+    enroll_retrying(&mut client, "k-failover").await;
     println!(
         "EnrollCard written {:?} after the failover",
         written_at.elapsed()
@@ -650,25 +679,7 @@ async fn a_watcher_on_a_redis_cluster_survives_the_loss_of_the_node_its_feed_sub
 #[tokio::test]
 async fn a_watcher_on_a_redis_cluster_survives_a_node_that_hangs_while_the_feed_subscribes() {
     let cluster = RedisCluster::start_with_replicas();
-    let service = TestService::start(&settings(&[
-        ("C2P_REDIS__URL", &cluster.urls()),
-        ("C2P_REDIS__CLUSTER", "true"),
-    ]))
-    .await;
-    let mut client = service.client();
-    let mut watch = client
-        .watch_enrollment(WatchEnrollmentRequest {
-            card_contract_id: 70001,
-            start_after_revision: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let first = watch.message().await.unwrap().unwrap();
-    assert_eq!(
-        first.into_enrollment().unwrap().state(),
-        EnrollmentState::NotEnrolled
-    );
+    let (service, mut client, mut watch) = watching_on(&cluster).await;
 
     let hung = subscribed_node(&cluster).expect("one node holds the feed's subscription");
     let hung_at = std::time::Instant::now();
@@ -694,14 +705,8 @@ async fn a_watcher_on_a_redis_cluster_survives_a_node_that_hangs_while_the_feed_
     };
     let opened = tokio::spawn(open_second());
 
+    wait_for_failover(&cluster, hung, hung_at).await;
     let deadline = hung_at + Duration::from_secs(20);
-    while !failed_over(&cluster, hung) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the cluster did not fail over within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     // Its card's record may live on the hung node until the failover: an UNAVAILABLE answer of
     // the store is tried again. Not its SUBSCRIBE: carried over to the next node, it is
     // confirmed there (before, every try waited on the SUBSCRIBE stuck behind the first).
@@ -732,27 +737,7 @@ async fn a_watcher_on_a_redis_cluster_survives_a_node_that_hangs_while_the_feed_
     );
 
     let written_at = std::time::Instant::now();
-    let mut timed_out = 0;
-    loop {
-        match client.enroll_card(request("k-hung", 70001)).await {
-            Ok(_) => break,
-            Err(e) if e.code() == Code::Unavailable || e.code() == Code::Aborted => {
-                timed_out += usize::from(e.message().contains("timed out"));
-                println!(
-                    "EnrollCard {:?} after the write began: {:?} {}",
-                    written_at.elapsed(),
-                    e.code(),
-                    e.message()
-                );
-                assert!(
-                    written_at.elapsed() < Duration::from_secs(20),
-                    "EnrollCard kept failing: {e:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("{e:?}"),
-        }
-    }
+    let timed_out = enroll_retrying(&mut client, "k-hung").await;
     // The store's half was put to the test: a command for the hung node's slots timed out
     // after the failover (the slot map still named it), and the next call found the new map.
     assert!(

@@ -12,14 +12,12 @@ use std::collections::BTreeSet;
 
 const MESSAGES: u64 = 50_000;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_thousand_small_notifications_pipelined_without_a_window_are_all_answered() {
-    let redis = RedisServer::start();
-    let service = TestService::start(&settings(&[("C2P_REDIS__URL", &redis.url())])).await;
-    let messages: Vec<Vec<u8>> = (0..MESSAGES)
+/// `count` encoded TARs over 100 cards, ids `<prefix>-<i>`, sequences from 0.
+fn encoded_tars(prefix: &str, count: u64) -> Vec<Vec<u8>> {
+    (0..count)
         .map(|i| {
             let mut n = tar(
-                &format!("n-{i}"),
+                &format!("{prefix}-{i}"),
                 70_100 + (i % 100) as i64,
                 t0(),
                 "50123197928",
@@ -27,7 +25,14 @@ async fn fifty_thousand_small_notifications_pipelined_without_a_window_are_all_a
             n.sequence = i;
             n.encode_to_vec()
         })
-        .collect();
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_thousand_small_notifications_pipelined_without_a_window_are_all_answered() {
+    let redis = RedisServer::start();
+    let service = TestService::start(&settings(&[("C2P_REDIS__URL", &redis.url())])).await;
+    let messages = encoded_tars("n", MESSAGES);
     let size = messages[0].len();
     let started = std::time::Instant::now();
     let run = pipelined_ingest(service.running.local_addr(), messages).await;
@@ -66,20 +71,7 @@ async fn several_pipelined_streams_on_one_connection_survive_a_store_stall() {
     let redis = RedisServer::start();
     let service = TestService::start(&settings(&[("C2P_REDIS__URL", &redis.url())])).await;
     let streams: Vec<Vec<Vec<u8>>> = (0..STREAMS)
-        .map(|s| {
-            (0..EACH)
-                .map(|i| {
-                    let mut n = tar(
-                        &format!("n-{s}-{i}"),
-                        70_100 + (i % 100) as i64,
-                        t0(),
-                        "50123197928",
-                    );
-                    n.sequence = i;
-                    n.encode_to_vec()
-                })
-                .collect()
-        })
+        .map(|s| encoded_tars(&format!("n-{s}"), EACH))
         .collect();
     let size = streams[0][0].len();
     redis.freeze();
