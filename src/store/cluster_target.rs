@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The least time between two connections made because of timeouts.
-pub(super) const REMAKE_AFTER: Duration = Duration::from_secs(1);
+const REMAKE_AFTER: Duration = Duration::from_secs(1);
 
 struct Current {
     /// Counts the connections made (from 1).
