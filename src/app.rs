@@ -92,4 +92,4 @@ fn past(deadline: Option<tokio::time::Instant>) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

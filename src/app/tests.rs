@@ -5,6 +5,6 @@
 mod enroll;
 mod enroll_steps;
 mod errors;
-mod fakes;
+pub(crate) mod fakes;
 mod lifecycle;
 mod status;

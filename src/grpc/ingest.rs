@@ -1,6 +1,6 @@
 //! `NotificationIngest`'s answers: each message validated, applied and answered, with its
 //! `sequence` echoed. The stream is read ahead of the answers (up to [`INGEST_WINDOW`] messages
-//! and [`READ_AHEAD_BYTES`] held), and what was read while the store was busy is applied
+//! and [`HELD_BYTES`] held), and what was read while the store was busy is applied
 //! together: one store call per batch (pipelined script calls on Redis), at most
 //! [`BATCHES_IN_FLIGHT`] at a time. Each message is answered once its batch's writes returned,
 //! in completion order. A message that cannot be decoded ends the stream with its error status
@@ -32,9 +32,11 @@ use tracing::Instrument as _;
 /// HTTP/2 window (`server::STREAM_WINDOW`) holds the rest.
 pub const INGEST_WINDOW: usize = 2048;
 
-/// Bytes of messages one stream holds at most, read ahead and not yet applied (messages may be
-/// up to `grpc.limits.max_message_bytes`).
-pub const READ_AHEAD_BYTES: usize = 1 << 20;
+/// Bytes of messages one stream holds at most, read ahead or being applied (messages may be up
+/// to `grpc.limits.max_message_bytes`): the stream reads on while less is held, so it holds at
+/// most this and one message more. Applied batches free theirs; answers are small (an id of at
+/// most 255 characters echoed).
+pub const HELD_BYTES: usize = 1 << 20;
 
 /// Store calls one stream has in flight; what is read meanwhile makes the next batch. On Redis
 /// a batch waits on two round trips, so more of them in flight keep Redis and the workers busy:
@@ -101,6 +103,7 @@ pub fn answers(
         waiting_bytes: 0,
         in_flight: FuturesUnordered::new(),
         in_flight_messages: 0,
+        in_flight_bytes: 0,
         done: VecDeque::new(),
     }
     .map(Ok);
@@ -127,8 +130,10 @@ struct Batches {
     /// Their encoded size.
     waiting_bytes: usize,
     /// Batches being applied: each gives its messages' answers.
-    in_flight: FuturesUnordered<BoxFuture<'static, Vec<NotificationIngestResponse>>>,
+    in_flight: FuturesUnordered<BoxFuture<'static, Applied>>,
     in_flight_messages: usize,
+    /// Their encoded size.
+    in_flight_bytes: usize,
     /// Answers not sent yet.
     done: VecDeque<NotificationIngestResponse>,
 }
@@ -142,7 +147,8 @@ impl Batches {
     /// being consumed while the store works (h2 closes a connection that holds too many small
     /// DATA frames unread), and what arrives makes the next batch.
     fn read_ahead(&mut self, cx: &mut Context<'_>) {
-        while self.held() < INGEST_WINDOW && self.waiting_bytes < READ_AHEAD_BYTES {
+        while self.held() < INGEST_WINDOW && self.waiting_bytes + self.in_flight_bytes < HELD_BYTES
+        {
             let Some(input) = self.input.as_mut() else {
                 return;
             };
@@ -162,30 +168,41 @@ impl Batches {
     fn start_batches(&mut self) {
         while self.in_flight.len() < BATCHES_IN_FLIGHT && !self.waiting.is_empty() {
             let take = self.waiting.len().min(MAX_BATCH);
-            let batch: Vec<_> = self
-                .waiting
-                .drain(..take)
-                .map(|(n, size)| {
-                    self.waiting_bytes -= size;
-                    n
-                })
-                .collect();
-            self.in_flight_messages += batch.len();
+            let mut bytes = 0;
+            let batch: Arc<Vec<_>> = Arc::new(
+                self.waiting
+                    .drain(..take)
+                    .map(|(n, size)| {
+                        bytes += size;
+                        n
+                    })
+                    .collect(),
+            );
+            self.waiting_bytes -= bytes;
+            let messages = batch.len();
+            self.in_flight_messages += messages;
+            self.in_flight_bytes += bytes;
             // Each batch on a task of its own: its store round trips and merging go on (on
             // either worker) while the connection's task reads and answers; polled inside the
             // response stream, a stream's batches moved only when hyper polled it (4 in
             // flight: 45-47 k vs 44-45 k acks/s). Aborted when the stream is dropped, as the
             // batch's future would have been. The task answers every message even if it panics
-            // (`answer_batch`); it ends without answers only when cancelled, that is when the
-            // stream or the runtime is gone and nobody reads them.
+            // (`answer_batch`); should it end without answers (cancelled: the runtime shutting
+            // down), its messages are answered FAILED here, so none goes unanswered.
             let task = AbortOnDropHandle::new(tokio::spawn(answer_batch(
                 self.app.clone(),
-                batch,
+                batch.clone(),
                 self.bounds,
                 self.rpc_span.clone(),
             )));
-            self.in_flight
-                .push(Box::pin(async move { task.await.unwrap_or_default() }));
+            self.in_flight.push(Box::pin(async move {
+                let answers = task.await.unwrap_or_else(|_| lost(&batch));
+                Applied {
+                    answers,
+                    messages,
+                    bytes,
+                }
+            }));
         }
     }
 }
@@ -201,9 +218,10 @@ impl Stream for Batches {
             if let Some(answer) = this.done.pop_front() {
                 return Poll::Ready(Some(answer));
             }
-            if let Poll::Ready(Some(answers)) = this.in_flight.poll_next_unpin(cx) {
-                this.in_flight_messages = this.in_flight_messages.saturating_sub(answers.len());
-                this.done.extend(answers);
+            if let Poll::Ready(Some(applied)) = this.in_flight.poll_next_unpin(cx) {
+                this.in_flight_messages -= applied.messages;
+                this.in_flight_bytes -= applied.bytes;
+                this.done.extend(applied.answers);
                 continue;
             }
             if this.input.is_none() && this.waiting.is_empty() && this.in_flight.is_empty() {
@@ -212,6 +230,13 @@ impl Stream for Batches {
             return Poll::Pending;
         }
     }
+}
+
+/// A batch's answers, and what it held.
+struct Applied {
+    answers: Vec<NotificationIngestResponse>,
+    messages: usize,
+    bytes: usize,
 }
 
 /// The answers of a batch whose processing panicked (it should not: the store's errors are
@@ -271,7 +296,7 @@ fn rejected(
 /// it is the caller's).
 fn answer_batch(
     app: Arc<App>,
-    batch: Vec<NotificationIngestRequest>,
+    batch: Arc<Vec<NotificationIngestRequest>>,
     bounds: EventTimeBounds,
     rpc_span: tracing::Span,
 ) -> impl std::future::Future<Output = Vec<NotificationIngestResponse>> + Send + 'static {
@@ -389,5 +414,146 @@ fn answer(n: &NotificationIngestRequest, outcome: IngestOutcome) -> Notification
             Vec::new(),
         ),
         IngestOutcome::Failed(why) => response(n, NotificationOutcome::Failed, why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::tests::fakes::{Op, world};
+    use pb::notification_ingest_request::Event;
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    const ANY_TIME: EventTimeBounds = EventTimeBounds {
+        max_future: Duration::from_secs(1 << 40),
+        max_age: Duration::from_secs(1 << 40),
+    };
+
+    /// A Click to Pay TCN (applied by the store), or with `pad` bytes of id an invalid one
+    /// (answered REJECTED without a store call, but held with its batch until it returns).
+    fn message(sequence: u64, card: i64, pad: usize) -> NotificationIngestRequest {
+        NotificationIngestRequest {
+            notification_id: if pad == 0 {
+                format!("n-{sequence}")
+            } else {
+                "x".repeat(pad)
+            },
+            event_time: Some(prost_types::Timestamp {
+                seconds: 1_800_000_000,
+                nanos: 0,
+            }),
+            sequence,
+            event: Some(Event::TokenizationComplete(pb::TokenizationComplete {
+                card_contract_id: card,
+                token_unique_reference: format!("DM4MMC{card:010}"),
+                token_requestor_id: "50123197928".into(),
+                wallet_name: "MDES for Merchants".into(),
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_holds_at_most_its_byte_bound_while_its_batches_are_applied() {
+        const CHUNKS: u64 = 20;
+        const PAD: usize = 30 * 1024;
+        let w = world();
+        // Every store call waits until the test opens it: the batches stay in flight.
+        let gates: Vec<_> = (1..=CHUNKS as usize)
+            .map(|n| w.store.pause(Op::ApplyNotification, n))
+            .collect();
+        // Chunks of 32 (a batch each while fewer than BATCHES_IN_FLIGHT run): one valid TCN,
+        // then 31 messages of 30 KiB; the transport has nothing between chunks.
+        let taken = Arc::new(AtomicUsize::new(0));
+        let counted = taken.clone();
+        let input = futures::stream::iter(0..CHUNKS)
+            .then(|chunk| async move {
+                tokio::task::yield_now().await;
+                futures::stream::iter((0..32).map(move |i| {
+                    let sequence = chunk * 32 + i;
+                    message(
+                        sequence,
+                        70_001 + chunk as i64,
+                        if i == 0 { 0 } else { PAD },
+                    )
+                }))
+            })
+            .flatten()
+            .inspect(move |n| {
+                counted.fetch_add(n.encoded_len(), Ordering::SeqCst);
+            })
+            .map(Ok);
+        let mut answers = Box::pin(answers(
+            w.app.clone(),
+            input,
+            CancellationToken::new(),
+            ANY_TIME,
+            tracing::Span::none(),
+        ));
+        let early = tokio::time::timeout(Duration::from_millis(300), answers.next()).await;
+        assert!(early.is_err(), "answered before the store returned");
+        let held = taken.load(Ordering::SeqCst);
+        let largest = message(1, 70_001, PAD).encoded_len();
+        assert!(
+            held <= HELD_BYTES + largest,
+            "{held} bytes taken in while the store held every batch (bound {HELD_BYTES} + one message of {largest})"
+        );
+        assert!(held >= HELD_BYTES, "{held} bytes: it stopped reading early");
+        for gate in &gates {
+            gate.open();
+        }
+        let mut sequences = HashSet::new();
+        while let Some(answer) = tokio::time::timeout(Duration::from_secs(10), answers.next())
+            .await
+            .expect("every message answered once the store returns")
+        {
+            let answer = answer.unwrap();
+            let expected = if answer.sequence % 32 == 0 {
+                NotificationOutcome::Applied
+            } else {
+                NotificationOutcome::Rejected
+            };
+            assert_eq!(answer.outcome, expected as i32, "{answer:?}");
+            assert!(
+                sequences.insert(answer.sequence),
+                "answered twice: {answer:?}"
+            );
+        }
+        assert_eq!(sequences.len(), CHUNKS as usize * 32);
+    }
+
+    #[test]
+    fn a_batch_whose_task_is_cancelled_is_answered_failed() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let w = runtime.block_on(async { world() });
+        let _held = w.store.pause(Op::ApplyNotification, 1);
+        let input = futures::stream::iter([Ok(message(7, 70_001, 0))]);
+        let mut answers = Box::pin(answers(
+            w.app.clone(),
+            input,
+            CancellationToken::new(),
+            ANY_TIME,
+            tracing::Span::none(),
+        ));
+        runtime.block_on(async {
+            let early = tokio::time::timeout(Duration::from_millis(100), answers.next()).await;
+            assert!(early.is_err(), "answered before the store returned");
+        });
+        // The runtime goes (a shutdown), and with it the batch's task, unanswered.
+        drop(runtime);
+        let answer = futures::executor::block_on(answers.next())
+            .expect("the message is answered, not left out of a stream that ends OK")
+            .unwrap();
+        assert_eq!(answer.sequence, 7);
+        assert_eq!(
+            answer.outcome,
+            NotificationOutcome::Failed as i32,
+            "{answer:?}"
+        );
+        assert!(futures::executor::block_on(answers.next()).is_none());
     }
 }
