@@ -785,8 +785,10 @@ impl RedisStore {
             .collect()
     }
 
-    /// A notification the script could not apply (nothing of it written). A number cjson would
-    /// round stays refused; a stored record the script could not read is set aside and the
+    /// A notification the script could not apply (nothing of it written). A stored record the
+    /// script could not read, or could not write back (a number cjson would round: the event's
+    /// own numbers were refused before the call, by `check_event`, so the record's are the
+    /// cause, and every later notification of the card would meet them), is set aside and the
     /// notification applied once more (to an empty record, rebuilt later from the token list),
     /// also when it was set aside meanwhile (by an earlier notification of the card in the same
     /// batch, or another writer): a second failure is the answer.
@@ -797,10 +799,12 @@ impl RedisStore {
         message: &str,
         with_record: bool,
     ) -> Result<(NotificationEffect, Option<String>), StoreError> {
-        if message.starts_with("C2P_REFUSED") {
-            return Err(script_failure(message));
+        if let Some(detail) = message.strip_prefix("C2P_REFUSED") {
+            self.set_aside_unwritable(conn, event.card_contract_id, detail.trim())
+                .await?;
+        } else {
+            self.get_or_quarantine(event.card_contract_id).await?;
         }
-        self.get_or_quarantine(event.card_contract_id).await?;
         let note = self.prepare(event, true)?;
         match self.run_apply(conn, &[&note], with_record).await?.pop() {
             Some(ScriptReply::Done(effect, json)) => Ok((effect, json)),
@@ -847,6 +851,25 @@ impl RedisStore {
 
     /// Renames the unreadable record `seen` under `key` aside (`why`: what is wrong with it);
     /// false when the key no longer holds it.
+    /// Sets the card's record aside as it is now: it holds what the scripts refuse to write
+    /// (`detail`), though it parses.
+    async fn set_aside_unwritable(
+        &self,
+        conn: &mut Connection,
+        card: CardContractId,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        let key = self.keys.enrollment(card);
+        let seen: Option<String> = conn.get(&key).await.map_err(unavailable)?;
+        if let Some(seen) = seen {
+            let why = StoreError::Corrupt(format!(
+                "it holds what the store's scripts cannot write back ({detail})"
+            ));
+            Box::pin(self.set_aside(conn, card, &key, why, &seen)).await?;
+        }
+        Ok(())
+    }
+
     async fn set_aside(
         &self,
         conn: &mut Connection,

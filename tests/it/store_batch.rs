@@ -174,8 +174,11 @@ async fn redis_store_applies_batches_as_one_by_one() {
     let got = effects(store.apply_notifications(&batch).await);
     assert_eq!(got, ["Applied", "Applied"]);
 
-    // A stored revision at 10^14: the next one would be written rounded, so the script's guard
-    // refuses that notification (nothing written); the next in the batch is applied.
+    // A stored revision at 10^14 (a record another writer made: the scripts never write one):
+    // the next one would be written rounded, so the script's guard refuses the write. Every
+    // later notification of the card would meet it and be answered FAILED for ever: the record
+    // is set aside as an unreadable one is, and the notification applied to a fresh record;
+    // the next in the batch is applied as usual.
     let key = "c2p:{card:60010}:enrollment";
     let raw: String = redis::cmd("GET").arg(key).query(&mut conn).unwrap();
     let mut stored: serde_json::Value = serde_json::from_str(&raw).unwrap();
@@ -190,13 +193,40 @@ async fn redis_store_applies_batches_as_one_by_one() {
         event("g-2", T + 1, 60_012, approved()),
     ];
     let got = effects(store.apply_notifications(&batch).await);
-    assert_eq!(got, ["Refused", "Applied"]);
-    let after: String = redis::cmd("GET").arg(key).query(&mut conn).unwrap();
+    assert_eq!(got, ["Applied", "Applied"]);
+    let aside: Vec<String> = redis::cmd("KEYS")
+        .arg("c2p:{card:60010}:enrollment:quarantined:*")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    let kept: String = redis::cmd("GET").arg(&aside[0]).query(&mut conn).unwrap();
     assert_eq!(
-        after,
+        kept,
         stored.to_string(),
-        "the refused write left the record as it was"
+        "the record set aside is kept as it was"
     );
+    let fresh = store.get(card(60_010)).await.unwrap().unwrap();
+    assert!(fresh.revision < 100_000_000_000_000, "{}", fresh.revision);
+    // One notification alone (merged by the script in one call) meets the same guard.
+    let raw: String = redis::cmd("GET").arg(key).query(&mut conn).unwrap();
+    let mut stored: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    stored["revision"] = serde_json::json!(100_000_000_000_000i64);
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(stored.to_string())
+        .query(&mut conn)
+        .unwrap();
+    let got = effects(
+        store
+            .apply_notifications(&[event("g-3", T + 2, 60_010, approved())])
+            .await,
+    );
+    assert_eq!(got, ["Applied"]);
+    let aside: Vec<String> = redis::cmd("KEYS")
+        .arg("c2p:{card:60010}:enrollment:quarantined:*")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(aside.len(), 2, "{aside:?}");
 }
 
 fn approved() -> TokenEventKind {
