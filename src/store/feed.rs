@@ -474,7 +474,7 @@ async fn run(
                     None => return,
                 },
                 message = stream.next() => match message {
-                    Some(m) => deliver(&m, &watchers, cache),
+                    Some(m) => deliver(&m, &watchers, &tracked, cache),
                     None => {
                         lose(&client, cache, &mut lost, "connection lost");
                         break;
@@ -696,13 +696,28 @@ async fn release(
     Ok(())
 }
 
-fn deliver(message: &redis::Msg, watchers: &Watchers, cache: Option<&RecordCache>) {
+fn deliver(
+    message: &redis::Msg,
+    watchers: &Watchers,
+    tracked: &Tracked,
+    cache: Option<&RecordCache>,
+) {
     let channel = message.get_channel_name().to_owned();
-    let Ok(payload) = message.get_payload::<String>() else {
-        return;
-    };
-    let Ok(record) = serde_json::from_str::<EnrollmentRecord>(&payload) else {
-        tracing::warn!("change feed: unreadable record");
+    let record = message
+        .get_payload::<String>()
+        .ok()
+        .and_then(|payload| serde_json::from_str::<EnrollmentRecord>(&payload).ok());
+    let Some(record) = record else {
+        // A change was made that this process cannot read (another version's record): its
+        // watchers and cache must not stay on the state before it. They read the record
+        // again; a watch whose re-read finds it unreadable ends UNAVAILABLE.
+        tracing::warn!("change feed: unreadable record; its card is read again");
+        if let (Some(cache), Some((card, _))) = (cache, tracked.get(&channel)) {
+            cache.forget(*card);
+        }
+        if let Some((sender, _)) = lock(watchers).get(&channel) {
+            let _ = sender.send(FeedItem::Resync);
+        }
         return;
     };
     if let Some(cache) = cache {

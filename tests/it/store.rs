@@ -1457,6 +1457,50 @@ async fn redis_a_second_watch_opened_while_the_first_subscribes_sees_the_next_ch
     drop(first.await.unwrap().unwrap());
 }
 
+/// A change published in a form this process cannot read (another version's record) makes the
+/// card's watchers read the record again: they were left on the state before it, with
+/// heartbeats saying nothing changed, until the next change this version could read.
+#[tokio::test]
+async fn redis_a_change_published_unreadable_is_read_again_by_the_watchers() {
+    let redis = RedisServer::start();
+    let store =
+        c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
+    let mut conn = redis.connection();
+    let id = 70190;
+    let mut changes = store.watch(card(id)).await.unwrap();
+    let written = store
+        .put_enrollment(&enrolled(id), PutMode::Merge, TTL)
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), changes.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.revision, written.revision);
+    // Another version's writer changes the record and publishes what this one cannot parse.
+    let key = format!("c2p:{{card:{id}}}:enrollment");
+    let raw: String = conn.get(&key).unwrap();
+    let mut newer: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    newer["revision"] = serde_json::json!(written.revision + 1);
+    newer["src_correlation_id"] = serde_json::json!("from-a-newer-version");
+    let _: () = conn.set(&key, newer.to_string()).unwrap();
+    let _: i64 = conn
+        .publish(
+            format!("c2p:changes:{{card:{id}}}"),
+            r#"{"state":"A_STATE_OF_A_NEWER_VERSION"}"#,
+        )
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), changes.next())
+        .await
+        .expect("the watcher reads the record again")
+        .unwrap();
+    assert_eq!(next.revision, written.revision + 1);
+    assert_eq!(
+        next.src_correlation_id.as_deref(),
+        Some("from-a-newer-version")
+    );
+}
+
 /// A watcher whose feed must read its record again (it fell behind) and cannot (the record is
 /// unreadable) is ended, so that its client watches again, rather than left open and silent
 /// while the changes it missed are never shown.
