@@ -110,7 +110,7 @@ TOML_ALLOWED = {
     "mode", "grpc.listen", "grpc.reflection", "metrics.listen", "health.listen",
     "health.check_interval", "health.check_timeout",
     "grpc.tls.cert_file", "grpc.tls.key_file", "grpc.tls.client_ca_file", "grpc.tls.reload_interval",
-    "auth.identity", "auth.mesh_header",
+    "auth.identity", "auth.mesh_header", "auth.mesh_peers",
     "redis.url", "redis.cluster", "redis.key_prefix", "redis.username", "redis.password_file",
     "redis.ca_file", "redis.connect_timeout", "redis.response_timeout",
     "enroll.reconcile_interval", "enroll.reconcile_after", "enroll.lifecycle_check_interval",
@@ -360,6 +360,11 @@ NEGATIVE_RENDER: list[tuple[str, list[Callable[[dict[str, Any]], None]], str]] =
     ("mesh_header with server-only TLS (anyone could set the header)",
      [_with("auth.identity", "mesh_header"), _with("tls.clientCA.source", "")],
      "lets any client that reaches the port set the header"),
+    ("mesh_header over mutual TLS without meshPeers (any workload the CA signed could set the header)",
+     [_with("auth.identity", "mesh_header")], "with tls.clientCA needs auth.meshPeers"),
+    ("meshPeers with identity certificate",
+     [_with("auth.meshPeers", ["spiffe://bank.example/ns/istio-system/sa/ingress-gateway"])],
+     "auth.meshPeers is only read with auth.identity mesh_header"),
     ("a certificate identity no certificate can carry",
      [_with("auth.callers.app_backend.identity", "app backend")], "can never match"),
     ("a Redis URL through config.extra (around the credential check)",
@@ -988,6 +993,7 @@ def check_auth(docs: list[tuple[str, dict[str, Any]]], merged: dict[str, Any]) -
     auth = merged["auth"]
     expect_setting(problems, settings, "auth.identity", auth.get("identity") or None)
     expect_setting(problems, settings, "auth.mesh_header", auth.get("meshHeader") or None)
+    expect_setting(problems, settings, "auth.mesh_peers", auth.get("meshPeers") or None)
     callers = tomllib.loads(config_map(docs)["data"]["config.toml"]).get("auth", {}).get("callers", {})
     want = {name: {k: v for k, v in c.items() if v} for name, c in (auth.get("callers") or {}).items()}
     if callers != want:
@@ -1011,6 +1017,8 @@ def check_auth(docs: list[tuple[str, dict[str, Any]]], merged: dict[str, Any]) -
             problems.append("mastercard mode on a plaintext port without mesh_header (the service refuses it)")
     if identity == "certificate" and "grpc.tls.client_ca_file" not in settings:
         problems.append("identity certificate without grpc.tls.client_ca_file")
+    if identity == "mesh_header" and "grpc.tls.client_ca_file" in settings and not settings.get("auth.mesh_peers"):
+        problems.append("mesh_header over mutual TLS without auth.mesh_peers (the service refuses it)")
     return "; ".join(problems) or None
 
 
@@ -1632,6 +1640,13 @@ def main() -> int:
         def render_docs(values: dict[str, Any], api_versions: list[str] | None = None,
                         version: str = newest) -> list[tuple[str, dict[str, Any]]]:
             return documents(render(chart, values, version, api_versions))
+
+        def mesh_over_mutual_tls() -> str | None:
+            peers = ["spiffe://bank.example/ns/istio-system/sa/ingress-gateway"]
+            values = changed([_with("auth.identity", "mesh_header"), _with("auth.meshPeers", peers)])
+            return check_auth(render_docs(values), chart.merge_values(values))
+        checks.run("mesh_header over mutual TLS with auth.meshPeers renders them (auth.mesh_peers)",
+                   mesh_over_mutual_tls)
 
         def validated(docs: list[tuple[str, dict[str, Any]]], name: str) -> str | None:
             out = Path(tmp) / "single" / name

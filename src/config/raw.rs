@@ -134,6 +134,7 @@ pub(super) struct RawNotifications {
 pub(super) struct RawAuth {
     pub identity: Option<Scalar>,
     pub mesh_header: Option<Scalar>,
+    pub mesh_peers: Option<List>,
     pub callers: BTreeMap<String, RawCaller>,
     #[serde(flatten)]
     pub unknown: Unknown,

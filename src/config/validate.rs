@@ -732,6 +732,55 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(keys(&err), vec!["auth.identity"]);
+        // A header identity over mutual TLS: only the mesh proxies' connections may set it, so
+        // they are named; a name no certificate carries, or mesh peers in another mode, refused.
+        let mesh = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = vec![
+                ("C2P_GRPC__TLS__CERT_FILE", cert.as_str()),
+                ("C2P_GRPC__TLS__KEY_FILE", key.as_str()),
+                ("C2P_GRPC__TLS__CLIENT_CA_FILE", ca.as_str()),
+                ("C2P_AUTH__CALLERS__GW__IDENTITY", "gw"),
+                ("C2P_AUTH__CALLERS__GW__RPCS", "NotificationIngest"),
+            ];
+            vars.extend_from_slice(extra);
+            Settings::load(None, env(&vars))
+        };
+        let err = mesh(&[("C2P_AUTH__IDENTITY", "mesh_header")]).unwrap_err();
+        assert_eq!(keys(&err), vec!["auth.mesh_peers"]);
+        let err = mesh(&[
+            ("C2P_AUTH__IDENTITY", "mesh_header"),
+            (
+                "C2P_AUTH__MESH_PEERS",
+                "spiffe://bank/ns/istio/sa/ingress,*.mesh.local",
+            ),
+        ])
+        .unwrap_err();
+        assert_eq!(keys(&err), vec!["auth.mesh_peers"]);
+        let s = mesh(&[
+            ("C2P_AUTH__IDENTITY", "mesh_header"),
+            (
+                "C2P_AUTH__MESH_PEERS",
+                "spiffe://bank/ns/istio/sa/ingress, proxy.mesh.local",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.auth.mesh_peers.iter().collect::<Vec<_>>(),
+            ["proxy.mesh.local", "spiffe://bank/ns/istio/sa/ingress"]
+        );
+        let err = mesh(&[("C2P_AUTH__MESH_PEERS", "proxy.mesh.local")]).unwrap_err();
+        assert_eq!(keys(&err), vec!["auth.mesh_peers"]);
+        let err = Settings::load(
+            None,
+            env(&[
+                ("C2P_AUTH__IDENTITY", "mesh_header"),
+                ("C2P_AUTH__MESH_PEERS", "proxy.mesh.local"),
+                ("C2P_AUTH__CALLERS__GW__IDENTITY", "gw"),
+                ("C2P_AUTH__CALLERS__GW__RPCS", "NotificationIngest"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(keys(&err), vec!["auth.mesh_peers"]);
         // Certificate identities that no certificate can carry, and a program that does not exist.
         let err = Settings::load(
             None,

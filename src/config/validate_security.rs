@@ -237,9 +237,10 @@ pub(super) fn validate_auth(
     if identity == IdentitySource::MeshHeader && grpc.tls.is_some() && !mutual_tls && !loopback {
         c.problem(
             "auth.identity",
-            "\"mesh_header\" with server-only TLS on a non-loopback address lets any client set the header: add grpc.tls.client_ca_file so only the mesh's certificate is accepted, or serve plaintext to the mesh sidecar",
+            "\"mesh_header\" with server-only TLS on a non-loopback address lets any client set the header: add grpc.tls.client_ca_file and auth.mesh_peers so only the mesh's certificates are believed, or serve plaintext to the mesh sidecar",
         );
     }
+    let mesh_peers = validate_mesh_peers(c, raw, identity, mutual_tls);
     if mode == Mode::Mastercard
         && grpc.tls.is_none()
         && !loopback
@@ -273,8 +274,55 @@ pub(super) fn validate_auth(
     AuthSettings {
         identity,
         mesh_header,
+        mesh_peers,
         callers,
     }
+}
+
+/// `auth.mesh_peers`: required with `mesh_header` over mutual TLS. The client CA a mesh's
+/// proxies present certificates of usually signs every workload of the mesh too: any of them
+/// could reach the port directly and name itself any caller in the header.
+fn validate_mesh_peers(
+    c: &mut Checker,
+    raw: &RawAuth,
+    identity: IdentitySource,
+    mutual_tls: bool,
+) -> BTreeSet<String> {
+    let listed = raw
+        .mesh_peers
+        .as_ref()
+        .map(|l| l.0.as_slice())
+        .unwrap_or(&[]);
+    let mut peers = BTreeSet::new();
+    for peer in listed {
+        if certificate_identity(peer) && !peer.contains('*') {
+            peers.insert(peer.clone());
+        } else {
+            c.problem(
+                "auth.mesh_peers",
+                format!(
+                    "{:?} is not a certificate identity (a SPIFFE id, or a DNS name without wildcards)",
+                    super::super::text::excerpt(peer)
+                ),
+            );
+        }
+    }
+    match identity {
+        IdentitySource::MeshHeader if mutual_tls && listed.is_empty() => c.problem(
+            "auth.mesh_peers",
+            "required with \"mesh_header\" and grpc.tls.client_ca_file: the identities (SPIFFE id or DNS name) of the mesh proxies' certificates, the only connections whose header is believed (every other client the CA signed could name itself any caller)",
+        ),
+        IdentitySource::MeshHeader if !mutual_tls && !listed.is_empty() => c.problem(
+            "auth.mesh_peers",
+            "needs mutual TLS (grpc.tls.client_ca_file): without it no connection has a certificate identity",
+        ),
+        IdentitySource::None | IdentitySource::Certificate if !listed.is_empty() => c.problem(
+            "auth.mesh_peers",
+            "only read with auth.identity = \"mesh_header\"",
+        ),
+        _ => {}
+    }
+    peers
 }
 
 /// Whether a policy identity can ever match a certificate: a SPIFFE id or a DNS name.

@@ -5,6 +5,7 @@
 
 use super::policy::{AuthSettings, IdentitySource, Rpc};
 use crate::app::ErrorParts;
+use crate::domain::{EnrollmentRecord, EnrollmentState};
 use crate::proto::v1::ErrorReason;
 use crate::transport::Peer;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -45,6 +46,20 @@ impl Caller {
         }
         Denied::ProgramNotAllowed.record(rpc, Some(&self.identity));
         Err(Denied::ProgramNotAllowed.status(rpc))
+    }
+
+    /// `Ok` when this caller may read `record`. A card enrolled through this service (being,
+    /// once, or now) belongs to its record's program; a card nobody enrolled here (NOT_ENROLLED,
+    /// TOKENIZED_ELSEWHERE) belongs to none, and every caller granted the read sees it: a
+    /// backend of any program checks a card before it enrolls it.
+    pub fn may_read(&self, record: &EnrollmentRecord, rpc: Rpc) -> Result<(), tonic::Status> {
+        if matches!(
+            record.state,
+            EnrollmentState::NotEnrolled | EnrollmentState::TokenizedElsewhere
+        ) {
+            return Ok(());
+        }
+        self.may_see(&record.program, rpc)
     }
 
     /// An error's parts without the enrollment it carries (CARD_ALREADY_ENROLLED) when that
@@ -130,6 +145,9 @@ type Grant = (BTreeSet<Rpc>, Option<Arc<BTreeSet<String>>>);
 pub struct Policy {
     source: IdentitySource,
     mesh_header: String,
+    /// The connections whose mesh header is believed (their certificate identities); empty =
+    /// any connection's (a plaintext port only the mesh reaches).
+    mesh_peers: BTreeSet<String>,
     callers: HashMap<String, Grant>,
 }
 
@@ -139,6 +157,7 @@ impl Policy {
         Self {
             source: auth.identity,
             mesh_header: auth.mesh_header.clone(),
+            mesh_peers: auth.mesh_peers.clone(),
             callers: auth
                 .callers
                 .values()
@@ -170,8 +189,19 @@ impl Policy {
                 peer.and_then(|p| p.identity.as_deref().map(str::to_owned))
             }
             // Only a mesh that strips the header from what callers send may be trusted with it;
-            // two values mean a mesh appended its own to a forged one: trust neither.
+            // two values mean a mesh appended its own to a forged one: trust neither. Over
+            // mutual TLS, only the mesh's proxies may set it: another client the CA signed is
+            // refused whatever it claims.
             IdentitySource::MeshHeader => {
+                if !self.mesh_peers.is_empty() {
+                    let connected = peer.and_then(|p| p.identity.as_deref());
+                    if !connected.is_some_and(|id| self.mesh_peers.contains(id)) {
+                        return Err((
+                            Denied::Unauthenticated,
+                            connected.map(|id| format!("{id} (not an auth.mesh_peers identity)")),
+                        ));
+                    }
+                }
                 let mut values = headers.get_all(self.mesh_header.as_str()).iter();
                 match (values.next(), values.next()) {
                     (Some(v), None) => v.to_str().ok().filter(|v| !v.is_empty()).map(str::to_owned),
@@ -290,6 +320,7 @@ mod tests {
         AuthSettings {
             identity: source,
             mesh_header: "x-c2p-caller".into(),
+            mesh_peers: BTreeSet::new(),
             callers: BTreeMap::from([
                 (
                     "app".to_owned(),
@@ -382,6 +413,37 @@ mod tests {
     }
 
     #[test]
+    fn over_mutual_tls_only_the_mesh_peers_header_is_believed() {
+        let policy = Policy::from_settings(&AuthSettings {
+            mesh_peers: BTreeSet::from(["spiffe://bank/mesh-proxy".to_owned()]),
+            ..settings(IdentitySource::MeshHeader)
+        });
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-c2p-caller", "spiffe://bank/app".parse().unwrap());
+        let app = policy
+            .decide(
+                Rpc::EnrollCard,
+                Some(&peer(Some("spiffe://bank/mesh-proxy"))),
+                &headers,
+            )
+            .unwrap();
+        assert_eq!(&*app.identity, "spiffe://bank/app");
+        // Another workload the CA signed, claiming the app's identity; no certificate; no peer.
+        for connected in [Some(peer(Some("spiffe://bank/gw"))), Some(peer(None)), None] {
+            let (denied, logged) = policy
+                .decide(Rpc::EnrollCard, connected.as_ref(), &headers)
+                .unwrap_err();
+            assert_eq!(denied, Denied::Unauthenticated);
+            assert!(
+                logged
+                    .as_deref()
+                    .is_none_or(|l| l.starts_with("spiffe://bank/gw ")),
+                "{logged:?}"
+            );
+        }
+    }
+
+    #[test]
     fn records_of_other_programs_are_neither_shown_nor_carried_in_errors() {
         let policy = Policy::from_settings(&settings(IdentitySource::Certificate));
         let app = policy
@@ -406,6 +468,26 @@ mod tests {
         let already = |program: &str| {
             crate::app::AppError::CardAlreadyEnrolled(Box::new(record(program))).parts()
         };
+        // A card nobody enrolled here is no program's; one being, once or now enrolled is.
+        for (state, program, visible) in [
+            (crate::domain::EnrollmentState::NotEnrolled, "", true),
+            (crate::domain::EnrollmentState::TokenizedElsewhere, "", true),
+            (
+                crate::domain::EnrollmentState::TokenizedElsewhere,
+                "premium",
+                true,
+            ),
+            (crate::domain::EnrollmentState::InProgress, "premium", false),
+            (crate::domain::EnrollmentState::Failed, "premium", false),
+            (crate::domain::EnrollmentState::Removed, "premium", false),
+            (crate::domain::EnrollmentState::Enrolled, "premium", false),
+            (crate::domain::EnrollmentState::Enrolled, "", true),
+        ] {
+            let mut r = record(program);
+            r.state = state;
+            let read = app.may_read(&r, Rpc::GetEnrollmentStatus);
+            assert_eq!(read.is_ok(), visible, "{state:?} {program:?}");
+        }
         assert!(app.redact(already("default")).enrollment.is_some());
         let redacted = app.redact(already("premium"));
         assert!(redacted.enrollment.is_none());

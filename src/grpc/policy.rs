@@ -97,6 +97,9 @@ pub struct AuthSettings {
     pub identity: IdentitySource,
     /// `auth.mesh_header`: the metadata a mesh sets to the caller's identity.
     pub mesh_header: String,
+    /// `auth.mesh_peers`: with mutual TLS, the certificate identities of the mesh's proxies,
+    /// the only connections whose header is believed; empty = any connection's.
+    pub mesh_peers: std::collections::BTreeSet<String>,
     /// `auth.callers.<name>`, keyed by name.
     pub callers: std::collections::BTreeMap<String, CallerPolicy>,
 }

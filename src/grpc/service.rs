@@ -238,7 +238,7 @@ impl EnrollmentApi {
             .watch(card, deadline)
             .await
             .map_err(|e| status::to_status(&e))?;
-        caller.may_see(&current.program, Rpc::WatchEnrollment)?;
+        caller.may_read(&current, Rpc::WatchEnrollment)?;
         let open = metrics::OpenStream::open("WatchEnrollment");
         let stream = super::watch::messages(super::watch::Watch {
             current,
@@ -339,7 +339,7 @@ impl EnrollmentApi {
             )
             .await
             .map_err(|e| status::to_status(&e))?;
-        caller.may_see(&shared.record().program, Rpc::GetEnrollmentStatus)?;
+        caller.may_read(shared.record(), Rpc::GetEnrollmentStatus)?;
         Ok(Response::new(convert::status_answer(shared, source)))
     }
 }

@@ -102,10 +102,9 @@ impl Stream for Messages {
                 // Revisions only grow: an older or repeated state (a re-read after a lag, a
                 // write that changed nothing) is not sent again.
                 Poll::Ready(Some(record)) if record.revision > *this.last => {
-                    // The card was enrolled again under a program the watcher may not see: the
-                    // watch ends there (PROGRAM_NOT_ALLOWED), as it would have been refused.
-                    if let Err(denied) = this.caller.may_see(&record.program, Rpc::WatchEnrollment)
-                    {
+                    // The card was enrolled (again) under a program the watcher may not see:
+                    // the watch ends there (PROGRAM_NOT_ALLOWED), as it would have been refused.
+                    if let Err(denied) = this.caller.may_read(&record, Rpc::WatchEnrollment) {
                         *this.ended = true;
                         return Poll::Ready(Some(Err(denied)));
                     }

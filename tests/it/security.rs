@@ -138,8 +138,14 @@ fn upstream_calls(service: &TestService) -> usize {
 }
 
 async fn mtls_service(pki: &Pki, redis: &RedisServer) -> TestService {
+    mtls_service_with(pki, redis, &[]).await
+}
+
+/// [`mtls_service`] with `extra` settings.
+async fn mtls_service_with(pki: &Pki, redis: &RedisServer, extra: &[(&str, &str)]) -> TestService {
     let mut env = pki.env();
     env.push(("C2P_REDIS__URL".into(), redis.url()));
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let settings = settings(&env);
     let sandbox = start_sandbox().await;
@@ -549,6 +555,60 @@ async fn mesh_header_mode_takes_the_identity_from_the_header() {
     assert_eq!(status.code(), Code::Unauthenticated);
 }
 
+/// A mesh header over mutual TLS is believed only from the mesh proxies' connections: another
+/// workload whose certificate the same CA signed, naming itself the app backend in the header,
+/// was that caller before `auth.mesh_peers`.
+#[tokio::test]
+async fn over_mutual_tls_only_the_mesh_proxies_may_name_the_caller() {
+    const PROXY: &str = "spiffe://bank.test/ns/istio-system/sa/ingress-proxy";
+    let redis = RedisServer::start();
+    let pki = Pki::new();
+    let service = mtls_service_with(
+        &pki,
+        &redis,
+        &[
+            ("C2P_AUTH__IDENTITY", "mesh_header"),
+            ("C2P_AUTH__MESH_PEERS", PROXY),
+        ],
+    )
+    .await;
+    let addr = service.running.local_addr();
+    let read = || {
+        as_caller(
+            APP,
+            GetEnrollmentStatusRequest {
+                card_contract_id: 70001,
+                refresh: false,
+            },
+        )
+    };
+    let connect = |identity: &'static str| {
+        let issued = pki.client(identity);
+        let ca = pki.ca.cert_pem.clone();
+        async move { EnrollmentServiceClient::new(tls_channel(addr, &ca, Some(&issued)).await.unwrap()) }
+    };
+    let through_mesh = connect(PROXY)
+        .await
+        .get_enrollment_status(read())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(through_mesh.enrollment.unwrap().card_contract_id, 70001);
+    for workload in [STRANGER, APP] {
+        let status = connect(workload)
+            .await
+            .get_enrollment_status(read())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::Unauthenticated,
+            "{workload}: {status:?}"
+        );
+        assert_eq!(reason(&status), "CALLER_UNKNOWN");
+    }
+}
+
 /// `message` sent as `identity` (mesh header mode).
 fn as_caller<T>(identity: &str, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -626,6 +686,120 @@ async fn a_watch_ends_when_its_card_is_enrolled_again_under_a_program_the_watche
     };
     assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
     assert_eq!(reason(&ended), "PROGRAM_NOT_ALLOWED");
+}
+
+/// A card nobody enrolled belongs to no program: a backend of any program reads and watches it
+/// before it enrolls it (it was PROGRAM_NOT_ALLOWED for every caller without `default`, the
+/// program an empty record's stands for); once enrolled under another program it is refused.
+#[tokio::test]
+async fn a_card_nobody_enrolled_is_visible_to_every_program_until_one_enrolls_it() {
+    use c2p_enroll::proto::v1::{EnrollmentState, watch_enrollment_response};
+    const DIRECTORY_APP: &str = "spiffe://bank.test/ns/payments/sa/directory-backend";
+    let service = TestService::start(&settings(&[
+        ("C2P_AUTH__IDENTITY", "mesh_header"),
+        ("C2P_AUTH__CALLERS__APP__IDENTITY", APP),
+        ("C2P_AUTH__CALLERS__APP__RPCS", "EnrollCard"),
+        ("C2P_AUTH__CALLERS__APP__PROGRAMS", "default"),
+        ("C2P_AUTH__CALLERS__DIRECTORY__IDENTITY", DIRECTORY_APP),
+        (
+            "C2P_AUTH__CALLERS__DIRECTORY__RPCS",
+            "EnrollCard,GetEnrollmentStatus,WatchEnrollment",
+        ),
+        ("C2P_AUTH__CALLERS__DIRECTORY__PROGRAMS", "directory"),
+        ("C2P_AUTH__CALLERS__GATEWAY__IDENTITY", GATEWAY),
+        ("C2P_AUTH__CALLERS__GATEWAY__RPCS", "NotificationIngest"),
+    ]))
+    .await;
+    service
+        .sandbox
+        .set_notification_identity("x-c2p-caller", GATEWAY);
+    let mut client = service.client();
+    let status_of = |card| {
+        as_caller(
+            DIRECTORY_APP,
+            GetEnrollmentStatusRequest {
+                card_contract_id: card,
+                refresh: false,
+            },
+        )
+    };
+    for card in [70001, 70005] {
+        let read = client
+            .get_enrollment_status(status_of(card))
+            .await
+            .unwrap()
+            .into_inner()
+            .enrollment
+            .unwrap();
+        assert_eq!(read.state(), EnrollmentState::NotEnrolled, "{read:?}");
+    }
+    let mut watch = client
+        .watch_enrollment(as_caller(
+            DIRECTORY_APP,
+            WatchEnrollmentRequest {
+                card_contract_id: 70001,
+                start_after_revision: 0,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    match first.event {
+        Some(watch_enrollment_response::Event::Enrollment(e)) => {
+            assert_eq!(e.state(), EnrollmentState::NotEnrolled, "{e:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The checked card enrolls under the directory program.
+    let mut directory = request("d1", 70005);
+    directory.program = "directory".into();
+    client
+        .enroll_card(as_caller(DIRECTORY_APP, directory))
+        .await
+        .unwrap();
+    // The default program's backend enrolls the watched one: the watch ends, and reads are
+    // refused from now on.
+    client
+        .enroll_card(as_caller(APP, request("a1", 70001)))
+        .await
+        .unwrap();
+    let ended = loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("the watch neither ended nor sent anything");
+        match next {
+            Ok(Some(message)) => {
+                if let Some(watch_enrollment_response::Event::Enrollment(e)) = message.event {
+                    assert!(
+                        matches!(
+                            e.state(),
+                            EnrollmentState::NotEnrolled | EnrollmentState::TokenizedElsewhere
+                        ),
+                        "another program's record was sent: {e:?}"
+                    );
+                }
+            }
+            Ok(None) => panic!("the watch ended OK"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
+    assert_eq!(reason(&ended), "PROGRAM_NOT_ALLOWED");
+    let status = client
+        .get_enrollment_status(status_of(70001))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), "PROGRAM_NOT_ALLOWED");
+    let own = client
+        .get_enrollment_status(status_of(70005))
+        .await
+        .unwrap()
+        .into_inner()
+        .enrollment
+        .unwrap();
+    assert_eq!(own.state(), EnrollmentState::Enrolled);
+    assert_eq!(own.program, "directory");
 }
 
 /// Mastercard's lifecycle routes of both families: what a change after the enrollment calls.

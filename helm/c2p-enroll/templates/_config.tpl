@@ -46,7 +46,9 @@ The settings the chart writes, as JSON (before config.extra).
 {{- range $name, $caller := .Values.auth.callers }}
 {{- $_ := set $callers $name (dict "identity" $caller.identity "rpcs" $caller.rpcs "programs" $caller.programs) }}
 {{- end }}
-{{- $_ := set $s "auth" (dict "identity" .Values.auth.identity "mesh_header" .Values.auth.meshHeader "callers" $callers) }}
+{{- $auth := dict "identity" .Values.auth.identity "mesh_header" .Values.auth.meshHeader "callers" $callers }}
+{{- if .Values.auth.meshPeers }}{{ $_ := set $auth "mesh_peers" .Values.auth.meshPeers }}{{ end }}
+{{- $_ := set $s "auth" $auth }}
 {{- /* [redis]: a Cluster's seed nodes as one comma-separated url */}}
 {{- $redis := deepCopy ($c.redis | default dict) }}
 {{- if kindIs "slice" $redis.url }}

@@ -56,7 +56,13 @@ Included by the ConfigMap and the Deployment.
 {{- end }}
 {{- /* The same policy checks as the binary's (src/config/validate_security.rs). */}}
 {{- if and (eq $identity "mesh_header") $tls.enabled (not (include "c2p-enroll.clientCAFile" .)) }}
-{{- fail "auth.identity mesh_header with server-only TLS lets any client that reaches the port set the header: add tls.clientCA so only the mesh's certificate is accepted, or serve plaintext to the mesh sidecar" }}
+{{- fail "auth.identity mesh_header with server-only TLS lets any client that reaches the port set the header: add tls.clientCA and auth.meshPeers so only the mesh's certificates are believed, or serve plaintext to the mesh sidecar" }}
+{{- end }}
+{{- if and (eq $identity "mesh_header") $tls.enabled (include "c2p-enroll.clientCAFile" .) (not .Values.auth.meshPeers) }}
+{{- fail "auth.identity mesh_header with tls.clientCA needs auth.meshPeers: the identities of the mesh proxies' certificates, the only connections whose header is believed (every other client the CA signed could name itself any caller)" }}
+{{- end }}
+{{- if and .Values.auth.meshPeers (or (ne $identity "mesh_header") (not $tls.enabled) (not (include "c2p-enroll.clientCAFile" .))) }}
+{{- fail "auth.meshPeers is only read with auth.identity mesh_header over mutual TLS (tls.enabled and tls.clientCA)" }}
 {{- end }}
 {{- $programs := list "default" "directory" }}
 {{- if $mastercard }}{{ $programs = keys .Values.config.programs }}{{ end }}
