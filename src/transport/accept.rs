@@ -5,7 +5,7 @@
 //! `max_connections` are held at once, pending ones included; more are closed at accept.
 
 use super::conn::{Conn, Peer, Stream};
-use super::identity::identity_of;
+use super::identity::{expiry_of, identity_of};
 use super::tls::TlsReloader;
 use std::io;
 use std::sync::Arc;
@@ -90,20 +90,27 @@ async fn establish(
     tls: Option<Arc<TlsReloader>>,
     slot: OwnedSemaphorePermit,
 ) -> io::Result<Conn> {
-    let (mut stream, identity) = match tls {
-        None => (Stream::Plain(tcp), None),
+    let (mut stream, identity, expires) = match tls {
+        None => (Stream::Plain(tcp), None, None),
         Some(tls) => {
             let stream = tokio_rustls::TlsAcceptor::from(tls.current())
                 .accept(tcp)
                 .await?;
-            let identity = stream
-                .get_ref()
-                .1
-                .peer_certificates()
+            let chain = stream.get_ref().1.peer_certificates();
+            let identity = chain
                 .and_then(|chain| chain.first())
                 .and_then(|leaf| identity_of(leaf))
                 .map(Arc::from);
-            (Stream::Tls(Box::new(stream)), identity)
+            let expires = chain.and_then(|chain| expiry_of(chain.iter().map(|c| c.as_ref())));
+            // A resumed TLS session carries the certificate of the handshake it resumes,
+            // unchecked: one that expired since is refused here.
+            if expires.is_some_and(|at| at <= std::time::SystemTime::now()) {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "the client certificate expired (a resumed TLS session)",
+                ));
+            }
+            (Stream::Tls(Box::new(stream)), identity, expires)
         }
     };
     // hyper waits for the preface without a timeout of its own: read it here, then give it back.
@@ -115,5 +122,11 @@ async fn establish(
             "not an HTTP/2 connection preface",
         ));
     }
-    Ok(Conn::new(stream, Peer { remote, identity }, PREFACE, slot))
+    Ok(Conn::new(
+        stream,
+        Peer { remote, identity },
+        PREFACE,
+        slot,
+        expires,
+    ))
 }

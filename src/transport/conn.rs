@@ -1,6 +1,7 @@
 //! One accepted connection, plaintext or TLS, and what tonic puts in each request's extensions
 //! about it.
 
+use std::future::Future as _;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -28,28 +29,63 @@ pub enum Stream {
 }
 
 /// An accepted connection: its stream, the HTTP/2 preface already read from it (given back to
-/// hyper first), and its place among the listener's connections (freed when it closes).
+/// hyper first), its place among the listener's connections (freed when it closes), and when
+/// its client certificate expires.
 pub struct Conn {
     stream: Stream,
     peer: Peer,
     preface: &'static [u8],
     _slot: tokio::sync::OwnedSemaphorePermit,
+    /// The connection fails at its client certificate's expiry: the identity the policy decides
+    /// on is verified at the handshake only, and an HTTP/2 connection (its streams too) may
+    /// outlive the certificate by far. Boxed: only mutual TLS connections have one.
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
+/// Expiries further away than this are not timed (tokio's timer reaches about two years; no
+/// connection lives that long).
+const LONGEST_TIMED_EXPIRY: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
 impl Conn {
-    /// A connection whose first bytes, `preface`, were read already.
+    /// A connection whose first bytes, `preface`, were read already; its client certificate
+    /// (chain) valid until `expires`.
     pub fn new(
         stream: Stream,
         peer: Peer,
         preface: &'static [u8],
         slot: tokio::sync::OwnedSemaphorePermit,
+        expires: Option<std::time::SystemTime>,
     ) -> Self {
+        let expiry = expires.and_then(|at| {
+            let left = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            (left <= LONGEST_TIMED_EXPIRY)
+                .then(|| Box::pin(tokio::time::sleep_until(tokio::time::Instant::now() + left)))
+        });
         Self {
             stream,
             peer,
             preface,
             _slot: slot,
+            expiry,
         }
+    }
+
+    /// An error once the client certificate expired (the caller then closes the connection);
+    /// polled with each read and write, so an idle connection is woken at the expiry too.
+    fn check_expiry(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let expired = self
+            .expiry
+            .as_mut()
+            .is_some_and(|expiry| expiry.as_mut().poll(cx).is_ready());
+        if expired {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the client certificate expired",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -81,6 +117,9 @@ impl AsyncRead for Conn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Err(e) = this.check_expiry(cx) {
+            return Poll::Ready(Err(e));
+        }
         if !this.preface.is_empty() {
             let n = this.preface.len().min(buf.remaining());
             buf.put_slice(&this.preface[..n]);
@@ -97,7 +136,11 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        if let Err(e) = this.check_expiry(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.stream).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -105,7 +148,11 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if let Err(e) = this.check_expiry(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
     }
 
     // Not vectored, on purpose: h2 then copies DATA payloads up to 1 KiB into its write buffer

@@ -3,6 +3,24 @@
 
 use x509_parser::extensions::GeneralName;
 
+/// When the first certificate of `chain` (a client's, leaf first) to expire does: the first
+/// instant after its validity, from which a handshake with it fails (RFC 5280's notAfter is
+/// part of the validity, in whole seconds, as webpki checks it). `None` if one cannot be read
+/// (the handshake verified them all, so that does not happen).
+pub fn expiry_of<'a>(chain: impl IntoIterator<Item = &'a [u8]>) -> Option<std::time::SystemTime> {
+    chain
+        .into_iter()
+        .map(|der| {
+            let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+            let seconds = cert.validity().not_after.timestamp().checked_add(1)?;
+            let since_epoch = std::time::Duration::from_secs(u64::try_from(seconds).ok()?);
+            std::time::UNIX_EPOCH.checked_add(since_epoch)
+        })
+        .collect::<Option<Vec<_>>>()?
+        .into_iter()
+        .min()
+}
+
 /// The identity named by a DER certificate, if it names one.
 pub fn identity_of(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
@@ -49,6 +67,24 @@ mod tests {
             identity_of(&der).as_deref(),
             Some("spiffe://bank.example/ns/payments/sa/app")
         );
+    }
+
+    #[test]
+    fn a_chain_expires_with_its_first_certificate_to_expire() {
+        let cert = |until: i64| {
+            let mut params = CertificateParams::default();
+            params.not_after = time::OffsetDateTime::from_unix_timestamp(until).unwrap();
+            let key = KeyPair::generate().unwrap();
+            params.self_signed(&key).unwrap().der().to_vec()
+        };
+        let (leaf, intermediate) = (cert(2_000_000_000), cert(1_900_000_000));
+        let at = |s: u64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s);
+        assert_eq!(expiry_of([leaf.as_slice()]), Some(at(2_000_000_001)));
+        assert_eq!(
+            expiry_of([leaf.as_slice(), intermediate.as_slice()]),
+            Some(at(1_900_000_001))
+        );
+        assert_eq!(expiry_of([leaf.as_slice(), b"not a certificate"]), None);
     }
 
     #[test]

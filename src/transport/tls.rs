@@ -105,6 +105,14 @@ pub fn load(settings: &TlsSettings) -> Result<ServerConfig, TlsError> {
         .map_err(|e| TlsError::Config(format!("cert_file and key_file: {e}")))?;
     // gRPC is HTTP/2 only; clients such as grpc-go insist on negotiating it.
     config.alpn_protocols = vec![b"h2".to_vec()];
+    if settings.client_ca_file.is_some() {
+        // No session resumption with client certificates: a resumed session carries the
+        // certificate of the handshake it resumes without checking it again, so a client
+        // whose certificate expired since would be let in. gRPC connections are long-lived:
+        // a full handshake each costs little.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     Ok(config)
 }
 

@@ -555,6 +555,74 @@ async fn mesh_header_mode_takes_the_identity_from_the_header() {
     assert_eq!(status.code(), Code::Unauthenticated);
 }
 
+/// A connection lives no longer than its client certificate: the identity is verified at the
+/// handshake only, and calls and open streams on the connection went on after the expiry (with
+/// no `grpc.limits.max_connection_age`, for as long as the client kept it open).
+#[tokio::test]
+async fn a_connection_ends_when_its_client_certificate_expires() {
+    let redis = RedisServer::start();
+    let pki = Pki::new();
+    let service = mtls_service(&pki, &redis).await;
+    let addr = service.running.local_addr();
+    let now = OffsetDateTime::now_utc();
+    let until = now + time::Duration::seconds(3);
+    let issued = pki
+        .ca
+        .client(APP, now - time::Duration::hours(1), until)
+        .unwrap();
+    let channel = tls_channel(addr, &pki.ca.cert_pem, Some(&issued))
+        .await
+        .unwrap();
+    let mut app = EnrollmentServiceClient::new(channel);
+    let read = || GetEnrollmentStatusRequest {
+        card_contract_id: 70001,
+        refresh: false,
+    };
+    app.get_enrollment_status(read()).await.unwrap();
+    let mut watch = app
+        .watch_enrollment(WatchEnrollmentRequest {
+            card_contract_id: 70001,
+            start_after_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let next = tokio::time::timeout_at(deadline, watch.message())
+            .await
+            .expect("the watch outlived its certificate by 7 s");
+        match next {
+            // Heartbeats.
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => break,
+        }
+    }
+    // X.509 times are whole seconds, the last one valid: the certificate ends within a second of
+    // `until`.
+    assert!(
+        OffsetDateTime::now_utc() >= until - time::Duration::seconds(1),
+        "the connection ended before the certificate expired"
+    );
+    // Calls after it need a new handshake, which the expired certificate cannot make (the first
+    // may meet the closed connection: a transport error).
+    for _ in 0..3 {
+        let after = app.get_enrollment_status(read()).await.unwrap_err();
+        assert!(
+            matches!(after.code(), Code::Unavailable | Code::Unknown),
+            "{after:?}"
+        );
+    }
+    // TLS 1.3 refuses a client certificate after the client finished its part of the
+    // handshake: the client learns it from the alert, as a transport error.
+    let last = app.get_enrollment_status(read()).await.unwrap_err();
+    assert!(
+        format!("{last:?}").contains("CertificateExpired"),
+        "refused in the handshake for its expired certificate: {last:?}"
+    );
+}
+
 /// A mesh header over mutual TLS is believed only from the mesh proxies' connections: another
 /// workload whose certificate the same CA signed, naming itself the app backend in the header,
 /// was that caller before `auth.mesh_peers`.
