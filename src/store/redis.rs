@@ -911,14 +911,26 @@ async fn connect(target: &Target) -> Result<Connection, StoreError> {
 /// ends, and its client watches again from the revision it has, rather than wait on a stream
 /// that will never show what it missed.
 async fn resync(target: &Target, key: &str) -> Result<Option<EnrollmentRecord>, StoreError> {
-    const ATTEMPTS: u32 = 20;
+    // 10 s in all (the README's bound), however long each read waits: counted in attempts, 20
+    // reads that each waited `redis.response_timeout` on a hung node took 20 times that.
+    const RETRY_FOR: Duration = Duration::from_secs(10);
+    const PAUSE: Duration = Duration::from_millis(500);
+    let until = tokio::time::Instant::now() + RETRY_FOR;
     let mut attempt = 1;
     loop {
-        match read_record(target, key).await {
+        let read = tokio::time::timeout_at(until, read_record(target, key))
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "the record could not be read within {}",
+                    humantime::format_duration(RETRY_FOR)
+                )))
+            });
+        match read {
             Ok(record) => return Ok(record),
-            Err(e @ StoreError::Unavailable(_)) if attempt < ATTEMPTS => {
+            Err(e @ StoreError::Unavailable(_)) if tokio::time::Instant::now() + PAUSE < until => {
                 tracing::debug!(error = %e, attempt, "change feed resync cannot read; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(PAUSE).await;
                 attempt += 1;
             }
             Err(e) => {

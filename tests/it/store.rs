@@ -1501,6 +1501,45 @@ async fn redis_a_change_published_unreadable_is_read_again_by_the_watchers() {
     );
 }
 
+/// A watcher that must read its record again while Redis hangs ends within the README's 10 s,
+/// however long each read waits: counted in attempts, 20 reads of `redis.response_timeout`
+/// (3 s here) and a pause each took 70 s.
+#[tokio::test]
+async fn redis_a_resync_while_redis_hangs_gives_up_within_10_s() {
+    let redis = RedisServer::start();
+    let store = c2p_enroll::server::open_store(&settings(&[
+        ("C2P_REDIS__URL", &redis.url()),
+        ("C2P_REDIS__RESPONSE_TIMEOUT", "3s"),
+    ]))
+    .unwrap();
+    let id = 70191;
+    let mut changes = store.watch(card(id)).await.unwrap();
+    // The watcher reads nothing while its card changes: it falls behind, and must re-read.
+    for i in 0..10 {
+        let mut record = enrolled(id);
+        record.src_correlation_id = Some(format!("correlation-{i}"));
+        store
+            .put_enrollment(&record, PutMode::Merge, TTL)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.freeze();
+    let began = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(90), async {
+        while changes.next().await.is_some() {}
+    })
+    .await;
+    let took = began.elapsed();
+    redis.thaw();
+    assert!(ended.is_ok(), "the watch did not end in 90 s");
+    println!("the re-read gave up after {took:?}");
+    assert!(
+        took < Duration::from_secs(13),
+        "the re-read gave up after {took:?}"
+    );
+}
+
 /// A watcher whose feed must read its record again (it fell behind) and cannot (the record is
 /// unreadable) is ended, so that its client watches again, rather than left open and silent
 /// while the changes it missed are never shown.
