@@ -50,13 +50,16 @@ impl Caller {
 
     /// `Ok` when this caller may read `record`. A card enrolled through this service (being,
     /// once, or now) belongs to its record's program; a card nobody enrolled here (NOT_ENROLLED,
-    /// TOKENIZED_ELSEWHERE) belongs to none, and every caller granted the read sees it: a
+    /// TOKENIZED_ELSEWHERE, with no program: what the token list and notifications make of a
+    /// card without a record) belongs to none, and every caller granted the read sees it: a
     /// backend of any program checks a card before it enrolls it.
     pub fn may_read(&self, record: &EnrollmentRecord, rpc: Rpc) -> Result<(), tonic::Status> {
-        if matches!(
-            record.state,
-            EnrollmentState::NotEnrolled | EnrollmentState::TokenizedElsewhere
-        ) {
+        if record.program.is_empty()
+            && matches!(
+                record.state,
+                EnrollmentState::NotEnrolled | EnrollmentState::TokenizedElsewhere
+            )
+        {
             return Ok(());
         }
         self.may_see(&record.program, rpc)
@@ -475,7 +478,12 @@ mod tests {
             (
                 crate::domain::EnrollmentState::TokenizedElsewhere,
                 "premium",
-                true,
+                false,
+            ),
+            (
+                crate::domain::EnrollmentState::NotEnrolled,
+                "premium",
+                false,
             ),
             (crate::domain::EnrollmentState::InProgress, "premium", false),
             (crate::domain::EnrollmentState::Failed, "premium", false),

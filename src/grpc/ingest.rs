@@ -240,7 +240,8 @@ struct Applied {
 }
 
 /// The answers of a batch whose processing panicked (it should not: the store's errors are
-/// outcomes): every message answered FAILED, for the gateway to resend.
+/// outcomes) or whose task was cancelled: every message answered FAILED, for the gateway to
+/// resend.
 fn lost(batch: &[NotificationIngestRequest]) -> Vec<NotificationIngestResponse> {
     batch
         .iter()

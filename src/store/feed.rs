@@ -52,7 +52,15 @@ pub enum FeedItem {
     Record(Arc<EnrollmentRecord>),
     /// Read the record again.
     Resync,
+    /// The feed has had no connection for [`OUTAGE_ENDS_WATCHES`]: changes go unseen, and a
+    /// watch that went on would tell its client (heartbeats) that nothing changed. It ends.
+    Gone,
 }
+
+/// How long the feed may be without a connection, after it had one, before its watches end
+/// (their clients watch again, and are answered UNAVAILABLE until Redis is back): a failover
+/// or a reconnect takes less, and the watchers then read their records again.
+pub const OUTAGE_ENDS_WATCHES: Duration = Duration::from_secs(10);
 
 /// The changes of one card held for its slowest watcher. Changes to one card come a few per
 /// enrollment, so a watcher that is polled at all keeps up; one that falls 4 behind re-reads the
@@ -379,6 +387,8 @@ async fn run(
     let mut pending: Vec<Command> = Vec::new();
     // Whether a connection was lost: the next one tells the watchers to read again.
     let mut lost = false;
+    // Since when no attempt to subscribe again has succeeded.
+    let mut down_since: Option<tokio::time::Instant> = None;
     let mut next = 0;
     let learned: Arc<Mutex<Vec<redis::Client>>> = Arc::default();
     let within = nodes.reply_within();
@@ -392,6 +402,7 @@ async fn run(
         }
         let Some((pubsub, client)) = connect(&nodes, &learned, &mut next).await else {
             tracing::debug!("change feed cannot connect to any node; retrying");
+            end_watches_after(OUTAGE_ENDS_WATCHES, &watchers, lost, &mut down_since);
             if !hold_for(RETRY_EVERY, &mut commands, &mut pending, &mut tracked).await {
                 return;
             }
@@ -410,6 +421,7 @@ async fn run(
                 Ok(Ok(()))
             ) {
                 tracing::debug!(node = %address(&client), "change feed cannot subscribe; trying another node");
+                end_watches_after(OUTAGE_ENDS_WATCHES, &watchers, lost, &mut down_since);
                 if !hold_for(RETRY_EVERY, &mut commands, &mut pending, &mut tracked).await {
                     return;
                 }
@@ -420,6 +432,7 @@ async fn run(
                     cache.subscribed(*card, *slot);
                 }
             }
+            down_since = None;
             // Changes published while the connection was down were missed.
             if lost {
                 for (sender, _) in lock(&watchers).values() {
@@ -488,6 +501,26 @@ async fn run(
                     }
                 }
             }
+        }
+    }
+}
+
+/// After an attempt to subscribe again failed: once the feed has been without a connection
+/// for `limit` since the first such attempt (after it had one: `lost`), every watch ends.
+/// Sent after each failed attempt from then on, so that a watch opened meanwhile ends too.
+fn end_watches_after(
+    limit: Duration,
+    watchers: &Watchers,
+    lost: bool,
+    down_since: &mut Option<tokio::time::Instant>,
+) {
+    if !lost {
+        return;
+    }
+    let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
+    if since.elapsed() >= limit {
+        for (sender, _) in lock(watchers).values() {
+            let _ = sender.send(FeedItem::Gone);
         }
     }
 }

@@ -849,10 +849,11 @@ impl RedisStore {
         ))
     }
 
-    /// Renames the unreadable record `seen` under `key` aside (`why`: what is wrong with it);
-    /// false when the key no longer holds it.
-    /// Sets the card's record aside as it is now: it holds what the scripts refuse to write
-    /// (`detail`), though it parses.
+    /// Sets the card's record aside if it holds what the scripts refuse to write back
+    /// (`detail`: a number cjson would round, or a revision whose next one would be), though it
+    /// parses. The record is read again first: the one that failed may have been set aside and
+    /// replaced meanwhile (by an earlier notification of the card in the same batch, or by
+    /// another writer), and a good record is never set aside.
     async fn set_aside_unwritable(
         &self,
         conn: &mut Connection,
@@ -861,7 +862,7 @@ impl RedisStore {
     ) -> Result<(), StoreError> {
         let key = self.keys.enrollment(card);
         let seen: Option<String> = conn.get(&key).await.map_err(unavailable)?;
-        if let Some(seen) = seen {
+        if let Some(seen) = seen.filter(|raw| unwritable(raw)) {
             let why = StoreError::Corrupt(format!(
                 "it holds what the store's scripts cannot write back ({detail})"
             ));
@@ -870,6 +871,8 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Renames the unreadable record `seen` under `key` aside (`why`: what is wrong with it);
+    /// false when the key no longer holds it.
     async fn set_aside(
         &self,
         conn: &mut Connection,
@@ -895,6 +898,30 @@ impl RedisStore {
         }
         Ok(renamed == 1)
     }
+}
+
+/// Whether the scripts would refuse to write back the record `raw` (`scripts::ENCODE`'s
+/// guard): a number that is not an integer or is 10^14 or more, or a revision whose next one
+/// would be.
+fn unwritable(raw: &str) -> bool {
+    fn refused(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Number(n) => n.as_i64().is_none_or(|i| {
+                i.unsigned_abs() >= crate::domain::STORE_INTEGER_LIMIT.unsigned_abs()
+            }),
+            serde_json::Value::Array(items) => items.iter().any(refused),
+            serde_json::Value::Object(fields) => fields.values().any(refused),
+            _ => false,
+        }
+    }
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(raw) else {
+        return false;
+    };
+    let next_revision_refused = value
+        .get("revision")
+        .and_then(serde_json::Value::as_i64)
+        .is_some_and(|r| r >= crate::domain::STORE_INTEGER_LIMIT - 1);
+    next_revision_refused || refused(&value)
 }
 
 async fn connect(target: &Target) -> Result<Connection, StoreError> {
@@ -1225,6 +1252,9 @@ impl EnrollmentStore for RedisStore {
             super::feed::FeedItem::Record(record) => {
                 Either::Left(std::future::ready(Ok(Some(record))))
             }
+            super::feed::FeedItem::Gone => Either::Left(std::future::ready(Err(
+                StoreError::Unavailable("the change feed has no connection to Redis".into()),
+            ))),
             super::feed::FeedItem::Resync => {
                 let (target, key) = (target.clone(), key.clone());
                 Either::Right(
@@ -1232,8 +1262,8 @@ impl EnrollmentStore for RedisStore {
                 )
             }
         });
-        // A resync given up ends the stream (the watch answers UNAVAILABLE and its client
-        // resumes); a record gone sends nothing.
+        // A resync given up, or an outage of the feed, ends the stream (the watch answers
+        // UNAVAILABLE and its client resumes); a record gone sends nothing.
         Ok(Box::pin(records.take_while(Result::is_ok).filter_map(
             |r| r.ok().flatten().map(Arc::unwrap_or_clone),
         )))

@@ -101,10 +101,25 @@ async fn establish(
                 .and_then(|chain| chain.first())
                 .and_then(|leaf| identity_of(leaf))
                 .map(Arc::from);
-            let expires = chain.and_then(|chain| expiry_of(chain.iter().map(|c| c.as_ref())));
+            let now = std::time::SystemTime::now();
+            let expires = match chain.filter(|c| !c.is_empty()) {
+                None => None,
+                Some(chain) => {
+                    let ders: Vec<&[u8]> = chain.iter().map(|c| c.as_ref()).collect();
+                    // Fail closed: a connection whose certificate's end cannot be read would
+                    // outlive it.
+                    let Some(at) = expiry_of(&ders, now) else {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "the client certificate's validity cannot be read",
+                        ));
+                    };
+                    Some(at)
+                }
+            };
             // A resumed TLS session carries the certificate of the handshake it resumes,
-            // unchecked: one that expired since is refused here.
-            if expires.is_some_and(|at| at <= std::time::SystemTime::now()) {
+            // unchecked (the server keeps none with a client CA: this is the backstop).
+            if expires.is_some_and(|at| at <= now) {
                 return Err(io::Error::new(
                     io::ErrorKind::PermissionDenied,
                     "the client certificate expired (a resumed TLS session)",

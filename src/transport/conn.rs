@@ -39,12 +39,27 @@ pub struct Conn {
     /// The connection fails at its client certificate's expiry: the identity the policy decides
     /// on is verified at the handshake only, and an HTTP/2 connection (its streams too) may
     /// outlive the certificate by far. Boxed: only mutual TLS connections have one.
-    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    expiry: Option<Box<Expiry>>,
 }
 
-/// Expiries further away than this are not timed (tokio's timer reaches about two years; no
-/// connection lives that long).
-const LONGEST_TIMED_EXPIRY: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+/// When a connection's client certificate expires, and a timer towards it.
+struct Expiry {
+    at: std::time::SystemTime,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+/// The longest a timer is set for (tokio's timer reaches about two years); a certificate that
+/// ends later is looked at again then.
+const LONGEST_TIMER: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+/// A timer for what is left until `at`, at most [`LONGEST_TIMER`].
+fn timer_towards(at: std::time::SystemTime) -> Pin<Box<tokio::time::Sleep>> {
+    let left = at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default()
+        .min(LONGEST_TIMER);
+    Box::pin(tokio::time::sleep(left))
+}
 
 impl Conn {
     /// A connection whose first bytes, `preface`, were read already; its client certificate
@@ -56,34 +71,35 @@ impl Conn {
         slot: tokio::sync::OwnedSemaphorePermit,
         expires: Option<std::time::SystemTime>,
     ) -> Self {
-        let expiry = expires.and_then(|at| {
-            let left = at
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default();
-            (left <= LONGEST_TIMED_EXPIRY)
-                .then(|| Box::pin(tokio::time::sleep_until(tokio::time::Instant::now() + left)))
-        });
         Self {
             stream,
             peer,
             preface,
             _slot: slot,
-            expiry,
+            expiry: expires.map(|at| {
+                Box::new(Expiry {
+                    at,
+                    timer: timer_towards(at),
+                })
+            }),
         }
     }
 
     /// An error once the client certificate expired (the caller then closes the connection);
     /// polled with each read and write, so an idle connection is woken at the expiry too.
     fn check_expiry(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        let expired = self
-            .expiry
-            .as_mut()
-            .is_some_and(|expiry| expiry.as_mut().poll(cx).is_ready());
-        if expired {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "the client certificate expired",
-            ));
+        let Some(expiry) = self.expiry.as_mut() else {
+            return Ok(());
+        };
+        while expiry.timer.as_mut().poll(cx).is_ready() {
+            if std::time::SystemTime::now() >= expiry.at {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the client certificate expired",
+                ));
+            }
+            // A timer capped at LONGEST_TIMER (or a clock that moved): set it again.
+            expiry.timer = timer_towards(expiry.at);
         }
         Ok(())
     }

@@ -3,22 +3,28 @@
 
 use x509_parser::extensions::GeneralName;
 
-/// When the first certificate of `chain` (a client's, leaf first) to expire does: the first
-/// instant after its validity, from which a handshake with it fails (RFC 5280's notAfter is
-/// part of the validity, in whole seconds, as webpki checks it). `None` if one cannot be read
-/// (the handshake verified them all, so that does not happen).
-pub fn expiry_of<'a>(chain: impl IntoIterator<Item = &'a [u8]>) -> Option<std::time::SystemTime> {
-    chain
-        .into_iter()
-        .map(|der| {
-            let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-            let seconds = cert.validity().not_after.timestamp().checked_add(1)?;
-            let since_epoch = std::time::Duration::from_secs(u64::try_from(seconds).ok()?);
-            std::time::UNIX_EPOCH.checked_add(since_epoch)
-        })
-        .collect::<Option<Vec<_>>>()?
-        .into_iter()
-        .min()
+/// When the client certificate `chain` (leaf first) stops being valid: the first instant past
+/// the leaf's validity, or an intermediate's that expires first (RFC 5280's notAfter is part of
+/// the validity, in whole seconds, as webpki checks it). Intermediates that do not parse or
+/// had expired by `now` cannot be on the path the handshake verified, and are left out (a
+/// client could otherwise send a junk one to have no expiry at all). `None` when the leaf
+/// cannot be read: the caller refuses such a connection.
+pub fn expiry_of(chain: &[&[u8]], now: std::time::SystemTime) -> Option<std::time::SystemTime> {
+    let end = |der: &[u8]| {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let seconds = cert.validity().not_after.timestamp().checked_add(1)?;
+        let since_epoch = std::time::Duration::from_secs(u64::try_from(seconds).ok()?);
+        std::time::UNIX_EPOCH.checked_add(since_epoch)
+    };
+    let (leaf, intermediates) = chain.split_first()?;
+    let leaf = end(leaf)?;
+    Some(
+        intermediates
+            .iter()
+            .filter_map(|der| end(der))
+            .filter(|at| *at > now)
+            .fold(leaf, std::cmp::min),
+    )
 }
 
 /// The identity named by a DER certificate, if it names one.
@@ -77,14 +83,23 @@ mod tests {
             let key = KeyPair::generate().unwrap();
             params.self_signed(&key).unwrap().der().to_vec()
         };
-        let (leaf, intermediate) = (cert(2_000_000_000), cert(1_900_000_000));
         let at = |s: u64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s);
-        assert_eq!(expiry_of([leaf.as_slice()]), Some(at(2_000_000_001)));
+        let now = at(1_800_000_000);
+        let (leaf, intermediate) = (cert(2_000_000_000), cert(1_900_000_000));
+        let expired = cert(1_700_000_000);
+        assert_eq!(expiry_of(&[&leaf], now), Some(at(2_000_000_001)));
         assert_eq!(
-            expiry_of([leaf.as_slice(), intermediate.as_slice()]),
+            expiry_of(&[&leaf, &intermediate], now),
             Some(at(1_900_000_001))
         );
-        assert_eq!(expiry_of([leaf.as_slice(), b"not a certificate"]), None);
+        // Junk, or an intermediate expired already: on no verified path, left out.
+        assert_eq!(
+            expiry_of(&[&leaf, b"not a certificate", &expired], now),
+            Some(at(2_000_000_001))
+        );
+        // A leaf that cannot be read has no expiry to keep: refused by the caller.
+        assert_eq!(expiry_of(&[b"not a certificate", &leaf], now), None);
+        assert_eq!(expiry_of(&[], now), None);
     }
 
     #[test]

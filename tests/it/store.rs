@@ -1540,6 +1540,44 @@ async fn redis_a_resync_while_redis_hangs_gives_up_within_10_s() {
     );
 }
 
+/// A watch whose feed has lost Redis ends once the feed has been without a connection for 10 s
+/// (`OUTAGE_ENDS_WATCHES`), so that its client learns it and watches again: it stayed open,
+/// its heartbeats saying nothing changed, for as long as the outage lasted.
+#[tokio::test]
+async fn redis_a_watch_ends_when_its_feed_stays_without_redis() {
+    let redis = RedisServer::start();
+    let store =
+        c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
+    let id = 70192;
+    let mut changes = store.watch(card(id)).await.unwrap();
+    let written = store
+        .put_enrollment(&enrolled(id), PutMode::Merge, TTL)
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), changes.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.revision, written.revision);
+    redis.freeze();
+    let began = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(40), async {
+        while changes.next().await.is_some() {}
+    })
+    .await;
+    let took = began.elapsed();
+    redis.thaw();
+    assert!(
+        ended.is_ok(),
+        "the watch was still open 40 s into the outage"
+    );
+    println!("the watch ended {took:?} into the outage");
+    assert!(
+        took >= Duration::from_secs(10),
+        "ended before the outage lasted 10 s: {took:?}"
+    );
+}
+
 /// A watcher whose feed must read its record again (it fell behind) and cannot (the record is
 /// unreadable) is ended, so that its client watches again, rather than left open and silent
 /// while the changes it missed are never shown.

@@ -227,6 +227,42 @@ async fn redis_store_applies_batches_as_one_by_one() {
         .query(&mut conn)
         .unwrap();
     assert_eq!(aside.len(), 2, "{aside:?}");
+    // Two notifications of that card in one batch, a revision at 10^14 - 1 (the next would be
+    // 10^14): the first one's settling sets the record aside and is applied to a fresh one;
+    // the second is applied onto that fresh record, which is not set aside in turn (it was,
+    // and the first one's effect went with it).
+    let raw: String = redis::cmd("GET").arg(key).query(&mut conn).unwrap();
+    let mut stored: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    stored["revision"] = serde_json::json!(99_999_999_999_999i64);
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(stored.to_string())
+        .query(&mut conn)
+        .unwrap();
+    let batch = vec![
+        event("g-4", T + 3, 60_010, approved()),
+        event("g-5", T + 4, 60_010, active),
+    ];
+    let got = effects(store.apply_notifications(&batch).await);
+    assert_eq!(got, ["Applied", "Applied"]);
+    let aside: Vec<String> = redis::cmd("KEYS")
+        .arg("c2p:{card:60010}:enrollment:quarantined:*")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(
+        aside.len(),
+        3,
+        "only the record that could not be written: {aside:?}"
+    );
+    let token = store
+        .get(card(60_010))
+        .await
+        .unwrap()
+        .unwrap()
+        .token
+        .unwrap();
+    assert_eq!(token.status, Some(TokenStatus::Active));
+    assert_eq!(token.decision, Some(TokenizationDecision::Approved));
 }
 
 fn approved() -> TokenEventKind {
