@@ -89,7 +89,7 @@ impl App {
 
     /// The card's record as Mastercard's token list shows it, built on `cached` (the stored
     /// record, `None` when there is none) and written when it changed.
-    async fn observe(
+    pub(super) async fn observe(
         &self,
         card: CardContractId,
         cached: Option<EnrollmentRecord>,

@@ -233,7 +233,7 @@ impl EnrollmentApi {
             .map_err(|v| status::to_status(&AppError::InvalidArgument(v)))?;
         tracing::Span::current().record("card", card.get());
         let permit = self.streams.watch()?;
-        let (current, changes) = self
+        let (current, source, changes) = self
             .app
             .watch(card, deadline)
             .await
@@ -242,6 +242,7 @@ impl EnrollmentApi {
         let open = metrics::OpenStream::open("WatchEnrollment");
         let stream = super::watch::messages(super::watch::Watch {
             current,
+            source,
             changes,
             start_after,
             heartbeat: self.watch_heartbeat,

@@ -23,6 +23,8 @@ use tonic::Status;
 pub struct Watch {
     /// The record read when the watch opened.
     pub current: EnrollmentRecord,
+    /// Where it came from: the store, or the token list on this call (a card without a record).
+    pub source: Source,
     /// Its later changes.
     pub changes: ChangeStream,
     /// The caller's `start_after_revision` (0: none).
@@ -41,6 +43,7 @@ pin_project! {
     /// the start boxed until it is sent.
     struct Messages {
         first: Option<Box<EnrollmentRecord>>,
+        first_source: Source,
         changes: ChangeStream,
         // The revision of the latest enrollment sent (or the caller's start).
         last: i64,
@@ -54,10 +57,11 @@ pin_project! {
     }
 }
 
-fn enrollment(record: &EnrollmentRecord) -> WatchEnrollmentResponse {
+/// A change (`Source::Store`: as written), or the first record (as read).
+fn enrollment(record: &EnrollmentRecord, source: Source) -> WatchEnrollmentResponse {
     WatchEnrollmentResponse {
         event: Some(watch_enrollment_response::Event::Enrollment(
-            convert::enrollment(record, Source::Store),
+            convert::enrollment(record, source),
         )),
     }
 }
@@ -89,7 +93,7 @@ impl Stream for Messages {
                 this.next_beat
                     .as_mut()
                     .reset(Instant::now() + *this.heartbeat);
-                return Poll::Ready(Some(Ok(enrollment(&first))));
+                return Poll::Ready(Some(Ok(enrollment(&first, *this.first_source))));
             }
         }
         // In this order: a drain ends the stream before anything else is sent.
@@ -112,7 +116,7 @@ impl Stream for Messages {
                     this.next_beat
                         .as_mut()
                         .reset(Instant::now() + *this.heartbeat);
-                    return Poll::Ready(Some(Ok(enrollment(&record))));
+                    return Poll::Ready(Some(Ok(enrollment(&record, Source::Store))));
                 }
                 Poll::Ready(Some(_)) => continue,
                 Poll::Ready(None) => {
@@ -140,6 +144,7 @@ pub fn messages(
 ) -> impl Stream<Item = Result<WatchEnrollmentResponse, Status>> + Send + 'static {
     Messages {
         first: Some(Box::new(watch.current)),
+        first_source: watch.source,
         changes: watch.changes,
         last: watch.start_after,
         heartbeat: watch.heartbeat,

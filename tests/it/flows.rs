@@ -544,6 +544,42 @@ fn failed_over(cluster: &RedisCluster, dead: usize) -> bool {
     })
 }
 
+/// A watch's first message says where it came from: a card without a record is looked up in
+/// Mastercard's token list on that call (UPSTREAM, as GetEnrollmentStatus says of it; it was
+/// labelled STORE), a card with one is the store's.
+#[tokio::test]
+async fn a_watch_labels_its_first_record_by_where_it_came_from() {
+    let redis = RedisServer::start();
+    let service = TestService::start(&settings(&[("C2P_REDIS__URL", &redis.url())])).await;
+    let mut client = service.client();
+    let first = |client: &mut Client| {
+        let mut client = client.clone();
+        async move {
+            let mut watch = client
+                .watch_enrollment(WatchEnrollmentRequest {
+                    card_contract_id: 70001,
+                    start_after_revision: 0,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            watch
+                .message()
+                .await
+                .unwrap()
+                .unwrap()
+                .into_enrollment()
+                .unwrap()
+        }
+    };
+    let looked_up = first(&mut client).await;
+    assert_eq!(looked_up.state(), EnrollmentState::NotEnrolled);
+    assert_eq!(looked_up.source(), EnrollmentSource::Upstream);
+    let stored = first(&mut client).await;
+    assert_eq!(stored.source(), EnrollmentSource::Store);
+    assert_eq!(stored.revision, looked_up.revision);
+}
+
 /// A service on `cluster` and a watch of card 70001, past its first message (NOT_ENROLLED): the
 /// feed has subscribed through one node.
 async fn watching_on(
