@@ -691,20 +691,19 @@ fn as_caller<T>(identity: &str, message: T) -> tonic::Request<T> {
     request
 }
 
-#[tokio::test]
-async fn a_watch_ends_when_its_card_is_enrolled_again_under_a_program_the_watcher_may_not_see() {
-    use c2p_enroll::proto::v1::{RemovalReason, RemoveCardRequest, watch_enrollment_response};
-    const DIRECTORY_APP: &str = "spiffe://bank.test/ns/payments/sa/directory-backend";
+const DIRECTORY_APP: &str = "spiffe://bank.test/ns/payments/sa/directory-backend";
+
+/// A service in mesh header mode whose app backend (`default`) and directory backend
+/// (`directory`) may call these RPCs, and the gateway NotificationIngest (the simulator's
+/// notifications come as it).
+async fn two_programs(app_rpcs: &str, directory_rpcs: &str) -> TestService {
     let service = TestService::start(&settings(&[
         ("C2P_AUTH__IDENTITY", "mesh_header"),
         ("C2P_AUTH__CALLERS__APP__IDENTITY", APP),
-        (
-            "C2P_AUTH__CALLERS__APP__RPCS",
-            "EnrollCard,RemoveCard,WatchEnrollment",
-        ),
+        ("C2P_AUTH__CALLERS__APP__RPCS", app_rpcs),
         ("C2P_AUTH__CALLERS__APP__PROGRAMS", "default"),
         ("C2P_AUTH__CALLERS__DIRECTORY__IDENTITY", DIRECTORY_APP),
-        ("C2P_AUTH__CALLERS__DIRECTORY__RPCS", "EnrollCard"),
+        ("C2P_AUTH__CALLERS__DIRECTORY__RPCS", directory_rpcs),
         ("C2P_AUTH__CALLERS__DIRECTORY__PROGRAMS", "directory"),
         ("C2P_AUTH__CALLERS__GATEWAY__IDENTITY", GATEWAY),
         ("C2P_AUTH__CALLERS__GATEWAY__RPCS", "NotificationIngest"),
@@ -713,6 +712,41 @@ async fn a_watch_ends_when_its_card_is_enrolled_again_under_a_program_the_watche
     service
         .sandbox
         .set_notification_identity("x-c2p-caller", GATEWAY);
+    service
+}
+
+/// Reads `watch` until it ends, every record it sends one the watcher may see (`visible`): it
+/// ends PERMISSION_DENIED PROGRAM_NOT_ALLOWED, within 10 s of each message.
+async fn refused_while_watching(
+    watch: &mut tonic::Streaming<c2p_enroll::proto::v1::WatchEnrollmentResponse>,
+    visible: impl Fn(&c2p_enroll::proto::v1::Enrollment) -> bool,
+) {
+    use c2p_enroll::proto::v1::watch_enrollment_response::Event;
+    let ended = loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("the watch neither ended nor sent anything");
+        match next {
+            Ok(Some(message)) => {
+                if let Some(Event::Enrollment(e)) = message.event {
+                    assert!(
+                        visible(&e),
+                        "a record the watcher may not see was sent: {e:?}"
+                    );
+                }
+            }
+            Ok(None) => panic!("the watch ended OK"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
+    assert_eq!(reason(&ended), "PROGRAM_NOT_ALLOWED");
+}
+
+#[tokio::test]
+async fn a_watch_ends_when_its_card_is_enrolled_again_under_a_program_the_watcher_may_not_see() {
+    use c2p_enroll::proto::v1::{RemovalReason, RemoveCardRequest};
+    let service = two_programs("EnrollCard,RemoveCard,WatchEnrollment", "EnrollCard").await;
     let mut client = service.client();
     client
         .enroll_card(as_caller(APP, request("a1", 70001)))
@@ -743,22 +777,7 @@ async fn a_watch_ends_when_its_card_is_enrolled_again_under_a_program_the_watche
         .enroll_card(as_caller(DIRECTORY_APP, again))
         .await
         .unwrap();
-    let ended = loop {
-        let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
-            .await
-            .expect("the watch neither ended nor sent anything");
-        match next {
-            Ok(Some(message)) => {
-                if let Some(watch_enrollment_response::Event::Enrollment(e)) = message.event {
-                    assert_ne!(e.program, "directory", "another program's record was sent");
-                }
-            }
-            Ok(None) => panic!("the watch ended OK"),
-            Err(status) => break status,
-        }
-    };
-    assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
-    assert_eq!(reason(&ended), "PROGRAM_NOT_ALLOWED");
+    refused_while_watching(&mut watch, |e| e.program != "directory").await;
 }
 
 /// A card nobody enrolled belongs to no program: a backend of any program reads and watches it
@@ -767,25 +786,11 @@ async fn a_watch_ends_when_its_card_is_enrolled_again_under_a_program_the_watche
 #[tokio::test]
 async fn a_card_nobody_enrolled_is_visible_to_every_program_until_one_enrolls_it() {
     use c2p_enroll::proto::v1::{EnrollmentState, watch_enrollment_response};
-    const DIRECTORY_APP: &str = "spiffe://bank.test/ns/payments/sa/directory-backend";
-    let service = TestService::start(&settings(&[
-        ("C2P_AUTH__IDENTITY", "mesh_header"),
-        ("C2P_AUTH__CALLERS__APP__IDENTITY", APP),
-        ("C2P_AUTH__CALLERS__APP__RPCS", "EnrollCard"),
-        ("C2P_AUTH__CALLERS__APP__PROGRAMS", "default"),
-        ("C2P_AUTH__CALLERS__DIRECTORY__IDENTITY", DIRECTORY_APP),
-        (
-            "C2P_AUTH__CALLERS__DIRECTORY__RPCS",
-            "EnrollCard,GetEnrollmentStatus,WatchEnrollment",
-        ),
-        ("C2P_AUTH__CALLERS__DIRECTORY__PROGRAMS", "directory"),
-        ("C2P_AUTH__CALLERS__GATEWAY__IDENTITY", GATEWAY),
-        ("C2P_AUTH__CALLERS__GATEWAY__RPCS", "NotificationIngest"),
-    ]))
+    let service = two_programs(
+        "EnrollCard",
+        "EnrollCard,GetEnrollmentStatus,WatchEnrollment",
+    )
     .await;
-    service
-        .sandbox
-        .set_notification_identity("x-c2p-caller", GATEWAY);
     let mut client = service.client();
     let status_of = |card| {
         as_caller(
@@ -837,28 +842,13 @@ async fn a_card_nobody_enrolled_is_visible_to_every_program_until_one_enrolls_it
         .enroll_card(as_caller(APP, request("a1", 70001)))
         .await
         .unwrap();
-    let ended = loop {
-        let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
-            .await
-            .expect("the watch neither ended nor sent anything");
-        match next {
-            Ok(Some(message)) => {
-                if let Some(watch_enrollment_response::Event::Enrollment(e)) = message.event {
-                    assert!(
-                        matches!(
-                            e.state(),
-                            EnrollmentState::NotEnrolled | EnrollmentState::TokenizedElsewhere
-                        ),
-                        "another program's record was sent: {e:?}"
-                    );
-                }
-            }
-            Ok(None) => panic!("the watch ended OK"),
-            Err(status) => break status,
-        }
-    };
-    assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
-    assert_eq!(reason(&ended), "PROGRAM_NOT_ALLOWED");
+    refused_while_watching(&mut watch, |e| {
+        matches!(
+            e.state(),
+            EnrollmentState::NotEnrolled | EnrollmentState::TokenizedElsewhere
+        )
+    })
+    .await;
     let status = client
         .get_enrollment_status(status_of(70001))
         .await

@@ -1501,6 +1501,22 @@ async fn redis_a_change_published_unreadable_is_read_again_by_the_watchers() {
     );
 }
 
+/// Stops `redis` (SIGSTOP) and waits up to `limit` for `changes` to end: how long that took,
+/// `None` if it did not; `redis` runs again after.
+async fn ends_while_frozen(
+    redis: &RedisServer,
+    changes: &mut store::ChangeStream,
+    limit: Duration,
+) -> Option<Duration> {
+    redis.freeze();
+    let began = std::time::Instant::now();
+    let ended =
+        tokio::time::timeout(limit, async { while changes.next().await.is_some() {} }).await;
+    let took = began.elapsed();
+    redis.thaw();
+    ended.ok().map(|()| took)
+}
+
 /// A watcher that must read its record again while Redis hangs ends within the README's 10 s,
 /// however long each read waits: counted in attempts, 20 reads of `redis.response_timeout`
 /// (3 s here) and a pause each took 70 s.
@@ -1524,15 +1540,9 @@ async fn redis_a_resync_while_redis_hangs_gives_up_within_10_s() {
             .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    redis.freeze();
-    let began = std::time::Instant::now();
-    let ended = tokio::time::timeout(Duration::from_secs(90), async {
-        while changes.next().await.is_some() {}
-    })
-    .await;
-    let took = began.elapsed();
-    redis.thaw();
-    assert!(ended.is_ok(), "the watch did not end in 90 s");
+    let took = ends_while_frozen(&redis, &mut changes, Duration::from_secs(90))
+        .await
+        .expect("the watch did not end in 90 s");
     println!("the re-read gave up after {took:?}");
     assert!(
         took < Duration::from_secs(13),
@@ -1559,18 +1569,9 @@ async fn redis_a_watch_ends_when_its_feed_stays_without_redis() {
         .unwrap()
         .unwrap();
     assert_eq!(first.revision, written.revision);
-    redis.freeze();
-    let began = std::time::Instant::now();
-    let ended = tokio::time::timeout(Duration::from_secs(40), async {
-        while changes.next().await.is_some() {}
-    })
-    .await;
-    let took = began.elapsed();
-    redis.thaw();
-    assert!(
-        ended.is_ok(),
-        "the watch was still open 40 s into the outage"
-    );
+    let took = ends_while_frozen(&redis, &mut changes, Duration::from_secs(40))
+        .await
+        .expect("the watch was still open 40 s into the outage");
     println!("the watch ended {took:?} into the outage");
     assert!(
         took >= Duration::from_secs(10),

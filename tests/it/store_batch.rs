@@ -180,14 +180,7 @@ async fn redis_store_applies_batches_as_one_by_one() {
     // is set aside as an unreadable one is, and the notification applied to a fresh record;
     // the next in the batch is applied as usual.
     let key = "c2p:{card:60010}:enrollment";
-    let raw: String = redis::cmd("GET").arg(key).query(&mut conn).unwrap();
-    let mut stored: serde_json::Value = serde_json::from_str(&raw).unwrap();
-    stored["revision"] = serde_json::json!(100_000_000_000_000i64);
-    let _: () = redis::cmd("SET")
-        .arg(key)
-        .arg(stored.to_string())
-        .query(&mut conn)
-        .unwrap();
+    let stored = set_revision(&mut conn, key, 100_000_000_000_000);
     let batch = vec![
         event("g-1", T + 1, 60_010, approved()),
         event("g-2", T + 1, 60_012, approved()),
@@ -208,14 +201,7 @@ async fn redis_store_applies_batches_as_one_by_one() {
     let fresh = store.get(card(60_010)).await.unwrap().unwrap();
     assert!(fresh.revision < 100_000_000_000_000, "{}", fresh.revision);
     // One notification alone (merged by the script in one call) meets the same guard.
-    let raw: String = redis::cmd("GET").arg(key).query(&mut conn).unwrap();
-    let mut stored: serde_json::Value = serde_json::from_str(&raw).unwrap();
-    stored["revision"] = serde_json::json!(100_000_000_000_000i64);
-    let _: () = redis::cmd("SET")
-        .arg(key)
-        .arg(stored.to_string())
-        .query(&mut conn)
-        .unwrap();
+    set_revision(&mut conn, key, 100_000_000_000_000);
     let got = effects(
         store
             .apply_notifications(&[event("g-3", T + 2, 60_010, approved())])
@@ -231,14 +217,7 @@ async fn redis_store_applies_batches_as_one_by_one() {
     // 10^14): the first one's settling sets the record aside and is applied to a fresh one;
     // the second is applied onto that fresh record, which is not set aside in turn (it was,
     // and the first one's effect went with it).
-    let raw: String = redis::cmd("GET").arg(key).query(&mut conn).unwrap();
-    let mut stored: serde_json::Value = serde_json::from_str(&raw).unwrap();
-    stored["revision"] = serde_json::json!(99_999_999_999_999i64);
-    let _: () = redis::cmd("SET")
-        .arg(key)
-        .arg(stored.to_string())
-        .query(&mut conn)
-        .unwrap();
+    set_revision(&mut conn, key, 99_999_999_999_999);
     let batch = vec![
         event("g-4", T + 3, 60_010, approved()),
         event("g-5", T + 4, 60_010, active),
@@ -263,6 +242,20 @@ async fn redis_store_applies_batches_as_one_by_one() {
         .unwrap();
     assert_eq!(token.status, Some(TokenStatus::Active));
     assert_eq!(token.decision, Some(TokenizationDecision::Approved));
+}
+
+/// Rewrites the record under `key` with `revision` (as another writer could): the record
+/// written.
+fn set_revision(conn: &mut redis::Connection, key: &str, revision: i64) -> serde_json::Value {
+    let raw: String = redis::cmd("GET").arg(key).query(conn).unwrap();
+    let mut stored: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    stored["revision"] = serde_json::json!(revision);
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(stored.to_string())
+        .query(conn)
+        .unwrap();
+    stored
 }
 
 fn approved() -> TokenEventKind {
