@@ -814,7 +814,7 @@ impl RedisStore {
     }
 
     /// The card's record; one that cannot be read is renamed aside
-    /// (`…:enrollment:quarantined:<ms>`, same slot, same TTL), logged and counted, and reads as
+    /// (`…:enrollment:quarantined:<ms>-<random>`, same slot, same TTL), logged and counted, and reads as
     /// absent so that the card is rebuilt from the token list instead of failing for 30 days.
     /// The flag says whether a record was set aside.
     async fn get_or_quarantine(
@@ -881,7 +881,13 @@ impl RedisStore {
         why: StoreError,
         seen: &str,
     ) -> Result<bool, StoreError> {
-        let aside = format!("{key}:quarantined:{}", crate::domain::now_ms());
+        // Random past the time: two set aside within one millisecond (the notifications of a
+        // batch, or replicas) must not rename onto each other, which would lose the first.
+        let aside = format!(
+            "{key}:quarantined:{}-{:08x}",
+            crate::domain::now_ms(),
+            rand::random::<u32>()
+        );
         // Renamed only if it still holds what was read: a good record another replica just
         // wrote is never set aside.
         let renamed: i64 = self

@@ -1861,6 +1861,22 @@ async fn redis_a_lone_notification_is_one_script_call_a_batch_is_read_first() {
         .unwrap();
     assert_eq!(aside.len(), 1, "the hash is kept aside for inspection");
     assert!(store.get(card(70014)).await.unwrap().is_some());
+
+    // Records set aside one after another, many within one millisecond: each is kept (the
+    // name was the millisecond alone, and a rename onto it lost the one before).
+    for i in 0..100 {
+        let _: () = redis::cmd("SET")
+            .arg("c2p:{card:70016}:enrollment")
+            .arg(format!("{{not json {i}"))
+            .query(&mut conn)
+            .unwrap();
+        assert!(store.get(card(70016)).await.unwrap().is_none());
+    }
+    let aside: Vec<String> = redis::cmd("KEYS")
+        .arg("c2p:{card:70016}:enrollment:quarantined:*")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(aside.len(), 100, "every record set aside is kept");
 }
 
 /// EnrollCard's lock and the reads under it are one command of the client (the script; Redis'
