@@ -814,8 +814,9 @@ impl RedisStore {
     }
 
     /// The card's record; one that cannot be read is renamed aside
-    /// (`…:enrollment:quarantined:<ms>-<random>`, same slot, same TTL), logged and counted, and reads as
-    /// absent so that the card is rebuilt from the token list instead of failing for 30 days.
+    /// (`…:enrollment:quarantined:<ms>-<random>`, same slot, same TTL), logged and counted, and
+    /// reads as absent so that the card is rebuilt from the token list instead of failing for
+    /// 30 days.
     /// The flag says whether a record was set aside.
     async fn get_or_quarantine(
         &self,
