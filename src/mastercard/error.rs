@@ -120,19 +120,25 @@ pub enum UpstreamErrorKind {
 }
 
 impl UpstreamErrorKind {
-    /// A 404 of the API itself, not one the gateway answered (its own body, `Source`
-    /// `Gateway`) for a path it does not route. For the lifecycle calls this is the answer
-    /// "Click to Pay does not hold it" (`CallSpec::absent_is_answer`).
+    /// A 404 of the API itself: an error body of one of Mastercard's shapes with a reason
+    /// (`NOT_FOUND`, ...), and not one the gateway answered (its own body, `Source` `Gateway`)
+    /// for a path it does not route. For the lifecycle calls this is the answer "Click to Pay
+    /// does not hold it" (`CallSpec::absent_is_answer`). A 404 without such a body (empty,
+    /// HTML: a proxy's, an ingress's, a wrong base URL's) is no evidence of that, and stays a
+    /// refusal: a delete it answered must not pass for done.
     pub fn is_api_not_found(&self) -> bool {
         match self {
             UpstreamErrorKind::Rejected {
                 status: 404,
                 reason,
                 ..
-            } => !reason
-                .source
-                .as_deref()
-                .is_some_and(|s| s.eq_ignore_ascii_case("gateway")),
+            } => {
+                reason.code.is_some()
+                    && !reason
+                        .source
+                        .as_deref()
+                        .is_some_and(|s| s.eq_ignore_ascii_case("gateway"))
+            }
             _ => false,
         }
     }

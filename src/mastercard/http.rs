@@ -174,6 +174,10 @@ impl ApiClient {
             .use_rustls_tls()
             .connect_timeout(config.policy.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
+            // Mastercard's APIs answer where they are asked. Followed, a 302 turned POST /cards
+            // into a GET whose 200 read as an enrollment, and a 307 sent the consumer's data
+            // (and the card's JWE) wherever it pointed: a 3xx is an answer, a failed one.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("c2p-enroll/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &config.extra_ca {
             let pem = ca.to_pem().map_err(|e| e.to_string())?;

@@ -672,6 +672,73 @@ async fn a_token_list_is_dated_by_mastercards_date_header() {
     assert_eq!(observed_at, Some(784_111_777_000));
 }
 
+/// A 404 is "Click to Pay does not hold it" only with an error body of Mastercard's: an empty
+/// or HTML one (a proxy's, an ingress's, a wrong base URL's) is a refusal. It counted as the
+/// card gone: a RemoveCard answered OK, the record REMOVED, with the card still in Click to Pay.
+#[tokio::test]
+async fn a_lifecycle_404_without_mastercards_error_body_is_a_refusal() {
+    use c2p_enroll::mastercard::lifecycle::legacy;
+    let html = Reply::Respond {
+        status: 404,
+        headers: vec![("content-type".into(), "text/html".into())],
+        body: b"<html><body><h1>404 Not Found</h1>nginx</body></html>".to_vec(),
+    };
+    let empty = Reply::Respond {
+        status: 404,
+        headers: Vec::new(),
+        body: Vec::new(),
+    };
+    let stub = HttpStub::start(vec![html, empty, Reply::json(404, r#"{"message":"no"}"#)]).await;
+    let http = client(
+        Api::Enroll,
+        stub.url("/src/api/digital/payments"),
+        fast_policy(),
+        BreakerConfig::default(),
+    );
+    let ids = ("src-client", "SRC_TEST_SERVICE");
+    for card in ["card-html", "card-empty", "card-other-json"] {
+        let refused = legacy::delete_card(&http, "client-id", ids, card, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                refused.kind,
+                UpstreamErrorKind::Rejected { status: 404, .. }
+            ),
+            "{card}: {refused:?}"
+        );
+    }
+    assert_eq!(stub.requests().len(), 3);
+}
+
+/// Redirects are not followed: a 302 to POST /cards was followed as a GET whose 200 read as an
+/// enrollment (and a 307 would have sent the consumer's data where it pointed).
+#[tokio::test]
+async fn a_redirect_is_a_failed_answer_not_followed() {
+    let stub = HttpStub::start(vec![Reply::json(500, "{}")]).await;
+    let elsewhere = stub.url("/elsewhere").to_string();
+    stub.script(vec![
+        Reply::Respond {
+            status: 302,
+            headers: vec![("location".into(), elsewhere)],
+            body: Vec::new(),
+        },
+        Reply::json(200, r#"{"maskedCard":{"srcDigitalCardId":"not-enrolled"}}"#),
+    ]);
+    let failed = enroll(&stub)
+        .enroll_card(&enroll_request(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            failed.kind,
+            UpstreamErrorKind::ServerError { status: 302, .. }
+        ),
+        "{failed:?}"
+    );
+    assert_eq!(stub.requests().len(), 1, "the redirect was followed");
+}
+
 #[tokio::test]
 async fn a_lifecycle_404_counts_not_found_and_a_gateway_404_rejected() {
     use c2p_enroll::mastercard::lifecycle::{Answer, legacy};
