@@ -366,16 +366,22 @@ impl ApiClient {
                 }
             };
             // The attempt's own time, Mastercard's, starts once signed.
-            let until = now + self.policy.attempt_timeout.min(deadline - now);
+            let left = deadline - now;
+            let cut_by_caller = left < self.policy.attempt_timeout;
+            let until = now + self.policy.attempt_timeout.min(left);
             let outcome = self
                 .attempt(&spec, &url, &body, authorization, until)
                 .instrument(observer.span().clone())
                 .await;
             let outcome = observer.finished(outcome);
-            permit.record(match &outcome {
-                Ok(_) => false,
-                Err(f) => counts_against_api(&f.kind),
-            });
+            match &outcome {
+                // Cut short by the caller's deadline (or the call's budget), not by the attempt
+                // timeout: no evidence against Mastercard. Counted, one caller's short deadlines
+                // opened the breaker for every caller while Mastercard answered in time.
+                Err(f) if cut_by_caller && f.kind == UpstreamErrorKind::Timeout => drop(permit),
+                Ok(_) => permit.record(false),
+                Err(f) => permit.record(counts_against_api(&f.kind)),
+            }
             observer.breaker_state(self.breaker.state());
             let failure = match outcome {
                 Ok(response) => {

@@ -511,6 +511,43 @@ async fn the_breaker_opens_then_half_opens_and_closes() {
     assert_eq!(stub.requests().len(), 3);
 }
 
+/// Attempts cut short by the caller's deadline are no evidence against Mastercard: one
+/// caller's 100 ms deadlines against slow answers opened the breaker for every caller.
+#[tokio::test]
+async fn attempts_cut_by_the_callers_deadline_do_not_open_the_breaker() {
+    let mut replies = vec![Reply::Hang; 6];
+    replies.push(Reply::json(200, CARD_DATA));
+    let stub = HttpStub::start(replies).await;
+    let breaker = BreakerConfig {
+        failure_rate_threshold: 50.0,
+        window_size: 4,
+        minimum_calls: 4,
+        open_duration: Duration::from_secs(60),
+        half_open_calls: 1,
+    };
+    let policy = HttpPolicy {
+        max_attempts: 1,
+        ..fast_policy()
+    };
+    let client = ProcessingClient::new(client(Api::Processing, stub.url("/p"), policy, breaker));
+    for _ in 0..6 {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(100);
+        let err = client
+            .search_card(
+                70001,
+                SynchronousRequest::default(),
+                &enroll_certificate(),
+                Some(deadline),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, UpstreamErrorKind::Timeout, "{err:?}");
+    }
+    assert_eq!(client.http().breaker_state(), BreakerState::Closed);
+    // A caller with time gets its answer.
+    search(&client).await.unwrap();
+}
+
 #[tokio::test]
 async fn the_callers_deadline_cuts_the_retries_short() {
     let stub = HttpStub::start(vec![Reply::json(503, "{}")]).await;
