@@ -681,7 +681,8 @@ impl App {
                 EnrollStage::Recover,
                 self.status_as(cmd.card_contract_id, deadline, Some(&owner)),
             )
-            .await?;
+            .await
+            .map_err(outcome_unknown)?;
             if record.state == EnrollmentState::Enrolled {
                 tracing::info!(
                     "finished from the token list: the interrupted attempt's POST /cards went through"
@@ -994,5 +995,22 @@ pub(super) fn map_upstream(
         UpstreamFailure::IdsUnknown { missing, .. } => {
             AppError::ClickToPayIdsUnknown { card, missing }
         }
+    }
+}
+
+/// A failure of the look-up that decides an enrollment whose POST /cards may have gone out: its
+/// outcome stays unknown, so the key resumes. Stored as the key's answer (a token list refused
+/// or unreadable for a moment), it was replayed as final while the enrollment may have gone
+/// through (and the reconciler may finish it ENROLLED).
+fn outcome_unknown(e: AppError) -> AppError {
+    match e {
+        AppError::UpstreamRejected(step, context) | AppError::UpstreamInvalid(step, context) => {
+            AppError::UpstreamUnavailable {
+                step,
+                context,
+                retry_after: Duration::from_secs(1),
+            }
+        }
+        other => other,
     }
 }

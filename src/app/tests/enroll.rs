@@ -1394,6 +1394,52 @@ async fn a_token_list_failure_on_resume_is_transient_and_sends_nothing() {
     assert_released(&w, &cmd, Phase::EnrollSent);
 }
 
+/// A token list that refuses or answers what cannot be read, on resume, leaves the outcome
+/// unknown: the key resumes (it was stored as the key's final answer and replayed, though the
+/// POST /cards it decides on may have gone through), and finishes from the token list once it
+/// answers.
+#[tokio::test]
+async fn a_token_list_refusal_on_resume_is_transient_and_the_key_finishes_later() {
+    for (i, failure) in [
+        UpstreamFailure::Rejected(context("processing")),
+        UpstreamFailure::InvalidAnswer(context("processing")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let w = world();
+        let id = 1709 + i as i64;
+        let cmd = command("k1", id);
+        w.seed_crashed_key(&cmd, Phase::EnrollSent, &format!("corr-{id}"))
+            .await;
+        w.mc.tokens(Err(failure));
+        let e = w.app.enroll(cmd.clone(), None).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                AppError::UpstreamUnavailable {
+                    step: Step::Tokens,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.is_transient());
+        assert_released(&w, &cmd, Phase::EnrollSent);
+        w.mc.tokens(Ok(observed(vec![c2p_token(
+            &format!("DM4MMC{id}"),
+            TokenStatus::Active,
+            "2030-01-01T00:00:00Z",
+        )])));
+        let done = w.app.enroll(cmd, None).await.unwrap();
+        assert_eq!(done.record.state, EnrollmentState::Enrolled);
+        assert!(!done.replayed);
+        // No record of the card: the token list's token is not this key's, which then
+        // enrolls (as a_key_stopped_with_the_phase_sent_but_no_record_... does).
+        assert_eq!(w.mc.calls().counts(), (1, 1, 2));
+    }
+}
+
 // --- The store ----------------------------------------------------------------------------------
 
 #[tokio::test]
