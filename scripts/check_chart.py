@@ -216,6 +216,12 @@ EXPECTED_SETTINGS: dict[str, dict[str, Any]] = {
         "auth.callers.app_backend.identity": "spiffe://cluster.local/ns/payments/sa/app-backend",
         "auth.callers.notifications.rpcs": ["NotificationIngest"],
     },
+    "mesh-mtls-peers.yaml": {
+        **_MTLS_FROM_TLS_SECRET, **_FINGERPRINT, **_APP_BACKEND,
+        "auth.identity": "mesh_header",
+        "auth.mesh_header": "x-forwarded-client-identity",
+        "auth.mesh_peers": ["spiffe://bank.example/ns/istio-system/sa/istio-ingressgateway-service-account"],
+    },
     "redis-tls-acl.yaml": {
         **_MTLS_FROM_TLS_SECRET, **_FINGERPRINT,
         "redis.url": "rediss://redis.bank.example:6380",
@@ -419,6 +425,10 @@ NEGATIVE_RENDER: list[tuple[str, list[Callable[[dict[str, Any]], None]], str]] =
     ("a proxy without where it is (no NetworkPolicy peer)",
      [_without("networkPolicy.egress.mastercard"), _with("proxy.httpsProxy", "http://egress-proxy.egress.svc:3128")],
      "proxy.httpsProxy needs networkPolicy.egress.proxy.podSelector, namespaceSelector or cidrs"),
+    ("a proxy reached by address on another port than its URL's (the NetworkPolicy would block it)",
+     [_without("networkPolicy.egress.mastercard"), _with("proxy.httpsProxy", "https://proxy.bank.example"),
+      _with("networkPolicy.egress.proxy.cidrs", ["10.30.0.10/32"]), _with("networkPolicy.egress.proxy.port", 8443)],
+     "networkPolicy.egress.proxy.port (8443) differs from the port of proxy.httpsProxy (443)"),
     ("a proxy URL with credentials",
      [_without("networkPolicy.egress.mastercard"), _with("proxy.httpsProxy", "http://c2p:s3cret@proxy.bank.example:3128"),
       _with("networkPolicy.egress.proxy.cidrs", ["10.30.0.10/32"])], "proxy.httpsProxy holds credentials"),
@@ -506,6 +516,10 @@ NEGATIVE_SCHEMA: list[tuple[str, list[Callable[[dict[str, Any]], None]]]] = [
     ("an unknown auth.identity", [_with("auth.identity", "mtls")]),
     ("an unknown key under tls", [_with("tls.cert", "tls.crt")]),
     ("a -bin auth.meshHeader", [_with("auth.meshHeader", "x-caller-bin")]),
+    ("a wildcard auth.meshPeers identity (the service refuses it at start)",
+     [_with("auth.identity", "mesh_header"), _with("auth.meshPeers", ["*.mesh.local"])]),
+    ("an auth.meshPeers identity no certificate can carry",
+     [_with("auth.identity", "mesh_header"), _with("auth.meshPeers", ["istio gateway"])]),
     ("a non-integer grpc.limits.max_message_bytes", [_with("config.grpc.limits.max_message_bytes", "16k")]),
     ("an unknown redis.ca.source", [_with("redis.ca", {"source": "vault", "name": "redis-ca"})]),
     ("a caller name that is no TOML bare key", [_with("auth.callers", {"app backend": {
@@ -761,8 +775,12 @@ def check_deployment(docs: list[tuple[str, dict[str, Any]]], values: dict[str, A
         "container readOnlyRootFilesystem true": sc.get("readOnlyRootFilesystem") is True,
         "container runAsNonRoot true": sc.get("runAsNonRoot") is True,
         "pod runAsNonRoot true": psc.get("runAsNonRoot") is True,
-        "runAsUser/runAsGroup 65532": sc.get("runAsUser") == 65532 and sc.get("runAsGroup") == 65532
-        and psc.get("runAsUser") == 65532 and psc.get("runAsGroup") == 65532,
+        # The image's ids, or none at all where the platform assigns them (OpenShift's SCC).
+        "runAsUser/runAsGroup 65532, or all left to the platform": (
+            sc.get("runAsUser") == 65532 and sc.get("runAsGroup") == 65532
+            and psc.get("runAsUser") == 65532 and psc.get("runAsGroup") == 65532)
+        or (merged["podSecurityContext"].get("runAsUser") is None
+            and not {"runAsUser", "runAsGroup"} & (set(sc) | set(psc)) and "fsGroup" not in psc),
         "allowPrivilegeEscalation false": sc.get("allowPrivilegeEscalation") is False,
         "capabilities drop ALL": sc.get("capabilities", {}).get("drop") == ["ALL"],
         "seccomp RuntimeDefault (pod and container)": psc.get("seccompProfile") == {"type": "RuntimeDefault"}
@@ -1237,7 +1255,8 @@ def check_callers_reach_grpc(docs: list[tuple[str, dict[str, Any]]], merged: dic
     """Every caller named by a SPIFFE id (`spiffe://<domain>/ns/<namespace>/sa/<account>`) is in a
     namespace that some gRPC ingress peer of the NetworkPolicy admits: a caller granted RPCs that
     the policy keeps out would find the port closed (a selector other than the namespace's name,
-    or an address block, counts as admitting: it cannot be told here)."""
+    or an address block, counts as admitting: it cannot be told here). With mesh_header over
+    mutual TLS, the mesh peers (auth.meshPeers) instead: the connections are theirs."""
     policies = {d["metadata"]["name"]: d["spec"] for d in by_kind(docs, "NetworkPolicy")}
     np = policies.get(RELEASE)
     if np is None:
@@ -1261,10 +1280,17 @@ def check_callers_reach_grpc(docs: list[tuple[str, dict[str, Any]]], merged: dic
         return True
 
     problems = []
-    for name, caller in (merged.get("auth", {}).get("callers") or {}).items():
-        found = re.match(r"spiffe://[^/]+/ns/([^/]+)/sa/", str(caller.get("identity", "")))
+    auth = merged.get("auth", {})
+    # With mesh_header over mutual TLS the connections come from the mesh peers (a gateway), not
+    # from the callers' pods: their namespaces are the ones to admit.
+    if auth.get("identity") == "mesh_header" and auth.get("meshPeers"):
+        connecting = {f"auth.meshPeers[{i}]": peer for i, peer in enumerate(auth["meshPeers"])}
+    else:
+        connecting = {f"auth.callers.{name}": c.get("identity", "") for name, c in (auth.get("callers") or {}).items()}
+    for name, identity in connecting.items():
+        found = re.match(r"spiffe://[^/]+/ns/([^/]+)/sa/", str(identity))
         if found and not any(admits(peer, found.group(1)) for peer in peers):
-            problems.append(f"auth.callers.{name} ({caller['identity']}) is in namespace {found.group(1)}, "
+            problems.append(f"{name} ({identity}) is in namespace {found.group(1)}, "
                             "which no gRPC ingress rule admits")
     return "; ".join(problems) or None
 
@@ -1705,7 +1731,7 @@ def main() -> int:
         def proxy_ports() -> str | None:
             problems = []
             for url, port_value, want in (("https://proxy.bank.example", None, 443), ("http://proxy.bank.example", None, 80),
-                                          ("http://10.30.0.10:3128/", None, 3128), ("http://proxy:3128", 8080, 8080)):
+                                          ("http://10.30.0.10:3128/", None, 3128), ("http://proxy:3128", 3128, 3128)):
                 values = changed([_without("networkPolicy.egress.mastercard"), _with("proxy.httpsProxy", url),
                                   _with("networkPolicy.egress.proxy.cidrs", ["10.30.0.10/32"])]
                                  + ([_with("networkPolicy.egress.proxy.port", port_value)] if port_value else []))
