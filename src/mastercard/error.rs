@@ -310,8 +310,32 @@ struct EnrollErrorDetail {
     source: Option<String>,
 }
 
-/// Mastercard's reason from an error body of either shape; empty when it is neither.
+/// Mastercard's reason from an error body of either shape; empty when it is neither. Each part
+/// is kept only if it looks like a code (at most [`MAX_REASON_CHARS`] letters, digits, spaces
+/// and `_.-:[]/`): they go into the caller's error details, stored answers and metric labels,
+/// and an answer could put anything there (an echoed request value among it).
 pub fn parse_error_body(body: &[u8]) -> UpstreamReason {
+    let r = parse_reason(body);
+    UpstreamReason {
+        code: r.code.filter(|c| code_like(c)),
+        detail: r.detail.filter(|c| code_like(c)),
+        source: r.source.filter(|c| code_like(c)),
+        recoverable: r.recoverable,
+    }
+}
+
+/// The longest reason part kept (Mastercard's are well under it).
+pub const MAX_REASON_CHARS: usize = 64;
+
+fn code_like(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_REASON_CHARS
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || " _.-:[]/".contains(c))
+}
+
+fn parse_reason(body: &[u8]) -> UpstreamReason {
     if let Ok(w) = serde_json::from_slice::<ProcessingWrapper>(body) {
         let first = match w.errors {
             ProcessingErrors::Wrapped {
@@ -356,6 +380,23 @@ pub fn parse_error_body(body: &[u8]) -> UpstreamReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reason_parts_that_are_not_codes_are_dropped() {
+        let long = "A".repeat(MAX_REASON_CHARS + 1);
+        let body = format!(
+            r#"{{"Errors":{{"Error":[{{"Source":"MASTERCARD PROCESSING","ReasonCode":"{long}"}}]}}}}"#
+        );
+        let r = parse_error_body(body.as_bytes());
+        assert_eq!(r.code, None);
+        assert_eq!(r.source.as_deref(), Some("MASTERCARD PROCESSING"));
+        let r = parse_error_body(
+            br#"{"status":400,"reason":"INVALID_ARGUMENT","errordetail":[{"reason":"bad value jane@example.com\n","source":"consumer.emailAddress"}]}"#,
+        );
+        assert_eq!(r.code.as_deref(), Some("INVALID_ARGUMENT"));
+        assert_eq!(r.detail, None, "an echoed value is no code");
+        assert_eq!(r.source.as_deref(), Some("consumer.emailAddress"));
+    }
 
     #[test]
     fn processing_error_body_including_gateway_errors() {

@@ -4,7 +4,9 @@
 //! ([`offload`](super::offload)).
 
 use super::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
-use super::error::{Api, Correlation, UpstreamError, UpstreamErrorKind, parse_error_body};
+use super::error::{
+    Api, Correlation, UpstreamError, UpstreamErrorKind, UpstreamReason, parse_error_body,
+};
 use super::jwe::{JweDecryptor, JweEncryptor, JweError, open_envelope, seal_envelope};
 use super::keys::{Certificate, SigningKey};
 use super::oauth1::{
@@ -485,16 +487,39 @@ impl ApiClient {
             let correlation = Correlation::from_headers(response.headers());
             let retry_after = retry_after(response.headers());
             let date_ms = date_ms(response.headers());
-            let bytes = response.bytes().await.map_err(|_| AttemptFailure {
-                kind: UpstreamErrorKind::SendFailed,
-                correlation: correlation.clone(),
-            })?;
+            let bytes =
+                read_capped(response, MAX_ANSWER_BYTES)
+                    .await
+                    .map_err(|_| AttemptFailure {
+                        kind: UpstreamErrorKind::SendFailed,
+                        correlation: correlation.clone(),
+                    })?;
             Ok((status, correlation, retry_after, date_ms, bytes))
         };
         let (status, correlation, retry_after, date_ms, bytes) =
             tokio::time::timeout_at(until, exchange)
                 .await
                 .map_err(|_| no_correlation(UpstreamErrorKind::Timeout))??;
+        // An answer past the cap is not held: a 2xx is undecodable, an error keeps no reason.
+        let Some(bytes) = bytes else {
+            return Err(AttemptFailure {
+                kind: match status {
+                    200..=299 => UpstreamErrorKind::Decode(format!(
+                        "an answer of more than {MAX_ANSWER_BYTES} bytes"
+                    )),
+                    400..=499 => UpstreamErrorKind::Rejected {
+                        status,
+                        reason: UpstreamReason::default(),
+                        retry_after: if status == 429 { retry_after } else { None },
+                    },
+                    _ => UpstreamErrorKind::ServerError {
+                        status,
+                        reason: UpstreamReason::default(),
+                    },
+                },
+                correlation,
+            });
+        };
         match status {
             200..=299 => Ok(UpstreamResponse {
                 status,
@@ -588,6 +613,31 @@ impl ApiClient {
         }
         Ok(response)
     }
+}
+
+/// The most of an answer read. Mastercard's largest (a token list, an encrypted card) are a
+/// few kilobytes; read whole, an answer of any size was held in memory on every call in flight.
+const MAX_ANSWER_BYTES: usize = 1 << 20;
+
+/// The body of `response`, or `None` when it is longer than `cap` (then read no further).
+async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<Option<Bytes>, reqwest::Error> {
+    if response
+        .content_length()
+        .is_some_and(|n| n > u64::try_from(cap).unwrap_or(u64::MAX))
+    {
+        return Ok(None);
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > cap {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
 }
 
 /// Connect failures happened before anything was sent; anything else after sending began.

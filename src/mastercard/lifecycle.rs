@@ -505,17 +505,24 @@ mod tests {
     }
 
     #[test]
-    fn a_404_is_gone_unless_the_gateway_says_it_routes_no_such_path() {
+    fn a_404_is_gone_only_with_an_apis_error_body() {
         let api = [
             &br#"{"status":404,"reason":"NOT_FOUND","message":"Card not found"}"#[..],
             br#"{"Errors":[{"Error":{"Source":"CREDENTIAL_DIRECTORY","ReasonCode":"NOT_FOUND"}}]}"#,
-            b"",
         ];
         for body in api {
             assert!(is_not_found(&answered(404, body)), "{body:?}");
         }
+        // The gateway routes no such path; no Mastercard body at all (a proxy's, an ingress's).
         let gateway = br#"{"Errors":{"Error":[{"Source":"Gateway","ReasonCode":"RESOURCE_NOT_FOUND","Recoverable":false}]}}"#;
-        assert!(!is_not_found(&answered(404, gateway)));
+        for body in [
+            &gateway[..],
+            b"",
+            b"<html>404</html>",
+            br#"{"message":"no"}"#,
+        ] {
+            assert!(!is_not_found(&answered(404, body)), "{body:?}");
+        }
         assert!(!is_not_found(&answered(400, api[0])));
     }
 }

@@ -748,6 +748,38 @@ async fn a_lifecycle_404_without_mastercards_error_body_is_a_refusal() {
     assert_eq!(stub.requests().len(), 3);
 }
 
+/// An answer is read up to 1 MiB: a larger 2xx is undecodable, a larger error keeps no reason
+/// (each was read whole into memory, on every call in flight).
+#[tokio::test]
+async fn answers_past_a_mebibyte_are_not_read_whole() {
+    let huge = |status| Reply::Respond {
+        status,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: vec![b' '; 2 << 20],
+    };
+    let stub = HttpStub::start(vec![huge(200), huge(500)]).await;
+    let policy = HttpPolicy {
+        max_attempts: 1,
+        ..fast_policy()
+    };
+    let client = ProcessingClient::new(client(
+        Api::Processing,
+        stub.url("/p"),
+        policy,
+        BreakerConfig::default(),
+    ));
+    let err = search(&client).await.unwrap_err();
+    assert!(
+        matches!(&err.kind, UpstreamErrorKind::Decode(why) if why.contains("1048576")),
+        "{err:?}"
+    );
+    let err = search(&client).await.unwrap_err();
+    assert!(
+        matches!(&err.kind, UpstreamErrorKind::ServerError { status: 500, reason } if *reason == Default::default()),
+        "{err:?}"
+    );
+}
+
 /// Redirects are not followed: a 302 to POST /cards was followed as a GET whose 200 read as an
 /// enrollment (and a 307 would have sent the consumer's data where it pointed).
 #[tokio::test]
