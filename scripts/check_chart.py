@@ -1731,7 +1731,8 @@ def main() -> int:
         def proxy_ports() -> str | None:
             problems = []
             for url, port_value, want in (("https://proxy.bank.example", None, 443), ("http://proxy.bank.example", None, 80),
-                                          ("http://10.30.0.10:3128/", None, 3128), ("http://proxy:3128", 3128, 3128)):
+                                          ("http://10.30.0.10:3128/", None, 3128), ("http://proxy:3128", 8080, 8080),
+                                          ("http://egress.proxy.svc:3128", 8080, 8080)):
                 values = changed([_without("networkPolicy.egress.mastercard"), _with("proxy.httpsProxy", url),
                                   _with("networkPolicy.egress.proxy.cidrs", ["10.30.0.10/32"])]
                                  + ([_with("networkPolicy.egress.proxy.port", port_value)] if port_value else []))

@@ -317,12 +317,19 @@ struct EnrollErrorDetail {
 pub fn parse_error_body(body: &[u8]) -> UpstreamReason {
     let r = parse_reason(body);
     UpstreamReason {
-        code: r.code.filter(|c| code_like(c)),
+        // A code that does not look like one is still the API's own answer (what tells a 404
+        // of the API from a proxy's): kept as a placeholder, its text dropped.
+        code: r
+            .code
+            .map(|c| if code_like(&c) { c } else { NOT_A_CODE.into() }),
         detail: r.detail.filter(|c| code_like(c)),
         source: r.source.filter(|c| code_like(c)),
         recoverable: r.recoverable,
     }
 }
+
+/// The code of an error body whose code does not look like one.
+pub const NOT_A_CODE: &str = "UNREADABLE_REASON";
 
 /// The longest reason part kept (Mastercard's are well under it).
 pub const MAX_REASON_CHARS: usize = 64;
@@ -332,7 +339,7 @@ fn code_like(text: &str) -> bool {
         && text.len() <= MAX_REASON_CHARS
         && text
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || " _.-:[]/".contains(c))
+            .all(|c| c.is_ascii_alphanumeric() || " _.-:[]/$".contains(c))
 }
 
 fn parse_reason(body: &[u8]) -> UpstreamReason {
@@ -363,8 +370,10 @@ fn parse_reason(body: &[u8]) -> UpstreamReason {
             (Some(StatusField::Text(status)), reason, code) => (Some(status), reason.or(code)),
             (Some(StatusField::Number(_)) | None, reason, code) => (reason.or(code), None),
         };
+        // A detail that is no code gives way to the top-level reason, not hides it.
+        let top_reason = top_reason.filter(|r| code_like(r));
         let (detail, source) = match first {
-            Some(d) => (d.reason.or(top_reason), d.source),
+            Some(d) => (d.reason.filter(|r| code_like(r)).or(top_reason), d.source),
             None => (top_reason, None),
         };
         return UpstreamReason {
@@ -388,7 +397,11 @@ mod tests {
             r#"{{"Errors":{{"Error":[{{"Source":"MASTERCARD PROCESSING","ReasonCode":"{long}"}}]}}}}"#
         );
         let r = parse_error_body(body.as_bytes());
-        assert_eq!(r.code, None);
+        assert_eq!(
+            r.code.as_deref(),
+            Some(NOT_A_CODE),
+            "the API's answer, its text dropped"
+        );
         assert_eq!(r.source.as_deref(), Some("MASTERCARD PROCESSING"));
         let r = parse_error_body(
             br#"{"status":400,"reason":"INVALID_ARGUMENT","errordetail":[{"reason":"bad value jane@example.com\n","source":"consumer.emailAddress"}]}"#,
@@ -396,6 +409,9 @@ mod tests {
         assert_eq!(r.code.as_deref(), Some("INVALID_ARGUMENT"));
         assert_eq!(r.detail, None, "an echoed value is no code");
         assert_eq!(r.source.as_deref(), Some("consumer.emailAddress"));
+        // A 404 of the API whose reason is prose is still the API's 404.
+        let r = parse_error_body(br#"{"status":404,"reason":"Card doesn't exist"}"#);
+        assert_eq!(r.code.as_deref(), Some(NOT_A_CODE));
     }
 
     #[test]

@@ -297,6 +297,8 @@ impl ApiClient {
         deadline: Option<Instant>,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let budget_end = Instant::now() + self.policy.budget;
+        // Whether the caller's deadline, not the call's own budget, is what ends it.
+        let callers = deadline.is_some_and(|d| d < budget_end);
         let deadline = deadline.map_or(budget_end, |d| d.min(budget_end));
         let url = self.url(&spec)?;
         // Serialise (and seal) once: these bytes are hashed, signed and sent on every attempt.
@@ -369,7 +371,10 @@ impl ApiClient {
             };
             // The attempt's own time, Mastercard's, starts once signed.
             let left = deadline - now;
-            let cut_by_caller = left < self.policy.attempt_timeout;
+            // An attempt the caller gave less than half the attempt timeout: its running out is
+            // no evidence against Mastercard. Longer ones count (deadlines of 5 s against a
+            // Mastercard that never answers must open the breaker), and so do the budget's cuts.
+            let cut_by_caller = callers && left < self.policy.attempt_timeout / 2;
             let until = now + self.policy.attempt_timeout.min(left);
             let outcome = self
                 .attempt(&spec, &url, &body, authorization, until)
@@ -377,9 +382,9 @@ impl ApiClient {
                 .await;
             let outcome = observer.finished(outcome);
             match &outcome {
-                // Cut short by the caller's deadline (or the call's budget), not by the attempt
-                // timeout: no evidence against Mastercard. Counted, one caller's short deadlines
-                // opened the breaker for every caller while Mastercard answered in time.
+                // Cut short by the caller's short deadline, not by the attempt timeout: no
+                // evidence against Mastercard. Counted, one caller's short deadlines opened the
+                // breaker for every caller while Mastercard answered in time.
                 Err(f) if cut_by_caller && f.kind == UpstreamErrorKind::Timeout => drop(permit),
                 Ok(_) => permit.record(false),
                 Err(f) => permit.record(counts_against_api(&f.kind)),

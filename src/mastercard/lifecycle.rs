@@ -86,7 +86,8 @@ pub async fn put_json<T: serde::Serialize>(
     .await
 }
 
-/// A 404 of the API itself: not one the gateway answered for a path it does not route.
+/// A 404 of the API itself (an error body of Mastercard's): not one the gateway answered for
+/// a path it does not route, nor one without such a body (a proxy's, an ingress's).
 fn is_not_found(e: &UpstreamError) -> bool {
     e.kind.is_api_not_found()
 }

@@ -216,7 +216,7 @@ impl Feed {
 
     /// The changes published on `channel` from now on.
     pub async fn watch(&self, channel: String) -> Result<Watched, StoreError> {
-        let receiver = {
+        let mut receiver = {
             let mut watchers = lock(&self.watchers);
             let entry = watchers
                 .entry(channel.clone())
@@ -236,7 +236,15 @@ impl Feed {
         let (done, subscribed) = oneshot::channel();
         self.commands.send(Command::Subscribe(channel, done));
         match tokio::time::timeout(self.subscribe_wait, subscribed).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                // What reached the channel before (another watcher's changes, or the word that
+                // an outage ended the watches, given while this one waited for Redis to come
+                // back) is older than the record this watch reads next: it would end a watch
+                // opened after the outage at once.
+                while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) =
+                    receiver.try_recv()
+                {}
+            }
             _ => {
                 return Err(StoreError::Unavailable(
                     "cannot subscribe to the change feed".into(),
@@ -432,7 +440,6 @@ async fn run(
                     cache.subscribed(*card, *slot);
                 }
             }
-            down_since = None;
             // Changes published while the connection was down were missed.
             if lost {
                 for (sender, _) in lock(&watchers).values() {
@@ -440,6 +447,8 @@ async fn run(
                 }
             }
         }
+        // Connected, and every channel followed subscribed: the outage (if any) is over.
+        down_since = None;
         if lost {
             tracing::warn!(node = %address(&client), "change feed subscribed again");
         } else {
@@ -449,7 +458,13 @@ async fn run(
         if let Err(left) = apply_all(&mut sink, held, &watchers, &mut tracked, cache, within).await
         {
             pending = left;
-            lose(&client, cache, &mut lost, "does not answer SUBSCRIBE");
+            lose(
+                &client,
+                cache,
+                &mut lost,
+                &mut down_since,
+                "does not answer SUBSCRIBE",
+            );
             continue;
         }
         if let Some(make) = &nodes.learn {
@@ -480,7 +495,7 @@ async fn run(
                                 .await;
                         if let Err(left) = applied {
                             pending = left;
-                            lose(&client, cache, &mut lost, "does not answer (UN)SUBSCRIBE");
+                            lose(&client, cache, &mut lost, &mut down_since, "does not answer (UN)SUBSCRIBE");
                             break;
                         }
                     }
@@ -489,14 +504,14 @@ async fn run(
                 message = stream.next() => match message {
                     Some(m) => deliver(&m, &watchers, &tracked, cache),
                     None => {
-                        lose(&client, cache, &mut lost, "connection lost");
+                        lose(&client, cache, &mut lost, &mut down_since, "connection lost");
                         break;
                     }
                 },
                 _ = ping.tick() => {
                     let pong = tokio::time::timeout(within, sink.ping::<redis::Value>()).await;
                     if !matches!(pong, Ok(Ok(_))) {
-                        lose(&client, cache, &mut lost, "does not answer PING");
+                        lose(&client, cache, &mut lost, &mut down_since, "does not answer PING");
                         break;
                     }
                 }
@@ -506,8 +521,9 @@ async fn run(
 }
 
 /// After an attempt to subscribe again failed: once the feed has been without a connection
-/// for `limit` since the first such attempt (after it had one: `lost`), every watch ends.
-/// Sent after each failed attempt from then on, so that a watch opened meanwhile ends too.
+/// for `limit` since it lost one (`lost`: it had one), every watch ends. Sent after each failed
+/// attempt from then on, so that a watch opened meanwhile and confirmed before the next
+/// attempt ends too (one confirmed later drops what came before: `Feed::watch`).
 fn end_watches_after(
     limit: Duration,
     watchers: &Watchers,
@@ -527,12 +543,20 @@ fn end_watches_after(
 
 /// The connection to `client`'s node is given up (`why`): the cache stops serving (changes may
 /// be missed from now on), and the next connection tells the watchers to read again.
-fn lose(client: &redis::Client, cache: Option<&RecordCache>, lost: &mut bool, why: &str) {
+fn lose(
+    client: &redis::Client,
+    cache: Option<&RecordCache>,
+    lost: &mut bool,
+    down_since: &mut Option<tokio::time::Instant>,
+    why: &str,
+) {
     tracing::warn!(node = %address(client), why, "change feed node lost; subscribing through another node");
     if let Some(cache) = cache {
         cache.disconnected();
     }
     *lost = true;
+    // The outage counts from here, not from the first failed attempt after it.
+    down_since.get_or_insert_with(tokio::time::Instant::now);
 }
 
 /// Waits `pause` before the next attempt to connect, taking in the commands that arrive

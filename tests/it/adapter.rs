@@ -546,6 +546,22 @@ async fn attempts_cut_by_the_callers_deadline_do_not_open_the_breaker() {
     assert_eq!(client.http().breaker_state(), BreakerState::Closed);
     // A caller with time gets its answer.
     search(&client).await.unwrap();
+    // Deadlines that leave an attempt at least half its timeout (400 ms here) do count: callers
+    // with seconds to spare against a Mastercard that never answers open the breaker.
+    stub.script(vec![Reply::Hang]);
+    for _ in 0..4 {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+        let _ = client
+            .search_card(
+                70001,
+                SynchronousRequest::default(),
+                &enroll_certificate(),
+                Some(deadline),
+            )
+            .await
+            .unwrap_err();
+    }
+    assert_eq!(client.http().breaker_state(), BreakerState::Open);
 }
 
 #[tokio::test]

@@ -1579,6 +1579,48 @@ async fn redis_a_watch_ends_when_its_feed_stays_without_redis() {
     );
 }
 
+/// A watch opened while the feed has no connection, and confirmed once Redis is back, follows
+/// its card: the word that ended the watches of the outage, given while it waited, ended it at
+/// once too (every client watching again as told, to have its new watch ended).
+#[tokio::test]
+async fn redis_a_watch_opened_during_an_outage_follows_its_card_once_redis_is_back() {
+    let redis = RedisServer::start();
+    // Attempts of 3 s (on a stopped node, each waits that long), a new watch waiting 9 s.
+    let store = c2p_enroll::server::open_store(&settings(&[
+        ("C2P_REDIS__URL", &redis.url()),
+        ("C2P_REDIS__CONNECT_TIMEOUT", "3s"),
+    ]))
+    .unwrap();
+    let mut before = store.watch(card(70193)).await.unwrap();
+    redis.freeze();
+    tokio::time::timeout(Duration::from_secs(40), async {
+        while before.next().await.is_some() {}
+    })
+    .await
+    .expect("the outage ends the watch");
+    // A client watching again, as told, while Redis is still out.
+    let opening = {
+        let store = store.clone();
+        tokio::spawn(async move { store.watch(card(70194)).await })
+    };
+    // At least one more attempt fails (and ends the outage's watches) while it waits.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    redis.thaw();
+    let mut after = opening
+        .await
+        .unwrap()
+        .expect("the watch opens once Redis is back");
+    let written = store
+        .put_enrollment(&enrolled(70194), PutMode::Merge, TTL)
+        .await
+        .unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(5), after.next())
+        .await
+        .expect("the new watch follows its card")
+        .expect("the new watch is open");
+    assert_eq!(seen.revision, written.revision);
+}
+
 /// A watcher whose feed must read its record again (it fell behind) and cannot (the record is
 /// unreadable) is ended, so that its client watches again, rather than left open and silent
 /// while the changes it missed are never shown.

@@ -152,9 +152,13 @@ Included by the ConfigMap and the Deployment.
 {{- if and $proxy (not (or (kindIs "map" $np.egress.proxy.podSelector) (kindIs "map" $np.egress.proxy.namespaceSelector) $np.egress.proxy.cidrs)) }}
 {{- fail "proxy.httpsProxy needs networkPolicy.egress.proxy.podSelector, namespaceSelector or cidrs: where the proxy is (else its port would be open towards anywhere)" }}
 {{- end }}
-{{- /* A proxy reached by address (cidrs, outside the cluster) is reached on its URL's port: no
-Service translates it, and a NetworkPolicy on another port blocks every Mastercard call. */}}
-{{- if and $proxy $np.egress.proxy.cidrs (not (kindIs "invalid" $np.egress.proxy.port)) (not (or (kindIs "map" $np.egress.proxy.podSelector) (kindIs "map" $np.egress.proxy.namespaceSelector))) }}
+{{- /* A proxy outside the cluster (cidrs, and a URL host that is no cluster Service name: an
+address or an outside domain name) is reached on its URL's port: no Service translates it, and a
+NetworkPolicy on another port blocks every Mastercard call. A Service without a selector
+(endpoints at those addresses) may translate: its names are left alone. */}}
+{{- $proxyHost := regexReplaceAll "^[a-z]+://([^:/]+).*$" ($proxy | default "") "${1}" }}
+{{- $serviceName := or (not (contains "." $proxyHost)) (hasSuffix ".svc" $proxyHost) (contains ".svc." $proxyHost) }}
+{{- if and $proxy $np.egress.proxy.cidrs (not $serviceName) (not (kindIs "invalid" $np.egress.proxy.port)) (not (or (kindIs "map" $np.egress.proxy.podSelector) (kindIs "map" $np.egress.proxy.namespaceSelector))) }}
 {{- $urlPort := regexFind ":[0-9]+/?$" $proxy | trimSuffix "/" | trimPrefix ":" | default (ternary "443" "80" (hasPrefix "https://" $proxy)) }}
 {{- if ne (int $urlPort) (int $np.egress.proxy.port) }}
 {{- fail (printf "networkPolicy.egress.proxy.port (%v) differs from the port of proxy.httpsProxy (%s): a proxy reached by address (cidrs) is reached on the URL's port, which the NetworkPolicy would block; the override is for a proxy pod behind a Service (podSelector)" $np.egress.proxy.port $urlPort) }}
