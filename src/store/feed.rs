@@ -395,7 +395,7 @@ async fn run(
     let mut pending: Vec<Command> = Vec::new();
     // Whether a connection was lost: the next one tells the watchers to read again.
     let mut lost = false;
-    // Since when no attempt to subscribe again has succeeded.
+    // Since when the feed has been without a connection (since the loss; none: connected).
     let mut down_since: Option<tokio::time::Instant> = None;
     let mut next = 0;
     let learned: Arc<Mutex<Vec<redis::Client>>> = Arc::default();

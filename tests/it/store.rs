@@ -1457,16 +1457,11 @@ async fn redis_a_second_watch_opened_while_the_first_subscribes_sees_the_next_ch
     drop(first.await.unwrap().unwrap());
 }
 
-/// A change published in a form this process cannot read (another version's record) makes the
-/// card's watchers read the record again: they were left on the state before it, with
-/// heartbeats saying nothing changed, until the next change this version could read.
-#[tokio::test]
-async fn redis_a_change_published_unreadable_is_read_again_by_the_watchers() {
-    let redis = RedisServer::start();
-    let store =
-        c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
-    let mut conn = redis.connection();
-    let id = 70190;
+/// A watch of card `id`, past its first change: the record written for it.
+async fn watching_a_record(
+    store: &Arc<dyn EnrollmentStore>,
+    id: i64,
+) -> (store::ChangeStream, EnrollmentRecord) {
     let mut changes = store.watch(card(id)).await.unwrap();
     let written = store
         .put_enrollment(&enrolled(id), PutMode::Merge, TTL)
@@ -1477,6 +1472,20 @@ async fn redis_a_change_published_unreadable_is_read_again_by_the_watchers() {
         .unwrap()
         .unwrap();
     assert_eq!(first.revision, written.revision);
+    (changes, written)
+}
+
+/// A change published in a form this process cannot read (another version's record) makes the
+/// card's watchers read the record again: they were left on the state before it, with
+/// heartbeats saying nothing changed, until the next change this version could read.
+#[tokio::test]
+async fn redis_a_change_published_unreadable_is_read_again_by_the_watchers() {
+    let redis = RedisServer::start();
+    let store =
+        c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
+    let mut conn = redis.connection();
+    let id = 70190;
+    let (mut changes, written) = watching_a_record(&store, id).await;
     // Another version's writer changes the record and publishes what this one cannot parse.
     let key = format!("c2p:{{card:{id}}}:enrollment");
     let raw: String = conn.get(&key).unwrap();
@@ -1559,16 +1568,7 @@ async fn redis_a_watch_ends_when_its_feed_stays_without_redis() {
     let store =
         c2p_enroll::server::open_store(&settings(&[("C2P_REDIS__URL", &redis.url())])).unwrap();
     let id = 70192;
-    let mut changes = store.watch(card(id)).await.unwrap();
-    let written = store
-        .put_enrollment(&enrolled(id), PutMode::Merge, TTL)
-        .await
-        .unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(5), changes.next())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(first.revision, written.revision);
+    let (mut changes, _) = watching_a_record(&store, id).await;
     let took = ends_while_frozen(&redis, &mut changes, Duration::from_secs(40))
         .await
         .expect("the watch was still open 40 s into the outage");
