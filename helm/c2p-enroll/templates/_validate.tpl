@@ -219,6 +219,59 @@ NetworkPolicy on another port blocks every Mastercard call. A Service without a 
 {{- end }}
 {{- end }}
 
+{{- /* The service's own bounds on durations (src/config/validate*.rs), so that a value set that
+renders does not crash-loop (exit 2 at start): each given is a duration above zero, and within
+its bounds (ms; 0: none). */}}
+{{- $bounds := list
+  (list "store.enrollment_ttl" 1000.0 0.0 "at least 1s")
+  (list "store.not_enrolled_ttl" 1000.0 0.0 "at least 1s")
+  (list "store.cache_max_age" 0.0 3600000.0 "at most 1h")
+  (list "store.notification_dedup_ttl" 259200000.0 0.0 "at least 72h: senders retry for days")
+  (list "store.idempotency_ttl" 86400000.0 0.0 "at least 24h: callers retry the next day")
+  (list "notifications.max_age" 259200000.0 0.0 "at least 72h")
+  (list "notifications.max_future_skew" 0.0 0.0 "")
+  (list "enroll.lease" 0.0 0.0 "")
+  (list "enroll.reconcile_interval" 0.0 0.0 "")
+  (list "enroll.reconcile_after" 0.0 0.0 "")
+  (list "health.check_interval" 0.0 0.0 "")
+  (list "health.check_timeout" 0.0 0.0 "")
+  (list "shutdown.grace_period" 0.0 0.0 "")
+  (list "redis.connect_timeout" 0.0 0.0 "")
+  (list "redis.response_timeout" 0.0 0.0 "")
+  (list "grpc.limits.handshake_timeout" 0.0 0.0 "")
+  (list "grpc.limits.keepalive_interval" 0.0 0.0 "")
+  (list "grpc.limits.keepalive_timeout" 0.0 0.0 "")
+  (list "grpc.limits.default_deadline" 0.0 0.0 "")
+  (list "grpc.limits.watch_heartbeat_interval" 1000.0 0.0 "at least 1s") }}
+{{- $durations := dict }}
+{{- range $bounds }}
+{{- $path := index . 0 }}
+{{- $value := $.Values.config }}
+{{- range splitList "." $path }}{{ $value = index ($value | default dict) . }}{{ end }}
+{{- if and (not (kindIs "invalid" $value)) (ne (toString $value) "") }}
+{{- $ms := include "c2p-enroll.durationMs" (toString $value) }}
+{{- if not $ms }}
+{{- fail (printf "config.%s (%v) is not a duration (e.g. 10s, 1m, 72h)" $path $value) }}
+{{- end }}
+{{- $_ := set $durations $path (float64 $ms) }}
+{{- if le (float64 $ms) 0.0 }}
+{{- fail (printf "config.%s (%v) must be greater than zero (the service refuses it at start)" $path $value) }}
+{{- end }}
+{{- if and (gt (index . 1) 0.0) (lt (float64 $ms) (index . 1)) }}
+{{- fail (printf "config.%s (%v) must be %s (the service refuses it at start)" $path $value (index . 3)) }}
+{{- end }}
+{{- if and (gt (index . 2) 0.0) (gt (float64 $ms) (index . 2)) }}
+{{- fail (printf "config.%s (%v) must be %s (the service refuses it at start)" $path $value (index . 3)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- /* A running attempt renews its lease: the reconciler finishes it only after (defaults 15s, 2m). */}}
+{{- $lease := get $durations "enroll.lease" | default 15000.0 }}
+{{- $after := get $durations "enroll.reconcile_after" | default 120000.0 }}
+{{- if lt $after $lease }}
+{{- fail (printf "config.enroll.reconcile_after (%v ms) must be at least config.enroll.lease (%v ms) (the service refuses it at start)" $after $lease) }}
+{{- end }}
+
 {{- /* Durations in any unit the service reads; the drain must fit the termination period. */}}
 {{- $grace := .Values.config.shutdown.grace_period | default "10s" | toString }}
 {{- $graceMs := include "c2p-enroll.durationMs" $grace }}
