@@ -718,12 +718,27 @@ async fn a_token_list_is_dated_by_mastercards_date_header() {
     assert_eq!(observed_at, Some(784_111_777_000));
 }
 
+/// Deletes `card` (legacy lifecycle API), which must be refused with the 404 (not "gone").
+async fn refused_with_404(http: &ApiClient, card: &str) {
+    use c2p_enroll::mastercard::lifecycle::legacy;
+    let ids = ("src-client", "SRC_TEST_SERVICE");
+    let refused = legacy::delete_card(http, "client-id", ids, card, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused.kind,
+            UpstreamErrorKind::Rejected { status: 404, .. }
+        ),
+        "{card}: {refused:?}"
+    );
+}
+
 /// A 404 is "Click to Pay does not hold it" only with an error body of Mastercard's: an empty
 /// or HTML one (a proxy's, an ingress's, a wrong base URL's) is a refusal. It counted as the
 /// card gone: a RemoveCard answered OK, the record REMOVED, with the card still in Click to Pay.
 #[tokio::test]
 async fn a_lifecycle_404_without_mastercards_error_body_is_a_refusal() {
-    use c2p_enroll::mastercard::lifecycle::legacy;
     let html = Reply::Respond {
         status: 404,
         headers: vec![("content-type".into(), "text/html".into())],
@@ -741,18 +756,8 @@ async fn a_lifecycle_404_without_mastercards_error_body_is_a_refusal() {
         fast_policy(),
         BreakerConfig::default(),
     );
-    let ids = ("src-client", "SRC_TEST_SERVICE");
     for card in ["card-html", "card-empty", "card-other-json"] {
-        let refused = legacy::delete_card(&http, "client-id", ids, card, None)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(
-                refused.kind,
-                UpstreamErrorKind::Rejected { status: 404, .. }
-            ),
-            "{card}: {refused:?}"
-        );
+        refused_with_404(&http, card).await;
     }
     assert_eq!(stub.requests().len(), 3);
 }
@@ -845,16 +850,7 @@ async fn a_lifecycle_404_counts_not_found_and_a_gateway_404_rejected() {
         .unwrap();
     assert!(matches!(gone, Answer::NotFound(_)), "{gone:?}");
     // The gateway routes no such path: a refusal, counted as one.
-    let refused = legacy::delete_card(&http, "client-id", ids, "card-x", None)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            refused.kind,
-            UpstreamErrorKind::Rejected { status: 404, .. }
-        ),
-        "{refused:?}"
-    );
+    refused_with_404(&http, "card-x").await;
     assert_eq!(stub.requests().len(), 2, "a 404 is not retried");
 
     let page = metrics.render();

@@ -1510,6 +1510,20 @@ async fn redis_a_change_published_unreadable_is_read_again_by_the_watchers() {
     );
 }
 
+/// Writes card `id`'s record `times` times (each a change), then waits for the feed to deliver
+/// them: a watcher that read none of them has fallen behind.
+async fn change_unread(store: &Arc<dyn EnrollmentStore>, id: i64, times: usize) {
+    for i in 0..times {
+        let mut record = enrolled(id);
+        record.src_correlation_id = Some(format!("correlation-{i}"));
+        store
+            .put_enrollment(&record, PutMode::Merge, TTL)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
 /// Stops `redis` (SIGSTOP) and waits up to `limit` for `changes` to end: how long that took,
 /// `None` if it did not; `redis` runs again after.
 async fn ends_while_frozen(
@@ -1540,15 +1554,7 @@ async fn redis_a_resync_while_redis_hangs_gives_up_within_10_s() {
     let id = 70191;
     let mut changes = store.watch(card(id)).await.unwrap();
     // The watcher reads nothing while its card changes: it falls behind, and must re-read.
-    for i in 0..10 {
-        let mut record = enrolled(id);
-        record.src_correlation_id = Some(format!("correlation-{i}"));
-        store
-            .put_enrollment(&record, PutMode::Merge, TTL)
-            .await
-            .unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    change_unread(&store, id, 10).await;
     let took = ends_while_frozen(&redis, &mut changes, Duration::from_secs(90))
         .await
         .expect("the watch did not end in 90 s");
@@ -1633,15 +1639,7 @@ async fn redis_a_watch_whose_record_cannot_be_read_again_ends() {
     // Unreadable as JSON, and a value of another Redis type: neither is retried.
     for (id, hash) in [(70180, false), (70181, true)] {
         let mut changes = store.watch(card(id)).await.unwrap();
-        for i in 0..50 {
-            let mut record = enrolled(id);
-            record.src_correlation_id = Some(format!("correlation-{i}"));
-            store
-                .put_enrollment(&record, PutMode::Merge, TTL)
-                .await
-                .unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        change_unread(&store, id, 50).await;
         let key = format!("c2p:{{card:{id}}}:enrollment");
         if hash {
             let _: () = conn.del(&key).unwrap();
